@@ -1,0 +1,362 @@
+//! JSON frames between clients and the gateway.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::EventId;
+
+/// A frame a client sends to the gateway.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Subscribe to a topic or pattern.
+    Subscribe {
+        /// Channel name, or a pattern containing `*`.
+        channel: String,
+        /// Echoed in the answer.
+        #[serde(default)]
+        request_id: Option<Value>,
+        /// Replay this channel's events after this id first.
+        #[serde(default)]
+        last_event_id: Option<EventId>,
+        /// Send the channel's last N events first.
+        #[serde(default)]
+        history: Option<u32>,
+    },
+    /// Leave a topic or pattern.
+    Unsubscribe {
+        /// Channel name or pattern, as subscribed.
+        channel: String,
+        /// Echoed in the answer.
+        #[serde(default)]
+        request_id: Option<Value>,
+    },
+    /// Publish an event (durable: it gets an `event_id`).
+    Publish {
+        /// Target channel (no patterns).
+        channel: String,
+        /// Event name.
+        event: String,
+        /// Any JSON payload.
+        #[serde(default)]
+        data: Value,
+        /// Echoed in the `ack`.
+        #[serde(default)]
+        request_id: Option<Value>,
+        /// `false`: do not deliver the event back to the publishing socket.
+        #[serde(default)]
+        echo: Option<bool>,
+    },
+    /// A request for a backend (forwarded; see the protocol's section 6).
+    Request {
+        /// What the backend should do.
+        action: String,
+        /// Any JSON payload.
+        #[serde(default)]
+        data: Value,
+        /// Correlates the backend's `response` frames.
+        request_id: Value,
+    },
+    /// Application-level ping; answered with `pong`.
+    Ping {
+        /// Echoed in the `pong`.
+        #[serde(default)]
+        ts: Option<Value>,
+    },
+    /// Answer to the server's `ping`; counts as liveness.
+    Pong {},
+    /// Replace the connection's token.
+    Refresh {
+        /// The new JWT.
+        token: String,
+        /// Echoed in the `ack`.
+        #[serde(default)]
+        request_id: Option<Value>,
+    },
+}
+
+const CLIENT_TYPES: &[&str] = &["subscribe", "unsubscribe", "publish", "request", "ping", "pong", "refresh"];
+
+/// Why a client frame was refused; maps to an `error` frame.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FrameError {
+    /// Not JSON at all.
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// JSON, but no string `type` or not an object.
+    #[error("frame must be a JSON object with a string \"type\"")]
+    MissingType,
+    /// A `type` the gateway does not know.
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    /// A known type with missing or ill-typed fields.
+    #[error("invalid {kind} frame: {message}")]
+    Invalid {
+        /// The frame's type.
+        kind: String,
+        /// What serde said.
+        message: String,
+    },
+}
+
+/// Parses a client text frame. On failure also returns the frame's `request_id`, when one
+/// could be read, so that the error frame can echo it.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, (FrameError, Option<Value>)> {
+    match serde_json::from_str::<ClientFrame>(text) {
+        Ok(frame) => Ok(frame),
+        Err(first) => {
+            let value: Value = match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(e) => return Err((FrameError::Malformed(e.to_string()), None)),
+            };
+            let request_id = value.get("request_id").cloned();
+            let Some(kind) = value.get("type").and_then(Value::as_str) else {
+                return Err((FrameError::MissingType, request_id));
+            };
+            if !CLIENT_TYPES.contains(&kind) {
+                let kind: String = kind.chars().take(64).collect();
+                return Err((FrameError::UnknownType(kind), request_id));
+            }
+            Err((FrameError::Invalid { kind: kind.to_owned(), message: first.to_string() }, request_id))
+        }
+    }
+}
+
+/// The error codes of `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Bad or missing token.
+    Unauthorized,
+    /// The token expired.
+    TokenExpired,
+    /// The token does not allow this.
+    Forbidden,
+    /// Malformed or invalid frame.
+    BadRequest,
+    /// Frame larger than `max_message_bytes`.
+    TooLarge,
+    /// Inbound rate limit exceeded.
+    RateLimited,
+    /// No such thing.
+    NotFound,
+    /// The gateway failed; not the client's fault.
+    Internal,
+    /// A backend did not answer a `request` in time.
+    Timeout,
+    /// The gateway cannot do it now (broker unavailable).
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The wire name (`bad_request`, …); also used as a metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token_expired",
+            Self::Forbidden => "forbidden",
+            Self::BadRequest => "bad_request",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::NotFound => "not_found",
+            Self::Internal => "internal",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Heartbeat settings announced in `welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatInfo {
+    /// The server pings this often.
+    pub interval_ms: u64,
+    /// Silence longer than this closes the connection with 4000.
+    pub timeout_ms: u64,
+}
+
+/// The first frame of every authenticated connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// This connection's id (its `connection:<id>` channel).
+    pub connection_id: String,
+    /// The token's `sub`.
+    pub user_id: String,
+    /// The gateway node serving the socket.
+    pub node: String,
+    /// Whether a previous connection's identity and topics were restored.
+    pub resumed: bool,
+    /// `false` when the replay cannot promise completeness.
+    pub recovered: bool,
+    /// How many events were replayed after this frame.
+    pub replayed: u64,
+    /// Heartbeat settings.
+    pub heartbeat: HeartbeatInfo,
+    /// How long the identity and topics are kept after a disconnect.
+    pub session_ttl_ms: u64,
+    /// Topics restored by a resume (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+}
+
+/// A frame the gateway sends to a client (all but `event`, which is encoded once per
+/// publish by [`encode_event`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame after a successful connect.
+    Welcome(Welcome),
+    /// Answer to `subscribe`.
+    Subscribed {
+        /// The channel or pattern.
+        channel: String,
+        /// Echo of the request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<Value>,
+        /// `false` when the requested replay cannot be complete.
+        recovered: bool,
+        /// Events replayed after this frame.
+        replayed: u64,
+    },
+    /// Answer to `unsubscribe`, or notice that a subscription was removed.
+    Unsubscribed {
+        /// The channel or pattern.
+        channel: String,
+        /// Echo of the request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<Value>,
+        /// Why the server removed it, when the client did not ask.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Acknowledges a `publish` or `refresh`.
+    Ack {
+        /// Echo of the request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<Value>,
+        /// The published event's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event_id: Option<EventId>,
+    },
+    /// Something the client sent was refused.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+        /// Echo of the request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<Value>,
+    },
+    /// Server heartbeat.
+    Ping {
+        /// Server time, ms since the epoch.
+        ts: u64,
+    },
+    /// Answer to a client `ping`.
+    Pong {
+        /// Echo of the client's `ts`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ts: Option<Value>,
+    },
+}
+
+impl ServerFrame {
+    /// Shorthand for an `error` frame.
+    pub fn error(code: ErrorCode, message: impl Into<String>, request_id: Option<Value>) -> Self {
+        Self::Error { code, message: message.into(), request_id }
+    }
+
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"error\",\"code\":\"internal\"}"))
+    }
+}
+
+/// An `event` frame as clients receive it; used to read frames that arrive from a broker
+/// or a backend, and by clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventFrame {
+    /// Always `"event"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Absent for ephemeral events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    /// The channel it was published on.
+    pub channel: String,
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    #[serde(default)]
+    pub data: Value,
+    /// Publish time, ms since the epoch.
+    #[serde(default)]
+    pub ts: u64,
+}
+
+/// Encodes an `event` frame. `data` must be valid JSON text (it is embedded as is).
+pub fn encode_event(event_id: Option<EventId>, channel: &str, event: &str, data: &RawValue, ts: u64) -> String {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event_id: Option<EventId>,
+        channel: &'a str,
+        event: &'a str,
+        data: &'a RawValue,
+        ts: u64,
+    }
+    let out = Out { kind: "event", event_id, channel, event, data, ts };
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_frames() {
+        let f = parse_client_frame(r#"{"type":"subscribe","channel":"project:1","request_id":7,"last_event_id":"5-1","extra":true}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Subscribe {
+                channel: "project:1".into(),
+                request_id: Some(Value::from(7)),
+                last_event_id: Some(EventId::new(5, 1)),
+                history: None
+            }
+        );
+        assert_eq!(parse_client_frame(r#"{"type":"pong"}"#).unwrap(), ClientFrame::Pong {});
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        assert!(matches!(parse_client_frame("{nope").unwrap_err().0, FrameError::Malformed(_)));
+        assert_eq!(parse_client_frame("[1]").unwrap_err().0, FrameError::MissingType);
+        let (e, rid) = parse_client_frame(r#"{"type":"dance","request_id":"r1"}"#).unwrap_err();
+        assert_eq!(e, FrameError::UnknownType("dance".into()));
+        assert_eq!(rid, Some(Value::from("r1")));
+        assert!(matches!(parse_client_frame(r#"{"type":"subscribe"}"#).unwrap_err().0, FrameError::Invalid { .. }));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"subscribe","channel":"a","last_event_id":"x"}"#).unwrap_err().0,
+            FrameError::Invalid { .. }
+        ));
+    }
+
+    #[test]
+    fn encodes_events_and_server_frames() {
+        let data = RawValue::from_string("{\"a\":1}".into()).unwrap();
+        let text = encode_event(Some(EventId::new(10, 2)), "user:1", "hello", &data, 99);
+        assert_eq!(text, r#"{"type":"event","event_id":"10-2","channel":"user:1","event":"hello","data":{"a":1},"ts":99}"#);
+        let parsed: EventFrame = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed.event_id, Some(EventId::new(10, 2)));
+        let eph = encode_event(None, "broadcast", "x", &data, 1);
+        assert!(!eph.contains("event_id"));
+        let err = ServerFrame::error(ErrorCode::RateLimited, "slow down", None).to_json();
+        assert_eq!(err, r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);
+    }
+}

@@ -1,0 +1,19 @@
+//! wsgw-protocol: the wire types of the wsgw WebSocket gateway (frames, event ids, close
+//! codes, channel names). Pure data and validation; this crate never does I/O.
+//!
+//! The contract these types implement is `docs/protocol.md` in the repository.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod channel;
+mod close;
+mod event_id;
+mod frames;
+
+pub use channel::{ChannelError, ChannelKind, MAX_CHANNEL_LEN, classify, glob_match, validate_channel};
+pub use close::CloseCode;
+pub use event_id::{EventId, EventIdError};
+pub use frames::{
+    ClientFrame, ErrorCode, EventFrame, FrameError, HeartbeatInfo, ServerFrame, Welcome,
+    encode_event, parse_client_frame,
+};
