@@ -35,7 +35,9 @@ pub fn validate_channel(name: &str, allow_pattern: bool) -> Result<ChannelKind, 
         return Err(ChannelError::Length);
     }
     let ok = name.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'=' | b'/' | b'-') || (allow_pattern && b == b'*')
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'_' | b'.' | b':' | b'@' | b'=' | b'/' | b'-')
+            || (allow_pattern && b == b'*')
     });
     if !ok {
         return Err(ChannelError::Charset);

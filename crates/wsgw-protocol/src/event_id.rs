@@ -31,9 +31,15 @@ impl EventId {
     /// The smallest id that is strictly greater than `self`.
     pub const fn next(self) -> Self {
         if self.seq == u64::MAX {
-            Self { ms: self.ms + 1, seq: 0 }
+            Self {
+                ms: self.ms + 1,
+                seq: 0,
+            }
         } else {
-            Self { ms: self.ms, seq: self.seq + 1 }
+            Self {
+                ms: self.ms,
+                seq: self.seq + 1,
+            }
         }
     }
 }
@@ -101,7 +107,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "-", "a-1", "1-", "-1", "1-2-3", "1 -2", "999999999999999999999999-0"] {
+        for bad in [
+            "",
+            "-",
+            "a-1",
+            "1-",
+            "-1",
+            "1-2-3",
+            "1 -2",
+            "999999999999999999999999-0",
+        ] {
             assert!(bad.parse::<EventId>().is_err(), "{bad} accepted");
         }
     }

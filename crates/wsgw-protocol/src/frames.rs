@@ -76,7 +76,15 @@ pub enum ClientFrame {
     },
 }
 
-const CLIENT_TYPES: &[&str] = &["subscribe", "unsubscribe", "publish", "request", "ping", "pong", "refresh"];
+const CLIENT_TYPES: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "request",
+    "ping",
+    "pong",
+    "refresh",
+];
 
 /// Why a client frame was refused; maps to an `error` frame.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -118,7 +126,13 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, (FrameError, Option
                 let kind: String = kind.chars().take(64).collect();
                 return Err((FrameError::UnknownType(kind), request_id));
             }
-            Err((FrameError::Invalid { kind: kind.to_owned(), message: first.to_string() }, request_id))
+            Err((
+                FrameError::Invalid {
+                    kind: kind.to_owned(),
+                    message: first.to_string(),
+                },
+                request_id,
+            ))
         }
     }
 }
@@ -265,7 +279,11 @@ pub enum ServerFrame {
 impl ServerFrame {
     /// Shorthand for an `error` frame.
     pub fn error(code: ErrorCode, message: impl Into<String>, request_id: Option<Value>) -> Self {
-        Self::Error { code, message: message.into(), request_id }
+        Self::Error {
+            code,
+            message: message.into(),
+            request_id,
+        }
     }
 
     /// The frame as JSON text.
@@ -310,7 +328,14 @@ pub fn encode_event(event_id: Option<EventId>, channel: &str, event: &str, data:
         data: &'a RawValue,
         ts: u64,
     }
-    let out = Out { kind: "event", event_id, channel, event, data, ts };
+    let out = Out {
+        kind: "event",
+        event_id,
+        channel,
+        event,
+        data,
+        ts,
+    };
     serde_json::to_string(&out).unwrap_or_default()
 }
 
@@ -320,7 +345,10 @@ mod tests {
 
     #[test]
     fn parses_client_frames() {
-        let f = parse_client_frame(r#"{"type":"subscribe","channel":"project:1","request_id":7,"last_event_id":"5-1","extra":true}"#).unwrap();
+        let f = parse_client_frame(
+            r#"{"type":"subscribe","channel":"project:1","request_id":7,"last_event_id":"5-1","extra":true}"#,
+        )
+        .unwrap();
         assert_eq!(
             f,
             ClientFrame::Subscribe {
@@ -335,14 +363,22 @@ mod tests {
 
     #[test]
     fn classifies_bad_frames() {
-        assert!(matches!(parse_client_frame("{nope").unwrap_err().0, FrameError::Malformed(_)));
+        assert!(matches!(
+            parse_client_frame("{nope").unwrap_err().0,
+            FrameError::Malformed(_)
+        ));
         assert_eq!(parse_client_frame("[1]").unwrap_err().0, FrameError::MissingType);
         let (e, rid) = parse_client_frame(r#"{"type":"dance","request_id":"r1"}"#).unwrap_err();
         assert_eq!(e, FrameError::UnknownType("dance".into()));
         assert_eq!(rid, Some(Value::from("r1")));
-        assert!(matches!(parse_client_frame(r#"{"type":"subscribe"}"#).unwrap_err().0, FrameError::Invalid { .. }));
         assert!(matches!(
-            parse_client_frame(r#"{"type":"subscribe","channel":"a","last_event_id":"x"}"#).unwrap_err().0,
+            parse_client_frame(r#"{"type":"subscribe"}"#).unwrap_err().0,
+            FrameError::Invalid { .. }
+        ));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"subscribe","channel":"a","last_event_id":"x"}"#)
+                .unwrap_err()
+                .0,
             FrameError::Invalid { .. }
         ));
     }
@@ -351,7 +387,10 @@ mod tests {
     fn encodes_events_and_server_frames() {
         let data = RawValue::from_string("{\"a\":1}".into()).unwrap();
         let text = encode_event(Some(EventId::new(10, 2)), "user:1", "hello", &data, 99);
-        assert_eq!(text, r#"{"type":"event","event_id":"10-2","channel":"user:1","event":"hello","data":{"a":1},"ts":99}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"event","event_id":"10-2","channel":"user:1","event":"hello","data":{"a":1},"ts":99}"#
+        );
         let parsed: EventFrame = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed.event_id, Some(EventId::new(10, 2)));
         let eph = encode_event(None, "broadcast", "x", &data, 1);

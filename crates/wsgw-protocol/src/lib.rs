@@ -14,6 +14,6 @@ pub use channel::{ChannelError, ChannelKind, MAX_CHANNEL_LEN, classify, glob_mat
 pub use close::CloseCode;
 pub use event_id::{EventId, EventIdError};
 pub use frames::{
-    ClientFrame, ErrorCode, EventFrame, FrameError, HeartbeatInfo, ServerFrame, Welcome,
-    encode_event, parse_client_frame,
+    ClientFrame, ErrorCode, EventFrame, FrameError, HeartbeatInfo, ServerFrame, Welcome, encode_event,
+    parse_client_frame,
 };

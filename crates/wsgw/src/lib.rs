@@ -1,14 +1,19 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! wsgw: a WebSocket gateway. Browsers keep sockets open to any node; backends publish
+//! events that every node holding an interested socket delivers, with ids, history and
+//! gap-free replay on reconnect. See `docs/` in the repository.
+#![forbid(unsafe_code)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod gateway;
+pub mod history;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod session;
+pub mod time;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use config::Config;
+pub use gateway::{Gateway, RunningGateway, StartError, serve};

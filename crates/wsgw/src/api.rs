@@ -1,0 +1,317 @@
+//! api.rs: the HTTP surface: `/ws` upgrades, the backend API under `/api` (API-key
+//! authenticated), and the unauthenticated `/health`, `/ready`, `/metrics`. Errors become
+//! HTTP answers in one place (`AppError`). Never holds a hub lock across an await.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use wsgw_protocol::{CloseCode, EventId, validate_channel};
+
+use crate::auth::{AuthError, token_from_request};
+use crate::broker::{BrokerError, HistoryQuery, PublishRequest};
+use crate::gateway::Gateway;
+use crate::session::{self, ConnectParams};
+
+/// An API failure, turned into a JSON body `{"error": code, "message": …}` with its status.
+#[derive(Debug)]
+pub enum AppError {
+    /// 400.
+    BadRequest(String),
+    /// 401.
+    Unauthorized(&'static str),
+    /// 404.
+    NotFound(String),
+    /// 503: the broker is unreachable; callers may retry.
+    Unavailable(String),
+    /// Status decided by axum's body extractor (413 for oversized bodies).
+    Body(BytesRejection),
+}
+
+impl From<BrokerError> for AppError {
+    fn from(e: BrokerError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.to_string()),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            Self::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            Self::Body(r) => {
+                let status = r.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "bad_request"
+                };
+                (status, code, r.body_text())
+            }
+        };
+        (status, Json(json!({ "error": code, "message": message }))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, AppError>;
+
+/// All routes of a node.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let api = Router::new()
+        .route("/publish", post(publish))
+        .route("/broadcast", post(broadcast))
+        .route("/users/{id}/disconnect", post(disconnect_user))
+        .route("/connections/{id}/disconnect", post(disconnect_connection))
+        .route("/presence/users/{id}", get(presence))
+        .route("/history/{channel}", get(history))
+        .route("/stats", get(stats))
+        .layer(DefaultBodyLimit::max(gw.config.max_publish_bytes))
+        .route_layer(middleware::from_fn_with_state(gw.clone(), require_api_key));
+    Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .nest("/api", api)
+        .with_state(gw)
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_api_key(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let Some(key) = gw.config.api_key.as_deref() else {
+        return AppError::Unauthorized("the HTTP API is disabled: set WSGW_API_KEY").into_response();
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), key.as_bytes()) => {
+            let route = req.uri().path().split('/').nth(1).unwrap_or("").to_owned();
+            let timer = gw
+                .metrics
+                .http_latency
+                .with_label_values(&[route.as_str()])
+                .start_timer();
+            let resp = next.run(req).await;
+            timer.observe_duration();
+            resp
+        }
+        _ => AppError::Unauthorized("missing or wrong API key (Authorization: Bearer <key>)").into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+    connection_id: Option<String>,
+    last_event_id: Option<String>,
+}
+
+async fn ws_upgrade(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let auth = match token_from_request(&headers, q.token.as_deref()) {
+        Some((token, _)) => gw.auth.verify(&token),
+        None => Err(AuthError::Missing),
+    };
+    let cfg = &gw.config;
+    let upgrade = upgrade
+        .protocols(["wsgw.v1"])
+        .read_buffer_size(cfg.ws_read_buffer_bytes)
+        .max_message_size(cfg.max_message_bytes)
+        .max_frame_size(cfg.max_message_bytes);
+    let params = ConnectParams {
+        auth,
+        connection_id: q.connection_id.filter(|s| !s.is_empty()),
+        last_event_id: q.last_event_id.filter(|s| !s.is_empty()),
+        peer: peer.to_string(),
+    };
+    upgrade.on_upgrade(move |socket| session::run(socket, gw, params))
+}
+
+async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
+    let body = json!({
+        "ready": gw.is_ready(),
+        "draining": gw.is_draining(),
+        "broker": gw.broker.kind(),
+        "broker_ready": gw.broker.is_ready(),
+    });
+    let status = if gw.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishBody {
+    channel: String,
+    event: String,
+    #[serde(default = "null_data")]
+    data: Box<RawValue>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BroadcastBody {
+    event: String,
+    #[serde(default = "null_data")]
+    data: Box<RawValue>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+fn null_data() -> Box<RawValue> {
+    RawValue::from_string("null".into()).unwrap_or_else(|_| unreachable!("null is JSON"))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, AppError> {
+    let body = body.map_err(AppError::Body)?;
+    serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+async fn do_publish(
+    gw: &Gateway,
+    channel: String,
+    event: String,
+    data: Box<RawValue>,
+    exclude: Vec<String>,
+) -> ApiResult {
+    validate_channel(&channel, false).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    if event.is_empty() || event.len() > 128 {
+        return Err(AppError::BadRequest("event must be 1..=128 bytes".into()));
+    }
+    let id = gw
+        .broker
+        .publish(PublishRequest {
+            channel,
+            event,
+            data,
+            exclude,
+        })
+        .await
+        .inspect_err(|_| {
+            gw.metrics.broker_errors.with_label_values(&["publish"]).inc();
+        })?;
+    gw.metrics.publishes.with_label_values(&["api"]).inc();
+    Ok(Json(json!({ "event_id": id })).into_response())
+}
+
+async fn publish(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let b: PublishBody = parse_body(body)?;
+    do_publish(&gw, b.channel, b.event, b.data, b.exclude).await
+}
+
+async fn broadcast(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let b: BroadcastBody = parse_body(body)?;
+    do_publish(&gw, "broadcast".into(), b.event, b.data, b.exclude).await
+}
+
+async fn disconnect_user(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
+    let n = gw.hub.close_user(&id, CloseCode::Kicked);
+    Ok(Json(json!({ "user_id": id, "disconnected": n })).into_response())
+}
+
+async fn disconnect_connection(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
+    match gw.hub.connection(&id) {
+        Some(c) => {
+            c.close(CloseCode::Kicked);
+            Ok(Json(json!({ "connection_id": id, "disconnected": 1 })).into_response())
+        }
+        None => Err(AppError::NotFound(format!("no connection {id} on this node"))),
+    }
+}
+
+async fn presence(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
+    Ok(Json(json!({ "user_id": id, "connections": gw.hub.presence(&id) })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryParams {
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(gw): State<Arc<Gateway>>,
+    Path(channel): Path<String>,
+    Query(p): Query<HistoryParams>,
+) -> ApiResult {
+    validate_channel(&channel, false).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let query = match p.since.as_deref() {
+        Some(s) => {
+            let id: EventId = s
+                .parse()
+                .map_err(|e: wsgw_protocol::EventIdError| AppError::BadRequest(e.to_string()))?;
+            HistoryQuery::After { id, limit }
+        }
+        None => HistoryQuery::Last { n: limit },
+    };
+    let page = gw.broker.history(&channel, query).await?;
+    let events: Vec<serde_json::Value> = page
+        .events
+        .iter()
+        .filter_map(|e| serde_json::from_str(e.frame.as_str()).ok())
+        .collect();
+    Ok(Json(json!({ "channel": channel, "events": events, "recovered": page.complete })).into_response())
+}
+
+async fn stats(State(gw): State<Arc<Gateway>>) -> ApiResult {
+    let hub = gw.hub.stats();
+    Ok(Json(json!({
+        "node": {
+            "id": gw.node_id,
+            "connections": hub.connections,
+            "channels": hub.channels,
+            "patterns": hub.patterns,
+            "parked_sessions": hub.parked_sessions,
+            "started_at": gw.started_at_ms,
+            "version": env!("CARGO_PKG_VERSION"),
+            "broker": gw.broker.kind(),
+            "draining": gw.is_draining(),
+        },
+        "cluster": {
+            "nodes": 1,
+            "connections": hub.connections,
+        },
+    }))
+    .into_response())
+}

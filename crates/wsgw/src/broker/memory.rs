@@ -1,0 +1,246 @@
+//! memory.rs: the single-node broker. Ids, history and fan-out live in this process; nothing
+//! survives a restart (a client resuming with an id from before the start gets
+//! `recovered:false`). Publishes are serialised by one lock so ids reach sockets in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use wsgw_protocol::{EventId, encode_event};
+
+use super::{Broker, BrokerError, HistoryPage, HistoryQuery, PublishRequest, StoredEvent};
+use crate::hub::{Hub, OutFrame};
+use crate::time::{now_ms, now_us};
+
+/// History limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Events kept per channel.
+    pub size: usize,
+    /// A channel's events are dropped this long after they were published.
+    pub ttl_ms: u64,
+}
+
+#[derive(Default)]
+struct ChannelHistory {
+    events: VecDeque<StoredEvent>,
+    /// Newest id removed by trimming or expiry: replays from before it are incomplete.
+    trimmed_upto: Option<EventId>,
+}
+
+struct State {
+    last_id: EventId,
+    channels: HashMap<String, ChannelHistory>,
+    /// Newest id of any channel whose whole history (and trim record) was dropped.
+    forgotten_upto: Option<EventId>,
+}
+
+/// The in-process broker.
+pub struct MemoryBroker {
+    hub: Arc<Hub>,
+    limits: HistoryLimits,
+    /// When this broker started: ids older than this were issued by something we don't hold.
+    epoch_ms: u64,
+    state: Mutex<State>,
+}
+
+impl MemoryBroker {
+    /// A broker delivering into `hub`.
+    pub fn new(hub: Arc<Hub>, limits: HistoryLimits) -> Self {
+        let epoch_ms = now_ms();
+        Self {
+            hub,
+            limits,
+            epoch_ms,
+            state: Mutex::new(State {
+                last_id: EventId::new(epoch_ms, 0),
+                channels: HashMap::new(),
+                forgotten_upto: None,
+            }),
+        }
+    }
+
+    /// Drops events older than the history TTL. Called by the node's periodic tick.
+    pub fn expire(&self) {
+        let cutoff = now_ms().saturating_sub(self.limits.ttl_ms);
+        let mut st = self.state.lock();
+        let mut forgotten = st.forgotten_upto;
+        st.channels.retain(|_, h| {
+            while h.events.front().is_some_and(|e| e.ts_ms < cutoff) {
+                if let Some(e) = h.events.pop_front() {
+                    h.trimmed_upto = Some(e.id);
+                }
+            }
+            if h.events.is_empty() {
+                forgotten = forgotten.max(h.trimmed_upto);
+                return false;
+            }
+            true
+        });
+        st.forgotten_upto = forgotten;
+    }
+
+    fn publish_now(&self, req: PublishRequest) -> EventId {
+        let mut st = self.state.lock();
+        let ms = now_ms();
+        let id = if ms > st.last_id.ms {
+            EventId::new(ms, 0)
+        } else {
+            st.last_id.next()
+        };
+        st.last_id = id;
+        let text = encode_event(Some(id), &req.channel, &req.event, &req.data, id.ms);
+        let frame = Utf8Bytes::from(text);
+        let size = self.limits.size;
+        if size > 0 {
+            let h = st.channels.entry(req.channel.clone()).or_default();
+            h.events.push_back(StoredEvent {
+                id,
+                frame: frame.clone(),
+                ts_ms: ms,
+            });
+            while h.events.len() > size {
+                if let Some(e) = h.events.pop_front() {
+                    h.trimmed_upto = Some(e.id);
+                }
+            }
+        }
+        // Delivered under the lock: two publishes can't overtake each other on the way to a
+        // socket, which is what lets a socket drop anything at or below its last id.
+        let out = OutFrame {
+            text: frame,
+            event_id: Some(id),
+            published_us: now_us(),
+        };
+        let exclude: Vec<&str> = req.exclude.iter().map(String::as_str).collect();
+        self.hub.deliver(&req.channel, &out, &exclude);
+        id
+    }
+
+    fn read(&self, channel: &str, query: HistoryQuery) -> HistoryPage {
+        let st = self.state.lock();
+        let h = st.channels.get(channel);
+        match query {
+            HistoryQuery::Last { n } => {
+                let events = h.map_or_else(Vec::new, |h| {
+                    let skip = h.events.len().saturating_sub(n);
+                    h.events.iter().skip(skip).cloned().collect()
+                });
+                HistoryPage { events, complete: true }
+            }
+            HistoryQuery::After { id, limit } => {
+                let complete = id.ms >= self.epoch_ms
+                    && id <= st.last_id
+                    && match h {
+                        Some(h) => h.trimmed_upto.is_none_or(|t| t <= id),
+                        None => st.forgotten_upto.is_none_or(|t| t <= id),
+                    };
+                let events = h.map_or_else(Vec::new, |h| {
+                    let start = h.events.partition_point(|e| e.id <= id);
+                    h.events.iter().skip(start).take(limit).cloned().collect()
+                });
+                HistoryPage { events, complete }
+            }
+        }
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn publish(&self, req: PublishRequest) -> BoxFuture<'_, Result<EventId, BrokerError>> {
+        let id = self.publish_now(req);
+        Box::pin(async move { Ok(id) })
+    }
+
+    fn history<'a>(&'a self, channel: &'a str, query: HistoryQuery) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        let page = self.read(channel, query);
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn listen<'a>(&'a self, _channels: &'a [Arc<str>]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        // The hub is the only subscriber registry a single node needs.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unlisten(&self, _channels: &[Arc<str>]) {}
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use serde_json::value::RawValue;
+
+    fn broker(size: usize) -> MemoryBroker {
+        let hub = Arc::new(Hub::new("n".into(), Metrics::new()));
+        MemoryBroker::new(hub, HistoryLimits { size, ttl_ms: 60_000 })
+    }
+
+    fn publish(b: &MemoryBroker, channel: &str) -> EventId {
+        b.publish_now(PublishRequest {
+            channel: channel.into(),
+            event: "e".into(),
+            data: RawValue::from_string("1".into()).unwrap(),
+            exclude: vec![],
+        })
+    }
+
+    #[test]
+    fn ids_grow_across_channels() {
+        let b = broker(10);
+        let ids: Vec<EventId> = (0..50)
+            .map(|i| publish(&b, if i % 2 == 0 { "a" } else { "b" }))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn trimming_past_the_id_makes_replay_incomplete() {
+        let b = broker(3);
+        let first = publish(&b, "a");
+        let ids: Vec<EventId> = (0..5).map(|_| publish(&b, "a")).collect();
+        let page = b.read("a", HistoryQuery::After { id: first, limit: 100 });
+        assert!(!page.complete, "events after {first} were trimmed");
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
+        let page = b.read("a", HistoryQuery::After { id: ids[1], limit: 100 });
+        assert!(page.complete);
+        assert_eq!(page.events.len(), 3);
+        // an untouched channel is complete even though global ids moved on
+        assert!(b.read("quiet", HistoryQuery::After { id: first, limit: 10 }).complete);
+    }
+
+    #[test]
+    fn ids_from_before_start_or_from_the_future_are_not_recoverable() {
+        let b = broker(3);
+        let id = publish(&b, "a");
+        assert!(
+            !b.read(
+                "a",
+                HistoryQuery::After {
+                    id: EventId::new(1, 0),
+                    limit: 10
+                }
+            )
+            .complete
+        );
+        assert!(
+            !b.read(
+                "a",
+                HistoryQuery::After {
+                    id: EventId::new(id.ms + 10_000, 0),
+                    limit: 10
+                }
+            )
+            .complete
+        );
+    }
+}

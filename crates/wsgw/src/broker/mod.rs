@@ -1,0 +1,99 @@
+//! broker/: how events get from a publisher to every node's hub, and where history lives.
+//! `memory` serves one node with no dependencies (the default); a Redis broker plugs in behind
+//! the same trait. A broker never writes to sockets: it hands frames to the hub.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::future::BoxFuture;
+use serde_json::value::RawValue;
+use wsgw_protocol::EventId;
+
+pub use memory::MemoryBroker;
+
+/// A durable publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// Target channel (validated by the caller; never a pattern).
+    pub channel: String,
+    /// Event name.
+    pub event: String,
+    /// JSON payload, embedded in the frame as is.
+    pub data: Box<RawValue>,
+    /// Connection ids that must not receive it (e.g. the publishing socket).
+    pub exclude: Vec<String>,
+}
+
+/// One event as kept in a channel's history.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Its id.
+    pub id: EventId,
+    /// The exact frame clients receive.
+    pub frame: Utf8Bytes,
+    /// Publish time, ms since the epoch.
+    pub ts_ms: u64,
+}
+
+/// What part of a channel's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryQuery {
+    /// Events with id greater than `id`, oldest first, at most `limit`.
+    After {
+        /// Exclusive lower bound.
+        id: EventId,
+        /// Most events to return.
+        limit: usize,
+    },
+    /// The newest `n` events, oldest first.
+    Last {
+        /// How many.
+        n: usize,
+    },
+}
+
+/// A page of history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// Events, oldest first.
+    pub events: Vec<StoredEvent>,
+    /// For `After`: false when events after the id may have been lost (trimmed, expired, or
+    /// the broker's data is younger than the id). Always true for `Last`.
+    pub complete: bool,
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached now; the caller should answer 503 / `unavailable`.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with something unexpected.
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+/// The seam between the hub and where events travel.
+pub trait Broker: Send + Sync + 'static {
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Durable publish: assigns the next global id, keeps the event in the channel's history
+    /// and delivers it to every subscriber in the cluster.
+    fn publish(&self, req: PublishRequest) -> BoxFuture<'_, Result<EventId, BrokerError>>;
+
+    /// Reads a channel's history.
+    fn history<'a>(&'a self, channel: &'a str, query: HistoryQuery) -> BoxFuture<'a, Result<HistoryPage, BrokerError>>;
+
+    /// Starts listening to channels (or patterns) that just got their first local subscriber;
+    /// resolves once events published from now on will reach the hub.
+    fn listen<'a>(&'a self, channels: &'a [Arc<str>]) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Stops listening to channels that lost their last local subscriber.
+    fn unlisten(&self, channels: &[Arc<str>]);
+
+    /// Whether the broker can serve now (feeds `/ready`).
+    fn is_ready(&self) -> bool;
+}

@@ -1,0 +1,704 @@
+//! hub.rs: this node's sockets and who listens to what (connection registry, channel and
+//! pattern index, fan-out into each socket's bounded outbox). Never awaits: fan-out only
+//! pushes shared frames into queues, and the socket's own task writes them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use indexmap::IndexMap;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+use wsgw_protocol::{CloseCode, EventId, glob_match};
+
+use crate::metrics::Metrics;
+use crate::time::now_ms;
+
+/// A frame ready to be written: shared text plus what ordering and latency need.
+#[derive(Clone, Debug)]
+pub struct OutFrame {
+    /// The JSON text, shared by every recipient.
+    pub text: Utf8Bytes,
+    /// Set for durable events; used to drop duplicates.
+    pub event_id: Option<EventId>,
+    /// Publish time in µs since the epoch (0 for control frames): feeds the latency histogram.
+    pub published_us: u64,
+}
+
+impl OutFrame {
+    /// A control frame (welcome, ack, error …): no id, no latency measurement.
+    pub fn control(text: impl Into<Utf8Bytes>) -> Self {
+        Self {
+            text: text.into(),
+            event_id: None,
+            published_us: 0,
+        }
+    }
+}
+
+/// What happened to a frame offered to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued (or buffered behind a replay).
+    Queued,
+    /// Already sent or queued (same or older event id): dropped on purpose.
+    Duplicate,
+    /// The queue was full: the connection is now closing with 4008.
+    Overflow,
+    /// The connection is closing; nothing more is queued.
+    Closed,
+}
+
+struct Outbox {
+    queue: VecDeque<OutFrame>,
+    /// Highest durable event id queued so far; live events at or below it are duplicates.
+    last_sent: Option<EventId>,
+    /// Some while a replay is being read: live frames wait here so they follow the replay.
+    replay: Option<Vec<OutFrame>>,
+    close: Option<CloseCode>,
+}
+
+/// One socket as the hub sees it. The session task owns the socket itself.
+pub struct Connection {
+    key: u64,
+    /// The connection id (its `connection:<id>` channel).
+    pub id: Arc<str>,
+    /// The token's `sub`.
+    pub user_id: Arc<str>,
+    /// When the socket was welcomed, ms since the epoch.
+    pub connected_at_ms: u64,
+    last_seen_ms: AtomicU64,
+    /// Token expiry in seconds since the epoch, 0 when the token has none.
+    token_exp_s: AtomicU64,
+    capacity: usize,
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+    channels: Mutex<Vec<Arc<str>>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// A connection in replay mode: live frames are held back until [`Connection::finish_replay`].
+    pub fn new(id: Arc<str>, user_id: Arc<str>, capacity: usize, last_event_id: Option<EventId>) -> Self {
+        let now = now_ms();
+        Self {
+            key: 0,
+            id,
+            user_id,
+            connected_at_ms: now,
+            last_seen_ms: AtomicU64::new(now),
+            token_exp_s: AtomicU64::new(0),
+            capacity: capacity.max(1),
+            outbox: Mutex::new(Outbox {
+                queue: VecDeque::new(),
+                last_sent: last_event_id,
+                replay: Some(Vec::new()),
+                close: None,
+            }),
+            wake: Notify::new(),
+            channels: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records that the client showed a sign of life.
+    pub fn touch(&self) {
+        self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Last sign of life, ms since the epoch.
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// Sets the token expiry (seconds since the epoch; `None`: never).
+    pub fn set_token_exp(&self, exp: Option<u64>) {
+        self.token_exp_s.store(exp.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Token expiry, seconds since the epoch.
+    pub fn token_exp(&self) -> Option<u64> {
+        match self.token_exp_s.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// Channels and patterns this connection is in.
+    pub fn channels(&self) -> Vec<Arc<str>> {
+        self.channels.lock().clone()
+    }
+
+    /// Whether this connection is subscribed to exactly `channel`.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.channels.lock().iter().any(|c| &**c == channel)
+    }
+
+    /// Offers a live frame. Never blocks on the socket.
+    pub fn push(&self, frame: OutFrame) -> Push {
+        let mut ob = self.outbox.lock();
+        if ob.close.is_some() {
+            return Push::Closed;
+        }
+        if let Some(held) = ob.replay.as_mut() {
+            if held.len() >= self.capacity {
+                return self.overflow(ob);
+            }
+            held.push(frame);
+            return Push::Queued;
+        }
+        if let Some(id) = frame.event_id {
+            if ob.last_sent.is_some_and(|last| id <= last) {
+                return Push::Duplicate;
+            }
+            ob.last_sent = Some(id);
+        }
+        if ob.queue.len() >= self.capacity {
+            return self.overflow(ob);
+        }
+        let was_empty = ob.queue.is_empty();
+        ob.queue.push_back(frame);
+        drop(ob);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Queues a control frame (answer, error, ping) even during a replay: control frames are
+    /// not ordered against events. Still bounded by the queue.
+    pub fn push_control(&self, frame: OutFrame) -> Push {
+        let mut ob = self.outbox.lock();
+        if ob.close.is_some() {
+            return Push::Closed;
+        }
+        if ob.queue.len() >= self.capacity {
+            return self.overflow(ob);
+        }
+        let was_empty = ob.queue.is_empty();
+        ob.queue.push_back(frame);
+        drop(ob);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Push::Queued
+    }
+
+    fn overflow(&self, mut ob: parking_lot::MutexGuard<'_, Outbox>) -> Push {
+        ob.queue.clear();
+        ob.replay = None;
+        ob.close = Some(CloseCode::SlowConsumer);
+        drop(ob);
+        self.wake.notify_one();
+        Push::Overflow
+    }
+
+    /// Holds live frames back until [`Connection::finish_replay`] (for a subscribe with replay).
+    pub fn begin_replay(&self) {
+        let mut ob = self.outbox.lock();
+        if ob.replay.is_none() && ob.close.is_none() {
+            ob.replay = Some(Vec::new());
+        }
+    }
+
+    /// Ends a replay: queues `head` (the welcome or subscribed frame), then the replayed
+    /// events merged with the live ones that arrived meanwhile, in id order, each id once;
+    /// then the live ephemeral frames. Returns how many replayed events were queued.
+    ///
+    /// `replayed` must be sorted by id. Replayed events may be older than events already sent
+    /// on other channels (a channel catch-up); live ones never are.
+    pub fn finish_replay(&self, head: OutFrame, replayed: Vec<OutFrame>) -> usize {
+        let mut ob = self.outbox.lock();
+        let Some(held) = ob.replay.take() else {
+            // Closed (overflow) while replaying: nothing to do.
+            return 0;
+        };
+        if ob.close.is_some() {
+            return 0;
+        }
+        ob.queue.push_back(head);
+        let floor = ob.last_sent;
+        let mut live_durable = Vec::with_capacity(held.len());
+        let mut live_ephemeral = Vec::new();
+        for f in held {
+            match f.event_id {
+                Some(id) if floor.is_some_and(|last| id <= last) => {}
+                Some(_) => live_durable.push(f),
+                None => live_ephemeral.push(f),
+            }
+        }
+        // Both runs are in id order; merge them, keeping one copy of ids present in both.
+        let mut sent_replayed = 0;
+        let mut last: Option<EventId> = None;
+        let mut a = replayed.into_iter().peekable();
+        let mut b = live_durable.into_iter().peekable();
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.event_id <= y.event_id,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let (f, from_replay) = if take_a { (a.next(), true) } else { (b.next(), false) };
+            let Some(f) = f else { break };
+            if f.event_id.is_some() && f.event_id <= last {
+                continue;
+            }
+            last = f.event_id.or(last);
+            if from_replay {
+                sent_replayed += 1;
+            }
+            ob.queue.push_back(f);
+        }
+        if let Some(l) = last {
+            ob.last_sent = Some(ob.last_sent.map_or(l, |s| s.max(l)));
+        }
+        ob.queue.extend(live_ephemeral);
+        drop(ob);
+        self.wake.notify_one();
+        sent_replayed
+    }
+
+    /// Asks the session to close the socket with `code` after what is queued (for 4008 the
+    /// queue is dropped first). Returns false if it was already closing.
+    pub fn close(&self, code: CloseCode) -> bool {
+        let mut ob = self.outbox.lock();
+        if ob.close.is_some() {
+            return false;
+        }
+        if code == CloseCode::SlowConsumer {
+            ob.queue.clear();
+        }
+        ob.replay = None;
+        ob.close = Some(code);
+        drop(ob);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Queues a last frame, then closes.
+    pub fn close_with(&self, last: OutFrame, code: CloseCode) -> bool {
+        {
+            let mut ob = self.outbox.lock();
+            if ob.close.is_some() {
+                return false;
+            }
+            ob.queue.push_back(last);
+        }
+        self.close(code)
+    }
+
+    /// Moves everything queued into `out`; returns the close request, if any.
+    pub fn take_batch(&self, out: &mut Vec<OutFrame>) -> Option<CloseCode> {
+        let mut ob = self.outbox.lock();
+        out.extend(ob.queue.drain(..));
+        if ob.queue.capacity() > 64 && ob.queue.is_empty() {
+            // A burst grew the queue; give the memory back so idle sockets stay small.
+            ob.queue.shrink_to(8);
+        }
+        ob.close
+    }
+
+    /// Waits until something is queued or a close is requested.
+    pub async fn wait(&self) {
+        self.wake.notified().await
+    }
+}
+
+/// A connection's identity and topics kept after a disconnect, for `connection_id` resume.
+#[derive(Debug, Clone)]
+struct Parked {
+    user_id: Arc<str>,
+    topics: Vec<String>,
+    expires_ms: u64,
+}
+
+type Subscribers = IndexMap<u64, Arc<Connection>>;
+
+/// One connection of a user, as presence reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PresenceEntry {
+    /// The connection id.
+    pub connection_id: String,
+    /// The node holding it.
+    pub node: String,
+    /// When it was welcomed, ms since the epoch.
+    pub connected_at: u64,
+}
+
+/// Figures of this node's hub.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct HubStats {
+    /// Sockets registered.
+    pub connections: usize,
+    /// Distinct channels with at least one local subscriber.
+    pub channels: usize,
+    /// Distinct patterns with at least one local subscriber.
+    pub patterns: usize,
+    /// Sessions parked for resume.
+    pub parked_sessions: usize,
+}
+
+/// This node's sockets and their subscriptions.
+pub struct Hub {
+    node_id: String,
+    next_key: AtomicU64,
+    conns: RwLock<HashMap<Arc<str>, Arc<Connection>>>,
+    channels: RwLock<HashMap<Arc<str>, Subscribers>>,
+    patterns: RwLock<Vec<(Arc<str>, Subscribers)>>,
+    parked: Mutex<HashMap<Arc<str>, Parked>>,
+    metrics: Metrics,
+}
+
+impl Hub {
+    /// An empty hub for node `node_id`.
+    pub fn new(node_id: String, metrics: Metrics) -> Self {
+        Self {
+            node_id,
+            next_key: AtomicU64::new(1),
+            conns: RwLock::new(HashMap::new()),
+            channels: RwLock::new(HashMap::new()),
+            patterns: RwLock::new(Vec::new()),
+            parked: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Registers a new connection. If its id is already live here (a client resuming before
+    /// the old socket was noticed dead), the old socket is closed (1000) and replaced.
+    pub fn register(&self, mut conn: Connection) -> Arc<Connection> {
+        conn.key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(conn);
+        let old = self.conns.write().insert(conn.id.clone(), conn.clone());
+        if let Some(old) = old {
+            old.close(CloseCode::Normal);
+            self.unsubscribe_all(&old);
+        }
+        conn
+    }
+
+    /// Removes a connection and all its subscriptions. Returns the channels and patterns that
+    /// no local connection listens to any more (for the broker to release).
+    pub fn remove(&self, conn: &Arc<Connection>) -> Vec<Arc<str>> {
+        {
+            let mut conns = self.conns.write();
+            if conns.get(&conn.id).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                conns.remove(&conn.id);
+            }
+        }
+        self.unsubscribe_all(conn)
+    }
+
+    fn unsubscribe_all(&self, conn: &Arc<Connection>) -> Vec<Arc<str>> {
+        let channels = std::mem::take(&mut *conn.channels.lock());
+        channels.into_iter().filter(|c| self.unindex(conn, c)).collect()
+    }
+
+    /// The number of connections registered.
+    pub fn connection_count(&self) -> usize {
+        self.conns.read().len()
+    }
+
+    /// Connections of one user on this node.
+    pub fn user_connection_count(&self, user_id: &str) -> usize {
+        let key = format!("user:{user_id}");
+        self.channels.read().get(key.as_str()).map_or(0, |s| s.len())
+    }
+
+    /// Adds `conn` to `channel` (or pattern). Returns true when it is the first local
+    /// subscriber (the broker must start listening), false also when already subscribed.
+    pub fn subscribe(&self, conn: &Arc<Connection>, channel: &str) -> bool {
+        {
+            let mut chans = conn.channels.lock();
+            if chans.iter().any(|c| &**c == channel) {
+                return false;
+            }
+            chans.push(Arc::from(channel));
+        }
+        if channel.contains('*') {
+            let mut pats = self.patterns.write();
+            if let Some((_, subs)) = pats.iter_mut().find(|(p, _)| &**p == channel) {
+                subs.insert(conn.key, conn.clone());
+                false
+            } else {
+                let mut subs = IndexMap::new();
+                subs.insert(conn.key, conn.clone());
+                pats.push((Arc::from(channel), subs));
+                true
+            }
+        } else {
+            let mut chans = self.channels.write();
+            match chans.get_mut(channel) {
+                Some(subs) => {
+                    subs.insert(conn.key, conn.clone());
+                    false
+                }
+                None => {
+                    let mut subs = IndexMap::new();
+                    subs.insert(conn.key, conn.clone());
+                    chans.insert(Arc::from(channel), subs);
+                    true
+                }
+            }
+        }
+    }
+
+    /// Removes `conn` from `channel`. Returns true when no local subscriber is left.
+    pub fn unsubscribe(&self, conn: &Arc<Connection>, channel: &str) -> bool {
+        {
+            let mut chans = conn.channels.lock();
+            let Some(pos) = chans.iter().position(|c| &**c == channel) else {
+                return false;
+            };
+            chans.swap_remove(pos);
+        }
+        self.unindex(conn, channel)
+    }
+
+    fn unindex(&self, conn: &Arc<Connection>, channel: &str) -> bool {
+        if channel.contains('*') {
+            let mut pats = self.patterns.write();
+            if let Some(pos) = pats.iter().position(|(p, _)| &**p == channel) {
+                pats[pos].1.swap_remove(&conn.key);
+                if pats[pos].1.is_empty() {
+                    pats.swap_remove(pos);
+                    return true;
+                }
+            }
+            false
+        } else {
+            let mut chans = self.channels.write();
+            if let Some(subs) = chans.get_mut(channel) {
+                subs.swap_remove(&conn.key);
+                if subs.is_empty() {
+                    chans.remove(channel);
+                    return true;
+                }
+            }
+            false
+        }
+    }
+
+    /// Whether any local connection listens to `channel` (exactly or by pattern).
+    pub fn has_interest(&self, channel: &str) -> bool {
+        if channel.contains('*') {
+            return self.patterns.read().iter().any(|(p, _)| &**p == channel);
+        }
+        self.channels.read().contains_key(channel)
+    }
+
+    /// Every channel and pattern with a local subscriber.
+    pub fn interests(&self) -> Vec<Arc<str>> {
+        let mut all: Vec<Arc<str>> = self.channels.read().keys().cloned().collect();
+        all.extend(self.patterns.read().iter().map(|(p, _)| p.clone()));
+        all
+    }
+
+    /// Fans a frame published on `channel` out to every local subscriber (exact and pattern),
+    /// except the connection ids in `exclude`. Returns how many accepted it.
+    pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
+        let mut delivered = 0;
+        let offer = |c: &Arc<Connection>, delivered: &mut usize| {
+            if !exclude.is_empty() && exclude.contains(&&*c.id) {
+                return;
+            }
+            match c.push(frame.clone()) {
+                Push::Queued => *delivered += 1,
+                Push::Overflow => self.metrics.slow_consumers.inc(),
+                Push::Duplicate | Push::Closed => {}
+            }
+        };
+        let chans = self.channels.read();
+        let exact = chans.get(channel);
+        if let Some(subs) = exact {
+            for c in subs.values() {
+                offer(c, &mut delivered);
+            }
+        }
+        let pats = self.patterns.read();
+        if !pats.is_empty() {
+            // A socket subscribed both exactly and by pattern(s) gets the frame once.
+            let mut seen: HashSet<u64> = HashSet::new();
+            for (p, subs) in pats.iter().filter(|(p, _)| glob_match(p, channel)) {
+                let _ = p;
+                for (key, c) in subs {
+                    if exact.is_some_and(|e| e.contains_key(key)) || !seen.insert(*key) {
+                        continue;
+                    }
+                    offer(c, &mut delivered);
+                }
+            }
+        }
+        delivered
+    }
+
+    /// A snapshot of every connection (for the node-wide heartbeat tick and the drain).
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.conns.read().values().cloned().collect()
+    }
+
+    /// One connection by id.
+    pub fn connection(&self, id: &str) -> Option<Arc<Connection>> {
+        self.conns.read().get(id).cloned()
+    }
+
+    /// Connections of one user on this node.
+    pub fn user_connections(&self, user_id: &str) -> Vec<Arc<Connection>> {
+        let key = format!("user:{user_id}");
+        self.channels
+            .read()
+            .get(key.as_str())
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Presence entries of one user on this node.
+    pub fn presence(&self, user_id: &str) -> Vec<PresenceEntry> {
+        self.user_connections(user_id)
+            .into_iter()
+            .map(|c| PresenceEntry {
+                connection_id: c.id.to_string(),
+                node: self.node_id.clone(),
+                connected_at: c.connected_at_ms,
+            })
+            .collect()
+    }
+
+    /// Closes every connection of `user_id` with `code`; returns how many.
+    pub fn close_user(&self, user_id: &str, code: CloseCode) -> usize {
+        self.user_connections(user_id).iter().filter(|c| c.close(code)).count()
+    }
+
+    /// Keeps a closed connection's topics for `ttl_ms` so a client can resume them.
+    pub fn park(&self, conn: &Connection, topics: Vec<String>, ttl_ms: u64) {
+        let parked = Parked {
+            user_id: conn.user_id.clone(),
+            topics,
+            expires_ms: now_ms() + ttl_ms,
+        };
+        self.parked.lock().insert(conn.id.clone(), parked);
+    }
+
+    /// Takes a parked session back if it exists, has not expired and belongs to `user_id`.
+    pub fn unpark(&self, id: &str, user_id: &str) -> Option<Vec<String>> {
+        let mut parked = self.parked.lock();
+        let p = parked.get(id)?;
+        if &*p.user_id != user_id || p.expires_ms < now_ms() {
+            return None;
+        }
+        parked.remove(id).map(|p| p.topics)
+    }
+
+    /// Whether `id` is live here or parked for a different user (a resume must not take it).
+    pub fn id_owned_by_other(&self, id: &str, user_id: &str) -> bool {
+        if let Some(c) = self.conns.read().get(id) {
+            return &*c.user_id != user_id;
+        }
+        let now = now_ms();
+        self.parked
+            .lock()
+            .get(id)
+            .is_some_and(|p| p.expires_ms >= now && &*p.user_id != user_id)
+    }
+
+    /// Drops parked sessions whose time has passed.
+    pub fn expire_parked(&self) {
+        let now = now_ms();
+        self.parked.lock().retain(|_, p| p.expires_ms >= now);
+    }
+
+    /// Figures for stats and the node registry.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            connections: self.conns.read().len(),
+            channels: self.channels.read().len(),
+            patterns: self.patterns.read().len(),
+            parked_sessions: self.parked.lock().len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: u64, text: &str) -> OutFrame {
+        OutFrame {
+            text: Utf8Bytes::from(text.to_owned()),
+            event_id: Some(EventId::new(id, 0)),
+            published_us: 0,
+        }
+    }
+
+    fn drain(c: &Connection) -> (Vec<String>, Option<CloseCode>) {
+        let mut out = Vec::new();
+        let close = c.take_batch(&mut out);
+        (out.into_iter().map(|f| f.text.to_string()).collect(), close)
+    }
+
+    fn live(hub: &Hub, id: &str, cap: usize) -> Arc<Connection> {
+        let c = hub.register(Connection::new(Arc::from(id), Arc::from("u"), cap, None));
+        c.finish_replay(OutFrame::control("welcome"), vec![]);
+        c
+    }
+
+    #[test]
+    fn replay_then_buffered_live_in_order_without_duplicates() {
+        let c = Connection::new(Arc::from("c1"), Arc::from("u"), 100, Some(EventId::new(1, 0)));
+        // live events arrive while history is being read; 3 is also in history
+        assert_eq!(c.push(ev(3, "e3")), Push::Queued);
+        assert_eq!(c.push(ev(4, "e4")), Push::Queued);
+        let n = c.finish_replay(OutFrame::control("welcome"), vec![ev(2, "e2"), ev(3, "e3")]);
+        assert_eq!(n, 2);
+        assert_eq!(c.push(ev(4, "e4")), Push::Duplicate);
+        assert_eq!(c.push(ev(5, "e5")), Push::Queued);
+        assert_eq!(drain(&c).0, ["welcome", "e2", "e3", "e4", "e5"]);
+    }
+
+    #[test]
+    fn overflow_closes_with_4008_and_drops_the_queue() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let c = live(&hub, "c1", 2);
+        drain(&c);
+        hub.subscribe(&c, "t");
+        assert_eq!(c.push(ev(1, "a")), Push::Queued);
+        assert_eq!(hub.deliver("t", &ev(2, "b"), &[]), 1);
+        assert_eq!(
+            hub.deliver("t", &ev(3, "c"), &[]),
+            0,
+            "third frame overflows a queue of 2"
+        );
+        let (frames, close) = drain(&c);
+        assert_eq!(close, Some(CloseCode::SlowConsumer));
+        assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn pattern_and_exact_subscriber_gets_one_copy() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let a = live(&hub, "a", 10);
+        let b = live(&hub, "b", 10);
+        assert!(hub.subscribe(&a, "project:1"));
+        assert!(hub.subscribe(&a, "project:*"));
+        assert!(!hub.subscribe(&b, "project:*"));
+        assert_eq!(hub.deliver("project:1", &OutFrame::control("x"), &[]), 2);
+        assert_eq!(drain(&a).0, ["welcome", "x"]);
+        assert_eq!(hub.deliver("project:1", &OutFrame::control("y"), &["b"]), 1);
+        assert!(!hub.unsubscribe(&a, "project:*"));
+        assert!(hub.unsubscribe(&b, "project:*"), "last subscriber leaves the pattern");
+        assert_eq!(hub.remove(&a), vec![Arc::<str>::from("project:1")]);
+    }
+}

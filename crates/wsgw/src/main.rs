@@ -1,0 +1,150 @@
+//! The `wsgw` binary: flags -> Config -> runtime -> serve until SIGTERM/SIGINT. All logic
+//! lives in the library; this file only wires the process to it.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::{info, warn};
+use wsgw::config::{Cli, Config, LogFormat, ProcessEnv, RuntimeFlavor};
+use wsgw::limits::{RESERVED_FDS, raise_nofile_limit};
+
+/// Exit code for configuration errors (BSD `EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(&cli, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wsgw: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.print_config {
+        print!("{}", config.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let dev = if config.dev {
+        Some(prepare_dev(&mut config))
+    } else {
+        None
+    };
+
+    let mut builder = match config.runtime {
+        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        RuntimeFlavor::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if config.worker_threads > 0 {
+                b.worker_threads(config.worker_threads);
+            }
+            b
+        }
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wsgw: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match run(config, dev).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ wsgw::StartError::Config(_)) | Err(e @ wsgw::StartError::Auth(_)) => {
+                eprintln!("wsgw: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+            Err(e) => {
+                eprintln!("wsgw: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+struct DevInfo {
+    token: String,
+    api_key: String,
+}
+
+/// `--dev`: memory broker, a random secret and API key unless given, and a token to paste.
+fn prepare_dev(config: &mut Config) -> DevInfo {
+    fn random_hex(bytes: usize) -> String {
+        (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    }
+    warn!("dev mode: random secrets, memory broker, permissive token; not for production");
+    config.redis_url = None;
+    let secret = config.jwt_secret.get_or_insert_with(|| random_hex(32)).clone();
+    let api_key = config.api_key.get_or_insert_with(|| random_hex(16)).clone();
+    let exp = wsgw::time::now_ms() / 1000 + 24 * 3600;
+    let token = wsgw::auth::sign_hs256(&secret, "dev-user", &["*"], &["*"], Some(exp));
+    DevInfo { token, api_key }
+}
+
+async fn run(config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::StartError> {
+    match raise_nofile_limit() {
+        Ok(l) => {
+            info!(before = l.before, soft = l.soft, hard = l.hard, "open-files limit");
+            let room = l.soft.saturating_sub(RESERVED_FDS);
+            if config.max_connections as u64 > room {
+                warn!(
+                    max_connections = config.max_connections,
+                    sockets_possible = room,
+                    "max_connections exceeds what the open-files limit allows; accepts will fail before the cap"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let gateway = wsgw::Gateway::new(config)?;
+    info!(%addr, node = %gateway.node_id, broker = gateway.broker.kind(), "listening");
+    if let Some(dev) = dev {
+        let host = if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        println!("wsgw dev mode (not for production)");
+        println!(
+            "  token (user dev-user, may subscribe/publish anywhere, 24 h):\n    {}",
+            dev.token
+        );
+        println!("  connect:\n    websocat 'ws://{host}/ws?token={}'", dev.token);
+        println!(
+            "  publish:\n    curl -s -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n      -d '{{\"channel\":\"broadcast\",\"event\":\"hello\",\"data\":{{\"text\":\"hi\"}}}}' http://{host}/api/publish",
+            dev.api_key
+        );
+    }
+    wsgw::serve(listener, gateway, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT"),
+    }
+}
