@@ -307,6 +307,11 @@ impl Connection {
         ob.close
     }
 
+    /// The close requested, if any (without taking anything from the queue).
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        self.outbox.lock().close
+    }
+
     /// Waits until something is queued or a close is requested.
     pub async fn wait(&self) {
         self.wake.notified().await

@@ -79,7 +79,8 @@ async fn close_socket(ws: &mut WebSocket, code: CloseCode, reason: &'static str)
         code: code.code(),
         reason: Utf8Bytes::from_static(reason),
     };
-    let sent = tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame)))).await;
+    // A slow consumer's socket may need a while to take the close frame; give it some.
+    let sent = tokio::time::timeout(Duration::from_secs(5), ws.send(Message::Close(Some(frame)))).await;
     if matches!(sent, Ok(Ok(()))) {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while let Some(Ok(msg)) = ws.recv().await {
@@ -110,12 +111,6 @@ pub async fn run(ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         refuse(ws, &gw, None, CloseCode::Restart).await;
         return;
     }
-    let Some(slot) = Slot::acquire(&gw) else {
-        gw.metrics.rejected_full.inc();
-        let frame = ServerFrame::error(ErrorCode::Unavailable, "node is full, try another node later", None);
-        refuse(ws, &gw, Some(frame), CloseCode::TryAgainLater).await;
-        return;
-    };
     let per_user = gw.config.max_connections_per_user;
     if per_user > 0 && gw.hub.user_connection_count(&claims.sub) >= per_user {
         let msg = format!("user already has {per_user} connections");
@@ -128,6 +123,12 @@ pub async fn run(ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         .await;
         return;
     }
+    let Some(slot) = Slot::acquire(&gw) else {
+        gw.metrics.rejected_full.inc();
+        let frame = ServerFrame::error(ErrorCode::Unavailable, "node is full, try another node later", None);
+        refuse(ws, &gw, Some(frame), CloseCode::TryAgainLater).await;
+        return;
+    };
     let span = info_span!("conn", connection_id = tracing::field::Empty, user_id = %claims.sub, node = %gw.node_id);
     let session = Session::open(gw.clone(), claims, params, slot);
     async move {
@@ -155,10 +156,14 @@ fn valid_connection_id(id: &str) -> bool {
 impl Session {
     async fn open(gw: Arc<Gateway>, claims: Claims, params: ConnectParams, slot: Slot) -> Option<Session> {
         let mut notices: Vec<OutFrame> = Vec::new();
+        // An unreadable last_event_id means a replay was wanted but can't be done: say so with
+        // an error after the welcome and `recovered:false`, rather than refusing the socket.
+        let mut unreadable_last_id = false;
         let last_event_id = match params.last_event_id.as_deref().map(str::parse::<EventId>) {
             Some(Ok(id)) => Some(id),
             Some(Err(e)) => {
                 notices.push(error_frame(ErrorCode::BadRequest, e.to_string(), None));
+                unreadable_last_id = true;
                 None
             }
             None => None,
@@ -228,7 +233,7 @@ impl Session {
         let replay = match last_event_id {
             None => Replay {
                 events: Vec::new(),
-                recovered: true,
+                recovered: !unreadable_last_id,
             },
             Some(after) => {
                 match history::replay_after(gw.broker.as_ref(), &channels, after, gw.config.max_replay).await {
@@ -293,38 +298,38 @@ impl Session {
 
     async fn serve(mut self, mut ws: WebSocket) {
         let mut batch: Vec<OutFrame> = Vec::new();
-        let reason: &'static str = loop {
+        // The loop ends with why, and the close code to send (None: the socket is gone or the
+        // client closed first).
+        let (reason, code): (&'static str, Option<CloseCode>) = loop {
             let close = self.conn.take_batch(&mut batch);
             if !batch.is_empty() {
                 let conn = self.conn.clone();
                 let written = tokio::select! {
                     r = write_batch(&mut ws, &mut batch, &self.gw) => r,
-                    // A socket stuck on a full TCP buffer must still notice its 4008.
-                    _ = wait_for_close(&conn) => false,
+                    // A socket stuck on a full TCP buffer must still notice its close request.
+                    _ = stuck_after_close(&conn) => false,
                 };
                 if !written {
-                    if let Some(code) = self.conn.take_batch(&mut Vec::new()) {
-                        close_socket(&mut ws, code, code.reason()).await;
-                        break code.reason();
+                    if let Some(code) = self.conn.close_requested() {
+                        break (code.reason(), Some(code));
                     }
-                    break "write_error";
+                    break ("write_error", None);
                 }
             }
             if let Some(code) = close {
-                close_socket(&mut ws, code, code.reason()).await;
-                break code.reason();
+                break (code.reason(), Some(code));
             }
             tokio::select! {
                 _ = self.conn.wait() => {}
                 msg = ws.recv() => match msg {
-                    None => break "client_gone",
+                    None => break ("client_gone", None),
                     Some(Err(e)) => {
                         if is_too_large(&e) {
                             self.send_error(ErrorCode::TooLarge, format!("message larger than {} bytes", self.gw.config.max_message_bytes), None);
                             self.conn.close(CloseCode::TooBig);
                             continue;
                         }
-                        break "read_error";
+                        break ("read_error", None);
                     }
                     Some(Ok(msg)) => {
                         self.conn.touch();
@@ -343,14 +348,23 @@ impl Session {
                                     self.rate_limited();
                                 }
                             }
-                            Message::Close(_) => break "client_closed",
+                            Message::Close(_) => break ("client_closed", None),
                             Message::Ping(_) | Message::Pong(_) => {}
                         }
                     }
                 }
             }
         };
+        // Unregister (and park for resume) before the client can see the close, so that a
+        // client reconnecting at once finds its session parked.
         self.finish(reason);
+        match code {
+            Some(code) => close_socket(&mut ws, code, code.reason()).await,
+            // Sends tungstenite's queued answer to the client's close.
+            None => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+            }
+        }
     }
 
     fn finish(self, reason: &'static str) {
@@ -631,11 +645,17 @@ impl Session {
     }
 }
 
-async fn wait_for_close(conn: &Connection) {
+/// Resolves when a pending write should be abandoned: at once for a slow consumer (its queue
+/// is gone anyway), after a grace period for other closes (so a last error frame still goes out).
+async fn stuck_after_close(conn: &Connection) {
     loop {
-        conn.wait().await;
-        if conn.take_batch(&mut Vec::new()).is_some() {
-            return;
+        match conn.close_requested() {
+            Some(CloseCode::SlowConsumer) => return,
+            Some(_) => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return;
+            }
+            None => conn.wait().await,
         }
     }
 }

@@ -1,0 +1,359 @@
+//! Stopping a node (in-process and the real `wsgw` binary on SIGTERM), the binary's
+//! configuration errors, and `wsgw --dev`.
+
+mod common;
+
+use std::net::TcpListener as StdTcpListener;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use wsgw::Config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsgw");
+
+#[tokio::test]
+async fn stopping_a_node_closes_its_sockets_with_1012_and_fails_readiness_meanwhile() {
+    let node = Node::start(Config {
+        drain_ms: 300,
+        ..config()
+    })
+    .await;
+    let (mut a, _) = node.connect(&token("a", &[], &[])).await;
+    let (mut b, _) = node.connect(&token("b", &[], &[])).await;
+    let (http, ready_url) = (node.http.clone(), node.url("/ready"));
+    let (status, _) = node.api_get("/ready").await;
+    assert_eq!(status, 200);
+
+    // The clients do not read yet, so they keep the drain busy (the server waits for their
+    // answer to its close) while we look at /ready.
+    let stopping = tokio::spawn(node.gw.stop());
+    wait_until("/ready answers 503 while draining", || async {
+        match http.get(&ready_url).send().await {
+            Ok(r) if r.status().as_u16() == 503 => {
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(
+                    (body["ready"].as_bool(), body["draining"].as_bool()),
+                    (Some(false), Some(true)),
+                    "{body}"
+                );
+                true
+            }
+            other => { eprintln!("ready poll: {:?}", other.map(|r| r.status())); false }
+        }
+    })
+    .await;
+
+    for c in [&mut a, &mut b] {
+        let (code, frames) = c.until_closed().await;
+        assert_eq!(code, Some(1012), "frames before the close: {frames:?}");
+    }
+    let stopped = tokio::time::timeout(DEADLINE, stopping)
+        .await
+        .expect("stop returns in time");
+    stopped.expect("stop task").expect("clean stop");
+}
+
+#[tokio::test]
+async fn stopping_an_idle_node_returns_promptly() {
+    let node = Node::start(Config {
+        drain_ms: 300,
+        ..config()
+    })
+    .await;
+    let addr = node.addr();
+    tokio::time::timeout(DEADLINE, node.gw.stop())
+        .await
+        .expect("stop returns in time")
+        .expect("clean stop");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after stop"
+    );
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    StdTcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The binary with an empty environment (so the developer's `WSGW_*` don't leak in) plus `vars`.
+fn wsgw(args: &[&str], vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+/// A running `wsgw` process: terminated (SIGTERM, then SIGKILL) when dropped, so no process
+/// outlives its test even when an assertion fails. Keeps stderr for failure messages.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    base: String,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command, port: u16) -> Running {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn wsgw");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Running {
+            child,
+            stderr,
+            base: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until `/health` answers 200.
+    async fn healthy(&mut self, http: &reqwest::Client) {
+        let url = format!("http://{}/health", self.base);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().as_u16() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("wsgw exited early with {status}; stderr:\n{}", self.stderr());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "wsgw never became healthy; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
+        match tokio::time::timeout(DEADLINE, self.child.wait()).await {
+            Ok(status) => status.expect("wait for wsgw"),
+            Err(_) => panic!("wsgw did not exit in time; stderr:\n{}", self.stderr()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        for _ in 0..100 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.start_kill();
+        let _ = self.child.try_wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_exits_0() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cmd = wsgw(
+        &[],
+        &[
+            ("WSGW_LISTEN", listen.as_str()),
+            ("WSGW_JWT_SECRET", SECRET),
+            ("WSGW_API_KEY", API_KEY),
+            ("WSGW_DRAIN_MS", "300"),
+            ("WSGW_NODE_ID", "bin-node"),
+        ],
+    );
+    let mut server = Running::spawn(cmd, port);
+    let http = reqwest::Client::new();
+    server.healthy(&http).await;
+
+    let mut c = Client::connect(&format!("ws://{listen}/ws?token={}", token("sig", &[], &[]))).await;
+    let w = c.expect("welcome").await;
+    assert_eq!(
+        (w["user_id"].as_str(), w["node"].as_str()),
+        (Some("sig"), Some("bin-node"))
+    );
+
+    sigterm(server.pid());
+    let (code, frames) = c.until_closed().await;
+    assert_eq!(
+        code,
+        Some(1012),
+        "frames before the close: {frames:?}; stderr:\n{}",
+        server.stderr()
+    );
+    let status = server.exit_status().await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_a_jwt_secret() {
+    let out = wsgw(&[], &[("WSGW_LISTEN", "127.0.0.1:0"), ("WSGW_API_KEY", API_KEY)])
+        .output()
+        .await
+        .expect("run wsgw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("WSGW_JWT_SECRET"),
+        "the message names the variable:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_names_a_variable_with_a_bad_value() {
+    let out = wsgw(
+        &[],
+        &[
+            ("WSGW_LISTEN", "127.0.0.1:0"),
+            ("WSGW_JWT_SECRET", SECRET),
+            ("WSGW_HEARTBEAT_INTERVAL_MS", "abc"),
+        ],
+    )
+    .output()
+    .await
+    .expect("run wsgw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
+    assert!(stderr.contains("WSGW_HEARTBEAT_INTERVAL_MS"), "{stderr}");
+    assert!(stderr.contains("abc"), "{stderr}");
+}
+
+/// Reads stdout lines until `last` matches one; returns them all.
+async fn lines_until(out: &mut BufReader<ChildStdout>, last: impl Fn(&str) -> bool, stderr: &Running) -> Vec<String> {
+    let mut lines = Vec::new();
+    let read = async {
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).await.expect("read stdout") == 0 {
+                return false;
+            }
+            let done = last(&line);
+            lines.push(line.trim_end().to_string());
+            if done {
+                return true;
+            }
+        }
+    };
+    let found = tokio::time::timeout(Duration::from_secs(10), read).await;
+    assert!(
+        matches!(found, Ok(true)),
+        "stdout ended early: {lines:?}; stderr:\n{}",
+        stderr.stderr()
+    );
+    lines
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_working_token_and_api_key() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut dev = Running::spawn(
+        wsgw(
+            &["--dev"],
+            &[("WSGW_LISTEN", listen.as_str()), ("WSGW_DRAIN_MS", "300")],
+        ),
+        port,
+    );
+    let mut stdout = BufReader::new(dev.child.stdout.take().unwrap());
+    let lines = lines_until(&mut stdout, |l| l.contains("/api/publish"), &dev).await;
+    let text = lines.join("\n");
+
+    // The token is printed on the line after its heading, and again in the connect example.
+    let heading = lines
+        .iter()
+        .position(|l| l.contains("token"))
+        .unwrap_or_else(|| panic!("no token line:\n{text}"));
+    let token = lines.get(heading + 1).map(|l| l.trim().to_string()).unwrap_or_default();
+    assert_eq!(token.split('.').count(), 3, "a JWT after the token heading:\n{text}");
+    assert!(text.contains(&format!("ws://{listen}/ws?token={token}")), "{text}");
+    let key = text
+        .split("Authorization: Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("no Authorization header in the curl line:\n{text}"))
+        .to_string();
+    assert!(!key.is_empty() && !key.contains(' '), "{key:?}");
+
+    let http = reqwest::Client::new();
+    dev.healthy(&http).await;
+    let mut c = Client::connect(&format!("ws://{listen}/ws?token={token}")).await;
+    let w = c.expect("welcome").await;
+    assert_eq!(w["user_id"], "dev-user");
+
+    let r = http
+        .post(format!("http://{listen}/api/publish"))
+        .bearer_auth(&key)
+        .json(&json!({"channel": "broadcast", "event": "hello", "data": {"text": "hi"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let event_id = r.json::<Value>().await.unwrap()["event_id"].clone();
+    let e = c.expect("event").await;
+    assert_eq!(
+        (e["channel"].as_str(), e["event"].as_str()),
+        (Some("broadcast"), Some("hello"))
+    );
+    assert_eq!(e["data"]["text"], "hi");
+    assert_eq!(e["event_id"], event_id);
+
+    // The dev token may subscribe and publish anywhere.
+    c.send(json!({"type": "subscribe", "channel": "any:thing", "request_id": 1}))
+        .await;
+    c.expect("subscribed").await;
+    c.send(json!({"type": "publish", "channel": "any:thing", "event": "mine", "echo": false, "request_id": 2}))
+        .await;
+    assert_eq!(c.expect("ack").await["request_id"], 2);
+
+    sigterm(dev.pid());
+    assert_eq!(c.until_closed().await.0, Some(1012));
+    assert_eq!(dev.exit_status().await.code(), Some(0), "stderr:\n{}", dev.stderr());
+}
