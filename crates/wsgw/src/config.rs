@@ -253,7 +253,7 @@ pub struct Config {
     /// Grace period on shutdown for connections to close, in milliseconds.
     /// Env `WSGW_DRAIN_MS`; default `5000`.
     pub drain_ms: u64,
-    /// WebSocket read buffer per connection, in bytes. Env `WSGW_WS_READ_BUFFER_BYTES`; default `4096`.
+    /// WebSocket read buffer per connection, in bytes. Env `WSGW_WS_READ_BUFFER_BYTES`; default `2048` (the largest share of an idle socket's memory; client frames are small).
     pub ws_read_buffer_bytes: usize,
     /// Log filter in `tracing` env-filter syntax, e.g. `info` or `wsgw=debug,info`.
     /// Env `WSGW_LOG`, flag `--log`; default `info`.
@@ -298,7 +298,7 @@ impl Default for Config {
             rate_limit_burst: 100,
             rate_limit_strikes: 20,
             drain_ms: 5000,
-            ws_read_buffer_bytes: 4096,
+            ws_read_buffer_bytes: 2048,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
             runtime: RuntimeFlavor::MultiThread,
@@ -754,7 +754,7 @@ mod tests {
             (c.rate_limit_per_s, c.rate_limit_burst, c.rate_limit_strikes),
             (50, 100, 20)
         );
-        assert_eq!((c.drain_ms, c.ws_read_buffer_bytes), (5000, 4096));
+        assert_eq!((c.drain_ms, c.ws_read_buffer_bytes), (5000, 2048));
         assert_eq!(c.log, "info");
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.runtime, RuntimeFlavor::MultiThread);

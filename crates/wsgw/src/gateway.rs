@@ -145,24 +145,18 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let gw_signal = gw.clone();
-    let (drain_tx, mut drain_rx) = watch::channel(false);
+    // Sockets outlive axum's connection tracking once upgraded, so drain them ourselves. Axum
+    // is told to stop only after the drain: until then it keeps accepting, so `/ready` answers
+    // 503 and new sockets are refused with 1012 instead of finding the port closed.
     let signal = async move {
         shutdown.await;
         info!("shutdown requested: draining");
         gw_signal.draining.store(true, Ordering::Release);
-        let _ = drain_tx.send(true);
+        drain(&gw_signal).await;
     };
-    let serving =
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(signal);
-    // Sockets outlive axum's connection tracking once upgraded, so drain them ourselves, and
-    // concurrently: axum waits for in-flight HTTP requests while we close the sockets.
-    let drain_gw = gw.clone();
-    let drained = async move {
-        if drain_rx.wait_for(|d| *d).await.is_ok() {
-            drain(&drain_gw).await;
-        }
-    };
-    let (served, ()) = tokio::join!(serving, drained);
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(signal)
+        .await;
     let _ = stop_tx.send(true);
     let _ = ticker.await;
     served?;

@@ -94,24 +94,28 @@ fn prepare_dev(config: &mut Config) -> DevInfo {
     DevInfo { token, api_key }
 }
 
-async fn run(config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::StartError> {
+async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::StartError> {
     match raise_nofile_limit() {
         Ok(l) => {
             info!(before = l.before, soft = l.soft, hard = l.hard, "open-files limit");
             let room = l.soft.saturating_sub(RESERVED_FDS);
             if config.max_connections as u64 > room {
+                // Refusing with 1013 at the cap beats failing accept() with EMFILE.
                 warn!(
                     max_connections = config.max_connections,
                     sockets_possible = room,
-                    "max_connections exceeds what the open-files limit allows; accepts will fail before the cap"
+                    "max_connections exceeds what the open-files limit allows; capping it there"
                 );
+                config.max_connections = room as usize;
             }
         }
         Err(e) => warn!(error = %e, "cannot read or raise the open-files limit"),
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
+    // Configuration errors first, so they are reported as such even if the port is busy.
+    let listen = config.listen;
     let gateway = wsgw::Gateway::new(config)?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
     info!(%addr, node = %gateway.node_id, broker = gateway.broker.kind(), "listening");
     if let Some(dev) = dev {
         let host = if addr.ip().is_unspecified() {

@@ -94,7 +94,7 @@ async fn close_socket(ws: &mut WebSocket, code: CloseCode, reason: &'static str)
 }
 
 /// Runs one upgraded socket to its end.
-pub async fn run(ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
+pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
     let mut params = params;
     let auth = std::mem::replace(&mut params.auth, Err(AuthError::Missing));
     let claims = match auth {
@@ -103,12 +103,12 @@ pub async fn run(ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
             gw.metrics.auth_failures.with_label_values(&[e.label()]).inc();
             debug!(peer = %params.peer, reason = e.label(), "refused token");
             let frame = ServerFrame::error(e.code(), e.to_string(), None);
-            refuse(ws, &gw, Some(frame), e.close_code()).await;
+            Box::pin(refuse(ws, &gw, Some(frame), e.close_code())).await;
             return;
         }
     };
     if gw.is_draining() {
-        refuse(ws, &gw, None, CloseCode::Restart).await;
+        Box::pin(refuse(ws, &gw, None, CloseCode::Restart)).await;
         return;
     }
     let per_user = gw.config.max_connections_per_user;
@@ -126,18 +126,18 @@ pub async fn run(ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
     let Some(slot) = Slot::acquire(&gw) else {
         gw.metrics.rejected_full.inc();
         let frame = ServerFrame::error(ErrorCode::Unavailable, "node is full, try another node later", None);
-        refuse(ws, &gw, Some(frame), CloseCode::TryAgainLater).await;
+        Box::pin(refuse(ws, &gw, Some(frame), CloseCode::TryAgainLater)).await;
         return;
     };
     let span = info_span!("conn", connection_id = tracing::field::Empty, user_id = %claims.sub, node = %gw.node_id);
-    let session = Session::open(gw.clone(), claims, params, slot);
-    async move {
-        if let Some(session) = session.await {
-            session.serve(ws).await;
-        }
+    // Boxed so the connect-time state (replay, welcome) does not stay in every idle socket's
+    // task for its whole life: a future is as big as its biggest state.
+    let session = Box::pin(Session::open(gw.clone(), claims, params, slot).instrument(span.clone())).await;
+    if let Some(session) = session {
+        // By reference: an async fn keeps its arguments for its whole life, so moving the
+        // socket into `serve` would hold two copies of it in every idle task.
+        session.serve(&mut ws).instrument(span).await;
     }
-    .instrument(span)
-    .await;
 }
 
 struct Session {
@@ -296,7 +296,7 @@ impl Session {
         }
     }
 
-    async fn serve(mut self, mut ws: WebSocket) {
+    async fn serve(mut self, ws: &mut WebSocket) {
         let mut batch: Vec<OutFrame> = Vec::new();
         // The loop ends with why, and the close code to send (None: the socket is gone or the
         // client closed first).
@@ -305,7 +305,7 @@ impl Session {
             if !batch.is_empty() {
                 let conn = self.conn.clone();
                 let written = tokio::select! {
-                    r = write_batch(&mut ws, &mut batch, &self.gw) => r,
+                    r = write_batch(ws, &mut batch, &self.gw) => r,
                     // A socket stuck on a full TCP buffer must still notice its close request.
                     _ = stuck_after_close(&conn) => false,
                 };
@@ -337,7 +337,7 @@ impl Session {
                             Message::Text(text) => {
                                 self.gw.metrics.frames_in.inc();
                                 self.gw.metrics.bytes_in.inc_by(text.len() as u64);
-                                self.on_text(&text).await;
+                                Box::pin(self.on_text(&text)).await;
                             }
                             Message::Binary(b) => {
                                 self.gw.metrics.frames_in.inc();
@@ -359,7 +359,7 @@ impl Session {
         // client reconnecting at once finds its session parked.
         self.finish(reason);
         match code {
-            Some(code) => close_socket(&mut ws, code, code.reason()).await,
+            Some(code) => Box::pin(close_socket(ws, code, code.reason())).await,
             // Sends tungstenite's queued answer to the client's close.
             None => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;

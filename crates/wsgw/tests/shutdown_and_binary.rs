@@ -26,6 +26,7 @@ async fn stopping_a_node_closes_its_sockets_with_1012_and_fails_readiness_meanwh
     let (mut a, _) = node.connect(&token("a", &[], &[])).await;
     let (mut b, _) = node.connect(&token("b", &[], &[])).await;
     let (http, ready_url) = (node.http.clone(), node.url("/ready"));
+    let node_ws_url = node.ws_url(&format!("token={}", token("late", &[], &[])));
     let (status, _) = node.api_get("/ready").await;
     assert_eq!(status, 200);
 
@@ -43,10 +44,13 @@ async fn stopping_a_node_closes_its_sockets_with_1012_and_fails_readiness_meanwh
                 );
                 true
             }
-            other => { eprintln!("ready poll: {:?}", other.map(|r| r.status())); false }
+            _ => false,
         }
     })
     .await;
+    // A socket arriving during the drain is turned away with 1012 too, so it reconnects elsewhere.
+    let mut late = Client::connect(&node_ws_url).await;
+    assert_eq!(late.until_closed().await, (Some(1012), vec![]));
 
     for c in [&mut a, &mut b] {
         let (code, frames) = c.until_closed().await;
