@@ -78,7 +78,9 @@ struct Common {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// VmRSS of a process, KiB.
@@ -131,7 +133,11 @@ async fn open_all(c: &Common) -> Result<Vec<Ws>> {
             eprintln!("  {} sockets open ({:.1}s)", i + 1, started.elapsed().as_secs_f64());
         }
     }
-    eprintln!("  {} sockets open in {:.1}s", out.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "  {} sockets open in {:.1}s",
+        out.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(out)
 }
 
@@ -154,7 +160,10 @@ async fn idle(c: Common, hold_s: u64) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(hold_s)).await;
     let closed = closed.load(Ordering::Relaxed);
-    println!("connections held: {} for {hold_s}s, closed early: {closed}", c.connections);
+    println!(
+        "connections held: {} for {hold_s}s, closed early: {closed}",
+        c.connections
+    );
     if let (Some(pid), Some(before)) = (c.server_pid, before) {
         let after = rss_kib(pid)?;
         let per = (after.saturating_sub(before)) as f64 / c.connections as f64;
@@ -167,7 +176,14 @@ async fn idle(c: Common, hold_s: u64) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn broadcast(c: Common, api: String, api_key: String, messages: u64, rate: f64, payload_bytes: usize) -> Result<()> {
+async fn broadcast(
+    c: Common,
+    api: String,
+    api_key: String,
+    messages: u64,
+    rate: f64,
+    payload_bytes: usize,
+) -> Result<()> {
     let socks = open_all(&c).await?;
     let n = socks.len() as u64;
     let received = Arc::new(AtomicU64::new(0));
@@ -209,7 +225,12 @@ async fn broadcast(c: Common, api: String, api_key: String, messages: u64, rate:
         tokio::time::sleep_until(next).await;
         next += period;
         let body = serde_json::json!({"event": "bench", "data": {"i": i, "sent_us": now_us(), "pad": pad}});
-        let r = http.post(format!("{api}/api/broadcast")).bearer_auth(&api_key).json(&body).send().await?;
+        let r = http
+            .post(format!("{api}/api/broadcast"))
+            .bearer_auth(&api_key)
+            .json(&body)
+            .send()
+            .await?;
         if !r.status().is_success() {
             bail!("publish {i}: HTTP {}", r.status());
         }
@@ -233,8 +254,17 @@ async fn broadcast(c: Common, api: String, api_key: String, messages: u64, rate:
         }
         lat[((lat.len() - 1) as f64 * p) as usize] as f64 / 1000.0
     };
-    println!("sockets: {n}, broadcasts: {messages} at {rate}/s, deliveries: {got} of {expected} expected ({} missing)", expected - got.min(expected));
-    println!("delivery latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}", pct(0.5), pct(0.9), pct(0.99), pct(1.0));
+    println!(
+        "sockets: {n}, broadcasts: {messages} at {rate}/s, deliveries: {got} of {expected} expected ({} missing)",
+        expected - got.min(expected)
+    );
+    println!(
+        "delivery latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         let cpu = b - a;
         println!(
@@ -258,7 +288,14 @@ fn main() -> Result<()> {
                 let t = common.timeout_s;
                 tokio::time::timeout(Duration::from_secs(t + hold_s), idle(common, hold_s)).await?
             }
-            Cmd::Broadcast { common, api, api_key, messages, rate, payload_bytes } => {
+            Cmd::Broadcast {
+                common,
+                api,
+                api_key,
+                messages,
+                rate,
+                payload_bytes,
+            } => {
                 let t = common.timeout_s;
                 tokio::time::timeout(
                     Duration::from_secs(t * 2),
