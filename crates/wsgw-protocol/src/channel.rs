@@ -45,6 +45,13 @@ pub fn validate_channel(name: &str, allow_pattern: bool) -> Result<ChannelKind, 
     Ok(classify(name))
 }
 
+/// Whether a channel name is reserved for the gateway itself: `control` and `control:*` carry
+/// the cluster's control messages and canaries on Redis (`<prefix>control…`), so clients and
+/// backends may neither publish nor subscribe to them.
+pub fn is_reserved(name: &str) -> bool {
+    name == "control" || name.starts_with("control:")
+}
+
 /// The kind of an already valid channel name.
 pub fn classify(name: &str) -> ChannelKind {
     if name.contains('*') {

@@ -10,7 +10,7 @@ mod close;
 mod event_id;
 mod frames;
 
-pub use channel::{ChannelError, ChannelKind, MAX_CHANNEL_LEN, classify, glob_match, validate_channel};
+pub use channel::{ChannelError, ChannelKind, MAX_CHANNEL_LEN, classify, glob_match, is_reserved, validate_channel};
 pub use close::CloseCode;
 pub use event_id::{EventId, EventIdError};
 pub use frames::{

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use wsgw_protocol::{CloseCode, EventId, validate_channel};
+use wsgw_protocol::{EventId, validate_channel};
 
 use crate::auth::{AuthError, token_from_request};
 use crate::broker::{BrokerError, HistoryQuery, PublishRequest};
@@ -215,6 +215,9 @@ async fn do_publish(
     exclude: Vec<String>,
 ) -> ApiResult {
     validate_channel(&channel, false).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    if wsgw_protocol::is_reserved(&channel) {
+        return Err(AppError::BadRequest(format!("{channel} is reserved for the gateway")));
+    }
     if event.is_empty() || event.len() > 128 {
         return Err(AppError::BadRequest("event must be 1..=128 bytes".into()));
     }
@@ -245,22 +248,21 @@ async fn broadcast(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesReje
 }
 
 async fn disconnect_user(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
-    let n = gw.hub.close_user(&id, CloseCode::Kicked);
+    let n = gw.broker.kick_user(&id).await?;
     Ok(Json(json!({ "user_id": id, "disconnected": n })).into_response())
 }
 
 async fn disconnect_connection(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
-    match gw.hub.connection(&id) {
-        Some(c) => {
-            c.close(CloseCode::Kicked);
-            Ok(Json(json!({ "connection_id": id, "disconnected": 1 })).into_response())
-        }
-        None => Err(AppError::NotFound(format!("no connection {id} on this node"))),
+    if gw.broker.kick_connection(&id).await? {
+        Ok(Json(json!({ "connection_id": id, "disconnected": 1 })).into_response())
+    } else {
+        Err(AppError::NotFound(format!("no connection {id}")))
     }
 }
 
 async fn presence(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(json!({ "user_id": id, "connections": gw.hub.presence(&id) })).into_response())
+    let connections = gw.broker.presence(&id).await?;
+    Ok(Json(json!({ "user_id": id, "connections": connections })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +298,7 @@ async fn history(
 
 async fn stats(State(gw): State<Arc<Gateway>>) -> ApiResult {
     let hub = gw.hub.stats();
+    let cluster = gw.broker.cluster().await?;
     Ok(Json(json!({
         "node": {
             "id": gw.node_id,
@@ -309,8 +312,9 @@ async fn stats(State(gw): State<Arc<Gateway>>) -> ApiResult {
             "draining": gw.is_draining(),
         },
         "cluster": {
-            "nodes": 1,
-            "connections": hub.connections,
+            "nodes": cluster.nodes,
+            "connections": cluster.connections,
+            "node_ids": cluster.node_ids,
         },
     }))
     .into_response())

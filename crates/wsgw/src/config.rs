@@ -232,6 +232,17 @@ pub struct Config {
     /// How long a disconnected session stays resumable, in milliseconds.
     /// Env `WSGW_SESSION_TTL_MS`; default `120000`.
     pub session_ttl_ms: u64,
+    /// TTL of presence keys and of this node's registry entry (Redis broker), in
+    /// milliseconds; refreshed every third of it. `0` derives it: heartbeat timeout + 5 s.
+    /// Env `WSGW_PRESENCE_TTL_MS`; default `0`.
+    pub presence_ttl_ms: u64,
+    /// How often the node publishes a canary on its own control channel to prove its Redis
+    /// pub/sub connection alive (three missed: not ready, reconnect), in milliseconds.
+    /// Env `WSGW_CANARY_INTERVAL_MS`; default `2000`.
+    pub canary_interval_ms: u64,
+    /// Longest a Redis command may take before the caller gets `unavailable` / HTTP 503, in
+    /// milliseconds. Env `WSGW_REDIS_TIMEOUT_MS`; default `1000`.
+    pub redis_timeout_ms: u64,
     /// Events kept per channel for replay; `0` disables history.
     /// Env `WSGW_HISTORY_SIZE`; default `1000`.
     pub history_size: usize,
@@ -290,6 +301,9 @@ impl Default for Config {
             max_connections_per_user: 0,
             send_queue: 1024,
             session_ttl_ms: 120_000,
+            presence_ttl_ms: 0,
+            canary_interval_ms: 2000,
+            redis_timeout_ms: 1000,
             history_size: 1000,
             history_ttl_ms: 3_600_000,
             max_replay: 1000,
@@ -338,8 +352,10 @@ impl Config {
     /// JWT key source, no empty or placeholder secrets, and so on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         // Zero here would make the server unusable rather than "unlimited".
-        let positive: [(&'static str, u64); 7] = [
+        let positive: [(&'static str, u64); 9] = [
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("canary_interval_ms", self.canary_interval_ms),
+            ("redis_timeout_ms", self.redis_timeout_ms),
             ("max_message_bytes", self.max_message_bytes as u64),
             ("max_publish_bytes", self.max_publish_bytes as u64),
             ("max_connections", self.max_connections as u64),
@@ -401,6 +417,15 @@ impl Config {
         Ok(())
     }
 
+    /// The presence TTL in effect: the configured one, or heartbeat timeout + 5 s.
+    pub fn effective_presence_ttl_ms(&self) -> u64 {
+        if self.presence_ttl_ms > 0 {
+            self.presence_ttl_ms
+        } else {
+            self.heartbeat_timeout_ms + 5000
+        }
+    }
+
     /// The effective config as TOML with secrets (`jwt_secret`, `api_key`, the
     /// `redis_url` password) redacted. Unset optional keys are omitted; apart
     /// from the redacted secrets, the output loads back as a config file.
@@ -460,6 +485,9 @@ impl Config {
         )?;
         env.parse("WSGW_SEND_QUEUE", &mut self.send_queue, "a whole number of frames")?;
         env.parse("WSGW_SESSION_TTL_MS", &mut self.session_ttl_ms, MS)?;
+        env.parse("WSGW_PRESENCE_TTL_MS", &mut self.presence_ttl_ms, MS)?;
+        env.parse("WSGW_CANARY_INTERVAL_MS", &mut self.canary_interval_ms, MS)?;
+        env.parse("WSGW_REDIS_TIMEOUT_MS", &mut self.redis_timeout_ms, MS)?;
         env.parse("WSGW_HISTORY_SIZE", &mut self.history_size, "a whole number of events")?;
         env.parse("WSGW_HISTORY_TTL_MS", &mut self.history_ttl_ms, MS)?;
         env.parse("WSGW_MAX_REPLAY", &mut self.max_replay, "a whole number of events")?;
@@ -544,6 +572,9 @@ impl fmt::Debug for Config {
             max_connections_per_user,
             send_queue,
             session_ttl_ms,
+            presence_ttl_ms,
+            canary_interval_ms,
+            redis_timeout_ms,
             history_size,
             history_ttl_ms,
             max_replay,
@@ -580,6 +611,9 @@ impl fmt::Debug for Config {
             .field("max_connections_per_user", max_connections_per_user)
             .field("send_queue", send_queue)
             .field("session_ttl_ms", session_ttl_ms)
+            .field("presence_ttl_ms", presence_ttl_ms)
+            .field("canary_interval_ms", canary_interval_ms)
+            .field("redis_timeout_ms", redis_timeout_ms)
             .field("history_size", history_size)
             .field("history_ttl_ms", history_ttl_ms)
             .field("max_replay", max_replay)

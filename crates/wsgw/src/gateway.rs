@@ -16,7 +16,8 @@ use wsgw_protocol::{CloseCode, ErrorCode, ServerFrame};
 
 use crate::auth::{AuthConfig, AuthSetupError, Authenticator, read_public_key_file};
 use crate::broker::memory::HistoryLimits;
-use crate::broker::{Broker, MemoryBroker};
+use crate::broker::redis::RedisSettings;
+use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::hub::{Hub, OutFrame};
 use crate::metrics::Metrics;
@@ -34,6 +35,9 @@ pub enum StartError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The broker could not be reached or prepared.
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
 }
 
 /// Everything a node's sessions and API handlers share.
@@ -47,6 +51,8 @@ pub struct Gateway {
     /// Where events travel.
     pub broker: Arc<dyn Broker>,
     memory: Option<Arc<MemoryBroker>>,
+    /// Stops the broker's background tasks once the node has drained.
+    stop: watch::Sender<bool>,
     /// Token verification.
     pub auth: Authenticator,
     /// Metric handles.
@@ -66,16 +72,12 @@ fn default_node_id() -> String {
 }
 
 impl Gateway {
-    /// Builds a node from its configuration (memory broker unless a Redis URL is set).
-    pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
+    /// Builds a node from its configuration (memory broker unless a Redis URL is set; with
+    /// one, connects, loads the Redis Functions and waits for the pub/sub loop).
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
         if config.jwt_secret.is_none() && config.jwt_public_key_file.is_none() {
             return Err(StartError::Config(
                 "no JWT key configured: set WSGW_JWT_SECRET or WSGW_JWT_PUBLIC_KEY_FILE (or run `wsgw --dev`)".into(),
-            ));
-        }
-        if config.redis_url.is_some() {
-            return Err(StartError::Config(
-                "WSGW_REDIS_URL is set but this build has only the memory broker; unset it to run a single node".into(),
             ));
         }
         let public_key_pem = match &config.jwt_public_key_file {
@@ -97,19 +99,40 @@ impl Gateway {
         };
         let metrics = Metrics::new();
         let hub = Arc::new(Hub::new(node_id.clone(), metrics.clone()));
-        let memory = Arc::new(MemoryBroker::new(
-            hub.clone(),
-            HistoryLimits {
-                size: config.history_size,
-                ttl_ms: config.history_ttl_ms,
-            },
-        ));
+        let limits = HistoryLimits {
+            size: config.history_size,
+            ttl_ms: config.history_ttl_ms,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let (broker, memory): (Arc<dyn Broker>, Option<Arc<MemoryBroker>>) = match &config.redis_url {
+            None => {
+                let m = Arc::new(MemoryBroker::new(hub.clone(), limits, config.session_ttl_ms));
+                (m.clone(), Some(m))
+            }
+            Some(url) => {
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    node_id: node_id.clone(),
+                    history: limits,
+                    session_ttl_ms: config.session_ttl_ms,
+                    presence_ttl_ms: config.effective_presence_ttl_ms(),
+                    canary_interval_ms: config.canary_interval_ms,
+                    op_timeout: Duration::from_millis(config.redis_timeout_ms),
+                };
+                (
+                    RedisBroker::start(settings, hub.clone(), metrics.clone(), stop_rx).await?,
+                    None,
+                )
+            }
+        };
         Ok(Arc::new(Self {
             config,
             node_id,
             hub,
-            broker: memory.clone(),
-            memory: Some(memory),
+            broker,
+            memory,
+            stop,
             auth,
             metrics,
             slots: AtomicUsize::new(0),
@@ -159,6 +182,9 @@ pub async fn serve(
         .await;
     let _ = stop_tx.send(true);
     let _ = ticker.await;
+    // Sessions have ended: remove what is left of this node's presence, then stop the broker.
+    gw.broker.shutdown().await;
+    let _ = gw.stop.send(true);
     served?;
     info!("stopped");
     Ok(())
@@ -262,7 +288,7 @@ impl RunningGateway {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let gateway = Gateway::new(config)?;
+        let gateway = Gateway::new(config).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(serve(listener, gateway.clone(), async move {
             let _ = rx.await;

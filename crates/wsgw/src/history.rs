@@ -34,6 +34,7 @@ pub async fn replay_after(
     channels: &[String],
     after: EventId,
     max_replay: usize,
+    connection_id: &str,
 ) -> Result<Replay, BrokerError> {
     let mut all: Vec<StoredEvent> = Vec::new();
     let mut recovered = true;
@@ -63,6 +64,7 @@ pub async fn replay_after(
     }
     all.sort_by_key(|e| e.id);
     all.dedup_by_key(|e| e.id);
+    all.retain(|e| !e.excludes(connection_id));
     if all.len() > max_replay {
         all.truncate(max_replay);
         recovered = false;
@@ -74,12 +76,24 @@ pub async fn replay_after(
 }
 
 /// The newest `n` events of one channel (capped at `max_replay`).
-pub async fn last_n(broker: &dyn Broker, channel: &str, n: usize, max_replay: usize) -> Result<Replay, BrokerError> {
+pub async fn last_n(
+    broker: &dyn Broker,
+    channel: &str,
+    n: usize,
+    max_replay: usize,
+    connection_id: &str,
+) -> Result<Replay, BrokerError> {
     let page = broker
         .history(channel, HistoryQuery::Last { n: n.min(max_replay) })
         .await?;
+    let events = page
+        .events
+        .into_iter()
+        .filter(|e| !e.excludes(connection_id))
+        .map(to_frame)
+        .collect();
     Ok(Replay {
-        events: page.events.into_iter().map(to_frame).collect(),
+        events,
         recovered: true,
     })
 }
@@ -115,6 +129,7 @@ mod tests {
                 size: 1000,
                 ttl_ms: 60_000,
             },
+            0,
         );
         let start = publish(&b, "x").await;
         let mut ids = Vec::new();
@@ -122,12 +137,12 @@ mod tests {
             ids.push(publish(&b, if i % 3 == 0 { "a" } else { "b" }).await);
         }
         let chans = vec!["a".to_string(), "b".to_string(), "p:*".to_string()];
-        let r = replay_after(&b, &chans, start, 1000).await.unwrap();
+        let r = replay_after(&b, &chans, start, 1000, "c").await.unwrap();
         assert!(r.recovered);
         let got: Vec<EventId> = r.events.iter().filter_map(|e| e.event_id).collect();
         assert_eq!(got, ids);
 
-        let r = replay_after(&b, &chans, start, 100).await.unwrap();
+        let r = replay_after(&b, &chans, start, 100, "c").await.unwrap();
         assert!(!r.recovered, "600 events do not fit a cap of 100");
         let got: Vec<EventId> = r.events.iter().filter_map(|e| e.event_id).collect();
         assert_eq!(got, ids[..100]);

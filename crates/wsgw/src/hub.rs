@@ -56,6 +56,9 @@ struct Outbox {
     last_sent: Option<EventId>,
     /// Some while a replay is being read: live frames wait here so they follow the replay.
     replay: Option<Vec<OutFrame>>,
+    /// Room granted on top of the capacity for a replay still being written, so a long replay
+    /// does not make the next live frame look like a slow consumer.
+    replay_room: usize,
     close: Option<CloseCode>,
 }
 
@@ -102,6 +105,7 @@ impl Connection {
                 queue: VecDeque::new(),
                 last_sent: last_event_id,
                 replay: Some(Vec::new()),
+                replay_room: 0,
                 close: None,
             }),
             wake: Notify::new(),
@@ -161,7 +165,7 @@ impl Connection {
             }
             ob.last_sent = Some(id);
         }
-        if ob.queue.len() >= self.capacity {
+        if ob.queue.len() >= self.capacity + ob.replay_room {
             return self.overflow(ob);
         }
         let was_empty = ob.queue.is_empty();
@@ -262,6 +266,7 @@ impl Connection {
             ob.last_sent = Some(ob.last_sent.map_or(l, |s| s.max(l)));
         }
         ob.queue.extend(live_ephemeral);
+        ob.replay_room = ob.queue.len();
         drop(ob);
         self.wake.notify_one();
         sent_replayed
@@ -300,6 +305,7 @@ impl Connection {
     pub fn take_batch(&self, out: &mut Vec<OutFrame>) -> Option<CloseCode> {
         let mut ob = self.outbox.lock();
         out.extend(ob.queue.drain(..));
+        ob.replay_room = 0;
         if ob.queue.capacity() > 64 && ob.queue.is_empty() {
             // A burst grew the queue; give the memory back so idle sockets stay small.
             ob.queue.shrink_to(8);
@@ -548,6 +554,47 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// Delivers to the exact subscribers of `channel` only (a Redis `message`).
+    pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
+        let chans = self.channels.read();
+        let Some(subs) = chans.get(channel) else { return 0 };
+        let mut delivered = 0;
+        for c in subs.values() {
+            self.offer(c, frame, exclude, &mut delivered);
+        }
+        delivered
+    }
+
+    /// Delivers to the subscribers of one pattern (a Redis `pmessage` for `channel`), skipping
+    /// sockets that also hold an exact subscription (they get the `message`).
+    pub fn deliver_pattern(&self, pattern: &str, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
+        let chans = self.channels.read();
+        let exact = chans.get(channel);
+        let pats = self.patterns.read();
+        let Some((_, subs)) = pats.iter().find(|(p, _)| &**p == pattern) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for (key, c) in subs {
+            if exact.is_some_and(|e| e.contains_key(key)) {
+                continue;
+            }
+            self.offer(c, frame, exclude, &mut delivered);
+        }
+        delivered
+    }
+
+    fn offer(&self, c: &Arc<Connection>, frame: &OutFrame, exclude: &[&str], delivered: &mut usize) {
+        if !exclude.is_empty() && exclude.contains(&&*c.id) {
+            return;
+        }
+        match c.push(frame.clone()) {
+            Push::Queued => *delivered += 1,
+            Push::Overflow => self.metrics.slow_consumers.inc(),
+            Push::Duplicate | Push::Closed => {}
+        }
     }
 
     /// A snapshot of every connection (for the node-wide heartbeat tick and the drain).

@@ -113,7 +113,7 @@ async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::Start
     }
     // Configuration errors first, so they are reported as such even if the port is busy.
     let listen = config.listen;
-    let gateway = wsgw::Gateway::new(config)?;
+    let gateway = wsgw::Gateway::new(config).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     info!(%addr, node = %gateway.node_id, broker = gateway.broker.kind(), "listening");

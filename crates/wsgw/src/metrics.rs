@@ -43,6 +43,14 @@ pub struct Metrics {
     pub broker_errors: IntCounterVec,
     /// Time to serve an HTTP API call, by route.
     pub http_latency: HistogramVec,
+    /// Pub/sub (re)connections to Redis after the first.
+    pub redis_reconnects: IntCounter,
+    /// 1 while the Redis pub/sub loop is connected and its canary arrives.
+    pub redis_up: IntGauge,
+    /// Frames from Redis that were not deliverable (malformed, wrong type), dropped.
+    pub dropped_frames: IntCounter,
+    /// Events re-read from history after a Redis outage and delivered.
+    pub repaired_events: IntCounter,
 }
 
 impl Default for Metrics {
@@ -118,6 +126,16 @@ impl Metrics {
                     &["route"],
                 )
                 .expect("valid"),
+            ),
+            redis_reconnects: counter("wsgw_redis_reconnects_total", "Redis pub/sub reconnections"),
+            redis_up: reg(
+                &registry,
+                IntGauge::new("wsgw_redis_up", "Redis pub/sub connected and live").expect("valid"),
+            ),
+            dropped_frames: counter("wsgw_dropped_frames_total", "Undeliverable frames from Redis, dropped"),
+            repaired_events: counter(
+                "wsgw_repaired_events_total",
+                "Events re-read from history after an outage",
             ),
             registry,
         }

@@ -16,7 +16,7 @@ use wsgw_protocol::{
 };
 
 use crate::auth::{AuthError, Claims};
-use crate::broker::PublishRequest;
+use crate::broker::{PublishRequest, Resume};
 use crate::gateway::Gateway;
 use crate::history::{self, Replay};
 use crate::hub::{Connection, OutFrame};
@@ -177,15 +177,38 @@ impl Session {
                     "connection_id must be 1..=64 of [A-Za-z0-9_-]",
                     None,
                 ));
-            } else if gw.hub.id_owned_by_other(&wanted, &claims.sub) {
-                notices.push(error_frame(
-                    ErrorCode::Forbidden,
-                    "connection_id belongs to another user",
-                    None,
-                ));
-            } else {
-                resumed_topics = gw.hub.unpark(&wanted, &claims.sub);
+            } else if let Some(live) = gw.hub.connection(&wanted).filter(|c| *c.user_id == *claims.sub) {
+                // The same client again before its old socket was noticed dead: take over the
+                // identity and topics; `register` closes the old socket.
+                let topics = live
+                    .channels()
+                    .iter()
+                    .filter(|c| matches!(wsgw_protocol::classify(c), ChannelKind::Topic | ChannelKind::Pattern))
+                    .map(|c| c.to_string())
+                    .collect();
+                resumed_topics = Some(topics);
                 id = Some(wanted);
+            } else {
+                match gw.broker.resume(&wanted, &claims.sub).await {
+                    Ok(Resume::Topics(topics)) => {
+                        resumed_topics = Some(topics);
+                        id = Some(wanted);
+                    }
+                    Ok(Resume::Fresh) => id = Some(wanted),
+                    Ok(Resume::OwnedByOther) => {
+                        notices.push(error_frame(
+                            ErrorCode::Forbidden,
+                            "connection_id belongs to another user",
+                            None,
+                        ));
+                    }
+                    Err(e) => {
+                        // Without the broker the parked topics are out of reach; the identity
+                        // is still the client's to keep.
+                        warn!(error = %e, "resume lookup failed");
+                        id = Some(wanted);
+                    }
+                }
             }
         }
         let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -225,8 +248,12 @@ impl Session {
             gw.broker.unlisten(&released);
             // Not registered as open: count the close here.
             conn.close_with(
-                error_frame(ErrorCode::Internal, "gateway cannot reach its broker", None),
-                CloseCode::Internal,
+                error_frame(
+                    ErrorCode::Unavailable,
+                    "gateway cannot reach its broker; try again later",
+                    None,
+                ),
+                CloseCode::TryAgainLater,
             );
             return Some(Session::closing(gw, conn, claims, slot));
         }
@@ -236,7 +263,7 @@ impl Session {
                 recovered: !unreadable_last_id,
             },
             Some(after) => {
-                match history::replay_after(gw.broker.as_ref(), &channels, after, gw.config.max_replay).await {
+                match history::replay_after(gw.broker.as_ref(), &channels, after, gw.config.max_replay, &id).await {
                     Ok(r) => r,
                     Err(e) => {
                         warn!(error = %e, "history read failed on connect");
@@ -270,6 +297,7 @@ impl Session {
         }
         gw.metrics.connections.inc();
         gw.metrics.connections_opened.inc();
+        gw.broker.connected(&conn);
         let limiter = RateLimiter::new(
             gw.config.rate_limit_per_s,
             gw.config.rate_limit_burst,
@@ -376,11 +404,16 @@ impl Session {
             .filter(|c| matches!(wsgw_protocol::classify(c), ChannelKind::Topic | ChannelKind::Pattern))
             .map(|c| c.to_string())
             .collect();
+        let replaced = gw
+            .hub
+            .connection(&self.conn.id)
+            .is_some_and(|c| !Arc::ptr_eq(&c, &self.conn));
         let released = gw.hub.remove(&self.conn);
         gw.broker.unlisten(&released);
-        // A kicked client must not get its subscriptions back by resuming.
-        if reason != CloseCode::Kicked.reason() && gw.config.session_ttl_ms > 0 {
-            gw.hub.park(&self.conn, topics, gw.config.session_ttl_ms);
+        if !replaced {
+            // A kicked client must not get its subscriptions back by resuming.
+            let park = reason != CloseCode::Kicked.reason();
+            gw.broker.disconnected(&self.conn, topics, park);
         }
         gw.metrics.connections.dec();
         gw.metrics.connections_closed.with_label_values(&[reason]).inc();
@@ -462,6 +495,13 @@ impl Session {
         if let Err(e) = validate_channel(&channel, true) {
             return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
         }
+        if wsgw_protocol::is_reserved(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                format!("{channel} is reserved for the gateway"),
+                request_id,
+            );
+        }
         let subscribed = |recovered: bool, replayed: u64, request_id: Option<Value>| ServerFrame::Subscribed {
             channel: channel.clone(),
             request_id,
@@ -511,10 +551,18 @@ impl Session {
                 std::slice::from_ref(&channel),
                 after,
                 gw.config.max_replay,
+                &self.conn.id,
             )
             .await
         } else if let Some(n) = history {
-            history::last_n(gw.broker.as_ref(), &channel, n as usize, gw.config.max_replay).await
+            history::last_n(
+                gw.broker.as_ref(),
+                &channel,
+                n as usize,
+                gw.config.max_replay,
+                &self.conn.id,
+            )
+            .await
         } else {
             Ok(Replay {
                 events: Vec::new(),
@@ -564,6 +612,13 @@ impl Session {
     ) {
         if let Err(e) = validate_channel(&channel, false) {
             return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
+        }
+        if wsgw_protocol::is_reserved(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                format!("{channel} is reserved for the gateway"),
+                request_id,
+            );
         }
         if event.is_empty() || event.len() > 128 {
             return self.send_error(ErrorCode::BadRequest, "event must be 1..=128 bytes", request_id);

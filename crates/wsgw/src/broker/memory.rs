@@ -10,8 +10,8 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use wsgw_protocol::{EventId, encode_event};
 
-use super::{Broker, BrokerError, HistoryPage, HistoryQuery, PublishRequest, StoredEvent};
-use crate::hub::{Hub, OutFrame};
+use super::{Broker, BrokerError, ClusterStats, HistoryPage, HistoryQuery, PublishRequest, Resume, StoredEvent};
+use crate::hub::{Connection, Hub, OutFrame, PresenceEntry};
 use crate::time::{now_ms, now_us};
 
 /// History limits.
@@ -41,6 +41,7 @@ struct State {
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     limits: HistoryLimits,
+    session_ttl_ms: u64,
     /// When this broker started: ids older than this were issued by something we don't hold.
     epoch_ms: u64,
     state: Mutex<State>,
@@ -48,11 +49,12 @@ pub struct MemoryBroker {
 
 impl MemoryBroker {
     /// A broker delivering into `hub`.
-    pub fn new(hub: Arc<Hub>, limits: HistoryLimits) -> Self {
+    pub fn new(hub: Arc<Hub>, limits: HistoryLimits, session_ttl_ms: u64) -> Self {
         let epoch_ms = now_ms();
         Self {
             hub,
             limits,
+            session_ttl_ms,
             epoch_ms,
             state: Mutex::new(State {
                 last_id: EventId::new(epoch_ms, 0),
@@ -96,10 +98,12 @@ impl MemoryBroker {
         let size = self.limits.size;
         if size > 0 {
             let h = st.channels.entry(req.channel.clone()).or_default();
+            let exclude = (!req.exclude.is_empty()).then(|| Arc::from(req.exclude.join(",").as_str()));
             h.events.push_back(StoredEvent {
                 id,
                 frame: frame.clone(),
                 ts_ms: ms,
+                exclude,
             });
             while h.events.len() > size {
                 if let Some(e) = h.events.pop_front() {
@@ -131,7 +135,8 @@ impl MemoryBroker {
                 HistoryPage { events, complete: true }
             }
             HistoryQuery::After { id, limit } => {
-                let complete = id.ms >= self.epoch_ms
+                let complete = self.limits.size > 0
+                    && id.ms >= self.epoch_ms
                     && id <= st.last_id
                     && match h {
                         Some(h) => h.trimmed_upto.is_none_or(|t| t <= id),
@@ -172,6 +177,57 @@ impl Broker for MemoryBroker {
     fn is_ready(&self) -> bool {
         true
     }
+
+    fn connected(&self, _conn: &Arc<Connection>) {}
+
+    fn disconnected(&self, conn: &Arc<Connection>, topics: Vec<String>, park: bool) {
+        if park && self.session_ttl_ms > 0 {
+            self.hub.park(conn, topics, self.session_ttl_ms);
+        }
+    }
+
+    fn resume<'a>(&'a self, connection_id: &'a str, user_id: &'a str) -> BoxFuture<'a, Result<Resume, BrokerError>> {
+        let r = if self.hub.id_owned_by_other(connection_id, user_id) {
+            Resume::OwnedByOther
+        } else {
+            match self.hub.unpark(connection_id, user_id) {
+                Some(topics) => Resume::Topics(topics),
+                None => Resume::Fresh,
+            }
+        };
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn presence<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<PresenceEntry>, BrokerError>> {
+        let p = self.hub.presence(user_id);
+        Box::pin(async move { Ok(p) })
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, BrokerError>> {
+        let stats = ClusterStats {
+            nodes: 1,
+            connections: self.hub.connection_count(),
+            node_ids: vec![self.hub.node_id().to_string()],
+        };
+        Box::pin(async move { Ok(stats) })
+    }
+
+    fn kick_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        let n = self.hub.close_user(user_id, wsgw_protocol::CloseCode::Kicked);
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn kick_connection<'a>(&'a self, connection_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let found = self
+            .hub
+            .connection(connection_id)
+            .is_some_and(|c| c.close(wsgw_protocol::CloseCode::Kicked));
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 #[cfg(test)]
@@ -182,7 +238,7 @@ mod tests {
 
     fn broker(size: usize) -> MemoryBroker {
         let hub = Arc::new(Hub::new("n".into(), Metrics::new()));
-        MemoryBroker::new(hub, HistoryLimits { size, ttl_ms: 60_000 })
+        MemoryBroker::new(hub, HistoryLimits { size, ttl_ms: 60_000 }, 0)
     }
 
     fn publish(b: &MemoryBroker, channel: &str) -> EventId {

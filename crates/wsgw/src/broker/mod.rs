@@ -3,6 +3,7 @@
 //! the same trait. A broker never writes to sockets: it hands frames to the hub.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -12,6 +13,9 @@ use serde_json::value::RawValue;
 use wsgw_protocol::EventId;
 
 pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
+
+use crate::hub::{Connection, PresenceEntry};
 
 /// A durable publish.
 #[derive(Debug, Clone)]
@@ -35,6 +39,17 @@ pub struct StoredEvent {
     pub frame: Utf8Bytes,
     /// Publish time, ms since the epoch.
     pub ts_ms: u64,
+    /// Connection ids excluded from it (comma-separated), kept so replays honour them too.
+    pub exclude: Option<Arc<str>>,
+}
+
+impl StoredEvent {
+    /// Whether `connection_id` was excluded from this event.
+    pub fn excludes(&self, connection_id: &str) -> bool {
+        self.exclude
+            .as_deref()
+            .is_some_and(|x| x.split(',').any(|c| c == connection_id))
+    }
 }
 
 /// What part of a channel's history to read.
@@ -96,4 +111,51 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker can serve now (feeds `/ready`).
     fn is_ready(&self) -> bool;
+
+    /// A socket was welcomed: record its presence (fire and forget).
+    fn connected(&self, conn: &Arc<Connection>);
+
+    /// A socket closed: drop its presence and, when `park` is set, keep its identity and
+    /// topics for `session_ttl` so a client can resume them (fire and forget).
+    fn disconnected(&self, conn: &Arc<Connection>, topics: Vec<String>, park: bool);
+
+    /// Takes back a parked session for `connection_id` if `user_id` owns it.
+    fn resume<'a>(&'a self, connection_id: &'a str, user_id: &'a str) -> BoxFuture<'a, Result<Resume, BrokerError>>;
+
+    /// Connections of a user, cluster-wide where the broker knows the cluster.
+    fn presence<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<PresenceEntry>, BrokerError>>;
+
+    /// Nodes and connections across the cluster.
+    fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, BrokerError>>;
+
+    /// Closes every socket of a user with 4004, on every node. Returns how many were known.
+    fn kick_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<usize, BrokerError>>;
+
+    /// Closes one socket with 4004, wherever it is. Returns whether it was known.
+    fn kick_connection<'a>(&'a self, connection_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
+
+    /// Clean leave at shutdown: removes this node's presence and registry entries.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The outcome of a `connection_id` resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Parked by the same user: its topics.
+    Topics(Vec<String>),
+    /// Unknown or expired: a fresh session under that id.
+    Fresh,
+    /// Live or parked for another user: the id must not be taken.
+    OwnedByOther,
+}
+
+/// Cluster-wide figures.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClusterStats {
+    /// Live nodes.
+    pub nodes: usize,
+    /// Sockets across live nodes.
+    pub connections: usize,
+    /// The nodes' ids.
+    pub node_ids: Vec<String>,
 }

@@ -1,0 +1,103 @@
+#!lua name=wsgw
+-- wsgw's Redis Functions, loaded by every gateway at start-up with FUNCTION LOAD REPLACE.
+--
+-- FCALL wsgw_publish 2 <prefix>seq <prefix>history:<channel>  <channel> <event> <data-json> [<ttl_ms> <maxlen> [<exclude>]]
+--
+-- Takes the next globally monotonic id (<ms>-<seq>), appends the event frame to the channel's
+-- history stream (trimmed to maxlen, expiring ttl_ms after its last event), records what
+-- trimming removed in <prefix>meta:<channel>, publishes the exact client frame on the
+-- channel's pub/sub channel <prefix><channel>, and returns the id. <exclude> is a
+-- comma-separated list of connection ids that must not receive the event; it travels as a
+-- header line ("#x:<ids>\n") before the frame, which gateways strip.
+
+local function valid_channel(c)
+  return #c >= 1 and #c <= 256 and not string.find(c, '[^%w_%.:@=/%-]')
+end
+
+local function valid_exclude(x)
+  return #x <= 65536 and not string.find(x, '[^%w_,%-]')
+end
+
+local function publish(keys, args)
+  local seq_key, hist_key = keys[1], keys[2]
+  if not seq_key or not hist_key or string.sub(seq_key, -3) ~= 'seq' then
+    return redis.error_reply('ERR wsgw_publish: keys are <prefix>seq <prefix>history:<channel>')
+  end
+  local prefix = string.sub(seq_key, 1, #seq_key - 3)
+  local channel, event, data = args[1], args[2], args[3]
+  if not channel or not event or not data then
+    return redis.error_reply('ERR wsgw_publish: arguments are <channel> <event> <data-json> [<ttl_ms> <maxlen> [<exclude>]]')
+  end
+  if not valid_channel(channel) or string.find(channel, '%*') then
+    return redis.error_reply('ERR wsgw_publish: invalid channel name')
+  end
+  if hist_key ~= prefix .. 'history:' .. channel then
+    return redis.error_reply('ERR wsgw_publish: second key must be ' .. prefix .. 'history:' .. channel)
+  end
+  if #event < 1 or #event > 128 then
+    return redis.error_reply('ERR wsgw_publish: event must be 1..128 bytes')
+  end
+  if not pcall(cjson.decode, data) then
+    return redis.error_reply('ERR wsgw_publish: data is not valid JSON')
+  end
+  local ttl = tonumber(args[4] or '')
+  local maxlen = tonumber(args[5] or '')
+  if not ttl or not maxlen then
+    local cfg = redis.call('HMGET', prefix .. 'config', 'history_ttl_ms', 'history_size')
+    ttl = ttl or tonumber(cfg[1]) or 3600000
+    maxlen = maxlen or tonumber(cfg[2]) or 1000
+  end
+  local exclude = args[6] or ''
+  if not valid_exclude(exclude) then
+    return redis.error_reply('ERR wsgw_publish: exclude is a comma-separated list of connection ids')
+  end
+
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- The epoch marks when this Redis's data began: ids older than it cannot be replayed.
+  redis.call('SET', prefix .. 'epoch', ms, 'NX')
+  local seq = 0
+  local last = redis.call('GET', seq_key)
+  if last then
+    local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
+    lms, lseq = tonumber(lms), tonumber(lseq)
+    if lms and lms >= ms then
+      ms = lms
+      seq = lseq + 1
+    end
+  end
+  local id = string.format('%d-%d', ms, seq)
+  redis.call('SET', seq_key, id)
+
+  local frame = '{"type":"event","event_id":"' .. id .. '","channel":' .. cjson.encode(channel)
+    .. ',"event":' .. cjson.encode(event) .. ',"data":' .. data .. ',"ts":' .. string.format('%d', ms) .. '}'
+
+  if maxlen > 0 then
+    local meta_key = prefix .. 'meta:' .. channel
+    if exclude ~= '' then
+      redis.call('XADD', hist_key, id, 'f', frame, 'x', exclude)
+    else
+      redis.call('XADD', hist_key, id, 'f', frame)
+    end
+    local len = redis.call('XLEN', hist_key)
+    if len > maxlen then
+      -- Trimming does not record what it removed; we do, so replays can tell a gap.
+      local old = redis.call('XRANGE', hist_key, '-', '+', 'COUNT', len - maxlen)
+      redis.call('XTRIM', hist_key, 'MAXLEN', maxlen)
+      redis.call('HSET', meta_key, 'trimmed', old[#old][1])
+    end
+    redis.call('HSET', meta_key, 'last', id)
+    redis.call('PEXPIRE', hist_key, ttl)
+    -- The meta outlives the stream, so an expired history is still known to have existed.
+    redis.call('PEXPIRE', meta_key, ttl * 2)
+  end
+
+  local payload = frame
+  if exclude ~= '' then
+    payload = '#x:' .. exclude .. '\n' .. frame
+  end
+  redis.call('PUBLISH', prefix .. channel, payload)
+  return id
+end
+
+redis.register_function('wsgw_publish', publish)
