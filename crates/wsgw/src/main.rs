@@ -101,7 +101,7 @@ async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::Start
             let room = l.soft.saturating_sub(RESERVED_FDS);
             if config.max_connections as u64 > room {
                 // Refusing with 1013 at the cap beats failing accept() with EMFILE.
-                warn!(
+                info!(
                     max_connections = config.max_connections,
                     sockets_possible = room,
                     "max_connections exceeds what the open-files limit allows; capping it there"

@@ -2,6 +2,8 @@
 //! Every wait has a deadline; nothing sleeps to "let things settle".
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,239 @@
+//! Real processes for cluster tests: a `redis-server` on a free port and `wsgw` binaries
+//! pointed at it. Everything started here is killed by PID when its guard drops.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{API_KEY, DEADLINE, SECRET};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    /// Set for a persistent server: its data directory (AOF).
+    dir: Option<PathBuf>,
+}
+
+impl RedisServer {
+    /// An in-memory server (`--save "" --appendonly no`).
+    pub async fn start() -> RedisServer {
+        Self::launch(free_port(), None).await
+    }
+
+    /// A server that keeps its data in an AOF under a fresh directory, so it can be killed and
+    /// restarted with its data.
+    pub async fn start_persistent() -> RedisServer {
+        let dir = std::env::temp_dir().join(format!("wsgw-redis-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::launch(free_port(), Some(dir)).await
+    }
+
+    async fn launch(port: u16, dir: Option<PathBuf>) -> RedisServer {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port").arg(port.to_string()).arg("--bind").arg("127.0.0.1").arg("--save").arg("");
+        match &dir {
+            Some(d) => {
+                cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always").arg("--dir").arg(d);
+            }
+            None => {
+                cmd.arg("--appendonly").arg("no");
+            }
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server runs (scripts/test.sh installs it)");
+        let server = RedisServer { port, child: Some(child), dir };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "redis-server did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.expect("redis connection")
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port (and data directory).
+    pub async fn restart(&mut self) {
+        self.kill();
+        let mut again = Self::launch(self.port, self.dir.take()).await;
+        self.child = again.child.take();
+        self.dir = again.dir.take();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A `wsgw` process.
+pub struct GatewayProc {
+    pub port: u16,
+    pub node_id: String,
+    child: Option<Child>,
+}
+
+impl GatewayProc {
+    /// Starts the real binary against `redis` with test secrets and fast timers, plus `env`.
+    pub async fn start(redis: &RedisServer, node_id: &str, env: &[(&str, &str)]) -> GatewayProc {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgw"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WSGW_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WSGW_NODE_ID", node_id)
+            .env("WSGW_REDIS_URL", redis.url())
+            .env("WSGW_JWT_SECRET", SECRET)
+            .env("WSGW_API_KEY", API_KEY)
+            .env("WSGW_DRAIN_MS", "200")
+            .env("WSGW_CANARY_INTERVAL_MS", "200")
+            .env("WSGW_REDIS_TIMEOUT_MS", "500")
+            .env("WSGW_LOG", std::env::var("WSGW_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(Stdio::null()).spawn().expect("wsgw binary starts");
+        let g = GatewayProc { port, node_id: node_id.into(), child: Some(child) };
+        g.wait_ready().await;
+        g
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = self.url("/ready");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().as_u16() == 200
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} never became ready", self.node_id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?{}", self.port, query)
+    }
+
+    pub async fn connect(&self, token: &str) -> (super::Client, serde_json::Value) {
+        self.connect_query(&format!("token={token}")).await
+    }
+
+    pub async fn connect_query(&self, query: &str) -> (super::Client, serde_json::Value) {
+        let mut c = super::Client::connect(&self.ws_url(query)).await;
+        let w = c.expect("welcome").await;
+        (c, w)
+    }
+
+    pub async fn api_post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new().post(self.url(path)).bearer_auth(API_KEY).json(&body).send().await.expect("http");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn api_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new().get(self.url(path)).bearer_auth(API_KEY).send().await.expect("http");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new().get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// SIGKILL: the node vanishes without cleaning up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Durable publish the way a backend does it: `FCALL wsgw_publish` on a plain Redis client.
+pub async fn fcall_publish(
+    c: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    event: &str,
+    data: &serde_json::Value,
+) -> String {
+    redis::cmd("FCALL")
+        .arg("wsgw_publish")
+        .arg(2)
+        .arg("ws:seq")
+        .arg(format!("ws:history:{channel}"))
+        .arg(channel)
+        .arg(event)
+        .arg(data.to_string())
+        .query_async(c)
+        .await
+        .expect("FCALL wsgw_publish")
+}
