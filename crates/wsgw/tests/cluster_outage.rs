@@ -28,14 +28,29 @@ async fn a_redis_restart_drops_no_socket_and_loses_no_durable_event() {
     wait_until("node A reports not ready", || {
         let http = http.clone();
         let url = a.url("/ready");
-        async move { http.get(url).send().await.map(|r| r.status().as_u16() == 503).unwrap_or(false) }
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16() == 503)
+                .unwrap_or(false)
+        }
     })
     .await;
     // Publishing through the API fails fast with 503 instead of hanging.
     let started = Instant::now();
-    let (status, body) = a.api_post("/api/publish", json!({"channel": "broadcast", "event": "lost", "data": 1})).await;
+    let (status, body) = a
+        .api_post(
+            "/api/publish",
+            json!({"channel": "broadcast", "event": "lost", "data": 1}),
+        )
+        .await;
     assert_eq!(status, 503, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(3), "503 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "503 took {:?}",
+        started.elapsed()
+    );
 
     // Redis comes back with its data; a backend publishes at once, before the nodes have
     // resubscribed: exactly the window a real outage leaves.
@@ -51,11 +66,19 @@ async fn a_redis_restart_drops_no_socket_and_loses_no_durable_event() {
             expected_c2.push(id);
         }
     }
-    let got1: Vec<String> =
-        c1.events(expected_c1.len()).await.iter().map(|e| e["event_id"].as_str().unwrap().to_string()).collect();
+    let got1: Vec<String> = c1
+        .events(expected_c1.len())
+        .await
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(got1, expected_c1, "node A repaired the gap, in order, once");
-    let got2: Vec<String> =
-        c2.events(expected_c2.len()).await.iter().map(|e| e["event_id"].as_str().unwrap().to_string()).collect();
+    let got2: Vec<String> = c2
+        .events(expected_c2.len())
+        .await
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(got2, expected_c2, "node B too");
 
     // Live delivery resumes, and nothing is repeated.
@@ -80,13 +103,24 @@ async fn a_pubsub_connection_killed_by_redis_is_replaced_and_the_gap_repaired() 
     assert_eq!(c.expect("event").await["event_id"], first.as_str());
 
     // What a failover or a proxy does to a subscriber: its connection vanishes.
-    let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut r).await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert!(killed >= 1);
     let mut ids = Vec::new();
     for i in 1..=5 {
         ids.push(fcall_publish(&mut r, "user:k", "e", &json!(i)).await);
     }
-    let got: Vec<String> = c.events(5).await.iter().map(|e| e["event_id"].as_str().unwrap().to_string()).collect();
+    let got: Vec<String> = c
+        .events(5)
+        .await
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(got, ids);
     a.wait_ready().await;
     let live = fcall_publish(&mut r, "user:k", "e", &json!(6)).await;
@@ -103,11 +137,129 @@ async fn a_new_client_during_an_outage_is_told_to_come_back_later() {
     wait_until("node A reports not ready", || {
         let http = http.clone();
         let url = a.url("/ready");
-        async move { http.get(url).send().await.map(|r| r.status().as_u16() == 503).unwrap_or(false) }
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16() == 503)
+                .unwrap_or(false)
+        }
     })
     .await;
     let mut c = Client::connect(&a.ws_url(&format!("token={}", token("late", &[], &[])))).await;
     let (code, frames) = c.until_closed().await;
     assert_eq!(code, Some(1013), "{frames:?}");
     assert!(frames.iter().any(|f| f["code"] == "unavailable"), "{frames:?}");
+}
+
+/// A TCP proxy to Redis that can silently stop forwarding on the connections it already has
+/// (sockets stay open, bytes go nowhere): what a failover behind a proxy or a dead NAT entry
+/// does to a long-lived pub/sub connection. New connections work normally.
+struct Blackhole {
+    port: u16,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    async fn start(upstream: u16) -> Blackhole {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let g = generation.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let born = g.load(Ordering::Acquire);
+                let g = g.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let g2 = g.clone();
+                    // Keep the sockets open but drop every byte once the generation moved on.
+                    let up = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if g2.load(Ordering::Acquire) == born && sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if g.load(Ordering::Acquire) == born && cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = up.await;
+                });
+            }
+        });
+        Blackhole { port, generation, task }
+    }
+
+    /// Existing connections go silent.
+    fn swallow_existing(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_pubsub_goes_silently_deaf_notices_by_its_canary_and_recovers() {
+    let redis = RedisServer::start().await;
+    let proxy = Blackhole::start(redis.port).await;
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let a = GatewayProc::start(&redis, "gw-a", &[("WSGW_REDIS_URL", url.as_str())]).await;
+    let (mut c, _) = a.connect(&token("d", &[], &[])).await;
+    let mut r = redis.conn().await; // straight to Redis, like any backend
+    let first = fcall_publish(&mut r, "user:d", "e", &json!(0)).await;
+    assert_eq!(c.expect("event").await["event_id"], first.as_str());
+
+    proxy.swallow_existing();
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        ids.push(fcall_publish(&mut r, "user:d", "e", &json!(i)).await);
+    }
+    // Green but deaf is not allowed: the missing canary takes the node out of rotation...
+    let http = reqwest::Client::new();
+    wait_until("the deaf node reports not ready", || {
+        let http = http.clone();
+        let url = a.url("/ready");
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16() == 503)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    // ...and it reconnects, resubscribes and repairs what it missed.
+    let got: Vec<String> = c
+        .events(3)
+        .await
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, ids);
+    a.wait_ready().await;
+    let live = fcall_publish(&mut r, "user:d", "e", &json!(4)).await;
+    assert_eq!(c.expect("event").await["event_id"], live.as_str());
+    assert!(c.closed.is_none());
 }

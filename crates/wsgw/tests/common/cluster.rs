@@ -36,17 +36,35 @@ impl RedisServer {
 
     async fn launch(port: u16, dir: Option<PathBuf>) -> RedisServer {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port").arg(port.to_string()).arg("--bind").arg("127.0.0.1").arg("--save").arg("");
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("");
         match &dir {
             Some(d) => {
-                cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always").arg("--dir").arg(d);
+                cmd.arg("--appendonly")
+                    .arg("yes")
+                    .arg("--appendfsync")
+                    .arg("always")
+                    .arg("--dir")
+                    .arg(d);
             }
             None => {
                 cmd.arg("--appendonly").arg("no");
             }
         }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server runs (scripts/test.sh installs it)");
-        let server = RedisServer { port, child: Some(child), dir };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        let server = RedisServer {
+            port,
+            child: Some(child),
+            dir,
+        };
         server.wait_ready().await;
         server
     }
@@ -71,7 +89,11 @@ impl RedisServer {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.expect("redis connection")
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
     }
 
     /// SIGKILL, as a crash would.
@@ -122,12 +144,19 @@ impl GatewayProc {
             .env("WSGW_DRAIN_MS", "200")
             .env("WSGW_CANARY_INTERVAL_MS", "200")
             .env("WSGW_REDIS_TIMEOUT_MS", "500")
-            .env("WSGW_LOG", std::env::var("WSGW_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+            .env(
+                "WSGW_LOG",
+                std::env::var("WSGW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.stdout(Stdio::null()).spawn().expect("wsgw binary starts");
-        let g = GatewayProc { port, node_id: node_id.into(), child: Some(child) };
+        let g = GatewayProc {
+            port,
+            node_id: node_id.into(),
+            child: Some(child),
+        };
         g.wait_ready().await;
         g
     }
@@ -142,7 +171,11 @@ impl GatewayProc {
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{} never became ready", self.node_id);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never became ready",
+                self.node_id
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -170,19 +203,37 @@ impl GatewayProc {
     }
 
     pub async fn api_post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = reqwest::Client::new().post(self.url(path)).bearer_auth(API_KEY).json(&body).send().await.expect("http");
+        let r = reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("http");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     pub async fn api_get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::Client::new().get(self.url(path)).bearer_auth(API_KEY).send().await.expect("http");
+        let r = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("http");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::Client::new().get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// SIGKILL: the node vanishes without cleaning up.
