@@ -57,7 +57,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct Common {
-    /// WebSocket URL of the gateway.
+    /// WebSocket URL(s) of the gateway nodes, comma-separated; sockets are spread round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
     /// HS256 secret to sign one token per socket (sub = lt-<n>).
@@ -69,9 +69,9 @@ struct Common {
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
-    /// The gateway's pid, for RSS and CPU from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The gateway processes' pids (comma-separated), for RSS and CPU from /proc.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Give up after this many seconds in all.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
@@ -116,7 +116,8 @@ async fn open_all(c: &Common) -> Result<Vec<Ws>> {
     for i in 0..c.connections {
         let sem = sem.clone();
         let token = wsgw::auth::sign_hs256(&c.secret, &format!("lt-{i}"), &[], &[], Some(exp));
-        let url = format!("{}?token={token}", c.url);
+        let urls: Vec<&str> = c.url.split(',').collect();
+        let url = format!("{}?token={token}", urls[i % urls.len()]);
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
@@ -141,8 +142,22 @@ async fn open_all(c: &Common) -> Result<Vec<Ws>> {
     Ok(out)
 }
 
+fn total_rss(pids: &[u32]) -> Result<Option<u64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(pids.iter().map(|p| rss_kib(*p)).sum::<Result<u64>>()?))
+}
+
+fn total_cpu(pids: &[u32]) -> Result<Option<f64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(pids.iter().map(|p| cpu_seconds(*p)).sum::<Result<f64>>()?))
+}
+
 async fn idle(c: Common, hold_s: u64) -> Result<()> {
-    let before = c.server_pid.map(rss_kib).transpose()?;
+    let before = total_rss(&c.server_pid)?;
     let socks = open_all(&c).await?;
     // Keep reading (pings) so the sockets stay healthy while held.
     let closed = Arc::new(AtomicU64::new(0));
@@ -164,8 +179,7 @@ async fn idle(c: Common, hold_s: u64) -> Result<()> {
         "connections held: {} for {hold_s}s, closed early: {closed}",
         c.connections
     );
-    if let (Some(pid), Some(before)) = (c.server_pid, before) {
-        let after = rss_kib(pid)?;
+    if let (Some(after), Some(before)) = (total_rss(&c.server_pid)?, before) {
         let per = (after.saturating_sub(before)) as f64 / c.connections as f64;
         println!("gateway RSS: {before} KiB before, {after} KiB with sockets: {per:.2} KiB per idle socket");
     }
@@ -216,7 +230,7 @@ async fn broadcast(
         }));
     }
     let http = reqwest::Client::new();
-    let cpu0 = c.server_pid.map(cpu_seconds).transpose()?;
+    let cpu0 = total_cpu(&c.server_pid)?;
     let t0 = Instant::now();
     let pad = "x".repeat(payload_bytes);
     let period = Duration::from_secs_f64(1.0 / rate);
@@ -241,7 +255,7 @@ async fn broadcast(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu1 = c.server_pid.map(cpu_seconds).transpose()?;
+    let cpu1 = total_cpu(&c.server_pid)?;
     let got = received.load(Ordering::Relaxed);
     for r in readers {
         r.abort();

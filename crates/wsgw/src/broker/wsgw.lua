@@ -31,6 +31,9 @@ local function publish(keys, args)
   if not valid_channel(channel) or string.find(channel, '%*') then
     return redis.error_reply('ERR wsgw_publish: invalid channel name')
   end
+  if channel == 'control' or string.sub(channel, 1, 8) == 'control:' then
+    return redis.error_reply('ERR wsgw_publish: control and control:* are reserved for the gateway')
+  end
   if hist_key ~= prefix .. 'history:' .. channel then
     return redis.error_reply('ERR wsgw_publish: second key must be ' .. prefix .. 'history:' .. channel)
   end
