@@ -345,6 +345,10 @@ fn check_claims(claims: &Map<String, Value>, inner: &Inner, now: u64) -> Result<
     let permissions = Permissions {
         subscribe: patterns(claims, "channels")?,
         publish: patterns(claims, "publish")?,
+        actions: match claims.get("actions") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(patterns(claims, "actions")?),
+        },
     };
     if exp.is_none() && inner.require_exp {
         return Err(invalid("token has no exp"));
@@ -428,12 +432,23 @@ pub struct Permissions {
     pub subscribe: Vec<String>,
     /// Patterns from the `publish` claim (absent = empty).
     pub publish: Vec<String>,
+    /// Patterns from the `actions` claim: the backend `request` actions allowed. Absent (None)
+    /// = every action; present = only those matching.
+    pub actions: Option<Vec<String>>,
 }
 
 impl Permissions {
     /// May this user subscribe to `channel` (a channel name, or a pattern containing `*`)?
     pub fn can_subscribe(&self, channel: &str) -> bool {
         validate_channel(channel, true).is_ok() && grants(&self.subscribe, channel)
+    }
+
+    /// May this user send backend `request`s with this action?
+    pub fn can_request(&self, action: &str) -> bool {
+        match &self.actions {
+            None => true,
+            Some(allowed) => allowed.iter().any(|p| glob_match(p, action)),
+        }
     }
 
     /// May this user publish to `channel` (never a pattern)?
@@ -636,7 +651,28 @@ eRwnS3Y+eza3Yf2QEN1VTwL/dyagV+Tl
         Permissions {
             subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
             publish: publish.iter().map(|s| s.to_string()).collect(),
+            actions: None,
         }
+    }
+
+    #[test]
+    fn the_actions_claim_limits_backend_requests() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let auth = authenticator(config());
+        let open = auth.verify(&hs(json!({"sub": "a", "exp": now + 60}))).unwrap();
+        assert!(open.permissions.can_request("anything"), "no claim: every action");
+        let limited = auth
+            .verify(&hs(
+                json!({"sub": "a", "exp": now + 60, "actions": ["search", "chat:*"]}),
+            ))
+            .unwrap();
+        assert!(limited.permissions.can_request("search"));
+        assert!(limited.permissions.can_request("chat:send"));
+        assert!(!limited.permissions.can_request("delete"));
+        assert!(
+            auth.verify(&hs(json!({"sub": "a", "exp": now + 60, "actions": "search"})))
+                .is_err()
+        );
     }
 
     fn invalid_msg(result: Result<Claims, AuthError>) -> String {

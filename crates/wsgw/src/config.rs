@@ -243,6 +243,16 @@ pub struct Config {
     /// Longest a Redis command may take before the caller gets `unavailable` / HTTP 503, in
     /// milliseconds. Env `WSGW_REDIS_TIMEOUT_MS`; default `1000`.
     pub redis_timeout_ms: u64,
+    /// How long a client `request` may wait for its backend's first (or next streamed)
+    /// `response` before the gateway answers `error` `timeout`, in milliseconds.
+    /// Env `WSGW_REQUEST_TIMEOUT_MS`; default `30000`.
+    pub request_timeout_ms: u64,
+    /// Requests one socket may have waiting for a backend at once; more get `rate_limited`.
+    /// Env `WSGW_MAX_PENDING_REQUESTS`; default `64`.
+    pub max_pending_requests: usize,
+    /// Approximate length the `<prefix>inbound` request stream is trimmed to.
+    /// Env `WSGW_INBOUND_MAXLEN`; default `100000`.
+    pub inbound_maxlen: usize,
     /// Events kept per channel for replay; `0` disables history.
     /// Env `WSGW_HISTORY_SIZE`; default `1000`.
     pub history_size: usize,
@@ -304,6 +314,9 @@ impl Default for Config {
             presence_ttl_ms: 0,
             canary_interval_ms: 2000,
             redis_timeout_ms: 1000,
+            request_timeout_ms: 30_000,
+            max_pending_requests: 64,
+            inbound_maxlen: 100_000,
             history_size: 1000,
             history_ttl_ms: 3_600_000,
             max_replay: 1000,
@@ -352,7 +365,8 @@ impl Config {
     /// JWT key source, no empty or placeholder secrets, and so on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         // Zero here would make the server unusable rather than "unlimited".
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 10] = [
+            ("request_timeout_ms", self.request_timeout_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("canary_interval_ms", self.canary_interval_ms),
             ("redis_timeout_ms", self.redis_timeout_ms),
@@ -488,6 +502,9 @@ impl Config {
         env.parse("WSGW_PRESENCE_TTL_MS", &mut self.presence_ttl_ms, MS)?;
         env.parse("WSGW_CANARY_INTERVAL_MS", &mut self.canary_interval_ms, MS)?;
         env.parse("WSGW_REDIS_TIMEOUT_MS", &mut self.redis_timeout_ms, MS)?;
+        env.parse("WSGW_REQUEST_TIMEOUT_MS", &mut self.request_timeout_ms, MS)?;
+        env.parse("WSGW_MAX_PENDING_REQUESTS", &mut self.max_pending_requests, COUNT)?;
+        env.parse("WSGW_INBOUND_MAXLEN", &mut self.inbound_maxlen, COUNT)?;
         env.parse("WSGW_HISTORY_SIZE", &mut self.history_size, "a whole number of events")?;
         env.parse("WSGW_HISTORY_TTL_MS", &mut self.history_ttl_ms, MS)?;
         env.parse("WSGW_MAX_REPLAY", &mut self.max_replay, "a whole number of events")?;
@@ -575,6 +592,9 @@ impl fmt::Debug for Config {
             presence_ttl_ms,
             canary_interval_ms,
             redis_timeout_ms,
+            request_timeout_ms,
+            max_pending_requests,
+            inbound_maxlen,
             history_size,
             history_ttl_ms,
             max_replay,
@@ -614,6 +634,9 @@ impl fmt::Debug for Config {
             .field("presence_ttl_ms", presence_ttl_ms)
             .field("canary_interval_ms", canary_interval_ms)
             .field("redis_timeout_ms", redis_timeout_ms)
+            .field("request_timeout_ms", request_timeout_ms)
+            .field("max_pending_requests", max_pending_requests)
+            .field("inbound_maxlen", inbound_maxlen)
             .field("history_size", history_size)
             .field("history_ttl_ms", history_ttl_ms)
             .field("max_replay", max_replay)

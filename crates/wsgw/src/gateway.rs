@@ -119,6 +119,7 @@ impl Gateway {
                     presence_ttl_ms: config.effective_presence_ttl_ms(),
                     canary_interval_ms: config.canary_interval_ms,
                     op_timeout: Duration::from_millis(config.redis_timeout_ms),
+                    inbound_maxlen: config.inbound_maxlen,
                 };
                 (
                     RedisBroker::start(settings, hub.clone(), metrics.clone(), stop_rx).await?,
@@ -261,6 +262,14 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
                 && c.push_control(p.clone()) == crate::hub::Push::Overflow
             {
                 gw.metrics.slow_consumers.inc();
+            }
+            for request_id in c.expire_pending(now) {
+                let err = ServerFrame::error(ErrorCode::Timeout, "no backend answered in time", Some(request_id));
+                gw.metrics
+                    .errors_sent
+                    .with_label_values(&[ErrorCode::Timeout.as_str()])
+                    .inc();
+                c.push_control(OutFrame::control(err.to_json()));
             }
         }
         if now >= next_expire {

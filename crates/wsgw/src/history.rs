@@ -24,6 +24,7 @@ fn to_frame(e: StoredEvent) -> OutFrame {
         text: e.frame,
         event_id: Some(e.id),
         published_us: e.ts_ms * 1000,
+        response: None,
     }
 }
 

@@ -24,6 +24,25 @@ pub struct OutFrame {
     pub event_id: Option<EventId>,
     /// Publish time in µs since the epoch (0 for control frames): feeds the latency histogram.
     pub published_us: u64,
+    /// Set for a backend's `response` frame: which request it answers.
+    pub response: Option<Arc<ResponseTag>>,
+}
+
+/// Which client request a backend `response` frame answers.
+#[derive(Debug)]
+pub struct ResponseTag {
+    /// The request's `request_id`, as compact JSON text.
+    pub key: String,
+    /// More `response` frames for the same request will follow (a streamed answer).
+    pub more: bool,
+}
+
+#[derive(Debug)]
+struct PendingRequest {
+    key: String,
+    request_id: serde_json::Value,
+    deadline_ms: u64,
+    timeout_ms: u64,
 }
 
 impl OutFrame {
@@ -33,6 +52,7 @@ impl OutFrame {
             text: text.into(),
             event_id: None,
             published_us: 0,
+            response: None,
         }
     }
 }
@@ -78,6 +98,8 @@ pub struct Connection {
     outbox: Mutex<Outbox>,
     wake: Notify,
     channels: Mutex<Vec<Arc<str>>>,
+    /// Requests sent to backends and not fully answered yet.
+    pending: Mutex<Vec<PendingRequest>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -110,6 +132,7 @@ impl Connection {
             }),
             wake: Notify::new(),
             channels: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
         }
     }
 
@@ -146,8 +169,64 @@ impl Connection {
         self.channels.lock().iter().any(|c| &**c == channel)
     }
 
+    /// Records a request sent to the backends; false when `limit` are already waiting.
+    pub fn add_pending(&self, request_id: serde_json::Value, timeout_ms: u64, limit: usize) -> bool {
+        let mut p = self.pending.lock();
+        let key = request_id.to_string();
+        p.retain(|r| r.key != key);
+        if p.len() >= limit {
+            return false;
+        }
+        p.push(PendingRequest {
+            key,
+            request_id,
+            deadline_ms: now_ms() + timeout_ms,
+            timeout_ms,
+        });
+        true
+    }
+
+    /// Forgets a request (e.g. it could not be sent).
+    pub fn drop_pending(&self, request_id: &serde_json::Value) {
+        let key = request_id.to_string();
+        self.pending.lock().retain(|r| r.key != key);
+    }
+
+    /// Removes and returns the requests whose backend has not answered in time.
+    pub fn expire_pending(&self, now_ms: u64) -> Vec<serde_json::Value> {
+        let mut p = self.pending.lock();
+        if p.is_empty() {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        p.retain(|r| {
+            if r.deadline_ms <= now_ms {
+                expired.push(r.request_id.clone());
+                false
+            } else {
+                true
+            }
+        });
+        expired
+    }
+
+    fn response_seen(&self, tag: &ResponseTag) {
+        let mut p = self.pending.lock();
+        if let Some(pos) = p.iter().position(|r| r.key == tag.key) {
+            if tag.more {
+                // A streamed answer is alive: each chunk restarts the wait for the next.
+                p[pos].deadline_ms = now_ms() + p[pos].timeout_ms;
+            } else {
+                p.swap_remove(pos);
+            }
+        }
+    }
+
     /// Offers a live frame. Never blocks on the socket.
     pub fn push(&self, frame: OutFrame) -> Push {
+        if let Some(tag) = &frame.response {
+            self.response_seen(tag);
+        }
         let mut ob = self.outbox.lock();
         if ob.close.is_some() {
             return Push::Closed;
@@ -692,6 +771,7 @@ mod tests {
             text: Utf8Bytes::from(text.to_owned()),
             event_id: Some(EventId::new(id, 0)),
             published_us: 0,
+            response: None,
         }
     }
 

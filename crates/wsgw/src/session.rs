@@ -16,7 +16,7 @@ use wsgw_protocol::{
 };
 
 use crate::auth::{AuthError, Claims};
-use crate::broker::{PublishRequest, Resume};
+use crate::broker::{InboundRequest, PublishRequest, Resume};
 use crate::gateway::Gateway;
 use crate::history::{self, Replay};
 use crate::hub::{Connection, OutFrame};
@@ -470,11 +470,11 @@ impl Session {
                 request_id,
                 echo,
             } => self.publish(channel, event, data, request_id, echo).await,
-            ClientFrame::Request { request_id, .. } => self.send_error(
-                ErrorCode::Unavailable,
-                "no backend is reachable from this node: requests need the Redis broker",
-                Some(request_id),
-            ),
+            ClientFrame::Request {
+                action,
+                data,
+                request_id,
+            } => Box::pin(self.request(action, data, request_id)).await,
             ClientFrame::Refresh { token, request_id } => self.refresh(&token, request_id),
         }
     }
@@ -656,6 +656,54 @@ impl Session {
                 self.gw.metrics.broker_errors.with_label_values(&["publish"]).inc();
                 self.send_error(ErrorCode::Unavailable, e.to_string(), request_id);
             }
+        }
+    }
+
+    async fn request(&mut self, action: String, data: Value, request_id: Value) {
+        let rid = Some(request_id.clone());
+        if action.is_empty() || action.len() > 128 || validate_channel(&action, false).is_err() {
+            return self.send_error(
+                ErrorCode::BadRequest,
+                "action must be 1..=128 of [A-Za-z0-9_.:@=/-]",
+                rid,
+            );
+        }
+        if !self.claims.permissions.can_request(&action) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                format!("token does not allow action {action}"),
+                rid,
+            );
+        }
+        let cfg = &self.gw.config;
+        if !self
+            .conn
+            .add_pending(request_id.clone(), cfg.request_timeout_ms, cfg.max_pending_requests)
+        {
+            let msg = format!("{} requests already wait for an answer", cfg.max_pending_requests);
+            return self.send_error(ErrorCode::RateLimited, msg, rid);
+        }
+        let p = &self.claims.permissions;
+        let claims = serde_json::json!({
+            "sub": self.claims.sub,
+            "exp": self.claims.exp,
+            "channels": p.subscribe,
+            "publish": p.publish,
+            "actions": p.actions,
+        });
+        let req = InboundRequest {
+            connection_id: self.conn.id.to_string(),
+            user_id: self.claims.sub.clone(),
+            node: self.gw.node_id.clone(),
+            request_id: request_id.to_string(),
+            action,
+            data: data.to_string(),
+            claims: claims.to_string(),
+        };
+        if let Err(e) = self.gw.broker.request(req).await {
+            self.gw.metrics.broker_errors.with_label_values(&["request"]).inc();
+            self.conn.drop_pending(&request_id);
+            self.send_error(ErrorCode::Unavailable, e.to_string(), rid);
         }
     }
 

@@ -10,7 +10,9 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use wsgw_protocol::{EventId, encode_event};
 
-use super::{Broker, BrokerError, ClusterStats, HistoryPage, HistoryQuery, PublishRequest, Resume, StoredEvent};
+use super::{
+    Broker, BrokerError, ClusterStats, HistoryPage, HistoryQuery, InboundRequest, PublishRequest, Resume, StoredEvent,
+};
 use crate::hub::{Connection, Hub, OutFrame, PresenceEntry};
 use crate::time::{now_ms, now_us};
 
@@ -117,6 +119,7 @@ impl MemoryBroker {
             text: frame,
             event_id: Some(id),
             published_us: now_us(),
+            response: None,
         };
         let exclude: Vec<&str> = req.exclude.iter().map(String::as_str).collect();
         self.hub.deliver(&req.channel, &out, &exclude);
@@ -223,6 +226,14 @@ impl Broker for MemoryBroker {
             .connection(connection_id)
             .is_some_and(|c| c.close(wsgw_protocol::CloseCode::Kicked));
         Box::pin(async move { Ok(found) })
+    }
+
+    fn request(&self, _req: InboundRequest) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async {
+            Err(BrokerError::Unavailable(
+                "no backend can be reached: requests need the Redis broker (WSGW_REDIS_URL)".into(),
+            ))
+        })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -134,8 +134,31 @@ pub trait Broker: Send + Sync + 'static {
     /// Closes one socket with 4004, wherever it is. Returns whether it was known.
     fn kick_connection<'a>(&'a self, connection_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
 
+    /// Hands a client `request` to the backends (the `<prefix>inbound` stream). Resolves once
+    /// it is stored; the answer comes back as `response` frames on `connection:<id>`.
+    fn request(&self, req: InboundRequest) -> BoxFuture<'_, Result<(), BrokerError>>;
+
     /// Clean leave at shutdown: removes this node's presence and registry entries.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A client `request` on its way to the backends.
+#[derive(Debug, Clone)]
+pub struct InboundRequest {
+    /// The asking socket: backends answer on `connection:<connection_id>`.
+    pub connection_id: String,
+    /// The token's `sub`.
+    pub user_id: String,
+    /// The node holding the socket.
+    pub node: String,
+    /// The client's `request_id`, as JSON text.
+    pub request_id: String,
+    /// What the backend should do.
+    pub action: String,
+    /// The payload, as JSON text.
+    pub data: String,
+    /// What a backend needs to authorise: sub, channels, publish, actions, exp (JSON text).
+    pub claims: String,
 }
 
 /// The outcome of a `connection_id` resume.

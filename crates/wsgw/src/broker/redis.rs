@@ -4,6 +4,7 @@
 //! batches by one task. After any pub/sub interruption the node resubscribes and repairs the
 //! gap from history. Never blocks a socket: everything here talks to Redis, then to the hub.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +23,10 @@ use tracing::{debug, info, warn};
 use wsgw_protocol::{CloseCode, EventId};
 
 use super::memory::HistoryLimits;
-use super::{Broker, BrokerError, ClusterStats, HistoryPage, HistoryQuery, PublishRequest, Resume, StoredEvent};
-use crate::hub::{Connection, Hub, OutFrame, PresenceEntry};
+use super::{
+    Broker, BrokerError, ClusterStats, HistoryPage, HistoryQuery, InboundRequest, PublishRequest, Resume, StoredEvent,
+};
+use crate::hub::{Connection, Hub, OutFrame, PresenceEntry, ResponseTag};
 use crate::metrics::Metrics;
 use crate::time::now_ms;
 
@@ -49,6 +52,8 @@ pub struct RedisSettings {
     pub canary_interval_ms: u64,
     /// Longest a single Redis command may take before the caller gets `unavailable`.
     pub op_timeout: Duration,
+    /// Approximate length the request stream is trimmed to.
+    pub inbound_maxlen: usize,
 }
 
 /// A control message on `<prefix>control`, seen by every node.
@@ -123,6 +128,9 @@ impl Keys {
     }
     fn session(&self, id: &str) -> String {
         format!("{}session:{id}", self.prefix)
+    }
+    fn inbound(&self) -> String {
+        format!("{}inbound", self.prefix)
     }
     fn control(&self) -> String {
         format!("{}control", self.prefix)
@@ -485,24 +493,33 @@ impl Inner {
             }
             None => (None, payload),
         };
+        // Cow, not &str: JSON encoders may escape characters (cjson writes `/` as `\/`).
         #[derive(Deserialize)]
         struct Head<'a> {
-            #[serde(rename = "type")]
-            kind: &'a str,
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
             #[serde(default)]
             event_id: Option<EventId>,
-            #[serde(default)]
-            channel: Option<&'a str>,
+            #[serde(default, borrow)]
+            channel: Option<Cow<'a, str>>,
             #[serde(default)]
             ts: Option<u64>,
+            #[serde(default)]
+            request_id: Option<serde_json::Value>,
+            #[serde(default)]
+            more: bool,
         }
         let head: Head<'_> = serde_json::from_slice(body).ok()?;
-        match head.kind {
+        let mut response = None;
+        match head.kind.as_ref() {
             // An event must name the channel it travels on, so a frame can't be smuggled
             // onto another channel's subscribers.
-            "event" if head.channel == Some(channel) => {}
+            "event" if head.channel.as_deref() == Some(channel) => {}
             // Backend answers to requests, only to the one connection that asked.
-            "response" if channel.starts_with("connection:") => {}
+            "response" if channel.starts_with("connection:") => {
+                let key = head.request_id.as_ref().map(|v| v.to_string())?;
+                response = Some(Arc::new(ResponseTag { key, more: head.more }));
+            }
             _ => return None,
         }
         let text = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(body)).ok()?;
@@ -512,6 +529,7 @@ impl Inner {
                 text,
                 event_id: head.event_id,
                 published_us,
+                response,
             },
             exclude,
         ))
@@ -546,6 +564,7 @@ impl Inner {
                 text: e.frame.clone(),
                 event_id: Some(e.id),
                 published_us: e.ts_ms * 1000,
+                response: None,
             };
             let n = self.hub.deliver(&ch, &frame, &excluded);
             self.metrics.repaired_events.inc_by(n as u64);
@@ -614,9 +633,9 @@ impl Inner {
                     }
                 }
                 _ = tick.tick() => self.refresh_all().await,
-                _ = shutdown.changed() => {
-                    // The gateway calls `shutdown()` after its drain, which sends `Leave`.
-                }
+                // The gateway sends `Leave` (via `shutdown()`) before this fires; stopping here
+                // also covers a gateway dropped without a clean leave.
+                _ = shutdown.changed() => return,
             }
         }
     }
@@ -1031,6 +1050,37 @@ impl Broker for RedisBroker {
             .await?;
             Ok(local || known)
         })
+    }
+
+    fn request(&self, req: InboundRequest) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let inner = &self.inner;
+        Box::pin(timed(inner.s.op_timeout, async move {
+            let mut c = inner.conn().await?;
+            let _: String = redis::cmd("XADD")
+                .arg(inner.keys.inbound())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(inner.s.inbound_maxlen)
+                .arg("*")
+                .arg("connection_id")
+                .arg(&req.connection_id)
+                .arg("user_id")
+                .arg(&req.user_id)
+                .arg("node")
+                .arg(&req.node)
+                .arg("request_id")
+                .arg(&req.request_id)
+                .arg("action")
+                .arg(&req.action)
+                .arg("data")
+                .arg(&req.data)
+                .arg("claims")
+                .arg(&req.claims)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        }))
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

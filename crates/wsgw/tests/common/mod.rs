@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::time::Duration;
