@@ -23,6 +23,12 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null || apt_install redis-server
+# The Python backend examples (docs/backends.md, examples/worker.py) are run by the tests
+# when redis-py is importable.
+if command -v python3 >/dev/null && ! python3 -c 'import redis' 2>/dev/null; then
+    log "installing redis-py for the Python examples"
+    python3 -m pip install -q redis >/dev/null 2>&1 || echo "note: could not install redis-py; Python examples will be skipped"
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

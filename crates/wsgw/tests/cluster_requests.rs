@@ -203,3 +203,53 @@ async fn a_chat_message_published_without_echo_reaches_everyone_else_on_every_no
     assert_eq!(other_socket.expect("subscribed").await["replayed"], 1);
     assert_eq!(other_socket.expect("event").await["event_id"], ack["event_id"]);
 }
+
+#[tokio::test]
+async fn the_python_example_worker_answers_requests() {
+    if !std::process::Command::new("python3")
+        .args(["-c", "import redis"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("note: python3 with redis-py is not installed (scripts/test.sh installs it): example not run");
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = GatewayProc::start(&redis, "gw-a", &[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/worker.py");
+    let mut worker = std::process::Command::new("python3")
+        .arg(script)
+        .env("WSGW_REDIS_URL", redis.url())
+        .env("WSGW_WORKER_RUN_FOR_S", "30")
+        .spawn()
+        .expect("python worker starts");
+    let (mut c, _) = a.connect(&token("py", &[], &[])).await;
+    c.send(json!({"type": "request", "action": "echo", "data": {"hello": "python"}, "request_id": 1}))
+        .await;
+    let resp = c.expect("response").await;
+    c.send(json!({"type": "request", "action": "stream", "data": null, "request_id": 2}))
+        .await;
+    let mut chunks = Vec::new();
+    loop {
+        let f = c.expect("response").await;
+        chunks.push(f["data"].clone());
+        if f["more"] != true {
+            break;
+        }
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(
+        (resp["request_id"].clone(), resp["data"].clone()),
+        (json!(1), json!({"hello": "python"}))
+    );
+    assert_eq!(
+        chunks,
+        [
+            json!({"chunk": 0}),
+            json!({"chunk": 1}),
+            json!({"chunk": 2}),
+            json!({"done": true})
+        ]
+    );
+}
