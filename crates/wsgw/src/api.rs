@@ -80,13 +80,52 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/stats", get(stats))
         .layer(DefaultBodyLimit::max(gw.config.max_publish_bytes))
         .route_layer(middleware::from_fn_with_state(gw.clone(), require_api_key));
-    Router::new()
+    let mut router = Router::new()
         .route("/ws", get(ws_upgrade))
+        .route("/wsgw.js", get(client_js))
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .nest("/api", api)
-        .with_state(gw)
+        .nest("/api", api);
+    if gw.config.dev {
+        router = router.route("/", get(demo_page)).route("/dev/stats", get(dev_stats));
+    }
+    router.with_state(gw)
+}
+
+/// The browser client (clients/js/wsgw.js), served so pages can `import` it from the node.
+const CLIENT_JS: &str = include_str!("../../../clients/js/wsgw.js");
+const DEMO_HTML: &str = include_str!("../assets/demo.html");
+
+async fn client_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT_JS,
+    )
+        .into_response()
+}
+
+/// `--dev` only: a page to connect, subscribe, publish and watch the node, with the dev token
+/// filled in (dev mode is open by design; see `wsgw --dev`).
+async fn demo_page(State(gw): State<Arc<Gateway>>) -> Response {
+    let token = gw.dev_token.as_deref().unwrap_or("");
+    let html = DEMO_HTML.replace("__WSGW_DEV_TOKEN__", token);
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// `--dev` only: this node's figures for the demo page, without an API key.
+async fn dev_stats(State(gw): State<Arc<Gateway>>) -> Response {
+    let hub = gw.hub.stats();
+    Json(json!({
+        "node": gw.node_id,
+        "connections": hub.connections,
+        "channels": hub.channels,
+        "frames_out": gw.metrics.frames_out.get(),
+    }))
+    .into_response()
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a key matched.
@@ -151,7 +190,7 @@ async fn ws_upgrade(
         auth,
         connection_id: q.connection_id.filter(|s| !s.is_empty()),
         last_event_id: q.last_event_id.filter(|s| !s.is_empty()),
-        peer: peer.to_string(),
+        client_ip: gw.proxies.client_ip(peer.ip(), &headers),
     };
     upgrade.on_upgrade(move |socket| session::run(socket, gw, params))
 }

@@ -253,6 +253,13 @@ pub struct Config {
     /// Approximate length the `<prefix>inbound` request stream is trimmed to.
     /// Env `WSGW_INBOUND_MAXLEN`; default `100000`.
     pub inbound_maxlen: usize,
+    /// Proxies (IPs or CIDRs, comma-separated in the env) whose `X-Forwarded-For` is believed:
+    /// the client address is the rightmost address in it that is not a trusted proxy.
+    /// Env `WSGW_TRUSTED_PROXIES`; default empty (the TCP peer is the client).
+    pub trusted_proxies: Vec<String>,
+    /// Sockets one client address may hold on this node; `0` means unlimited.
+    /// Env `WSGW_MAX_CONNECTIONS_PER_IP`; default `0`.
+    pub max_connections_per_ip: usize,
     /// Events kept per channel for replay; `0` disables history.
     /// Env `WSGW_HISTORY_SIZE`; default `1000`.
     pub history_size: usize,
@@ -317,6 +324,8 @@ impl Default for Config {
             request_timeout_ms: 30_000,
             max_pending_requests: 64,
             inbound_maxlen: 100_000,
+            trusted_proxies: Vec::new(),
+            max_connections_per_ip: 0,
             history_size: 1000,
             history_ttl_ms: 3_600_000,
             max_replay: 1000,
@@ -428,6 +437,14 @@ impl Config {
                 ),
             ));
         }
+        for p in &self.trusted_proxies {
+            if crate::proxy::Cidr::parse(p).is_none() {
+                return Err(invalid(
+                    "trusted_proxies",
+                    format!("{p:?} is not an IP address or CIDR"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -505,6 +522,14 @@ impl Config {
         env.parse("WSGW_REQUEST_TIMEOUT_MS", &mut self.request_timeout_ms, MS)?;
         env.parse("WSGW_MAX_PENDING_REQUESTS", &mut self.max_pending_requests, COUNT)?;
         env.parse("WSGW_INBOUND_MAXLEN", &mut self.inbound_maxlen, COUNT)?;
+        env.parse("WSGW_MAX_CONNECTIONS_PER_IP", &mut self.max_connections_per_ip, COUNT)?;
+        if let Some(list) = env.raw("WSGW_TRUSTED_PROXIES") {
+            self.trusted_proxies = list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
         env.parse("WSGW_HISTORY_SIZE", &mut self.history_size, "a whole number of events")?;
         env.parse("WSGW_HISTORY_TTL_MS", &mut self.history_ttl_ms, MS)?;
         env.parse("WSGW_MAX_REPLAY", &mut self.max_replay, "a whole number of events")?;
@@ -595,6 +620,8 @@ impl fmt::Debug for Config {
             request_timeout_ms,
             max_pending_requests,
             inbound_maxlen,
+            trusted_proxies,
+            max_connections_per_ip,
             history_size,
             history_ttl_ms,
             max_replay,
@@ -637,6 +664,8 @@ impl fmt::Debug for Config {
             .field("request_timeout_ms", request_timeout_ms)
             .field("max_pending_requests", max_pending_requests)
             .field("inbound_maxlen", inbound_maxlen)
+            .field("trusted_proxies", trusted_proxies)
+            .field("max_connections_per_ip", max_connections_per_ip)
             .field("history_size", history_size)
             .field("history_ttl_ms", history_ttl_ms)
             .field("max_replay", max_replay)

@@ -59,9 +59,15 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Connection slots taken (see `session::Slot`).
     pub slots: AtomicUsize,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub proxies: crate::proxy::TrustedProxies,
+    /// Sockets per client address (only tracked when a per-address cap is set).
+    pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     draining: AtomicBool,
     /// Start time, ms since the epoch.
     pub started_at_ms: u64,
+    /// `--dev`: the printed token, also filled into the demo page.
+    pub dev_token: Option<String>,
 }
 
 fn default_node_id() -> String {
@@ -127,6 +133,15 @@ impl Gateway {
                 )
             }
         };
+        let proxies = crate::proxy::TrustedProxies::new(&config.trusted_proxies);
+        // `--dev` hands out one permissive token (printed, and filled into the demo page).
+        let dev_token = match (&config.jwt_secret, config.dev) {
+            (Some(secret), true) => {
+                let exp = now_ms() / 1000 + 24 * 3600;
+                Some(crate::auth::sign_hs256(secret, "dev-user", &["*"], &["*"], Some(exp)))
+            }
+            _ => None,
+        };
         Ok(Arc::new(Self {
             config,
             node_id,
@@ -137,8 +152,11 @@ impl Gateway {
             auth,
             metrics,
             slots: AtomicUsize::new(0),
+            proxies,
+            per_ip: parking_lot::Mutex::new(std::collections::HashMap::new()),
             draining: AtomicBool::new(false),
             started_at_ms: now_ms(),
+            dev_token,
         }))
     }
 

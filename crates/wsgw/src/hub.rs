@@ -100,6 +100,9 @@ pub struct Connection {
     channels: Mutex<Vec<Arc<str>>>,
     /// Requests sent to backends and not fully answered yet.
     pending: Mutex<Vec<PendingRequest>>,
+    /// Set when a newer socket took this connection id over (here or on another node): its
+    /// end must not touch the id's presence or parked session, which now belong to the new one.
+    replaced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -133,6 +136,7 @@ impl Connection {
             wake: Notify::new(),
             channels: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
+            replaced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -167,6 +171,17 @@ impl Connection {
     /// Whether this connection is subscribed to exactly `channel`.
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.channels.lock().iter().any(|c| &**c == channel)
+    }
+
+    /// Closes this socket because a newer one took its connection id over.
+    pub fn replace(&self) {
+        self.replaced.store(true, Ordering::Release);
+        self.close(CloseCode::Normal);
+    }
+
+    /// Whether a newer socket took this connection id over.
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.load(Ordering::Acquire)
     }
 
     /// Records a request sent to the backends; false when `limit` are already waiting.
@@ -474,7 +489,7 @@ impl Hub {
         let conn = Arc::new(conn);
         let old = self.conns.write().insert(conn.id.clone(), conn.clone());
         if let Some(old) = old {
-            old.close(CloseCode::Normal);
+            old.replace();
             self.unsubscribe_all(&old);
         }
         conn

@@ -12,6 +12,7 @@ pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod proxy;
 pub mod session;
 pub mod time;
 

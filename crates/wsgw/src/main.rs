@@ -76,7 +76,6 @@ fn init_logging(config: &Config) {
 }
 
 struct DevInfo {
-    token: String,
     api_key: String,
 }
 
@@ -87,11 +86,9 @@ fn prepare_dev(config: &mut Config) -> DevInfo {
     }
     warn!("dev mode: random secrets, memory broker, permissive token; not for production");
     config.redis_url = None;
-    let secret = config.jwt_secret.get_or_insert_with(|| random_hex(32)).clone();
+    config.jwt_secret.get_or_insert_with(|| random_hex(32));
     let api_key = config.api_key.get_or_insert_with(|| random_hex(16)).clone();
-    let exp = wsgw::time::now_ms() / 1000 + 24 * 3600;
-    let token = wsgw::auth::sign_hs256(&secret, "dev-user", &["*"], &["*"], Some(exp));
-    DevInfo { token, api_key }
+    DevInfo { api_key }
 }
 
 async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::StartError> {
@@ -123,12 +120,11 @@ async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::Start
         } else {
             addr.to_string()
         };
+        let token = gateway.dev_token.clone().unwrap_or_default();
         println!("wsgw dev mode (not for production)");
-        println!(
-            "  token (user dev-user, may subscribe/publish anywhere, 24 h):\n    {}",
-            dev.token
-        );
-        println!("  connect:\n    websocat 'ws://{host}/ws?token={}'", dev.token);
+        println!("  demo page:\n    http://{host}/");
+        println!("  token (user dev-user, may subscribe/publish to every topic, 24 h):\n    {token}");
+        println!("  connect:\n    websocat 'ws://{host}/ws?token={token}'");
         println!(
             "  publish:\n    curl -s -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n      -d '{{\"channel\":\"broadcast\",\"event\":\"hello\",\"data\":{{\"text\":\"hi\"}}}}' http://{host}/api/publish",
             dev.api_key

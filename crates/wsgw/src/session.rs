@@ -31,8 +31,8 @@ pub struct ConnectParams {
     pub connection_id: Option<String>,
     /// `last_event_id` query parameter, unparsed.
     pub last_event_id: Option<String>,
-    /// The client's address as the gateway sees it.
-    pub peer: String,
+    /// The client's address (from `X-Forwarded-For` when the peer is a trusted proxy).
+    pub client_ip: std::net::IpAddr,
 }
 
 /// A connection slot, released when dropped (caps the node at `max_connections`).
@@ -48,6 +48,40 @@ impl Slot {
             return None;
         }
         Some(Slot(gw.clone()))
+    }
+}
+
+/// A per-client-address slot, released when dropped (`max_connections_per_ip`).
+pub struct IpSlot(Option<(Arc<Gateway>, std::net::IpAddr)>);
+
+impl IpSlot {
+    /// Takes a slot for `ip` if it is under the cap (always, when there is no cap).
+    pub fn acquire(gw: &Arc<Gateway>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let cap = gw.config.max_connections_per_ip;
+        if cap == 0 {
+            return Some(IpSlot(None));
+        }
+        let mut counts = gw.per_ip.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((gw.clone(), ip))))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((gw, ip)) = self.0.take() {
+            let mut counts = gw.per_ip.lock();
+            if let Some(n) = counts.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -101,7 +135,7 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         Ok(c) => c,
         Err(e) => {
             gw.metrics.auth_failures.with_label_values(&[e.label()]).inc();
-            debug!(peer = %params.peer, reason = e.label(), "refused token");
+            debug!(client_ip = %params.client_ip, reason = e.label(), "refused token");
             let frame = ServerFrame::error(e.code(), e.to_string(), None);
             Box::pin(refuse(ws, &gw, Some(frame), e.close_code())).await;
             return;
@@ -129,7 +163,25 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         Box::pin(refuse(ws, &gw, Some(frame), CloseCode::TryAgainLater)).await;
         return;
     };
-    let span = info_span!("conn", connection_id = tracing::field::Empty, user_id = %claims.sub, node = %gw.node_id);
+    // Held until the socket ends.
+    let Some(_ip_slot) = IpSlot::acquire(&gw, params.client_ip) else {
+        let msg = format!("too many connections from {}", params.client_ip);
+        Box::pin(refuse(
+            ws,
+            &gw,
+            Some(ServerFrame::error(ErrorCode::Forbidden, msg, None)),
+            CloseCode::Policy,
+        ))
+        .await;
+        return;
+    };
+    let span = info_span!(
+        "conn",
+        connection_id = tracing::field::Empty,
+        user_id = %claims.sub,
+        node = %gw.node_id,
+        client_ip = %params.client_ip
+    );
     // Boxed so the connect-time state (replay, welcome) does not stay in every idle socket's
     // task for its whole life: a future is as big as its biggest state.
     let session = Box::pin(Session::open(gw.clone(), claims, params, slot).instrument(span.clone())).await;
@@ -404,10 +456,7 @@ impl Session {
             .filter(|c| matches!(wsgw_protocol::classify(c), ChannelKind::Topic | ChannelKind::Pattern))
             .map(|c| c.to_string())
             .collect();
-        let replaced = gw
-            .hub
-            .connection(&self.conn.id)
-            .is_some_and(|c| !Arc::ptr_eq(&c, &self.conn));
+        let replaced = self.conn.is_replaced();
         let released = gw.hub.remove(&self.conn);
         gw.broker.unlisten(&released);
         if !replaced {

@@ -471,3 +471,57 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     assert_eq!(v("wsgw_slow_consumer_closes_total"), 0.0);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn the_browser_client_is_served_and_the_demo_page_only_in_dev_mode() {
+    let node = Node::default().await;
+    let js = node.http.get(node.url("/wsgw.js")).send().await.unwrap();
+    assert_eq!(js.status().as_u16(), 200);
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(js.text().await.unwrap().contains("export class WsgwClient"));
+    assert_eq!(
+        node.http.get(node.url("/")).send().await.unwrap().status().as_u16(),
+        404,
+        "no demo outside --dev"
+    );
+    assert_eq!(
+        node.http
+            .get(node.url("/dev/stats"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    node.stop().await;
+
+    let node = Node::start(wsgw::Config { dev: true, ..config() }).await;
+    let page = node.http.get(node.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("import { WsgwClient } from '/wsgw.js'"));
+    let token = page
+        .split("id=\"token\" class=\"wide\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let (_c, w) = node.connect(token).await;
+    assert_eq!(w["user_id"], "dev-user", "the demo page's token works");
+    let stats: serde_json::Value = node
+        .http
+        .get(node.url("/dev/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["connections"], 1);
+    node.stop().await;
+}

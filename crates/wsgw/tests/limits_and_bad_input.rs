@@ -255,3 +255,42 @@ async fn refresh_extends_a_socket_past_its_first_token_and_expiry_closes_4003() 
     assert_eq!(frames.last().unwrap()["code"], "unauthorized");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_per_address_cap_counts_real_clients() {
+    let node = Node::start(Config {
+        trusted_proxies: vec!["127.0.0.1".into()],
+        max_connections_per_ip: 1,
+        ..config()
+    })
+    .await;
+    let url = node.ws_url(&format!("token={}", token("a", &[], &[])));
+    let (mut first, _) = Client::connect_with(&url, &[("x-forwarded-for", "198.51.100.1")]).await;
+    first.expect("welcome").await;
+    let (mut other_client, _) = Client::connect_with(&url, &[("x-forwarded-for", "198.51.100.2")]).await;
+    other_client.expect("welcome").await;
+    let (mut same_client, _) = Client::connect_with(&url, &[("x-forwarded-for", "198.51.100.1")]).await;
+    let (code, frames) = same_client.until_closed().await;
+    assert_eq!(code, Some(1008), "{frames:?}");
+    assert!(
+        frames[0]["message"].as_str().unwrap().contains("198.51.100.1"),
+        "{frames:?}"
+    );
+    // A forged first hop does not help: the proxy appended the real address last.
+    let (mut forged, _) = Client::connect_with(&url, &[("x-forwarded-for", "10.9.9.9, 198.51.100.1")]).await;
+    assert_eq!(forged.until_closed().await.0, Some(1008));
+    node.stop().await;
+
+    // Without trust the header is ignored: every socket here comes from 127.0.0.1.
+    let node = Node::start(Config {
+        max_connections_per_ip: 1,
+        ..config()
+    })
+    .await;
+    let url = node.ws_url(&format!("token={}", token("a", &[], &[])));
+    let (mut one, _) = Client::connect_with(&url, &[("x-forwarded-for", "198.51.100.1")]).await;
+    one.expect("welcome").await;
+    let (mut two, _) = Client::connect_with(&url, &[("x-forwarded-for", "198.51.100.2")]).await;
+    assert_eq!(two.until_closed().await.0, Some(1008));
+    node.stop().await;
+}

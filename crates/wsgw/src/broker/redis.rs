@@ -60,8 +60,16 @@ pub struct RedisSettings {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "control", rename_all = "snake_case")]
 enum Control {
-    KickUser { user_id: String },
-    KickConnection { connection_id: String },
+    KickUser {
+        user_id: String,
+    },
+    KickConnection {
+        connection_id: String,
+    },
+    /// A newer socket of the same user resumed this connection id on another node.
+    Replace {
+        connection_id: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -270,6 +278,15 @@ impl Inner {
                 .query_async(&mut c)
                 .await
                 .map_err(unavailable)?;
+            // Repairs after an outage start after the newest id issued when we (re)joined, so a
+            // node that has not yet seen an event on its channels still repairs the gap.
+            let seq: Option<String> = c.get(self.keys.seq()).await.map_err(unavailable)?;
+            if let Some(id) = seq.and_then(|s| s.parse::<EventId>().ok()) {
+                let mut w = self.watermark.lock();
+                if w.is_none() {
+                    *w = Some(id);
+                }
+            }
             Ok(())
         })
         .await
@@ -302,7 +319,10 @@ impl Inner {
                 return;
             }
             let session = self.clone().subscriber_session(&mut cmds, &mut shutdown, first).await;
-            self.ready.store(false, Ordering::Release);
+            if self.ready.swap(false, Ordering::AcqRel) {
+                // It was up: a new outage starts the backoff from the bottom again.
+                backoff = Duration::from_millis(100);
+            }
             self.metrics.redis_up.set(0);
             match session {
                 Ok(true) => return,
@@ -338,6 +358,11 @@ impl Inner {
         shutdown: &mut watch::Receiver<bool>,
         first: bool,
     ) -> Result<bool, BrokerError> {
+        if !first {
+            // A Redis that restarted without persistence lost the Functions, the epoch and the
+            // history defaults: put them back before anyone publishes.
+            self.prepare().await?;
+        }
         let pubsub = timed(self.s.op_timeout, async {
             self.client.get_async_pubsub().await.map_err(unavailable)
         })
@@ -446,6 +471,11 @@ impl Inner {
             Ok(Control::KickConnection { connection_id }) => {
                 if let Some(c) = self.hub.connection(&connection_id) {
                     c.close(CloseCode::Kicked);
+                }
+            }
+            Ok(Control::Replace { connection_id }) => {
+                if let Some(c) = self.hub.connection(&connection_id) {
+                    c.replace();
                 }
             }
             Err(e) => debug!(error = %e, "ignored control message"),
@@ -615,12 +645,13 @@ impl Inner {
                         match cmd {
                             PresenceCmd::Connected(c) => self.add_presence(&mut pipe, &c),
                             PresenceCmd::Disconnected { id, user_id, topics, park } => {
-                                pipe.cmd("DEL").arg(self.keys.presence_conn(&id)).ignore();
-                                pipe.cmd("ZREM").arg(self.keys.presence_user(&user_id)).arg(&*id).ignore();
+                                // Parked before the presence goes: `resume` relies on that order.
                                 if park && self.s.session_ttl_ms > 0 {
                                     let v = serde_json::to_string(&ParkedValue { user_id: user_id.to_string(), topics }).unwrap_or_default();
                                     pipe.cmd("SET").arg(self.keys.session(&id)).arg(v).arg("PX").arg(self.s.session_ttl_ms).ignore();
                                 }
+                                pipe.cmd("DEL").arg(self.keys.presence_conn(&id)).ignore();
+                                pipe.cmd("ZREM").arg(self.keys.presence_user(&user_id)).arg(&*id).ignore();
                             }
                             PresenceCmd::Leave(tx) => leave = Some(tx),
                         }
@@ -694,7 +725,7 @@ impl Inner {
             .arg(&node_key)
             .arg("connections")
             .arg(stats.connections)
-            .arg("channels")
+            .arg("subscriptions")
             .arg(stats.channels)
             .arg("started_at")
             .arg(self.started_at_ms)
@@ -702,6 +733,8 @@ impl Inner {
             .arg(env!("CARGO_PKG_VERSION"))
             .ignore();
         pipe.cmd("PEXPIRE").arg(&node_key).arg(ttl).ignore();
+        // The shared set dies with the last node too.
+        pipe.cmd("PEXPIRE").arg(self.keys.nodes()).arg(ttl).ignore();
         // After a FLUSHALL the epoch comes back with the current time, so older ids replay
         // as not recovered.
         pipe.cmd("SET").arg(self.keys.epoch()).arg(now_ms()).arg("NX").ignore();
@@ -735,27 +768,38 @@ impl Inner {
                 Ok(HistoryPage { events, complete: true })
             }
             HistoryQuery::After { id, limit } => {
-                let (reply, meta, epoch): (StreamRangeReply, (Option<String>, Option<String>), Option<u64>) =
-                    redis::pipe()
-                        .cmd("XRANGE")
-                        .arg(self.keys.history(channel))
-                        .arg(format!("({id}"))
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(limit)
-                        .cmd("HMGET")
-                        .arg(self.keys.meta(channel))
-                        .arg("trimmed")
-                        .arg("last")
-                        .cmd("GET")
-                        .arg(self.keys.epoch())
-                        .query_async(&mut c)
-                        .await
-                        .map_err(unavailable)?;
+                type Reply = (
+                    StreamRangeReply,
+                    (Option<String>, Option<String>),
+                    Option<u64>,
+                    Option<String>,
+                );
+                let (reply, meta, epoch, seq): Reply = redis::pipe()
+                    .cmd("XRANGE")
+                    .arg(self.keys.history(channel))
+                    .arg(format!("({id}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .cmd("HMGET")
+                    .arg(self.keys.meta(channel))
+                    .arg("trimmed")
+                    .arg("last")
+                    .cmd("GET")
+                    .arg(self.keys.epoch())
+                    .cmd("GET")
+                    .arg(self.keys.seq())
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
                 let events = stream_events(reply);
                 let trimmed = meta.0.and_then(|s| s.parse::<EventId>().ok());
                 let last = meta.1.and_then(|s| s.parse::<EventId>().ok());
+                // An id newer than any this Redis issued comes from another Redis (or its lost
+                // past): nothing here can vouch for what followed it.
+                let issued = seq.and_then(|s| s.parse::<EventId>().ok());
                 let complete = self.s.history.size > 0
+                    && issued.is_some_and(|last_issued| id <= last_issued)
                     && recoverable(
                         id,
                         epoch,
@@ -903,26 +947,58 @@ impl Broker for RedisBroker {
                 return Ok(Resume::OwnedByOther);
             }
             let mut c = inner.conn().await?;
-            let (parked, live): (Option<String>, Option<String>) = redis::pipe()
-                .cmd("GET")
-                .arg(inner.keys.session(connection_id))
-                .cmd("GET")
-                .arg(inner.keys.presence_conn(connection_id))
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
-            if let Some(live) = live.and_then(|v| serde_json::from_str::<PresenceValue>(&v).ok())
-                && live.user_id != user_id
-            {
-                return Ok(Resume::OwnedByOther);
-            }
-            match parked.and_then(|v| serde_json::from_str::<ParkedValue>(&v).ok()) {
-                Some(p) if p.user_id == user_id => {
-                    let _: i64 = c.del(inner.keys.session(connection_id)).await.map_err(unavailable)?;
-                    Ok(Resume::Topics(p.topics))
+            // The node that saw the close parks the session from its presence worker, a moment
+            // after the client got its close answer. It parks before it deletes the presence
+            // key, and we read presence first: so "live for this user, nothing parked" means
+            // the park may still be on its way; give it a short while rather than lose topics.
+            let settle = tokio::time::Instant::now() + inner.s.op_timeout / 4;
+            loop {
+                let (live, parked): (Option<String>, Option<String>) = redis::pipe()
+                    .cmd("GET")
+                    .arg(inner.keys.presence_conn(connection_id))
+                    .cmd("GET")
+                    .arg(inner.keys.session(connection_id))
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                let live = live.and_then(|v| serde_json::from_str::<PresenceValue>(&v).ok());
+                if live.as_ref().is_some_and(|l| l.user_id != user_id) {
+                    return Ok(Resume::OwnedByOther);
                 }
-                Some(_) => Ok(Resume::OwnedByOther),
-                None => Ok(Resume::Fresh),
+                return match parked.and_then(|v| serde_json::from_str::<ParkedValue>(&v).ok()) {
+                    Some(p) if p.user_id == user_id => {
+                        let _: i64 = c.del(inner.keys.session(connection_id)).await.map_err(unavailable)?;
+                        Ok(Resume::Topics(p.topics))
+                    }
+                    Some(_) => Ok(Resume::OwnedByOther),
+                    None if live.is_some() && tokio::time::Instant::now() < settle => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    // Still live on another node (a client back before its old socket was
+                    // noticed dead): take the identity and topics over; that node closes it.
+                    None => match live {
+                        Some(l) => {
+                            let payload = serde_json::to_string(&Control::Replace {
+                                connection_id: connection_id.into(),
+                            })
+                            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+                            let _: i64 = c.publish(inner.keys.control(), payload).await.map_err(unavailable)?;
+                            let topics = l
+                                .channels
+                                .into_iter()
+                                .filter(|ch| {
+                                    matches!(
+                                        wsgw_protocol::classify(ch),
+                                        wsgw_protocol::ChannelKind::Topic | wsgw_protocol::ChannelKind::Pattern
+                                    )
+                                })
+                                .collect();
+                            Ok(Resume::Topics(topics))
+                        }
+                        None => Ok(Resume::Fresh),
+                    },
+                };
             }
         }))
     }

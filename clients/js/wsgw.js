@@ -1,0 +1,456 @@
+// wsgw browser client: a dependency-free ES module for the wsgw WebSocket gateway.
+// Wire contract: docs/protocol.md. Works in browsers, and in Node >= 20 when a WebSocket
+// implementation (e.g. the `ws` package) is passed as `options.WebSocket`.
+
+/** Close codes after which the client never reconnects by itself. */
+const FINAL = new Set([1000, 4001, 4004]);
+/** Close codes meaning "server going away": reconnect at once, with jitter. */
+const AT_ONCE = new Set([1001, 1012]);
+/** Names of the client's own events; any other `on()` name is a channel. */
+const BUILTIN = new Set(['state', 'welcome', 'error', 'close', 'unsubscribed']);
+
+/** An error carrying the gateway's `code` (e.g. `forbidden`, `unavailable`, `disconnected`). */
+export class WsgwError extends Error {
+  /**
+   * @param {string|number} code error frame code, close code, or a client code
+   * @param {string} message
+   * @param {object} [frame] the frame that caused it, when there is one
+   */
+  constructor(code, message, frame) {
+    super(message);
+    this.name = 'WsgwError';
+    this.code = code;
+    if (frame !== undefined) this.frame = frame;
+  }
+}
+
+/**
+ * Parses an event id `<ms>-<seq>` (a bare `<ms>` means `<ms>-0`).
+ * @param {string} id
+ * @returns {[number, number] | null} null when unreadable
+ */
+export function parseEventId(id) {
+  const m = /^(\d+)(?:-(\d+))?$/.exec(String(id));
+  return m ? [Number(m[1]), Number(m[2] ?? 0)] : null;
+}
+
+/**
+ * Compares two event ids numerically on (ms, seq), never as strings: `9-5` < `10-0`.
+ * Unreadable ids sort before every readable one.
+ * @returns {number} negative, zero or positive
+ */
+export function compareEventIds(a, b) {
+  const x = parseEventId(a) ?? [-1, -1];
+  const y = parseEventId(b) ?? [-1, -1];
+  return x[0] - y[0] || x[1] - y[1];
+}
+
+/** Pending map key for a request_id (the gateway echoes any JSON value). */
+const keyOf = (rid) => (typeof rid === 'string' ? rid : JSON.stringify(rid));
+
+/** Glob match where `*` matches any run of characters, as in subscription patterns. */
+function globMatch(pattern, name) {
+  const re = new RegExp('^' + pattern.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*') + '$');
+  return re.test(name);
+}
+
+/**
+ * A reconnecting client for the wsgw gateway.
+ *
+ * Events (`on(name, handler)`):
+ * - a channel name (or a pattern containing `*`, other than `*` alone): its events;
+ * - `event:<name>`: events with that event name, on any channel;
+ * - `*`: every event;
+ * - `state` (s: 'connecting'|'open'|'reconnecting'|'closed'), `welcome` (the welcome frame),
+ *   `error` (error frames that answer no pending call, or WsgwError for client-side failures),
+ *   `close` ({code, reason, willReconnect}), `unsubscribed` (a topic removed by the server).
+ * Event handlers receive the event frame `{type:'event', event_id?, channel, event, data, ts}`.
+ */
+export class WsgwClient {
+  #url; #opts; #WS; #backoff; #timeoutMs; #token;
+  #ws = null;
+  #gen = 0;
+  #want = false;
+  #attempt = 0;
+  #retryTimer = null;
+  #watchdog = null;
+  #welcome = null;
+  #waiters = [];
+  #listeners = new Map();
+  /** Topics the application wants: channel -> {history?, lastEventId?}. */
+  #topics = new Map();
+  /** Calls awaiting an answer: key -> {frame, resolve, reject, timer, sent, onChunk?, map?}. */
+  #pending = new Map();
+  #seq = 0;
+  #state = 'closed';
+  #connectionId = null;
+  #lastEventId = null;
+  #node = null;
+
+  /**
+   * @param {string} url the gateway's `/ws` address, e.g. `wss://example.com/ws` (http(s) works too)
+   * @param {object} options see wsgw.d.ts (`WsgwClientOptions`)
+   */
+  constructor(url, options = {}) {
+    if (!options.token && !options.getToken) throw new TypeError('wsgw: options.token or options.getToken is required');
+    this.#WS = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.#WS !== 'function') throw new TypeError('wsgw: no WebSocket implementation; pass options.WebSocket');
+    this.#url = url;
+    this.#opts = options;
+    this.#token = options.token ?? null;
+    this.#backoff = { initialMs: 500, maxMs: 30000, factor: 2, jitter: 0.5, ...options.backoff };
+    this.#timeoutMs = options.requestTimeoutMs ?? 30000;
+    this.#connectionId = options.connectionId ?? null;
+    this.#lastEventId = options.lastEventId ?? null;
+  }
+
+  /** @returns {'connecting'|'open'|'reconnecting'|'closed'} */
+  get state() { return this.#state; }
+  /** The current (or last) connection id, used to resume the session. */
+  get connectionId() { return this.#connectionId; }
+  /** The highest event id seen (numeric order), sent as `last_event_id` on reconnect. */
+  get lastEventId() { return this.#lastEventId; }
+  /** The gateway node of the current (or last) connection. */
+  get node() { return this.#node; }
+  /** The underlying WebSocket. For tests only: closing it simulates a network drop. */
+  get _socket() { return this.#ws; }
+
+  /**
+   * Opens the connection (and keeps it open, reconnecting as needed, until `close()`).
+   * @returns {Promise<object>} resolves with the next welcome frame; rejects with a WsgwError whose
+   *   `code` is the close code when the client gives up (4001, 4004, …) or 'closed' after `close()`.
+   */
+  connect() {
+    if (this.#state === 'open' && this.#welcome) return Promise.resolve(this.#welcome);
+    const p = new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    if (!this.#want) {
+      this.#want = true;
+      this.#attempt = 0;
+      this.#setState('connecting');
+      this.#open();
+    }
+    return p;
+  }
+
+  /** Closes the connection for good (no reconnect). Pending calls reject with code 'closed'. */
+  close() {
+    this.#want = false;
+    this.#gen++;
+    clearTimeout(this.#retryTimer);
+    const ws = this.#ws;
+    this.#detach();
+    if (ws) try { ws.close(1000); } catch { /* already closed */ }
+    this.#giveUp(new WsgwError('closed', 'wsgw: client closed'));
+  }
+
+  /**
+   * Subscribes to a topic or pattern. The subscription is kept across reconnects.
+   * @param {string} channel
+   * @param {{history?: number, lastEventId?: string}} [opts] catch up first: the last N events, or
+   *   the events after an id (`lastEventId` wins when both are given)
+   * @returns {Promise<object>} the `subscribed` frame; rejects with a WsgwError (`.code`) on refusal
+   */
+  subscribe(channel, opts = {}) {
+    this.#topics.set(channel, opts);
+    return this.#call(this.#subscribeFrame(channel, opts)).catch((err) => {
+      if (err.code !== 'disconnected' && this.#topics.get(channel) === opts) this.#topics.delete(channel);
+      throw err;
+    });
+  }
+
+  /**
+   * Leaves a topic or pattern.
+   * @returns {Promise<object>} the `unsubscribed` frame
+   */
+  unsubscribe(channel) {
+    this.#topics.delete(channel);
+    return this.#call({ type: 'unsubscribe', channel });
+  }
+
+  /**
+   * Publishes a durable event (the token's `publish` claim must allow the channel).
+   * @param {{echo?: boolean}} [opts] `echo: false`: this socket does not receive its own event
+   * @returns {Promise<string>} the event id
+   */
+  publish(channel, event, data, { echo } = {}) {
+    const frame = { type: 'publish', channel, event, data: data ?? null };
+    if (echo !== undefined) frame.echo = echo;
+    return this.#call(frame, { map: (f) => f.event_id });
+  }
+
+  /**
+   * Sends a request to the backends. Chunks (`more: true`) go to `onChunk` in order.
+   * @param {{onChunk?: (data: any) => void, timeoutMs?: number}} [opts]
+   * @returns {Promise<any>} the final response's data; rejects when `ok` is false, on an error
+   *   frame (e.g. code 'unavailable'), on timeout ('timeout') or when the socket drops ('disconnected')
+   */
+  request(action, data, { onChunk, timeoutMs } = {}) {
+    return this.#call({ type: 'request', action, data: data ?? null }, { onChunk, timeoutMs });
+  }
+
+  /**
+   * Replaces the connection's token (e.g. before it expires); also used for later reconnects.
+   * @returns {Promise<object>} the `ack` frame
+   */
+  refresh(token) {
+    this.#token = token;
+    return this.#call({ type: 'refresh', token });
+  }
+
+  /**
+   * Adds a handler. `name`: a channel, a pattern, `event:<name>`, `*`, or a client event
+   * (`state`, `welcome`, `error`, `close`, `unsubscribed`).
+   * @returns {() => void} a function that removes the handler
+   */
+  on(name, handler) {
+    if (!this.#listeners.has(name)) this.#listeners.set(name, new Set());
+    this.#listeners.get(name).add(handler);
+    return () => this.off(name, handler);
+  }
+
+  /** Removes a handler added with `on`. */
+  off(name, handler) {
+    const set = this.#listeners.get(name);
+    if (set && set.delete(handler) && set.size === 0) this.#listeners.delete(name);
+  }
+
+  // ---- internals ----
+
+  #emit(name, value) {
+    for (const h of [...(this.#listeners.get(name) ?? [])]) {
+      try { h(value); } catch (err) { queueMicrotask(() => { throw err; }); }
+    }
+  }
+
+  #setState(s) {
+    if (this.#state === s) return;
+    this.#state = s;
+    this.#emit('state', s);
+  }
+
+  async #open() {
+    const gen = ++this.#gen;
+    let token = this.#token;
+    try {
+      if (this.#opts.getToken) token = this.#token = await this.#opts.getToken();
+    } catch (err) {
+      if (gen !== this.#gen) return;
+      this.#emit('error', new WsgwError('token', `wsgw: getToken failed: ${err?.message ?? err}`));
+      return this.#schedule(this.#delay(false));
+    }
+    if (gen !== this.#gen || !this.#want) return;
+    const u = new URL(this.#url, globalThis.location?.href);
+    u.protocol = u.protocol.replace(/^http/, 'ws');
+    u.searchParams.set('token', token);
+    if (this.#connectionId) u.searchParams.set('connection_id', this.#connectionId);
+    if (this.#lastEventId) u.searchParams.set('last_event_id', this.#lastEventId);
+    let ws;
+    try {
+      ws = new this.#WS(u.toString());
+    } catch (err) {
+      this.#emit('error', new WsgwError('connect', `wsgw: cannot open socket: ${err?.message ?? err}`));
+      return this.#lost(1006, 'cannot open socket', false);
+    }
+    this.#ws = ws;
+    ws.onmessage = (e) => { if (this.#ws === ws) this.#onMessage(e.data); };
+    ws.onclose = (e) => { if (this.#ws === ws) this.#lost(e.code, e.reason ?? '', this.#welcome !== null); };
+    ws.onerror = () => { /* a close event follows */ };
+  }
+
+  /** Stops listening to the current socket. */
+  #detach() {
+    clearTimeout(this.#watchdog);
+    const ws = this.#ws;
+    this.#ws = null;
+    this.#welcome = null;
+    if (ws) ws.onmessage = ws.onclose = ws.onerror = null;
+  }
+
+  /** The socket is gone: reject what it carried, then reconnect or give up. */
+  async #lost(code, reason, wasOpen) {
+    const ws = this.#ws;
+    this.#detach();
+    if (ws && ws.readyState < 2) try { ws.close(); } catch { /* ignore */ }
+    for (const [k, e] of this.#pending) {
+      if (!e.sent) continue;
+      this.#pending.delete(k);
+      clearTimeout(e.timer);
+      e.reject(new WsgwError('disconnected', 'wsgw: the connection was lost before the answer', e.frame));
+    }
+    let retry = this.#want && !FINAL.has(code);
+    if (retry && code === 4003) {
+      // A new token from onTokenExpired; with getToken alone, the next attempt fetches one.
+      const hook = this.#opts.onTokenExpired;
+      retry = Boolean(hook || this.#opts.getToken);
+      this.#emit('close', { code, reason, willReconnect: retry });
+      if (!retry) return this.#giveUp(new WsgwError(code, 'wsgw: token expired'));
+      this.#setState('reconnecting');
+      const gen = this.#gen;
+      try {
+        const token = hook ? await hook() : this.#token;
+        if (gen !== this.#gen || !this.#want) return;
+        this.#token = token;
+      } catch (err) {
+        if (gen !== this.#gen) return;
+        this.#emit('error', new WsgwError('token', `wsgw: token refresh failed: ${err?.message ?? err}`));
+        return this.#giveUp(new WsgwError(code, 'wsgw: token expired and could not be refreshed'));
+      }
+      return this.#schedule(this.#delay(false));
+    }
+    this.#emit('close', { code, reason, willReconnect: retry });
+    if (!retry) return this.#giveUp(new WsgwError(code, `wsgw: connection closed (${code}${reason ? ` ${reason}` : ''})`));
+    this.#setState('reconnecting');
+    this.#schedule(this.#delay(wasOpen && AT_ONCE.has(code)));
+  }
+
+  /** Milliseconds before the next attempt: capped exponential backoff with jitter. */
+  #delay(atOnce) {
+    const { initialMs, maxMs, factor, jitter } = this.#backoff;
+    if (atOnce) return Math.random() * initialMs;
+    const base = Math.min(maxMs, initialMs * factor ** this.#attempt++);
+    return base * (1 - jitter * Math.random());
+  }
+
+  #schedule(ms) {
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => this.#open(), ms);
+  }
+
+  #giveUp(err) {
+    this.#want = false;
+    for (const [k, e] of this.#pending) {
+      this.#pending.delete(k);
+      clearTimeout(e.timer);
+      e.reject(new WsgwError(e.frame.type === 'request' ? 'disconnected' : err.code, err.message, e.frame));
+    }
+    for (const w of this.#waiters.splice(0)) w.reject(err);
+    this.#setState('closed');
+  }
+
+  /** Closes a socket that has been silent past the heartbeat timeout. */
+  #armWatchdog() {
+    clearTimeout(this.#watchdog);
+    const hb = this.#welcome?.heartbeat;
+    if (!hb) return;
+    this.#watchdog = setTimeout(() => this.#lost(4000, 'no frame from the server', true), hb.interval_ms + hb.timeout_ms);
+  }
+
+  #send(frame) {
+    try { this.#ws.send(JSON.stringify(frame)); return true; } catch { return false; }
+  }
+
+  #subscribeFrame(channel, opts) {
+    const frame = { type: 'subscribe', channel };
+    if (opts.lastEventId) frame.last_event_id = opts.lastEventId;
+    else if (opts.history !== undefined) frame.history = opts.history;
+    return frame;
+  }
+
+  /** Sends a frame with a fresh request_id (now, or once the socket is open) and awaits its answer. */
+  #call(frame, { map, onChunk, timeoutMs } = {}) {
+    if (!this.#want) return Promise.reject(new WsgwError('closed', 'wsgw: not connected; call connect() first', frame));
+    const rid = `c${++this.#seq}`;
+    frame.request_id = rid;
+    return new Promise((resolve, reject) => {
+      const entry = { frame, map, onChunk, resolve, reject, sent: false, timeoutMs: timeoutMs ?? this.#timeoutMs };
+      entry.timer = setTimeout(() => {
+        this.#pending.delete(rid);
+        reject(new WsgwError('timeout', `wsgw: no answer to ${frame.type} in time`, frame));
+      }, entry.timeoutMs);
+      this.#pending.set(rid, entry);
+      if (this.#state === 'open') entry.sent = this.#send(frame);
+    });
+  }
+
+  #settle(key, entry, err, value) {
+    this.#pending.delete(key);
+    clearTimeout(entry.timer);
+    if (err) entry.reject(err);
+    else entry.resolve(entry.map ? entry.map(value) : value);
+  }
+
+  #onMessage(raw) {
+    let f;
+    try { f = JSON.parse(raw); } catch { return; }
+    if (!f || typeof f !== 'object') return;
+    this.#armWatchdog();
+    switch (f.type) {
+      case 'ping': this.#send({ type: 'pong' }); break;
+      case 'welcome': this.#onWelcome(f); break;
+      case 'event': this.#onEvent(f); break;
+      case 'subscribed': case 'unsubscribed': case 'ack': case 'error': case 'response':
+        this.#onReply(f); break;
+      default: break; // pong, unknown types
+    }
+  }
+
+  #onWelcome(f) {
+    this.#welcome = f;
+    this.#connectionId = f.connection_id;
+    this.#node = f.node;
+    this.#attempt = 0;
+    this.#armWatchdog();
+    // Topics the server did not restore (new session, expired or failed resume): subscribe
+    // again, catching up after the highest id seen so nothing is missed.
+    const restored = new Set(f.channels ?? []);
+    const queued = new Set([...this.#pending.values()]
+      .filter((e) => !e.sent && e.frame.type === 'subscribe').map((e) => e.frame.channel));
+    for (const [channel, opts] of this.#topics) {
+      if (restored.has(channel) || queued.has(channel)) continue;
+      const o = this.#lastEventId ? { lastEventId: this.#lastEventId } : opts;
+      this.#call(this.#subscribeFrame(channel, o)).catch((err) => {
+        if (err.code === 'disconnected' || err.code === 'closed') return;
+        if (this.#topics.get(channel) === opts) this.#topics.delete(channel);
+        this.#emit('error', err);
+      });
+    }
+    // Those, and the calls made while disconnected.
+    for (const e of this.#pending.values()) if (!e.sent) e.sent = this.#send(e.frame);
+    this.#setState('open');
+    this.#emit('welcome', f);
+    for (const w of this.#waiters.splice(0)) w.resolve(f);
+  }
+
+  #onEvent(f) {
+    if (f.event_id && (!this.#lastEventId || compareEventIds(f.event_id, this.#lastEventId) > 0)) {
+      this.#lastEventId = f.event_id;
+    }
+    for (const [name] of this.#listeners) {
+      if ((name === f.channel && !BUILTIN.has(name)) || name === '*' || name === `event:${f.event}` ||
+            (name.includes('*') && !name.startsWith('event:') && globMatch(name, f.channel))) {
+        this.#emit(name, f);
+      }
+    }
+  }
+
+  #onReply(f) {
+    const key = f.request_id === undefined ? undefined : keyOf(f.request_id);
+    const entry = key === undefined ? undefined : this.#pending.get(key);
+    if (!entry) {
+      if (f.type === 'error') this.#emit('error', f);
+      if (f.type === 'unsubscribed' && f.reason) {
+        this.#topics.delete(f.channel);
+        this.#emit('unsubscribed', f);
+      }
+      return;
+    }
+    if (f.type === 'error') return this.#settle(key, entry, new WsgwError(f.code, f.message, f));
+    if (f.type !== 'response') return this.#settle(key, entry, null, f);
+    if (f.ok && f.more) {
+      clearTimeout(entry.timer); // a streamed answer is alive: wait afresh for the next chunk
+      entry.timer = setTimeout(() => this.#settle(key, entry,
+        new WsgwError('timeout', 'wsgw: no further chunk in time', entry.frame)), entry.timeoutMs);
+      try { entry.onChunk?.(f.data); } catch (err) { queueMicrotask(() => { throw err; }); }
+      return;
+    }
+    if (f.ok) return this.#settle(key, entry, null, f.data);
+    const e = f.error;
+    const code = (e && typeof e === 'object' && e.code) || 'backend_error';
+    const message = typeof e === 'string' ? e : (e?.message ?? `wsgw: request ${entry.frame.action} failed`);
+    const err = new WsgwError(code, message, f);
+    if (f.data !== undefined) err.data = f.data;
+    this.#settle(key, entry, err);
+  }
+}
+
+export default WsgwClient;
