@@ -631,6 +631,8 @@ impl Session {
             .conn
             .finish_replay(OutFrame::control(head.to_json()), replay.events);
         gw.metrics.replayed_events.inc_by(n as u64);
+        // Presence lists the topics (a resume on another node takes them from there).
+        gw.broker.connected(&self.conn);
     }
 
     fn unsubscribe(&mut self, channel: String, request_id: Option<Value>) {
@@ -644,6 +646,7 @@ impl Session {
         if self.gw.hub.unsubscribe(&self.conn, &channel) {
             self.gw.broker.unlisten(&[Arc::from(channel.as_str())]);
         }
+        self.gw.broker.connected(&self.conn);
         self.send(ServerFrame::Unsubscribed {
             channel,
             request_id,

@@ -112,7 +112,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the broker can serve now (feeds `/ready`).
     fn is_ready(&self) -> bool;
 
-    /// A socket was welcomed: record its presence (fire and forget).
+    /// A socket was welcomed, or its subscriptions changed: (re)write its presence (fire and
+    /// forget; batched).
     fn connected(&self, conn: &Arc<Connection>);
 
     /// A socket closed: drop its presence and, when `park` is set, keep its identity and
