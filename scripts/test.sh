@@ -1,28 +1,36 @@
 #!/usr/bin/env bash
-# The project's one test command: formatting, lints, then every test against real sockets
-# (and, where a test needs it, a real redis-server started on a free port by the test).
-# A fresh Debian machine with the Rust toolchain goes from `git clone` to green with this.
+# The project's one test command: formatting, lints, every Rust test against real sockets and
+# real redis-server processes, the browser client's tests against a real gateway, the compose
+# file's validation, and the browser end-to-end test (Chromium -> nginx TLS -> 2 nodes -> Redis).
+# A fresh Debian machine with the Rust toolchain goes from `git clone` to green with this: it
+# installs what it needs with apt-get / npm / pip when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+APT_UPDATED=""
+
+# Installs Debian packages that are missing (extra apt flags may precede the names).
 apt_install() {
-    # Installs Debian packages that are missing; we run as root on CI.
-    local missing=()
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    local flags=() missing=()
+    for arg in "$@"; do
+        if [[ $arg == -* ]]; then flags+=("$arg"); continue; fi
+        dpkg -s "$arg" >/dev/null 2>&1 || missing+=("$arg")
     done
-    if ((${#missing[@]})); then
-        log "installing ${missing[*]}"
-        local sudo=""
-        [[ $(id -u) -eq 0 ]] || sudo="sudo"
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    ((${#missing[@]})) || return 0
+    log "installing ${missing[*]}"
+    if [[ -z $APT_UPDATED ]]; then
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
     fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${flags[@]}" "${missing[@]}" >/dev/null
 }
 
-command -v redis-server >/dev/null || apt_install redis-server
+apt_install redis-server nginx openssl curl
+apt_install --no-install-recommends chromium
 # The Python backend examples (docs/backends.md, examples/worker.py) are run by the tests
 # when redis-py is importable.
 if command -v python3 >/dev/null && ! python3 -c 'import redis' 2>/dev/null; then
@@ -38,5 +46,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 log "cargo test"
 cargo test --workspace -- --test-threads="${WSGW_TEST_THREADS:-4}"
+
+log "browser client tests (node --test, against a real gateway)"
+(cd clients/js && npm ci --silent --no-audit --no-fund && WSGW_BIN="$PWD/../../target/debug/wsgw" node --test test/)
+
+log "docker-compose.yml validation"
+scripts/check-compose.sh
+
+log "browser end-to-end (Chromium -> nginx TLS -> 2 nodes -> Redis)"
+(cd scripts/e2e && npm ci --silent --no-audit --no-fund && WSGW_BIN="$PWD/../../target/debug/wsgw" node --test)
 
 log "all green"

@@ -66,9 +66,11 @@ enum Control {
     KickConnection {
         connection_id: String,
     },
-    /// A newer socket of the same user resumed this connection id on another node.
+    /// A newer socket of the same user resumed this connection id on another node; only the
+    /// node that held the old socket acts (the new one may already hold the id itself).
     Replace {
         connection_id: String,
+        node: String,
     },
 }
 
@@ -473,8 +475,10 @@ impl Inner {
                     c.close(CloseCode::Kicked);
                 }
             }
-            Ok(Control::Replace { connection_id }) => {
-                if let Some(c) = self.hub.connection(&connection_id) {
+            Ok(Control::Replace { connection_id, node }) => {
+                if node == self.s.node_id
+                    && let Some(c) = self.hub.connection(&connection_id)
+                {
                     c.replace();
                 }
             }
@@ -981,6 +985,7 @@ impl Broker for RedisBroker {
                         Some(l) => {
                             let payload = serde_json::to_string(&Control::Replace {
                                 connection_id: connection_id.into(),
+                                node: l.node.clone(),
                             })
                             .map_err(|e| BrokerError::Internal(e.to_string()))?;
                             let _: i64 = c.publish(inner.keys.control(), payload).await.map_err(unavailable)?;

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# scripts/check-compose.sh: validate docker-compose.yml without a Docker engine.
+#
+# 1. Installs Debian's docker-compose (v1) with apt when it is missing.
+# 2. `docker-compose -f docker-compose.yml config -q` (schema and interpolation), with and
+#    without the monitoring profile.
+# 3. Asserts the structure of the resolved `docker-compose config` output with the system
+#    python3 and PyYAML (which Debian's docker-compose depends on).
+# 4. If nginx is installed, `nginx -t` on deploy/nginx/nginx.conf, with the compose
+#    hostnames and paths mapped to local ones (skipped otherwise).
+# Prints each check; exits non-zero on the first failing step.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+COMPOSE_YML=docker-compose.yml
+PY=/usr/bin/python3
+
+say() { printf 'check-compose: %s\n' "$*"; }
+die() {
+    printf 'check-compose: FAIL: %s\n' "$*" >&2
+    exit 1
+}
+
+if ! command -v docker-compose >/dev/null 2>&1; then
+    say "installing docker-compose (apt)"
+    [[ $(id -u) == 0 ]] || die "docker-compose is missing; install it (apt-get install docker-compose)"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >&2
+fi
+[[ -x $PY ]] || die "$PY not found (it comes with Debian's docker-compose)"
+"$PY" -c 'import yaml' 2>/dev/null || die "PyYAML missing for $PY (apt-get install python3-yaml)"
+
+# Defaults in the file make these optional; unset them so the check does not depend on
+# the caller's environment (and never prints a real secret).
+unset WSGW_JWT_SECRET WSGW_API_KEY WSGW_LOG GRAFANA_ADMIN_PASSWORD COMPOSE_PROFILES COMPOSE_FILE
+
+say "$(docker-compose version --short 2>/dev/null || docker-compose version | head -n1)"
+docker-compose -f "$COMPOSE_YML" config -q || die "docker-compose config -q rejected $COMPOSE_YML"
+say "ok: docker-compose -f $COMPOSE_YML config -q"
+docker-compose -f "$COMPOSE_YML" --profile monitoring config -q ||
+    die "docker-compose --profile monitoring config -q rejected $COMPOSE_YML"
+say "ok: docker-compose -f $COMPOSE_YML --profile monitoring config -q"
+
+resolved=$(mktemp)
+trap 'rm -f "$resolved"' EXIT
+docker-compose -f "$COMPOSE_YML" config >"$resolved" 2>/dev/null || die "docker-compose config failed"
+
+"$PY" - "$resolved" <<'PYEOF'
+import re
+import sys
+
+import yaml
+
+with open(sys.argv[1]) as f:
+    cfg = yaml.safe_load(f)
+
+failures = []
+
+
+def check(ok, what):
+    print(f"check-compose: {'ok' if ok else 'FAIL'}: {what}")
+    if not ok:
+        failures.append(what)
+
+
+def duration_s(v):
+    """Compose durations: '15s', '1m30s', '500ms', or a number of seconds."""
+    if v is None:
+        return 0.0
+    if isinstance(v, (int, float)):
+        return float(v)
+    total = 0.0
+    for num, unit in re.findall(r"([\d.]+)(ms|us|h|m|s)", str(v)):
+        total += float(num) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}[unit]
+    return total
+
+
+def depends(svc):
+    d = svc.get("depends_on") or {}
+    return d if isinstance(d, dict) else {name: {} for name in d}
+
+
+def env(svc):
+    e = svc.get("environment") or {}
+    if isinstance(e, list):
+        e = dict(item.split("=", 1) if "=" in item else (item, None) for item in e)
+    return e
+
+
+def hc_test(svc):
+    t = (svc.get("healthcheck") or {}).get("test")
+    return " ".join(t) if isinstance(t, list) else (t or "")
+
+
+services = cfg.get("services") or {}
+version = str(cfg.get("version", ""))
+check(version.startswith("2."), f"file format 2.x, so Compose v1 keeps depends_on conditions (got {version!r})")
+
+for name in ("redis", "gw1", "gw2", "gw3", "nginx"):
+    check(name in services, f"service {name} exists")
+if failures:
+    sys.exit(1)
+
+# redis
+redis = services["redis"]
+check("redis-cli" in hc_test(redis) and "ping" in hc_test(redis), "redis has a healthcheck running redis-cli ping")
+cmd = redis.get("command") or []
+cmd = " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+check(re.search(r"--appendonly\s+yes", cmd) is not None, "redis runs with --appendonly yes")
+check(any(":/data" in str(v) for v in redis.get("volumes") or []), "redis keeps /data on a volume")
+
+# gateways
+node_ids = set()
+for name in ("gw1", "gw2", "gw3"):
+    gw = services[name]
+    check("/ready" in hc_test(gw), f"{name} has a healthcheck on /ready")
+    dep = depends(gw).get("redis")
+    check(dep is not None, f"{name} depends_on redis")
+    check((dep or {}).get("condition") == "service_healthy", f"{name} waits for redis to be healthy")
+    e = env(gw)
+    check(str(e.get("WSGW_REDIS_URL", "")).startswith("redis://redis:"), f"{name} WSGW_REDIS_URL points at the redis service")
+    check(bool(e.get("WSGW_JWT_SECRET")) and bool(e.get("WSGW_API_KEY")), f"{name} has WSGW_JWT_SECRET and WSGW_API_KEY")
+    check(bool(e.get("WSGW_TRUSTED_PROXIES")), f"{name} sets WSGW_TRUSTED_PROXIES")
+    node_ids.add(e.get("WSGW_NODE_ID"))
+    drain_s = int(e.get("WSGW_DRAIN_MS", 5000)) / 1000
+    grace = duration_s(gw.get("stop_grace_period", "10s"))
+    check(grace > drain_s, f"{name} stop_grace_period {grace:g}s is above the drain ({drain_s:g}s)")
+    check(gw.get("stop_signal", "SIGTERM") == "SIGTERM", f"{name} stops with SIGTERM")
+    build = gw.get("build") or {}
+    check(str(build.get("dockerfile", "")).endswith("deploy/docker/Dockerfile"), f"{name} builds deploy/docker/Dockerfile")
+check(len(node_ids) == 3 and None not in node_ids, f"gateways have distinct WSGW_NODE_IDs ({sorted(map(str, node_ids))})")
+
+# nginx
+nginx = services["nginx"]
+published = set()
+for p in nginx.get("ports") or []:
+    if isinstance(p, dict):
+        published.add(str(p.get("published")))
+    else:
+        published.add(str(p).split("/")[0].split(":")[-2] if ":" in str(p) else str(p))
+check("443" in published, f"nginx publishes 443 (published: {sorted(published)})")
+vols = [str(v) for v in nginx.get("volumes") or []]
+check(any("deploy/nginx/nginx.conf:/etc/nginx/nginx.conf" in v for v in vols), "nginx mounts deploy/nginx/nginx.conf")
+check(any(v.endswith("/etc/nginx/certs:ro") or ":/etc/nginx/certs" in v for v in vols), "nginx mounts the certificate volume")
+for name in ("gw1", "gw2", "gw3"):
+    check(depends(nginx).get(name, {}).get("condition") == "service_healthy", f"nginx waits for {name} to be healthy")
+
+# monitoring profile
+for name in ("prometheus", "grafana"):
+    svc = services.get(name)
+    check(svc is not None and "monitoring" in (svc.get("profiles") or []), f"{name} exists in the monitoring profile")
+
+if failures:
+    print(f"check-compose: {len(failures)} check(s) failed", file=sys.stderr)
+    sys.exit(1)
+PYEOF
+say "ok: structure of the resolved compose file"
+
+# The nginx config the compose file mounts: nginx -t with gwN:8080 -> 127.0.0.1 and
+# container paths -> a temporary prefix (nginx -t never connects upstream).
+if command -v nginx >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
+    tmp=$(mktemp -d)
+    trap 'rm -f "$resolved"; rm -rf "$tmp"' EXIT
+    mkdir -p "$tmp"/{conf,logs,certs,temp}
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tmp/certs/key.pem" -out "$tmp/certs/cert.pem" \
+        -days 1 -subj "/CN=localhost" >/dev/null 2>&1 || die "openssl could not make a test certificate"
+    sed -e 's/server gw\([0-9]\):8080/server 127.0.0.\1:8080/' \
+        -e "s#/etc/nginx/certs/#$tmp/certs/#" \
+        -e "s#/var/run/nginx.pid#$tmp/logs/nginx.pid#" \
+        -e "s#/var/log/nginx/#$tmp/logs/#" \
+        -e 's/^user nginx;//' \
+        -e "s#^http {#http {\n    client_body_temp_path $tmp/temp/client_body;\n    proxy_temp_path $tmp/temp/proxy;\n    fastcgi_temp_path $tmp/temp/fastcgi;\n    uwsgi_temp_path $tmp/temp/uwsgi;\n    scgi_temp_path $tmp/temp/scgi;#" \
+        deploy/nginx/nginx.conf >"$tmp/conf/nginx.conf"
+    if ! out=$(nginx -t -p "$tmp" -c conf/nginx.conf -e logs/error.log 2>&1); then
+        printf '%s\n' "$out" >&2
+        die "nginx -t rejected deploy/nginx/nginx.conf"
+    fi
+    say "ok: nginx -t accepts deploy/nginx/nginx.conf ($(nginx -v 2>&1 | sed 's/.*: //'))"
+else
+    say "skipped: nginx -t of deploy/nginx/nginx.conf (nginx not installed)"
+fi
+
+say "all checks passed"
