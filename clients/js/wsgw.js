@@ -139,7 +139,10 @@ export class WsgwClient {
     clearTimeout(this.#retryTimer);
     const ws = this.#ws;
     this.#detach();
-    if (ws) try { ws.close(1000); } catch { /* already closed */ }
+    if (ws) {
+      try { ws.close(1000); } catch { /* already closed */ }
+      this.#emit('close', { code: 1000, reason: 'closed by the client', willReconnect: false });
+    }
     this.#giveUp(new WsgwError('closed', 'wsgw: client closed'));
   }
 

@@ -1,0 +1,384 @@
+// End-to-end tests of the wsgw JS client against a real gateway process (memory broker).
+// The binary: $WSGW_BIN, else <repo>/target/debug/wsgw (built with `cargo build -p wsgw` if absent).
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHmac, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+import { WsgwClient, compareEventIds, parseEventId } from '../wsgw.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, '../../..');
+const SECRET = randomBytes(24).toString('hex');
+const KEY = randomBytes(16).toString('hex');
+/** Every test has a deadline, so a broken client fails rather than hangs. */
+const T = { timeout: 30000 };
+const BACKOFF = { initialMs: 50, maxMs: 500, factor: 2, jitter: 0.5 };
+
+function gatewayBinary() {
+  if (process.env.WSGW_BIN) return process.env.WSGW_BIN;
+  const bin = path.join(REPO, 'target/debug/wsgw');
+  if (!existsSync(bin)) {
+    const r = spawnSync('cargo', ['build', '-p', 'wsgw'], { cwd: REPO, stdio: 'inherit' });
+    assert.equal(r.status, 0, 'cargo build -p wsgw failed');
+  }
+  return bin;
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls `cond` (sync or async) until it is truthy; fails after `timeoutMs`. */
+async function waitFor(cond, what, timeoutMs = 10000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Checks that `cond` holds during the whole of `ms` (for "nothing else happens" assertions). */
+async function holdsFor(cond, what, ms) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    assert.ok(cond(), what);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Starts a gateway with a clean WSGW_* environment; resolves once GET /health answers. */
+async function startGateway(extra = {}, port) {
+  port ??= await freePort();
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WSGW_')));
+  Object.assign(env, {
+    WSGW_LISTEN: `127.0.0.1:${port}`,
+    WSGW_JWT_SECRET: SECRET,
+    WSGW_API_KEY: KEY,
+    WSGW_LOG: 'warn',
+    ...extra,
+  });
+  const child = spawn(gatewayBinary(), [], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+  // If this process dies before the `after` hook runs, do not leave the gateway behind.
+  const orphanGuard = () => { try { process.kill(child.pid, 'SIGKILL'); } catch { /* gone */ } };
+  process.on('exit', orphanGuard);
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => {
+    process.off('exit', orphanGuard);
+    resolve({ code, signal });
+  }));
+  let gone = false;
+  exited.then(() => { gone = true; });
+  const base = `http://127.0.0.1:${port}`;
+  await waitFor(async () => {
+    if (gone) throw new Error('the gateway exited during start-up');
+    try { return (await fetch(`${base}/health`)).ok; } catch { return false; }
+  }, 'GET /health', 30000);
+  return { child, exited, port, base, ws: `ws://127.0.0.1:${port}/ws` };
+}
+
+async function stopGateway(gw) {
+  if (!gw || gw.child.exitCode !== null || gw.child.signalCode !== null) return;
+  process.kill(gw.child.pid, 'SIGTERM');
+  const timer = setTimeout(() => process.kill(gw.child.pid, 'SIGKILL'), 10000);
+  await gw.exited;
+  clearTimeout(timer);
+}
+
+function jwt(claims, secret = SECRET) {
+  const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc(claims)}`;
+  return `${head}.${createHmac('sha256', secret).update(head).digest('base64url')}`;
+}
+
+function tokenFor(sub, extra = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  return jwt({ sub, exp: now + 3600, channels: ['room:*', 'chat:*'], publish: ['chat:*'], ...extra });
+}
+
+async function api(gw, method, route, body) {
+  const res = await fetch(gw.base + route, {
+    method,
+    headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await res.json();
+  assert.equal(res.status, 200, `${method} ${route}: ${JSON.stringify(json)}`);
+  return json;
+}
+
+const publishApi = async (gw, channel, event, data) =>
+  (await api(gw, 'POST', '/api/publish', { channel, event, data })).event_id;
+
+let userSeq = 0;
+const newUser = (what) => `${what}-${process.pid}-${++userSeq}`;
+
+/** A client with fast backoff, recording its states, closes, errors and events. */
+function makeClient(gw, opts = {}) {
+  const client = new WsgwClient(gw.ws, { WebSocket, backoff: BACKOFF, ...opts });
+  const log = { states: [], closes: [], errors: [], events: [], welcomes: [] };
+  client.on('state', (s) => log.states.push(s));
+  client.on('close', (c) => log.closes.push(c));
+  client.on('error', (e) => log.errors.push(e));
+  client.on('welcome', (w) => log.welcomes.push(w));
+  client.on('*', (f) => log.events.push(f));
+  return { client, log };
+}
+
+test('event ids compare numerically on (ms, seq), not as strings', T, () => {
+  assert.ok(compareEventIds('9-5', '10-0') < 0);
+  assert.ok(compareEventIds('1732240000123-10', '1732240000123-9') > 0);
+  assert.equal(compareEventIds('5', '5-0'), 0);
+  assert.deepEqual(parseEventId('12-3'), [12, 3]);
+  assert.equal(parseEventId('nope'), null);
+});
+
+describe('against one gateway (heartbeat 100/400 ms)', () => {
+  let gw;
+  const clients = [];
+  const track = (c) => { clients.push(c.client); return c; };
+
+  before(async () => {
+    gw = await startGateway({
+      WSGW_HEARTBEAT_INTERVAL_MS: '100',
+      WSGW_HEARTBEAT_TIMEOUT_MS: '400',
+      WSGW_JWT_LEEWAY_S: '0',
+    });
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await stopGateway(gw);
+  });
+
+  test('connects and gets a welcome', T, async () => {
+    const sub = newUser('welcome');
+    const { client, log } = track(makeClient(gw, { token: tokenFor(sub) }));
+    const welcome = await client.connect();
+    assert.equal(welcome.type, 'welcome');
+    assert.equal(welcome.user_id, sub);
+    assert.match(welcome.connection_id, /^[0-9a-f]{32}$/);
+    assert.deepEqual(welcome.heartbeat, { interval_ms: 100, timeout_ms: 400 });
+    assert.equal(welcome.resumed, false);
+    assert.equal(client.state, 'open');
+    assert.equal(client.connectionId, welcome.connection_id);
+    assert.equal(client.node, welcome.node);
+    assert.deepEqual(log.states, ['connecting', 'open']);
+    assert.deepEqual(await client.connect(), welcome, 'connect() when open resolves with the welcome');
+  });
+
+  test('receives events published with the HTTP API on user:<sub> and on a subscribed topic', T, async () => {
+    const sub = newUser('events');
+    const { client } = track(makeClient(gw, { token: tokenFor(sub) }));
+    await client.connect();
+    const subscribed = await client.subscribe('room:1');
+    assert.equal(subscribed.type, 'subscribed');
+    assert.equal(subscribed.channel, 'room:1');
+    const onUser = [], onRoom = [], onPattern = [], byName = [];
+    client.on(`user:${sub}`, (f) => onUser.push(f));
+    client.on('room:1', (f) => onRoom.push(f));
+    client.on('room:*', (f) => onPattern.push(f));
+    client.on('event:hello', (f) => byName.push(f));
+
+    const a = await publishApi(gw, `user:${sub}`, 'hello', { n: 1 });
+    const b = await publishApi(gw, 'room:1', 'update', { n: 2 });
+    await waitFor(() => onUser.length >= 1 && onRoom.length >= 1, 'both events');
+    assert.deepEqual([onUser.length, onRoom.length], [1, 1]);
+    assert.deepEqual([onUser[0].event_id, onUser[0].event, onUser[0].data], [a, 'hello', { n: 1 }]);
+    assert.deepEqual([onRoom[0].event_id, onRoom[0].channel, onRoom[0].data], [b, 'room:1', { n: 2 }]);
+    assert.deepEqual(onPattern.map((f) => f.event_id), [b], 'a pattern handler matches the channel');
+    assert.deepEqual(byName.map((f) => f.event_id), [a], 'event:<name> handler');
+    assert.equal(client.lastEventId, b);
+
+    await client.unsubscribe('room:1');
+    const c = await publishApi(gw, 'room:1', 'update', { n: 3 });
+    const d = await publishApi(gw, `user:${sub}`, 'hello', { n: 4 });
+    await waitFor(() => onUser.length >= 2, 'the next user event');
+    assert.deepEqual(onUser.map((f) => f.event_id), [a, d]);
+    assert.ok(!onRoom.some((f) => f.event_id === c), 'no event after unsubscribe');
+    assert.equal(client.lastEventId, d);
+  });
+
+  test('publish returns an event_id and the publisher receives its own event', T, async () => {
+    const sub = newUser('publish');
+    const { client, log } = track(makeClient(gw, { token: tokenFor(sub) }));
+    await client.connect();
+    await client.subscribe('chat:1');
+    const id = await client.publish('chat:1', 'msg', { text: 'hi' });
+    assert.match(id, /^\d+-\d+$/);
+    await waitFor(() => log.events.some((f) => f.event_id === id), 'the echoed event');
+    const quiet = await client.publish('chat:1', 'msg', { text: 'quiet' }, { echo: false });
+    assert.ok(compareEventIds(quiet, id) > 0);
+    await assert.rejects(client.publish('room:1', 'msg', {}), (e) => e.code === 'forbidden');
+    await assert.rejects(client.subscribe('secret:1'), (e) => e.code === 'forbidden');
+    const marker = await publishApi(gw, `user:${sub}`, 'marker', null);
+    await waitFor(() => log.events.some((f) => f.event_id === marker), 'the marker event');
+    assert.ok(!log.events.some((f) => f.event_id === quiet), 'echo:false is not delivered back');
+  });
+
+  test('a bad token closes with 4001 and the client does not reconnect', T, async () => {
+    const { client, log } = track(makeClient(gw, { token: jwt({ sub: 'x', exp: 9999999999 }, 'wrong-secret') }));
+    await assert.rejects(client.connect(), (e) => e.code === 4001);
+    assert.equal(client.state, 'closed');
+    assert.deepEqual(log.closes.map((c) => [c.code, c.willReconnect]), [[4001, false]]);
+    assert.equal(log.errors[0]?.code, 'unauthorized');
+    await holdsFor(() => client.state === 'closed' && !log.states.includes('reconnecting'), 'stays closed', 300);
+  });
+
+  test('a kick closes with 4004 and the client does not reconnect', T, async () => {
+    const sub = newUser('kick');
+    const { client, log } = track(makeClient(gw, { token: tokenFor(sub) }));
+    await client.connect();
+    const res = await api(gw, 'POST', `/api/users/${sub}/disconnect`);
+    assert.equal(res.disconnected, 1);
+    await waitFor(() => client.state === 'closed', 'state closed');
+    assert.deepEqual(log.closes.map((c) => [c.code, c.willReconnect]), [[4004, false]]);
+    await holdsFor(() => client.state === 'closed' && log.welcomes.length === 1, 'stays closed', 300);
+    await assert.rejects(client.publish('chat:1', 'x', null), (e) => e.code === 'closed');
+  });
+
+  test('after a dropped socket it resumes and gets exactly the missed events, in order', T, async () => {
+    const sub = newUser('resume');
+    let gate = null;
+    const { client, log } = track(makeClient(gw, {
+      getToken: async () => { await gate?.promise; return tokenFor(sub); },
+    }));
+    const first = await client.connect();
+    await client.subscribe('room:9');
+    const before = await publishApi(gw, `user:${sub}`, 'before', 0);
+    await waitFor(() => client.lastEventId === before, 'the first event');
+
+    let release;
+    gate = { promise: new Promise((r) => { release = r; }) };
+    const mark = log.events.length;
+    client._socket.close(); // a network drop, as far as the client knows
+    await waitFor(() => client.state === 'reconnecting', 'state reconnecting');
+    await waitFor(async () => (await api(gw, 'GET', `/api/presence/users/${sub}`)).connections.length === 0,
+      'the gateway to notice the drop');
+    const missed = [];
+    for (let i = 1; i <= 3; i++) missed.push(await publishApi(gw, `user:${sub}`, 'missed', i));
+    release();
+
+    await waitFor(() => log.welcomes.length >= 2 && client.state === 'open', 'the second welcome');
+    assert.equal(log.welcomes.length, 2);
+    const w = log.welcomes[1];
+    assert.equal(w.connection_id, first.connection_id);
+    assert.equal(w.resumed, true);
+    assert.deepEqual(w.channels, ['room:9']);
+    assert.equal(w.replayed, 3);
+    assert.equal(log.closes.at(-1).willReconnect, true);
+
+    const live = await publishApi(gw, 'room:9', 'live', 4);
+    await waitFor(() => log.events.some((f) => f.event_id === live), 'a live event on the resumed topic');
+    assert.deepEqual(log.events.slice(mark).map((f) => f.event_id), [...missed, live]);
+    assert.deepEqual(log.events.slice(mark, mark + 3).map((f) => f.data), [1, 2, 3]);
+    assert.equal(client.lastEventId, live);
+  });
+
+  test('answers server pings: stays open well past the 400 ms heartbeat timeout', T, async () => {
+    const sub = newUser('ping');
+    let pings = 0, pongs = 0;
+    class CountingWebSocket extends WebSocket {
+      constructor(...args) {
+        super(...args);
+        this.addEventListener('message', (e) => { if (JSON.parse(e.data).type === 'ping') pings++; });
+      }
+      send(data, ...rest) {
+        if (JSON.parse(data).type === 'pong') pongs++;
+        super.send(data, ...rest);
+      }
+    }
+    const { client, log } = track(makeClient(gw, { token: tokenFor(sub), WebSocket: CountingWebSocket }));
+    const started = Date.now();
+    const welcome = await client.connect();
+    await waitFor(() => pings >= 12 && Date.now() - started > 1000, '12 server pings');
+    assert.ok(pongs >= pings - 1, `pongs ${pongs} for pings ${pings}`);
+    assert.equal(client.state, 'open');
+    assert.deepEqual(log.closes, []);
+    assert.equal(client.connectionId, welcome.connection_id);
+  });
+
+  test('request() rejects with code unavailable on a single-node gateway', T, async () => {
+    const sub = newUser('request');
+    const { client } = track(makeClient(gw, { token: tokenFor(sub) }));
+    await client.connect();
+    const chunks = [];
+    await assert.rejects(client.request('search', { q: 'x' }, { onChunk: (c) => chunks.push(c) }),
+      (e) => e.code === 'unavailable');
+    assert.deepEqual(chunks, []);
+    assert.equal(client.state, 'open');
+  });
+
+  test('an expired token (4003) is replaced through onTokenExpired and the client reconnects', T, async () => {
+    const sub = newUser('expiry');
+    let refreshed = 0;
+    const short = jwt({ sub, exp: Math.floor(Date.now() / 1000) + 2, channels: ['room:*'] });
+    const { client, log } = track(makeClient(gw, {
+      token: short,
+      onTokenExpired: async () => { refreshed++; return tokenFor(sub); },
+    }));
+    await client.connect();
+    await client.subscribe('room:exp');
+    await waitFor(() => refreshed >= 1 && client.state === 'open' && log.welcomes.length >= 2,
+      'the reconnect with the new token', 10000);
+    assert.equal(log.welcomes.length, 2);
+    assert.equal(refreshed, 1);
+    assert.deepEqual(log.closes.map((c) => [c.code, c.willReconnect]), [[4003, true]]);
+    assert.equal(log.welcomes[1].resumed, true, 'the session is resumed with the new token');
+    assert.deepEqual(log.welcomes[1].channels, ['room:exp']);
+    const id = await publishApi(gw, 'room:exp', 'after', null);
+    await waitFor(() => log.events.some((f) => f.event_id === id), 'an event on the topic kept across the reconnect');
+  });
+});
+
+describe('across a gateway restart', () => {
+  let gw;
+  let client;
+  after(async () => {
+    client?.close();
+    await stopGateway(gw);
+  });
+
+  test('a draining gateway (1012) is left and the client reconnects to its successor', T, async () => {
+    gw = await startGateway({ WSGW_DRAIN_MS: '100' });
+    const sub = newUser('restart');
+    const made = makeClient(gw, { token: tokenFor(sub) });
+    client = made.client;
+    const { log } = made;
+    const first = await client.connect();
+    await client.subscribe('room:restart');
+    const before = await publishApi(gw, 'room:restart', 'before', 0);
+    await waitFor(() => client.lastEventId === before, 'the first event');
+
+    process.kill(gw.child.pid, 'SIGTERM');
+    // >= 1: the reconnects that the draining node refuses (1012 again) may follow at once.
+    await waitFor(() => log.closes.length >= 1, 'the drain close');
+    assert.deepEqual([log.closes[0].code, log.closes[0].willReconnect], [1012, true]);
+    await gw.exited;
+    gw = await startGateway({ WSGW_DRAIN_MS: '100' }, gw.port);
+
+    await waitFor(() => client.state === 'open' && log.welcomes.length >= 2, 'the welcome of the new gateway', 15000);
+    assert.notEqual(client.node, first.node);
+    // The new process knows nothing of the old session, so the client subscribes again itself.
+    assert.equal(log.welcomes.at(-1).resumed, false);
+    // subscribe is idempotent: its answer also means the automatic re-subscribe was processed.
+    await client.subscribe('room:restart');
+    const mark = log.events.length;
+    const a = await publishApi(gw, `user:${sub}`, 'after', 1);
+    const b = await publishApi(gw, 'room:restart', 'after', 2);
+    await waitFor(() => log.events.length >= mark + 2, 'both events from the new gateway');
+    assert.deepEqual(log.events.slice(mark).map((f) => f.event_id), [a, b]);
+    assert.equal(client.lastEventId, b);
+  });
+});
