@@ -20,7 +20,7 @@ use wsgw::{Config, RunningGateway};
 pub const SECRET: &str = "test-secret-0123456789";
 pub const API_KEY: &str = "test-api-key";
 /// How long any single expectation may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(5);
+pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A config for tests: loopback, ephemeral port, known secrets.
 pub fn config() -> Config {
