@@ -96,7 +96,11 @@ pub struct Connection {
     token_exp_s: AtomicU64,
     capacity: usize,
     outbox: Mutex<Outbox>,
+    /// Wakes the socket's task when something is queued or a close is requested.
     wake: Notify,
+    /// Wakes only on a close request: a write stuck on a full socket waits on this one, so it
+    /// never consumes a wake-up meant for the task's main loop.
+    close_wake: Notify,
     channels: Mutex<Vec<Arc<str>>>,
     /// Requests sent to backends and not fully answered yet.
     pending: Mutex<Vec<PendingRequest>>,
@@ -134,6 +138,7 @@ impl Connection {
                 close: None,
             }),
             wake: Notify::new(),
+            close_wake: Notify::new(),
             channels: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             replaced: std::sync::atomic::AtomicBool::new(false),
@@ -296,6 +301,7 @@ impl Connection {
         ob.close = Some(CloseCode::SlowConsumer);
         drop(ob);
         self.wake.notify_one();
+        self.close_wake.notify_one();
         Push::Overflow
     }
 
@@ -380,6 +386,7 @@ impl Connection {
         ob.close = Some(code);
         drop(ob);
         self.wake.notify_one();
+        self.close_wake.notify_one();
         true
     }
 
@@ -407,6 +414,13 @@ impl Connection {
         ob.close
     }
 
+    /// Frames waiting for the socket's task, and whether a replay holds live frames back
+    /// (for stats and diagnostics).
+    pub fn queued(&self) -> (usize, bool) {
+        let ob = self.outbox.lock();
+        (ob.queue.len(), ob.replay.is_some())
+    }
+
     /// The close requested, if any (without taking anything from the queue).
     pub fn close_requested(&self) -> Option<CloseCode> {
         self.outbox.lock().close
@@ -415,6 +429,16 @@ impl Connection {
     /// Waits until something is queued or a close is requested.
     pub async fn wait(&self) {
         self.wake.notified().await
+    }
+
+    /// Waits until a close is requested (returns at once if one already is).
+    pub async fn wait_close(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.close_requested() {
+                return code;
+            }
+            self.close_wake.notified().await;
+        }
     }
 }
 

@@ -805,16 +805,10 @@ impl Session {
 
 /// Resolves when a pending write should be abandoned: at once for a slow consumer (its queue
 /// is gone anyway), after a grace period for other closes (so a last error frame still goes out).
+/// Waits on the close signal only, never on the queue's wake-ups, which belong to the main loop.
 async fn stuck_after_close(conn: &Connection) {
-    loop {
-        match conn.close_requested() {
-            Some(CloseCode::SlowConsumer) => return,
-            Some(_) => {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                return;
-            }
-            None => conn.wait().await,
-        }
+    if conn.wait_close().await != CloseCode::SlowConsumer {
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

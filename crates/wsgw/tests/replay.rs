@@ -94,7 +94,30 @@ async fn reconnecting_while_a_publisher_hammers_loses_and_repeats_nothing() {
         ))
         .await;
     assert_eq!(w["recovered"], true);
-    let events = c.events(total as usize).await;
+    let mut events = Vec::new();
+    while events.len() < total as usize {
+        match c.next_within(std::time::Duration::from_secs(10)).await {
+            Ok(Some(f)) if f["type"] == "event" => events.push(f),
+            Ok(Some(_)) => {}
+            other => {
+                let seqs: Vec<i64> = events.iter().map(|e| e["data"].as_i64().unwrap()).collect();
+                let conns: Vec<_> = node
+                    .gw
+                    .gateway
+                    .hub
+                    .connections()
+                    .iter()
+                    .map(|c| (c.id.to_string(), c.queued()))
+                    .collect();
+                panic!(
+                    "stuck after {} events ({other:?}); publisher finished: {}; server queues: {conns:?}; last seqs: {:?}",
+                    events.len(),
+                    publisher.is_finished(),
+                    &seqs[seqs.len().saturating_sub(5)..]
+                );
+            }
+        }
+    }
     publisher.await.unwrap();
     let seqs: Vec<i64> = events.iter().map(|e| e["data"].as_i64().unwrap()).collect();
     assert_eq!(
