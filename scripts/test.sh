@@ -47,6 +47,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test"
 cargo test --workspace -- --test-threads="${WSGW_TEST_THREADS:-4}"
 
+log "k6 scripts syntax"
+for f in loadtest/k6/*.js; do node --input-type=module --check <"$f" || { echo "syntax error in $f" >&2; exit 1; }; done
+
 log "browser client tests (node --test, against a real gateway)"
 (cd clients/js && npm ci --silent --no-audit --no-fund && WSGW_BIN="$PWD/../../target/debug/wsgw" node --test test/)
 

@@ -1,0 +1,88 @@
+//! A real smoke run: an in-process gateway, the smoke scenario's engine against it (100 VUs,
+//! broadcasts over HTTP for ~5 s), thresholds must pass and nothing may go missing. A second,
+//! smaller run spreads its VUs over two worker processes (the built binary).
+
+use std::path::Path;
+use std::time::Duration;
+
+use loadtest::{RunOptions, Scenario, run};
+use wsgw::{Config, RunningGateway};
+
+const SECRET: &str = "loadtest-smoke-secret";
+const API_KEY: &str = "loadtest-smoke-key";
+
+async fn gateway() -> RunningGateway {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        node_id: "lt-smoke".into(),
+        jwt_secret: Some(SECRET.into()),
+        api_key: Some(API_KEY.into()),
+        drain_ms: 200,
+        ..Config::default()
+    };
+    RunningGateway::start(config).await.expect("gateway starts")
+}
+
+fn scenario(gw: &RunningGateway) -> Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/smoke.toml");
+    let mut sc = Scenario::load(&path).expect("smoke.toml");
+    sc.target.urls = vec![format!("ws://{}/ws", gw.addr)];
+    sc.target.api_url = Some(format!("http://{}", gw.addr));
+    sc.target.secret = Some(SECRET.into());
+    sc.target.api_key = Some(API_KEY.into());
+    sc.target.server_pids = vec![std::process::id()];
+    sc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_scenario_passes_against_a_real_gateway() {
+    let gw = gateway().await;
+    let sc = scenario(&gw);
+    assert_eq!(sc.max_vus(), 100);
+    let opts = RunOptions {
+        workers: Some(0),
+        progress: true,
+        worker_exe: None,
+    };
+    let s = tokio::time::timeout(Duration::from_secs(15), run(sc, opts))
+        .await
+        .expect("bounded")
+        .expect("runs");
+    print!("{}", s.render());
+    let f = &s.figures;
+    assert_eq!(f.welcomes, 100, "{:?}", f.error_samples);
+    assert!(f.published >= 10, "published {}", f.published);
+    assert_eq!(f.missing, 0);
+    assert_eq!(f.duplicates, 0);
+    // Every VU is up before the first publish (publish_delay), so each gets every broadcast.
+    assert_eq!(f.delivered, f.published * 100);
+    assert!(f.delivery.count > 0 && f.connect.count == 100);
+    assert!(s.thresholds_ok(), "thresholds: {:?}", s.thresholds);
+    assert!(s.checks.iter().all(|c| c.fails == 0), "checks: {:?}", s.checks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_merge_their_figures() {
+    let gw = gateway().await;
+    let mut sc = scenario(&gw);
+    sc.stages[0].target = 200;
+    sc.stages[1].target = 200;
+    sc.stages[1].duration = "3s".into();
+    let opts = RunOptions {
+        workers: Some(2),
+        progress: false,
+        worker_exe: Some(env!("CARGO_BIN_EXE_wsgw-loadtest").into()),
+    };
+    let s = tokio::time::timeout(Duration::from_secs(15), run(sc, opts))
+        .await
+        .expect("bounded")
+        .expect("runs");
+    print!("{}", s.render());
+    let f = &s.figures;
+    assert_eq!(s.workers, 2);
+    assert_eq!(f.welcomes, 200, "{:?}", f.error_samples);
+    assert_eq!(f.connect.count, 200, "histograms of both workers merged");
+    assert_eq!(f.missing, 0);
+    assert_eq!(f.delivered, f.published * 200);
+    assert!(s.thresholds_ok(), "thresholds: {:?}", s.thresholds);
+}
