@@ -82,8 +82,10 @@ pub fn metric(f: &Figures, g: Option<&GatewayFigures>, duration_s: f64, name: &s
             "reconnect" => Some(&f.reconnect),
             _ => None,
         };
-        if let Some(h) = h {
-            return trend(h, stat);
+        // `connect_failures` shares its prefix with the `connect_*` trend: only known stats
+        // (avg, med, p99, …) read the histogram.
+        if let Some(v) = h.and_then(|h| trend(h, stat)) {
+            return Some(v);
         }
     }
     let ops = f.connect_attempts + f.delivered + f.published;
@@ -298,5 +300,17 @@ impl Summary {
             }
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_that_share_a_trend_prefix_are_counters() {
+        let f = Figures { connect_attempts: 1000, connect_failures: 2, ..Figures::default() };
+        assert_eq!(metric(&f, None, 1.0, "connect_failures", false), Some(2.0));
+        assert_eq!(metric(&f, None, 1.0, "connect_failures", true), Some(0.2));
     }
 }

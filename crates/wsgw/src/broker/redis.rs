@@ -30,6 +30,11 @@ use crate::hub::{Connection, Hub, OutFrame, PresenceEntry, ResponseTag};
 use crate::metrics::Metrics;
 use crate::time::now_ms;
 
+/// How many times the command timeout reads on the connect path (history, resume) and pool
+/// waits may take: under a reconnect storm they queue behind each other, and failing them would
+/// turn a slow reconnect into lost events.
+const PATIENT: u32 = 10;
+
 /// The Redis Function library, loaded with `FUNCTION LOAD REPLACE` at start-up.
 pub const FUNCTIONS: &str = include_str!("wsgw.lua");
 
@@ -198,8 +203,8 @@ impl RedisBroker {
         let pool = deadpool_redis::Config::from_url(s.url.clone())
             .builder()
             .map_err(|e| BrokerError::Internal(e.to_string()))?
-            .max_size(16)
-            .wait_timeout(Some(s.op_timeout))
+            .max_size(64)
+            .wait_timeout(Some(s.op_timeout * PATIENT))
             .create_timeout(Some(s.op_timeout))
             .recycle_timeout(Some(s.op_timeout))
             .runtime(Runtime::Tokio1)
@@ -418,29 +423,42 @@ impl Inner {
                 cmd = cmds.recv() => match cmd {
                     None => return Ok(true),
                     Some(SubCmd::Listen(channels, tx)) => {
-                        let (exact, patterns) = self.redis_names(&channels);
-                        let r = timed(self.s.op_timeout, async {
+                        // A reconnect storm brings thousands of listens at once: subscribe every
+                        // listen already waiting in one command instead of one round trip each.
+                        let mut all = channels;
+                        let mut waiters = vec![tx];
+                        let mut deferred = None;
+                        while all.len() < 4096 {
+                            match cmds.try_recv() {
+                                Ok(SubCmd::Listen(more, t)) => {
+                                    all.extend(more);
+                                    waiters.push(t);
+                                }
+                                Ok(other) => {
+                                    deferred = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let (exact, patterns) = self.redis_names(&all);
+                        let r = timed(self.s.op_timeout * 2, async {
                             if !exact.is_empty() { sink.subscribe(&exact).await.map_err(unavailable)?; }
                             if !patterns.is_empty() { sink.psubscribe(&patterns).await.map_err(unavailable)?; }
                             Ok(())
                         }).await;
                         let failed = r.is_err();
-                        let _ = tx.send(r);
+                        for t in waiters {
+                            let _ = t.send(r.clone());
+                        }
                         if failed {
                             return Err(unavailable("subscribe failed"));
                         }
+                        if let Some(SubCmd::Unlisten(channels)) = deferred {
+                            self.unlisten_now(&mut sink, channels).await?;
+                        }
                     }
-                    Some(SubCmd::Unlisten(channels)) => {
-                        // Commands run in order, so a channel re-subscribed since is still wanted.
-                        let gone: Vec<Arc<str>> = channels.into_iter().filter(|c| !self.hub.has_interest(c)).collect();
-                        let (exact, patterns) = self.redis_names(&gone);
-                        let r = timed(self.s.op_timeout, async {
-                            if !exact.is_empty() { sink.unsubscribe(&exact).await.map_err(unavailable)?; }
-                            if !patterns.is_empty() { sink.punsubscribe(&patterns).await.map_err(unavailable)?; }
-                            Ok(())
-                        }).await;
-                        r?;
-                    }
+                    Some(SubCmd::Unlisten(channels)) => self.unlisten_now(&mut sink, channels).await?,
                 },
                 _ = canary_tick.tick() => {
                     if last_canary.elapsed() > canary_every * 3 + self.s.op_timeout {
@@ -463,6 +481,26 @@ impl Inner {
                 }
             }
         }
+    }
+
+    async fn unlisten_now(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        channels: Vec<Arc<str>>,
+    ) -> Result<(), BrokerError> {
+        // Commands run in order, so a channel re-subscribed since is still wanted.
+        let gone: Vec<Arc<str>> = channels.into_iter().filter(|c| !self.hub.has_interest(c)).collect();
+        let (exact, patterns) = self.redis_names(&gone);
+        timed(self.s.op_timeout, async {
+            if !exact.is_empty() {
+                sink.unsubscribe(&exact).await.map_err(unavailable)?;
+            }
+            if !patterns.is_empty() {
+                sink.punsubscribe(&patterns).await.map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn on_control(&self, payload: &[u8]) {
@@ -898,7 +936,12 @@ impl Broker for RedisBroker {
     }
 
     fn history<'a>(&'a self, channel: &'a str, query: HistoryQuery) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
-        Box::pin(timed(self.inner.s.op_timeout, self.inner.history_page(channel, query)))
+        // Replays sit on the connect path: a slow read beats a `recovered:false`, so history
+        // reads are patient where publishes fail fast.
+        Box::pin(timed(
+            self.inner.s.op_timeout * PATIENT,
+            self.inner.history_page(channel, query),
+        ))
     }
 
     fn listen<'a>(&'a self, channels: &'a [Arc<str>]) -> BoxFuture<'a, Result<(), BrokerError>> {
@@ -946,17 +989,17 @@ impl Broker for RedisBroker {
 
     fn resume<'a>(&'a self, connection_id: &'a str, user_id: &'a str) -> BoxFuture<'a, Result<Resume, BrokerError>> {
         let inner = &self.inner;
-        Box::pin(timed(inner.s.op_timeout, async move {
+        Box::pin(timed(inner.s.op_timeout * PATIENT, async move {
             if inner.hub.id_owned_by_other(connection_id, user_id) {
                 return Ok(Resume::OwnedByOther);
             }
-            let mut c = inner.conn().await?;
             // The node that saw the close parks the session from its presence worker, a moment
             // after the client got its close answer. It parks before it deletes the presence
             // key, and we read presence first: so "live for this user, nothing parked" means
             // the park may still be on its way; give it a short while rather than lose topics.
             let settle = tokio::time::Instant::now() + inner.s.op_timeout / 4;
             loop {
+                let mut c = inner.conn().await?;
                 let (live, parked): (Option<String>, Option<String>) = redis::pipe()
                     .cmd("GET")
                     .arg(inner.keys.presence_conn(connection_id))
@@ -976,6 +1019,9 @@ impl Broker for RedisBroker {
                     }
                     Some(_) => Ok(Resume::OwnedByOther),
                     None if live.is_some() && tokio::time::Instant::now() < settle => {
+                        // Give the pooled connection back while waiting: a storm of resumes
+                        // must not starve the pool.
+                        drop(c);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
