@@ -309,7 +309,11 @@ mod tests {
 
     #[test]
     fn counters_that_share_a_trend_prefix_are_counters() {
-        let f = Figures { connect_attempts: 1000, connect_failures: 2, ..Figures::default() };
+        let f = Figures {
+            connect_attempts: 1000,
+            connect_failures: 2,
+            ..Figures::default()
+        };
         assert_eq!(metric(&f, None, 1.0, "connect_failures", false), Some(2.0));
         assert_eq!(metric(&f, None, 1.0, "connect_failures", true), Some(0.2));
     }
