@@ -241,12 +241,7 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
                             is_down = false;
                             sh.came_back();
                         }
-                        if let Some(t) = &topic {
-                            let restored = welcome["channels"].as_array().is_some_and(|a| a.iter().any(|c| c == t));
-                            if !restored {
-                                let _ = client.subscribe(t).await;
-                            }
-                        }
+                        // The client itself subscribes again to a topic the resume did not restore.
                     }
                     Incoming::ConnectFailed(e) => {
                         let mut f = sh.figs();
@@ -257,7 +252,7 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
                         }
                     }
                     Incoming::Error(v) => sh.figs().error(format!("error frame: {}", v["code"].as_str().unwrap_or("?"))),
-                    Incoming::Response(_) | Incoming::Unsubscribed(_) | Incoming::Subscribed(_) => {}
+                    Incoming::Response(_) | Incoming::Unsubscribed(_) => {}
                 }
             }
             _ = tick.tick(), if publisher && up => {

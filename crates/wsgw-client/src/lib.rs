@@ -116,6 +116,15 @@ pub struct ClientConfig {
     /// The gateway's WebSocket address, e.g. `ws://127.0.0.1:8080/ws` (no query; `wss` is not
     /// supported).
     pub url: String,
+    /// Other gateway nodes to fail over to, e.g. the rest of a cluster. Default empty.
+    ///
+    /// Reconnects go round-robin over `url`, then `fallback_urls`, in order: the client moves to
+    /// the next address after a reconnect attempt fails (the node is down or refuses), after the
+    /// node closes the socket with 1001 (going away) or 1012 (restart), and after the socket is
+    /// lost without a close frame (the node died, or the network to it failed). It keeps its
+    /// `connection_id` and `last_event_id`, so a cluster that shares sessions resumes it on the
+    /// other node. [`Client::connect`] itself uses `url` only.
+    pub fallback_urls: Vec<String>,
     /// The JWT, sent as `Authorization: Bearer <token>`.
     pub token: String,
     /// Whether [`Client::next`] reconnects after the socket drops (by the close-code policy).
@@ -142,6 +151,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            fallback_urls: Vec::new(),
             token: token.into(),
             reconnect: true,
             backoff: Backoff::default(),
@@ -157,6 +167,7 @@ impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
             .field("url", &self.url)
+            .field("fallback_urls", &self.fallback_urls)
             .field("token", &"<redacted>")
             .field("reconnect", &self.reconnect)
             .field("backoff", &self.backoff)
@@ -324,6 +335,8 @@ impl Failure {
 /// A connection to the gateway, reconnecting as needed. See the [crate docs](crate).
 pub struct Client {
     cfg: ClientConfig,
+    /// The address in use: 0 is `cfg.url`, `i` is `cfg.fallback_urls[i - 1]`.
+    url_index: usize,
     ws: Option<Ws>,
     connection_id: String,
     node: String,
@@ -347,7 +360,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.cfg.url)
+            .field("url", &self.url())
             .field("connected", &self.ws.is_some())
             .field("connection_id", &self.connection_id)
             .field("node", &self.node)
@@ -363,6 +376,7 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<(Client, Welcome), ClientError> {
         let mut client = Client {
             cfg: config,
+            url_index: 0,
             ws: None,
             connection_id: String::new(),
             node: String::new(),
@@ -397,6 +411,10 @@ impl Client {
     /// everything else (including network failures) backs off. With `reconnect: false` every
     /// close is final.
     ///
+    /// With [`fallback_urls`](ClientConfig::fallback_urls), a failed attempt, a 1001/1012 close
+    /// and a socket lost without a close frame move the client to the next address
+    /// (round-robin), keeping the connection id and `last_event_id`.
+    ///
     /// Cancel-safe: it can be used in `tokio::select!`; a cancelled reconnect starts over.
     pub async fn next(&mut self) -> Option<Incoming> {
         loop {
@@ -422,6 +440,8 @@ impl Client {
                                 request_id: None,
                             });
                         }
+                        // That node is down or refuses: try the next address.
+                        self.rotate();
                         self.lost(f.close_code, f.reason, false);
                         continue;
                     }
@@ -562,6 +582,15 @@ impl Client {
         &self.node
     }
 
+    /// The address the client is connected to (or will try next): `url` or one of
+    /// `fallback_urls`.
+    pub fn url(&self) -> &str {
+        match self.url_index {
+            0 => &self.cfg.url,
+            i => self.cfg.fallback_urls.get(i - 1).unwrap_or(&self.cfg.url),
+        }
+    }
+
     /// Whether a socket is open right now.
     pub fn is_connected(&self) -> bool {
         self.ws.is_some()
@@ -591,7 +620,7 @@ impl Client {
 
     /// For tests and load tests: drops the TCP connection without a close frame (a network
     /// drop). The next [`next`](Self::next) yields `Closed { code: None, .. }` and reconnects
-    /// (when `reconnect` is on).
+    /// (when `reconnect` is on), to the next of the `fallback_urls` when there are any.
     pub fn drop_connection(&mut self) {
         if let Some(ws) = self.ws.take() {
             drop(ws);
@@ -606,6 +635,11 @@ impl Client {
         self.next_rid
     }
 
+    /// Moves to the next address (round-robin over `url` and `fallback_urls`).
+    fn rotate(&mut self) {
+        self.url_index = (self.url_index + 1) % (self.cfg.fallback_urls.len() + 1);
+    }
+
     /// The socket is gone: queue `Closed` and decide whether and when to reconnect.
     fn lost(&mut self, code: Option<u16>, reason: String, was_open: bool) {
         self.ws = None;
@@ -618,6 +652,11 @@ impl Client {
                 _ => true,
             };
         if will_reconnect {
+            if was_open && matches!(code, None | Some(1001 | 1012)) {
+                // The node went away (or died, or the network to it failed): come back on the
+                // next address.
+                self.rotate();
+            }
             let delay = if was_open && matches!(code, Some(1001 | 1012)) {
                 self.cfg.backoff.at_once()
             } else {
@@ -818,7 +857,7 @@ impl Client {
     }
 
     async fn open(&self) -> Result<(Ws, Welcome), Failure> {
-        let mut url = self.cfg.url.clone();
+        let mut url = self.url().to_owned();
         let mut sep = if url.contains('?') { '&' } else { '?' };
         if !self.connection_id.is_empty() {
             url.push(sep);
@@ -1046,6 +1085,7 @@ mod tests {
     fn config_defaults_and_redacts_token() {
         let c = ClientConfig::new("ws://127.0.0.1:1/ws", "secret-token");
         assert!(c.reconnect);
+        assert!(c.fallback_urls.is_empty());
         assert_eq!(c.read_buffer_bytes, 4096);
         assert_eq!(c.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.backoff, Backoff::default());

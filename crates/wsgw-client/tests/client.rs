@@ -379,6 +379,76 @@ async fn a_drain_reconnects_and_keeps_trying_while_the_gateway_is_gone() {
 }
 
 #[tokio::test]
+async fn fails_over_to_a_fallback_url_when_its_node_stops() {
+    let a = RunningGateway::start(Config {
+        node_id: "node-a".into(),
+        ..config()
+    })
+    .await
+    .expect("gateway A starts");
+    let b = Gw {
+        gw: RunningGateway::start(Config {
+            node_id: "node-b".into(),
+            ..config()
+        })
+        .await
+        .expect("gateway B starts"),
+        http: reqwest::Client::new(),
+    };
+    let mut cfg = b.client_config(token("kate", &[], &[]));
+    cfg.url = format!("ws://{}/ws", a.addr);
+    cfg.fallback_urls = vec![b.ws_url()];
+    let (mut client, welcome) = Client::connect(cfg).await.expect("connects to A");
+    assert_eq!(welcome.node, "node-a");
+    assert_eq!(client.url(), format!("ws://{}/ws", a.addr));
+    let stopping = tokio::spawn(a.stop());
+    match next(&mut client).await {
+        Some(Incoming::Closed {
+            code: Some(1012),
+            will_reconnect: true,
+            ..
+        }) => {}
+        other => panic!("expected Closed 1012, got {other:?}"),
+    }
+    match next(&mut client).await {
+        Some(Incoming::Reconnected(w)) => {
+            assert_eq!(w.node, "node-b");
+            assert_eq!(w.user_id, "kate");
+        }
+        other => panic!("expected Reconnected on B, got {other:?}"),
+    }
+    stopping.await.unwrap().expect("A stops cleanly");
+    assert_eq!(client.node(), "node-b");
+    assert_eq!(client.url(), b.ws_url());
+    // And it works on B.
+    let id = b.publish("user:kate", "hi", Value::Null).await;
+    assert_eq!(next_event(&mut client).await.2, Some(id));
+    // A network drop moves on round-robin: to A, which is gone (a failed attempt), then B again.
+    client.drop_connection();
+    assert!(matches!(
+        next(&mut client).await,
+        Some(Incoming::Closed {
+            code: None,
+            will_reconnect: true,
+            ..
+        })
+    ));
+    assert!(matches!(
+        next(&mut client).await,
+        Some(Incoming::Closed {
+            code: None,
+            will_reconnect: true,
+            ..
+        })
+    ));
+    match next(&mut client).await {
+        Some(Incoming::Reconnected(w)) => assert_eq!(w.node, "node-b"),
+        other => panic!("expected Reconnected on B again, got {other:?}"),
+    }
+    client.close().await;
+}
+
+#[tokio::test]
 async fn without_reconnect_a_drop_is_final() {
     let gw = Gw::start().await;
     let mut cfg = gw.client_config(token("ivy", &[], &[]));

@@ -35,6 +35,22 @@ impl RedisServer {
     }
 
     async fn launch(port: u16, dir: Option<PathBuf>) -> RedisServer {
+        // A port picked free can be taken by someone else before redis-server binds it; then
+        // redis-server exits and another process answers on that port. Check who answers, and
+        // try another port (except on a restart, which must keep its port).
+        let mut port = port;
+        for _ in 0..5 {
+            let mut server = Self::spawn(port, dir.clone());
+            if server.wait_ready().await {
+                return server;
+            }
+            server.child.take().map(|mut c| c.kill().and_then(|_| c.wait()));
+            port = free_port();
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    fn spawn(port: u16, dir: Option<PathBuf>) -> RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
             .arg(port.to_string())
@@ -60,23 +76,33 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (scripts/test.sh installs it)");
-        let server = RedisServer {
+        RedisServer {
             port,
             child: Some(child),
             dir,
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// True once our own redis-server answers on the port (its `process_id` is our child's);
+    /// false if it exited (port taken).
+    async fn wait_ready(&mut self) -> bool {
         let client = redis::Client::open(self.url()).unwrap();
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return false;
+            }
             if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
-                if pong.is_ok() {
-                    return;
+                let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query_async(&mut c).await;
+                if let Ok(info) = info {
+                    let ours = format!("process_id:{pid}");
+                    if info.lines().any(|l| l.trim() == ours) {
+                        return true;
+                    }
+                    // Someone else's Redis: ours will fail to bind and exit; the loop sees it.
                 }
             }
             assert!(tokio::time::Instant::now() < deadline, "redis-server did not come up");
@@ -169,6 +195,17 @@ impl GatewayProc {
             if let Ok(r) = http.get(&url).send().await
                 && r.status().as_u16() == 200
             {
+                // Make sure our process answers, not whoever took the port before it bound.
+                let me: serde_json::Value = match http.get(self.url("/api/stats")).bearer_auth(API_KEY).send().await {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => serde_json::Value::Null,
+                };
+                assert_eq!(
+                    me["node"]["id"],
+                    self.node_id.as_str(),
+                    "another process answers on port {}",
+                    self.port
+                );
                 return;
             }
             assert!(
