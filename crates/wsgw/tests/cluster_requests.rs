@@ -106,17 +106,21 @@ async fn a_request_a_crashed_worker_took_is_claimed_and_answered_by_another() {
         (resp["request_id"].clone(), resp["data"].clone()),
         (json!("x"), json!({"n": 1}))
     );
+    // The worker answers, then acknowledges: wait for the acknowledgement to land.
+    wait_until("nothing is left unacknowledged", || {
+        let mut r = r.clone();
+        async move {
+            let pending: redis::Value = redis::cmd("XPENDING")
+                .arg(STREAM)
+                .arg(GROUP)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            matches!(&pending, redis::Value::Array(p) if p[0] == redis::Value::Int(0))
+        }
+    })
+    .await;
     worker.abort();
-    let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(STREAM)
-        .arg(GROUP)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let redis::Value::Array(p) = pending else {
-        panic!("XPENDING: {pending:?}")
-    };
-    assert_eq!(p[0], redis::Value::Int(0), "nothing left unacknowledged");
 }
 
 #[tokio::test]
