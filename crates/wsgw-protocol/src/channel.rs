@@ -29,6 +29,14 @@ pub enum ChannelKind {
     Pattern,
 }
 
+impl ChannelKind {
+    /// Whether a client subscribes to it explicitly (a topic or a pattern), as opposed to the
+    /// automatic `broadcast`, `user:` and `connection:` channels.
+    pub const fn is_explicit(self) -> bool {
+        matches!(self, Self::Topic | Self::Pattern)
+    }
+}
+
 /// Checks a channel name (`allow_pattern`: whether `*` is allowed) and returns its kind.
 pub fn validate_channel(name: &str, allow_pattern: bool) -> Result<ChannelKind, ChannelError> {
     if name.is_empty() || name.len() > MAX_CHANNEL_LEN {

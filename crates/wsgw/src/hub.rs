@@ -10,7 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
-use wsgw_protocol::{CloseCode, EventId, glob_match};
+use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 
 use crate::metrics::Metrics;
 use crate::time::now_ms;
@@ -171,6 +171,16 @@ impl Connection {
     /// Channels and patterns this connection is in.
     pub fn channels(&self) -> Vec<Arc<str>> {
         self.channels.lock().clone()
+    }
+
+    /// The topics and patterns it subscribed to itself (what a resume restores).
+    pub fn topics(&self) -> Vec<String> {
+        self.channels
+            .lock()
+            .iter()
+            .filter(|c| classify(c).is_explicit())
+            .map(|c| c.to_string())
+            .collect()
     }
 
     /// Whether this connection is subscribed to exactly `channel`.
@@ -640,34 +650,23 @@ impl Hub {
     /// except the connection ids in `exclude`. Returns how many accepted it.
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
         let mut delivered = 0;
-        let offer = |c: &Arc<Connection>, delivered: &mut usize| {
-            if !exclude.is_empty() && exclude.contains(&&*c.id) {
-                return;
-            }
-            match c.push(frame.clone()) {
-                Push::Queued => *delivered += 1,
-                Push::Overflow => self.metrics.slow_consumers.inc(),
-                Push::Duplicate | Push::Closed => {}
-            }
-        };
         let chans = self.channels.read();
         let exact = chans.get(channel);
         if let Some(subs) = exact {
             for c in subs.values() {
-                offer(c, &mut delivered);
+                self.offer(c, frame, exclude, &mut delivered);
             }
         }
         let pats = self.patterns.read();
         if !pats.is_empty() {
             // A socket subscribed both exactly and by pattern(s) gets the frame once.
             let mut seen: HashSet<u64> = HashSet::new();
-            for (p, subs) in pats.iter().filter(|(p, _)| glob_match(p, channel)) {
-                let _ = p;
+            for (_, subs) in pats.iter().filter(|(p, _)| glob_match(p, channel)) {
                 for (key, c) in subs {
                     if exact.is_some_and(|e| e.contains_key(key)) || !seen.insert(*key) {
                         continue;
                     }
-                    offer(c, &mut delivered);
+                    self.offer(c, frame, exclude, &mut delivered);
                 }
             }
         }

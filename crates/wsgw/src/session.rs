@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 use wsgw_protocol::{
-    ChannelKind, ClientFrame, CloseCode, ErrorCode, EventId, HeartbeatInfo, ServerFrame, Welcome, parse_client_frame,
+    ClientFrame, CloseCode, ErrorCode, EventId, HeartbeatInfo, ServerFrame, Welcome, parse_client_frame,
     validate_channel,
 };
 
@@ -232,13 +232,7 @@ impl Session {
             } else if let Some(live) = gw.hub.connection(&wanted).filter(|c| *c.user_id == *claims.sub) {
                 // The same client again before its old socket was noticed dead: take over the
                 // identity and topics; `register` closes the old socket.
-                let topics = live
-                    .channels()
-                    .iter()
-                    .filter(|c| matches!(wsgw_protocol::classify(c), ChannelKind::Topic | ChannelKind::Pattern))
-                    .map(|c| c.to_string())
-                    .collect();
-                resumed_topics = Some(topics);
+                resumed_topics = Some(live.topics());
                 id = Some(wanted);
             } else {
                 match gw.broker.resume(&wanted, &claims.sub).await {
@@ -449,13 +443,7 @@ impl Session {
 
     fn finish(self, reason: &'static str) {
         let gw = &self.gw;
-        let topics: Vec<String> = self
-            .conn
-            .channels()
-            .iter()
-            .filter(|c| matches!(wsgw_protocol::classify(c), ChannelKind::Topic | ChannelKind::Pattern))
-            .map(|c| c.to_string())
-            .collect();
+        let topics = self.conn.topics();
         let replaced = self.conn.is_replaced();
         let released = gw.hub.remove(&self.conn);
         gw.broker.unlisten(&released);

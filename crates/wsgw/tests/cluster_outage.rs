@@ -8,6 +8,17 @@ use common::cluster::*;
 use common::*;
 use serde_json::json;
 
+/// Waits until the node answers `/ready` with 503.
+async fn wait_not_ready(node: &GatewayProc, what: &str) {
+    let http = reqwest::Client::new();
+    let url = node.url("/ready");
+    wait_until(what, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(url).send().await.is_ok_and(|r| r.status().as_u16() == 503) }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_drops_no_socket_and_loses_no_durable_event() {
     let mut redis = RedisServer::start_persistent().await;
@@ -24,19 +35,7 @@ async fn a_redis_restart_drops_no_socket_and_loses_no_durable_event() {
 
     redis.kill();
     // The nodes notice and say so.
-    let http = reqwest::Client::new();
-    wait_until("node A reports not ready", || {
-        let http = http.clone();
-        let url = a.url("/ready");
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16() == 503)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_not_ready(&a, "node A reports not ready").await;
     // Publishing through the API fails fast with 503 instead of hanging.
     let started = Instant::now();
     let (status, body) = a
@@ -133,19 +132,7 @@ async fn a_new_client_during_an_outage_is_told_to_come_back_later() {
     let mut redis = RedisServer::start().await;
     let a = GatewayProc::start(&redis, "gw-a", &[]).await;
     redis.kill();
-    let http = reqwest::Client::new();
-    wait_until("node A reports not ready", || {
-        let http = http.clone();
-        let url = a.url("/ready");
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16() == 503)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_not_ready(&a, "node A reports not ready").await;
     let mut c = Client::connect(&a.ws_url(&format!("token={}", token("late", &[], &[])))).await;
     let (code, frames) = c.until_closed().await;
     assert_eq!(code, Some(1013), "{frames:?}");
@@ -237,19 +224,7 @@ async fn a_node_whose_pubsub_goes_silently_deaf_notices_by_its_canary_and_recove
         ids.push(fcall_publish(&mut r, "user:d", "e", &json!(i)).await);
     }
     // Green but deaf is not allowed: the missing canary takes the node out of rotation...
-    let http = reqwest::Client::new();
-    wait_until("the deaf node reports not ready", || {
-        let http = http.clone();
-        let url = a.url("/ready");
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16() == 503)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_not_ready(&a, "the deaf node reports not ready").await;
     // ...and it reconnects, resubscribes and repairs what it missed.
     let got: Vec<String> = c
         .events(3)

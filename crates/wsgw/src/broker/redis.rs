@@ -1038,12 +1038,7 @@ impl Broker for RedisBroker {
                             let topics = l
                                 .channels
                                 .into_iter()
-                                .filter(|ch| {
-                                    matches!(
-                                        wsgw_protocol::classify(ch),
-                                        wsgw_protocol::ChannelKind::Topic | wsgw_protocol::ChannelKind::Pattern
-                                    )
-                                })
+                                .filter(|ch| wsgw_protocol::classify(ch).is_explicit())
                                 .collect();
                             Ok(Resume::Topics(topics))
                         }
