@@ -212,6 +212,10 @@ pub struct Welcome {
     /// Topics restored by a resume (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// Restored patterns whose events were not replayed (patterns have no history of their
+    /// own): `recovered` does not cover the channels reached only through them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_replayed: Vec<String>,
 }
 
 /// A frame the gateway sends to a client (all but `event`, which is encoded once per
@@ -232,6 +236,14 @@ pub enum ServerFrame {
         recovered: bool,
         /// Events replayed after this frame.
         replayed: u64,
+    },
+    /// A live socket may have missed events on these channels or patterns (an outage repair
+    /// could not prove otherwise). The socket stays open; the client reloads their state.
+    Gap {
+        /// The channels and patterns concerned.
+        channels: Vec<String>,
+        /// Always `false`.
+        recovered: bool,
     },
     /// Answer to `unsubscribe`, or notice that a subscription was removed.
     Unsubscribed {

@@ -322,9 +322,9 @@ async fn history(
             let id: EventId = s
                 .parse()
                 .map_err(|e: wsgw_protocol::EventIdError| AppError::BadRequest(e.to_string()))?;
-            HistoryQuery::After { id, limit }
+            HistoryQuery::After { id, limit, until: None }
         }
-        None => HistoryQuery::Last { n: limit },
+        None => HistoryQuery::Last { n: limit, until: None },
     };
     let page = gw.broker.history(&channel, query).await?;
     let events: Vec<serde_json::Value> = page

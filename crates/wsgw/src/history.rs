@@ -1,6 +1,12 @@
 //! history.rs: replay by `last_event_id` across a connection's channels, read in bounded
 //! batches, merged in id order, capped at `max_replay`. Decides `recovered`. Never reads
 //! without bound and never writes to a socket (the session queues what this returns).
+//!
+//! Every replay first takes the broker's snapshot `S` ([`Broker::sync`]) and reads history up
+//! to `S` only. Events above `S` reach the socket live; events at or below it that the live
+//! stream also brings are dropped by id when the socket merges the two
+//! ([`crate::hub::Connection::finish_replay`]). That is what keeps each channel gap-free and in
+//! order however far the node's pub/sub stream lags behind the history read.
 
 use wsgw_protocol::EventId;
 
@@ -17,6 +23,30 @@ pub struct Replay {
     pub events: Vec<OutFrame>,
     /// False when completeness can't be promised (trimmed, expired, lost, or over the cap).
     pub recovered: bool,
+    /// The snapshot the replay was read up to; `None` when no snapshot was taken.
+    pub position: Option<EventId>,
+}
+
+impl Replay {
+    /// Nothing to replay and no snapshot (no replay asked for, or it failed).
+    pub fn none(recovered: bool) -> Self {
+        Self {
+            events: Vec::new(),
+            recovered,
+            position: None,
+        }
+    }
+}
+
+/// Only the snapshot: for a subscription (a pattern) that replays nothing but must know from
+/// which id on it is exact.
+pub async fn position(broker: &dyn Broker, recovered: bool) -> Result<Replay, BrokerError> {
+    let s = broker.sync().await?;
+    Ok(Replay {
+        events: Vec::new(),
+        recovered,
+        position: Some(s),
+    })
 }
 
 fn to_frame(e: StoredEvent) -> OutFrame {
@@ -37,6 +67,15 @@ pub async fn replay_after(
     max_replay: usize,
     connection_id: &str,
 ) -> Result<Replay, BrokerError> {
+    let s = broker.sync().await?;
+    if after > s {
+        // An id this broker never issued: nothing here can vouch for what followed it.
+        return Ok(Replay {
+            events: Vec::new(),
+            recovered: false,
+            position: Some(s),
+        });
+    }
     let mut all: Vec<StoredEvent> = Vec::new();
     let mut recovered = true;
     for channel in channels.iter().filter(|c| !c.contains('*')) {
@@ -47,7 +86,14 @@ pub async fn replay_after(
         loop {
             let limit = REPLAY_BATCH.min(want - taken);
             let page = broker
-                .history(channel, HistoryQuery::After { id: cursor, limit })
+                .history(
+                    channel,
+                    HistoryQuery::After {
+                        id: cursor,
+                        limit,
+                        until: Some(s),
+                    },
+                )
                 .await?;
             if cursor == after && !page.complete {
                 recovered = false;
@@ -73,6 +119,7 @@ pub async fn replay_after(
     Ok(Replay {
         events: all.into_iter().map(to_frame).collect(),
         recovered,
+        position: Some(s),
     })
 }
 
@@ -84,8 +131,15 @@ pub async fn last_n(
     max_replay: usize,
     connection_id: &str,
 ) -> Result<Replay, BrokerError> {
+    let s = broker.sync().await?;
     let page = broker
-        .history(channel, HistoryQuery::Last { n: n.min(max_replay) })
+        .history(
+            channel,
+            HistoryQuery::Last {
+                n: n.min(max_replay),
+                until: Some(s),
+            },
+        )
         .await?;
     let events = page
         .events
@@ -96,6 +150,7 @@ pub async fn last_n(
     Ok(Replay {
         events,
         recovered: true,
+        position: Some(s),
     })
 }
 

@@ -70,16 +70,63 @@ pub enum Push {
     Closed,
 }
 
+/// A live frame held back while a replay is read, with what its admission needs later.
+struct Held {
+    frame: OutFrame,
+    channel: Arc<str>,
+    via_pattern: bool,
+}
+
+/// `since` of a pattern whose subscription is still being confirmed: nothing passes yet.
+const PENDING: EventId = EventId::new(u64::MAX, u64::MAX);
+
+/// The socket's side of the exactness invariant (docs/protocol.md, "Exactness"): every durable
+/// event of every channel it is subscribed to, once, in id order per channel.
+///
+/// The live stream (the node's one pub/sub connection, the memory broker's lock, an outage
+/// repair) reaches a socket in global id order, so one `floor` per socket drops what it already
+/// has. A replay breaks that order for one channel only, and only while live frames are held
+/// (`replay`): `finish_replay` merges the two runs by id and moves the floor to the broker's
+/// snapshot, after which the stream is in global order again. No per-channel state is kept.
 struct Outbox {
     queue: VecDeque<OutFrame>,
-    /// Highest durable event id queued so far; live events at or below it are duplicates.
-    last_sent: Option<EventId>,
-    /// Some while a replay is being read: live frames wait here so they follow the replay.
-    replay: Option<Vec<OutFrame>>,
+    /// Highest durable id passed on from the live stream; live events at or below it are ones
+    /// the socket already has.
+    floor: Option<EventId>,
+    /// Pattern subscriptions, each with the snapshot after which it is exact. A durable event
+    /// reaching the socket only through patterns passes when one of them covers its id. Empty
+    /// on sockets without patterns.
+    patterns: Vec<(Arc<str>, EventId)>,
+    /// Some while a replay is being read: live frames wait here so they merge with the replay.
+    replay: Option<Vec<Held>>,
     /// Room granted on top of the capacity for a replay still being written, so a long replay
     /// does not make the next live frame look like a slow consumer.
     replay_room: usize,
     close: Option<CloseCode>,
+}
+
+impl Outbox {
+    /// Whether a durable live event is new to this socket; moves the floor.
+    fn admit(&mut self, id: EventId, channel: &str, via_pattern: bool) -> bool {
+        if self.floor.is_some_and(|f| id <= f) {
+            return false;
+        }
+        self.floor = Some(id);
+        !via_pattern
+            || self
+                .patterns
+                .iter()
+                .any(|(p, since)| *since < id && glob_match(p, channel))
+    }
+
+    /// The earliest snapshot from which a pattern of this socket covers `channel`.
+    fn covered_since(&self, channel: &str) -> Option<EventId> {
+        self.patterns
+            .iter()
+            .filter(|(p, since)| *since != PENDING && glob_match(p, channel))
+            .map(|(_, since)| *since)
+            .min()
+    }
 }
 
 /// One socket as the hub sees it. The session task owns the socket itself.
@@ -132,7 +179,8 @@ impl Connection {
             capacity: capacity.max(1),
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
-                last_sent: last_event_id,
+                floor: last_event_id,
+                patterns: Vec::new(),
                 replay: Some(Vec::new()),
                 replay_room: 0,
                 close: None,
@@ -252,8 +300,9 @@ impl Connection {
         }
     }
 
-    /// Offers a live frame. Never blocks on the socket.
-    pub fn push(&self, frame: OutFrame) -> Push {
+    /// Offers a live frame published on `channel`, reaching this socket through its exact
+    /// subscription or (`via_pattern`) only through patterns. Never blocks on the socket.
+    pub fn push(&self, frame: OutFrame, channel: &str, via_pattern: bool) -> Push {
         if let Some(tag) = &frame.response {
             self.response_seen(tag);
         }
@@ -265,14 +314,17 @@ impl Connection {
             if held.len() >= self.capacity {
                 return self.overflow(ob);
             }
-            held.push(frame);
+            held.push(Held {
+                frame,
+                channel: Arc::from(channel),
+                via_pattern,
+            });
             return Push::Queued;
         }
-        if let Some(id) = frame.event_id {
-            if ob.last_sent.is_some_and(|last| id <= last) {
-                return Push::Duplicate;
-            }
-            ob.last_sent = Some(id);
+        if let Some(id) = frame.event_id
+            && !ob.admit(id, channel, via_pattern)
+        {
+            return Push::Duplicate;
         }
         if ob.queue.len() >= self.capacity + ob.replay_room {
             return self.overflow(ob);
@@ -323,13 +375,30 @@ impl Connection {
         }
     }
 
-    /// Ends a replay: queues `head` (the welcome or subscribed frame), then the replayed
-    /// events merged with the live ones that arrived meanwhile, in id order, each id once;
-    /// then the live ephemeral frames. Returns how many replayed events were queued.
+    /// Forgets the dedup floor (a replay that was asked for could not be read: the client was
+    /// told `recovered:false`, and a floor from its `last_event_id` must not hold live events back).
+    pub fn clear_floor(&self) {
+        self.outbox.lock().floor = None;
+    }
+
+    /// Ends a replay: queues `head` (the welcome or subscribed frame), then the replayed events
+    /// merged with the live ones held meanwhile, in id order, each id once. Returns how many
+    /// replayed events were queued.
     ///
-    /// `replayed` must be sorted by id. Replayed events may be older than events already sent
-    /// on other channels (a channel catch-up); live ones never are.
-    pub fn finish_replay(&self, head: OutFrame, replayed: Vec<OutFrame>) -> usize {
+    /// - `replayed` is sorted by id and was read up to the broker's snapshot `position`, after
+    ///   [`crate::broker::Broker::sync`] saw every live event up to it reach the hub. So once
+    ///   merged, the floor moves to `position` and the live stream is in global order again.
+    /// - `channel` names the one channel of a subscribe catch-up. Its replayed events may be
+    ///   older than what the socket already has on other channels (that is the catch-up); the
+    ///   ones its patterns already brought are skipped.
+    /// - Patterns subscribed in this replay become exact after `position`.
+    pub fn finish_replay(
+        &self,
+        head: impl FnOnce(u64) -> OutFrame,
+        replayed: Vec<OutFrame>,
+        position: Option<EventId>,
+        channel: Option<&str>,
+    ) -> usize {
         let mut ob = self.outbox.lock();
         let Some(held) = ob.replay.take() else {
             // Closed (overflow) while replaying: nothing to do.
@@ -338,44 +407,61 @@ impl Connection {
         if ob.close.is_some() {
             return 0;
         }
-        ob.queue.push_back(head);
-        let floor = ob.last_sent;
-        let mut live_durable = Vec::with_capacity(held.len());
-        let mut live_ephemeral = Vec::new();
-        for f in held {
-            match f.event_id {
-                Some(id) if floor.is_some_and(|last| id <= last) => {}
-                Some(_) => live_durable.push(f),
-                None => live_ephemeral.push(f),
+        if let Some(s) = position {
+            // A floor above the snapshot came from a client's id the broker never issued.
+            if ob.floor.is_some_and(|f| f > s) {
+                ob.floor = Some(s);
             }
         }
-        // Both runs are in id order; merge them, keeping one copy of ids present in both.
+        let settle = position.or(ob.floor).unwrap_or_default();
+        for (_, since) in ob.patterns.iter_mut() {
+            if *since == PENDING {
+                *since = settle;
+            }
+        }
+        let before = ob.floor;
+        let covered = channel.and_then(|c| ob.covered_since(c));
+        let replayed: Vec<OutFrame> = replayed
+            .into_iter()
+            .filter(|f| {
+                let id = f.event_id.unwrap_or_default();
+                !(covered.is_some_and(|s| id > s) && before.is_some_and(|l| id <= l))
+            })
+            .collect();
+        ob.queue.push_back(head(replayed.len() as u64));
+        let mut replayed = replayed.into_iter().peekable();
         let mut sent_replayed = 0;
         let mut last: Option<EventId> = None;
-        let mut a = replayed.into_iter().peekable();
-        let mut b = live_durable.into_iter().peekable();
-        loop {
-            let take_a = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => x.event_id <= y.event_id,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
+        for h in held {
+            let Some(id) = h.frame.event_id else {
+                ob.queue.push_back(h.frame);
+                continue;
             };
-            let (f, from_replay) = if take_a { (a.next(), true) } else { (b.next(), false) };
-            let Some(f) = f else { break };
-            if f.event_id.is_some() && f.event_id <= last {
+            if !ob.admit(id, &h.channel, h.via_pattern) {
                 continue;
             }
-            last = f.event_id.or(last);
-            if from_replay {
-                sent_replayed += 1;
+            while let Some(r) = replayed.next_if(|r| r.event_id.is_some_and(|rid| rid <= id)) {
+                if r.event_id != Some(id) && r.event_id > last {
+                    last = r.event_id;
+                    sent_replayed += 1;
+                    ob.queue.push_back(r);
+                } else if r.event_id == Some(id) {
+                    sent_replayed += 1;
+                }
             }
-            ob.queue.push_back(f);
+            if Some(id) > last {
+                last = Some(id);
+                ob.queue.push_back(h.frame);
+            }
         }
-        if let Some(l) = last {
-            ob.last_sent = Some(ob.last_sent.map_or(l, |s| s.max(l)));
+        for r in replayed {
+            if r.event_id > last {
+                last = r.event_id;
+                sent_replayed += 1;
+                ob.queue.push_back(r);
+            }
         }
-        ob.queue.extend(live_ephemeral);
+        ob.floor = ob.floor.max(last).max(position);
         ob.replay_room = ob.queue.len();
         drop(ob);
         self.wake.notify_one();
@@ -568,6 +654,8 @@ impl Hub {
             chans.push(Arc::from(channel));
         }
         if channel.contains('*') {
+            // Exact from the snapshot its replay takes (`finish_replay`); nothing passes before.
+            conn.outbox.lock().patterns.push((Arc::from(channel), PENDING));
             let mut pats = self.patterns.write();
             if let Some((_, subs)) = pats.iter_mut().find(|(p, _)| &**p == channel) {
                 subs.insert(conn.key, conn.clone());
@@ -603,6 +691,9 @@ impl Hub {
                 return false;
             };
             chans.swap_remove(pos);
+        }
+        if channel.contains('*') {
+            conn.outbox.lock().patterns.retain(|(p, _)| &**p != channel);
         }
         self.unindex(conn, channel)
     }
@@ -654,7 +745,7 @@ impl Hub {
         let exact = chans.get(channel);
         if let Some(subs) = exact {
             for c in subs.values() {
-                self.offer(c, frame, exclude, &mut delivered);
+                self.offer(c, channel, false, frame, exclude, &mut delivered);
             }
         }
         let pats = self.patterns.read();
@@ -666,7 +757,7 @@ impl Hub {
                     if exact.is_some_and(|e| e.contains_key(key)) || !seen.insert(*key) {
                         continue;
                     }
-                    self.offer(c, frame, exclude, &mut delivered);
+                    self.offer(c, channel, true, frame, exclude, &mut delivered);
                 }
             }
         }
@@ -679,7 +770,7 @@ impl Hub {
         let Some(subs) = chans.get(channel) else { return 0 };
         let mut delivered = 0;
         for c in subs.values() {
-            self.offer(c, frame, exclude, &mut delivered);
+            self.offer(c, channel, false, frame, exclude, &mut delivered);
         }
         delivered
     }
@@ -698,20 +789,62 @@ impl Hub {
             if exact.is_some_and(|e| e.contains_key(key)) {
                 continue;
             }
-            self.offer(c, frame, exclude, &mut delivered);
+            self.offer(c, channel, true, frame, exclude, &mut delivered);
         }
         delivered
     }
 
-    fn offer(&self, c: &Arc<Connection>, frame: &OutFrame, exclude: &[&str], delivered: &mut usize) {
+    fn offer(
+        &self,
+        c: &Arc<Connection>,
+        channel: &str,
+        via_pattern: bool,
+        frame: &OutFrame,
+        exclude: &[&str],
+        delivered: &mut usize,
+    ) {
         if !exclude.is_empty() && exclude.contains(&&*c.id) {
             return;
         }
-        match c.push(frame.clone()) {
+        match c.push(frame.clone(), channel, via_pattern) {
             Push::Queued => *delivered += 1,
             Push::Overflow => self.metrics.slow_consumers.inc(),
             Push::Duplicate | Push::Closed => {}
         }
+    }
+
+    /// Tells every socket following one of `channels` (by name, or through a pattern that
+    /// matches it) that events may be missing there: one `gap` frame per socket, naming its
+    /// channels and patterns. For repairs that cannot prove a live socket missed nothing.
+    pub fn send_gap(&self, channels: &[Arc<str>]) -> usize {
+        let mut per_conn: HashMap<u64, (Arc<Connection>, Vec<String>)> = HashMap::new();
+        let mut note = |c: &Arc<Connection>, name: &str| {
+            let names = &mut per_conn.entry(c.key).or_insert_with(|| (c.clone(), Vec::new())).1;
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        };
+        {
+            let chans = self.channels.read();
+            let pats = self.patterns.read();
+            for ch in channels {
+                if let Some(subs) = chans.get(ch) {
+                    subs.values().for_each(|c| note(c, ch));
+                }
+                for (p, subs) in pats.iter().filter(|(p, _)| glob_match(p, ch)) {
+                    subs.values().for_each(|c| note(c, p));
+                }
+            }
+        }
+        let n = per_conn.len();
+        for (_, (c, names)) in per_conn {
+            let frame = wsgw_protocol::ServerFrame::Gap {
+                channels: names,
+                recovered: false,
+            };
+            c.push_control(OutFrame::control(frame.to_json()));
+        }
+        n
     }
 
     /// A snapshot of every connection (for the node-wide heartbeat tick and the drain).
@@ -821,7 +954,7 @@ mod tests {
 
     fn live(hub: &Hub, id: &str, cap: usize) -> Arc<Connection> {
         let c = hub.register(Connection::new(Arc::from(id), Arc::from("u"), cap, None));
-        c.finish_replay(OutFrame::control("welcome"), vec![]);
+        c.finish_replay(|_| OutFrame::control("welcome"), vec![], None, None);
         c
     }
 
@@ -829,12 +962,17 @@ mod tests {
     fn replay_then_buffered_live_in_order_without_duplicates() {
         let c = Connection::new(Arc::from("c1"), Arc::from("u"), 100, Some(EventId::new(1, 0)));
         // live events arrive while history is being read; 3 is also in history
-        assert_eq!(c.push(ev(3, "e3")), Push::Queued);
-        assert_eq!(c.push(ev(4, "e4")), Push::Queued);
-        let n = c.finish_replay(OutFrame::control("welcome"), vec![ev(2, "e2"), ev(3, "e3")]);
+        assert_eq!(c.push(ev(3, "e3"), "t", false), Push::Queued);
+        assert_eq!(c.push(ev(4, "e4"), "t", false), Push::Queued);
+        let n = c.finish_replay(
+            |_| OutFrame::control("welcome"),
+            vec![ev(2, "e2"), ev(3, "e3")],
+            Some(EventId::new(3, 0)),
+            None,
+        );
         assert_eq!(n, 2);
-        assert_eq!(c.push(ev(4, "e4")), Push::Duplicate);
-        assert_eq!(c.push(ev(5, "e5")), Push::Queued);
+        assert_eq!(c.push(ev(4, "e4"), "t", false), Push::Duplicate);
+        assert_eq!(c.push(ev(5, "e5"), "t", false), Push::Queued);
         assert_eq!(drain(&c).0, ["welcome", "e2", "e3", "e4", "e5"]);
     }
 
@@ -844,7 +982,7 @@ mod tests {
         let c = live(&hub, "c1", 2);
         drain(&c);
         hub.subscribe(&c, "t");
-        assert_eq!(c.push(ev(1, "a")), Push::Queued);
+        assert_eq!(c.push(ev(1, "a"), "t", false), Push::Queued);
         assert_eq!(hub.deliver("t", &ev(2, "b"), &[]), 1);
         assert_eq!(
             hub.deliver("t", &ev(3, "c"), &[]),

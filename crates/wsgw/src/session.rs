@@ -197,7 +197,8 @@ struct Session {
     conn: Arc<Connection>,
     claims: Claims,
     limiter: RateLimiter,
-    /// Errors to send right after the welcome (e.g. an unusable `last_event_id`).
+    /// Topics to park at the end instead of the socket's own (a resume that failed to start).
+    park_topics: Option<Vec<String>>,
     _slot: Slot,
 }
 
@@ -249,10 +250,9 @@ impl Session {
                         ));
                     }
                     Err(e) => {
-                        // Without the broker the parked topics are out of reach; the identity
-                        // is still the client's to keep.
+                        // Ownership could not be checked: never adopt the id (it may be someone
+                        // else's); the client gets a fresh one and `resumed:false`.
                         warn!(error = %e, "resume lookup failed");
-                        id = Some(wanted);
                     }
                 }
             }
@@ -282,12 +282,13 @@ impl Session {
                 channels.push(t);
             }
         }
-        let first: Vec<Arc<str>> = channels
-            .iter()
-            .filter(|c| gw.hub.subscribe(&conn, c))
-            .map(|c| Arc::from(c.as_str()))
-            .collect();
-        if let Err(e) = gw.broker.listen(&first).await {
+        for c in &channels {
+            gw.hub.subscribe(&conn, c);
+        }
+        // Every channel, not only those new to this node: `listen` resolves once the node's
+        // subscription is confirmed, which a replay's snapshot must come after.
+        let all: Vec<Arc<str>> = channels.iter().map(|c| Arc::from(c.as_str())).collect();
+        if let Err(e) = gw.broker.listen(&all).await {
             warn!(error = %e, "broker listen failed on connect");
             gw.metrics.broker_errors.with_label_values(&["listen"]).inc();
             let released = gw.hub.remove(&conn);
@@ -301,42 +302,44 @@ impl Session {
                 ),
                 CloseCode::TryAgainLater,
             );
-            return Some(Session::closing(gw, conn, claims, slot));
+            // A resume took the parked session: park its topics again, so a later resume
+            // gets them (or, if that write fails too, `resumed:false`), never none.
+            let session = Session::closing(gw, conn, claims, slot);
+            return Some(session.with_park(resumed.then_some(restored)));
         }
+        let patterns: Vec<String> = restored.iter().filter(|t| t.contains('*')).cloned().collect();
         let replay = match last_event_id {
-            None => Replay {
-                events: Vec::new(),
-                recovered: !unreadable_last_id,
-            },
-            Some(after) => {
-                match history::replay_after(gw.broker.as_ref(), &channels, after, gw.config.max_replay, &id).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(error = %e, "history read failed on connect");
-                        gw.metrics.broker_errors.with_label_values(&["history"]).inc();
-                        Replay {
-                            events: Vec::new(),
-                            recovered: false,
-                        }
-                    }
-                }
-            }
-        };
-        let welcome = ServerFrame::Welcome(Welcome {
-            connection_id: id,
-            user_id: claims.sub.clone(),
-            node: gw.node_id.clone(),
-            resumed,
-            recovered: replay.recovered,
-            replayed: replay.events.len() as u64,
-            heartbeat: HeartbeatInfo {
-                interval_ms: gw.config.heartbeat_interval_ms,
-                timeout_ms: gw.config.heartbeat_timeout_ms,
-            },
-            session_ttl_ms: gw.config.session_ttl_ms,
-            channels: restored,
+            None if patterns.is_empty() => Ok(Replay::none(!unreadable_last_id)),
+            // Restored patterns need the snapshot they are exact from.
+            None => history::position(gw.broker.as_ref(), !unreadable_last_id).await,
+            Some(after) => history::replay_after(gw.broker.as_ref(), &channels, after, gw.config.max_replay, &id).await,
+        }
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "history read failed on connect");
+            gw.metrics.broker_errors.with_label_values(&["history"]).inc();
+            conn.clear_floor();
+            Replay::none(false)
         });
-        let n = conn.finish_replay(OutFrame::control(welcome.to_json()), replay.events);
+        let not_replayed = if last_event_id.is_some() { patterns } else { Vec::new() };
+        let welcome = |replayed: u64| {
+            let w = ServerFrame::Welcome(Welcome {
+                connection_id: id,
+                user_id: claims.sub.clone(),
+                node: gw.node_id.clone(),
+                resumed,
+                recovered: replay.recovered,
+                replayed,
+                heartbeat: HeartbeatInfo {
+                    interval_ms: gw.config.heartbeat_interval_ms,
+                    timeout_ms: gw.config.heartbeat_timeout_ms,
+                },
+                session_ttl_ms: gw.config.session_ttl_ms,
+                channels: restored,
+                not_replayed,
+            });
+            OutFrame::control(w.to_json())
+        };
+        let n = conn.finish_replay(welcome, replay.events, replay.position, None);
         gw.metrics.replayed_events.inc_by(n as u64);
         for f in notices {
             conn.push_control(f);
@@ -354,6 +357,7 @@ impl Session {
             conn,
             claims,
             limiter,
+            park_topics: None,
             _slot: slot,
         })
     }
@@ -366,8 +370,14 @@ impl Session {
             conn,
             claims,
             limiter,
+            park_topics: None,
             _slot: slot,
         }
+    }
+
+    fn with_park(mut self, topics: Option<Vec<String>>) -> Session {
+        self.park_topics = topics;
+        self
     }
 
     async fn serve(mut self, ws: &mut WebSocket) {
@@ -441,9 +451,9 @@ impl Session {
         }
     }
 
-    fn finish(self, reason: &'static str) {
+    fn finish(mut self, reason: &'static str) {
         let gw = &self.gw;
-        let topics = self.conn.topics();
+        let topics = self.park_topics.take().unwrap_or_else(|| self.conn.topics());
         let replaced = self.conn.is_replaced();
         let released = gw.hub.remove(&self.conn);
         gw.broker.unlisten(&released);
@@ -562,62 +572,57 @@ impl Session {
         }
         self.conn.begin_replay();
         let gw = self.gw.clone();
-        if gw.hub.subscribe(&self.conn, &channel) {
-            let chans = [Arc::<str>::from(channel.as_str())];
-            if let Err(e) = gw.broker.listen(&chans).await {
-                gw.metrics.broker_errors.with_label_values(&["listen"]).inc();
+        let first = gw.hub.subscribe(&self.conn, &channel);
+        // Always through the broker, also when another socket here already listens: its
+        // subscription may not be confirmed yet, and a replay's snapshot must come after it.
+        let chans = [Arc::<str>::from(channel.as_str())];
+        if let Err(e) = gw.broker.listen(&chans).await {
+            gw.metrics.broker_errors.with_label_values(&["listen"]).inc();
+            if gw.hub.unsubscribe(&self.conn, &channel) || first {
+                gw.broker.unlisten(&chans);
+            }
+            let err = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), request_id);
+            self.conn
+                .finish_replay(|_| OutFrame::control(err.to_json()), Vec::new(), None, None);
+            return;
+        }
+        let is_pattern = channel.contains('*');
+        let wants_replay = last_event_id.is_some() || history.is_some();
+        let broker = gw.broker.as_ref();
+        let replay = if is_pattern {
+            // Patterns have no history of their own, but need the snapshot they are exact from.
+            history::position(broker, !wants_replay).await
+        } else if let Some(after) = last_event_id {
+            let chans = std::slice::from_ref(&channel);
+            history::replay_after(broker, chans, after, gw.config.max_replay, &self.conn.id).await
+        } else if let Some(n) = history {
+            history::last_n(broker, &channel, n as usize, gw.config.max_replay, &self.conn.id).await
+        } else {
+            Ok(Replay::none(true))
+        };
+        let replay = match replay {
+            Ok(r) => r,
+            Err(e) if is_pattern => {
+                // Without its snapshot a pattern cannot be exact: refuse it.
+                gw.metrics.broker_errors.with_label_values(&["history"]).inc();
                 if gw.hub.unsubscribe(&self.conn, &channel) {
                     gw.broker.unlisten(&chans);
                 }
                 let err = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), request_id);
-                self.conn.finish_replay(OutFrame::control(err.to_json()), Vec::new());
+                self.conn
+                    .finish_replay(|_| OutFrame::control(err.to_json()), Vec::new(), None, None);
                 return;
             }
-        }
-        let is_pattern = channel.contains('*');
-        let wants_replay = last_event_id.is_some() || history.is_some();
-        let replay = if is_pattern {
-            // Patterns have no history of their own.
-            Ok(Replay {
-                events: Vec::new(),
-                recovered: !wants_replay,
-            })
-        } else if let Some(after) = last_event_id {
-            history::replay_after(
-                gw.broker.as_ref(),
-                std::slice::from_ref(&channel),
-                after,
-                gw.config.max_replay,
-                &self.conn.id,
-            )
-            .await
-        } else if let Some(n) = history {
-            history::last_n(
-                gw.broker.as_ref(),
-                &channel,
-                n as usize,
-                gw.config.max_replay,
-                &self.conn.id,
-            )
-            .await
-        } else {
-            Ok(Replay {
-                events: Vec::new(),
-                recovered: true,
-            })
-        };
-        let replay = replay.unwrap_or_else(|e| {
-            warn!(error = %e, "history read failed on subscribe");
-            gw.metrics.broker_errors.with_label_values(&["history"]).inc();
-            Replay {
-                events: Vec::new(),
-                recovered: false,
+            Err(e) => {
+                warn!(error = %e, "history read failed on subscribe");
+                gw.metrics.broker_errors.with_label_values(&["history"]).inc();
+                Replay::none(false)
             }
-        });
-        let head = subscribed(replay.recovered, replay.events.len() as u64, request_id);
-        let n = self
-            .conn
-            .finish_replay(OutFrame::control(head.to_json()), replay.events);
+        };
+        let recovered = replay.recovered;
+        let head = |replayed: u64| OutFrame::control(subscribed(recovered, replayed, request_id).to_json());
+        let catch_up = (!is_pattern).then_some(channel.as_str());
+        let n = self.conn.finish_replay(head, replay.events, replay.position, catch_up);
         gw.metrics.replayed_events.inc_by(n as u64);
         // Presence lists the topics (a resume on another node takes them from there).
         gw.broker.connected(&self.conn);

@@ -130,14 +130,15 @@ impl MemoryBroker {
         let st = self.state.lock();
         let h = st.channels.get(channel);
         match query {
-            HistoryQuery::Last { n } => {
+            HistoryQuery::Last { n, until } => {
                 let events = h.map_or_else(Vec::new, |h| {
-                    let skip = h.events.len().saturating_sub(n);
-                    h.events.iter().skip(skip).cloned().collect()
+                    let end = until.map_or(h.events.len(), |u| h.events.partition_point(|e| e.id <= u));
+                    let skip = end.saturating_sub(n);
+                    h.events.range(skip..end).cloned().collect()
                 });
                 HistoryPage { events, complete: true }
             }
-            HistoryQuery::After { id, limit } => {
+            HistoryQuery::After { id, limit, until } => {
                 let complete = self.limits.size > 0
                     && id.ms >= self.epoch_ms
                     && id <= st.last_id
@@ -147,7 +148,13 @@ impl MemoryBroker {
                     };
                 let events = h.map_or_else(Vec::new, |h| {
                     let start = h.events.partition_point(|e| e.id <= id);
-                    h.events.iter().skip(start).take(limit).cloned().collect()
+                    h.events
+                        .iter()
+                        .skip(start)
+                        .take_while(|e| until.is_none_or(|u| e.id <= u))
+                        .take(limit)
+                        .cloned()
+                        .collect()
                 });
                 HistoryPage { events, complete }
             }
@@ -168,6 +175,13 @@ impl Broker for MemoryBroker {
     fn history<'a>(&'a self, channel: &'a str, query: HistoryQuery) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
         let page = self.read(channel, query);
         Box::pin(async move { Ok(page) })
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<EventId, BrokerError>> {
+        // Publishes reach the hub under the same lock that issues ids: everything up to the
+        // last id issued is already there.
+        let last = self.state.lock().last_id;
+        Box::pin(async move { Ok(last) })
     }
 
     fn listen<'a>(&'a self, _channels: &'a [Arc<str>]) -> BoxFuture<'a, Result<(), BrokerError>> {
@@ -275,14 +289,38 @@ mod tests {
         let b = broker(3);
         let first = publish(&b, "a");
         let ids: Vec<EventId> = (0..5).map(|_| publish(&b, "a")).collect();
-        let page = b.read("a", HistoryQuery::After { id: first, limit: 100 });
+        let page = b.read(
+            "a",
+            HistoryQuery::After {
+                id: first,
+                limit: 100,
+                until: None,
+            },
+        );
         assert!(!page.complete, "events after {first} were trimmed");
         assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
-        let page = b.read("a", HistoryQuery::After { id: ids[1], limit: 100 });
+        let page = b.read(
+            "a",
+            HistoryQuery::After {
+                id: ids[1],
+                limit: 100,
+                until: None,
+            },
+        );
         assert!(page.complete);
         assert_eq!(page.events.len(), 3);
         // an untouched channel is complete even though global ids moved on
-        assert!(b.read("quiet", HistoryQuery::After { id: first, limit: 10 }).complete);
+        assert!(
+            b.read(
+                "quiet",
+                HistoryQuery::After {
+                    id: first,
+                    limit: 10,
+                    until: None
+                }
+            )
+            .complete
+        );
     }
 
     #[test]
@@ -294,7 +332,8 @@ mod tests {
                 "a",
                 HistoryQuery::After {
                     id: EventId::new(1, 0),
-                    limit: 10
+                    limit: 10,
+                    until: None,
                 }
             )
             .complete
@@ -304,7 +343,8 @@ mod tests {
                 "a",
                 HistoryQuery::After {
                     id: EventId::new(id.ms + 10_000, 0),
-                    limit: 10
+                    limit: 10,
+                    until: None,
                 }
             )
             .complete

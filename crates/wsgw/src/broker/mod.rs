@@ -61,11 +61,15 @@ pub enum HistoryQuery {
         id: EventId,
         /// Most events to return.
         limit: usize,
+        /// Inclusive upper bound (a snapshot from [`Broker::sync`]); `None`: the newest.
+        until: Option<EventId>,
     },
-    /// The newest `n` events, oldest first.
+    /// The newest `n` events at or below `until`, oldest first.
     Last {
         /// How many.
         n: usize,
+        /// Inclusive upper bound (a snapshot from [`Broker::sync`]); `None`: the newest.
+        until: Option<EventId>,
     },
 }
 
@@ -108,6 +112,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stops listening to channels that lost their last local subscriber.
     fn unlisten(&self, channels: &[Arc<str>]);
+
+    /// The replay snapshot: returns the newest id issued so far (`S`), and resolves only once
+    /// every event up to `S` on a channel this node listens to has been handed to the hub. A
+    /// replay reads history up to `S` after this, so replay and live stream meet without a gap
+    /// or an overlap that could reorder a channel.
+    fn sync(&self) -> BoxFuture<'_, Result<EventId, BrokerError>>;
 
     /// Whether the broker can serve now (feeds `/ready`).
     fn is_ready(&self) -> bool;

@@ -5,9 +5,9 @@
 //! gap from history. Never blocks a socket: everything here talks to Redis, then to the hub.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -171,6 +171,9 @@ struct Inner {
     ready: AtomicBool,
     /// Highest durable id received from pub/sub: a gap after an outage starts right after it.
     watermark: Mutex<Option<EventId>>,
+    /// `sync` calls waiting for their marker to come back on the pub/sub connection.
+    syncs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_sync: AtomicU64,
     started_at_ms: u64,
 }
 
@@ -225,6 +228,8 @@ impl RedisBroker {
             presence_tx,
             ready: AtomicBool::new(false),
             watermark: Mutex::new(None),
+            syncs: Mutex::new(HashMap::new()),
+            next_sync: AtomicU64::new(0),
             started_at_ms: now_ms(),
         });
         let mut attempt = 0u32;
@@ -337,6 +342,8 @@ impl Inner {
                 Err(e) => warn!(error = %e, "redis pub/sub failed"),
             }
             first = false;
+            // Markers sent on the old connection will not come back: fail their waiters now.
+            self.syncs.lock().clear();
             self.metrics.redis_reconnects.inc();
             // Capped exponential backoff with jitter, so a cluster does not reconnect in step.
             let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
@@ -396,6 +403,9 @@ impl Inner {
             })
             .await?;
         }
+        // What this connection is subscribed to: a `listen` for one of these is answered at
+        // once (its SUBSCRIBE was confirmed before this task got to the listen).
+        let mut listening: HashSet<Arc<str>> = self.hub.interests().into_iter().collect();
         if !first {
             // Live messages queue up in the stream meanwhile; sockets drop what they already have.
             self.repair().await?;
@@ -414,6 +424,12 @@ impl Inner {
                     let Some(msg) = msg else { return Err(unavailable("pub/sub connection closed")) };
                     if msg.get_channel_name() == canary {
                         last_canary = tokio::time::Instant::now();
+                        let sync = msg.get_payload_bytes().strip_prefix(b"sync:");
+                        if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
+                            && let Some(tx) = self.syncs.lock().remove(&n)
+                        {
+                            let _ = tx.send(());
+                        }
                     } else if msg.get_channel_name() == control {
                         self.on_control(msg.get_payload_bytes());
                     } else {
@@ -441,6 +457,9 @@ impl Inner {
                                 Err(_) => break,
                             }
                         }
+                        all.retain(|c| !listening.contains(c));
+                        all.sort();
+                        all.dedup();
                         let (exact, patterns) = self.redis_names(&all);
                         let r = timed(self.s.op_timeout * 2, async {
                             if !exact.is_empty() { sink.subscribe(&exact).await.map_err(unavailable)?; }
@@ -454,11 +473,12 @@ impl Inner {
                         if failed {
                             return Err(unavailable("subscribe failed"));
                         }
+                        listening.extend(all);
                         if let Some(SubCmd::Unlisten(channels)) = deferred {
-                            self.unlisten_now(&mut sink, channels).await?;
+                            self.unlisten_now(&mut sink, channels, &mut listening).await?;
                         }
                     }
-                    Some(SubCmd::Unlisten(channels)) => self.unlisten_now(&mut sink, channels).await?,
+                    Some(SubCmd::Unlisten(channels)) => self.unlisten_now(&mut sink, channels, &mut listening).await?,
                 },
                 _ = canary_tick.tick() => {
                     if last_canary.elapsed() > canary_every * 3 + self.s.op_timeout {
@@ -487,9 +507,13 @@ impl Inner {
         &self,
         sink: &mut redis::aio::PubSubSink,
         channels: Vec<Arc<str>>,
+        listening: &mut HashSet<Arc<str>>,
     ) -> Result<(), BrokerError> {
         // Commands run in order, so a channel re-subscribed since is still wanted.
-        let gone: Vec<Arc<str>> = channels.into_iter().filter(|c| !self.hub.has_interest(c)).collect();
+        let gone: Vec<Arc<str>> = channels
+            .into_iter()
+            .filter(|c| !self.hub.has_interest(c) && listening.remove(c))
+            .collect();
         let (exact, patterns) = self.redis_names(&gone);
         timed(self.s.op_timeout, async {
             if !exact.is_empty() {
@@ -607,27 +631,63 @@ impl Inner {
         ))
     }
 
-    /// Re-reads every served channel's history after the watermark and delivers it in id
-    /// order; sockets drop anything they already have.
+    /// Re-reads, after a pub/sub interruption, every event published since the watermark on
+    /// the channels this node serves (by name, and those matching its patterns, found by
+    /// scanning history keys) and delivers them in id order; sockets drop what they already
+    /// have. The read stops at a snapshot `S` taken after resubscribing, so what comes live
+    /// next is above it. Channels whose history cannot prove it holds every missed event get a
+    /// `gap` frame on their sockets first.
     async fn repair(&self) -> Result<(), BrokerError> {
         let Some(after) = *self.watermark.lock() else {
             return Ok(());
         };
-        let channels: Vec<Arc<str>> = self.hub.interests().into_iter().filter(|c| !c.contains('*')).collect();
+        let s: Option<String> = timed(self.s.op_timeout * PATIENT, async {
+            let mut c = self.conn().await?;
+            c.get(self.keys.seq()).await.map_err(unavailable)
+        })
+        .await?;
+        let s = s.and_then(|v| v.parse::<EventId>().ok()).unwrap_or_default();
+        let mut channels: Vec<Arc<str>> = Vec::new();
+        for c in self.hub.interests() {
+            if c.contains('*') {
+                channels.extend(self.channels_matching(&c).await?);
+            } else {
+                channels.push(c);
+            }
+        }
+        channels.sort();
+        channels.dedup();
         let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
+        let mut gaps: Vec<Arc<str>> = Vec::new();
         for ch in &channels {
             let mut cursor = after;
             loop {
-                let page = self.read_after(ch, cursor, 512).await?;
-                let n = page.len();
-                if let Some(last) = page.last() {
+                let query = HistoryQuery::After {
+                    id: cursor,
+                    limit: 512,
+                    until: Some(s),
+                };
+                let page = timed(self.s.op_timeout * PATIENT, self.history_page(ch, query)).await?;
+                if cursor == after && !page.complete {
+                    gaps.push(ch.clone());
+                }
+                let n = page.events.len();
+                if let Some(last) = page.events.last() {
                     cursor = last.id;
                 }
-                events.extend(page.into_iter().map(|e| (ch.clone(), e)));
+                events.extend(page.events.into_iter().map(|e| (ch.clone(), e)));
                 if n < 512 {
                     break;
                 }
             }
+        }
+        if !gaps.is_empty() {
+            let told = self.hub.send_gap(&gaps);
+            warn!(
+                channels = gaps.len(),
+                sockets = told,
+                "repair could not prove some channels complete"
+            );
         }
         events.sort_by_key(|(_, e)| e.id);
         for (ch, e) in events {
@@ -640,24 +700,47 @@ impl Inner {
             };
             let n = self.hub.deliver(&ch, &frame, &excluded);
             self.metrics.repaired_events.inc_by(n as u64);
-            let mut w = self.watermark.lock();
-            if w.is_none_or(|w| e.id > w) {
-                *w = Some(e.id);
-            }
         }
+        // Everything up to the snapshot is now delivered or reported; a Redis that lost its
+        // data issues ids from a lower point, and the next repair starts there.
+        *self.watermark.lock() = Some(s);
         Ok(())
     }
 
-    async fn read_after(&self, channel: &str, after: EventId, limit: usize) -> Result<Vec<StoredEvent>, BrokerError> {
-        timed(self.s.op_timeout, async {
-            let mut c = self.conn().await?;
-            let reply: StreamRangeReply = c
-                .xrange_count(self.keys.history(channel), format!("({after}"), "+", limit)
-                .await
-                .map_err(unavailable)?;
-            Ok(stream_events(reply))
-        })
-        .await
+    /// Channels with history (or a history record) that `pattern` matches. Our `*` matches any
+    /// run of bytes, as Redis's glob does, and channel names hold no other glob character.
+    async fn channels_matching(&self, pattern: &str) -> Result<Vec<Arc<str>>, BrokerError> {
+        let mut found = Vec::new();
+        for (kind, strip) in [
+            (self.keys.history(pattern), self.keys.history("")),
+            (self.keys.meta(pattern), self.keys.meta("")),
+        ] {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = timed(self.s.op_timeout * PATIENT, async {
+                    let mut c = self.conn().await?;
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&kind)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await?;
+                found.extend(
+                    keys.iter()
+                        .filter_map(|k| k.strip_prefix(strip.as_str()).map(Arc::from)),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(found)
     }
 
     /// Applies queued presence changes in one pipeline, and refreshes every local socket's
@@ -800,16 +883,17 @@ impl Inner {
     async fn history_page(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage, BrokerError> {
         let mut c = self.conn().await?;
         match query {
-            HistoryQuery::Last { n } => {
+            HistoryQuery::Last { n, until } => {
+                let end = until.map_or_else(|| "+".to_string(), |u| u.to_string());
                 let reply: StreamRangeReply = c
-                    .xrevrange_count(self.keys.history(channel), "+", "-", n)
+                    .xrevrange_count(self.keys.history(channel), end, "-", n)
                     .await
                     .map_err(unavailable)?;
                 let mut events = stream_events(reply);
                 events.reverse();
                 Ok(HistoryPage { events, complete: true })
             }
-            HistoryQuery::After { id, limit } => {
+            HistoryQuery::After { id, limit, until } => {
                 type Reply = (
                     StreamRangeReply,
                     (Option<String>, Option<String>),
@@ -820,7 +904,7 @@ impl Inner {
                     .cmd("XRANGE")
                     .arg(self.keys.history(channel))
                     .arg(format!("({id}"))
-                    .arg("+")
+                    .arg(until.map_or_else(|| "+".to_string(), |u| u.to_string()))
                     .arg("COUNT")
                     .arg(limit)
                     .cmd("HMGET")
@@ -839,7 +923,7 @@ impl Inner {
                 let last = meta.1.and_then(|s| s.parse::<EventId>().ok());
                 // An id newer than any this Redis issued comes from another Redis (or its lost
                 // past): nothing here can vouch for what followed it.
-                let issued = seq.and_then(|s| s.parse::<EventId>().ok());
+                let issued = until.or_else(|| seq.and_then(|s| s.parse::<EventId>().ok()));
                 let complete = self.s.history.size > 0
                     && issued.is_some_and(|last_issued| id <= last_issued)
                     && recoverable(
@@ -961,6 +1045,44 @@ impl Broker for RedisBroker {
                 Ok(Ok(r)) => r,
                 _ => Err(unavailable("subscribe not confirmed in time")),
             }
+        })
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<EventId, BrokerError>> {
+        let inner = &self.inner;
+        Box::pin(async move {
+            if !inner.ready.load(Ordering::Acquire) {
+                return Err(unavailable("redis pub/sub is not connected"));
+            }
+            let n = inner.next_sync.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            inner.syncs.lock().insert(n, tx);
+            let patient = inner.s.op_timeout * PATIENT;
+            let r = async {
+                // The marker is published after the snapshot is read, so it reaches our pub/sub
+                // connection after every event up to the snapshot.
+                let seq: Option<String> = timed(patient, async {
+                    let mut c = inner.conn().await?;
+                    let (seq, _): (Option<String>, i64) = redis::pipe()
+                        .cmd("GET")
+                        .arg(inner.keys.seq())
+                        .cmd("PUBLISH")
+                        .arg(inner.keys.canary(&inner.s.node_id))
+                        .arg(format!("sync:{n}"))
+                        .query_async(&mut c)
+                        .await
+                        .map_err(unavailable)?;
+                    Ok(seq)
+                })
+                .await?;
+                match tokio::time::timeout(patient, rx).await {
+                    Ok(Ok(())) => Ok(seq.and_then(|v| v.parse::<EventId>().ok()).unwrap_or_default()),
+                    _ => Err(unavailable("redis pub/sub did not catch up in time")),
+                }
+            }
+            .await;
+            inner.syncs.lock().remove(&n);
+            r
         })
     }
 
