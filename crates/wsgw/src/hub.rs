@@ -1009,4 +1009,101 @@ mod tests {
         assert!(hub.unsubscribe(&b, "project:*"), "last subscriber leaves the pattern");
         assert_eq!(hub.remove(&a), vec![Arc::<str>::from("project:1")]);
     }
+
+    fn on(id: u64, channel: &str) -> OutFrame {
+        ev(id, &format!("{channel}#{id}"))
+    }
+
+    #[test]
+    fn a_catch_up_on_one_channel_never_drops_older_live_events_of_another() {
+        // The socket has chat:1 up to 10; pub/sub lags, so chat:1 events 11..=14 are still on
+        // their way when a subscribe to doc:9 reads history up to the snapshot 15.
+        let hub = Hub::new("n".into(), Metrics::new());
+        let c = live(&hub, "c", 100);
+        hub.subscribe(&c, "chat:1");
+        assert_eq!(c.push(on(10, "chat:1"), "chat:1", false), Push::Queued);
+        drain(&c);
+        c.begin_replay();
+        hub.subscribe(&c, "doc:9");
+        // The broker's sync lets the lagging events through before the snapshot is used.
+        for id in 11..=14 {
+            assert_eq!(c.push(on(id, "chat:1"), "chat:1", false), Push::Queued);
+        }
+        let n = c.finish_replay(
+            |n| OutFrame::control(format!("subscribed:{n}")),
+            vec![on(3, "doc:9"), on(15, "doc:9")],
+            Some(EventId::new(15, 0)),
+            Some("doc:9"),
+        );
+        assert_eq!(n, 2);
+        assert_eq!(c.push(on(15, "doc:9"), "doc:9", false), Push::Duplicate);
+        assert_eq!(c.push(on(16, "chat:1"), "chat:1", false), Push::Queued);
+        assert_eq!(
+            drain(&c).0,
+            [
+                "subscribed:2",
+                "doc:9#3",
+                "chat:1#11",
+                "chat:1#12",
+                "chat:1#13",
+                "chat:1#14",
+                "doc:9#15",
+                "chat:1#16"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_future_last_event_id_does_not_hold_live_events_back() {
+        let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, Some(EventId::new(1_000, 0)));
+        c.finish_replay(|_| OutFrame::control("welcome"), vec![], Some(EventId::new(20, 0)), None);
+        assert_eq!(c.push(on(21, "t"), "t", false), Push::Queued);
+        assert_eq!(drain(&c).0, ["welcome", "t#21"]);
+    }
+
+    #[test]
+    fn a_pattern_is_exact_from_its_snapshot_and_a_catch_up_skips_what_it_brought() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let c = live(&hub, "c", 100);
+        c.begin_replay();
+        hub.subscribe(&c, "t:*");
+        // Lagging events from before the snapshot reach the socket through the new pattern.
+        assert_eq!(c.push(on(4, "t:1"), "t:1", true), Push::Queued);
+        c.finish_replay(|_| OutFrame::control("psubscribed"), vec![], Some(EventId::new(5, 0)), None);
+        for id in 6..=8 {
+            assert_eq!(c.push(on(id, "t:1"), "t:1", true), Push::Queued);
+        }
+        assert_eq!(drain(&c).0, ["welcome", "psubscribed", "t:1#6", "t:1#7", "t:1#8"]);
+        // Now t:1 by name, from id 2: 3..=5 are missing, 6..=8 came through the pattern.
+        c.begin_replay();
+        hub.subscribe(&c, "t:1");
+        let replay = (3..=9).map(|id| on(id, "t:1")).collect();
+        let n = c.finish_replay(
+            |n| OutFrame::control(format!("subscribed:{n}")),
+            replay,
+            Some(EventId::new(9, 0)),
+            Some("t:1"),
+        );
+        assert_eq!(n, 4);
+        assert_eq!(drain(&c).0, ["subscribed:4", "t:1#3", "t:1#4", "t:1#5", "t:1#9"]);
+    }
+
+    #[test]
+    fn a_repair_gap_names_channels_and_patterns_once_per_socket() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let a = live(&hub, "a", 10);
+        let b = live(&hub, "b", 10);
+        drain(&a);
+        drain(&b);
+        hub.subscribe(&a, "t:1");
+        hub.subscribe(&a, "t:*");
+        hub.subscribe(&b, "t:*");
+        assert_eq!(hub.send_gap(&[Arc::from("t:1"), Arc::from("t:2")]), 2);
+        assert_eq!(
+            drain(&a).0,
+            [r#"{"type":"gap","channels":["t:1","t:*"],"recovered":false}"#]
+        );
+        assert_eq!(drain(&b).0, [r#"{"type":"gap","channels":["t:*"],"recovered":false}"#]);
+    }
 }
+
