@@ -77,6 +77,9 @@ struct Held {
     via_pattern: bool,
 }
 
+/// How many times its queue capacity a socket may hold back while a replay is read.
+const HELD_FACTOR: usize = 8;
+
 /// `since` of a pattern whose subscription is still being confirmed: nothing passes yet.
 const PENDING: EventId = EventId::new(u64::MAX, u64::MAX);
 
@@ -311,7 +314,10 @@ impl Connection {
             return Push::Closed;
         }
         if let Some(held) = ob.replay.as_mut() {
-            if held.len() >= self.capacity {
+            // Held by the server, not by a slow reader: a replay waits for the node's pub/sub
+            // stream to pass its snapshot, so it may hold that lag's worth of frames. Bounded
+            // all the same (and by the broker's sync timeout in time).
+            if held.len() >= self.capacity.saturating_mul(HELD_FACTOR) {
                 return self.overflow(ob);
             }
             held.push(Held {
