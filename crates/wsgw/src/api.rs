@@ -21,7 +21,7 @@ use wsgw_protocol::{EventId, validate_channel};
 
 use crate::auth::{AuthError, token_from_request};
 use crate::broker::{BrokerError, HistoryQuery, PublishRequest};
-use crate::gateway::Gateway;
+use crate::node::Gateway;
 use crate::session::{self, ConnectParams};
 
 /// An API failure, turned into a JSON body `{"error": code, "message": …}` with its status.

@@ -7,14 +7,16 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
-pub mod gateway;
 pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod proxy;
+pub mod server;
 pub mod session;
 pub mod time;
 
 pub use config::Config;
-pub use gateway::{Gateway, RunningGateway, StartError, serve};
+pub use node::{Gateway, StartError};
+pub use server::{RunningGateway, serve};

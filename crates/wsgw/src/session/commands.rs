@@ -1,0 +1,322 @@
+//! session/commands.rs: the client's frames (subscribe with replay, unsubscribe, publish,
+//! request, refresh, ping) checked against the token and answered on the socket.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tracing::warn;
+use wsgw_protocol::{ClientFrame, CloseCode, ErrorCode, EventId, ServerFrame, parse_client_frame, validate_channel};
+
+use super::{Session, error_frame};
+use crate::broker::{InboundRequest, PublishRequest};
+use crate::history::{self, Replay};
+use crate::hub::OutFrame;
+
+impl Session {
+    pub(super) async fn on_text(&mut self, text: &str) {
+        if !self.limiter.admit() {
+            self.rate_limited();
+            return;
+        }
+        let frame = match parse_client_frame(text) {
+            Ok(f) => f,
+            Err((e, request_id)) => {
+                self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
+                return;
+            }
+        };
+        match frame {
+            ClientFrame::Ping { ts } => self.send(ServerFrame::Pong { ts }),
+            ClientFrame::Pong {} => {}
+            ClientFrame::Subscribe {
+                channel,
+                request_id,
+                last_event_id,
+                history,
+            } => self.subscribe(channel, request_id, last_event_id, history).await,
+            ClientFrame::Unsubscribe { channel, request_id } => self.unsubscribe(channel, request_id),
+            ClientFrame::Publish {
+                channel,
+                event,
+                data,
+                request_id,
+                echo,
+            } => self.publish(channel, event, data, request_id, echo).await,
+            ClientFrame::Request {
+                action,
+                data,
+                request_id,
+            } => Box::pin(self.request(action, data, request_id)).await,
+            ClientFrame::Refresh { token, request_id } => self.refresh(&token, request_id),
+        }
+    }
+
+    fn is_automatic(&self, channel: &str) -> bool {
+        channel == "broadcast"
+            || channel == format!("user:{}", self.claims.sub)
+            || channel == format!("connection:{}", self.conn.id)
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: String,
+        request_id: Option<Value>,
+        last_event_id: Option<EventId>,
+        history: Option<u32>,
+    ) {
+        if let Err(e) = validate_channel(&channel, true) {
+            return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
+        }
+        if wsgw_protocol::is_reserved(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                format!("{channel} is reserved for the gateway"),
+                request_id,
+            );
+        }
+        let subscribed = |recovered: bool, replayed: u64, request_id: Option<Value>| ServerFrame::Subscribed {
+            channel: channel.clone(),
+            request_id,
+            recovered,
+            replayed,
+        };
+        if self.is_automatic(&channel) || self.conn.is_subscribed(&channel) {
+            return self.send(subscribed(true, 0, request_id));
+        }
+        if !self.claims.permissions.can_subscribe(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                format!("token does not allow subscribing to {channel}"),
+                request_id,
+            );
+        }
+        let topics = self.conn.channels().len().saturating_sub(3);
+        if topics >= self.gw.config.max_subscriptions {
+            let msg = format!("subscription limit of {} reached", self.gw.config.max_subscriptions);
+            return self.send_error(ErrorCode::BadRequest, msg, request_id);
+        }
+        self.conn.begin_replay();
+        let gw = self.gw.clone();
+        let first = gw.hub.subscribe(&self.conn, &channel);
+        // Always through the broker, also when another socket here already listens: its
+        // subscription may not be confirmed yet, and a replay's snapshot must come after it.
+        let chans = [Arc::<str>::from(channel.as_str())];
+        if let Err(e) = gw.broker.listen(&chans).await {
+            gw.metrics.broker_errors.with_label_values(&["listen"]).inc();
+            if gw.hub.unsubscribe(&self.conn, &channel) || first {
+                gw.broker.unlisten(&chans);
+            }
+            let err = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), request_id);
+            self.conn
+                .finish_replay(|_| OutFrame::control(err.to_json()), Vec::new(), None, None);
+            return;
+        }
+        let is_pattern = channel.contains('*');
+        let wants_replay = last_event_id.is_some() || history.is_some();
+        let broker = gw.broker.as_ref();
+        let replay = if is_pattern {
+            // Patterns have no history of their own, but need the snapshot they are exact from.
+            history::position(broker, !wants_replay).await
+        } else if let Some(after) = last_event_id {
+            let chans = std::slice::from_ref(&channel);
+            history::replay_after(broker, chans, after, gw.config.max_replay, &self.conn.id).await
+        } else if let Some(n) = history {
+            history::last_n(broker, &channel, n as usize, gw.config.max_replay, &self.conn.id).await
+        } else {
+            Ok(Replay::none(true))
+        };
+        let replay = match replay {
+            Ok(r) => r,
+            Err(e) if is_pattern => {
+                // Without its snapshot a pattern cannot be exact: refuse it.
+                gw.metrics.broker_errors.with_label_values(&["history"]).inc();
+                if gw.hub.unsubscribe(&self.conn, &channel) {
+                    gw.broker.unlisten(&chans);
+                }
+                let err = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), request_id);
+                self.conn
+                    .finish_replay(|_| OutFrame::control(err.to_json()), Vec::new(), None, None);
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "history read failed on subscribe");
+                gw.metrics.broker_errors.with_label_values(&["history"]).inc();
+                Replay::none(false)
+            }
+        };
+        let recovered = replay.recovered;
+        let head = |replayed: u64| OutFrame::control(subscribed(recovered, replayed, request_id).to_json());
+        let catch_up = (!is_pattern).then_some(channel.as_str());
+        let n = self.conn.finish_replay(head, replay.events, replay.position, catch_up);
+        gw.metrics.replayed_events.inc_by(n as u64);
+        // Presence lists the topics (a resume on another node takes them from there).
+        gw.broker.connected(&self.conn);
+    }
+
+    fn unsubscribe(&mut self, channel: String, request_id: Option<Value>) {
+        if self.is_automatic(&channel) {
+            return self.send_error(
+                ErrorCode::BadRequest,
+                format!("{channel} is automatic and cannot be left"),
+                request_id,
+            );
+        }
+        if self.gw.hub.unsubscribe(&self.conn, &channel) {
+            self.gw.broker.unlisten(&[Arc::from(channel.as_str())]);
+        }
+        self.gw.broker.connected(&self.conn);
+        self.send(ServerFrame::Unsubscribed {
+            channel,
+            request_id,
+            reason: None,
+        });
+    }
+
+    async fn publish(
+        &mut self,
+        channel: String,
+        event: String,
+        data: Value,
+        request_id: Option<Value>,
+        echo: Option<bool>,
+    ) {
+        if let Err(e) = validate_channel(&channel, false) {
+            return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
+        }
+        if wsgw_protocol::is_reserved(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                format!("{channel} is reserved for the gateway"),
+                request_id,
+            );
+        }
+        if event.is_empty() || event.len() > 128 {
+            return self.send_error(ErrorCode::BadRequest, "event must be 1..=128 bytes", request_id);
+        }
+        if !self.claims.permissions.can_publish(&channel) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                format!("token does not allow publishing to {channel}"),
+                request_id,
+            );
+        }
+        let Ok(data) = serde_json::value::to_raw_value(&data) else {
+            return self.send_error(ErrorCode::BadRequest, "data is not serialisable", request_id);
+        };
+        let exclude = if echo == Some(false) {
+            vec![self.conn.id.to_string()]
+        } else {
+            Vec::new()
+        };
+        let req = PublishRequest {
+            channel,
+            event,
+            data,
+            exclude,
+        };
+        match self.gw.broker.publish(req).await {
+            Ok(id) => {
+                self.gw.metrics.publishes.with_label_values(&["client"]).inc();
+                self.send(ServerFrame::Ack {
+                    request_id,
+                    event_id: Some(id),
+                });
+            }
+            Err(e) => {
+                self.gw.metrics.broker_errors.with_label_values(&["publish"]).inc();
+                self.send_error(ErrorCode::Unavailable, e.to_string(), request_id);
+            }
+        }
+    }
+
+    async fn request(&mut self, action: String, data: Value, request_id: Value) {
+        let rid = Some(request_id.clone());
+        if action.is_empty() || action.len() > 128 || validate_channel(&action, false).is_err() {
+            return self.send_error(
+                ErrorCode::BadRequest,
+                "action must be 1..=128 of [A-Za-z0-9_.:@=/-]",
+                rid,
+            );
+        }
+        if !self.claims.permissions.can_request(&action) {
+            return self.send_error(
+                ErrorCode::Forbidden,
+                format!("token does not allow action {action}"),
+                rid,
+            );
+        }
+        let cfg = &self.gw.config;
+        if !self
+            .conn
+            .add_pending(request_id.clone(), cfg.request_timeout_ms, cfg.max_pending_requests)
+        {
+            let msg = format!("{} requests already wait for an answer", cfg.max_pending_requests);
+            return self.send_error(ErrorCode::RateLimited, msg, rid);
+        }
+        let p = &self.claims.permissions;
+        let claims = serde_json::json!({
+            "sub": self.claims.sub,
+            "exp": self.claims.exp,
+            "channels": p.subscribe,
+            "publish": p.publish,
+            "actions": p.actions,
+        });
+        let req = InboundRequest {
+            connection_id: self.conn.id.to_string(),
+            user_id: self.claims.sub.clone(),
+            node: self.gw.node_id.clone(),
+            request_id: request_id.to_string(),
+            action,
+            data: data.to_string(),
+            claims: claims.to_string(),
+        };
+        if let Err(e) = self.gw.broker.request(req).await {
+            if self.gw.broker.kind() != "memory" {
+                // Single-node mode has no backends by design; that is not a broker failure.
+                self.gw.metrics.broker_errors.with_label_values(&["request"]).inc();
+            }
+            self.conn.drop_pending(&request_id);
+            self.send_error(ErrorCode::Unavailable, e.to_string(), rid);
+        }
+    }
+
+    fn refresh(&mut self, token: &str, request_id: Option<Value>) {
+        let claims = match self.gw.auth.verify(token) {
+            Ok(c) if c.sub == self.claims.sub => c,
+            Ok(_) => {
+                self.gw
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["refresh_sub_mismatch"])
+                    .inc();
+                let f = error_frame(ErrorCode::Unauthorized, "refresh token is for another user", request_id);
+                self.conn.close_with(f, CloseCode::Unauthorized);
+                return;
+            }
+            Err(e) => {
+                self.gw.metrics.auth_failures.with_label_values(&[e.label()]).inc();
+                self.conn
+                    .close_with(error_frame(e.code(), e.to_string(), request_id), e.close_code());
+                return;
+            }
+        };
+        self.conn.set_token_exp(claims.exp);
+        for ch in self.conn.channels() {
+            if !self.is_automatic(&ch) && !claims.permissions.can_subscribe(&ch) {
+                if self.gw.hub.unsubscribe(&self.conn, &ch) {
+                    self.gw.broker.unlisten(std::slice::from_ref(&ch));
+                }
+                self.send(ServerFrame::Unsubscribed {
+                    channel: ch.to_string(),
+                    request_id: None,
+                    reason: Some("forbidden by the refreshed token".into()),
+                });
+            }
+        }
+        self.claims = claims;
+        self.send(ServerFrame::Ack {
+            request_id,
+            event_id: None,
+        });
+    }
+}

@@ -1,0 +1,323 @@
+//! session/: one socket's life: welcome and replay (`open.rs`), reading client frames and
+//! answering them (`commands.rs`), writing what the hub queued in batches (one flush per batch),
+//! and closing with the right code. The socket is owned by this one task; nothing else ever
+//! writes to it.
+
+mod commands;
+mod open;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use serde_json::Value;
+use tracing::{Instrument, debug, info_span};
+use wsgw_protocol::{CloseCode, ErrorCode, ServerFrame};
+
+use crate::auth::{AuthError, Claims};
+use crate::hub::{Connection, OutFrame};
+use crate::limits::RateLimiter;
+use crate::node::{Gateway, IpSlot, Slot};
+use crate::time::now_us;
+
+/// What the upgrade request carried.
+#[derive(Debug)]
+pub struct ConnectParams {
+    /// The verified token, or why it was refused.
+    pub auth: Result<Claims, AuthError>,
+    /// `connection_id` query parameter: resume this identity.
+    pub connection_id: Option<String>,
+    /// `last_event_id` query parameter, unparsed.
+    pub last_event_id: Option<String>,
+    /// The client's address (from `X-Forwarded-For` when the peer is a trusted proxy).
+    pub client_ip: std::net::IpAddr,
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>, request_id: Option<Value>) -> OutFrame {
+    OutFrame::control(ServerFrame::error(code, message, request_id).to_json())
+}
+
+/// Sends one frame and a close, then waits briefly for the client's close so the frames are
+/// not lost to a TCP reset. Used before a connection is registered.
+async fn refuse(mut ws: WebSocket, gw: &Gateway, frame: Option<ServerFrame>, code: CloseCode) {
+    if let Some(f) = frame {
+        if let ServerFrame::Error { code, .. } = &f {
+            gw.metrics.errors_sent.with_label_values(&[code.as_str()]).inc();
+        }
+        let _ = ws.feed(Message::Text(f.to_json().into())).await;
+    }
+    close_socket(&mut ws, code, code.reason()).await;
+    gw.metrics.connections_closed.with_label_values(&[code.reason()]).inc();
+}
+
+async fn close_socket(ws: &mut WebSocket, code: CloseCode, reason: &'static str) {
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from_static(reason),
+    };
+    // A slow consumer's socket may need a while to take the close frame; give it some.
+    let sent = tokio::time::timeout(Duration::from_secs(5), ws.send(Message::Close(Some(frame)))).await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(msg)) = ws.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs one upgraded socket to its end.
+pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
+    let mut params = params;
+    let auth = std::mem::replace(&mut params.auth, Err(AuthError::Missing));
+    let claims = match auth {
+        Ok(c) => c,
+        Err(e) => {
+            gw.metrics.auth_failures.with_label_values(&[e.label()]).inc();
+            debug!(client_ip = %params.client_ip, reason = e.label(), "refused token");
+            let frame = ServerFrame::error(e.code(), e.to_string(), None);
+            Box::pin(refuse(ws, &gw, Some(frame), e.close_code())).await;
+            return;
+        }
+    };
+    if gw.is_draining() {
+        Box::pin(refuse(ws, &gw, None, CloseCode::Restart)).await;
+        return;
+    }
+    let per_user = gw.config.max_connections_per_user;
+    if per_user > 0 && gw.hub.user_connection_count(&claims.sub) >= per_user {
+        let msg = format!("user already has {per_user} connections");
+        refuse(
+            ws,
+            &gw,
+            Some(ServerFrame::error(ErrorCode::Forbidden, msg, None)),
+            CloseCode::Policy,
+        )
+        .await;
+        return;
+    }
+    let Some(slot) = Slot::acquire(&gw) else {
+        gw.metrics.rejected_full.inc();
+        let frame = ServerFrame::error(ErrorCode::Unavailable, "node is full, try another node later", None);
+        Box::pin(refuse(ws, &gw, Some(frame), CloseCode::TryAgainLater)).await;
+        return;
+    };
+    // Held until the socket ends.
+    let Some(_ip_slot) = IpSlot::acquire(&gw, params.client_ip) else {
+        let msg = format!("too many connections from {}", params.client_ip);
+        Box::pin(refuse(
+            ws,
+            &gw,
+            Some(ServerFrame::error(ErrorCode::Forbidden, msg, None)),
+            CloseCode::Policy,
+        ))
+        .await;
+        return;
+    };
+    let span = info_span!(
+        "conn",
+        connection_id = tracing::field::Empty,
+        user_id = %claims.sub,
+        node = %gw.node_id,
+        client_ip = %params.client_ip
+    );
+    // Boxed so the connect-time state (replay, welcome) does not stay in every idle socket's
+    // task for its whole life: a future is as big as its biggest state.
+    let session = Box::pin(Session::open(gw.clone(), claims, params, slot).instrument(span.clone())).await;
+    if let Some(session) = session {
+        // By reference: an async fn keeps its arguments for its whole life, so moving the
+        // socket into `serve` would hold two copies of it in every idle task.
+        session.serve(&mut ws).instrument(span).await;
+    }
+}
+
+struct Session {
+    gw: Arc<Gateway>,
+    conn: Arc<Connection>,
+    claims: Claims,
+    limiter: RateLimiter,
+    /// Topics to park at the end instead of the socket's own (a resume that failed to start).
+    park_topics: Option<Vec<String>>,
+    _slot: Slot,
+}
+
+impl Session {
+    fn closing(gw: Arc<Gateway>, conn: Arc<Connection>, claims: Claims, slot: Slot) -> Session {
+        gw.metrics.connections.inc();
+        let limiter = RateLimiter::new(0, 0, 0);
+        Session {
+            gw,
+            conn,
+            claims,
+            limiter,
+            park_topics: None,
+            _slot: slot,
+        }
+    }
+
+    fn with_park(mut self, topics: Option<Vec<String>>) -> Session {
+        self.park_topics = topics;
+        self
+    }
+
+    async fn serve(mut self, ws: &mut WebSocket) {
+        let mut batch: Vec<OutFrame> = Vec::new();
+        // The loop ends with why, and the close code to send (None: the socket is gone or the
+        // client closed first).
+        let (reason, code): (&'static str, Option<CloseCode>) = loop {
+            let close = self.conn.take_batch(&mut batch);
+            if !batch.is_empty() {
+                let conn = self.conn.clone();
+                let written = tokio::select! {
+                    r = write_batch(ws, &mut batch, &self.gw) => r,
+                    // A socket stuck on a full TCP buffer must still notice its close request.
+                    _ = stuck_after_close(&conn) => false,
+                };
+                if !written {
+                    if let Some(code) = self.conn.close_requested() {
+                        break (code.reason(), Some(code));
+                    }
+                    break ("write_error", None);
+                }
+            }
+            if let Some(code) = close {
+                break (code.reason(), Some(code));
+            }
+            tokio::select! {
+                _ = self.conn.wait() => {}
+                msg = ws.recv() => match msg {
+                    None => break ("client_gone", None),
+                    Some(Err(e)) => {
+                        if is_too_large(&e) {
+                            self.send_error(ErrorCode::TooLarge, format!("message larger than {} bytes", self.gw.config.max_message_bytes), None);
+                            self.conn.close(CloseCode::TooBig);
+                            continue;
+                        }
+                        break ("read_error", None);
+                    }
+                    Some(Ok(msg)) => {
+                        self.conn.touch();
+                        match msg {
+                            Message::Text(text) => {
+                                self.gw.metrics.frames_in.inc();
+                                self.gw.metrics.bytes_in.inc_by(text.len() as u64);
+                                Box::pin(self.on_text(&text)).await;
+                            }
+                            Message::Binary(b) => {
+                                self.gw.metrics.frames_in.inc();
+                                self.gw.metrics.bytes_in.inc_by(b.len() as u64);
+                                if self.limiter.admit() {
+                                    self.send_error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None);
+                                } else {
+                                    self.rate_limited();
+                                }
+                            }
+                            Message::Close(_) => break ("client_closed", None),
+                            Message::Ping(_) | Message::Pong(_) => {}
+                        }
+                    }
+                }
+            }
+        };
+        // Unregister (and park for resume) before the client can see the close, so that a
+        // client reconnecting at once finds its session parked.
+        self.finish(reason);
+        match code {
+            Some(code) => Box::pin(close_socket(ws, code, code.reason())).await,
+            // Sends tungstenite's queued answer to the client's close.
+            None => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+            }
+        }
+    }
+
+    fn finish(mut self, reason: &'static str) {
+        let gw = &self.gw;
+        let topics = self.park_topics.take().unwrap_or_else(|| self.conn.topics());
+        let replaced = self.conn.is_replaced();
+        let released = gw.hub.remove(&self.conn);
+        gw.broker.unlisten(&released);
+        if !replaced {
+            // A kicked client must not get its subscriptions back by resuming.
+            let park = reason != CloseCode::Kicked.reason();
+            gw.broker.disconnected(&self.conn, topics, park);
+        }
+        gw.metrics.connections.dec();
+        gw.metrics.connections_closed.with_label_values(&[reason]).inc();
+        debug!(reason, "closed");
+    }
+
+    fn send(&self, frame: ServerFrame) {
+        if let ServerFrame::Error { code, .. } = &frame {
+            self.gw.metrics.errors_sent.with_label_values(&[code.as_str()]).inc();
+        }
+        self.conn.push_control(OutFrame::control(frame.to_json()));
+    }
+
+    fn send_error(&self, code: ErrorCode, message: impl Into<String>, request_id: Option<Value>) {
+        self.send(ServerFrame::error(code, message, request_id));
+    }
+
+    fn rate_limited(&mut self) {
+        self.gw.metrics.rate_limited.inc();
+        if self.limiter.strike() {
+            self.send_error(ErrorCode::RateLimited, "rate limit exceeded repeatedly; closing", None);
+            self.conn.close(CloseCode::Policy);
+        } else {
+            self.send_error(ErrorCode::RateLimited, "too many frames; slow down", None);
+        }
+    }
+}
+
+/// Resolves when a pending write should be abandoned: at once for a slow consumer (its queue
+/// is gone anyway), after a grace period for other closes (so a last error frame still goes out).
+/// Waits on the close signal only, never on the queue's wake-ups, which belong to the main loop.
+async fn stuck_after_close(conn: &Connection) {
+    if conn.wait_close().await != CloseCode::SlowConsumer {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Writes a batch with one flush. Returns false when the socket failed.
+async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<OutFrame>, gw: &Gateway) -> bool {
+    let mut bytes = 0u64;
+    let n = batch.len() as u64;
+    let mut stamps: Vec<u64> = Vec::new();
+    for f in batch.drain(..) {
+        bytes += f.text.len() as u64;
+        if f.published_us > 0 {
+            stamps.push(f.published_us);
+        }
+        if ws.feed(Message::Text(f.text)).await.is_err() {
+            return false;
+        }
+    }
+    if ws.flush().await.is_err() {
+        return false;
+    }
+    gw.metrics.frames_out.inc_by(n);
+    gw.metrics.bytes_out.inc_by(bytes);
+    if !stamps.is_empty() {
+        let now = now_us();
+        for s in stamps {
+            gw.metrics.delivery_latency.observe(now.saturating_sub(s) as f64 / 1e6);
+        }
+    }
+    true
+}
+
+fn is_too_large(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = source {
+        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
+            return matches!(t, tungstenite::Error::Capacity(_));
+        }
+        source = s.source();
+    }
+    false
+}
