@@ -1,0 +1,252 @@
+//! broker/redis/presence.rs: which sockets live where. Presence keys per connection and per
+//! user, the node registry, parked sessions, written in pipelined batches by one task and
+//! refreshed on a node-wide tick; and the cluster-wide reads of them.
+
+use super::resume::ParkedValue;
+use super::*;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct PresenceValue {
+    pub(super) user_id: String,
+    pub(super) node: String,
+    pub(super) connected_at: u64,
+    pub(super) channels: Vec<String>,
+}
+
+pub(super) enum PresenceCmd {
+    Connected(Arc<Connection>),
+    Disconnected {
+        id: Arc<str>,
+        user_id: Arc<str>,
+        topics: Vec<String>,
+        park: bool,
+    },
+    Leave(oneshot::Sender<()>),
+}
+
+impl Inner {
+    /// Applies queued presence changes in one pipeline, and refreshes every local socket's
+    /// keys plus the node registry on a node-wide tick.
+    pub(super) async fn presence_worker(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<PresenceCmd>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let refresh = Duration::from_millis((self.s.presence_ttl_ms / 3).max(50));
+        let mut tick = tokio::time::interval(refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let mut batch = vec![cmd];
+                    while batch.len() < 1000 {
+                        match rx.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut leave = None;
+                    let mut pipe = redis::pipe();
+                    for cmd in batch {
+                        match cmd {
+                            PresenceCmd::Connected(c) => self.add_presence(&mut pipe, &c),
+                            PresenceCmd::Disconnected { id, user_id, topics, park } => {
+                                // Parked before the presence goes: `resume` relies on that order.
+                                if park && self.s.session_ttl_ms > 0 {
+                                    let v = serde_json::to_string(&ParkedValue { user_id: user_id.to_string(), topics }).unwrap_or_default();
+                                    pipe.cmd("SET").arg(self.keys.session(&id)).arg(v).arg("PX").arg(self.s.session_ttl_ms).ignore();
+                                }
+                                pipe.cmd("DEL").arg(self.keys.presence_conn(&id)).ignore();
+                                pipe.cmd("ZREM").arg(self.keys.presence_user(&user_id)).arg(&*id).ignore();
+                            }
+                            PresenceCmd::Leave(tx) => leave = Some(tx),
+                        }
+                    }
+                    self.run_pipe(pipe).await;
+                    if let Some(tx) = leave {
+                        self.leave().await;
+                        let _ = tx.send(());
+                        return;
+                    }
+                }
+                _ = tick.tick() => self.refresh_all().await,
+                // The gateway sends `Leave` (via `shutdown()`) before this fires; stopping here
+                // also covers a gateway dropped without a clean leave.
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    pub(super) fn add_presence(&self, pipe: &mut redis::Pipeline, c: &Connection) {
+        let ttl = self.s.presence_ttl_ms;
+        let value = PresenceValue {
+            user_id: c.user_id.to_string(),
+            node: self.s.node_id.clone(),
+            connected_at: c.connected_at_ms,
+            channels: c.channels().iter().map(|s| s.to_string()).collect(),
+        };
+        let v = serde_json::to_string(&value).unwrap_or_default();
+        let user_key = self.keys.presence_user(&c.user_id);
+        pipe.cmd("SET")
+            .arg(self.keys.presence_conn(&c.id))
+            .arg(v)
+            .arg("PX")
+            .arg(ttl)
+            .ignore();
+        pipe.cmd("ZADD").arg(&user_key).arg(now_ms() + ttl).arg(&*c.id).ignore();
+        pipe.cmd("PEXPIRE").arg(&user_key).arg(ttl).ignore();
+    }
+
+    pub(super) async fn run_pipe(&self, pipe: redis::Pipeline) {
+        let r = timed(self.s.op_timeout * 2, async {
+            let mut c = self.conn().await?;
+            let _: () = pipe.query_async(&mut c).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = r {
+            self.metrics.broker_errors.with_label_values(&["presence"]).inc();
+            debug!(error = %e, "presence update failed");
+        }
+    }
+
+    pub(super) async fn refresh_all(&self) {
+        let ttl = self.s.presence_ttl_ms;
+        for chunk in self.hub.connections().chunks(500) {
+            let mut pipe = redis::pipe();
+            for c in chunk {
+                self.add_presence(&mut pipe, c);
+            }
+            self.run_pipe(pipe).await;
+        }
+        let stats = self.hub.stats();
+        let mut pipe = redis::pipe();
+        let node_key = self.keys.node(&self.s.node_id);
+        pipe.cmd("ZADD")
+            .arg(self.keys.nodes())
+            .arg(now_ms() + ttl)
+            .arg(&self.s.node_id)
+            .ignore();
+        pipe.cmd("HSET")
+            .arg(&node_key)
+            .arg("connections")
+            .arg(stats.connections)
+            .arg("subscriptions")
+            .arg(stats.channels)
+            .arg("started_at")
+            .arg(self.started_at_ms)
+            .arg("version")
+            .arg(env!("CARGO_PKG_VERSION"))
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&node_key).arg(ttl).ignore();
+        // The shared set dies with the last node too.
+        pipe.cmd("PEXPIRE").arg(self.keys.nodes()).arg(ttl).ignore();
+        // After a FLUSHALL the epoch comes back with the current time, so older ids replay
+        // as not recovered.
+        pipe.cmd("SET").arg(self.keys.epoch()).arg(now_ms()).arg("NX").ignore();
+        self.run_pipe(pipe).await;
+    }
+
+    pub(super) async fn leave(&self) {
+        let mut pipe = redis::pipe();
+        for c in self.hub.connections() {
+            pipe.cmd("DEL").arg(self.keys.presence_conn(&c.id)).ignore();
+            pipe.cmd("ZREM")
+                .arg(self.keys.presence_user(&c.user_id))
+                .arg(&*c.id)
+                .ignore();
+        }
+        pipe.cmd("ZREM").arg(self.keys.nodes()).arg(&self.s.node_id).ignore();
+        pipe.cmd("DEL").arg(self.keys.node(&self.s.node_id)).ignore();
+        self.run_pipe(pipe).await;
+    }
+
+    pub(super) async fn presence(&self, user_id: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let inner = self;
+        timed(inner.s.op_timeout, async move {
+            let mut c = inner.conn().await?;
+            let key = inner.keys.presence_user(user_id);
+            let (_, ids): ((), Vec<String>) = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now_ms())
+                .ignore()
+                .cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .map(|ids: (Vec<String>,)| ((), ids.0))
+                .map_err(unavailable)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = ids.iter().map(|id| inner.keys.presence_conn(id)).collect();
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            Ok(ids
+                .into_iter()
+                .zip(values)
+                .filter_map(|(id, v)| {
+                    let v: PresenceValue = serde_json::from_str(&v?).ok()?;
+                    Some(PresenceEntry {
+                        connection_id: id,
+                        node: v.node,
+                        connected_at: v.connected_at,
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    pub(super) async fn cluster(&self) -> Result<ClusterStats, BrokerError> {
+        let inner = self;
+        timed(inner.s.op_timeout, async move {
+            let mut c = inner.conn().await?;
+            let key = inner.keys.nodes();
+            let (ids,): (Vec<String>,) = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now_ms())
+                .ignore()
+                .cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("HGET").arg(inner.keys.node(id)).arg("connections");
+            }
+            let counts: Vec<Option<usize>> = if ids.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut c).await.map_err(unavailable)?
+            };
+            let mut node_ids: Vec<String> = ids;
+            // This node counts itself live even before its first registry refresh lands.
+            let mut connections: usize = counts.into_iter().flatten().sum();
+            if !node_ids.contains(&inner.s.node_id) {
+                node_ids.push(inner.s.node_id.clone());
+                connections += inner.hub.connection_count();
+            }
+            let set: HashSet<&String> = node_ids.iter().collect();
+            Ok(ClusterStats {
+                nodes: set.len(),
+                connections,
+                node_ids,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,394 @@
+//! broker/redis/pubsub.rs: the node's one pub/sub connection: it follows local interest
+//! (`listen` resolves once Redis confirmed the SUBSCRIBE), hands each frame's bytes to the hub,
+//! answers `sync` markers, watches the canary, and after any interruption resubscribes and
+//! has the gap repaired before delivering live frames again.
+
+use super::control::Control;
+use super::*;
+
+pub(super) enum SubCmd {
+    Listen(Vec<Arc<str>>, oneshot::Sender<Result<(), BrokerError>>),
+    Unlisten(Vec<Arc<str>>),
+}
+
+impl Inner {
+    pub(super) fn redis_names(&self, channels: &[Arc<str>]) -> (Vec<String>, Vec<String>) {
+        let mut exact = Vec::new();
+        let mut patterns = Vec::new();
+        for c in channels {
+            if c.contains('*') {
+                patterns.push(self.keys.pubsub(c));
+            } else {
+                exact.push(self.keys.pubsub(c));
+            }
+        }
+        (exact, patterns)
+    }
+
+    /// The pub/sub loop: connect, subscribe to everything the hub needs, repair the gap since
+    /// the last event seen, then deliver; on any failure or a missing canary, start over.
+    pub(super) async fn subscriber(
+        self: Arc<Self>,
+        mut cmds: mpsc::UnboundedReceiver<SubCmd>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        let mut first = true;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let session = self.clone().subscriber_session(&mut cmds, &mut shutdown, first).await;
+            if self.ready.swap(false, Ordering::AcqRel) {
+                // It was up: a new outage starts the backoff from the bottom again.
+                backoff = Duration::from_millis(100);
+            }
+            self.metrics.redis_up.set(0);
+            match session {
+                Ok(true) => return,
+                Ok(false) => backoff = Duration::from_millis(100),
+                Err(e) => warn!(error = %e, "redis pub/sub failed"),
+            }
+            first = false;
+            // Markers sent on the old connection will not come back: fail their waiters now.
+            self.syncs.lock().clear();
+            self.metrics.redis_reconnects.inc();
+            // Capped exponential backoff with jitter, so a cluster does not reconnect in step.
+            let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+            let wait = backoff + jitter;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // Refuse listens while down instead of letting them wait.
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = shutdown.changed() => return,
+                    cmd = cmds.recv() => match cmd {
+                        None => return,
+                        Some(SubCmd::Listen(_, tx)) => { let _ = tx.send(Err(unavailable("redis pub/sub is reconnecting"))); }
+                        Some(SubCmd::Unlisten(_)) => {}
+                    },
+                }
+            }
+        }
+    }
+
+    /// One pub/sub connection's life. Ok(true): shut down; Ok(false): reconnect now.
+    pub(super) async fn subscriber_session(
+        self: Arc<Self>,
+        cmds: &mut mpsc::UnboundedReceiver<SubCmd>,
+        shutdown: &mut watch::Receiver<bool>,
+        first: bool,
+    ) -> Result<bool, BrokerError> {
+        if !first {
+            // A Redis that restarted without persistence lost the Functions, the epoch and the
+            // history defaults: put them back before anyone publishes.
+            self.prepare().await?;
+        }
+        let pubsub = timed(self.s.op_timeout, async {
+            self.client.get_async_pubsub().await.map_err(unavailable)
+        })
+        .await?;
+        let (mut sink, mut stream) = pubsub.split();
+        let control = self.keys.control();
+        let canary = self.keys.canary(&self.s.node_id);
+        timed(self.s.op_timeout, async {
+            sink.subscribe(&[control.as_str(), canary.as_str()])
+                .await
+                .map_err(unavailable)
+        })
+        .await?;
+        let (exact, patterns) = self.redis_names(&self.hub.interests());
+        for chunk in exact.chunks(512) {
+            timed(self.s.op_timeout * 4, async {
+                sink.subscribe(chunk).await.map_err(unavailable)
+            })
+            .await?;
+        }
+        for chunk in patterns.chunks(512) {
+            timed(self.s.op_timeout * 4, async {
+                sink.psubscribe(chunk).await.map_err(unavailable)
+            })
+            .await?;
+        }
+        // What this connection is subscribed to: a `listen` for one of these is answered at
+        // once (its SUBSCRIBE was confirmed before this task got to the listen).
+        let mut listening: HashSet<Arc<str>> = self.hub.interests().into_iter().collect();
+        if !first {
+            // Live messages queue up in the stream meanwhile; sockets drop what they already have.
+            self.repair().await?;
+            info!("redis pub/sub back; gap repaired");
+        }
+        self.ready.store(true, Ordering::Release);
+        self.metrics.redis_up.set(1);
+        let canary_every = Duration::from_millis(self.s.canary_interval_ms.max(10));
+        let mut canary_tick = tokio::time::interval(canary_every);
+        canary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_canary = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(true),
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return Err(unavailable("pub/sub connection closed")) };
+                    if msg.get_channel_name() == canary {
+                        last_canary = tokio::time::Instant::now();
+                        let sync = msg.get_payload_bytes().strip_prefix(b"sync:");
+                        if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
+                            && let Some(tx) = self.syncs.lock().remove(&n)
+                        {
+                            let _ = tx.send(());
+                        }
+                    } else if msg.get_channel_name() == control {
+                        self.on_control(msg.get_payload_bytes());
+                    } else {
+                        self.on_message(&msg);
+                    }
+                }
+                cmd = cmds.recv() => match cmd {
+                    None => return Ok(true),
+                    Some(SubCmd::Listen(channels, tx)) => {
+                        // A reconnect storm brings thousands of listens at once: subscribe every
+                        // listen already waiting in one command instead of one round trip each.
+                        let mut all = channels;
+                        let mut waiters = vec![tx];
+                        let mut deferred = None;
+                        while all.len() < 4096 {
+                            match cmds.try_recv() {
+                                Ok(SubCmd::Listen(more, t)) => {
+                                    all.extend(more);
+                                    waiters.push(t);
+                                }
+                                Ok(other) => {
+                                    deferred = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        all.retain(|c| !listening.contains(c));
+                        all.sort();
+                        all.dedup();
+                        let (exact, patterns) = self.redis_names(&all);
+                        let r = timed(self.s.op_timeout * 2, async {
+                            if !exact.is_empty() { sink.subscribe(&exact).await.map_err(unavailable)?; }
+                            if !patterns.is_empty() { sink.psubscribe(&patterns).await.map_err(unavailable)?; }
+                            Ok(())
+                        }).await;
+                        let failed = r.is_err();
+                        for t in waiters {
+                            let _ = t.send(r.clone());
+                        }
+                        if failed {
+                            return Err(unavailable("subscribe failed"));
+                        }
+                        listening.extend(all);
+                        if let Some(SubCmd::Unlisten(channels)) = deferred {
+                            self.unlisten_now(&mut sink, channels, &mut listening).await?;
+                        }
+                    }
+                    Some(SubCmd::Unlisten(channels)) => self.unlisten_now(&mut sink, channels, &mut listening).await?,
+                },
+                _ = canary_tick.tick() => {
+                    if last_canary.elapsed() > canary_every * 3 + self.s.op_timeout {
+                        warn!("canary missing on the pub/sub connection: reconnecting");
+                        return Ok(false);
+                    }
+                    let me = self.clone();
+                    let channel = canary.clone();
+                    tokio::spawn(async move {
+                        let r = timed(me.s.op_timeout, async {
+                            let mut c = me.conn().await?;
+                            let _: i64 = c.publish(&channel, "canary").await.map_err(unavailable)?;
+                            Ok(())
+                        })
+                        .await;
+                        if let Err(e) = r {
+                            debug!(error = %e, "canary publish failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    pub(super) async fn unlisten_now(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        channels: Vec<Arc<str>>,
+        listening: &mut HashSet<Arc<str>>,
+    ) -> Result<(), BrokerError> {
+        // Commands run in order, so a channel re-subscribed since is still wanted.
+        let gone: Vec<Arc<str>> = channels
+            .into_iter()
+            .filter(|c| !self.hub.has_interest(c) && listening.remove(c))
+            .collect();
+        let (exact, patterns) = self.redis_names(&gone);
+        timed(self.s.op_timeout, async {
+            if !exact.is_empty() {
+                sink.unsubscribe(&exact).await.map_err(unavailable)?;
+            }
+            if !patterns.is_empty() {
+                sink.punsubscribe(&patterns).await.map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) fn on_control(&self, payload: &[u8]) {
+        match serde_json::from_slice::<Control>(payload) {
+            Ok(Control::KickUser { user_id }) => {
+                self.hub.close_user(&user_id, CloseCode::Kicked);
+            }
+            Ok(Control::KickConnection { connection_id }) => {
+                if let Some(c) = self.hub.connection(&connection_id) {
+                    c.close(CloseCode::Kicked);
+                }
+            }
+            Ok(Control::Replace { connection_id, node }) => {
+                if node == self.s.node_id
+                    && let Some(c) = self.hub.connection(&connection_id)
+                {
+                    c.replace();
+                }
+            }
+            Err(e) => debug!(error = %e, "ignored control message"),
+        }
+    }
+
+    /// A frame from Redis: strip the routing header, read only what routing and dedup need,
+    /// and hand the very same bytes to the hub.
+    pub(super) fn on_message(&self, msg: &redis::Msg) {
+        let Some(channel) = msg.get_channel_name().strip_prefix(self.keys.prefix.as_str()) else {
+            return;
+        };
+        let Some((frame, exclude)) = self.parse_frame(channel, msg.get_payload_bytes()) else {
+            self.metrics.dropped_frames.inc();
+            return;
+        };
+        if let Some(id) = frame.event_id {
+            let mut w = self.watermark.lock();
+            if w.is_none_or(|w| id > w) {
+                *w = Some(id);
+            }
+        }
+        let excluded: Vec<&str> = exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
+        if msg.from_pattern() {
+            let Ok(pattern) = msg.get_pattern::<String>() else {
+                return;
+            };
+            let Some(pattern) = pattern.strip_prefix(self.keys.prefix.as_str()) else {
+                return;
+            };
+            self.hub.deliver_pattern(pattern, channel, &frame, &excluded);
+        } else {
+            self.hub.deliver_exact(channel, &frame, &excluded);
+        }
+    }
+
+    pub(super) fn parse_frame(&self, channel: &str, payload: &[u8]) -> Option<(OutFrame, Option<String>)> {
+        let (exclude, body) = match payload.strip_prefix(b"#x:") {
+            Some(rest) => {
+                let nl = rest.iter().position(|b| *b == b'\n')?;
+                (
+                    Some(String::from_utf8(rest[..nl].to_vec()).ok()?),
+                    &payload[3 + nl + 1..],
+                )
+            }
+            None => (None, payload),
+        };
+        // Cow, not &str: JSON encoders may escape characters (cjson writes `/` as `\/`).
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Cow<'a, str>,
+            #[serde(default)]
+            event_id: Option<EventId>,
+            #[serde(default, borrow)]
+            channel: Option<Cow<'a, str>>,
+            #[serde(default)]
+            ts: Option<u64>,
+            #[serde(default)]
+            request_id: Option<serde_json::Value>,
+            #[serde(default)]
+            more: bool,
+        }
+        let head: Head<'_> = serde_json::from_slice(body).ok()?;
+        let mut response = None;
+        match head.kind.as_ref() {
+            // An event must name the channel it travels on, so a frame can't be smuggled
+            // onto another channel's subscribers.
+            "event" if head.channel.as_deref() == Some(channel) => {}
+            // Backend answers to requests, only to the one connection that asked.
+            "response" if channel.starts_with("connection:") => {
+                let key = head.request_id.as_ref().map(|v| v.to_string())?;
+                response = Some(Arc::new(ResponseTag { key, more: head.more }));
+            }
+            _ => return None,
+        }
+        let text = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(body)).ok()?;
+        let published_us = head.ts.map_or(0, |ms| ms * 1000);
+        Some((
+            OutFrame {
+                text,
+                event_id: head.event_id,
+                published_us,
+                response,
+            },
+            exclude,
+        ))
+    }
+
+    pub(super) async fn listen(&self, channels: &[Arc<str>]) -> Result<(), BrokerError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(unavailable("redis pub/sub is not connected"));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.sub_tx
+            .send(SubCmd::Listen(channels.to_vec(), tx))
+            .map_err(unavailable)?;
+        match tokio::time::timeout(self.s.op_timeout * 2, rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(unavailable("subscribe not confirmed in time")),
+        }
+    }
+
+    pub(super) async fn sync(&self) -> Result<EventId, BrokerError> {
+        let inner = self;
+        if !inner.ready.load(Ordering::Acquire) {
+            return Err(unavailable("redis pub/sub is not connected"));
+        }
+        let n = inner.next_sync.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        inner.syncs.lock().insert(n, tx);
+        let patient = inner.s.op_timeout * PATIENT;
+        let r = async {
+            // The marker is published after the snapshot is read, so it reaches our pub/sub
+            // connection after every event up to the snapshot.
+            let seq: Option<String> = timed(patient, async {
+                let mut c = inner.conn().await?;
+                let (seq, _): (Option<String>, i64) = redis::pipe()
+                    .cmd("GET")
+                    .arg(inner.keys.seq())
+                    .cmd("PUBLISH")
+                    .arg(inner.keys.canary(&inner.s.node_id))
+                    .arg(format!("sync:{n}"))
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(seq)
+            })
+            .await?;
+            match tokio::time::timeout(patient, rx).await {
+                Ok(Ok(())) => Ok(seq.and_then(|v| v.parse::<EventId>().ok()).unwrap_or_default()),
+                _ => Err(unavailable("redis pub/sub did not catch up in time")),
+            }
+        }
+        .await;
+        inner.syncs.lock().remove(&n);
+        r
+    }
+}

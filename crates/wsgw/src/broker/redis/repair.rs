@@ -1,0 +1,119 @@
+//! broker/redis/repair.rs: after a pub/sub interruption, re-reads from the history streams
+//! what the node missed, up to a snapshot, and tells sockets where it cannot prove that
+//! nothing is missing (`gap`).
+
+use super::*;
+
+impl Inner {
+    /// Re-reads, after a pub/sub interruption, every event published since the watermark on
+    /// the channels this node serves (by name, and those matching its patterns, found by
+    /// scanning history keys) and delivers them in id order; sockets drop what they already
+    /// have. The read stops at a snapshot `S` taken after resubscribing, so what comes live
+    /// next is above it. Channels whose history cannot prove it holds every missed event get a
+    /// `gap` frame on their sockets first.
+    pub(super) async fn repair(&self) -> Result<(), BrokerError> {
+        let Some(after) = *self.watermark.lock() else {
+            return Ok(());
+        };
+        let s: Option<String> = timed(self.s.op_timeout * PATIENT, async {
+            let mut c = self.conn().await?;
+            c.get(self.keys.seq()).await.map_err(unavailable)
+        })
+        .await?;
+        let s = s.and_then(|v| v.parse::<EventId>().ok()).unwrap_or_default();
+        let mut channels: Vec<Arc<str>> = Vec::new();
+        for c in self.hub.interests() {
+            if c.contains('*') {
+                channels.extend(self.channels_matching(&c).await?);
+            } else {
+                channels.push(c);
+            }
+        }
+        channels.sort();
+        channels.dedup();
+        let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
+        let mut gaps: Vec<Arc<str>> = Vec::new();
+        for ch in &channels {
+            let mut cursor = after;
+            loop {
+                let query = HistoryQuery::After {
+                    id: cursor,
+                    limit: 512,
+                    until: Some(s),
+                };
+                let page = timed(self.s.op_timeout * PATIENT, self.history_page(ch, query)).await?;
+                if cursor == after && !page.complete {
+                    gaps.push(ch.clone());
+                }
+                let n = page.events.len();
+                if let Some(last) = page.events.last() {
+                    cursor = last.id;
+                }
+                events.extend(page.events.into_iter().map(|e| (ch.clone(), e)));
+                if n < 512 {
+                    break;
+                }
+            }
+        }
+        if !gaps.is_empty() {
+            let told = self.hub.send_gap(&gaps);
+            warn!(
+                channels = gaps.len(),
+                sockets = told,
+                "repair could not prove some channels complete"
+            );
+        }
+        events.sort_by_key(|(_, e)| e.id);
+        for (ch, e) in events {
+            let excluded: Vec<&str> = e.exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
+            let frame = OutFrame {
+                text: e.frame.clone(),
+                event_id: Some(e.id),
+                published_us: e.ts_ms * 1000,
+                response: None,
+            };
+            let n = self.hub.deliver(&ch, &frame, &excluded);
+            self.metrics.repaired_events.inc_by(n as u64);
+        }
+        // Everything up to the snapshot is now delivered or reported; a Redis that lost its
+        // data issues ids from a lower point, and the next repair starts there.
+        *self.watermark.lock() = Some(s);
+        Ok(())
+    }
+
+    /// Channels with history (or a history record) that `pattern` matches. Our `*` matches any
+    /// run of bytes, as Redis's glob does, and channel names hold no other glob character.
+    pub(super) async fn channels_matching(&self, pattern: &str) -> Result<Vec<Arc<str>>, BrokerError> {
+        let mut found = Vec::new();
+        for (kind, strip) in [
+            (self.keys.history(pattern), self.keys.history("")),
+            (self.keys.meta(pattern), self.keys.meta("")),
+        ] {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = timed(self.s.op_timeout * PATIENT, async {
+                    let mut c = self.conn().await?;
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&kind)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await?;
+                found.extend(
+                    keys.iter()
+                        .filter_map(|k| k.strip_prefix(strip.as_str()).map(Arc::from)),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,189 @@
+//! broker/redis/streams.rs: durable publishes through the `wsgw_publish` Function, and reads
+//! of the history streams with the rules that decide `recovered`.
+
+use super::*;
+
+impl Inner {
+    pub(super) async fn publish(&self, req: PublishRequest) -> Result<EventId, BrokerError> {
+        let inner = self;
+        timed(inner.s.op_timeout, async move {
+            let mut c = inner.conn().await?;
+            let id: String = redis::cmd("FCALL")
+                .arg("wsgw_publish")
+                .arg(2)
+                .arg(inner.keys.seq())
+                .arg(inner.keys.history(&req.channel))
+                .arg(&req.channel)
+                .arg(&req.event)
+                .arg(req.data.get())
+                .arg(inner.s.history.ttl_ms)
+                .arg(inner.s.history.size)
+                .arg(req.exclude.join(","))
+                .query_async(&mut c)
+                .await
+                .map_err(|e| match e.kind() {
+                    redis::ErrorKind::Server(_) => BrokerError::Internal(e.to_string()),
+                    _ => unavailable(e),
+                })?;
+            id.parse()
+                .map_err(|e: wsgw_protocol::EventIdError| BrokerError::Internal(e.to_string()))
+        })
+        .await
+    }
+
+    pub(super) async fn history_page(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        let mut c = self.conn().await?;
+        match query {
+            HistoryQuery::Last { n, until } => {
+                let end = until.map_or_else(|| "+".to_string(), |u| u.to_string());
+                let reply: StreamRangeReply = c
+                    .xrevrange_count(self.keys.history(channel), end, "-", n)
+                    .await
+                    .map_err(unavailable)?;
+                let mut events = stream_events(reply);
+                events.reverse();
+                Ok(HistoryPage { events, complete: true })
+            }
+            HistoryQuery::After { id, limit, until } => {
+                type Reply = (
+                    StreamRangeReply,
+                    (Option<String>, Option<String>),
+                    Option<u64>,
+                    Option<String>,
+                );
+                let (reply, meta, epoch, seq): Reply = redis::pipe()
+                    .cmd("XRANGE")
+                    .arg(self.keys.history(channel))
+                    .arg(format!("({id}"))
+                    .arg(until.map_or_else(|| "+".to_string(), |u| u.to_string()))
+                    .arg("COUNT")
+                    .arg(limit)
+                    .cmd("HMGET")
+                    .arg(self.keys.meta(channel))
+                    .arg("trimmed")
+                    .arg("last")
+                    .cmd("GET")
+                    .arg(self.keys.epoch())
+                    .cmd("GET")
+                    .arg(self.keys.seq())
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                let events = stream_events(reply);
+                let trimmed = meta.0.and_then(|s| s.parse::<EventId>().ok());
+                let last = meta.1.and_then(|s| s.parse::<EventId>().ok());
+                // An id newer than any this Redis issued comes from another Redis (or its lost
+                // past): nothing here can vouch for what followed it.
+                let issued = until.or_else(|| seq.and_then(|s| s.parse::<EventId>().ok()));
+                let complete = self.s.history.size > 0
+                    && issued.is_some_and(|last_issued| id <= last_issued)
+                    && recoverable(
+                        id,
+                        epoch,
+                        trimmed,
+                        last,
+                        events.is_empty(),
+                        now_ms(),
+                        self.s.history.ttl_ms,
+                    );
+                Ok(HistoryPage { events, complete })
+            }
+        }
+    }
+}
+
+/// Whether every event after `after` on a channel is still in its history.
+///
+/// - the Redis data began after `after` (epoch newer, or missing after a FLUSHALL): no;
+/// - trimming removed an id newer than `after`: no;
+/// - the stream expired but the meta shows a newer last event: no;
+/// - meta gone too: it outlives the stream by a TTL, so its absence proves no event for
+///   2×TTL; only then is an older `after` unknowable.
+pub(super) fn recoverable(
+    after: EventId,
+    epoch_ms: Option<u64>,
+    trimmed: Option<EventId>,
+    last: Option<EventId>,
+    stream_empty: bool,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> bool {
+    let Some(epoch) = epoch_ms else { return false };
+    if epoch > after.ms {
+        return false;
+    }
+    if trimmed.is_some_and(|t| t > after) {
+        return false;
+    }
+    match last {
+        Some(l) => !(stream_empty && l > after),
+        None => after.ms + 2 * ttl_ms >= now_ms,
+    }
+}
+
+pub(super) fn stream_events(reply: StreamRangeReply) -> Vec<StoredEvent> {
+    reply
+        .ids
+        .into_iter()
+        .filter_map(|e| {
+            let id: EventId = e.id.parse().ok()?;
+            let frame: Vec<u8> = e.get("f")?;
+            let exclude: Option<String> = e.get("x");
+            Some(StoredEvent {
+                id,
+                frame: Utf8Bytes::try_from(bytes::Bytes::from(frame)).ok()?,
+                ts_ms: id.ms,
+                exclude: exclude.map(|x| Arc::from(x.as_str())),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_rules() {
+        let l = EventId::new(1_000_000, 0);
+        let now = 1_000_500;
+        let ttl = 1000;
+        assert!(recoverable(
+            l,
+            Some(999_000),
+            None,
+            Some(EventId::new(1_000_100, 0)),
+            false,
+            now,
+            ttl
+        ));
+        assert!(
+            !recoverable(l, None, None, None, true, now, ttl),
+            "epoch gone: data was lost"
+        );
+        assert!(
+            !recoverable(l, Some(1_000_001), None, None, true, now, ttl),
+            "redis data began after the id"
+        );
+        assert!(
+            !recoverable(l, Some(1), Some(EventId::new(1_000_010, 0)), None, false, now, ttl),
+            "trimmed past it"
+        );
+        assert!(
+            recoverable(l, Some(1), Some(EventId::new(999_999, 0)), None, false, now, ttl),
+            "trimmed before it"
+        );
+        assert!(
+            !recoverable(l, Some(1), None, Some(EventId::new(1_000_200, 0)), true, now, ttl),
+            "expired after it"
+        );
+        assert!(
+            recoverable(l, Some(1), None, None, true, now, ttl),
+            "no meta, recent id: nothing happened"
+        );
+        assert!(
+            !recoverable(l, Some(1), None, None, true, 1_000_000 + 5 * ttl, ttl),
+            "no meta, old id: unknowable"
+        );
+    }
+}
