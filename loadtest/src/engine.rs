@@ -65,6 +65,35 @@ pub fn user_of(i: u64) -> String {
     format!("lt-{i}")
 }
 
+/// The claims of a VU's token. The gateway reads `sub`, `channels` (may subscribe), `publish`
+/// (may publish) and `exp`; fields in name order, so the JSON matches the gateway's own signer
+/// (`wsgw::auth::sign_hs256`) byte for byte.
+#[derive(Serialize)]
+struct Claims<'a> {
+    channels: &'a [&'a str],
+    exp: u64,
+    iat: u64,
+    publish: &'a [&'a str],
+    sub: &'a str,
+}
+
+/// An HS256 token for `sub`, as the gateway's `WSGW_JWT_SECRET` verifies it.
+pub fn sign_hs256(secret: &str, sub: &str, channels: &[&str], publish: &[&str], exp: u64) -> String {
+    let claims = Claims {
+        channels,
+        exp,
+        iat: now_us() / 1_000_000,
+        publish,
+        sub,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing of an in-memory JSON object cannot fail")
+}
+
 pub fn topic_of(i: u64, sc: &Scenario) -> Option<String> {
     let w = &sc.workload;
     let k = w.subscribers_per_topic.max(1);
@@ -122,7 +151,7 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
         vec![]
     };
     let secret = sc.target.secret.clone().unwrap_or_default();
-    let token = wsgw::auth::sign_hs256(&secret, &user_of(i), &channels, &publish, Some(sh.token_exp));
+    let token = sign_hs256(&secret, &user_of(i), &channels, &publish, sh.token_exp);
     let urls = sc.target.urls.clone();
     let mut attempt = 0u32;
     // Connect (retrying while wanted).
@@ -324,7 +353,7 @@ pub async fn run_worker(
     let mut last_report = Instant::now();
     let hard_deadline = start + total + Duration::from_secs_f64(sh.sc.grace_s) + Duration::from_secs(60);
     let report = |kind: &str, sh: &Shared, target: u64| {
-        let mut f = sh.figs().snapshot();
+        let mut f = sh.figs().clone();
         f.vus_connected = sh.connected.load(Ordering::SeqCst);
         f.vus_down = sh.down.load(Ordering::SeqCst);
         f.vus_target = target;

@@ -4,7 +4,6 @@
 
 pub mod engine;
 pub mod figures;
-pub mod hist;
 pub mod scenario;
 pub mod summary;
 pub mod threshold;

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::figures::Figures;
-use crate::hist::Hist;
+use crate::figures::{Figures, Hist};
 use crate::scenario::Scenario;
 use crate::threshold::Threshold;
 
@@ -219,12 +218,12 @@ impl Summary {
                 v("p95"),
                 v("p99"),
                 v("max"),
-                h.count
+                h.count()
             );
         };
         trend_line(&mut o, "connect_time", &f.connect);
         trend_line(&mut o, "delivery_latency", &f.delivery);
-        if f.reconnect.count > 0 {
+        if f.reconnect.count() > 0 {
             trend_line(&mut o, "reconnect_time", &f.reconnect);
         }
         let rate = |n: u64| n as f64 / self.duration_s.max(1e-9);

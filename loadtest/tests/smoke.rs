@@ -56,7 +56,7 @@ async fn smoke_scenario_passes_against_a_real_gateway() {
     assert_eq!(f.duplicates, 0);
     // Every VU is up before the first publish (publish_delay), so each gets every broadcast.
     assert_eq!(f.delivered, f.published * 100);
-    assert!(f.delivery.count > 0 && f.connect.count == 100);
+    assert!(f.delivery.count() > 0 && f.connect.count() == 100);
     assert!(s.thresholds_ok(), "thresholds: {:?}", s.thresholds);
     assert!(s.checks.iter().all(|c| c.fails == 0), "checks: {:?}", s.checks);
 }
@@ -81,7 +81,7 @@ async fn two_worker_processes_merge_their_figures() {
     let f = &s.figures;
     assert_eq!(s.workers, 2);
     assert_eq!(f.welcomes, 200, "{:?}", f.error_samples);
-    assert_eq!(f.connect.count, 200, "histograms of both workers merged");
+    assert_eq!(f.connect.count(), 200, "histograms of both workers merged");
     assert_eq!(f.missing, 0);
     assert_eq!(f.delivered, f.published * 200);
     assert!(s.thresholds_ok(), "thresholds: {:?}", s.thresholds);
