@@ -53,11 +53,103 @@ pub fn validate_channel(name: &str, allow_pattern: bool) -> Result<ChannelKind, 
     Ok(classify(name))
 }
 
-/// Whether a channel name is reserved for the gateway itself: `control` and `control:*` carry
-/// the cluster's control messages and canaries on Redis (`<prefix>control…`), so clients and
-/// backends may neither publish nor subscribe to them.
+/// The channel every connection is in.
+pub const BROADCAST: &str = "broadcast";
+
+/// Prefix of a user's channel (`user:<sub>`).
+pub const USER_PREFIX: &str = "user:";
+
+/// Prefix of a connection's channel (`connection:<id>`).
+pub const CONNECTION_PREFIX: &str = "connection:";
+
+/// Longest event name, in bytes.
+pub const MAX_EVENT_NAME_LEN: usize = 128;
+
+/// The channel of one user: `user:<sub>`.
+pub fn user(sub: &str) -> String {
+    format!("{USER_PREFIX}{sub}")
+}
+
+/// The channel of one connection: `connection:<id>`.
+pub fn connection(id: &str) -> String {
+    format!("{CONNECTION_PREFIX}{id}")
+}
+
+/// Whether `channel` is one of the three channels a connection is in without subscribing:
+/// `broadcast`, its user's and its own.
+pub fn is_automatic(channel: &str, sub: &str, connection_id: &str) -> bool {
+    channel == BROADCAST
+        || channel.strip_prefix(USER_PREFIX) == Some(sub)
+        || channel.strip_prefix(CONNECTION_PREFIX) == Some(connection_id)
+}
+
+/// Whether a channel name, or any channel a pattern could match, is reserved for the gateway
+/// itself: `control` and `control:*` carry the cluster's control messages and canaries on
+/// Redis (`<prefix>control…`), so clients and backends may neither publish nor subscribe to
+/// them.
 pub fn is_reserved(name: &str) -> bool {
+    if name.contains('*') {
+        return glob_intersects(name, "control") || glob_intersects(name, "control:*");
+    }
     name == "control" || name.starts_with("control:")
+}
+
+/// Why a publish target or event name was refused (the one check the socket and the HTTP API
+/// share).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Not a valid channel name (patterns are not publish targets).
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// `control` or `control:*`.
+    #[error("{0} is reserved for the gateway")]
+    Reserved(String),
+    /// The event name is empty or too long.
+    #[error("event must be 1..=128 bytes")]
+    EventName,
+}
+
+/// Checks a publish's channel and event name.
+pub fn validate_publish(channel: &str, event: &str) -> Result<(), PublishError> {
+    validate_channel(channel, false)?;
+    if is_reserved(channel) {
+        return Err(PublishError::Reserved(channel.to_owned()));
+    }
+    if event.is_empty() || event.len() > MAX_EVENT_NAME_LEN {
+        return Err(PublishError::EventName);
+    }
+    Ok(())
+}
+
+/// Whether two glob patterns (`*` matches any run of bytes) match at least one common string.
+pub fn glob_intersects(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    // reach[i][j]: some string brings `a` to position i and `b` to position j at once.
+    let mut reach = vec![vec![false; b.len() + 1]; a.len() + 1];
+    reach[0][0] = true;
+    for i in 0..=a.len() {
+        for j in 0..=b.len() {
+            if !reach[i][j] {
+                continue;
+            }
+            let (ca, cb) = (a.get(i), b.get(j));
+            if ca == Some(&b'*') {
+                reach[i + 1][j] = true; // the star matches nothing more
+            }
+            if cb == Some(&b'*') {
+                reach[i][j + 1] = true;
+            }
+            match (ca, cb) {
+                (Some(b'*'), Some(b'*')) => {}
+                // A star consumes one byte that the other side spells out.
+                (Some(b'*'), Some(&c)) if c != b'*' => reach[i][j + 1] = true,
+                (Some(&c), Some(b'*')) if c != b'*' => reach[i + 1][j] = true,
+                (Some(x), Some(y)) if x == y => reach[i + 1][j + 1] = true,
+                _ => {}
+            }
+        }
+    }
+    reach[a.len()][b.len()]
 }
 
 /// The kind of an already valid channel name.
@@ -118,6 +210,57 @@ mod tests {
         assert_eq!(validate_channel(&"a".repeat(257), false), Err(ChannelError::Length));
         assert_eq!(validate_channel("a b", false), Err(ChannelError::Charset));
         assert_eq!(validate_channel("é", false), Err(ChannelError::Charset));
+    }
+
+    #[test]
+    fn reserved_names_and_patterns_that_could_reach_them() {
+        for r in [
+            "control",
+            "control:node-1",
+            "cont*",
+            "*",
+            "c*l",
+            "control*",
+            "*:node-1",
+            "*trol",
+        ] {
+            assert!(is_reserved(r), "{r}");
+        }
+        for ok in ["controls", "project:*", "contr", "user:*", "x*", "control-*"] {
+            assert!(!is_reserved(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn glob_intersection() {
+        assert!(glob_intersects("a*", "*b"));
+        assert!(glob_intersects("a*c", "abc"));
+        assert!(!glob_intersects("a*c", "abd"));
+        assert!(!glob_intersects("ab", "a"));
+        assert!(glob_intersects("*", ""));
+        assert!(!glob_intersects("x*", "y*"));
+    }
+
+    #[test]
+    fn automatic_channels_and_publish_checks() {
+        assert!(is_automatic(BROADCAST, "u", "c"));
+        assert!(is_automatic(&user("u"), "u", "c"));
+        assert!(is_automatic(&connection("c"), "u", "c"));
+        assert!(!is_automatic("user:v", "u", "c"));
+        assert_eq!(validate_publish("chat:1", "msg"), Ok(()));
+        assert_eq!(
+            validate_publish("control:x", "msg"),
+            Err(PublishError::Reserved("control:x".into()))
+        );
+        assert_eq!(
+            validate_publish("chat:*", "msg"),
+            Err(PublishError::Channel(ChannelError::Charset))
+        );
+        assert_eq!(validate_publish("chat:1", ""), Err(PublishError::EventName));
+        assert_eq!(
+            validate_publish("chat:1", &"e".repeat(129)),
+            Err(PublishError::EventName)
+        );
     }
 
     #[test]

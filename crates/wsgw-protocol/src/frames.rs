@@ -6,8 +6,9 @@ use serde_json::value::RawValue;
 
 use crate::EventId;
 
-/// A frame a client sends to the gateway.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A frame a client sends to the gateway. Both ways: the gateway parses it
+/// ([`parse_client_frame`]), clients build it ([`ClientFrame::to_json`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Subscribe to a topic or pattern.
@@ -15,13 +16,13 @@ pub enum ClientFrame {
         /// Channel name, or a pattern containing `*`.
         channel: String,
         /// Echoed in the answer.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
         /// Replay this channel's events after this id first.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         last_event_id: Option<EventId>,
         /// Send the channel's last N events first.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         history: Option<u32>,
     },
     /// Leave a topic or pattern.
@@ -29,7 +30,7 @@ pub enum ClientFrame {
         /// Channel name or pattern, as subscribed.
         channel: String,
         /// Echoed in the answer.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
     },
     /// Publish an event (durable: it gets an `event_id`).
@@ -42,10 +43,10 @@ pub enum ClientFrame {
         #[serde(default)]
         data: Value,
         /// Echoed in the `ack`.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
         /// `false`: do not deliver the event back to the publishing socket.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         echo: Option<bool>,
     },
     /// A request for a backend (forwarded; see the protocol's section 6).
@@ -61,7 +62,7 @@ pub enum ClientFrame {
     /// Application-level ping; answered with `pong`.
     Ping {
         /// Echoed in the `pong`.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         ts: Option<Value>,
     },
     /// Answer to the server's `ping`; counts as liveness.
@@ -71,9 +72,17 @@ pub enum ClientFrame {
         /// The new JWT.
         token: String,
         /// Echoed in the `ack`.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
     },
+}
+
+impl ClientFrame {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 const CLIENT_TYPES: &[&str] = &[
@@ -220,17 +229,41 @@ pub struct Welcome {
 
 /// A frame the gateway sends to a client (all but `event`, which is encoded once per
 /// publish by [`encode_event`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Both ways: the gateway serializes it; clients parse any frame they receive with
+/// [`parse_server_frame`]. The gateway encodes `event` frames once per publish with
+/// [`encode_event`] and forwards `response` frames as backends wrote them; the variants for
+/// both are here so that clients read every frame through this one type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// First frame after a successful connect.
     Welcome(Welcome),
+    /// A published event.
+    Event(Event),
+    /// A backend's answer to a client `request`.
+    Response {
+        /// The request's `request_id`.
+        request_id: Value,
+        /// Whether the backend succeeded.
+        #[serde(default)]
+        ok: bool,
+        /// The answer's payload.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
+        /// The backend's error, when `ok` is false.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<Value>,
+        /// More `response` frames for the same request follow.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
+    },
     /// Answer to `subscribe`.
     Subscribed {
         /// The channel or pattern.
         channel: String,
         /// Echo of the request's id.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
         /// `false` when the requested replay cannot be complete.
         recovered: bool,
@@ -250,19 +283,19 @@ pub enum ServerFrame {
         /// The channel or pattern.
         channel: String,
         /// Echo of the request's id.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
         /// Why the server removed it, when the client did not ask.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
     /// Acknowledges a `publish` or `refresh`.
     Ack {
         /// Echo of the request's id.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
         /// The published event's id.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         event_id: Option<EventId>,
     },
     /// Something the client sent was refused.
@@ -272,7 +305,7 @@ pub enum ServerFrame {
         /// Human-readable explanation.
         message: String,
         /// Echo of the request's id.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
     },
     /// Server heartbeat.
@@ -283,7 +316,7 @@ pub enum ServerFrame {
     /// Answer to a client `ping`.
     Pong {
         /// Echo of the client's `ts`.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         ts: Option<Value>,
     },
 }
@@ -303,6 +336,29 @@ impl ServerFrame {
         // Serialising these plain structs cannot fail.
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"error\",\"code\":\"internal\"}"))
     }
+}
+
+/// Parses any frame the gateway sends.
+pub fn parse_server_frame(text: &str) -> Result<ServerFrame, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// The fields of an `event` frame (the `event` variant of [`ServerFrame`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Absent for ephemeral events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    /// The channel it was published on.
+    pub channel: String,
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    #[serde(default)]
+    pub data: Value,
+    /// Publish time, ms since the epoch.
+    #[serde(default)]
+    pub ts: u64,
 }
 
 /// An `event` frame as clients receive it; used to read frames that arrive from a broker
@@ -409,5 +465,56 @@ mod tests {
         assert!(!eph.contains("event_id"));
         let err = ServerFrame::error(ErrorCode::RateLimited, "slow down", None).to_json();
         assert_eq!(err, r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);
+    }
+
+    #[test]
+    fn frames_go_both_ways() {
+        let sub = ClientFrame::Subscribe {
+            channel: "doc:9".into(),
+            request_id: Some(Value::from(1)),
+            last_event_id: Some(EventId::new(5, 0)),
+            history: None,
+        };
+        assert_eq!(
+            sub.to_json(),
+            r#"{"type":"subscribe","channel":"doc:9","request_id":1,"last_event_id":"5-0"}"#
+        );
+        assert_eq!(parse_client_frame(&sub.to_json()).unwrap(), sub);
+        assert_eq!(ClientFrame::Pong {}.to_json(), r#"{"type":"pong"}"#);
+
+        let data = RawValue::from_string("[1]".into()).unwrap();
+        let text = encode_event(Some(EventId::new(7, 1)), "doc:9", "e", &data, 7);
+        let ServerFrame::Event(e) = parse_server_frame(&text).unwrap() else {
+            panic!("an event")
+        };
+        assert_eq!(
+            (e.event_id, e.channel.as_str(), e.data.clone()),
+            (Some(EventId::new(7, 1)), "doc:9", serde_json::json!([1]))
+        );
+        for f in [
+            ServerFrame::Gap {
+                channels: vec!["t:*".into()],
+                recovered: false,
+            },
+            ServerFrame::Subscribed {
+                channel: "a".into(),
+                request_id: None,
+                recovered: true,
+                replayed: 3,
+            },
+            ServerFrame::Pong { ts: None },
+            ServerFrame::Ping { ts: 5 },
+        ] {
+            assert_eq!(parse_server_frame(&f.to_json()).unwrap(), f);
+        }
+        let r = parse_server_frame(r#"{"type":"response","request_id":"r","ok":true,"data":1}"#).unwrap();
+        assert!(matches!(
+            r,
+            ServerFrame::Response {
+                ok: true,
+                more: false,
+                ..
+            }
+        ));
     }
 }

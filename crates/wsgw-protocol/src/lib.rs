@@ -10,10 +10,14 @@ mod close;
 mod event_id;
 mod frames;
 
-pub use channel::{ChannelError, ChannelKind, MAX_CHANNEL_LEN, classify, glob_match, is_reserved, validate_channel};
+pub use channel::{
+    BROADCAST, CONNECTION_PREFIX, ChannelError, ChannelKind, MAX_CHANNEL_LEN, MAX_EVENT_NAME_LEN, PublishError,
+    USER_PREFIX, classify, connection, glob_intersects, glob_match, is_automatic, is_reserved, user, validate_channel,
+    validate_publish,
+};
 pub use close::CloseCode;
 pub use event_id::{EventId, EventIdError};
 pub use frames::{
-    ClientFrame, ErrorCode, EventFrame, FrameError, HeartbeatInfo, ServerFrame, Welcome, encode_event,
-    parse_client_frame,
+    ClientFrame, ErrorCode, Event, EventFrame, FrameError, HeartbeatInfo, ServerFrame, Welcome, encode_event,
+    parse_client_frame, parse_server_frame,
 };

@@ -253,13 +253,8 @@ async fn do_publish(
     data: Box<RawValue>,
     exclude: Vec<String>,
 ) -> ApiResult {
-    validate_channel(&channel, false).map_err(|e| AppError::BadRequest(e.to_string()))?;
-    if wsgw_protocol::is_reserved(&channel) {
-        return Err(AppError::BadRequest(format!("{channel} is reserved for the gateway")));
-    }
-    if event.is_empty() || event.len() > 128 {
-        return Err(AppError::BadRequest("event must be 1..=128 bytes".into()));
-    }
+    // Over HTTP every refused publish, a reserved channel included, is a 400 (docs/protocol.md).
+    wsgw_protocol::validate_publish(&channel, &event).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let id = gw
         .broker
         .publish(PublishRequest {
@@ -283,7 +278,7 @@ async fn publish(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesReject
 
 async fn broadcast(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let b: BroadcastBody = parse_body(body)?;
-    do_publish(&gw, "broadcast".into(), b.event, b.data, b.exclude).await
+    do_publish(&gw, wsgw_protocol::BROADCAST.into(), b.event, b.data, b.exclude).await
 }
 
 async fn disconnect_user(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {

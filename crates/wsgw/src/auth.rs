@@ -21,11 +21,7 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Longest `sub`, in bytes.
 pub const MAX_SUB_LEN: usize = 128;
 
-/// Prefix of the per-user private channels (`user:<sub>`).
-pub const USER_PREFIX: &str = "user:";
-
-/// Prefix of the per-connection private channels (`connection:<id>`).
-pub const CONNECTION_PREFIX: &str = "connection:";
+pub use wsgw_protocol::{CONNECTION_PREFIX, USER_PREFIX};
 
 /// Prefix of the `Sec-WebSocket-Protocol` item that carries the token (`bearer.<jwt>`). The gateway must never echo
 /// this item back as the selected subprotocol.

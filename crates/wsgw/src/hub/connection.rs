@@ -232,6 +232,11 @@ impl Connection {
             .collect()
     }
 
+    /// How many topics and patterns it subscribed to itself (what `WSGW_MAX_SUBSCRIPTIONS` caps).
+    pub fn topic_count(&self) -> usize {
+        self.channels.lock().iter().filter(|c| classify(c).is_explicit()).count()
+    }
+
     /// Whether this connection is subscribed to exactly `channel`.
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.channels.lock().iter().any(|c| &**c == channel)

@@ -119,7 +119,7 @@ impl Hub {
 
     /// Connections of one user on this node.
     pub fn user_connection_count(&self, user_id: &str) -> usize {
-        let key = format!("user:{user_id}");
+        let key = wsgw_protocol::user(user_id);
         self.channels.read().get(key.as_str()).map_or(0, |s| s.len())
     }
 
@@ -339,7 +339,7 @@ impl Hub {
 
     /// Connections of one user on this node.
     pub fn user_connections(&self, user_id: &str) -> Vec<Arc<Connection>> {
-        let key = format!("user:{user_id}");
+        let key = wsgw_protocol::user(user_id);
         self.channels
             .read()
             .get(key.as_str())

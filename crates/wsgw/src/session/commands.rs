@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tracing::warn;
-use wsgw_protocol::{ClientFrame, CloseCode, ErrorCode, EventId, ServerFrame, parse_client_frame, validate_channel};
+use wsgw_protocol::{
+    ClientFrame, CloseCode, ErrorCode, EventId, PublishError, ServerFrame, parse_client_frame, validate_channel,
+    validate_publish,
+};
 
 use super::{Session, error_frame};
 use crate::broker::{InboundRequest, PublishRequest};
@@ -52,9 +55,7 @@ impl Session {
     }
 
     fn is_automatic(&self, channel: &str) -> bool {
-        channel == "broadcast"
-            || channel == format!("user:{}", self.claims.sub)
-            || channel == format!("connection:{}", self.conn.id)
+        wsgw_protocol::is_automatic(channel, &self.claims.sub, &self.conn.id)
     }
 
     async fn subscribe(
@@ -90,7 +91,7 @@ impl Session {
                 request_id,
             );
         }
-        let topics = self.conn.channels().len().saturating_sub(3);
+        let topics = self.conn.topic_count();
         if topics >= self.gw.config.max_subscriptions {
             let msg = format!("subscription limit of {} reached", self.gw.config.max_subscriptions);
             return self.send_error(ErrorCode::BadRequest, msg, request_id);
@@ -180,18 +181,11 @@ impl Session {
         request_id: Option<Value>,
         echo: Option<bool>,
     ) {
-        if let Err(e) = validate_channel(&channel, false) {
-            return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
-        }
-        if wsgw_protocol::is_reserved(&channel) {
-            return self.send_error(
-                ErrorCode::Forbidden,
-                format!("{channel} is reserved for the gateway"),
-                request_id,
-            );
-        }
-        if event.is_empty() || event.len() > 128 {
-            return self.send_error(ErrorCode::BadRequest, "event must be 1..=128 bytes", request_id);
+        match validate_publish(&channel, &event) {
+            Ok(()) => {}
+            // Over the socket a reserved channel is a permission matter (docs/protocol.md).
+            Err(e @ PublishError::Reserved(_)) => return self.send_error(ErrorCode::Forbidden, e.to_string(), request_id),
+            Err(e) => return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id),
         }
         if !self.claims.permissions.can_publish(&channel) {
             return self.send_error(

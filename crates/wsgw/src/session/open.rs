@@ -82,9 +82,9 @@ impl Session {
         let conn = gw.hub.register(conn);
 
         let mut channels = vec![
-            "broadcast".to_string(),
-            format!("user:{}", claims.sub),
-            format!("connection:{id}"),
+            wsgw_protocol::BROADCAST.to_string(),
+            wsgw_protocol::user(&claims.sub),
+            wsgw_protocol::connection(&id),
         ];
         let resumed = resumed_topics.is_some();
         let mut restored = Vec::new();

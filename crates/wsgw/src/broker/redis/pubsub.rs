@@ -320,7 +320,7 @@ impl Inner {
             // onto another channel's subscribers.
             "event" if head.channel.as_deref() == Some(channel) => {}
             // Backend answers to requests, only to the one connection that asked.
-            "response" if channel.starts_with("connection:") => {
+            "response" if channel.starts_with(wsgw_protocol::CONNECTION_PREFIX) => {
                 let key = head.request_id.as_ref().map(|v| v.to_string())?;
                 response = Some(Arc::new(ResponseTag { key, more: head.more }));
             }
