@@ -18,7 +18,7 @@ use wsgw_protocol::{CloseCode, ErrorCode, ServerFrame};
 use crate::config::Config;
 use crate::hub::OutFrame;
 use crate::node::{Gateway, StartError};
-use crate::time::now_ms;
+use crate::time::{mono_ms, now_ms};
 
 /// Serves `/ws`, the API, `/health`, `/ready` and `/metrics` on `listener` until `shutdown`
 /// resolves, then drains: refuses new sockets, closes open ones with 1012 in batches over
@@ -95,28 +95,28 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let period = Duration::from_millis((interval / 4).clamp(20, 1000));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_ping = now_ms() + interval;
-    let mut next_expire = now_ms();
+    let mut next_ping = mono_ms() + interval;
+    let mut next_expire = mono_ms();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let now = now_ms();
+        let now = mono_ms();
         let ping = if now >= next_ping {
             next_ping = now + interval;
-            Some(OutFrame::control(ServerFrame::Ping { ts: now }.to_json()))
+            Some(OutFrame::control(ServerFrame::Ping { ts: now_ms() }.to_json()))
         } else {
             None
         };
         let timeout = gw.config.heartbeat_timeout_ms;
-        let now_s = now / 1000;
+        let now_s = now_ms() / 1000;
         for c in gw.hub.connections() {
             if now.saturating_sub(c.last_seen_ms()) > timeout {
                 c.close(CloseCode::HeartbeatTimeout);
                 continue;
             }
-            if c.token_exp().is_some_and(|exp| exp + gw.config.jwt_leeway_s < now_s) {
+            if c.token_exp().is_some_and(|exp| exp.saturating_add(gw.config.jwt_leeway_s) < now_s) {
                 let err = ServerFrame::error(ErrorCode::TokenExpired, "token expired; refresh it and reconnect", None);
                 gw.metrics
                     .errors_sent
@@ -183,5 +183,52 @@ impl RunningGateway {
             Ok(r) => r,
             Err(e) => Err(StartError::Config(format!("gateway task failed: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Connection;
+
+    fn open(gw: &Gateway, id: &str) -> Arc<Connection> {
+        let c = gw.hub.register(Connection::new(Arc::from(id), Arc::from("u"), 100, None));
+        c.finish_replay(|_| OutFrame::control("welcome"), Vec::new(), None, None);
+        c
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tick_pings_live_sockets_and_closes_silent_ones_on_paused_time() {
+        let config = Config {
+            jwt_secret: Some("a-test-secret-that-is-long-enough!".into()),
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 3000,
+            ..Config::default()
+        };
+        let gw = Gateway::new(config).await.expect("a memory node");
+        let silent = open(&gw, "silent");
+        let chatty = open(&gw, "chatty");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
+        // 2.5 s: within the timeout, both are fine and both were pinged.
+        for _ in 0..25 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            chatty.touch();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(silent.close_requested(), None);
+        let mut out = Vec::new();
+        silent.take_batch(&mut out);
+        assert!(out.iter().any(|f| f.text.contains(r#""type":"ping""#)), "pinged");
+        // 4 s: only the silent one has been quiet for longer than the timeout.
+        for _ in 0..15 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            chatty.touch();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(silent.close_requested(), Some(CloseCode::HeartbeatTimeout));
+        assert_eq!(chatty.close_requested(), None);
+        let _ = stop_tx.send(true);
+        ticker.await.expect("the tick stops");
     }
 }

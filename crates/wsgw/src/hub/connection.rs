@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 
-use crate::time::now_ms;
+use crate::time::{mono_ms, now_ms};
 
 /// A frame ready to be written: shared text plus what ordering and latency need.
 #[derive(Clone, Debug)]
@@ -175,7 +175,7 @@ impl Connection {
             id,
             user_id,
             connected_at_ms: now,
-            last_seen_ms: AtomicU64::new(now),
+            last_seen_ms: AtomicU64::new(mono_ms()),
             token_exp_s: AtomicU64::new(0),
             capacity: capacity.max(1),
             outbox: Mutex::new(Outbox {
@@ -196,10 +196,10 @@ impl Connection {
 
     /// Records that the client showed a sign of life.
     pub fn touch(&self) {
-        self.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_seen_ms.store(mono_ms(), Ordering::Relaxed);
     }
 
-    /// Last sign of life, ms since the epoch.
+    /// Last sign of life, on the monotonic clock ([`crate::time::mono_ms`]).
     pub fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms.load(Ordering::Relaxed)
     }
@@ -264,7 +264,7 @@ impl Connection {
         p.push(PendingRequest {
             key,
             request_id,
-            deadline_ms: now_ms() + timeout_ms,
+            deadline_ms: mono_ms().saturating_add(timeout_ms),
             timeout_ms,
         });
         true
@@ -299,7 +299,7 @@ impl Connection {
         if let Some(pos) = p.iter().position(|r| r.key == tag.key) {
             if tag.more {
                 // A streamed answer is alive: each chunk restarts the wait for the next.
-                p[pos].deadline_ms = now_ms() + p[pos].timeout_ms;
+                p[pos].deadline_ms = mono_ms().saturating_add(p[pos].timeout_ms);
             } else {
                 p.swap_remove(pos);
             }

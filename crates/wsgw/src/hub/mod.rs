@@ -16,7 +16,7 @@ use connection::PENDING;
 pub use connection::{Connection, OutFrame, Push, ResponseTag};
 
 use crate::metrics::Metrics;
-use crate::time::now_ms;
+use crate::time::mono_ms;
 
 /// A connection's identity and topics kept after a disconnect, for `connection_id` resume.
 #[derive(Debug, Clone)]
@@ -369,7 +369,7 @@ impl Hub {
         let parked = Parked {
             user_id: conn.user_id.clone(),
             topics,
-            expires_ms: now_ms() + ttl_ms,
+            expires_ms: mono_ms().saturating_add(ttl_ms),
         };
         self.parked.lock().insert(conn.id.clone(), parked);
     }
@@ -378,7 +378,7 @@ impl Hub {
     pub fn unpark(&self, id: &str, user_id: &str) -> Option<Vec<String>> {
         let mut parked = self.parked.lock();
         let p = parked.get(id)?;
-        if &*p.user_id != user_id || p.expires_ms < now_ms() {
+        if &*p.user_id != user_id || p.expires_ms < mono_ms() {
             return None;
         }
         parked.remove(id).map(|p| p.topics)
@@ -389,7 +389,7 @@ impl Hub {
         if let Some(c) = self.conns.read().get(id) {
             return &*c.user_id != user_id;
         }
-        let now = now_ms();
+        let now = mono_ms();
         self.parked
             .lock()
             .get(id)
@@ -398,7 +398,7 @@ impl Hub {
 
     /// Drops parked sessions whose time has passed.
     pub fn expire_parked(&self) {
-        let now = now_ms();
+        let now = mono_ms();
         self.parked.lock().retain(|_, p| p.expires_ms >= now);
     }
 
