@@ -85,6 +85,9 @@ export interface WelcomeFrame {
   session_ttl_ms: number;
   /** Topics restored by a resume; absent when none. */
   channels?: string[];
+  /** Restored patterns whose events were not replayed (patterns have no history): `recovered`
+   * does not cover the channels reached only through them. Absent when none. */
+  not_replayed?: string[];
 }
 
 /** An event. `event_id` is absent for ephemeral events. */
@@ -106,6 +109,17 @@ export interface SubscribedFrame {
   recovered: boolean;
   /** Events replayed right after this frame. */
   replayed: number;
+}
+
+/** The server cannot prove that this live socket missed no event of these channels and
+ * patterns (after an outage, their history no longer held everything published meanwhile).
+ * The socket stays open; reload their state from your backend. */
+export interface GapFrame {
+  type: 'gap';
+  /** Channel names and patterns. */
+  channels: string[];
+  /** Always `false`. */
+  recovered: false;
 }
 
 export interface UnsubscribedFrame {
@@ -186,11 +200,14 @@ export interface WsgwClientEvents {
   close: CloseInfo;
   /** A topic the server removed by itself. */
   unsubscribed: UnsubscribedFrame;
+  /** Events of these channels may have been missed; the socket stays open. */
+  gap: GapFrame;
 }
 
 /**
- * A reconnecting wsgw client. It answers heartbeats, tracks the highest event id and its
- * connection id, resumes after a drop and re-subscribes the topics the server did not restore.
+ * A reconnecting wsgw client. It answers heartbeats, keeps the event cursor and its connection
+ * id, resumes after a drop (without repeating events the application already got) and
+ * re-subscribes the topics the server did not restore.
  */
 export class WsgwClient {
   constructor(url: string, options: WsgwClientOptions);
@@ -198,7 +215,8 @@ export class WsgwClient {
   readonly state: WsgwState;
   /** The current (or last) connection id. */
   readonly connectionId: string | null;
-  /** The highest event id seen (numeric order). */
+  /** What the next resume sends as `last_event_id`: the highest event id received (numeric
+   * order), or lower while a subscribe catch-up is unfinished. */
   readonly lastEventId: string | null;
   /** The gateway node of the current (or last) connection. */
   readonly node: string | null;

@@ -7,7 +7,7 @@ const FINAL = new Set([1000, 4001, 4004]);
 /** Close codes meaning "server going away": reconnect at once, with jitter. */
 const AT_ONCE = new Set([1001, 1012]);
 /** Names of the client's own events; any other `on()` name is a channel. */
-const BUILTIN = new Set(['state', 'welcome', 'error', 'close', 'unsubscribed']);
+const BUILTIN = new Set(['state', 'welcome', 'error', 'close', 'unsubscribed', 'gap']);
 
 /** An error carrying the gateway's `code` (e.g. `forbidden`, `unavailable`, `disconnected`). */
 export class WsgwError extends Error {
@@ -45,6 +45,124 @@ export function compareEventIds(a, b) {
   return x[0] - y[0] || x[1] - y[1];
 }
 
+/** `a` (an id) is above `b` (an id, or null: below every id). */
+const above = (a, b) => b === null || compareEventIds(a, b) > 0;
+/** The higher of two ids, either of which may be null. */
+const maxId = (a, b) => (a === null ? b : b === null ? a : above(a, b) ? a : b);
+
+/**
+ * The cursor (docs/protocol.md, "The cursor a client keeps"): what a resume sends as
+ * `last_event_id`, and which events after it the application already has.
+ *
+ * - `highest`: the highest event id received.
+ * - A `subscribed` with `replayed: N > 0` starts a catch-up of its channel: the next N durable
+ *   events there are older ones. `last`: the last catch-up id received, at first the subscribe's
+ *   `last_event_id` (null for `history`).
+ * - A lost socket turns the unfinished catch-ups into `filter.behind` (channel -> the id up to
+ *   which the application has that channel's events). The resume sends the lowest of those and
+ *   `highest`; after the welcome, events at or below `filter.old` (the old highest) are dropped,
+ *   except those of a `behind` channel above its id, and those of channels the application
+ *   subscribes to meanwhile (`filter.new`); the first event above `filter.old` ends it.
+ * - Subscribe kinds: 'new' (the application subscribes to a channel it did not follow), 'again'
+ *   (the client subscribes again to a topic a resume did not restore), 'same' (the channel is
+ *   subscribed on the socket already: nothing is replayed).
+ */
+class Cursor {
+  /** @type {string|null} */
+  highest;
+  /** channel -> {remaining, last}: unfinished catch-ups on the current socket. */
+  catchups = new Map();
+  /** request id -> {channel, from, kind}: subscribes sent on the current socket, not answered. */
+  pending = new Map();
+  /** {old, behind: Map<channel, id>, new: Set<channel>} after a lost socket cut a catch-up short. */
+  filter = null;
+
+  constructor(highest) { this.highest = highest ?? null; }
+
+  /** What the next resume sends as `last_event_id`. */
+  resumeId() {
+    let min = null;
+    for (const id of this.#behind().values()) if (min === null || above(min, id)) min = id;
+    return min ?? this.highest;
+  }
+
+  /** The `last_event_id` for subscribing to a topic again that a resume did not restore. */
+  resubscribeFrom(channel) { return this.filter?.behind.get(channel) ?? this.highest; }
+
+  /** A durable event arrived; returns false when the application already has it. */
+  event(channel, id) {
+    const c = this.catchups.get(channel);
+    if (c) {
+      c.last = maxId(c.last, id);
+      if (--c.remaining <= 0) this.catchups.delete(channel);
+    }
+    if (this.filter && !this.filter.new.has(channel)) {
+      if (above(id, this.filter.old)) {
+        this.filter = null; // the replay has passed the old cursor: nothing older repeats
+      } else {
+        const b = this.filter.behind.get(channel);
+        if (b === undefined || !above(id, b)) return false;
+        this.filter.behind.set(channel, id);
+      }
+    }
+    if (above(id, this.highest)) this.highest = id;
+    return true;
+  }
+
+  /** `kind`: 'new', 'again' or 'same' (see above). */
+  subscribeSent(rid, channel, from, kind) { this.pending.set(rid, { channel, from: from ?? null, kind }); }
+
+  subscribed(rid, channel, replayed) {
+    const p = this.pending.get(rid);
+    this.pending.delete(rid);
+    // A new channel's catch-up may be older than the old cursor: the filter must not take it.
+    if (this.filter && p?.kind === 'new') this.filter.new.add(channel);
+    if (replayed > 0 && !channel.includes('*')) {
+      this.catchups.set(channel, { remaining: replayed, last: p?.from ?? null });
+    }
+  }
+
+  refused(rid) { this.pending.delete(rid); }
+
+  unsubscribed(channel) {
+    this.catchups.delete(channel);
+    for (const [rid, p] of this.pending) if (p.channel === channel) this.pending.delete(rid);
+    // The filter stays: repeats of other channels may still be on their way.
+    this.filter?.new.delete(channel);
+    this.filter?.behind.delete(channel);
+  }
+
+  /** The socket is gone (again: no change). */
+  disconnected() {
+    const behind = this.#behind();
+    this.catchups.clear();
+    this.pending.clear();
+    this.filter = behind.size > 0 ? { old: this.highest, behind, new: new Set() } : null;
+  }
+
+  /** A new socket was welcomed: nothing sent before it is in flight any more. */
+  connected() { this.pending.clear(); }
+
+  /** Channels the application has only up to an id below `highest`, and that id. */
+  #behind() {
+    const out = new Map(this.filter?.behind ?? []);
+    const starts = [...this.catchups].map(([ch, c]) => [ch, c.last, Boolean(this.filter?.new.has(ch))]);
+    for (const p of this.pending.values()) {
+      // A subscribe in flight: a catch-up may have started and delivered nothing yet.
+      if (p.kind !== 'same' && !this.catchups.has(p.channel)) starts.push([p.channel, p.from, p.kind === 'new']);
+    }
+    for (const [channel, start, isNew] of starts) {
+      if (start === null) continue; // a `history` preview cut before its first event is not repeated
+      // What the application had of the channel apart from this catch-up.
+      const base = this.filter && !isNew ? (this.filter.behind.get(channel) ?? this.filter.old) : null;
+      const have = maxId(base, start);
+      if (this.highest === null || above(this.highest, have)) out.set(channel, have);
+      else out.delete(channel);
+    }
+    return out;
+  }
+}
+
 /** Pending map key for a request_id (the gateway echoes any JSON value). */
 const keyOf = (rid) => (typeof rid === 'string' ? rid : JSON.stringify(rid));
 
@@ -63,7 +181,8 @@ function globMatch(pattern, name) {
  * - `*`: every event;
  * - `state` (s: 'connecting'|'open'|'reconnecting'|'closed'), `welcome` (the welcome frame),
  *   `error` (error frames that answer no pending call, or WsgwError for client-side failures),
- *   `close` ({code, reason, willReconnect}), `unsubscribed` (a topic removed by the server).
+ *   `close` ({code, reason, willReconnect}), `unsubscribed` (a topic removed by the server),
+ *   `gap` (the `gap` frame: the server cannot prove this socket missed nothing on those channels).
  * Event handlers receive the event frame `{type:'event', event_id?, channel, event, data, ts}`.
  */
 export class WsgwClient {
@@ -84,7 +203,8 @@ export class WsgwClient {
   #seq = 0;
   #state = 'closed';
   #connectionId = null;
-  #lastEventId = null;
+  /** The cursor: what a resume sends as `last_event_id`. */
+  #cursor;
   #node = null;
 
   /**
@@ -101,15 +221,16 @@ export class WsgwClient {
     this.#backoff = { initialMs: 500, maxMs: 30000, factor: 2, jitter: 0.5, ...options.backoff };
     this.#timeoutMs = options.requestTimeoutMs ?? 30000;
     this.#connectionId = options.connectionId ?? null;
-    this.#lastEventId = options.lastEventId ?? null;
+    this.#cursor = new Cursor(options.lastEventId);
   }
 
   /** @returns {'connecting'|'open'|'reconnecting'|'closed'} */
   get state() { return this.#state; }
   /** The current (or last) connection id, used to resume the session. */
   get connectionId() { return this.#connectionId; }
-  /** The highest event id seen (numeric order), sent as `last_event_id` on reconnect. */
-  get lastEventId() { return this.#lastEventId; }
+  /** What the next resume sends as `last_event_id`: the highest event id received (numeric
+   * order), or lower while a subscribe catch-up is unfinished. */
+  get lastEventId() { return this.#cursor.resumeId(); }
   /** The gateway node of the current (or last) connection. */
   get node() { return this.#node; }
   /** The underlying WebSocket. For tests only: closing it simulates a network drop. */
@@ -139,6 +260,7 @@ export class WsgwClient {
     clearTimeout(this.#retryTimer);
     const ws = this.#ws;
     this.#detach();
+    this.#cursor.disconnected();
     if (ws) {
       try { ws.close(1000); } catch { /* already closed */ }
       this.#emit('close', { code: 1000, reason: 'closed by the client', willReconnect: false });
@@ -154,8 +276,9 @@ export class WsgwClient {
    * @returns {Promise<object>} the `subscribed` frame; rejects with a WsgwError (`.code`) on refusal
    */
   subscribe(channel, opts = {}) {
+    const kind = this.#topics.has(channel) ? 'same' : 'new';
     this.#topics.set(channel, opts);
-    return this.#call(this.#subscribeFrame(channel, opts)).catch((err) => {
+    return this.#call(this.#subscribeFrame(channel, opts), { kind }).catch((err) => {
       if (err.code !== 'disconnected' && this.#topics.get(channel) === opts) this.#topics.delete(channel);
       throw err;
     });
@@ -167,6 +290,7 @@ export class WsgwClient {
    */
   unsubscribe(channel) {
     this.#topics.delete(channel);
+    this.#cursor.unsubscribed(channel);
     return this.#call({ type: 'unsubscribe', channel });
   }
 
@@ -202,7 +326,7 @@ export class WsgwClient {
 
   /**
    * Adds a handler. `name`: a channel, a pattern, `event:<name>`, `*`, or a client event
-   * (`state`, `welcome`, `error`, `close`, `unsubscribed`).
+   * (`state`, `welcome`, `error`, `close`, `unsubscribed`, `gap`).
    * @returns {() => void} a function that removes the handler
    */
   on(name, handler) {
@@ -246,7 +370,8 @@ export class WsgwClient {
     u.protocol = u.protocol.replace(/^http/, 'ws');
     u.searchParams.set('token', token);
     if (this.#connectionId) u.searchParams.set('connection_id', this.#connectionId);
-    if (this.#lastEventId) u.searchParams.set('last_event_id', this.#lastEventId);
+    const last = this.#cursor.resumeId();
+    if (last) u.searchParams.set('last_event_id', last);
     let ws;
     try {
       ws = new this.#WS(u.toString());
@@ -273,6 +398,7 @@ export class WsgwClient {
   async #lost(code, reason, wasOpen) {
     const ws = this.#ws;
     this.#detach();
+    this.#cursor.disconnected();
     if (ws && ws.readyState < 2) try { ws.close(); } catch { /* ignore */ }
     for (const [k, e] of this.#pending) {
       if (!e.sent) continue;
@@ -342,6 +468,15 @@ export class WsgwClient {
     try { this.#ws.send(JSON.stringify(frame)); return true; } catch { return false; }
   }
 
+  /** Sends a pending call's frame; the cursor learns of every subscribe that went out. */
+  #sendEntry(entry) {
+    entry.sent = this.#send(entry.frame);
+    const f = entry.frame;
+    if (entry.sent && f.type === 'subscribe') {
+      this.#cursor.subscribeSent(f.request_id, f.channel, f.last_event_id, entry.kind);
+    }
+  }
+
   #subscribeFrame(channel, opts) {
     const frame = { type: 'subscribe', channel };
     if (opts.lastEventId) frame.last_event_id = opts.lastEventId;
@@ -350,18 +485,18 @@ export class WsgwClient {
   }
 
   /** Sends a frame with a fresh request_id (now, or once the socket is open) and awaits its answer. */
-  #call(frame, { map, onChunk, timeoutMs } = {}) {
+  #call(frame, { map, onChunk, timeoutMs, kind } = {}) {
     if (!this.#want) return Promise.reject(new WsgwError('closed', 'wsgw: not connected; call connect() first', frame));
     const rid = `c${++this.#seq}`;
     frame.request_id = rid;
     return new Promise((resolve, reject) => {
-      const entry = { frame, map, onChunk, resolve, reject, sent: false, timeoutMs: timeoutMs ?? this.#timeoutMs };
+      const entry = { frame, map, onChunk, kind, resolve, reject, sent: false, timeoutMs: timeoutMs ?? this.#timeoutMs };
       entry.timer = setTimeout(() => {
         this.#pending.delete(rid);
         reject(new WsgwError('timeout', `wsgw: no answer to ${frame.type} in time`, frame));
       }, entry.timeoutMs);
       this.#pending.set(rid, entry);
-      if (this.#state === 'open') entry.sent = this.#send(frame);
+      if (this.#state === 'open') this.#sendEntry(entry);
     });
   }
 
@@ -381,8 +516,15 @@ export class WsgwClient {
       case 'ping': this.#send({ type: 'pong' }); break;
       case 'welcome': this.#onWelcome(f); break;
       case 'event': this.#onEvent(f); break;
-      case 'subscribed': case 'unsubscribed': case 'ack': case 'error': case 'response':
+      case 'subscribed':
+        this.#cursor.subscribed(f.request_id, f.channel, f.replayed ?? 0);
         this.#onReply(f); break;
+      case 'error':
+        this.#cursor.refused(f.request_id);
+        this.#onReply(f); break;
+      case 'unsubscribed': case 'ack': case 'response':
+        this.#onReply(f); break;
+      case 'gap': this.#emit('gap', f); break;
       default: break; // pong, unknown types
     }
   }
@@ -393,31 +535,33 @@ export class WsgwClient {
     this.#node = f.node;
     this.#attempt = 0;
     this.#armWatchdog();
+    this.#cursor.connected();
     // Topics the server did not restore (new session, expired or failed resume): subscribe
-    // again, catching up after the highest id seen so nothing is missed.
+    // again, catching up from where the application's events of the topic end (the highest id
+    // received, or where a catch-up cut short by the lost socket stopped).
     const restored = new Set(f.channels ?? []);
     const queued = new Set([...this.#pending.values()]
       .filter((e) => !e.sent && e.frame.type === 'subscribe').map((e) => e.frame.channel));
     for (const [channel, opts] of this.#topics) {
       if (restored.has(channel) || queued.has(channel)) continue;
-      const o = this.#lastEventId ? { lastEventId: this.#lastEventId } : opts;
-      this.#call(this.#subscribeFrame(channel, o)).catch((err) => {
+      const from = this.#cursor.resubscribeFrom(channel);
+      const o = from ? { lastEventId: from } : opts;
+      this.#call(this.#subscribeFrame(channel, o), { kind: 'again' }).catch((err) => {
         if (err.code === 'disconnected' || err.code === 'closed') return;
         if (this.#topics.get(channel) === opts) this.#topics.delete(channel);
         this.#emit('error', err);
       });
     }
     // Those, and the calls made while disconnected.
-    for (const e of this.#pending.values()) if (!e.sent) e.sent = this.#send(e.frame);
+    for (const e of this.#pending.values()) if (!e.sent) this.#sendEntry(e);
     this.#setState('open');
     this.#emit('welcome', f);
     for (const w of this.#waiters.splice(0)) w.resolve(f);
   }
 
   #onEvent(f) {
-    if (f.event_id && (!this.#lastEventId || compareEventIds(f.event_id, this.#lastEventId) > 0)) {
-      this.#lastEventId = f.event_id;
-    }
+    // false: the application has it already (a resume's replay after a cut catch-up).
+    if (f.event_id && !this.#cursor.event(f.channel, f.event_id)) return;
     for (const [name] of this.#listeners) {
       if ((name === f.channel && !BUILTIN.has(name)) || name === '*' || name === `event:${f.event}` ||
             (name.includes('*') && !name.startsWith('event:') && globMatch(name, f.channel))) {
@@ -433,6 +577,7 @@ export class WsgwClient {
       if (f.type === 'error') this.#emit('error', f);
       if (f.type === 'unsubscribed' && f.reason) {
         this.#topics.delete(f.channel);
+        this.#cursor.unsubscribed(f.channel);
         this.#emit('unsubscribed', f);
       }
       return;

@@ -129,6 +129,11 @@ impl Client {
             wsgw_client::Incoming::Unsubscribed { channel, reason } => {
                 Incoming::Unsubscribed(json!({"channel": channel, "reason": reason}))
             }
+            // The gateway cannot vouch for these channels after an outage: counted as an error.
+            wsgw_client::Incoming::Gap { channels, .. } => Incoming::Error(json!({
+                "code": "gap",
+                "message": format!("possible gap on {}", channels.join(", ")),
+            })),
             wsgw_client::Incoming::Reconnected(welcome) => {
                 let down = self.down_since.take().map_or(Duration::ZERO, |t| t.elapsed());
                 Incoming::Reconnected(serde_json::to_value(&*welcome).unwrap_or(Value::Null), down)

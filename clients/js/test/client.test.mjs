@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import WebSocket from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
 import { WsgwClient, compareEventIds, parseEventId } from '../wsgw.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -381,4 +381,187 @@ describe('across a gateway restart', () => {
     assert.deepEqual(log.events.slice(mark).map((f) => f.event_id), [a, b]);
     assert.equal(client.lastEventId, b);
   });
+});
+
+/** A socket whose messages stop reaching the client once `cut` is set (what a network drop
+ * does to frames still in flight). */
+class CuttableWebSocket extends WebSocket {
+  cut = false;
+  get onmessage() { return super.onmessage; }
+  set onmessage(handler) { super.onmessage = handler && ((e) => { if (!this.cut) handler(e); }); }
+}
+
+describe('a subscribe catch-up cut by a dropped socket', () => {
+  let resuming;
+  let expiring;
+  before(async () => {
+    [resuming, expiring] = await Promise.all([startGateway(), startGateway({ WSGW_SESSION_TTL_MS: '0' })]);
+  });
+  after(async () => {
+    await Promise.all([stopGateway(resuming), stopGateway(expiring)]);
+  });
+
+  /**
+   * `room:<sub>` has 40 events older than the client's cursor; a subscribe from before them is
+   * cut after 10 catch-up events, and more events come while the client is away. After the
+   * reconnect the handlers have had every event of the room once, in order, and no other event
+   * twice. `resumes`: whether the gateway keeps sessions (else the topic is subscribed again).
+   */
+  async function cutCatchUp(gw, resumes) {
+    const sub = newUser('cut');
+    const room = `room:${sub}`;
+    const user = `user:${sub}`;
+    let gate = null;
+    const { client, log } = makeClient(gw, {
+      WebSocket: CuttableWebSocket,
+      getToken: async () => { await gate?.promise; return tokenFor(sub); },
+    });
+    try {
+      const start = await publishApi(gw, room, 'old', 0);
+      const older = [];
+      for (let n = 1; n <= 40; n++) older.push(await publishApi(gw, room, 'old', n));
+      const first = await client.connect();
+      const u1 = await publishApi(gw, user, 'mine', 1);
+      await waitFor(() => client.lastEventId === u1, 'the cursor past the room events');
+
+      let release;
+      gate = { promise: new Promise((r) => { release = r; }) };
+      let seen = 0;
+      let cursorAtCut = null;
+      client.on(room, () => {
+        if (++seen !== 10) return;
+        cursorAtCut = client.lastEventId;
+        const sock = client._socket;
+        sock.cut = true; // the other 30 catch-up events are lost with the socket
+        sock.terminate();
+      });
+      const subscribed = await client.subscribe(room, { lastEventId: start });
+      assert.equal(subscribed.replayed, 40);
+      await waitFor(() => client.state === 'reconnecting', 'the drop');
+      assert.equal(seen, 10, 'the drop cut the catch-up after 10 events');
+      assert.equal(cursorAtCut, older[9], 'mid catch-up, a resume starts from the catch-up');
+      await waitFor(async () => (await api(gw, 'GET', `/api/presence/users/${sub}`)).connections.length === 0,
+        'the gateway to notice the drop');
+      const u2 = await publishApi(gw, user, 'mine', 2);
+      const live = await publishApi(gw, room, 'new', 41);
+      release();
+
+      await waitFor(() => log.welcomes.length >= 2 && client.state === 'open', 'the second welcome');
+      const w = log.welcomes[1];
+      assert.equal(w.resumed, resumes);
+      assert.equal(w.recovered, true);
+      if (resumes) {
+        assert.equal(w.connection_id, first.connection_id);
+        assert.deepEqual(w.channels, [room]);
+      }
+      const ids = () => log.events.map((f) => f.event_id);
+      await waitFor(() => ids().includes(live) && ids().includes(u2), 'the events published meanwhile');
+      // Anything still pending (a late repeat) arrives before this marker.
+      const marker = await publishApi(gw, user, 'marker', null);
+      await waitFor(() => ids().includes(marker), 'the marker');
+      const on = (ch) => log.events.filter((f) => f.channel === ch).map((f) => f.event_id);
+      assert.deepEqual(on(room), [...older, live], 'every room event once, in order');
+      assert.deepEqual(on(user), [u1, u2, marker], 'no repeats on the user channel');
+      assert.equal(log.events.length, 44);
+      assert.equal(client.lastEventId, marker);
+    } finally {
+      client.close();
+    }
+  }
+
+  test('the resumed session completes it without repeats', T, () => cutCatchUp(resuming, true));
+  test('the subscribe again (session expired) completes it without repeats', T, () => cutCatchUp(expiring, false));
+});
+
+test('a gap frame is emitted as the gap event and the socket stays open', T, async () => {
+  // Only a cluster repairing a Redis outage sends `gap`: a stand-in server sends one.
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  const gap = { type: 'gap', channels: ['room:1', 'room:*'], recovered: false };
+  wss.on('connection', (sock) => {
+    sock.send(JSON.stringify({
+      type: 'welcome', connection_id: '0'.repeat(32), user_id: 'u', node: 'stand-in', resumed: false,
+      recovered: true, replayed: 0, heartbeat: { interval_ms: 30000, timeout_ms: 60000 }, session_ttl_ms: 120000,
+    }));
+    sock.send(JSON.stringify(gap));
+    sock.send(JSON.stringify({ type: 'event', event_id: '5-0', channel: 'room:1', event: 'e', data: 1, ts: 5 }));
+  });
+  const { client, log } = makeClient({ ws: `ws://127.0.0.1:${wss.address().port}/ws` }, { token: 't' });
+  const gaps = [];
+  client.on('gap', (g) => gaps.push(g));
+  try {
+    await client.connect();
+    await waitFor(() => gaps.length === 1 && log.events.length === 1, 'the gap and the event after it');
+    assert.deepEqual(gaps[0], gap);
+    assert.equal(log.events[0].event_id, '5-0');
+    assert.equal(client.state, 'open');
+  } finally {
+    client.close();
+    await new Promise((r) => wss.close(r));
+  }
+});
+
+test('the cursor rule, step by step against a scripted stand-in server', T, async () => {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  const urls = [];
+  const subscribes = [];
+  const ev = (channel, id) => JSON.stringify({ type: 'event', event_id: id, channel, event: 'e', data: id, ts: 1 });
+  const welcome = (n) => JSON.stringify({
+    type: 'welcome', connection_id: String(n).repeat(32), user_id: 'u', node: 'stand-in', resumed: false,
+    recovered: true, replayed: 0, heartbeat: { interval_ms: 30000, timeout_ms: 60000 }, session_ttl_ms: 120000,
+  });
+  wss.on('connection', (sock, req) => {
+    const n = urls.push(new URL(req.url, 'ws://x').searchParams);
+    sock.send(welcome(n));
+    if (n === 1) sock.send(ev('user:u', '100-0'));
+    // The second welcome's replay, from 20-0: an event the client has already.
+    if (n === 2) sock.send(ev('user:u', '100-0'));
+    sock.on('message', (raw) => {
+      const f = JSON.parse(raw);
+      if (f.type !== 'subscribe') return;
+      subscribes.push({ n, channel: f.channel, last_event_id: f.last_event_id, history: f.history });
+      const subscribed = (replayed) => sock.send(JSON.stringify({
+        type: 'subscribed', channel: f.channel, request_id: f.request_id, recovered: true, replayed,
+      }));
+      if (n === 1) {
+        // A catch-up of 3 from 10-0, cut after its first event.
+        subscribed(3);
+        sock.send(ev('room:1', '20-0'));
+        sock.terminate();
+      } else if (f.channel === 'room:1') {
+        subscribed(2);
+        sock.send(ev('room:1', '20-0')); // at or below the catch-up position: a repeat
+        sock.send(ev('room:1', '30-0'));
+      } else if (f.channel === 'news') {
+        // Older than the old cursor, but new to the application.
+        subscribed(2);
+        sock.send(ev('news', '5-0'));
+        sock.send(ev('news', '6-0'));
+        sock.send(ev('user:u', '101-0'));
+      }
+    });
+  });
+  const { client, log } = makeClient({ ws: `ws://127.0.0.1:${wss.address().port}/ws` }, { token: 't' });
+  try {
+    await client.connect();
+    await waitFor(() => client.lastEventId === '100-0', 'the first event');
+    await client.subscribe('room:1', { lastEventId: '10-0' });
+    await waitFor(() => log.welcomes.length === 2, 'the reconnect');
+    assert.equal(urls[1].get('last_event_id'), '20-0', 'the resume starts from the cut catch-up');
+    assert.equal(urls[1].get('connection_id'), '1'.repeat(32));
+    await client.subscribe('news', { history: 2 });
+    await waitFor(() => log.events.some((f) => f.event_id === '101-0'), 'the live event');
+    assert.deepEqual(subscribes, [
+      { n: 1, channel: 'room:1', last_event_id: '10-0', history: undefined },
+      { n: 2, channel: 'room:1', last_event_id: '20-0', history: undefined },
+      { n: 2, channel: 'news', last_event_id: undefined, history: 2 },
+    ]);
+    assert.deepEqual(log.events.map((f) => `${f.channel} ${f.event_id}`),
+      ['user:u 100-0', 'room:1 20-0', 'room:1 30-0', 'news 5-0', 'news 6-0', 'user:u 101-0']);
+    assert.equal(client.lastEventId, '101-0');
+  } finally {
+    client.close();
+    await new Promise((r) => wss.close(r));
+  }
 });

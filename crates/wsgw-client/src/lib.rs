@@ -9,6 +9,24 @@
 //! Keep calling [`Client::next`] (at least once per heartbeat interval, 30 s by default): the
 //! gateway closes sockets that stay silent longer than the heartbeat timeout.
 //!
+//! # The cursor
+//!
+//! [`Client::last_event_id`] is what the next resume sends: the highest `event_id` received,
+//! except while a catch-up is unfinished. A `subscribed` answer with `replayed: N > 0` starts a
+//! catch-up of that channel: the next N durable events on it are older events (older, possibly,
+//! than events already received on other channels). If the socket drops before all N arrived,
+//! the client resumes from the lowest of its highest id and, for each unfinished catch-up, the
+//! last catch-up id received (the subscribe's `last_event_id` before the first one). After that
+//! welcome it drops every event at or below the old highest id (the application has those),
+//! except, on a channel whose catch-up was cut, those above its last catch-up id, and those of
+//! channels subscribed since; the first event above the old highest id ends this filter. A `history` preview cut before its first event is
+//! not repeated. A topic the resume did not restore is subscribed again from where the
+//! application's events of it end. So the application sees every event of its channels once, in
+//! order per channel (docs/protocol.md, "The cursor a client keeps").
+//!
+//! When the gateway cannot prove that a live socket missed nothing (after a Redis outage), it
+//! says so with [`Incoming::Gap`]: reload the state of those channels from your backend.
+//!
 //! ```no_run
 //! use wsgw_client::{Client, ClientConfig, Incoming};
 //!
@@ -32,6 +50,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cursor;
+
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -46,6 +66,8 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::cursor::{Cursor, Subscribe};
 
 pub use wsgw_protocol::{CloseCode, EventId, Welcome};
 
@@ -219,6 +241,15 @@ pub enum Incoming {
         /// The request id it answers, if any.
         request_id: Option<Value>,
     },
+    /// The gateway cannot prove that this (live, still open) socket missed no event of these
+    /// channels and patterns: after a Redis outage their history no longer held everything
+    /// published meanwhile. Reload their state from your backend; events keep coming.
+    Gap {
+        /// The channels and patterns concerned.
+        channels: Vec<String>,
+        /// Always `false`.
+        recovered: bool,
+    },
     /// The gateway removed a subscription by itself (e.g. after a token refresh).
     Unsubscribed {
         /// The topic or pattern.
@@ -342,7 +373,8 @@ pub struct Client {
     node: String,
     /// How long the gateway may stay silent before the socket counts as dead.
     silence: Option<Duration>,
-    last_event_id: Option<EventId>,
+    /// What a resume sends as `last_event_id`, and the events after it the application has.
+    cursor: Cursor,
     topics: Vec<Topic>,
     queue: VecDeque<Incoming>,
     /// Re-subscribes sent after a reconnect: (request id, channel).
@@ -364,7 +396,7 @@ impl std::fmt::Debug for Client {
             .field("connected", &self.ws.is_some())
             .field("connection_id", &self.connection_id)
             .field("node", &self.node)
-            .field("last_event_id", &self.last_event_id)
+            .field("last_event_id", &self.cursor.resume_id())
             .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
@@ -381,7 +413,7 @@ impl Client {
             connection_id: String::new(),
             node: String::new(),
             silence: None,
-            last_event_id: None,
+            cursor: Cursor::new(None),
             topics: Vec::new(),
             queue: VecDeque::new(),
             resubscribing: Vec::new(),
@@ -400,11 +432,12 @@ impl Client {
     /// The next thing from the gateway.
     ///
     /// Answers the gateway's pings itself, tracks [`last_event_id`](Self::last_event_id) (the
-    /// highest id seen, numeric order) and the connection id. When the socket drops and the policy
-    /// allows, it yields `Closed { will_reconnect: true }`, waits (backoff), reconnects with
-    /// `connection_id` + `last_event_id`, re-subscribes the topics the welcome's `channels` did not
-    /// restore (with `last_event_id`), and yields `Reconnected(welcome)`; replayed events follow.
-    /// Each failed attempt yields another `Closed`. Returns `None` once closed for good.
+    /// cursor, see [the crate docs](crate#the-cursor)) and the connection id. When the socket
+    /// drops and the policy allows, it yields `Closed { will_reconnect: true }`, waits (backoff),
+    /// reconnects with `connection_id` + `last_event_id`, re-subscribes the topics the welcome's
+    /// `channels` did not restore (with `last_event_id`), and yields `Reconnected(welcome)`;
+    /// replayed events follow, without those the application already got. Each failed attempt
+    /// yields another `Closed`. Returns `None` once closed for good.
     ///
     /// Policy: 1000, 4001 and 4004 are final; 4003 is final unless a new token was set with
     /// [`set_token`](Self::set_token); 1001 and 1012 reconnect at once (with a little jitter);
@@ -474,10 +507,16 @@ impl Client {
             history,
             last_event_id,
         };
-        match self.topics.iter_mut().find(|t| t.channel == channel) {
-            Some(t) => *t = topic,
-            None => self.topics.push(topic),
-        }
+        let kind = match self.topics.iter_mut().find(|t| t.channel == channel) {
+            Some(t) => {
+                *t = topic;
+                Subscribe::Same
+            }
+            None => {
+                self.topics.push(topic);
+                Subscribe::New
+            }
+        };
         let rid = self.rid();
         let mut frame = json!({"type": "subscribe", "channel": channel, "request_id": rid});
         if let Some(id) = last_event_id {
@@ -485,10 +524,17 @@ impl Client {
         } else if let Some(n) = history {
             frame["history"] = Value::from(n);
         }
-        let reply = self.call(frame, rid).await?;
+        self.send(frame).await?;
+        self.cursor.subscribe_sent(rid, channel, last_event_id, kind);
+        let reply = self.answer(rid).await?;
         match reply["type"].as_str() {
-            Some("subscribed") => Ok(reply),
+            Some("subscribed") => {
+                let replayed = reply["replayed"].as_u64().unwrap_or(0);
+                self.cursor.subscribed(Some(rid), channel, replayed);
+                Ok(reply)
+            }
             _ => {
+                self.cursor.refused(Some(rid));
                 self.topics.retain(|t| t.channel != channel);
                 Err(refusal(&reply))
             }
@@ -498,6 +544,7 @@ impl Client {
     /// Leaves a topic or pattern and waits for `unsubscribed`.
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), ClientError> {
         self.topics.retain(|t| t.channel != channel);
+        self.cursor.unsubscribed(channel);
         let rid = self.rid();
         let reply = self
             .call(
@@ -567,9 +614,10 @@ impl Client {
         }
     }
 
-    /// The highest `event_id` seen so far (numeric order), sent as `last_event_id` on reconnect.
+    /// What the next resume sends as `last_event_id`: the highest `event_id` received (numeric
+    /// order), or lower while a catch-up is unfinished (see [the crate docs](crate#the-cursor)).
     pub fn last_event_id(&self) -> Option<EventId> {
-        self.last_event_id
+        self.cursor.resume_id()
     }
 
     /// The connection id (of the current or last connection), used to resume the session.
@@ -644,6 +692,7 @@ impl Client {
     fn lost(&mut self, code: Option<u16>, reason: String, was_open: bool) {
         self.ws = None;
         self.silence = None;
+        self.cursor.disconnected();
         let will_reconnect = !self.finished
             && self.cfg.reconnect
             && match code {
@@ -699,6 +748,11 @@ impl Client {
     /// Sends a frame and waits for the answer carrying `rid`; other frames are queued.
     async fn call(&mut self, frame: Value, rid: u64) -> Result<Value, ClientError> {
         self.send(frame).await?;
+        self.answer(rid).await
+    }
+
+    /// Waits for the answer carrying `rid` to a frame sent; other frames are queued.
+    async fn answer(&mut self, rid: u64) -> Result<Value, ClientError> {
         let deadline = Instant::now() + self.cfg.call_timeout;
         loop {
             if self.ws.is_none() {
@@ -762,9 +816,9 @@ impl Client {
             "event" => {
                 let e: wsgw_protocol::EventFrame = serde_json::from_value(f).ok()?;
                 if let Some(id) = e.event_id
-                    && self.last_event_id.is_none_or(|last| id > last)
+                    && !self.cursor.event(&e.channel, id)
                 {
-                    self.last_event_id = Some(id);
+                    return None; // the application has it: a resume's replay after a cut catch-up
                 }
                 Some(Incoming::Event {
                     channel: e.channel,
@@ -782,6 +836,7 @@ impl Client {
                 error: f.get("error").filter(|e| !e.is_null()).cloned(),
             }),
             "error" => {
+                self.cursor.refused(rid.as_ref().and_then(Value::as_u64));
                 if let Some(i) = internal {
                     // A topic that could not be subscribed again after a reconnect.
                     let (_, channel) = self.resubscribing.swap_remove(i);
@@ -796,17 +851,31 @@ impl Client {
             "unsubscribed" if rid.is_none() => {
                 let channel = f["channel"].as_str()?.to_owned();
                 self.topics.retain(|t| t.channel != channel);
+                self.cursor.unsubscribed(&channel);
                 Some(Incoming::Unsubscribed {
                     channel,
                     reason: f["reason"].as_str().map(str::to_owned),
                 })
             }
             "subscribed" => {
+                // A re-subscribe after a reconnect, or the late answer to a timed-out subscribe.
                 if let Some(i) = internal {
                     self.resubscribing.swap_remove(i);
                 }
+                if let Some(channel) = f["channel"].as_str() {
+                    let replayed = f["replayed"].as_u64().unwrap_or(0);
+                    self.cursor
+                        .subscribed(rid.as_ref().and_then(Value::as_u64), channel, replayed);
+                }
                 None
             }
+            "gap" => Some(Incoming::Gap {
+                channels: f["channels"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
+                recovered: f["recovered"].as_bool().unwrap_or(false),
+            }),
             // Late answers to timed-out calls, pongs, unknown types.
             _ => None,
         }
@@ -834,6 +903,7 @@ impl Client {
                 .saturating_add(welcome.heartbeat.timeout_ms),
         ));
         self.resubscribing.clear();
+        self.cursor.connected();
         let missing: Vec<Topic> = self
             .topics
             .iter()
@@ -843,15 +913,19 @@ impl Client {
         for t in missing {
             let rid = self.rid();
             let mut frame = json!({"type": "subscribe", "channel": t.channel, "request_id": rid});
-            if let Some(id) = self.last_event_id.or(t.last_event_id) {
+            // From where the application's events of the topic end (the cursor, or the catch-up
+            // position of a topic whose catch-up the lost socket cut short).
+            let from = self.cursor.resubscribe_from(&t.channel).or(t.last_event_id);
+            if let Some(id) = from {
                 frame["last_event_id"] = Value::from(id.to_string());
             } else if let Some(n) = t.history {
                 frame["history"] = Value::from(n);
             }
-            self.resubscribing.push((rid, t.channel));
             if self.send(frame).await.is_err() {
                 break; // `Closed` is queued; `next` reports it after the welcome.
             }
+            self.cursor.subscribe_sent(rid, &t.channel, from, Subscribe::Again);
+            self.resubscribing.push((rid, t.channel));
         }
         Ok(welcome)
     }
@@ -865,7 +939,7 @@ impl Client {
             url.push_str(&self.connection_id);
             sep = '&';
         }
-        if let Some(id) = self.last_event_id {
+        if let Some(id) = self.cursor.resume_id() {
             url.push(sep);
             url.push_str(&format!("last_event_id={id}"));
         }

@@ -36,8 +36,12 @@ struct Gw {
 
 impl Gw {
     async fn start() -> Gw {
+        Gw::start_with(config()).await
+    }
+
+    async fn start_with(config: Config) -> Gw {
         Gw {
-            gw: RunningGateway::start(config()).await.expect("gateway starts"),
+            gw: RunningGateway::start(config).await.expect("gateway starts"),
             http: reqwest::Client::new(),
         }
     }
@@ -255,6 +259,134 @@ async fn resumes_after_a_network_drop_without_losing_or_repeating_events() {
     assert_eq!((channel.as_str(), event.as_str(), id), ("room:1", "after", Some(after)));
     assert_eq!(client.last_event_id(), Some(after));
     client.close().await;
+}
+
+/// A `subscribe` catch-up of 40 events older than the cursor, cut by a network drop after 10
+/// of them; events are published while the client is away. After the automatic reconnect the
+/// application has every event of the channel once, in order, and nothing twice elsewhere.
+/// `session_ttl_ms: 0` turns resume off, so the topic is subscribed again instead of restored.
+async fn a_catch_up_cut_by_a_drop(session_ttl_ms: u64) {
+    let gw = Gw::start_with(Config {
+        session_ttl_ms,
+        ..config()
+    })
+    .await;
+    let resumes = session_ttl_ms > 0;
+    let (mut client, first) = Client::connect(gw.client_config(token("lena", &["room:*"], &[])))
+        .await
+        .unwrap();
+    let start = gw.publish("room:big", "old", json!(0)).await;
+    let mut room = Vec::new();
+    for n in 1..=40 {
+        room.push(gw.publish("room:big", "old", json!(n)).await);
+    }
+    // The cursor moves past all of them on another channel.
+    let u1 = gw.publish("user:lena", "mine", json!(1)).await;
+    assert_eq!(next_event(&mut client).await.2, Some(u1));
+    let subscribed = client.subscribe("room:big", None, Some(start)).await.unwrap();
+    assert_eq!(subscribed["replayed"], 40, "{subscribed}");
+    let mut seen_room = Vec::new();
+    let mut seen_user = vec![u1];
+    for _ in 0..10 {
+        let (channel, _, id, _) = next_event(&mut client).await;
+        assert_eq!(channel, "room:big");
+        seen_room.push(id.unwrap());
+    }
+    assert_eq!(seen_room, room[..10]);
+    // A resume now would start from the catch-up's position, not from u1.
+    assert_eq!(client.last_event_id(), Some(room[9]));
+
+    // The other 30 catch-up events are in flight (or in the socket's buffer): all lost.
+    client.drop_connection();
+    let u2 = gw.publish("user:lena", "mine", json!(2)).await;
+    let live = gw.publish("room:big", "new", json!(41)).await;
+    room.push(live);
+    match next(&mut client).await {
+        Some(Incoming::Closed {
+            code: None,
+            will_reconnect: true,
+            ..
+        }) => {}
+        other => panic!("expected Closed(will_reconnect), got {other:?}"),
+    }
+    match next(&mut client).await {
+        Some(Incoming::Reconnected(w)) => {
+            assert_eq!(w.resumed, resumes, "{w:?}");
+            assert!(w.recovered, "{w:?}");
+            if resumes {
+                assert_eq!(w.connection_id, first.connection_id);
+                assert_eq!(w.channels, ["room:big"]);
+            }
+        }
+        other => panic!("expected Reconnected, got {other:?}"),
+    }
+    // Once both new events are in, a marker: anything still pending (a late repeat) comes
+    // before it.
+    let mut marker = None;
+    while marker.is_none_or(|m| seen_user.last() != Some(&m)) {
+        let (channel, _, id, _) = next_event(&mut client).await;
+        match channel.as_str() {
+            "room:big" => seen_room.push(id.unwrap()),
+            "user:lena" => seen_user.push(id.unwrap()),
+            other => panic!("an event on {other}"),
+        }
+        if marker.is_none() && seen_room.contains(&live) && seen_user.contains(&u2) {
+            marker = Some(gw.publish("user:lena", "marker", Value::Null).await);
+        }
+    }
+    let marker = marker.unwrap();
+    assert_eq!(seen_room, room, "room:big: every event once, in order");
+    assert_eq!(seen_user, [u1, u2, marker], "user:lena: no repeats");
+    assert_eq!(client.last_event_id(), Some(marker));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_catch_up_cut_by_a_drop_is_completed_by_the_resume_without_repeats() {
+    a_catch_up_cut_by_a_drop(120_000).await;
+}
+
+#[tokio::test]
+async fn a_catch_up_cut_by_a_drop_is_completed_by_the_resubscribe_without_repeats() {
+    a_catch_up_cut_by_a_drop(0).await;
+}
+
+#[tokio::test]
+async fn a_gap_frame_is_surfaced() {
+    // Only an outage repair in cluster mode sends `gap`: a stand-in gateway sends one.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let welcome = json!({"type": "welcome", "connection_id": "0".repeat(32), "user_id": "u",
+            "node": "stand-in", "resumed": false, "recovered": true, "replayed": 0,
+            "heartbeat": {"interval_ms": 30000, "timeout_ms": 60000}, "session_ttl_ms": 120000});
+        for frame in [
+            welcome,
+            json!({"type": "gap", "channels": ["room:1", "room:*"], "recovered": false}),
+            json!({"type": "event", "event_id": "5-0", "channel": "room:1", "event": "e", "data": 1, "ts": 5}),
+        ] {
+            ws.send(Message::text(frame.to_string())).await.unwrap();
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let (mut client, _) = Client::connect(ClientConfig::new(format!("ws://{addr}/ws"), "t"))
+        .await
+        .unwrap();
+    match next(&mut client).await {
+        Some(Incoming::Gap { channels, recovered }) => {
+            assert_eq!(channels, ["room:1", "room:*"]);
+            assert!(!recovered);
+        }
+        other => panic!("expected Gap, got {other:?}"),
+    }
+    // The socket stays open and events keep coming.
+    assert_eq!(next_event(&mut client).await.2, Some("5-0".parse().unwrap()));
+    client.close().await;
+    server.await.unwrap();
 }
 
 #[tokio::test]
