@@ -68,6 +68,16 @@ pub enum Push {
     Closed,
 }
 
+/// A subscribe's catch-up: the channel, and the first id it covers (`last_event_id`'s
+/// successor, or a `history` window's first event).
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUp<'a> {
+    /// The channel subscribed to.
+    pub channel: &'a str,
+    /// Events of it below this id are not what the client asked for.
+    pub from: EventId,
+}
+
 /// A live frame held back while a replay is read, with what its admission needs later.
 struct Held {
     frame: OutFrame,
@@ -397,17 +407,19 @@ impl Connection {
     /// - `replayed` is sorted by id and was read up to the broker's snapshot `position`, after
     ///   [`crate::broker::Broker::sync`] saw every live event up to it reach the hub. So once
     ///   merged, the floor moves to `position` and the live stream is in global order again.
-    /// - `channel` names the one channel of a subscribe catch-up. Its replayed events may be
+    /// - `catch_up` names the one channel of a subscribe catch-up. Its replayed events may be
     ///   older than what the socket already has on other channels (that is the catch-up); the
-    ///   ones its patterns already brought are skipped.
+    ///   ones its patterns already brought are skipped, and held live frames of that channel
+    ///   from before the catch-up's start are dropped (the client asked to start there).
     /// - Patterns subscribed in this replay become exact after `position`.
     pub fn finish_replay(
         &self,
         head: impl FnOnce(u64) -> OutFrame,
         replayed: Vec<OutFrame>,
         position: Option<EventId>,
-        channel: Option<&str>,
+        catch_up: Option<CatchUp<'_>>,
     ) -> usize {
+        let channel = catch_up.map(|c| c.channel);
         let mut ob = self.outbox.lock();
         let Some(held) = ob.replay.take() else {
             // Closed (overflow) while replaying: nothing to do.
@@ -447,6 +459,13 @@ impl Connection {
                 continue;
             };
             if !ob.admit(id, &h.channel, h.via_pattern) {
+                continue;
+            }
+            if let Some(c) = catch_up
+                && *h.channel == *c.channel
+                && id < c.from
+                && covered.is_none_or(|s| id <= s)
+            {
                 continue;
             }
             while let Some(r) = replayed.next_if(|r| r.event_id.is_some_and(|rid| rid <= id)) {

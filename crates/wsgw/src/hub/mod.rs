@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use wsgw_protocol::{CloseCode, glob_match};
 
 use connection::PENDING;
-pub use connection::{Connection, OutFrame, Push, ResponseTag};
+pub use connection::{CatchUp, Connection, OutFrame, Push, ResponseTag};
 
 use crate::metrics::Metrics;
 use crate::time::mono_ms;
@@ -516,7 +516,10 @@ mod tests {
             |n| OutFrame::control(format!("subscribed:{n}")),
             vec![on(3, "doc:9"), on(15, "doc:9")],
             Some(EventId::new(15, 0)),
-            Some("doc:9"),
+            Some(CatchUp {
+                channel: "doc:9",
+                from: EventId::new(3, 0),
+            }),
         );
         assert_eq!(n, 2);
         assert_eq!(c.push(on(15, "doc:9"), "doc:9", false), Push::Duplicate);
@@ -575,7 +578,10 @@ mod tests {
             |n| OutFrame::control(format!("subscribed:{n}")),
             replay,
             Some(EventId::new(9, 0)),
-            Some("t:1"),
+            Some(CatchUp {
+                channel: "t:1",
+                from: EventId::new(3, 0),
+            }),
         );
         assert_eq!(n, 4);
         assert_eq!(drain(&c).0, ["subscribed:4", "t:1#3", "t:1#4", "t:1#5", "t:1#9"]);
@@ -597,5 +603,30 @@ mod tests {
             [r#"{"type":"gap","channels":["t:1","t:*"],"recovered":false}"#]
         );
         assert_eq!(drain(&b).0, [r#"{"type":"gap","channels":["t:*"],"recovered":false}"#]);
+    }
+
+    #[test]
+    fn a_history_window_is_not_preceded_by_older_held_events_of_its_channel() {
+        // pub/sub lags: events 5 and 6 of doc:9 are still on their way when `history:2` reads
+        // the newest two (7, 8) up to the snapshot 8.
+        let hub = Hub::new("n".into(), Metrics::new());
+        let c = live(&hub, "c", 100);
+        drain(&c);
+        c.begin_replay();
+        hub.subscribe(&c, "doc:9");
+        for id in 5..=8 {
+            assert_eq!(c.push(on(id, "doc:9"), "doc:9", false), Push::Queued);
+        }
+        let n = c.finish_replay(
+            |n| OutFrame::control(format!("subscribed:{n}")),
+            vec![on(7, "doc:9"), on(8, "doc:9")],
+            Some(EventId::new(8, 0)),
+            Some(CatchUp {
+                channel: "doc:9",
+                from: EventId::new(7, 0),
+            }),
+        );
+        assert_eq!(n, 2);
+        assert_eq!(drain(&c).0, ["subscribed:2", "doc:9#7", "doc:9#8"]);
     }
 }

@@ -13,7 +13,7 @@ use wsgw_protocol::{
 use super::{Session, error_frame};
 use crate::broker::{InboundRequest, PublishRequest};
 use crate::history::{self, Replay};
-use crate::hub::OutFrame;
+use crate::hub::{CatchUp, OutFrame};
 
 impl Session {
     pub(super) async fn on_text(&mut self, text: &str) {
@@ -147,7 +147,21 @@ impl Session {
         };
         let recovered = replay.recovered;
         let head = |replayed: u64| OutFrame::control(subscribed(recovered, replayed, request_id).to_json());
-        let catch_up = (!is_pattern).then_some(channel.as_str());
+        // Where the catch-up starts: live frames of the channel from before it are not sent.
+        let from = match (last_event_id, history) {
+            _ if is_pattern => None,
+            (Some(after), _) => Some(after.next()),
+            (None, Some(_)) => replay
+                .events
+                .first()
+                .and_then(|f| f.event_id)
+                .or(replay.position.map(EventId::next)),
+            (None, None) => None,
+        };
+        let catch_up = from.map(|from| CatchUp {
+            channel: channel.as_str(),
+            from,
+        });
         let n = self.conn.finish_replay(head, replay.events, replay.position, catch_up);
         gw.metrics.replayed_events.inc_by(n as u64);
         // Presence lists the topics (a resume on another node takes them from there).
