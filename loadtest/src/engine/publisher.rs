@@ -1,0 +1,162 @@
+//! engine/publisher.rs: the parent's publisher: the workload's events through the HTTP API or
+//! `FCALL wsgw_publish`, paced and counted.
+
+use super::*;
+
+
+#[derive(Default)]
+pub(super) struct PubState {
+    pub(super) next: HashMap<String, u64>,
+    pub(super) last_ok: BTreeMap<String, u64>,
+}
+
+pub(super) enum Sink {
+    Http(reqwest::Client, String, String),
+    Fcall(redis::aio::MultiplexedConnection, String),
+}
+
+impl Sink {
+    pub(super) async fn publish(&self, channel: &str, data: &Value) -> Result<()> {
+        match self {
+            Sink::Http(http, api, key) => {
+                let (path, body) = if channel == "broadcast" {
+                    ("/api/broadcast", json!({"event": "lt", "data": data}))
+                } else {
+                    ("/api/publish", json!({"channel": channel, "event": "lt", "data": data}))
+                };
+                let r = http
+                    .post(format!("{api}{path}"))
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
+                Ok(())
+            }
+            Sink::Fcall(con, prefix) => {
+                let mut con = con.clone();
+                let _: String = redis::cmd("FCALL")
+                    .arg("wsgw_publish")
+                    .arg(2)
+                    .arg(format!("{prefix}seq"))
+                    .arg(format!("{prefix}history:{channel}"))
+                    .arg(channel)
+                    .arg("lt")
+                    .arg(data.to_string())
+                    .query_async(&mut con)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+pub(super) async fn publisher(
+    sc: Scenario,
+    start: Instant,
+    state: Arc<AMutex<PubState>>,
+    counts: Arc<(AtomicU64, AtomicU64)>,
+    errs: Arc<std::sync::Mutex<Vec<String>>>,
+) -> Result<()> {
+    let w = &sc.workload;
+    if !matches!(w.kind, Kind::Broadcast | Kind::User | Kind::Topic) {
+        return Ok(());
+    }
+    let sink = Arc::new(match w.publish_via {
+        PublishVia::Http => Sink::Http(
+            reqwest::Client::new(),
+            sc.target
+                .api_url
+                .clone()
+                .context("target.api_url is needed to publish over HTTP")?,
+            sc.target
+                .api_key
+                .clone()
+                .context("target.api_key is needed to publish over HTTP")?,
+        ),
+        PublishVia::Fcall => {
+            let url = sc
+                .target
+                .redis_url
+                .clone()
+                .context("target.redis_url is needed for publish_via = fcall")?;
+            let con = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+            Sink::Fcall(con, sc.target.redis_prefix.clone().unwrap_or_else(|| "ws:".into()))
+        }
+    });
+    let stages = sc.stage_durations();
+    let delay = w
+        .publish_delay
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or_default();
+    let stop_before = w
+        .publish_stop_before_end
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or_default();
+    let end = start + sc.total_duration().saturating_sub(stop_before);
+    let pad = "x".repeat(w.payload_bytes);
+    let period = Duration::from_secs_f64(1.0 / w.rate);
+    let mut next = start + delay;
+    let sem = Arc::new(Semaphore::new(64));
+    let mut n = 0u64;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let topics_used = w
+        .topics
+        .min(sc.max_vus().div_ceil(w.subscribers_per_topic.max(1)))
+        .max(1);
+    while next < end && w.messages.is_none_or(|m| n < m) {
+        tokio::time::sleep_until(next.into()).await;
+        next += period;
+        let channel = match w.kind {
+            Kind::Broadcast => "broadcast".to_string(),
+            Kind::User => {
+                let vus = vus_at(&stages, start.elapsed()).max(1);
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                format!("user:{}", user_of(rng % vus))
+            }
+            _ => format!("lt-topic-{}", n % topics_used),
+        };
+        n += 1;
+        let seq = {
+            let mut st = state.lock().await;
+            let e = st.next.entry(channel.clone()).or_default();
+            *e += 1;
+            *e - 1
+        };
+        let permit = sem.clone().acquire_owned().await?;
+        let (sink, state, counts, errs, pad) = (sink.clone(), state.clone(), counts.clone(), errs.clone(), pad.clone());
+        tokio::spawn(async move {
+            let data = json!({"seq": seq, "sent_us": now_us(), "pad": pad});
+            let mut r = sink.publish(&channel, &data).await;
+            if r.is_err() {
+                r = sink.publish(&channel, &data).await;
+            }
+            drop(permit);
+            match r {
+                Ok(()) => {
+                    counts.0.fetch_add(1, Ordering::Relaxed);
+                    let mut st = state.lock().await;
+                    let e = st.last_ok.entry(channel).or_insert(seq);
+                    *e = (*e).max(seq);
+                }
+                Err(e) => {
+                    counts.1.fetch_add(1, Ordering::Relaxed);
+                    let mut v = errs.lock().unwrap();
+                    if v.len() < 3 {
+                        v.push(format!("publish: {e:#}"));
+                    }
+                }
+            }
+        });
+    }
+    // Wait for the in-flight publishes.
+    let _ = sem.acquire_many(64).await;
+    Ok(())
+}
+
