@@ -50,7 +50,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod backoff;
 mod config;
 mod connect;
 mod cursor;
@@ -78,7 +77,7 @@ pub use wsgw_protocol::{CloseCode, EventId, Welcome};
 
 type Ws = WebSocketStream<TcpStream>;
 
-pub use backoff::Backoff;
+pub use wsgw_protocol::Backoff;
 pub use config::ClientConfig;
 pub use incoming::{ClientError, Incoming};
 

@@ -5,11 +5,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backoff;
 mod channel;
 mod close;
 mod event_id;
 mod frames;
 
+pub use backoff::Backoff;
 pub use channel::{
     BROADCAST, CONNECTION_PREFIX, ChannelError, ChannelKind, MAX_CHANNEL_LEN, MAX_EVENT_NAME_LEN, PublishError,
     USER_PREFIX, classify, connection, glob_intersects, glob_match, is_automatic, is_reserved, user, validate_channel,

@@ -32,7 +32,14 @@ impl Inner {
         mut cmds: mpsc::UnboundedReceiver<SubCmd>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut backoff = Duration::from_millis(100);
+        // Capped exponential backoff with jitter, so a cluster does not reconnect in step.
+        let policy = wsgw_protocol::Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            factor: 2.0,
+            jitter: 0.5,
+        };
+        let mut attempt = 0u32;
         let mut first = true;
         loop {
             if *shutdown.borrow() {
@@ -41,22 +48,20 @@ impl Inner {
             let session = self.clone().subscriber_session(&mut cmds, &mut shutdown, first).await;
             if self.ready.swap(false, Ordering::AcqRel) {
                 // It was up: a new outage starts the backoff from the bottom again.
-                backoff = Duration::from_millis(100);
+                attempt = 0;
             }
             self.metrics.redis_up.set(0);
             match session {
                 Ok(true) => return,
-                Ok(false) => backoff = Duration::from_millis(100),
+                Ok(false) => attempt = 0,
                 Err(e) => warn!(error = %e, "redis pub/sub failed"),
             }
             first = false;
             // Markers sent on the old connection will not come back: fail their waiters now.
             self.syncs.lock().clear();
             self.metrics.redis_reconnects.inc();
-            // Capped exponential backoff with jitter, so a cluster does not reconnect in step.
-            let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
-            let wait = backoff + jitter;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let wait = policy.delay(attempt);
+            attempt = attempt.saturating_add(1);
             // Refuse listens while down instead of letting them wait.
             let until = tokio::time::Instant::now() + wait;
             loop {

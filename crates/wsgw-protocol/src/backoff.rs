@@ -1,4 +1,5 @@
-//! backoff.rs: reconnect delays: capped exponential backoff with jitter.
+//! backoff.rs: reconnect delays: capped exponential backoff with jitter. The one policy type
+//! shared by the clients (reconnecting to the gateway) and the gateway (reconnecting to Redis).
 
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ impl Backoff {
 
     /// The delay after a "server going away" close (1001, 1012): at once, spread over
     /// `0..initial` so that a drained node's clients do not all come back in the same instant.
-    pub(crate) fn at_once(&self) -> Duration {
+    pub fn at_once(&self) -> Duration {
         self.initial.min(self.max).mul_f64(rand::random::<f64>())
     }
 }
