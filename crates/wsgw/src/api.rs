@@ -21,6 +21,7 @@ use wsgw_protocol::{EventId, validate_channel};
 
 use crate::auth::{AuthError, token_from_request};
 use crate::broker::{BrokerError, HistoryQuery, PublishRequest};
+use crate::config::ExposeSecret;
 use crate::node::Gateway;
 use crate::session::{self, ConnectParams};
 
@@ -137,7 +138,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn require_api_key(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    let Some(key) = gw.config.api_key.as_deref() else {
+    let Some(key) = gw.config.api_key.as_ref().map(ExposeSecret::expose_secret) else {
         return AppError::Unauthorized("the HTTP API is disabled: set WSGW_API_KEY").into_response();
     };
     let presented = req

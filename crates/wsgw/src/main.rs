@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::{info, warn};
-use wsgw::config::{Cli, Config, LogFormat, ProcessEnv, RuntimeFlavor};
+use wsgw::config::{Cli, Config, ExposeSecret, LogFormat, ProcessEnv, RuntimeFlavor};
 use wsgw::limits::{RESERVED_FDS, raise_nofile_limit};
 
 /// Exit code for configuration errors (BSD `EX_USAGE`).
@@ -86,8 +86,12 @@ fn prepare_dev(config: &mut Config) -> DevInfo {
     }
     warn!("dev mode: random secrets, memory broker, permissive token; not for production");
     config.redis_url = None;
-    config.jwt_secret.get_or_insert_with(|| random_hex(32));
-    let api_key = config.api_key.get_or_insert_with(|| random_hex(16)).clone();
+    config.jwt_secret.get_or_insert_with(|| random_hex(32).into());
+    let api_key = config
+        .api_key
+        .get_or_insert_with(|| random_hex(16).into())
+        .expose_secret()
+        .to_owned();
     DevInfo { api_key }
 }
 

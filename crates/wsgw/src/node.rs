@@ -12,7 +12,7 @@ use crate::auth::{AuthConfig, AuthSetupError, Authenticator, read_public_key_fil
 use crate::broker::memory::HistoryLimits;
 use crate::broker::redis::RedisSettings;
 use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
-use crate::config::Config;
+use crate::config::{Config, ExposeSecret};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::time::now_ms;
@@ -85,7 +85,7 @@ impl Gateway {
             None => None,
         };
         let auth = Authenticator::new(&AuthConfig {
-            secret: config.jwt_secret.clone(),
+            secret: config.jwt_secret.as_ref().map(|s| s.expose_secret().to_owned()),
             public_key_pem,
             audience: config.jwt_audience.clone(),
             issuer: config.jwt_issuer.clone(),
@@ -111,7 +111,7 @@ impl Gateway {
             }
             Some(url) => {
                 let settings = RedisSettings {
-                    url: url.clone(),
+                    url: url.expose_secret().to_owned(),
                     prefix: config.redis_prefix.clone(),
                     node_id: node_id.clone(),
                     history: limits,
@@ -132,7 +132,13 @@ impl Gateway {
         let dev_token = match (&config.jwt_secret, config.dev) {
             (Some(secret), true) => {
                 let exp = now_ms() / 1000 + 24 * 3600;
-                Some(crate::auth::sign_hs256(secret, "dev-user", &["*"], &["*"], Some(exp)))
+                Some(crate::auth::sign_hs256(
+                    secret.expose_secret(),
+                    "dev-user",
+                    &["*"],
+                    &["*"],
+                    Some(exp),
+                ))
             }
             _ => None,
         };

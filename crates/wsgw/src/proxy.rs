@@ -6,62 +6,39 @@
 use std::net::IpAddr;
 
 use axum::http::HeaderMap;
+use ipnet::IpNet;
 
-/// An IP network (`10.0.0.0/8`, `::1/128`) or a single address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
+/// Parses a trusted-proxy entry: `a.b.c.d`, `a.b.c.d/n`, an IPv6 address or `addr/n`
+/// (surrounding whitespace ignored). A single address is the network of just that address.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    match s.split_once('/') {
+        Some((addr, prefix)) => IpNet::new(addr.parse().ok()?, prefix.parse().ok()?).ok(),
+        None => s.parse::<IpAddr>().ok().map(IpNet::from),
+    }
 }
 
-impl Cidr {
-    /// Parses `a.b.c.d`, `a.b.c.d/n`, an IPv6 address or `addr/n`.
-    pub fn parse(s: &str) -> Option<Cidr> {
-        let (addr, prefix) = match s.trim().split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
-            None => (s.trim().parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Cidr { addr, prefix })
-    }
-
-    /// Whether `ip` is inside this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.prefix)
-                };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.prefix)
-                };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+/// An entry as [`parse_net`] reads it back: a single address without its prefix length.
+pub fn format_net(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
     }
 }
 
 /// The trusted proxies of a node.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<Cidr>);
+pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
-    /// From configuration entries (already validated; unparsable entries are skipped).
-    pub fn new(entries: &[String]) -> Self {
-        Self(entries.iter().filter_map(|e| Cidr::parse(e)).collect())
+    /// From the configured networks.
+    pub fn new(nets: &[IpNet]) -> Self {
+        Self(nets.to_vec())
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|c| c.contains(ip))
+        self.0.iter().any(|net| net.contains(&ip))
     }
 
     /// The client's address for a request from `peer` with these headers.
@@ -102,21 +79,33 @@ mod tests {
         h
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn cidrs_match_their_networks() {
-        let c = Cidr::parse("10.1.0.0/16").unwrap();
-        assert!(c.contains("10.1.200.3".parse().unwrap()));
-        assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        assert!(Cidr::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
-        assert_eq!(Cidr::parse("nonsense"), None);
+        let c = parse_net("10.1.0.0/16").unwrap();
+        assert!(c.contains(&ip("10.1.200.3")));
+        assert!(!c.contains(&ip("10.2.0.1")));
+        assert!(parse_net("127.0.0.1").unwrap().contains(&ip("127.0.0.1")));
+        assert!(parse_net("::1").unwrap().contains(&ip("::1")));
+        assert!(parse_net("0.0.0.0/0").unwrap().contains(&ip("8.8.8.8")));
+        assert_eq!(parse_net("10.0.0.0/33"), None);
+        assert_eq!(parse_net("nonsense"), None);
+    }
+
+    #[test]
+    fn entries_are_written_back_as_they_are_read() {
+        for entry in ["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8", "10.1.2.3/8"] {
+            assert_eq!(format_net(&parse_net(entry).unwrap()), entry);
+        }
+        assert!(!parse_net("10.0.0.1").unwrap().contains(&ip("::ffff:10.0.0.1")));
     }
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let t = TrustedProxies::new(&["127.0.0.1".into(), "10.0.0.0/8".into()]);
+        let t = TrustedProxies::new(&[parse_net("127.0.0.1").unwrap(), parse_net("10.0.0.0/8").unwrap()]);
         let lb: IpAddr = "127.0.0.1".parse().unwrap();
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
         assert_eq!(

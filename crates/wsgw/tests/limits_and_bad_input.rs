@@ -259,7 +259,7 @@ async fn refresh_extends_a_socket_past_its_first_token_and_expiry_closes_4003() 
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_per_address_cap_counts_real_clients() {
     let node = Node::start(Config {
-        trusted_proxies: vec!["127.0.0.1".into()],
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
         max_connections_per_ip: 1,
         ..config()
     })

@@ -1,0 +1,223 @@
+//! The settings table: each setting is declared once, here, with its doc, type, default, env
+//! var and how the env var is read. The `settings!` macro derives from it the [`Config`]
+//! struct (whose serde attributes make the TOML layer), its `Default`, the env layer
+//! (`apply_env`) and [`SETTINGS`], which `tests/config_doc.rs` checks docs/configuration.md
+//! against. `Debug` is derived: the secrets are `SecretString`s, which print redacted.
+//!
+//! Adding a setting is one entry here, one row in docs/configuration.md (the test fails
+//! until it is there) and, if it has a flag, one field in `Cli` and one line in `apply_cli`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+use super::env::{BYTES, COUNT, EVENTS, EnvLayer, FRAMES, FRAMES_PER_S_U32, FRAMES_U32, MS, SECS};
+
+/// One setting as docs/configuration.md lists it: its TOML key and its env var.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The TOML key, which is also the [`Config`] field name.
+    pub key: &'static str,
+    /// The env var, `WSGW_*`.
+    pub env: &'static str,
+}
+
+/// Declares the settings. Each entry is
+/// `#[attrs] field: Type = default, ENV_VAR => reader(args);`, where `reader` is an
+/// [`EnvLayer`] method taking the var, the field and `args`.
+macro_rules! settings {
+    ($(
+        $(#[$attr:meta])*
+        $name:ident: $ty:ty = $default:expr, $env:ident => $read:ident $(($($arg:expr),*))?;
+    )*) => {
+        /// The effective gateway configuration. TOML keys are the field names; unknown
+        /// keys in the file are rejected. Serializing it redacts the secrets.
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        // `default` lets a file set only what it changes; `deny_unknown_fields`
+        // turns a typo into an error instead of a silently ignored setting.
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $(
+                $(#[$attr])*
+                ///
+                #[doc = concat!("Env `", stringify!($env), "`.")]
+                pub $name: $ty,
+            )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $($name: $default,)* }
+            }
+        }
+
+        impl Config {
+            /// Overrides each field whose env var is set (and not blank).
+            pub(super) fn apply_env(&mut self, env: &EnvLayer<'_>) -> Result<(), ConfigError> {
+                $( env.$read(stringify!($env), &mut self.$name $($(, $arg)*)?)?; )*
+                Ok(())
+            }
+        }
+
+        /// Every setting, in the order of [`Config`]'s fields.
+        pub const SETTINGS: &[Setting] = &[
+            $( Setting { key: stringify!($name), env: stringify!($env) }, )*
+        ];
+    };
+}
+
+settings! {
+    /// Address the HTTP/WebSocket listener binds (an IP:port; port 0 picks a free one).
+    listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)),
+        WSGW_LISTEN => parse("an IP:port socket address such as 0.0.0.0:8080");
+    /// This node's id in cluster messages; empty means the server derives one
+    /// from hostname and pid.
+    node_id: String = String::new(), WSGW_NODE_ID => string;
+    /// Development mode (true/false/1/0/yes/no in the env).
+    dev: bool = false, WSGW_DEV => bool;
+    /// HMAC secret for HS256 client tokens. Secret: redacted in `--print-config` and `Debug`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::format::serialize_secret")]
+    jwt_secret: Option<SecretString> = None, WSGW_JWT_SECRET => opt;
+    /// PEM public key file for RS256/ES256 client tokens; mutually exclusive with `jwt_secret`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_public_key_file: Option<PathBuf> = None, WSGW_JWT_PUBLIC_KEY_FILE => opt;
+    /// Required `aud` claim, if set (unset: not checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_audience: Option<String> = None, WSGW_JWT_AUDIENCE => opt;
+    /// Required `iss` claim, if set (unset: not checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_issuer: Option<String> = None, WSGW_JWT_ISSUER => opt;
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    jwt_leeway_s: u64 = 5, WSGW_JWT_LEEWAY_S => parse(SECS);
+    /// Reject tokens without an `exp` claim.
+    jwt_require_exp: bool = true, WSGW_JWT_REQUIRE_EXP => bool;
+    /// Key required by the HTTP publish API. Secret: redacted in `--print-config` and `Debug`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::format::serialize_secret")]
+    api_key: Option<SecretString> = None, WSGW_API_KEY => opt;
+    /// Redis URL for the cluster broker; unset means an in-memory, single-node broker.
+    /// Its password is redacted in `--print-config`; `Debug` hides all of it.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::format::serialize_url")]
+    redis_url: Option<SecretString> = None, WSGW_REDIS_URL => opt;
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    redis_prefix: String = "ws:".to_owned(), WSGW_REDIS_PREFIX => string;
+    /// How often the server pings each client, in milliseconds.
+    heartbeat_interval_ms: u64 = 30_000, WSGW_HEARTBEAT_INTERVAL_MS => parse(MS);
+    /// Silence after which a client is dropped, in milliseconds; must exceed the interval.
+    heartbeat_timeout_ms: u64 = 60_000, WSGW_HEARTBEAT_TIMEOUT_MS => parse(MS);
+    /// Largest inbound WebSocket message, in bytes.
+    max_message_bytes: usize = 65_536, WSGW_MAX_MESSAGE_BYTES => parse(BYTES);
+    /// Largest HTTP publish API request body, in bytes.
+    max_publish_bytes: usize = 1_048_576, WSGW_MAX_PUBLISH_BYTES => parse(BYTES);
+    /// Maximum concurrent WebSocket connections on this node.
+    max_connections: usize = 100_000, WSGW_MAX_CONNECTIONS => parse(COUNT);
+    /// Maximum concurrent connections per authenticated user on this node; `0` = unlimited.
+    max_connections_per_user: usize = 0, WSGW_MAX_CONNECTIONS_PER_USER => parse(COUNT);
+    /// Outbound frames queued per socket before the client counts as too slow.
+    send_queue: usize = 1024, WSGW_SEND_QUEUE => parse(FRAMES);
+    /// How long a disconnected session stays resumable, in milliseconds.
+    session_ttl_ms: u64 = 120_000, WSGW_SESSION_TTL_MS => parse(MS);
+    /// TTL of presence keys and of this node's registry entry (Redis broker), in
+    /// milliseconds; refreshed every third of it. `0` derives it: heartbeat timeout + 5 s.
+    presence_ttl_ms: u64 = 0, WSGW_PRESENCE_TTL_MS => parse(MS);
+    /// How often the node publishes a canary on its own control channel to prove its Redis
+    /// pub/sub connection alive (three missed: not ready, reconnect), in milliseconds.
+    canary_interval_ms: u64 = 2000, WSGW_CANARY_INTERVAL_MS => parse(MS);
+    /// Longest a Redis command may take before the caller gets `unavailable` / HTTP 503, in
+    /// milliseconds.
+    redis_timeout_ms: u64 = 1000, WSGW_REDIS_TIMEOUT_MS => parse(MS);
+    /// How long a client `request` may wait for its backend's first (or next streamed)
+    /// `response` before the gateway answers `error` `timeout`, in milliseconds.
+    request_timeout_ms: u64 = 30_000, WSGW_REQUEST_TIMEOUT_MS => parse(MS);
+    /// Requests one socket may have waiting for a backend at once; more get `rate_limited`.
+    max_pending_requests: usize = 64, WSGW_MAX_PENDING_REQUESTS => parse(COUNT);
+    /// Approximate length the `<prefix>inbound` request stream is trimmed to.
+    inbound_maxlen: usize = 100_000, WSGW_INBOUND_MAXLEN => parse(COUNT);
+    /// Proxies (IPs or CIDRs; a list of strings in TOML, comma-separated in the env) whose
+    /// `X-Forwarded-For` is believed: the client address is the rightmost address in it that
+    /// is not a trusted proxy. Empty: the TCP peer is the client.
+    #[serde(
+        serialize_with = "super::format::serialize_networks",
+        deserialize_with = "super::format::deserialize_networks"
+    )]
+    trusted_proxies: Vec<IpNet> = Vec::new(), WSGW_TRUSTED_PROXIES => networks;
+    /// Sockets one client address may hold on this node; `0` means unlimited.
+    max_connections_per_ip: usize = 0, WSGW_MAX_CONNECTIONS_PER_IP => parse(COUNT);
+    /// Events kept per channel for replay; `0` disables history.
+    history_size: usize = 1000, WSGW_HISTORY_SIZE => parse(EVENTS);
+    /// How long channel history is kept, in milliseconds.
+    history_ttl_ms: u64 = 3_600_000, WSGW_HISTORY_TTL_MS => parse(MS);
+    /// Most events replayed to one client on (re)subscribe.
+    max_replay: usize = 1000, WSGW_MAX_REPLAY => parse(EVENTS);
+    /// Most topics one connection may subscribe to.
+    max_subscriptions: usize = 128, WSGW_MAX_SUBSCRIPTIONS => parse(COUNT);
+    /// Inbound frames per second allowed per connection; `0` turns rate limiting off.
+    rate_limit_per_s: u32 = 50, WSGW_RATE_LIMIT_PER_S => parse(FRAMES_PER_S_U32);
+    /// Frames a connection may send in a burst above the steady rate.
+    rate_limit_burst: u32 = 100, WSGW_RATE_LIMIT_BURST => parse(FRAMES_U32);
+    /// Rate-limited frames tolerated before the connection is closed with 1008.
+    rate_limit_strikes: u32 = 20, WSGW_RATE_LIMIT_STRIKES => parse(FRAMES_U32);
+    /// Grace period on shutdown for connections to close, in milliseconds.
+    drain_ms: u64 = 5000, WSGW_DRAIN_MS => parse(MS);
+    /// WebSocket read buffer per connection, in bytes (the largest share of an idle
+    /// socket's memory; client frames are small).
+    ws_read_buffer_bytes: usize = 2048, WSGW_WS_READ_BUFFER_BYTES => parse(BYTES);
+    /// Log filter in `tracing` env-filter syntax, e.g. `info` or `wsgw=debug,info`.
+    log: String = "info".to_owned(), WSGW_LOG => string;
+    /// Log format: `text` or `json`.
+    log_format: LogFormat = LogFormat::Text, WSGW_LOG_FORMAT => parse("text or json");
+    /// Async runtime: `current_thread` or `multi_thread`.
+    runtime: RuntimeFlavor = RuntimeFlavor::MultiThread,
+        WSGW_RUNTIME => parse("current_thread or multi_thread");
+    /// Worker threads of the `multi_thread` runtime; `0` = one per core.
+    worker_threads: usize = 0, WSGW_WORKER_THREADS => parse(COUNT);
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (`text`).
+    Text,
+    /// One JSON object per line (`json`), for log shippers.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Which async runtime the server builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeFlavor {
+    /// A single-threaded runtime (`current_thread`).
+    CurrentThread,
+    /// A work-stealing runtime with `worker_threads` threads (`multi_thread`).
+    MultiThread,
+}
+
+impl FromStr for RuntimeFlavor {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        // Accept the dashed spelling too: people type it by analogy with flags.
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "current_thread" => Ok(Self::CurrentThread),
+            "multi_thread" => Ok(Self::MultiThread),
+            _ => Err(()),
+        }
+    }
+}
