@@ -116,7 +116,9 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
                 c.close(CloseCode::HeartbeatTimeout);
                 continue;
             }
-            if c.token_exp().is_some_and(|exp| exp.saturating_add(gw.config.jwt_leeway_s) < now_s) {
+            if c.token_exp()
+                .is_some_and(|exp| exp.saturating_add(gw.config.jwt_leeway_s) < now_s)
+            {
                 let err = ServerFrame::error(ErrorCode::TokenExpired, "token expired; refresh it and reconnect", None);
                 gw.metrics
                     .errors_sent
@@ -192,7 +194,9 @@ mod tests {
     use crate::hub::Connection;
 
     fn open(gw: &Gateway, id: &str) -> Arc<Connection> {
-        let c = gw.hub.register(Connection::new(Arc::from(id), Arc::from("u"), 100, None));
+        let c = gw
+            .hub
+            .register(Connection::new(Arc::from(id), Arc::from("u"), 100, None));
         c.finish_replay(|_| OutFrame::control("welcome"), Vec::new(), None, None);
         c
     }

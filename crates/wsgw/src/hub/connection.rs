@@ -244,7 +244,11 @@ impl Connection {
 
     /// How many topics and patterns it subscribed to itself (what `WSGW_MAX_SUBSCRIPTIONS` caps).
     pub fn topic_count(&self) -> usize {
-        self.channels.lock().iter().filter(|c| classify(c).is_explicit()).count()
+        self.channels
+            .lock()
+            .iter()
+            .filter(|c| classify(c).is_explicit())
+            .count()
     }
 
     /// Whether this connection is subscribed to exactly `channel`.

@@ -198,7 +198,9 @@ impl Session {
         match validate_publish(&channel, &event) {
             Ok(()) => {}
             // Over the socket a reserved channel is a permission matter (docs/protocol.md).
-            Err(e @ PublishError::Reserved(_)) => return self.send_error(ErrorCode::Forbidden, e.to_string(), request_id),
+            Err(e @ PublishError::Reserved(_)) => {
+                return self.send_error(ErrorCode::Forbidden, e.to_string(), request_id);
+            }
             Err(e) => return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id),
         }
         if !self.claims.permissions.can_publish(&channel) {
