@@ -38,6 +38,9 @@ if command -v python3 >/dev/null && ! python3 -c 'import redis' 2>/dev/null; the
     python3 -m pip install -q redis >/dev/null 2>&1 || echo "note: could not install redis-py; Python examples will be skipped"
 fi
 
+log "rust-version check"
+scripts/check-msrv.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

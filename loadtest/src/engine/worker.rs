@@ -149,7 +149,7 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
     let mut trackers: HashMap<String, SeqTracker> = HashMap::new();
     // client_publish: the first VU of each topic publishes to it.
     let k = w.subscribers_per_topic.max(1);
-    let publisher = w.kind == Kind::ClientPublish && topic.is_some() && i % k == 0;
+    let publisher = w.kind == Kind::ClientPublish && topic.is_some() && i.is_multiple_of(k);
     let period = Duration::from_secs_f64((w.topics.max(1) as f64 / w.rate.max(1e-3)).max(0.001));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
