@@ -77,9 +77,9 @@ pub use wsgw_protocol::{CloseCode, EventId, Welcome};
 
 type Ws = WebSocketStream<TcpStream>;
 
-pub use wsgw_protocol::Backoff;
 pub use config::ClientConfig;
 pub use incoming::{ClientError, Incoming};
+pub use wsgw_protocol::Backoff;
 
 /// A topic the application subscribed to, kept for re-subscribing after a reconnect.
 #[derive(Debug, Clone)]

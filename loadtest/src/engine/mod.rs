@@ -305,4 +305,3 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
         killed.filter(|p| *p != 0),
     ))
 }
-

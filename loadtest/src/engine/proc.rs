@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 pub(super) fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -82,4 +81,3 @@ impl ProcSampler {
         })
     }
 }
-

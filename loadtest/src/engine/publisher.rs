@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 #[derive(Default)]
 pub(super) struct PubState {
     pub(super) next: HashMap<String, u64>,
@@ -159,4 +158,3 @@ pub(super) async fn publisher(
     let _ = sem.acquire_many(64).await;
     Ok(())
 }
-

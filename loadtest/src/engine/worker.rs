@@ -407,4 +407,3 @@ pub fn worker_main() -> Result<()> {
         Ok(())
     })
 }
-
