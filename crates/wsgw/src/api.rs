@@ -95,7 +95,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 }
 
 /// The browser client (clients/js/wsgw.js), served so pages can `import` it from the node.
-const CLIENT_JS: &str = include_str!("../../../clients/js/wsgw.js");
+// A symlink to clients/js/wsgw.js (the package the JS tests run), so the crate holds what it serves.
+const CLIENT_JS: &str = include_str!("../assets/wsgw.js");
 const DEMO_HTML: &str = include_str!("../assets/demo.html");
 
 async fn client_js() -> Response {
