@@ -1,0 +1,392 @@
+//! Exactness torture test: real redis-server (AOF, appendfsync always) and 3 real gateway
+//! processes; torture clients that subscribe, unsubscribe, catch up and resume on random nodes;
+//! publishers (FCALL and HTTP); passive sockets for fan-out; faults on a schedule (node SIGKILL,
+//! Redis killed and restarted from its AOF, pub/sub connections killed, Redis paused). Then a
+//! checker compares what each client delivered with what the history streams hold.
+//!
+//! ```sh
+//! cargo test -p wsgw --test torture -- --nocapture                      # ~60 s of chaos
+//! WSGW_TORTURE_SECS=600 WSGW_TORTURE_SEED=7 cargo test --release -p wsgw --test torture -- --nocapture
+//! cargo test -p wsgw --test torture checker                             # the checker's unit tests
+//! ```
+//! Also: `WSGW_TORTURE_CLIENTS` (24), `WSGW_TORTURE_PASSIVE` (200), `WSGW_TORTURE_RATE` (events/s, 150).
+
+mod common;
+mod torture {
+    pub mod checker;
+    #[cfg(test)]
+    mod checker_tests;
+    pub mod coverage;
+    pub mod explain;
+    pub mod load;
+    pub mod model;
+    pub mod sim;
+}
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::cluster::{GatewayProc, RedisServer};
+use common::token;
+use tokio::time::Instant;
+use torture::checker::{self, Kind};
+use torture::explain::explain;
+use torture::load::*;
+use torture::model::*;
+use torture::sim::{Progress, Sim};
+
+const NODES: usize = 3;
+
+/// History never trims or expires during the run, and any replay may be complete.
+const NODE_ENV: &[(&str, &str)] = &[
+    ("WSGW_HISTORY_SIZE", "1000000"),
+    ("WSGW_HISTORY_TTL_MS", "86400000"),
+    ("WSGW_MAX_REPLAY", "1000000"),
+    ("WSGW_RATE_LIMIT_PER_S", "0"),
+    ("WSGW_HEARTBEAT_INTERVAL_MS", "10000"),
+    ("WSGW_HEARTBEAT_TIMEOUT_MS", "120000"),
+    ("WSGW_PRESENCE_TTL_MS", "30000"),
+];
+
+/// NODE_ENV, plus quiet node logs (the faults make them warn a lot) unless WSGW_TEST_LOG is set.
+fn node_env() -> Vec<(&'static str, &'static str)> {
+    let mut env = NODE_ENV.to_vec();
+    if std::env::var("WSGW_TEST_LOG").is_err() {
+        env.push(("WSGW_LOG", "error"));
+    }
+    env
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    PubsubKill,
+    NodeKill,
+    PauseAll,
+    RedisRestart,
+    PauseWrite,
+}
+
+const SCHEDULE: [Fault; 8] = [
+    Fault::PubsubKill,
+    Fault::NodeKill,
+    Fault::PauseAll,
+    Fault::RedisRestart,
+    Fault::PauseWrite,
+    Fault::NodeKill,
+    Fault::PubsubKill,
+    Fault::RedisRestart,
+];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Cluster {
+    redis: RedisServer,
+    nodes: Vec<GatewayProc>,
+    lives: Vec<u32>,
+}
+
+async fn redis_cmd(redis: &RedisServer, cmd: redis::Cmd) -> String {
+    let Some(mut c) = redis_conn(&redis.url()).await else {
+        return "no connection".into();
+    };
+    match tokio::time::timeout(Duration::from_secs(3), cmd.query_async::<redis::Value>(&mut c)).await {
+        Ok(Ok(v)) => format!("{v:?}"),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "timed out".into(),
+    }
+}
+
+async fn inject(f: Fault, cl: &mut Cluster, shared: &Shared, rng: &mut Rng) -> String {
+    match f {
+        Fault::PubsubKill => {
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("KILL").arg("TYPE").arg("pubsub");
+            format!("CLIENT KILL TYPE pubsub -> {}", redis_cmd(&cl.redis, cmd).await)
+        }
+        Fault::PauseAll | Fault::PauseWrite => {
+            let ms = 300 + rng.below(900);
+            let mode = if matches!(f, Fault::PauseAll) { "ALL" } else { "WRITE" };
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("PAUSE").arg(ms).arg(mode);
+            format!("CLIENT PAUSE {ms} {mode} -> {}", redis_cmd(&cl.redis, cmd).await)
+        }
+        Fault::RedisRestart => {
+            cl.redis.kill();
+            let down = 300 + rng.below(1200);
+            tokio::time::sleep(Duration::from_millis(down)).await;
+            cl.redis.restart().await;
+            format!("redis SIGKILLed, restarted from its AOF after {down} ms")
+        }
+        Fault::NodeKill => {
+            let slot = rng.below(NODES as u64) as usize;
+            shared.set_node(slot, None);
+            let old = cl.nodes[slot].node_id.clone();
+            cl.nodes[slot].kill();
+            let down = 300 + rng.below(1200);
+            tokio::time::sleep(Duration::from_millis(down)).await;
+            cl.lives[slot] += 1;
+            let id = format!("gw-{slot}.{}", cl.lives[slot]);
+            cl.nodes[slot] = GatewayProc::start(&cl.redis, &id, &node_env()).await;
+            shared.set_node(slot, Some((id.clone(), cl.nodes[slot].port)));
+            format!("node {old} SIGKILLed, {id} up after {down} ms")
+        }
+    }
+}
+
+/// Last published id per channel.
+fn last_ids(published: &std::collections::BTreeMap<String, Vec<Id>>) -> HashMap<String, Id> {
+    published
+        .iter()
+        .filter_map(|(c, ids)| ids.iter().max().map(|&l| (c.clone(), l)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torture_exactness_under_chaos() {
+    let secs = env_u64("WSGW_TORTURE_SECS", 60);
+    let seed = env_u64("WSGW_TORTURE_SEED", 20_261_201);
+    let n_clients = env_u64("WSGW_TORTURE_CLIENTS", 24);
+    let n_passive = env_u64("WSGW_TORTURE_PASSIVE", 200);
+    let rate = env_u64("WSGW_TORTURE_RATE", 150).max(3) as f64;
+    println!(
+        "torture: seed={seed} chaos={secs}s clients={n_clients} passive={n_passive} rate={rate}/s \
+         (WSGW_TORTURE_SEED, WSGW_TORTURE_SECS to change)"
+    );
+    let mut rng = Rng::new(seed);
+    let redis = RedisServer::start_persistent().await;
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        nodes.push(GatewayProc::start(&redis, &format!("gw-{i}.0"), &node_env()).await);
+    }
+    let shared = Arc::new(Shared::new(nodes.iter().map(|n| (n.node_id.clone(), n.port)).collect()));
+    let mut cl = Cluster {
+        redis,
+        nodes,
+        lives: vec![0; NODES],
+    };
+    let redis_url = cl.redis.url();
+
+    let passive_frames = Arc::new(AtomicU64::new(0));
+    let passives: Vec<_> = (0..n_passive as usize)
+        .map(|i| {
+            let t = token(&format!("p{i}"), &["t:*"], &[]);
+            tokio::spawn(passive(i, t, shared.clone(), passive_frames.clone()))
+        })
+        .collect();
+    let mut progress = Vec::new();
+    let mut sims = Vec::new();
+    for i in 0..n_clients {
+        let p = Arc::new(Mutex::new(Progress::default()));
+        let name = format!("tc{i}");
+        let sim = Sim::new(
+            &name,
+            token(&name, &["t:*"], &[]),
+            seed.wrapping_mul(1_000_003).wrapping_add(i),
+            shared.clone(),
+            p.clone(),
+        );
+        sims.push(tokio::spawn(sim.run()));
+        progress.push(p);
+    }
+    let publishers = vec![
+        tokio::spawn(fcall_publisher(
+            "f1".into(),
+            redis_url.clone(),
+            rate * 0.35,
+            seed ^ 1,
+            shared.clone(),
+        )),
+        tokio::spawn(fcall_publisher(
+            "f2".into(),
+            redis_url.clone(),
+            rate * 0.35,
+            seed ^ 2,
+            shared.clone(),
+        )),
+        tokio::spawn(http_publisher("h1".into(), rate * 0.3, seed ^ 3, shared.clone())),
+    ];
+
+    // Chaos: faults spread over the run.
+    let start = Instant::now();
+    let chaos_end = start + Duration::from_secs(secs);
+    let n_faults = (secs / 7).max(SCHEDULE.len() as u64).min(secs.max(1));
+    let spacing = Duration::from_secs(secs) / (n_faults as u32 + 1);
+    let mut faults = 0;
+    for k in 0..n_faults {
+        let at = start + spacing * (k as u32 + 1);
+        if at >= chaos_end {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        let f = SCHEDULE[k as usize % SCHEDULE.len()];
+        let what = inject(f, &mut cl, &shared, &mut rng).await;
+        faults += 1;
+        println!("  +{:6.1}s fault {faults}: {what}", shared.t_us() as f64 / 1e6);
+    }
+    tokio::time::sleep_until(chaos_end).await;
+
+    // Drain: stop publishing and the passive load, let the clients finish their requests,
+    // publish one fence event per channel, and wait until every live client has it.
+    shared.stop_publishing.store(true, Ordering::Release);
+    for p in publishers {
+        p.await.unwrap();
+    }
+    shared.stop_passive.store(true, Ordering::Release);
+    shared.quiesce.store(true, Ordering::Release);
+    let settle = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < settle
+        && progress.iter().any(|p| {
+            let p = p.lock().unwrap();
+            p.busy || !p.connected
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut r = redis_conn(&redis_url).await.expect("redis at the end");
+    let final_at_us = shared.t_us();
+    for ch in CHANNELS {
+        fcall(&mut r, ch, "{\"fence\":true}").await.expect("fence publish");
+    }
+    let last = last_ids(&read_published(&mut r).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let caught_up = |progress: &[Arc<Mutex<Progress>>]| {
+        progress
+            .iter()
+            .filter(|p| p.lock().unwrap().behind(&last).is_none())
+            .count()
+    };
+    while Instant::now() < deadline && caught_up(&progress) < progress.len() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "  +{:6.1}s drain: {}/{} clients caught up; {} publishes ok, {} failed (expected during faults); \
+         passive sockets drained {} frames; \
+         slowest live event reached a torture client {} ms after its publish",
+        shared.t_us() as f64 / 1e6,
+        caught_up(&progress),
+        progress.len(),
+        shared.published_ok.load(Ordering::Relaxed),
+        shared.publish_errors.load(Ordering::Relaxed),
+        passive_frames.load(Ordering::Relaxed),
+        shared.max_lag_ms.load(Ordering::Relaxed)
+    );
+    let lagging: Vec<usize> = (0..progress.len())
+        .filter(|&i| {
+            let why = progress[i].lock().unwrap().behind(&last);
+            if let Some(why) = &why {
+                println!("    tc{i} not caught up: {why}");
+            }
+            why.is_some()
+        })
+        .collect();
+    shared.stop.store(true, Ordering::Release);
+    let mut logs = Vec::new();
+    for s in sims {
+        logs.push(s.await.unwrap());
+    }
+    for p in passives {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
+
+    // Check.
+    let mut published = Published::new(read_published(&mut r).await);
+    published.final_at_us = Some(final_at_us);
+    let report = checker::check(&published, &logs);
+    for i in lagging {
+        let path = std::env::temp_dir().join(format!("wsgw-torture-{seed}-{}.log", logs[i].name));
+        let text: Vec<String> = logs[i]
+            .entries
+            .iter()
+            .zip(&report.tags[i])
+            .map(|(e, t)| torture::explain::line(e, *t))
+            .collect();
+        std::fs::write(&path, text.join("\n")).unwrap();
+        println!("    {}'s whole log: {}", logs[i].name, path.display());
+    }
+    let reconnects: usize = logs
+        .iter()
+        .map(|l| {
+            l.entries
+                .iter()
+                .filter(|e| matches!(e.rec, Rec::Welcome { .. }))
+                .count()
+                .saturating_sub(1)
+        })
+        .sum();
+    let counts = report.counts();
+    let first_of = |kind: Kind| {
+        report
+            .violations
+            .iter()
+            .filter(|v| v.kind == kind)
+            .min_by_key(|v| v.t_us)
+    };
+    let show = |v: &checker::Violation| {
+        format!(
+            "{}: {} on {} at +{:.3}s, ids {:?}{}: {}",
+            v.kind,
+            logs[v.client].name,
+            v.channel,
+            v.t_us as f64 / 1e6,
+            v.ids.iter().take(4).map(Id::to_string).collect::<Vec<_>>(),
+            if v.ids.len() > 4 { " ..." } else { "" },
+            v.detail
+        )
+    };
+    // Duplicates that the client cursor rule lets through are the rule's, not the server's.
+    if let Some(v) = first_of(Kind::RuleDuplicate) {
+        println!(
+            "note: {} duplicate(s) let through by the client cursor rule (not counted as violations); first: {}",
+            counts[&Kind::RuleDuplicate],
+            show(v)
+        );
+        if std::env::var("WSGW_TORTURE_EXPLAIN_ALL").is_ok() {
+            println!("\nFIRST RULE DUPLICATE: {}", explain(&report, v, &published, &logs));
+        }
+    }
+    let fatal: Vec<&checker::Violation> = report
+        .violations
+        .iter()
+        .filter(|v| v.kind != Kind::RuleDuplicate)
+        .collect();
+    if fatal.is_empty() {
+        println!(
+            "torture: {} events published, {} deliveries checked, {} faults injected, {} client reconnects, \
+             0 violations (seed {seed})",
+            report.events_published, report.deliveries_checked, faults, reconnects
+        );
+        return;
+    }
+    let first = fatal.iter().min_by_key(|v| (v.t_us, v.client, v.at)).unwrap();
+    println!("\nFIRST VIOLATION: {}", explain(&report, first, &published, &logs));
+    println!("First violation of each kind:");
+    for kind in counts.keys().filter(|k| **k != Kind::RuleDuplicate) {
+        let v = first_of(*kind).unwrap();
+        println!("  {}", show(v));
+        if std::env::var("WSGW_TORTURE_EXPLAIN_ALL").is_ok() && !std::ptr::eq(v, *first) {
+            println!("\n  FIRST {}", explain(&report, v, &published, &logs));
+        }
+    }
+    let missing: usize = fatal
+        .iter()
+        .filter(|v| matches!(v.kind, Kind::Gap | Kind::FalseRecovered | Kind::Stalled))
+        .map(|v| v.ids.len())
+        .sum();
+    let summary: Vec<String> = counts
+        .iter()
+        .filter(|(k, _)| **k != Kind::RuleDuplicate)
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect();
+    panic!(
+        "torture (seed {seed}): {} violations [{}] ({missing} events missing in all) over {} events published, \
+         {} deliveries checked, {faults} faults, {reconnects} client reconnects",
+        fatal.len(),
+        summary.join(", "),
+        report.events_published,
+        report.deliveries_checked
+    );
+}

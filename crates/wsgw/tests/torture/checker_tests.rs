@@ -1,0 +1,348 @@
+//! Unit tests of the checker: it must catch a planted gap, duplicate, reorder and a false
+//! `recovered:true`, and stay quiet on the legitimate cases around them.
+
+use std::collections::BTreeMap;
+
+use super::checker::{Kind, check, glob};
+use super::explain::explain;
+use super::model::*;
+
+fn id(n: u64) -> Id {
+    Id(n, 0)
+}
+
+/// `t:a` got 1..=n, `t:b` got 101..=100+m, `t:1`/`t:10` get what the test says.
+fn published(chans: &[(&str, &[u64])]) -> Published {
+    let mut m = BTreeMap::new();
+    for (c, ids) in chans {
+        m.insert(c.to_string(), ids.iter().map(|&n| id(n)).collect());
+    }
+    Published::new(m)
+}
+
+/// A tiny builder for one client's log.
+struct L(ClientLog, u64);
+
+impl L {
+    fn new() -> L {
+        let mut l = L(ClientLog::new("c0"), 0);
+        l.connect(None, None);
+        l.welcome(false, true, 0, &[]);
+        l
+    }
+    fn push(&mut self, r: Rec) -> &mut Self {
+        self.1 += 1000;
+        self.0.push(self.1, r);
+        self
+    }
+    fn connect(&mut self, cid: Option<&str>, last: Option<u64>) -> &mut Self {
+        self.push(Rec::Connect {
+            node: "n".into(),
+            connection_id: cid.map(Into::into),
+            last_event_id: last.map(id),
+        })
+    }
+    fn welcome(&mut self, resumed: bool, recovered: bool, replayed: u64, chans: &[&str]) -> &mut Self {
+        self.push(Rec::Welcome {
+            connection_id: "x".into(),
+            resumed,
+            recovered,
+            replayed,
+            channels: chans.iter().map(|c| c.to_string()).collect(),
+            not_replayed: vec![],
+        })
+    }
+    fn sub(&mut self, ch: &str, last: Option<u64>, history: Option<u64>, recovered: bool, replayed: u64) -> &mut Self {
+        self.push(Rec::Subscribe {
+            channel: ch.into(),
+            last_event_id: last.map(id),
+            history,
+        });
+        self.push(Rec::Subscribed {
+            channel: ch.into(),
+            recovered,
+            replayed,
+        })
+    }
+    fn plain(&mut self, ch: &str) -> &mut Self {
+        self.sub(ch, None, None, true, 0)
+    }
+    fn ev(&mut self, ch: &str, ids: &[u64]) -> &mut Self {
+        for &n in ids {
+            self.push(Rec::Event {
+                id: id(n),
+                channel: ch.into(),
+                fate: Fate::Delivered,
+            });
+        }
+        self
+    }
+    fn ev_fate(&mut self, ch: &str, n: u64, fate: Fate) -> &mut Self {
+        self.push(Rec::Event {
+            id: id(n),
+            channel: ch.into(),
+            fate,
+        })
+    }
+    fn close(&mut self) -> &mut Self {
+        self.push(Rec::Closed { why: "test".into() })
+    }
+    fn log(&self) -> ClientLog {
+        self.0.clone()
+    }
+}
+
+fn kinds(p: &Published, logs: &[ClientLog]) -> Vec<(Kind, Vec<u64>)> {
+    let r = check(p, logs);
+    // The printer must cope with whatever the checker reports.
+    for v in &r.violations {
+        assert!(!explain(&r, v, p, logs).is_empty());
+    }
+    let mut out: Vec<(Kind, Vec<u64>)> = r
+        .violations
+        .iter()
+        .map(|v| (v.kind, v.ids.iter().map(|i| i.0).collect()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_clean_run_has_no_violation() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5]), ("t:b", &[6, 7])]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[2, 3, 4, 5]);
+    let r = check(&p, &[l.log()]);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(r.deliveries_checked, 4);
+    assert_eq!(r.events_published, 7);
+}
+
+#[test]
+fn catches_a_planted_gap() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5])]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[1, 2, 4, 5]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::Gap, vec![3])]);
+}
+
+#[test]
+fn catches_a_planted_duplicate() {
+    let p = published(&[("t:a", &[1, 2, 3])]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[1, 2, 2, 3]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::Duplicate, vec![2])]);
+}
+
+#[test]
+fn catches_a_planted_reorder() {
+    let p = published(&[("t:a", &[1, 2, 3, 4])]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[1, 3, 2, 4]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::OutOfOrder, vec![2])]);
+}
+
+#[test]
+fn catches_a_false_recovered_subscribe() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5])]);
+    let mut l = L::new();
+    // Replay after 1 should bring 2 and 3; it brings only 3.
+    l.sub("t:a", Some(1), None, true, 1).ev("t:a", &[3, 4, 5]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::FalseRecovered, vec![2])]);
+}
+
+#[test]
+fn catches_a_false_recovered_resume() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5])]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[1, 2]).close();
+    l.connect(Some("x"), Some(2))
+        .welcome(true, true, 1, &["t:a"])
+        .ev("t:a", &[4, 5]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::FalseRecovered, vec![3])]);
+}
+
+#[test]
+fn a_good_resume_and_the_resume_filter_are_clean() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5])]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[1, 2, 3]).close();
+    // Resumed from 2 (an unfinished catch-up elsewhere): 3 is dropped by the filter.
+    l.connect(Some("x"), Some(2)).welcome(true, true, 3, &["t:a"]);
+    l.ev_fate("t:a", 3, Fate::Filtered).ev("t:a", &[4, 5]);
+    let r = check(&p, &[l.log()]);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
+#[test]
+fn coverage_ends_at_a_gap_frame_unsubscribe_and_unrecovered_resume() {
+    let p = published(&[("t:a", &(1..=20).collect::<Vec<_>>())]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[1, 2]);
+    l.push(Rec::Gap {
+        channels: vec!["t:*".into()],
+    });
+    l.ev("t:a", &[5, 6]);
+    l.push(Rec::Unsubscribe { channel: "t:a".into() });
+    l.plain("t:a").ev("t:a", &[9, 10]).close();
+    l.connect(Some("x"), Some(10)).welcome(true, false, 0, &["t:a"]);
+    l.ev("t:a", &[13, 14]).close();
+    // Not resumed: nothing more is required.
+    l.connect(Some("x"), Some(14)).welcome(false, true, 0, &[]);
+    let r = check(&p, &[l.log()]);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
+#[test]
+fn resubscribing_with_an_older_id_replays_again_without_a_duplicate() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5])]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[1, 2, 3]);
+    l.push(Rec::Unsubscribe { channel: "t:a".into() });
+    l.sub("t:a", Some(1), None, true, 2).ev("t:a", &[2, 3, 4, 5]);
+    let r = check(&p, &[l.log()]);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
+#[test]
+fn a_subscribe_catch_up_under_a_pattern_brings_older_events() {
+    let p = published(&[("t:1", &[1, 2, 3, 4, 5, 6, 7]), ("t:10", &[8])]);
+    let mut l = L::new();
+    l.plain("t:1*").ev("t:1", &[5, 6]).ev("t:10", &[8]);
+    l.sub("t:1", Some(2), None, true, 2).ev("t:1", &[3, 4]).ev("t:1", &[7]);
+    let r = check(&p, &[l.log()]);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+
+    let mut l = L::new();
+    l.plain("t:1*").ev("t:1", &[5, 6]).ev("t:10", &[8]);
+    l.sub("t:1", Some(2), None, true, 1).ev("t:1", &[4]).ev("t:1", &[7]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::FalseRecovered, vec![3])]);
+}
+
+#[test]
+fn history_starts_at_its_first_replayed_event() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5, 6])]);
+    let mut l = L::new();
+    l.sub("t:a", None, Some(2), true, 2).ev("t:a", &[3, 4, 5, 6]);
+    assert!(check(&p, &[l.log()]).violations.is_empty());
+    let mut l = L::new();
+    l.sub("t:a", None, Some(3), true, 3).ev("t:a", &[3, 4, 6]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::FalseRecovered, vec![5])]);
+}
+
+#[test]
+fn the_tail_must_arrive_for_connected_clients_only() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5])]);
+    let mut l = L::new();
+    l.plain("t:a").ev("t:a", &[1, 2, 3]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::Stalled, vec![4, 5])]);
+    l.close();
+    assert!(check(&p, &[l.log()]).violations.is_empty());
+    // Subscribed, still connected, and nothing ever came, though the last event was published
+    // after the subscription.
+    let mut l = L::new();
+    l.plain("t:a");
+    let mut p = p;
+    assert!(check(&p, &[l.log()]).violations.is_empty());
+    p.final_at_us = Some(l.1 + 1);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::Stalled, vec![5])]);
+}
+
+#[test]
+fn unknown_ids_and_rule_duplicates_are_reported() {
+    let p = published(&[("t:a", &[1, 2, 3])]);
+    let mut l = L::new();
+    l.plain("t:a")
+        .ev("t:a", &[1, 2, 99, 3])
+        .ev_fate("t:a", 3, Fate::DeliveredExempt);
+    assert_eq!(
+        kinds(&p, &[l.log()]),
+        vec![(Kind::UnknownEvent, vec![99]), (Kind::RuleDuplicate, vec![3])]
+    );
+}
+
+#[test]
+fn a_catch_up_repeating_what_an_earlier_socket_delivered_is_the_rules_duplicate() {
+    let p = published(&[("t:1", &[1, 2, 3, 4])]);
+    let mut l = L::new();
+    l.plain("t:1*").plain("t:1").ev("t:1", &[1, 2]).close();
+    l.connect(Some("x"), Some(2)).welcome(true, true, 0, &["t:1*", "t:1"]);
+    l.push(Rec::Unsubscribe { channel: "t:1".into() });
+    l.sub("t:1", None, Some(3), true, 2).ev("t:1", &[2]).ev("t:1", &[3, 4]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::RuleDuplicate, vec![2])]);
+    // On the same socket it is the server's.
+    let mut l = L::new();
+    l.plain("t:1*").plain("t:1").ev("t:1", &[1, 2]);
+    l.push(Rec::Unsubscribe { channel: "t:1".into() });
+    l.sub("t:1", None, Some(3), true, 1).ev("t:1", &[2]).ev("t:1", &[3, 4]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::Duplicate, vec![2])]);
+}
+
+#[test]
+fn dedup_ends_at_unsubscribe_but_not_for_what_a_remaining_pattern_delivered() {
+    let p = published(&[("t:1", &[1, 2, 3, 4, 5])]);
+    // 1 and 2 came through the exact subscription alone: after its unsubscribe they may come again.
+    let mut l = L::new();
+    l.plain("t:1").ev("t:1", &[1, 2]).plain("t:1*").ev("t:1", &[3]);
+    l.push(Rec::Unsubscribe { channel: "t:1".into() });
+    l.sub("t:1", None, Some(5), true, 2)
+        .ev("t:1", &[1, 2])
+        .ev("t:1", &[4, 5]);
+    assert!(check(&p, &[l.log()]).violations.is_empty());
+    // 3 came while the pattern was there too: sending it again is a duplicate.
+    let mut l = L::new();
+    l.plain("t:1").ev("t:1", &[1, 2]).plain("t:1*").ev("t:1", &[3]);
+    l.push(Rec::Unsubscribe { channel: "t:1".into() });
+    l.sub("t:1", None, Some(5), true, 3)
+        .ev("t:1", &[1, 2, 3])
+        .ev("t:1", &[4, 5]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::Duplicate, vec![3])]);
+    // A catch-up under the pattern came through the name: dedup for it ends at unsubscribe too.
+    let mut l = L::new();
+    l.plain("t:1*")
+        .ev("t:1", &[3])
+        .sub("t:1", Some(1), None, true, 1)
+        .ev("t:1", &[2]);
+    l.push(Rec::Unsubscribe { channel: "t:1".into() });
+    l.sub("t:1", Some(1), None, true, 1).ev("t:1", &[2]).ev("t:1", &[4, 5]);
+    assert!(check(&p, &[l.log()]).violations.is_empty());
+    // Unless that pattern was unsubscribed meanwhile: subscribing it again is a new subscription.
+    let mut l = L::new();
+    l.plain("t:1").ev("t:1", &[1, 2]).plain("t:1*").ev("t:1", &[3]);
+    l.push(Rec::Unsubscribe { channel: "t:1*".into() });
+    l.plain("t:1*");
+    l.push(Rec::Unsubscribe { channel: "t:1".into() });
+    l.sub("t:1", None, Some(5), true, 3)
+        .ev("t:1", &[1, 2, 3])
+        .ev("t:1", &[4, 5]);
+    assert!(check(&p, &[l.log()]).violations.is_empty());
+}
+
+#[test]
+fn a_cut_catch_up_under_a_pattern_finishes_after_the_resume() {
+    let p = published(&[("t:1", &[1, 2, 3, 4, 5, 6, 7])]);
+    let mut l = L::new();
+    l.plain("t:1*").ev("t:1", &[5, 6]);
+    l.sub("t:1", Some(1), None, true, 3).ev("t:1", &[2]).close();
+    // Resumed from 2 (the catch-up's position); old cursor 6.
+    l.connect(Some("x"), Some(2)).welcome(true, true, 5, &["t:1*", "t:1"]);
+    for n in 3..=6 {
+        l.ev_fate("t:1", n, Fate::DeliveredExempt);
+    }
+    l.ev("t:1", &[7]);
+    // 3 and 4 finish the catch-up in order; 5 and 6 are the rule's repeats.
+    assert_eq!(
+        kinds(&p, &[l.log()]),
+        vec![(Kind::RuleDuplicate, vec![5]), (Kind::RuleDuplicate, vec![6])]
+    );
+}
+
+#[test]
+fn glob_matches_any_run_including_colons() {
+    assert!(glob("t:1*", "t:1"));
+    assert!(glob("t:1*", "t:15"));
+    assert!(!glob("t:1*", "t:2"));
+    assert!(glob("t:*", "t:a:b"));
+    assert!(glob("*:1", "t:x:1"));
+    assert!(!glob("t:*x", "t:y"));
+}
