@@ -409,7 +409,7 @@ impl Connection {
     /// replayed events were queued.
     ///
     /// - `replayed` is sorted by id and was read up to the broker's snapshot `position`, after
-    ///   [`crate::broker::Broker::sync`] saw every live event up to it reach the hub. So once
+    ///   the broker's `sync` saw every live event up to it reach the hub. So once
     ///   merged, the floor moves to `position` and the live stream is in global order again.
     /// - `catch_up` names the one channel of a subscribe catch-up. Its replayed events may be
     ///   older than what the socket already has on other channels (that is the catch-up); the

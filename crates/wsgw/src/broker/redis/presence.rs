@@ -2,7 +2,6 @@
 //! user, the node registry, parked sessions, written in pipelined batches by one task and
 //! refreshed on a node-wide tick; and the cluster-wide reads of them.
 
-use super::resume::ParkedValue;
 use super::*;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -22,6 +21,13 @@ pub(super) enum PresenceCmd {
         park: bool,
     },
     Leave(oneshot::Sender<()>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+/// A closed connection's identity and topics, parked for a resume (`<prefix>session:<id>`).
+pub(super) struct ParkedValue {
+    pub(super) user_id: String,
+    pub(super) topics: Vec<String>,
 }
 
 impl Inner {

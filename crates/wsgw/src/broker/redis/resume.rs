@@ -2,14 +2,8 @@
 //! live socket on another node, and only for the user who owns it.
 
 use super::control::Control;
-use super::presence::PresenceValue;
+use super::presence::{ParkedValue, PresenceValue};
 use super::*;
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct ParkedValue {
-    pub(super) user_id: String,
-    pub(super) topics: Vec<String>,
-}
 
 impl Inner {
     pub(super) async fn resume(&self, connection_id: &str, user_id: &str) -> Result<Resume, BrokerError> {
