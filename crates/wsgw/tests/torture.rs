@@ -9,7 +9,9 @@
 //! WSGW_TORTURE_SECS=600 WSGW_TORTURE_SEED=7 cargo test --release -p wsgw --test torture -- --nocapture
 //! cargo test -p wsgw --test torture checker                             # the checker's unit tests
 //! ```
-//! Also: `WSGW_TORTURE_CLIENTS` (24), `WSGW_TORTURE_PASSIVE` (200), `WSGW_TORTURE_RATE` (events/s, 150).
+//! Also: `WSGW_TORTURE_CLIENTS` (24), `WSGW_TORTURE_PASSIVE` (200), `WSGW_TORTURE_RATE` (events/s, 150);
+//! `WSGW_TORTURE_EXPLAIN_ALL=1` prints the history of the first violation of every kind;
+//! `WSGW_TORTURE_DUMP=1` writes every client's whole log to the temporary directory.
 
 mod common;
 mod torture {
@@ -296,7 +298,13 @@ async fn torture_exactness_under_chaos() {
     let mut published = Published::new(read_published(&mut r).await);
     published.final_at_us = Some(final_at_us);
     let report = checker::check(&published, &logs);
-    for i in lagging {
+    // Lagging clients' logs are always written; every client's with WSGW_TORTURE_DUMP set.
+    let dump: Vec<usize> = if std::env::var("WSGW_TORTURE_DUMP").is_ok() {
+        (0..logs.len()).collect()
+    } else {
+        lagging
+    };
+    for i in dump {
         let path = std::env::temp_dir().join(format!("wsgw-torture-{seed}-{}.log", logs[i].name));
         let text: Vec<String> = logs[i]
             .entries

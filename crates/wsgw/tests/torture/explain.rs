@@ -142,12 +142,23 @@ pub fn explain(report: &Report, v: &Violation, published: &Published, clients: &
         .take(4)
         .last()
         .unwrap_or(v.at);
-    let rel: Vec<usize> = (v.since.min(v.at)..=end)
+    // Start a little before the stretch: the last few actions and frames (not events) that
+    // concern the channel show how it came to be followed.
+    let start = (0..v.since.min(v.at))
+        .rev()
+        .filter(|&k| {
+            let e = &log.entries[k].rec;
+            !matches!(e, Rec::Event { .. }) && concerns(e, &v.channel)
+        })
+        .take(3)
+        .last()
+        .unwrap_or(v.since.min(v.at));
+    let rel: Vec<usize> = (start..=end)
         .filter(|&k| concerns(&log.entries[k].rec, &v.channel))
         .collect();
     let _ = writeln!(
         out,
-        "  {}'s actions and frames about {} (from the start of the stretch; {} lines):",
+        "  {}'s actions and frames about {} (from just before the stretch; {} lines):",
         log.name,
         v.channel,
         rel.len()

@@ -57,8 +57,8 @@ struct Catchup {
 struct Filter {
     old_cursor: Id,
     exempt: HashMap<String, Id>,
-    /// Channels subscribed since the welcome (as the Rust client's cursor does): all their
-    /// events, catch-ups included, are new to the app, so the filter leaves them alone.
+    /// Channels subscribed since the welcome: all their events, catch-ups included, are new to
+    /// the app, so the filter leaves them alone.
     new: BTreeSet<String>,
 }
 
@@ -282,14 +282,11 @@ impl Sim {
         } else {
             BTreeSet::new()
         };
-        // Topics the resume did not bring back: subscribe again, catching up from the last id
-        // held on them.
+        // Topics the resume did not bring back: subscribe again from where the app's events of
+        // that topic end: its catch-up position if one was cut, otherwise the cursor.
         for lost in self.subs.difference(&now) {
-            let last = if lost.contains('*') {
-                None
-            } else {
-                self.last_on.get(lost).copied()
-            };
+            let cut = self.filter.as_ref().and_then(|f| f.exempt.get(lost).copied());
+            let last = if lost.contains('*') { None } else { cut.or(self.cursor) };
             self.todo.push_back((lost.clone(), last));
         }
         self.subs = now;
@@ -381,10 +378,7 @@ impl Sim {
                     recovered,
                     replayed,
                 });
-                let new = !self.follows(&ch);
-                if let Some(f) = self.filter.as_mut()
-                    && new
-                {
+                if let Some(f) = self.filter.as_mut() {
                     f.new.insert(ch.clone());
                 }
                 if replayed > 0 {
