@@ -255,8 +255,7 @@ impl Hub {
         delivered
     }
 
-    /// Delivers to the subscribers of one pattern (a Redis `pmessage` for `channel`), skipping
-    /// sockets that also hold an exact subscription (they get the `message`).
+    /// Delivers to the subscribers of one pattern (a Redis `pmessage` for `channel`).
     pub fn deliver_pattern(&self, pattern: &str, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
         let chans = self.channels.read();
         let exact = chans.get(channel);
@@ -266,7 +265,11 @@ impl Hub {
         };
         let mut delivered = 0;
         for (key, c) in subs {
-            if exact.is_some_and(|e| e.contains_key(key)) {
+            // A socket with an exact subscription gets the channel's `message` too, except for
+            // events published before the node's SUBSCRIBE took effect: those come only as this
+            // `pmessage`. Durable events are offered anyway (the socket's floor drops the second
+            // copy); ephemeral ones have no id to deduplicate, so they wait for the `message`.
+            if frame.event_id.is_none() && exact.is_some_and(|e| e.contains_key(key)) {
                 continue;
             }
             self.offer(c, channel, true, frame, exclude, &mut delivered);
