@@ -53,7 +53,7 @@ fn to_frame(e: StoredEvent) -> OutFrame {
     OutFrame {
         text: e.frame,
         event_id: Some(e.id),
-        published_us: e.ts_ms * 1000,
+        published_us: crate::time::ms_to_us(e.ts_ms),
         response: None,
     }
 }
@@ -82,7 +82,7 @@ pub async fn replay_after(
         let mut cursor = after;
         let mut taken = 0usize;
         // One more than the cap tells "over the cap" apart from "exactly the cap".
-        let want = max_replay + 1;
+        let want = max_replay.saturating_add(1);
         loop {
             let limit = REPLAY_BATCH.min(want - taken);
             let page = broker
@@ -202,5 +202,32 @@ mod tests {
         assert!(!r.recovered, "600 events do not fit a cap of 100");
         let got: Vec<EventId> = r.events.iter().filter_map(|e| e.event_id).collect();
         assert_eq!(got, ids[..100]);
+    }
+
+    #[tokio::test]
+    async fn huge_caps_and_timestamps_saturate() {
+        let hub = Arc::new(Hub::new("n".into(), Metrics::new()));
+        let b = MemoryBroker::new(
+            hub,
+            HistoryLimits {
+                size: 10,
+                ttl_ms: 60_000,
+            },
+            0,
+        );
+        let start = publish(&b, "x").await;
+        let id = publish(&b, "a").await;
+        // `max_replay + 1` must not overflow.
+        let r = replay_after(&b, &["a".to_string()], start, usize::MAX, "c").await.unwrap();
+        assert!(r.recovered);
+        assert_eq!(r.events.iter().filter_map(|e| e.event_id).collect::<Vec<_>>(), vec![id]);
+        // `ts * 1000` must not overflow either.
+        let f = to_frame(StoredEvent {
+            id,
+            frame: "{}".into(),
+            ts_ms: u64::MAX,
+            exclude: None,
+        });
+        assert_eq!(f.published_us, u64::MAX);
     }
 }

@@ -26,3 +26,9 @@ pub fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
+
+/// Milliseconds to microseconds, saturating: `ts` values come from outside (stored events,
+/// FCALL publishers) and a huge one must not wrap or panic.
+pub fn ms_to_us(ms: u64) -> u64 {
+    ms.saturating_mul(1000)
+}

@@ -332,7 +332,7 @@ impl Inner {
             _ => return None,
         }
         let text = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(body)).ok()?;
-        let published_us = head.ts.map_or(0, |ms| ms * 1000);
+        let published_us = head.ts.map_or(0, crate::time::ms_to_us);
         Some((
             OutFrame {
                 text,

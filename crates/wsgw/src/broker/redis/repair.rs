@@ -69,7 +69,7 @@ impl Inner {
             let frame = OutFrame {
                 text: e.frame.clone(),
                 event_id: Some(e.id),
-                published_us: e.ts_ms * 1000,
+                published_us: crate::time::ms_to_us(e.ts_ms),
                 response: None,
             };
             let n = self.hub.deliver(&ch, &frame, &excluded);
