@@ -218,7 +218,9 @@ mod tests {
         let start = publish(&b, "x").await;
         let id = publish(&b, "a").await;
         // `max_replay + 1` must not overflow.
-        let r = replay_after(&b, &["a".to_string()], start, usize::MAX, "c").await.unwrap();
+        let r = replay_after(&b, &["a".to_string()], start, usize::MAX, "c")
+            .await
+            .unwrap();
         assert!(r.recovered);
         assert_eq!(r.events.iter().filter_map(|e| e.event_id).collect::<Vec<_>>(), vec![id]);
         // `ts * 1000` must not overflow either.
