@@ -202,6 +202,40 @@ async fn disconnecting_a_user_closes_every_socket_of_theirs_with_4004() {
 }
 
 #[tokio::test]
+async fn a_support_agent_watching_user_alice_is_not_one_of_alices_connections() {
+    let node = Node::start(Config {
+        max_connections_per_user: 1,
+        ..config()
+    })
+    .await;
+    let (mut agent, _) = node.connect(&token("support", &["user:alice"], &[])).await;
+    agent.send(json!({"type": "subscribe", "channel": "user:alice"})).await;
+    agent.expect("subscribed").await;
+
+    // The per-user cap counts alice's own sockets only.
+    let (mut alice, w) = node.connect(&token("alice", &[], &[])).await;
+    let alice_id = w["connection_id"].as_str().unwrap().to_string();
+    let (status, resp) = node.api_get("/api/presence/users/alice").await;
+    assert_eq!(status, 200, "{resp}");
+    let ids: Vec<&str> = resp["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["connection_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [alice_id.as_str()], "presence lists alice's socket only: {resp}");
+
+    let (status, resp) = node.api_post("/api/users/alice/disconnect", json!({})).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["disconnected"], 1, "{resp}");
+    assert_eq!(alice.until_closed().await.0, Some(4004));
+    node.publish("user:alice", "still-watching", json!(null)).await;
+    assert_eq!(agent.expect("event").await["event"], "still-watching");
+    assert_eq!(agent.closed, None, "the agent was kicked with alice");
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn disconnecting_one_connection_closes_only_that_socket() {
     let node = Node::default().await;
     let (mut first, w1) = node.connect(&token("alice", &[], &[])).await;

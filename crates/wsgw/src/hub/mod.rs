@@ -59,6 +59,8 @@ pub struct Hub {
     conns: RwLock<HashMap<Arc<str>, Arc<Connection>>>,
     channels: RwLock<HashMap<Arc<str>, Subscribers>>,
     patterns: RwLock<Vec<(Arc<str>, Subscribers)>>,
+    /// Each user's sockets, by the socket's own `sub` (never by who listens to `user:<id>`).
+    users: RwLock<HashMap<Arc<str>, Subscribers>>,
     parked: Mutex<HashMap<Arc<str>, Parked>>,
     metrics: Metrics,
 }
@@ -72,6 +74,7 @@ impl Hub {
             conns: RwLock::new(HashMap::new()),
             channels: RwLock::new(HashMap::new()),
             patterns: RwLock::new(Vec::new()),
+            users: RwLock::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             metrics,
         }
@@ -88,6 +91,16 @@ impl Hub {
         conn.key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(conn);
         let old = self.conns.write().insert(conn.id.clone(), conn.clone());
+        {
+            let mut users = self.users.write();
+            if let Some(old) = &old {
+                unindex_user(&mut users, old);
+            }
+            users
+                .entry(conn.user_id.clone())
+                .or_default()
+                .insert(conn.key, conn.clone());
+        }
         if let Some(old) = old {
             old.replace();
             self.unsubscribe_all(&old);
@@ -104,6 +117,7 @@ impl Hub {
                 conns.remove(&conn.id);
             }
         }
+        unindex_user(&mut self.users.write(), conn);
         self.unsubscribe_all(conn)
     }
 
@@ -117,10 +131,9 @@ impl Hub {
         self.conns.read().len()
     }
 
-    /// Connections of one user on this node.
+    /// Connections of one user (sockets whose token's `sub` is `user_id`) on this node.
     pub fn user_connection_count(&self, user_id: &str) -> usize {
-        let key = wsgw_protocol::user(user_id);
-        self.channels.read().get(key.as_str()).map_or(0, |s| s.len())
+        self.users.read().get(user_id).map_or(0, |s| s.len())
     }
 
     /// Adds `conn` to `channel` (or pattern). Returns true when it is the first local
@@ -340,12 +353,11 @@ impl Hub {
         self.conns.read().get(id).cloned()
     }
 
-    /// Connections of one user on this node.
+    /// Connections of one user (by each socket's own `sub`) on this node.
     pub fn user_connections(&self, user_id: &str) -> Vec<Arc<Connection>> {
-        let key = wsgw_protocol::user(user_id);
-        self.channels
+        self.users
             .read()
-            .get(key.as_str())
+            .get(user_id)
             .map(|s| s.values().cloned().collect())
             .unwrap_or_default()
     }
@@ -412,6 +424,16 @@ impl Hub {
             channels: self.channels.read().len(),
             patterns: self.patterns.read().len(),
             parked_sessions: self.parked.lock().len(),
+        }
+    }
+}
+
+/// Drops `conn` from its user's entry (no-op when it is not there).
+fn unindex_user(users: &mut HashMap<Arc<str>, Subscribers>, conn: &Connection) {
+    if let Some(subs) = users.get_mut(&conn.user_id) {
+        subs.swap_remove(&conn.key);
+        if subs.is_empty() {
+            users.remove(&conn.user_id);
         }
     }
 }
@@ -588,6 +610,34 @@ mod tests {
         );
         assert_eq!(n, 4);
         assert_eq!(drain(&c).0, ["subscribed:4", "t:1#3", "t:1#4", "t:1#5", "t:1#9"]);
+    }
+
+    #[test]
+    fn a_users_connections_are_its_own_sockets_not_the_listeners_of_its_channel() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let alice = hub.register(Connection::new(Arc::from("a1"), Arc::from("alice"), 10, None));
+        let agent = hub.register(Connection::new(Arc::from("s1"), Arc::from("support"), 10, None));
+        hub.subscribe(&agent, "user:alice");
+        assert_eq!(hub.user_connection_count("alice"), 1);
+        assert_eq!(hub.presence("alice").len(), 1);
+        assert_eq!(hub.presence("alice")[0].connection_id, "a1");
+        assert_eq!(hub.close_user("alice", CloseCode::Kicked), 1);
+        assert!(
+            agent.close(CloseCode::Kicked),
+            "the agent watching user:alice was not kicked"
+        );
+        // A resumed id replaces the old socket in the index; removal empties it.
+        let again = hub.register(Connection::new(Arc::from("a1"), Arc::from("alice"), 10, None));
+        assert_eq!(hub.user_connection_count("alice"), 1);
+        hub.remove(&alice);
+        assert_eq!(
+            hub.user_connection_count("alice"),
+            1,
+            "the stale socket leaves no trace"
+        );
+        hub.remove(&again);
+        assert_eq!(hub.user_connection_count("alice"), 0);
+        assert!(hub.users.read().get("alice").is_none());
     }
 
     #[test]
