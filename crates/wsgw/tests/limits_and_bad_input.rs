@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use wsgw::Config;
 
 #[tokio::test]
@@ -292,5 +292,62 @@ async fn behind_a_trusted_proxy_the_per_address_cap_counts_real_clients() {
     one.expect("welcome").await;
     let (mut two, _) = Client::connect_with(&url, &[("x-forwarded-for", "198.51.100.2")]).await;
     assert_eq!(two.until_closed().await.0, Some(1008));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn echoed_values_are_capped_and_rate_limited_errors_carry_the_request_id() {
+    let node = Node::default().await;
+    let (mut c, _) = node.connect(&token("u", &["news"], &[])).await;
+    // 256 bytes of JSON text (254 characters and two quotes) is echoed.
+    let ok_id = "i".repeat(254);
+    c.send(json!({"type": "subscribe", "channel": "news", "request_id": ok_id}))
+        .await;
+    assert_eq!(c.expect("subscribed").await["request_id"], ok_id.as_str());
+    // 257 bytes is refused and not echoed, on a valid frame and on an invalid one alike.
+    let long_id = "i".repeat(255);
+    c.send(json!({"type": "subscribe", "channel": "news", "request_id": long_id}))
+        .await;
+    let e = c.expect("error").await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert!(e.get("request_id").is_none_or(Value::is_null), "not echoed: {e}");
+    c.send(json!({"type": "dance", "request_id": long_id})).await;
+    let e = c.expect("error").await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert!(e.get("request_id").is_none_or(Value::is_null), "not echoed: {e}");
+    // A ping ts of 64 bytes is echoed, 65 is refused.
+    let ts = "t".repeat(62);
+    c.send(json!({"type": "ping", "ts": ts})).await;
+    assert_eq!(c.expect("pong").await["ts"], ts.as_str());
+    c.send(json!({"type": "ping", "ts": "t".repeat(63)})).await;
+    let e = c.expect("error").await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert!(!e.to_string().contains(&"t".repeat(63)), "not echoed: {e}");
+    node.stop().await;
+
+    let node = Node::start(Config {
+        rate_limit_per_s: 1,
+        rate_limit_burst: 1,
+        rate_limit_strikes: 100,
+        ..config()
+    })
+    .await;
+    let (mut c, _) = node.connect(&token("u", &["news"], &[])).await;
+    c.send(json!({"type": "ping", "ts": 1})).await;
+    c.send(json!({"type": "subscribe", "channel": "news", "request_id": "r2"}))
+        .await;
+    c.send(json!({"type": "unsubscribe", "channel": "news", "request_id": {"n": 3}}))
+        .await;
+    assert_eq!(c.expect("pong").await["ts"], 1);
+    let e = c.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), &e["request_id"]),
+        (Some("rate_limited"), &json!("r2"))
+    );
+    let e = c.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), &e["request_id"]),
+        (Some("rate_limited"), &json!({"n": 3}))
+    );
     node.stop().await;
 }

@@ -15,19 +15,74 @@ use crate::broker::{InboundRequest, PublishRequest};
 use crate::history::{self, Replay};
 use crate::hub::{CatchUp, OutFrame};
 
+/// Longest `request_id` echoed back, in bytes of compact JSON text.
+pub(crate) const MAX_REQUEST_ID_BYTES: usize = 256;
+/// Longest ping `ts` echoed back in the `pong`, in bytes of compact JSON text.
+pub(crate) const MAX_PING_TS_BYTES: usize = 64;
+
+/// Length of `v` as compact JSON text.
+fn json_len(v: &Value) -> usize {
+    serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
+}
+
+/// Whether a `request_id` is small enough to be echoed.
+fn echoable_request_id(v: &Value) -> bool {
+    json_len(v) <= MAX_REQUEST_ID_BYTES
+}
+
+fn frame_request_id(frame: &ClientFrame) -> Option<&Value> {
+    match frame {
+        ClientFrame::Subscribe { request_id, .. }
+        | ClientFrame::Unsubscribe { request_id, .. }
+        | ClientFrame::Publish { request_id, .. }
+        | ClientFrame::Refresh { request_id, .. } => request_id.as_ref(),
+        ClientFrame::Request { request_id, .. } => Some(request_id),
+        ClientFrame::Ping { .. } | ClientFrame::Pong {} => None,
+    }
+}
+
+/// The `request_id` of a frame refused before parsing (rate limit), when it has an echoable one.
+fn probe_request_id(text: &str) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        request_id: Option<Value>,
+    }
+    serde_json::from_str::<Probe>(text)
+        .ok()?
+        .request_id
+        .filter(echoable_request_id)
+}
+
 impl Session {
     pub(super) async fn on_text(&mut self, text: &str) {
         if !self.limiter.admit() {
-            self.rate_limited();
+            self.rate_limited(probe_request_id(text));
             return;
         }
         let frame = match parse_client_frame(text) {
             Ok(f) => f,
             Err((e, request_id)) => {
-                self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
+                self.send_error(
+                    ErrorCode::BadRequest,
+                    e.to_string(),
+                    request_id.filter(echoable_request_id),
+                );
                 return;
             }
         };
+        if let Some(rid) = frame_request_id(&frame)
+            && !echoable_request_id(rid)
+        {
+            let msg = format!("request_id longer than {MAX_REQUEST_ID_BYTES} bytes of JSON");
+            return self.send_error(ErrorCode::BadRequest, msg, None);
+        }
+        if let ClientFrame::Ping { ts: Some(ts) } = &frame
+            && json_len(ts) > MAX_PING_TS_BYTES
+        {
+            let msg = format!("ping ts longer than {MAX_PING_TS_BYTES} bytes of JSON");
+            return self.send_error(ErrorCode::BadRequest, msg, None);
+        }
         match frame {
             ClientFrame::Ping { ts } => self.send(ServerFrame::Pong { ts }),
             ClientFrame::Pong {} => {}

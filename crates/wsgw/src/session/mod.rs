@@ -213,7 +213,7 @@ impl Session {
                                 if self.limiter.admit() {
                                     self.send_error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None);
                                 } else {
-                                    self.rate_limited();
+                                    self.rate_limited(None);
                                 }
                             }
                             Message::Close(_) => break ("client_closed", None),
@@ -262,13 +262,19 @@ impl Session {
         self.send(ServerFrame::error(code, message, request_id));
     }
 
-    fn rate_limited(&mut self) {
+    /// Refuses a frame over the rate limit, echoing its `request_id` (if it has one that may
+    /// be echoed).
+    fn rate_limited(&mut self, request_id: Option<Value>) {
         self.gw.metrics.rate_limited.inc();
         if self.limiter.strike() {
-            self.send_error(ErrorCode::RateLimited, "rate limit exceeded repeatedly; closing", None);
+            self.send_error(
+                ErrorCode::RateLimited,
+                "rate limit exceeded repeatedly; closing",
+                request_id,
+            );
             self.conn.close(CloseCode::Policy);
         } else {
-            self.send_error(ErrorCode::RateLimited, "too many frames; slow down", None);
+            self.send_error(ErrorCode::RateLimited, "too many frames; slow down", request_id);
         }
     }
 }
