@@ -35,15 +35,15 @@ impl Client {
             .collect();
         for t in missing {
             let rid = self.rid();
-            let mut frame = json!({"type": "subscribe", "channel": t.channel, "request_id": rid});
             // From where the application's events of the topic end (the cursor, or the catch-up
             // position of a topic whose catch-up the lost socket cut short).
             let from = self.cursor.resubscribe_from(&t.channel).or(t.last_event_id);
-            if let Some(id) = from {
-                frame["last_event_id"] = Value::from(id.to_string());
-            } else if let Some(n) = t.history {
-                frame["history"] = Value::from(n);
-            }
+            let frame = ClientFrame::Subscribe {
+                channel: t.channel.clone(),
+                request_id: Some(rid.into()),
+                last_event_id: from,
+                history: if from.is_some() { None } else { t.history },
+            };
             if self.send(frame).await.is_err() {
                 break; // `Closed` is queued; `next` reports it after the welcome.
             }
@@ -107,7 +107,7 @@ impl Client {
                         ));
                     }
                     Some("ping") => {
-                        let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
+                        let _ = ws.send(Message::text(ClientFrame::Pong {}.to_json())).await;
                     }
                     _ => {}
                 },

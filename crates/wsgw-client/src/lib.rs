@@ -60,7 +60,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -73,6 +73,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::connect::{read_frame, refusal};
 use crate::cursor::{Cursor, Subscribe};
 
+use wsgw_protocol::{ClientFrame, ServerFrame};
 pub use wsgw_protocol::{CloseCode, EventId, Welcome};
 
 type Ws = WebSocketStream<TcpStream>;
@@ -296,12 +297,12 @@ impl Client {
             }
         };
         let rid = self.rid();
-        let mut frame = json!({"type": "subscribe", "channel": channel, "request_id": rid});
-        if let Some(id) = last_event_id {
-            frame["last_event_id"] = Value::from(id.to_string());
-        } else if let Some(n) = history {
-            frame["history"] = Value::from(n);
-        }
+        let frame = ClientFrame::Subscribe {
+            channel: channel.to_owned(),
+            request_id: Some(rid.into()),
+            last_event_id,
+            history: if last_event_id.is_some() { None } else { history },
+        };
         self.send(frame).await?;
         self.cursor.subscribe_sent(rid, channel, last_event_id, kind);
         let reply = self.answer(rid).await?;
@@ -326,7 +327,10 @@ impl Client {
         let rid = self.rid();
         let reply = self
             .call(
-                json!({"type": "unsubscribe", "channel": channel, "request_id": rid}),
+                ClientFrame::Unsubscribe {
+                    channel: channel.to_owned(),
+                    request_id: Some(rid.into()),
+                },
                 rid,
             )
             .await?;
@@ -346,8 +350,13 @@ impl Client {
         echo: bool,
     ) -> Result<EventId, ClientError> {
         let rid = self.rid();
-        let frame = json!({"type": "publish", "channel": channel, "event": event, "data": data,
-            "echo": echo, "request_id": rid});
+        let frame = ClientFrame::Publish {
+            channel: channel.to_owned(),
+            event: event.to_owned(),
+            data,
+            request_id: Some(rid.into()),
+            echo: Some(echo),
+        };
         let reply = self.call(frame, rid).await?;
         match reply["type"].as_str() {
             Some("ack") => reply["event_id"]
@@ -363,8 +372,12 @@ impl Client {
     ///
     /// Use non-integer request ids (e.g. strings): the client numbers its own calls with integers.
     pub async fn request(&mut self, action: &str, data: Value, request_id: Value) -> Result<(), ClientError> {
-        self.send(json!({"type": "request", "action": action, "data": data, "request_id": request_id}))
-            .await
+        self.send(ClientFrame::Request {
+            action: action.to_owned(),
+            data,
+            request_id,
+        })
+        .await
     }
 
     /// Sets the token used by later reconnects. After it, a 4003 (token expired) close
@@ -381,7 +394,13 @@ impl Client {
         self.set_token(token.clone());
         let rid = self.rid();
         let reply = self
-            .call(json!({"type": "refresh", "token": token, "request_id": rid}), rid)
+            .call(
+                ClientFrame::Refresh {
+                    token,
+                    request_id: Some(rid.into()),
+                },
+                rid,
+            )
             .await?;
         match reply["type"].as_str() {
             Some("ack") => {
@@ -512,11 +531,11 @@ impl Client {
     }
 
     /// Sends one frame on the live socket.
-    async fn send(&mut self, frame: Value) -> Result<(), ClientError> {
+    async fn send(&mut self, frame: ClientFrame) -> Result<(), ClientError> {
         let Some(ws) = self.ws.as_mut() else {
             return Err(self.closed_error());
         };
-        if let Err(e) = ws.send(Message::text(frame.to_string())).await {
+        if let Err(e) = ws.send(Message::text(frame.to_json())).await {
             self.lost(None, format!("send failed: {e}"), true);
             return Err(self.closed_error());
         }
@@ -524,7 +543,7 @@ impl Client {
     }
 
     /// Sends a frame and waits for the answer carrying `rid`; other frames are queued.
-    async fn call(&mut self, frame: Value, rid: u64) -> Result<Value, ClientError> {
+    async fn call(&mut self, frame: ClientFrame, rid: u64) -> Result<Value, ClientError> {
         self.send(frame).await?;
         self.answer(rid).await
     }
@@ -568,7 +587,7 @@ impl Client {
             match read_frame(ws, self.silence).await {
                 Ok(frame) => {
                     if frame["type"] == "ping" {
-                        if let Err(e) = ws.send(Message::text(r#"{"type":"pong"}"#)).await {
+                        if let Err(e) = ws.send(Message::text(ClientFrame::Pong {}.to_json())).await {
                             self.lost(None, format!("send failed: {e}"), true);
                         }
                         continue;
@@ -590,9 +609,9 @@ impl Client {
             .as_ref()
             .and_then(Value::as_u64)
             .and_then(|r| self.resubscribing.iter().position(|(x, _)| *x == r));
-        match f["type"].as_str()? {
-            "event" => {
-                let e: wsgw_protocol::EventFrame = serde_json::from_value(f).ok()?;
+        // Unknown frame types (a newer gateway) are skipped.
+        match serde_json::from_value::<ServerFrame>(f).ok()? {
+            ServerFrame::Event(e) => {
                 if let Some(id) = e.event_id
                     && !self.cursor.event(&e.channel, id)
                 {
@@ -606,14 +625,20 @@ impl Client {
                     ts: e.ts,
                 })
             }
-            "response" => Some(Incoming::Response {
-                request_id: rid.unwrap_or(Value::Null),
-                ok: f["ok"].as_bool().unwrap_or(false),
-                data: f.get("data").cloned().unwrap_or(Value::Null),
-                more: f["more"].as_bool().unwrap_or(false),
-                error: f.get("error").filter(|e| !e.is_null()).cloned(),
+            ServerFrame::Response {
+                request_id,
+                ok,
+                data,
+                error,
+                more,
+            } => Some(Incoming::Response {
+                request_id,
+                ok,
+                data: data.unwrap_or(Value::Null),
+                more,
+                error: error.filter(|e| !e.is_null()),
             }),
-            "error" => {
+            ServerFrame::Error { code, message, .. } => {
                 self.cursor.refused(rid.as_ref().and_then(Value::as_u64));
                 if let Some(i) = internal {
                     // A topic that could not be subscribed again after a reconnect.
@@ -621,40 +646,31 @@ impl Client {
                     self.topics.retain(|t| t.channel != channel);
                 }
                 Some(Incoming::Error {
-                    code: f["code"].as_str().unwrap_or("unknown").to_owned(),
-                    message: f["message"].as_str().unwrap_or_default().to_owned(),
+                    code: code.as_str().to_owned(),
+                    message,
                     request_id: rid,
                 })
             }
-            "unsubscribed" if rid.is_none() => {
-                let channel = f["channel"].as_str()?.to_owned();
+            ServerFrame::Unsubscribed {
+                channel,
+                request_id: None,
+                reason,
+            } => {
                 self.topics.retain(|t| t.channel != channel);
                 self.cursor.unsubscribed(&channel);
-                Some(Incoming::Unsubscribed {
-                    channel,
-                    reason: f["reason"].as_str().map(str::to_owned),
-                })
+                Some(Incoming::Unsubscribed { channel, reason })
             }
-            "subscribed" => {
+            ServerFrame::Subscribed { channel, replayed, .. } => {
                 // A re-subscribe after a reconnect, or the late answer to a timed-out subscribe.
                 if let Some(i) = internal {
                     self.resubscribing.swap_remove(i);
                 }
-                if let Some(channel) = f["channel"].as_str() {
-                    let replayed = f["replayed"].as_u64().unwrap_or(0);
-                    self.cursor
-                        .subscribed(rid.as_ref().and_then(Value::as_u64), channel, replayed);
-                }
+                self.cursor
+                    .subscribed(rid.as_ref().and_then(Value::as_u64), &channel, replayed);
                 None
             }
-            "gap" => Some(Incoming::Gap {
-                channels: f["channels"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
-                    .unwrap_or_default(),
-                recovered: f["recovered"].as_bool().unwrap_or(false),
-            }),
-            // Late answers to timed-out calls, pongs, unknown types.
+            ServerFrame::Gap { channels, recovered } => Some(Incoming::Gap { channels, recovered }),
+            // Late answers to timed-out calls, pongs, welcomes.
             _ => None,
         }
     }

@@ -170,6 +170,9 @@ pub enum ErrorCode {
     Timeout,
     /// The gateway cannot do it now (broker unavailable).
     Unavailable,
+    /// A code this version does not know (a newer gateway): read as this, never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -186,6 +189,7 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::Timeout => "timeout",
             Self::Unavailable => "unavailable",
+            Self::Unknown => "unknown",
         }
     }
 }
