@@ -1,6 +1,6 @@
 //! The exactness checker: pure logic, no I/O. It replays what each logical client saw (across its
 //! reconnects) against what was published (read back from the history streams) and reports
-//! every breach of the delivery contract in /work/notes/exactness-spec.md:
+//! every breach of the delivery contract in docs/protocol.md ("Exactness", "The cursor a client keeps"):
 //!
 //! - `duplicate`: an id delivered twice to the app while the client followed the channel;
 //! - `out_of_order`: a live event older than one delivered before it (or a catch-up going back);
