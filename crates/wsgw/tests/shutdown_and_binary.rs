@@ -361,3 +361,36 @@ async fn dev_mode_prints_a_working_token_and_api_key() {
     assert_eq!(c.until_closed().await.0, Some(1012));
     assert_eq!(dev.exit_status().await.code(), Some(0), "stderr:\n{}", dev.stderr());
 }
+
+#[tokio::test]
+async fn dev_mode_listens_on_loopback_unless_told_otherwise() {
+    let listen_of = |out: std::process::Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .unwrap_or_else(|| panic!("no listen line:\n{stdout}"))
+            .to_owned()
+    };
+    let out = wsgw(&["--dev", "--print-config"], &[])
+        .output()
+        .await
+        .expect("run wsgw");
+    assert_eq!(listen_of(out), "\"127.0.0.1:8080\"");
+    let out = wsgw(&["--dev", "--print-config"], &[("WSGW_LISTEN", "0.0.0.0:8080")])
+        .output()
+        .await
+        .expect("run wsgw");
+    assert_eq!(listen_of(out), "\"0.0.0.0:8080\"", "WSGW_LISTEN wins");
+    let out = wsgw(&["--dev", "--print-config", "--listen", "0.0.0.0:9000"], &[])
+        .output()
+        .await
+        .expect("run wsgw");
+    assert_eq!(listen_of(out), "\"0.0.0.0:9000\"", "--listen wins");
+}

@@ -32,18 +32,34 @@ use format::{REDACTED, TRUSTED_PROXIES, is_not_a_network};
 /// The env var naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "WSGW_CONFIG";
 
+/// Where `--dev` listens when no layer sets `listen`: loopback only.
+pub const DEV_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+const LISTEN_ENV: &str = "WSGW_LISTEN";
+
 impl Config {
     /// Builds the effective config: defaults < file (if `cli.config` is set, or
     /// the `WSGW_CONFIG` env var names one) < env < flags, then [`validate`](Self::validate)s it.
     pub fn load(cli: &Cli, env: &dyn EnvSource) -> Result<Config, ConfigError> {
         let env = EnvLayer(env);
         let file = cli.config.clone().or_else(|| env.raw(CONFIG_ENV).map(PathBuf::from));
+        // Whether any layer names the listen address; if none does, `--dev` stays on loopback.
+        let mut listen_given = cli.listen.is_some() || env.raw(LISTEN_ENV).is_some();
         let mut config = match file {
-            Some(path) => Self::from_file(&path)?,
+            Some(path) => {
+                let (config, file_listens) = Self::from_file(&path)?;
+                listen_given |= file_listens;
+                config
+            }
             None => Self::default(),
         };
         config.apply_env(&env)?;
         config.apply_cli(cli);
+        if config.dev && !listen_given {
+            // A dev node hands out a permissive token and an API key: keep it off the network.
+            config.listen = DEV_LISTEN;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -138,12 +154,13 @@ impl Config {
             .unwrap_or_else(|e| format!("# cannot render the configuration as TOML: {e}\n"))
     }
 
-    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+    /// The file's config, and whether the file sets `listen`.
+    fn from_file(path: &Path) -> Result<(Config, bool), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| {
+        let config = toml::from_str(&text).map_err(|source| {
             if is_not_a_network(source.message()) {
                 // A bad trusted proxy is a validation error, wherever it was set.
                 invalid(TRUSTED_PROXIES, source.message().to_owned())
@@ -153,7 +170,9 @@ impl Config {
                     source,
                 }
             }
-        })
+        })?;
+        let sets_listen = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("listen"));
+        Ok((config, sets_listen))
     }
 }
 
@@ -302,6 +321,50 @@ mod tests {
         // Absent flags leave env alone.
         let c = Config::load(&Cli::default(), &e).unwrap();
         assert_eq!((c.log.as_str(), c.max_connections, c.dev), ("warn", 8, false));
+    }
+
+    #[test]
+    fn dev_listens_on_loopback_unless_a_layer_names_the_address() {
+        let dev = Cli {
+            dev: true,
+            ..Cli::default()
+        };
+        let loopback: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(Config::load(&dev, &env(&[])).unwrap().listen, loopback);
+        let c = Config::load(&Cli::default(), &env(&[("WSGW_DEV", "true")])).unwrap();
+        assert_eq!(c.listen, loopback, "WSGW_DEV too");
+        // Without dev mode the default stays.
+        assert_eq!(
+            Config::load(&Cli::default(), &env(&[])).unwrap().listen,
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        // Any layer that names the address wins, even when it names the non-dev default.
+        let e = env(&[("WSGW_LISTEN", "0.0.0.0:8080")]);
+        assert_eq!(Config::load(&dev, &e).unwrap().listen, "0.0.0.0:8080".parse().unwrap());
+        let flag = Cli {
+            dev: true,
+            listen: Some("0.0.0.0:9001".parse().unwrap()),
+            ..Cli::default()
+        };
+        assert_eq!(
+            Config::load(&flag, &env(&[])).unwrap().listen,
+            "0.0.0.0:9001".parse().unwrap()
+        );
+        let file = TempFile::new("listen = \"0.0.0.0:9002\"\n");
+        assert_eq!(
+            Config::load(
+                &Cli {
+                    dev: true,
+                    ..cli_with_file(&file)
+                },
+                &env(&[])
+            )
+            .unwrap()
+            .listen,
+            "0.0.0.0:9002".parse().unwrap()
+        );
+        let file = TempFile::new("dev = true\n");
+        assert_eq!(Config::load(&cli_with_file(&file), &env(&[])).unwrap().listen, loopback);
     }
 
     #[test]
