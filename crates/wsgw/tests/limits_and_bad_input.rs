@@ -351,3 +351,46 @@ async fn echoed_values_are_capped_and_rate_limited_errors_carry_the_request_id()
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn patterns_are_capped_per_socket_and_per_node() {
+    let node = Node::start(Config {
+        max_patterns: 2,
+        max_patterns_per_node: 3,
+        ..config()
+    })
+    .await;
+    let (mut a, _) = node.connect(&token("a", &["*"], &[])).await;
+    let (mut b, _) = node.connect(&token("b", &["*"], &[])).await;
+    for (i, p) in ["p1:*", "p2:*"].iter().enumerate() {
+        a.send(json!({"type": "subscribe", "channel": p, "request_id": i}))
+            .await;
+        assert_eq!(a.expect("subscribed").await["channel"], *p);
+    }
+    // A third pattern on one socket is over WSGW_MAX_PATTERNS; a plain topic still fits.
+    a.send(json!({"type": "subscribe", "channel": "p3:*", "request_id": "a3"}))
+        .await;
+    let e = a.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_str()),
+        (Some("bad_request"), Some("a3"))
+    );
+    a.send(json!({"type": "subscribe", "channel": "plain"})).await;
+    assert_eq!(a.expect("subscribed").await["channel"], "plain");
+    // The node holds 2 distinct patterns: one more fits, a fourth does not, a known one does.
+    b.send(json!({"type": "subscribe", "channel": "p3:*"})).await;
+    assert_eq!(b.expect("subscribed").await["channel"], "p3:*");
+    b.send(json!({"type": "subscribe", "channel": "p4:*", "request_id": "b4"}))
+        .await;
+    let e = b.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_str()),
+        (Some("bad_request"), Some("b4"))
+    );
+    b.send(json!({"type": "subscribe", "channel": "p1:*"})).await;
+    assert_eq!(b.expect("subscribed").await["channel"], "p1:*");
+    // `*` crosses `:`.
+    node.publish("p1:x:y", "deep", json!(null)).await;
+    assert_eq!(a.expect("event").await["event"], "deep");
+    node.stop().await;
+}

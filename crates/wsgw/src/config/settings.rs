@@ -170,6 +170,10 @@ settings! {
     log: String = "info".to_owned(), WSGW_LOG => string;
     /// Log format: `text` or `json`.
     log_format: LogFormat = LogFormat::Text, WSGW_LOG_FORMAT => parse("text or json");
+    /// Most patterns one connection may subscribe to (they count toward `max_subscriptions` too).
+    max_patterns: usize = 16, WSGW_MAX_PATTERNS => parse(COUNT);
+    /// Most distinct patterns subscribed on this node at once.
+    max_patterns_per_node: usize = 10_000, WSGW_MAX_PATTERNS_PER_NODE => parse(COUNT);
     /// Async runtime: `current_thread` or `multi_thread`.
     runtime: RuntimeFlavor = RuntimeFlavor::MultiThread,
         WSGW_RUNTIME => parse("current_thread or multi_thread");

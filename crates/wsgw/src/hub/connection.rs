@@ -251,6 +251,11 @@ impl Connection {
             .count()
     }
 
+    /// How many patterns it subscribed to (what `WSGW_MAX_PATTERNS` caps).
+    pub fn pattern_count(&self) -> usize {
+        self.channels.lock().iter().filter(|c| c.contains('*')).count()
+    }
+
     /// Whether this connection is subscribed to exactly `channel`.
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.channels.lock().iter().any(|c| &**c == channel)

@@ -223,6 +223,13 @@ impl Hub {
         self.channels.read().contains_key(channel)
     }
 
+    /// Whether a subscribe to `pattern` fits under `max` distinct patterns on this node (a
+    /// pattern the node already has always fits).
+    pub fn pattern_fits(&self, pattern: &str, max: usize) -> bool {
+        let pats = self.patterns.read();
+        pats.len() < max || pats.iter().any(|(p, _)| &**p == pattern)
+    }
+
     /// Every channel and pattern with a local subscriber.
     pub fn interests(&self) -> Vec<Arc<str>> {
         let mut all: Vec<Arc<str>> = self.channels.read().keys().cloned().collect();

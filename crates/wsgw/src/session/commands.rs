@@ -151,6 +151,17 @@ impl Session {
             let msg = format!("subscription limit of {} reached", self.gw.config.max_subscriptions);
             return self.send_error(ErrorCode::BadRequest, msg, request_id);
         }
+        if channel.contains('*') {
+            let cfg = &self.gw.config;
+            if self.conn.pattern_count() >= cfg.max_patterns {
+                let msg = format!("pattern limit of {} per connection reached", cfg.max_patterns);
+                return self.send_error(ErrorCode::BadRequest, msg, request_id);
+            }
+            if !self.gw.hub.pattern_fits(&channel, cfg.max_patterns_per_node) {
+                let msg = format!("this node has {} distinct patterns already", cfg.max_patterns_per_node);
+                return self.send_error(ErrorCode::BadRequest, msg, request_id);
+            }
+        }
         self.conn.begin_replay();
         let gw = self.gw.clone();
         let first = gw.hub.subscribe(&self.conn, &channel);
