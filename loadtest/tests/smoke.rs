@@ -8,7 +8,7 @@ use std::time::Duration;
 use loadtest::{RunOptions, Scenario, run};
 use wsgw::{Config, RunningGateway};
 
-const SECRET: &str = "loadtest-smoke-secret";
+const SECRET: &str = "loadtest-smoke-secret-0123456789abcdef";
 const API_KEY: &str = "loadtest-smoke-key";
 
 async fn gateway() -> RunningGateway {

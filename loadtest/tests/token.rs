@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use loadtest::engine::sign_hs256;
 use wsgw::auth::{AuthConfig, Authenticator};
 
-const SECRET: &str = "loadtest-token-secret";
+const SECRET: &str = "loadtest-token-secret-0123456789abcdef";
 
 fn now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use wsgw::{Config, RunningGateway};
 use wsgw_client::{Backoff, Client, ClientConfig, ClientError, EventId, Incoming};
 
-const SECRET: &str = "client-test-secret-0123456789";
+const SECRET: &str = "client-test-secret-0123456789abcdefghij";
 const API_KEY: &str = "client-test-api-key";
 const DEADLINE: Duration = Duration::from_secs(10);
 

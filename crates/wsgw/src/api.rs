@@ -94,6 +94,11 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     router.with_state(gw)
 }
 
+/// The routes of `metrics_listen`: `/metrics` alone.
+pub fn metrics_router(gw: Arc<Gateway>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(gw)
+}
+
 /// The browser client (clients/js/wsgw.js), served so pages can `import` it from the node.
 // A symlink to clients/js/wsgw.js (the package the JS tests run), so the crate holds what it serves.
 const CLIENT_JS: &str = include_str!("../assets/wsgw.js");
@@ -185,6 +190,12 @@ async fn ws_upgrade(
     let cfg = &gw.config;
     let upgrade = upgrade
         .protocols(["wsgw.v1"])
+    // Before anything else, so a page from a foreign origin never gets a socket (CSWSH).
+    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("null"));
+    if !gw.origins.allows(origin) {
+        let body = json!({ "error": "forbidden", "message": "origin not allowed" });
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
         .read_buffer_size(cfg.ws_read_buffer_bytes)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes);

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod origin;
 pub mod proxy;
 pub mod server;
 pub mod session;

@@ -62,6 +62,8 @@ pub struct Gateway {
     pub started_at_ms: u64,
     /// `--dev`: the printed token, also filled into the demo page.
     pub dev_token: Option<String>,
+    /// Origins browser upgrades may come from (`allowed_origins`).
+    pub origins: crate::origin::AllowedOrigins,
 }
 
 fn default_node_id() -> String {
@@ -128,6 +130,8 @@ impl Gateway {
             }
         };
         let proxies = crate::proxy::TrustedProxies::new(&config.trusted_proxies);
+        let origins = crate::origin::AllowedOrigins::new(&config.allowed_origins)
+            .map_err(|reason| StartError::Config(format!("allowed_origins: {reason}")))?;
         // `--dev` hands out one permissive token (printed, and filled into the demo page).
         let dev_token = match (&config.jwt_secret, config.dev) {
             (Some(secret), true) => {
@@ -157,6 +161,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             started_at_ms: now_ms(),
             dev_token,
+            origins,
         }))
     }
 

@@ -29,6 +29,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = match gw.config.metrics_listen {
+        Some(addr) => Some(serve_metrics(
+            TcpListener::bind(addr).await?,
+            gw.clone(),
+            stop_rx.clone(),
+        )?),
+        None => None,
+    };
     let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
     let app = crate::api::router(gw.clone());
     let listener = listener.tap_io(|tcp| {
@@ -50,12 +58,36 @@ pub async fn serve(
         .await;
     let _ = stop_tx.send(true);
     let _ = ticker.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     // Sessions have ended: remove what is left of this node's presence, then stop the broker.
     gw.broker.shutdown().await;
     gw.stop_broker();
     served?;
     info!("stopped");
     Ok(())
+}
+
+/// Serves `/metrics` alone on `metrics_listen` until `stop`, so a scraper can reach it on an
+/// address that clients cannot.
+fn serve_metrics(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    info!(addr = %listener.local_addr()?, "serving /metrics");
+    let app = crate::api::metrics_router(gw);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "the /metrics listener failed");
+        }
+    }))
 }
 
 async fn drain(gw: &Gateway) {

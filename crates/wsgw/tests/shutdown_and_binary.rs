@@ -394,3 +394,49 @@ async fn dev_mode_listens_on_loopback_unless_told_otherwise() {
         .expect("run wsgw");
     assert_eq!(listen_of(out), "\"0.0.0.0:9000\"", "--listen wins");
 }
+
+#[tokio::test]
+async fn the_binary_serves_metrics_on_wsgw_metrics_listen_and_only_metrics() {
+    let (port, metrics_port) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let cmd = wsgw(
+        &[],
+        &[
+            ("WSGW_LISTEN", listen.as_str()),
+            ("WSGW_METRICS_LISTEN", metrics.as_str()),
+            ("WSGW_JWT_SECRET", SECRET),
+            ("WSGW_API_KEY", API_KEY),
+            ("WSGW_DRAIN_MS", "300"),
+        ],
+    );
+    let mut server = Running::spawn(cmd, port);
+    let http = reqwest::Client::new();
+    server.healthy(&http).await;
+
+    let r = http.get(format!("http://{metrics}/metrics")).send().await;
+    let r = r.unwrap_or_else(|e| panic!("no /metrics on {metrics}: {e}; stderr:\n{}", server.stderr()));
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("wsgw_"), "Prometheus text:\n{body}");
+    // The metrics address serves nothing else: no sockets, no API.
+    for path in ["/ws", "/api/stats", "/health"] {
+        let r = http.get(format!("http://{metrics}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path} on the metrics address");
+    }
+    // And the main address keeps /metrics.
+    let r = http.get(format!("http://{listen}/metrics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    sigterm(server.pid());
+    assert_eq!(
+        server.exit_status().await.code(),
+        Some(0),
+        "stderr:\n{}",
+        server.stderr()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(metrics.as_str()).await.is_err(),
+        "the metrics listener is closed after stop"
+    );
+}

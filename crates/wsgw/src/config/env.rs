@@ -88,6 +88,24 @@ impl EnvLayer<'_> {
         Ok(())
     }
 
+    /// An optional typed value (an address, say) parsed with `FromStr`.
+    pub(super) fn opt_parse<T: FromStr>(
+        &self,
+        var: &'static str,
+        slot: &mut Option<T>,
+        expected: &'static str,
+    ) -> Result<(), ConfigError> {
+        if let Some(value) = self.raw(var) {
+            let parsed = value.trim().parse().map_err(|_| ConfigError::Env {
+                var,
+                value: value.clone(),
+                expected,
+            })?;
+            *slot = Some(parsed);
+        }
+        Ok(())
+    }
+
     pub(super) fn bool(&self, var: &'static str, slot: &mut bool) -> Result<(), ConfigError> {
         if let Some(value) = self.raw(var) {
             *slot = match value.trim().to_ascii_lowercase().as_str() {
@@ -101,6 +119,19 @@ impl EnvLayer<'_> {
                     });
                 }
             };
+        }
+        Ok(())
+    }
+
+    /// A comma-separated list of strings; entries are trimmed and blank ones skipped.
+    pub(super) fn list(&self, var: &'static str, slot: &mut Vec<String>) -> Result<(), ConfigError> {
+        if let Some(list) = self.raw(var) {
+            *slot = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         Ok(())
     }

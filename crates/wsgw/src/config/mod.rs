@@ -24,10 +24,13 @@ pub use cli::Cli;
 pub use env::{EnvSource, ProcessEnv};
 pub use error::ConfigError;
 pub use secrecy::{ExposeSecret, SecretString};
-pub use settings::{Config, LogFormat, RuntimeFlavor, SETTINGS, Setting};
+pub use settings::{ActionsDefault, Config, LogFormat, RuntimeFlavor, SETTINGS, Setting};
 
 use env::EnvLayer;
 use format::{REDACTED, TRUSTED_PROXIES, is_not_a_network};
+
+/// Shortest HS256 secret accepted outside `--dev`, in bytes (RFC 7518 §3.2: at least the hash size).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 /// The env var naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "WSGW_CONFIG";
@@ -122,6 +125,23 @@ impl Config {
                 }
                 _ => {}
             }
+        }
+        if let Some(secret) = &self.jwt_secret
+            && !self.dev
+            && secret.expose_secret().len() < MIN_HS256_SECRET_BYTES
+        {
+            // A short HMAC key can be brute-forced offline from any one token.
+            return Err(invalid(
+                "jwt_secret",
+                format!(
+                    "WSGW_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes (it has {}); \
+                     generate one with `openssl rand -hex 32` (--dev accepts shorter ones)",
+                    secret.expose_secret().len()
+                ),
+            ));
+        }
+        if let Err(reason) = crate::origin::AllowedOrigins::new(&self.allowed_origins) {
+            return Err(invalid("allowed_origins", reason));
         }
         if self.runtime == RuntimeFlavor::CurrentThread && self.worker_threads > 0 {
             return Err(invalid(
@@ -445,6 +465,22 @@ mod tests {
         );
         bad(|c| c.api_key = Some(String::new().into()), "api_key");
         bad(|c| c.jwt_secret = Some(REDACTED.into()), "jwt_secret");
+        bad(|c| c.jwt_secret = Some("31-bytes-0123456789abcdefghijkl".into()), "jwt_secret");
+        bad(|c| c.allowed_origins = vec!["example.org".into()], "allowed_origins");
+        // --dev accepts a short secret; 32 bytes pass everywhere.
+        Config {
+            dev: true,
+            jwt_secret: Some("short".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+        Config {
+            jwt_secret: Some("32-bytes-0123456789abcdefghijklm".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
         bad(
             |c| {
                 c.runtime = RuntimeFlavor::CurrentThread;
@@ -464,7 +500,7 @@ mod tests {
     #[test]
     fn redacted_toml_hides_secrets_and_loads_back() {
         let e = env(&[
-            ("WSGW_JWT_SECRET", "hunter2-jwt"),
+            ("WSGW_JWT_SECRET", "hunter2-jwt-0123456789abcdef0123456789"),
             ("WSGW_API_KEY", "hunter2-api"),
             ("WSGW_REDIS_URL", "redis://app:hunter2-redis@redis.internal:6379/0"),
             ("WSGW_JWT_AUDIENCE", "clients"),

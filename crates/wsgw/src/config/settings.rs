@@ -75,6 +75,11 @@ settings! {
     /// Address the HTTP/WebSocket listener binds (an IP:port; port 0 picks a free one).
     listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)),
         WSGW_LISTEN => parse("an IP:port socket address such as 0.0.0.0:8080");
+    /// A second address that serves only `/metrics` (say, a private interface for the scraper);
+    /// unset: none. `/metrics` stays on `listen` as well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<SocketAddr> = None,
+        WSGW_METRICS_LISTEN => opt_parse("an IP:port socket address such as 127.0.0.1:9100");
     /// This node's id in cluster messages; empty means the server derives one
     /// from hostname and pid.
     node_id: String = String::new(), WSGW_NODE_ID => string;

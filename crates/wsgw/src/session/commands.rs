@@ -314,7 +314,10 @@ impl Session {
                 rid,
             );
         }
-        if !self.claims.permissions.can_request(&action) {
+        let actions = &self.claims.permissions.actions;
+        let denied_by_default =
+            actions.is_none() && self.gw.config.jwt_actions_default == crate::config::ActionsDefault::Deny;
+        if denied_by_default || !self.claims.permissions.can_request(&action) {
             return self.send_error(
                 ErrorCode::Forbidden,
                 format!("token does not allow action {action}"),

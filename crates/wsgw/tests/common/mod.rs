@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wsgw::{Config, RunningGateway};
 
-pub const SECRET: &str = "test-secret-0123456789";
+pub const SECRET: &str = "test-secret-0123456789abcdefghijklmnop";
 pub const API_KEY: &str = "test-api-key";
 /// How long any single expectation may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
