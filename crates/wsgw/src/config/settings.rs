@@ -101,6 +101,10 @@ settings! {
     jwt_leeway_s: u64 = 5, WSGW_JWT_LEEWAY_S => parse(SECS);
     /// Reject tokens without an `exp` claim.
     jwt_require_exp: bool = true, WSGW_JWT_REQUIRE_EXP => bool;
+    /// What a token without an `actions` claim may `request`: `allow` (every action) or `deny`
+    /// (none; such a request gets `forbidden`).
+    jwt_actions_default: ActionsDefault = ActionsDefault::Allow,
+        WSGW_JWT_ACTIONS_DEFAULT => parse("allow or deny");
     /// Key required by the HTTP publish API. Secret: redacted in `--print-config` and `Debug`.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::format::serialize_secret")]
     api_key: Option<SecretString> = None, WSGW_API_KEY => opt;
@@ -150,6 +154,12 @@ settings! {
         deserialize_with = "super::format::deserialize_networks"
     )]
     trusted_proxies: Vec<IpNet> = Vec::new(), WSGW_TRUSTED_PROXIES => networks;
+    /// Origins a browser WebSocket upgrade may come from (a list of strings in TOML,
+    /// comma-separated in the env), e.g. `https://app.example.org` or `https://*.example.org`
+    /// (any subdomain, at any depth, not the bare domain). Scheme, host and port are compared
+    /// exactly. An upgrade with another `Origin` (including `null`) gets HTTP 403; one without
+    /// an `Origin` header is allowed. Empty: every origin is allowed.
+    allowed_origins: Vec<String> = Vec::new(), WSGW_ALLOWED_ORIGINS => list;
     /// Sockets one client address may hold on this node; `0` means unlimited.
     max_connections_per_ip: usize = 0, WSGW_MAX_CONNECTIONS_PER_IP => parse(COUNT);
     /// Events kept per channel for replay; `0` disables history.
@@ -189,6 +199,28 @@ settings! {
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+/// What a token without an `actions` claim may request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionsDefault {
+    /// Every action (`allow`).
+    Allow,
+    /// No action (`deny`).
+    Deny,
+}
+
+impl FromStr for ActionsDefault {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "allow" => Ok(Self::Allow),
+            "deny" => Ok(Self::Deny),
+            _ => Err(()),
+        }
+    }
+}
+
 pub enum LogFormat {
     /// Human-readable lines (`text`).
     Text,
