@@ -34,6 +34,8 @@ pub enum AppError {
     Unauthorized(&'static str),
     /// 404.
     NotFound(String),
+    /// 500: the gateway or its broker failed (a bug); not the caller's fault.
+    Internal(String),
     /// 503: the broker is unreachable; callers may retry.
     Unavailable(String),
     /// Status decided by axum's body extractor (413 for oversized bodies).
@@ -42,7 +44,11 @@ pub enum AppError {
 
 impl From<BrokerError> for AppError {
     fn from(e: BrokerError) -> Self {
-        Self::Unavailable(e.to_string())
+        match e {
+            BrokerError::BadRequest(_) => Self::BadRequest(e.to_string()),
+            BrokerError::Internal(_) => Self::Internal(e.to_string()),
+            BrokerError::Unavailable(_) => Self::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -52,6 +58,7 @@ impl IntoResponse for AppError {
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
             Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.to_string()),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            Self::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
             Self::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             Self::Body(r) => {
                 let status = r.status();

@@ -86,12 +86,28 @@ pub struct HistoryPage {
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    /// The broker cannot be reached now; the caller should answer 503 / `unavailable`.
+    /// The broker cannot be reached now (connection refused or lost, timeout, pool); the
+    /// caller should answer 503 / `unavailable`.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
-    /// The broker answered with something unexpected.
+    /// The broker refused the input (e.g. `wsgw_publish` refusing its arguments): 400 /
+    /// `bad_request`.
+    #[error("refused by the broker: {0}")]
+    BadRequest(String),
+    /// The broker answered with something unexpected (a bug): 500 / `internal`.
     #[error("broker error: {0}")]
     Internal(String),
+}
+
+impl BrokerError {
+    /// The error code a client gets for it.
+    pub fn code(&self) -> wsgw_protocol::ErrorCode {
+        match self {
+            Self::Unavailable(_) => wsgw_protocol::ErrorCode::Unavailable,
+            Self::BadRequest(_) => wsgw_protocol::ErrorCode::BadRequest,
+            Self::Internal(_) => wsgw_protocol::ErrorCode::Internal,
+        }
+    }
 }
 
 /// The seam between the hub and where events travel.

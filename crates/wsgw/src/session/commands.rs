@@ -299,8 +299,10 @@ impl Session {
                 });
             }
             Err(e) => {
-                self.gw.metrics.broker_errors.with_label_values(&["publish"]).inc();
-                self.send_error(ErrorCode::Unavailable, e.to_string(), request_id);
+                if !matches!(e, crate::broker::BrokerError::BadRequest(_)) {
+                    self.gw.metrics.broker_errors.with_label_values(&["publish"]).inc();
+                }
+                self.send_error(e.code(), e.to_string(), request_id);
             }
         }
     }

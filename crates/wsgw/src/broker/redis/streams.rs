@@ -21,10 +21,7 @@ impl Inner {
                 .arg(req.exclude.join(","))
                 .query_async(&mut c)
                 .await
-                .map_err(|e| match e.kind() {
-                    redis::ErrorKind::Server(_) => BrokerError::Internal(e.to_string()),
-                    _ => unavailable(e),
-                })?;
+                .map_err(classify)?;
             id.parse()
                 .map_err(|e: wsgw_protocol::EventIdError| BrokerError::Internal(e.to_string()))
         })
@@ -89,6 +86,36 @@ impl Inner {
                 Ok(HistoryPage { events, complete })
             }
         }
+    }
+}
+
+/// Sorts a Redis error: `wsgw_publish` refusing its input is the client's fault
+/// (`BadRequest`); Redis that cannot be reached or cannot serve now is `Unavailable`; anything
+/// else (an unexpected reply, a script bug) is `Internal`.
+pub(super) fn classify(e: redis::RedisError) -> BrokerError {
+    use redis::{ErrorKind, ServerErrorKind};
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return BrokerError::Unavailable(e.to_string());
+    }
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::ResponseError)
+            if e.detail().is_some_and(|d| d.starts_with("wsgw_publish:")) =>
+        {
+            BrokerError::BadRequest(e.detail().unwrap_or_default().to_string())
+        }
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        )
+        | ErrorKind::Io
+        | ErrorKind::ClusterConnectionNotFound => BrokerError::Unavailable(e.to_string()),
+        ErrorKind::Extension if matches!(e.code(), Some("BUSY" | "NOREPLICAS")) => {
+            BrokerError::Unavailable(e.to_string())
+        }
+        _ => BrokerError::Internal(e.to_string()),
     }
 }
 

@@ -9,6 +9,12 @@
 -- channel's pub/sub channel <prefix><channel>, and returns the id. <exclude> is a
 -- comma-separated list of connection ids that must not receive the event; it travels as a
 -- header line ("#x:<ids>\n") before the frame, which gateways strip.
+--
+-- Input is checked before anything is written: <ttl_ms> must be a positive integer and
+-- <maxlen> a non-negative integer (absent or empty: the <prefix>config defaults), and
+-- <data-json> standard JSON (no NaN, Infinity, hex, leading zeros or '+', which cjson
+-- accepts). An event published with maxlen 0 is live-only: it is recorded as trimmed in the
+-- channel's meta, so a replay across its id is never reported as recovered.
 
 local function valid_channel(c)
   return #c >= 1 and #c <= 256 and not string.find(c, '[^%w_%.:@=/%-]')
@@ -16,6 +22,85 @@ end
 
 local function valid_exclude(x)
   return #x <= 65536 and not string.find(x, '[^%w_,%-]')
+end
+
+-- A JSON number as RFC 8259 writes it.
+local function standard_number(t)
+  local int, rest = string.match(t, '^%-?(%d+)(.*)$')
+  if not int or (#int > 1 and string.sub(int, 1, 1) == '0') then
+    return false
+  end
+  rest = string.match(rest, '^%.%d+(.*)$') or rest
+  return rest == '' or string.find(rest, '^[eE][%+%-]?%d+$') ~= nil
+end
+
+-- Text cjson already parsed: every token outside strings is standard (cjson also takes NaN,
+-- Infinity, 0x10, 01, +1).
+local function standard_json(s)
+  local i, n = 1, #s
+  while i <= n do
+    local _, b = string.find(s, '^[ \t\n\r{}%[%],:]+', i)
+    if b then
+      i = b + 1
+    elseif string.byte(s, i) == 34 then
+      local j = i + 1
+      while true do
+        local q = string.find(s, '["\\]', j)
+        if not q then
+          return false
+        end
+        if string.byte(s, q) == 92 then
+          j = q + 2
+        else
+          i = q + 1
+          break
+        end
+      end
+    else
+      local a, e = string.find(s, '^[%w%+%-%.]+', i)
+      if not a then
+        return false
+      end
+      local tok = string.sub(s, a, e)
+      if not (tok == 'true' or tok == 'false' or tok == 'null' or standard_number(tok)) then
+        return false
+      end
+      i = e + 1
+    end
+  end
+  return true
+end
+
+-- An integer argument: nil when absent or empty, false when not `min`.. in decimal digits.
+local function int_arg(v, min)
+  if v == nil or v == '' then
+    return nil
+  end
+  if #v > 15 or not string.find(v, '^%d+$') then
+    return false
+  end
+  local n = tonumber(v)
+  if n < min then
+    return false
+  end
+  return n
+end
+
+local function id_newer(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b or '', '^(%d+)-(%d+)$')
+  if not bm then
+    return true
+  end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+
+-- Records that history after ids up to `id` is incomplete (never lowers the mark).
+local function mark_trimmed(meta_key, id)
+  if id_newer(id, redis.call('HGET', meta_key, 'trimmed')) then
+    redis.call('HSET', meta_key, 'trimmed', id)
+  end
 end
 
 local function publish(keys, args)
@@ -40,11 +125,17 @@ local function publish(keys, args)
   if #event < 1 or #event > 128 then
     return redis.error_reply('ERR wsgw_publish: event must be 1..128 bytes')
   end
-  if not pcall(cjson.decode, data) then
+  if not pcall(cjson.decode, data) or not standard_json(data) then
     return redis.error_reply('ERR wsgw_publish: data is not valid JSON')
   end
-  local ttl = tonumber(args[4] or '')
-  local maxlen = tonumber(args[5] or '')
+  local ttl = int_arg(args[4], 1)
+  if ttl == false then
+    return redis.error_reply('ERR wsgw_publish: ttl_ms must be a positive integer')
+  end
+  local maxlen = int_arg(args[5], 0)
+  if maxlen == false then
+    return redis.error_reply('ERR wsgw_publish: maxlen must be a non-negative integer')
+  end
   if not ttl or not maxlen then
     local cfg = redis.call('HMGET', prefix .. 'config', 'history_ttl_ms', 'history_size')
     ttl = ttl or tonumber(cfg[1]) or 3600000
@@ -75,8 +166,8 @@ local function publish(keys, args)
   local frame = '{"type":"event","event_id":"' .. id .. '","channel":' .. cjson.encode(channel)
     .. ',"event":' .. cjson.encode(event) .. ',"data":' .. data .. ',"ts":' .. string.format('%d', ms) .. '}'
 
+  local meta_key = prefix .. 'meta:' .. channel
   if maxlen > 0 then
-    local meta_key = prefix .. 'meta:' .. channel
     if exclude ~= '' then
       redis.call('XADD', hist_key, id, 'f', frame, 'x', exclude)
     else
@@ -87,11 +178,15 @@ local function publish(keys, args)
       -- Trimming does not record what it removed; we do, so replays can tell a gap.
       local old = redis.call('XRANGE', hist_key, '-', '+', 'COUNT', len - maxlen)
       redis.call('XTRIM', hist_key, 'MAXLEN', maxlen)
-      redis.call('HSET', meta_key, 'trimmed', old[#old][1])
+      mark_trimmed(meta_key, old[#old][1])
     end
     redis.call('HSET', meta_key, 'last', id)
     redis.call('PEXPIRE', hist_key, ttl)
     -- The meta outlives the stream, so an expired history is still known to have existed.
+    redis.call('PEXPIRE', meta_key, ttl * 2)
+  else
+    -- Live-only: kept nowhere, so no replay across it can be complete.
+    mark_trimmed(meta_key, id)
     redis.call('PEXPIRE', meta_key, ttl * 2)
   end
 

@@ -1,0 +1,169 @@
+//! What the Redis broker does with bad input: `wsgw_publish` refuses it before writing
+//! anything, a live-only event (maxlen 0) makes a replay across it not recovered, and the
+//! gateway tells the client's fault (400 / `bad_request`) from a bug (500 / `internal`) and
+//! from a Redis it cannot reach (503 / `unavailable`).
+
+mod common;
+
+use common::cluster::*;
+use common::*;
+use serde_json::{Value, json};
+
+const LUA: &str = include_str!("../src/broker/redis/wsgw.lua");
+
+async fn load_functions(r: &mut redis::aio::MultiplexedConnection) {
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LUA)
+        .query_async(r)
+        .await
+        .expect("FUNCTION LOAD");
+}
+
+/// FCALL wsgw_publish with every argument given; the error text on refusal.
+async fn fcall(
+    r: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    data: &str,
+    ttl_ms: &str,
+    maxlen: &str,
+) -> Result<String, String> {
+    redis::cmd("FCALL")
+        .arg("wsgw_publish")
+        .arg(2)
+        .arg("ws:seq")
+        .arg(format!("ws:history:{channel}"))
+        .arg(channel)
+        .arg("e")
+        .arg(data)
+        .arg(ttl_ms)
+        .arg(maxlen)
+        .query_async(r)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn wsgw_publish_refuses_bad_ttl_maxlen_and_non_standard_json_before_writing_anything() {
+    let redis = RedisServer::start().await;
+    let mut r = redis.conn().await;
+    load_functions(&mut r).await;
+
+    for ttl in ["0", "-1", "1.5", "1e3", "abc", " 10", "0x10", "9999999999999999999"] {
+        let e = fcall(&mut r, "room:1", "1", ttl, "10").await.expect_err(ttl);
+        assert!(e.contains("ttl_ms must be a positive integer"), "ttl {ttl:?}: {e}");
+    }
+    for maxlen in ["-1", "1.5", "1e3", "x", "+3"] {
+        let e = fcall(&mut r, "room:1", "1", "60000", maxlen).await.expect_err(maxlen);
+        assert!(
+            e.contains("maxlen must be a non-negative integer"),
+            "maxlen {maxlen:?}: {e}"
+        );
+    }
+    // cjson takes all of these; JSON does not.
+    for data in [
+        "NaN",
+        "-nan",
+        r#"{"a":NaN}"#,
+        r#"{"a":Infinity}"#,
+        r#"[-Infinity]"#,
+        r#"{"a":-inf}"#,
+        r#"{"a":0x10}"#,
+        r#"{"a":01}"#,
+        r#"{"a":+1}"#,
+        r#"[1.]"#,
+    ] {
+        let e = fcall(&mut r, "room:1", data, "60000", "10").await.expect_err(data);
+        assert!(e.contains("data is not valid JSON"), "data {data}: {e}");
+    }
+    let keys: Vec<String> = redis::cmd("KEYS").arg("ws:*").query_async(&mut r).await.unwrap();
+    assert!(keys.is_empty(), "a refused publish wrote {keys:?}");
+
+    // Standard JSON, strings that merely look like the refused tokens, and good numbers pass.
+    for data in [
+        r#"{"a":[1,-2.5e-3,0,-0,0.0,1E5,1e400,null,true,false],"NaN":"0x10 Infinity","q\"":"\\"}"#,
+        r#""NaN""#,
+        " [ ] ",
+        "-0.5",
+    ] {
+        fcall(&mut r, "room:1", data, "60000", "10").await.expect(data);
+    }
+}
+
+#[tokio::test]
+async fn a_live_only_event_makes_a_replay_across_it_not_recovered() {
+    let redis = RedisServer::start().await;
+    let gw = GatewayProc::start(&redis, "gw-a", &[]).await;
+    let mut r = redis.conn().await;
+    let first = fcall_publish(&mut r, "user:alice", "kept", &json!(1)).await;
+    let live = fcall(&mut r, "user:alice", "2", "60000", "0")
+        .await
+        .expect("live-only publish");
+    let third = fcall_publish(&mut r, "user:alice", "kept", &json!(3)).await;
+    let len: usize = redis::cmd("XLEN")
+        .arg("ws:history:user:alice")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(len, 2, "the live-only event is not stored");
+
+    let t = token("alice", &[], &[]);
+    let (mut c, w) = gw.connect_query(&format!("token={t}&last_event_id={first}")).await;
+    assert_eq!(
+        w["recovered"], false,
+        "the live-only event {live} is lost to this replay: {w}"
+    );
+    let e = c.expect("event").await;
+    assert_eq!(e["event_id"], third.as_str());
+
+    // From the live-only event on, nothing is missing.
+    let (mut c, w) = gw.connect_query(&format!("token={t}&last_event_id={live}")).await;
+    assert_eq!(w["recovered"], true, "{w}");
+    assert_eq!(c.expect("event").await["event_id"], third.as_str());
+}
+
+/// POSTs a raw JSON body to `/api/publish`.
+async fn post_publish(gw: &GatewayProc, body: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(gw.url("/api/publish"))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("http");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn broker_errors_are_bad_request_internal_or_unavailable_by_cause() {
+    let mut redis = RedisServer::start().await;
+    let gw = GatewayProc::start(&redis, "gw-a", &[]).await;
+
+    // A lone surrogate is valid JSON text to the gateway's parser but not to Redis's cjson:
+    // the Function refuses the input, which is the caller's fault.
+    let (status, body) = post_publish(&gw, r#"{"channel":"room:1","event":"e","data":{"x":"\ud800"}}"#).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+
+    let (mut c, _) = gw.connect(&token("alice", &[], &["room:1"])).await;
+
+    // The Function is gone: a bug in the deployment, not the caller's fault nor an outage.
+    let mut r = redis.conn().await;
+    let _: () = redis::cmd("FUNCTION").arg("FLUSH").query_async(&mut r).await.unwrap();
+    let (status, body) = post_publish(&gw, r#"{"channel":"room:1","event":"e","data":1}"#).await;
+    assert_eq!((status, body["error"].as_str()), (500, Some("internal")), "{body}");
+    c.send(json!({"type": "publish", "channel": "room:1", "event": "e", "data": 1, "request_id": 1}))
+        .await;
+    let e = c.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_i64()),
+        (Some("internal"), Some(1)),
+        "{e}"
+    );
+
+    // Redis gone: unavailable.
+    redis.kill();
+    let (status, body) = post_publish(&gw, r#"{"channel":"room:1","event":"e","data":1}"#).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")), "{body}");
+}
