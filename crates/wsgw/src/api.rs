@@ -190,6 +190,12 @@ async fn ws_upgrade(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Before anything else, so a page from a foreign origin never gets a socket (CSWSH).
+    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("null"));
+    if !gw.origins.allows(origin) {
+        let body = json!({ "error": "forbidden", "message": "origin not allowed" });
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
     let auth = match token_from_request(&headers, q.token.as_deref()) {
         Some((token, _)) => gw.auth.verify(&token),
         None => Err(AuthError::Missing),
@@ -197,12 +203,6 @@ async fn ws_upgrade(
     let cfg = &gw.config;
     let upgrade = upgrade
         .protocols(["wsgw.v1"])
-    // Before anything else, so a page from a foreign origin never gets a socket (CSWSH).
-    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("null"));
-    if !gw.origins.allows(origin) {
-        let body = json!({ "error": "forbidden", "message": "origin not allowed" });
-        return (StatusCode::FORBIDDEN, Json(body)).into_response();
-    }
         .read_buffer_size(cfg.ws_read_buffer_bytes)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes);
