@@ -3,10 +3,13 @@
 #
 # 1. Installs Debian's docker-compose (v1) with apt when it is missing.
 # 2. `docker-compose -f docker-compose.yml config -q` (schema and interpolation), with and
-#    without the monitoring profile.
+#    without the monitoring profile, with stand-in secrets; and that it FAILS without
+#    WSGW_JWT_SECRET or WSGW_API_KEY (no `change-me` fallback).
 # 3. Asserts the structure of the resolved `docker-compose config` output with the system
 #    python3 and PyYAML (which Debian's docker-compose depends on).
-# 4. If nginx is installed, `nginx -t` on deploy/nginx/nginx.conf, with the compose
+# 4. Asserts that deploy/nginx/nginx.conf and nginx.conf.template keep /metrics off the
+#    public port and let /api/ through only to allowed addresses (`deny all`).
+# 5. If nginx is installed, `nginx -t` on deploy/nginx/nginx.conf, with the compose
 #    hostnames and paths mapped to local ones (skipped otherwise).
 # Prints each check; exits non-zero on the first failing step.
 set -euo pipefail
@@ -31,11 +34,24 @@ fi
 [[ -x $PY ]] || die "$PY not found (it comes with Debian's docker-compose)"
 "$PY" -c 'import yaml' 2>/dev/null || die "PyYAML missing for $PY (apt-get install python3-yaml)"
 
-# Defaults in the file make these optional; unset them so the check does not depend on
-# the caller's environment (and never prints a real secret).
+# Unset so the check does not depend on the caller's environment (and never prints a real
+# secret). The file has no default for the two secrets: compose must refuse to run without them.
 unset WSGW_JWT_SECRET WSGW_API_KEY WSGW_LOG GRAFANA_ADMIN_PASSWORD COMPOSE_PROFILES COMPOSE_FILE
 
 say "$(docker-compose version --short 2>/dev/null || docker-compose version | head -n1)"
+# Stand-ins, never real secrets.
+stand_ins=(WSGW_JWT_SECRET=check-compose-jwt-secret-0123456789abcdef WSGW_API_KEY=check-compose-api-key)
+for missing in WSGW_JWT_SECRET WSGW_API_KEY; do
+    given=()
+    for kv in "${stand_ins[@]}"; do [[ $kv == "$missing="* ]] || given+=("$kv"); done
+    if out=$(env "${given[@]}" docker-compose -f "$COMPOSE_YML" config -q 2>&1); then
+        die "docker-compose config accepted $COMPOSE_YML without $missing (a fallback secret?)"
+    fi
+    grep -q "$missing" <<<"$out" || die "without $missing, docker-compose failed without naming it: $out"
+    say "ok: docker-compose config refuses to run without $missing"
+done
+export "${stand_ins[@]}"
+
 docker-compose -f "$COMPOSE_YML" config -q || die "docker-compose config -q rejected $COMPOSE_YML"
 say "ok: docker-compose -f $COMPOSE_YML config -q"
 docker-compose -f "$COMPOSE_YML" --profile monitoring config -q ||
@@ -156,6 +172,44 @@ if failures:
     sys.exit(1)
 PYEOF
 say "ok: structure of the resolved compose file"
+
+# The nginx configs (compose and cluster.sh): /metrics is not proxied, /api/ ends in `deny all`.
+"$PY" - deploy/nginx/nginx.conf deploy/nginx/nginx.conf.template <<'PYEOF'
+import re
+import sys
+
+
+def block(text, head):
+    """The body of the first `head { ... }` block (braces balanced), comments removed."""
+    text = re.sub(r"#[^\n]*", "", text)
+    m = re.search(re.escape(head) + r"\s*\{", text)
+    if not m:
+        return None
+    depth, i = 1, m.end()
+    while depth and i < len(text):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return text[m.end() : i - 1]
+
+
+failures = 0
+for path in sys.argv[1:]:
+    text = open(path).read()
+    metrics = block(text, "location = /metrics")
+    api = block(text, "location /api/")
+    checks = [
+        (metrics is not None and re.search(r"\breturn\s+404\s*;", metrics), "location = /metrics returns 404"),
+        (api is not None and re.search(r"\bdeny\s+all\s*;", api), "location /api/ ends in deny all"),
+        (api is not None and "proxy_pass" in api, "location /api/ proxies to the gateways for allowed addresses"),
+        (not re.search(r"location\s+(\^~\s+|~\*?\s+)?/(api|metrics)", re.sub(r"#[^\n]*", "", text).replace("location = /metrics", "").replace("location /api/", "")),
+         "no other location matches /api or /metrics"),
+    ]
+    for ok, what in checks:
+        print(f"check-compose: {'ok' if ok else 'FAIL'}: {path}: {what}")
+        failures += not ok
+sys.exit(1 if failures else 0)
+PYEOF
+say "ok: nginx keeps /metrics and /api/ private"
 
 # The nginx config the compose file mounts: nginx -t with gwN:8080 -> 127.0.0.1 and
 # container paths -> a temporary prefix (nginx -t never connects upstream).
