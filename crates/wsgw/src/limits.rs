@@ -88,9 +88,66 @@ impl RateLimiter {
     }
 }
 
+/// Byte budget per second (client publish volume): refills at `per_s` bytes per second and
+/// holds at most one second's worth. A publish larger than the bucket passes when the bucket is
+/// full and leaves it in debt, so the average stays at `per_s` whatever the frame sizes.
+pub struct ByteLimiter {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl ByteLimiter {
+    /// `per_s` = 0 turns the limit off.
+    pub fn new(per_s: u64) -> Self {
+        Self {
+            rate: per_s as f64,
+            tokens: per_s as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `n` bytes; false (nothing taken) when the client is over its volume.
+    pub fn admit(&mut self, n: usize) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
+        let n = n as f64;
+        if self.tokens >= n.min(self.rate) {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_budget_refills_and_big_frames_leave_debt() {
+        let mut l = ByteLimiter::new(1000);
+        assert!(l.admit(600));
+        assert!(l.admit(400));
+        assert!(!l.admit(1), "one second's worth spent");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(l.admit(500));
+        assert!(!l.admit(1));
+        // A frame larger than the bucket passes when it is full, then costs its size.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(l.admit(3000));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!l.admit(1), "still 1000 bytes in debt");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(l.admit(1000));
+        assert!(ByteLimiter::new(0).admit(usize::MAX), "0 turns it off");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn token_bucket_refills_over_time() {

@@ -394,3 +394,44 @@ async fn patterns_are_capped_per_socket_and_per_node() {
     assert_eq!(a.expect("event").await["event"], "deep");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn client_publish_volume_is_limited_in_bytes_apart_from_the_frame_rate() {
+    let node = Node::start(Config {
+        publish_bytes_per_s: 1000,
+        ..config()
+    })
+    .await;
+    let (mut c, _) = node.connect(&token("u", &[], &["chat"])).await;
+    let data = "d".repeat(600);
+    c.send(json!({"type": "publish", "channel": "chat", "event": "e", "data": data, "request_id": 1}))
+        .await;
+    assert_eq!(c.expect("ack").await["request_id"], 1);
+    // Far under the frame rate limit, but over 1000 bytes in the second.
+    c.send(json!({"type": "publish", "channel": "chat", "event": "e", "data": data, "request_id": 2}))
+        .await;
+    let e = c.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), &e["request_id"]),
+        (Some("rate_limited"), &json!(2))
+    );
+    // Small frames that publish nothing still pass.
+    c.send(json!({"type": "ping", "ts": 5})).await;
+    assert_eq!(c.expect("pong").await["ts"], 5);
+    // The budget refills: within a few seconds the same publish is accepted again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut n = 3;
+    loop {
+        c.send(json!({"type": "publish", "channel": "chat", "event": "e", "data": data, "request_id": n}))
+            .await;
+        let f = c.next().await.expect("an answer");
+        if f["type"] == "ack" {
+            break;
+        }
+        assert_eq!(f["code"], "rate_limited", "{f}");
+        assert!(tokio::time::Instant::now() < deadline, "the budget never refilled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n += 1;
+    }
+    node.stop().await;
+}

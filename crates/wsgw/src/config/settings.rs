@@ -170,10 +170,17 @@ settings! {
     max_replay: usize = 1000, WSGW_MAX_REPLAY => parse(EVENTS);
     /// Most topics one connection may subscribe to.
     max_subscriptions: usize = 128, WSGW_MAX_SUBSCRIPTIONS => parse(COUNT);
+    /// Most patterns one connection may subscribe to (they count toward `max_subscriptions` too).
+    max_patterns: usize = 16, WSGW_MAX_PATTERNS => parse(COUNT);
+    /// Most distinct patterns subscribed on this node at once.
+    max_patterns_per_node: usize = 10_000, WSGW_MAX_PATTERNS_PER_NODE => parse(COUNT);
     /// Inbound frames per second allowed per connection; `0` turns rate limiting off.
     rate_limit_per_s: u32 = 50, WSGW_RATE_LIMIT_PER_S => parse(FRAMES_PER_S_U32);
     /// Frames a connection may send in a burst above the steady rate.
     rate_limit_burst: u32 = 100, WSGW_RATE_LIMIT_BURST => parse(FRAMES_U32);
+    /// Bytes per second one connection may publish (channel, event and data of its `publish`
+    /// frames), apart from the frame rate limit; `0` turns it off.
+    publish_bytes_per_s: u64 = 65_536, WSGW_PUBLISH_BYTES_PER_S => parse(BYTES);
     /// Rate-limited frames tolerated before the connection is closed with 1008.
     rate_limit_strikes: u32 = 20, WSGW_RATE_LIMIT_STRIKES => parse(FRAMES_U32);
     /// Grace period on shutdown for connections to close, in milliseconds.
@@ -185,10 +192,6 @@ settings! {
     log: String = "info".to_owned(), WSGW_LOG => string;
     /// Log format: `text` or `json`.
     log_format: LogFormat = LogFormat::Text, WSGW_LOG_FORMAT => parse("text or json");
-    /// Most patterns one connection may subscribe to (they count toward `max_subscriptions` too).
-    max_patterns: usize = 16, WSGW_MAX_PATTERNS => parse(COUNT);
-    /// Most distinct patterns subscribed on this node at once.
-    max_patterns_per_node: usize = 10_000, WSGW_MAX_PATTERNS_PER_NODE => parse(COUNT);
     /// Async runtime: `current_thread` or `multi_thread`.
     runtime: RuntimeFlavor = RuntimeFlavor::MultiThread,
         WSGW_RUNTIME => parse("current_thread or multi_thread");
@@ -196,9 +199,6 @@ settings! {
     worker_threads: usize = 0, WSGW_WORKER_THREADS => parse(COUNT);
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
 /// What a token without an `actions` claim may request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -221,6 +221,9 @@ impl FromStr for ActionsDefault {
     }
 }
 
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines (`text`).
     Text,

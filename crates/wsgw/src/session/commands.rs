@@ -279,6 +279,15 @@ impl Session {
         let Ok(data) = serde_json::value::to_raw_value(&data) else {
             return self.send_error(ErrorCode::BadRequest, "data is not serialisable", request_id);
         };
+        let volume = channel.len() + event.len() + data.get().len();
+        if !self.publish_limiter.admit(volume) {
+            self.gw.metrics.rate_limited.inc();
+            let msg = format!(
+                "publish volume over {} bytes per second; slow down",
+                self.gw.config.publish_bytes_per_s
+            );
+            return self.send_error(ErrorCode::RateLimited, msg, request_id);
+        }
         let exclude = if echo == Some(false) {
             vec![self.conn.id.to_string()]
         } else {

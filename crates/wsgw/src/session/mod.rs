@@ -17,7 +17,7 @@ use wsgw_protocol::{CloseCode, ErrorCode, ServerFrame};
 
 use crate::auth::{AuthError, Claims};
 use crate::hub::{Connection, OutFrame};
-use crate::limits::RateLimiter;
+use crate::limits::{ByteLimiter, RateLimiter};
 use crate::node::{Gateway, IpSlot, Slot};
 use crate::time::now_us;
 
@@ -140,6 +140,8 @@ struct Session {
     conn: Arc<Connection>,
     claims: Claims,
     limiter: RateLimiter,
+    /// Client publish volume (`WSGW_PUBLISH_BYTES_PER_S`).
+    publish_limiter: ByteLimiter,
     /// Topics to park at the end instead of the socket's own (a resume that failed to start).
     park_topics: Option<Vec<String>>,
     _slot: Slot,
@@ -154,6 +156,7 @@ impl Session {
             conn,
             claims,
             limiter,
+            publish_limiter: ByteLimiter::new(0),
             park_topics: None,
             _slot: slot,
         }

@@ -12,7 +12,7 @@ use crate::auth::Claims;
 use crate::broker::Resume;
 use crate::history::{self, Replay};
 use crate::hub::{Connection, OutFrame};
-use crate::limits::RateLimiter;
+use crate::limits::{ByteLimiter, RateLimiter};
 use crate::node::{Gateway, Slot};
 
 fn valid_connection_id(id: &str) -> bool {
@@ -160,6 +160,7 @@ impl Session {
         gw.metrics.connections.inc();
         gw.metrics.connections_opened.inc();
         gw.broker.connected(&conn);
+        let gw_publish_bytes_per_s = gw.config.publish_bytes_per_s;
         let limiter = RateLimiter::new(
             gw.config.rate_limit_per_s,
             gw.config.rate_limit_burst,
@@ -170,6 +171,7 @@ impl Session {
             conn,
             claims,
             limiter,
+            publish_limiter: ByteLimiter::new(gw_publish_bytes_per_s),
             park_topics: None,
             _slot: slot,
         })
