@@ -82,6 +82,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/publish", post(publish))
         .route("/broadcast", post(broadcast))
         .route("/users/{id}/disconnect", post(disconnect_user))
+        .route("/bans", post(ban))
+        .route("/bans/{id}", axum::routing::delete(unban))
         .route("/connections/{id}/disconnect", post(disconnect_connection))
         .route("/presence/users/{id}", get(presence))
         .route("/history/{channel}", get(history))
@@ -304,6 +306,40 @@ async fn broadcast(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesReje
 async fn disconnect_user(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
     let n = gw.broker.kick_user(&id).await?;
     Ok(Json(json!({ "user_id": id, "disconnected": n })).into_response())
+}
+
+/// Longest ban, in seconds (30 days).
+pub const MAX_BAN_TTL_S: u64 = 2_592_000;
+
+#[derive(Debug, Deserialize)]
+struct BanBody {
+    user_id: String,
+    ttl_s: u64,
+}
+
+async fn ban(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body: BanBody = parse_body(body)?;
+    if !(1..=MAX_BAN_TTL_S).contains(&body.ttl_s) {
+        return Err(AppError::BadRequest(format!("ttl_s must be 1..={MAX_BAN_TTL_S}")));
+    }
+    if body.user_id.is_empty()
+        || body.user_id.len() > crate::auth::MAX_SUB_LEN
+        || validate_channel(&body.user_id, false).is_err()
+    {
+        return Err(AppError::BadRequest(
+            "user_id must be 1..=128 bytes of [A-Za-z0-9_.:@=/-]".into(),
+        ));
+    }
+    let n = gw.broker.ban(&body.user_id, body.ttl_s).await?;
+    Ok(Json(json!({ "user_id": body.user_id, "ttl_s": body.ttl_s, "disconnected": n })).into_response())
+}
+
+async fn unban(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
+    if gw.broker.unban(&id).await? {
+        Ok(Json(json!({ "user_id": id, "unbanned": true })).into_response())
+    } else {
+        Err(AppError::NotFound(format!("no ban for user {id}")))
+    }
 }
 
 async fn disconnect_connection(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {

@@ -182,3 +182,149 @@ async fn an_hs256_secret_shorter_than_32_bytes_is_refused_at_start_except_in_dev
     let (code, err) = run_with_secret("short", &["--dev"]).await;
     assert_eq!(code, None, "--dev accepts a short secret: {err}");
 }
+
+async fn api_delete(http: &reqwest::Client, url: String, key: &str) -> u16 {
+    http.delete(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("http")
+        .status()
+        .as_u16()
+}
+
+/// A connect attempt that must be refused: the error frame's code and the close code.
+async fn refused(url: &str) -> (String, Option<u16>) {
+    let mut c = Client::connect(url).await;
+    let (code, frames) = c.until_closed().await;
+    let err = frames.iter().find(|f| f["type"] == "error").expect("an error frame");
+    (err["code"].as_str().unwrap().to_owned(), code)
+}
+
+#[tokio::test]
+async fn a_ban_closes_the_users_sockets_and_refuses_connects_until_lifted_single_node() {
+    let node = Node::default().await;
+    let t = token("mallory", &[], &[]);
+    let (mut a, _) = node.connect(&t).await;
+    let (mut b, _) = node.connect(&t).await;
+    let (mut other, _) = node.connect(&token("alice", &[], &[])).await;
+
+    // Bad input and a missing API key.
+    for body in [
+        json!({"user_id": "mallory", "ttl_s": 0}),
+        json!({"user_id": "mallory", "ttl_s": 2_592_001}),
+        json!({"user_id": "mallory"}),
+        json!({"user_id": "", "ttl_s": 60}),
+    ] {
+        assert_eq!(node.api_post("/api/bans", body.clone()).await.0, 400, "{body}");
+    }
+    let unauth = node
+        .http
+        .post(node.url("/api/bans"))
+        .json(&json!({"user_id": "mallory", "ttl_s": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status().as_u16(), 401);
+    assert_eq!(
+        api_delete(&node.http, node.url("/api/bans/mallory"), "wrong").await,
+        401
+    );
+    assert_eq!(
+        api_delete(&node.http, node.url("/api/bans/mallory"), API_KEY).await,
+        404,
+        "no ban yet"
+    );
+
+    let (status, body) = node
+        .api_post("/api/bans", json!({"user_id": "mallory", "ttl_s": 2_592_000}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(a.until_closed().await.0, Some(4004));
+    assert_eq!(b.until_closed().await.0, Some(4004));
+    assert_eq!(
+        refused(&node.ws_url(&format!("token={t}"))).await,
+        ("forbidden".to_owned(), Some(1008))
+    );
+    // Others are untouched.
+    other.send(json!({"type": "ping", "ts": 1})).await;
+    other.expect("pong").await;
+
+    assert_eq!(
+        api_delete(&node.http, node.url("/api/bans/mallory"), API_KEY).await,
+        200
+    );
+    let (_c, w) = node.connect(&t).await;
+    assert_eq!(w["type"], "welcome");
+    assert_eq!(
+        api_delete(&node.http, node.url("/api/bans/mallory"), API_KEY).await,
+        404
+    );
+
+    // A ban ends by itself after its TTL.
+    assert_eq!(
+        node.api_post("/api/bans", json!({"user_id": "eve", "ttl_s": 1}))
+            .await
+            .0,
+        200
+    );
+    let eve = token("eve", &[], &[]);
+    assert_eq!(refused(&node.ws_url(&format!("token={eve}"))).await.1, Some(1008));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut c = Client::connect(&node.ws_url(&format!("token={eve}"))).await;
+        match c.next().await {
+            Some(f) if f["type"] == "welcome" => break,
+            _ => assert!(tokio::time::Instant::now() < deadline, "the ban never ended"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_ban_on_one_node_holds_on_every_node_of_the_cluster() {
+    let redis = RedisServer::start().await;
+    let a = GatewayProc::start(&redis, "gw-a", &[]).await;
+    let b = GatewayProc::start(&redis, "gw-b", &[]).await;
+    let t = token("mallory", &[], &[]);
+    let (mut on_a, _) = a.connect(&t).await;
+    let (mut on_b, _) = b.connect(&t).await;
+    let (mut other, _) = b.connect(&token("alice", &[], &[])).await;
+
+    assert_eq!(
+        a.api_post("/api/bans", json!({"user_id": "mallory", "ttl_s": 0}))
+            .await
+            .0,
+        400
+    );
+    let (status, body) = a
+        .api_post("/api/bans", json!({"user_id": "mallory", "ttl_s": 600}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(on_a.until_closed().await.0, Some(4004));
+    assert_eq!(on_b.until_closed().await.0, Some(4004));
+    for node in [&a, &b] {
+        assert_eq!(
+            refused(&node.ws_url(&format!("token={t}"))).await,
+            ("forbidden".to_owned(), Some(1008))
+        );
+    }
+    other.send(json!({"type": "ping", "ts": 1})).await;
+    other.expect("pong").await;
+    // The key carries the ban's TTL.
+    let mut r = redis.conn().await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("ws:ban:mallory")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!((1..=600).contains(&ttl), "{ttl}");
+
+    // Lifted on the other node.
+    let http = reqwest::Client::new();
+    assert_eq!(api_delete(&http, b.url("/api/bans/mallory"), API_KEY).await, 200);
+    assert_eq!(api_delete(&http, a.url("/api/bans/mallory"), API_KEY).await, 404);
+    let (_c, w) = a.connect(&t).await;
+    assert_eq!(w["type"], "welcome");
+}

@@ -47,6 +47,8 @@ pub struct MemoryBroker {
     /// When this broker started: ids older than this were issued by something we don't hold.
     epoch_ms: u64,
     state: Mutex<State>,
+    /// Banned users and when their ban ends, ms since the epoch (node-local).
+    bans: Mutex<HashMap<String, u64>>,
 }
 
 impl MemoryBroker {
@@ -63,6 +65,7 @@ impl MemoryBroker {
                 channels: HashMap::new(),
                 forgotten_upto: None,
             }),
+            bans: Mutex::new(HashMap::new()),
         }
     }
 
@@ -232,6 +235,30 @@ impl Broker for MemoryBroker {
     fn kick_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<usize, BrokerError>> {
         let n = self.hub.close_user(user_id, wsgw_protocol::CloseCode::Kicked);
         Box::pin(async move { Ok(n) })
+    }
+
+    fn ban<'a>(&'a self, user_id: &'a str, ttl_s: u64) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        let until = now_ms().saturating_add(ttl_s.saturating_mul(1000));
+        {
+            let mut bans = self.bans.lock();
+            let now = now_ms();
+            bans.retain(|_, end| *end > now);
+            bans.insert(user_id.to_owned(), until);
+        }
+        let n = self.hub.close_user(user_id, wsgw_protocol::CloseCode::Kicked);
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn unban<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let now = now_ms();
+        let was = self.bans.lock().remove(user_id).is_some_and(|end| end > now);
+        Box::pin(async move { Ok(was) })
+    }
+
+    fn is_banned<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let now = now_ms();
+        let banned = self.bans.lock().get(user_id).is_some_and(|end| *end > now);
+        Box::pin(async move { Ok(banned) })
     }
 
     fn kick_connection<'a>(&'a self, connection_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {

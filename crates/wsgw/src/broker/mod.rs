@@ -161,6 +161,24 @@ pub trait Broker: Send + Sync + 'static {
     /// Closes one socket with 4004, wherever it is. Returns whether it was known.
     fn kick_connection<'a>(&'a self, connection_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>>;
 
+    /// Bans a user for `ttl_s` seconds (cluster-wide where the broker knows the cluster: a
+    /// key with that TTL) and closes their sockets with 4004 everywhere. Returns how many
+    /// sockets were known.
+    /// (The defaults, for test doubles, fail: a broker that cannot tell refuses connects.)
+    fn ban<'a>(&'a self, _user_id: &'a str, _ttl_s: u64) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        Box::pin(async { Err(BrokerError::Internal("this broker keeps no bans".into())) })
+    }
+
+    /// Lifts a ban. Returns whether there was one.
+    fn unban<'a>(&'a self, _user_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(async { Err(BrokerError::Internal("this broker keeps no bans".into())) })
+    }
+
+    /// Whether a user is banned now (checked on every connect).
+    fn is_banned<'a>(&'a self, _user_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(async { Err(BrokerError::Internal("this broker keeps no bans".into())) })
+    }
+
     /// Hands a client `request` to the backends (the `<prefix>inbound` stream). Resolves once
     /// it is stored; the answer comes back as `response` frames on `connection:<id>`.
     fn request(&self, req: InboundRequest) -> BoxFuture<'_, Result<(), BrokerError>>;

@@ -1,5 +1,6 @@
 //! broker/redis/control.rs: messages every node sees on `<prefix>control` (kicks, and the
-//! takeover of a connection id resumed on another node), sent and acted on.
+//! takeover of a connection id resumed on another node), sent and acted on; and bans (a key
+//! `<prefix>ban:<user>` with the ban's TTL, plus a kick).
 
 use super::*;
 
@@ -41,6 +42,41 @@ impl Inner {
         })
         .await?;
         Ok(known)
+    }
+
+    /// Sets the ban key first, so a socket connecting after the kick is refused.
+    pub(super) async fn ban(&self, user_id: &str, ttl_s: u64) -> Result<usize, BrokerError> {
+        let inner = self;
+        timed(inner.s.op_timeout, async {
+            let mut c = inner.conn().await?;
+            let _: () = c
+                .set_ex(inner.keys.ban(user_id), "1", ttl_s)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await?;
+        self.kick_user(user_id).await
+    }
+
+    pub(super) async fn unban(&self, user_id: &str) -> Result<bool, BrokerError> {
+        let inner = self;
+        timed(inner.s.op_timeout, async {
+            let mut c = inner.conn().await?;
+            let n: i64 = c.del(inner.keys.ban(user_id)).await.map_err(unavailable)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    pub(super) async fn is_banned(&self, user_id: &str) -> Result<bool, BrokerError> {
+        let inner = self;
+        timed(inner.s.op_timeout, async {
+            let mut c = inner.conn().await?;
+            let n: i64 = c.exists(inner.keys.ban(user_id)).await.map_err(unavailable)?;
+            Ok(n > 0)
+        })
+        .await
     }
 
     pub(super) async fn kick_connection(&self, connection_id: &str) -> Result<bool, BrokerError> {

@@ -36,6 +36,9 @@ impl Keys {
     pub(super) fn session(&self, id: &str) -> String {
         format!("{}session:{id}", self.prefix)
     }
+    pub(super) fn ban(&self, user: &str) -> String {
+        format!("{}ban:{user}", self.prefix)
+    }
     pub(super) fn inbound(&self) -> String {
         format!("{}inbound", self.prefix)
     }

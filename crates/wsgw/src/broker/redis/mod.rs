@@ -289,6 +289,18 @@ impl Broker for RedisBroker {
         Box::pin(self.inner.kick_connection(connection_id))
     }
 
+    fn ban<'a>(&'a self, user_id: &'a str, ttl_s: u64) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        Box::pin(self.inner.ban(user_id, ttl_s))
+    }
+
+    fn unban<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(self.inner.unban(user_id))
+    }
+
+    fn is_banned<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(self.inner.is_banned(user_id))
+    }
+
     fn request(&self, req: InboundRequest) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(self.inner.request(req))
     }
