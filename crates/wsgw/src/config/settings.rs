@@ -128,6 +128,9 @@ settings! {
     max_connections_per_user: usize = 0, WSGW_MAX_CONNECTIONS_PER_USER => parse(COUNT);
     /// Outbound frames queued per socket before the client counts as too slow.
     send_queue: usize = 1024, WSGW_SEND_QUEUE => parse(FRAMES);
+    /// Outbound bytes queued per socket before the client counts as too slow (either bound
+    /// closes it with 4008); `0` bounds by frames only.
+    send_queue_bytes: usize = 4_194_304, WSGW_SEND_QUEUE_BYTES => parse(BYTES);
     /// How long a disconnected session stays resumable, in milliseconds.
     session_ttl_ms: u64 = 120_000, WSGW_SESSION_TTL_MS => parse(MS);
     /// TTL of presence keys and of this node's registry entry (Redis broker), in

@@ -101,6 +101,8 @@ pub(super) const PENDING: EventId = EventId::new(u64::MAX, u64::MAX);
 /// snapshot, after which the stream is in global order again. No per-channel state is kept.
 pub(super) struct Outbox {
     queue: VecDeque<OutFrame>,
+    /// Bytes of text in `queue`.
+    bytes: usize,
     /// Highest durable id passed on from the live stream; live events at or below it are ones
     /// the socket already has.
     floor: Option<EventId>,
@@ -110,9 +112,13 @@ pub(super) struct Outbox {
     pub(super) patterns: Vec<(Arc<str>, EventId)>,
     /// Some while a replay is being read: live frames wait here so they merge with the replay.
     replay: Option<Vec<Held>>,
+    /// Bytes of text held in `replay`.
+    held_bytes: usize,
     /// Room granted on top of the capacity for a replay still being written, so a long replay
     /// does not make the next live frame look like a slow consumer.
     replay_room: usize,
+    /// The same room in bytes.
+    replay_room_bytes: usize,
     close: Option<CloseCode>,
 }
 
@@ -153,6 +159,8 @@ pub struct Connection {
     /// Token expiry in seconds since the epoch, 0 when the token has none.
     token_exp_s: AtomicU64,
     capacity: usize,
+    /// Bytes the queue may hold (`WSGW_SEND_QUEUE_BYTES`).
+    capacity_bytes: usize,
     pub(super) outbox: Mutex<Outbox>,
     /// Wakes the socket's task when something is queued or a close is requested.
     wake: Notify,
@@ -188,12 +196,16 @@ impl Connection {
             last_seen_ms: AtomicU64::new(mono_ms()),
             token_exp_s: AtomicU64::new(0),
             capacity: capacity.max(1),
+            capacity_bytes: usize::MAX,
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
+                bytes: 0,
                 floor: last_event_id,
                 patterns: Vec::new(),
                 replay: Some(Vec::new()),
+                held_bytes: 0,
                 replay_room: 0,
+                replay_room_bytes: 0,
                 close: None,
             }),
             wake: Notify::new(),
@@ -202,6 +214,12 @@ impl Connection {
             pending: Mutex::new(Vec::new()),
             replaced: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Bounds the queue by bytes as well as frames (`WSGW_SEND_QUEUE_BYTES`; 0: frames only).
+    pub fn with_byte_capacity(mut self, bytes: usize) -> Self {
+        self.capacity_bytes = if bytes == 0 { usize::MAX } else { bytes };
+        self
     }
 
     /// Records that the client showed a sign of life.
@@ -339,9 +357,17 @@ impl Connection {
             // Held by the server, not by a slow reader: a replay waits for the node's pub/sub
             // stream to pass its snapshot, so it may hold that lag's worth of frames. Bounded
             // all the same (and by the broker's sync timeout in time).
-            if held.len() >= self.capacity.saturating_mul(HELD_FACTOR) {
+            let len = frame.text.len();
+            if held.len() >= self.capacity.saturating_mul(HELD_FACTOR)
+                || (!held.is_empty()
+                    && ob.held_bytes.saturating_add(len) > self.capacity_bytes.saturating_mul(HELD_FACTOR))
+            {
                 return self.overflow(ob);
             }
+            ob.held_bytes += len;
+            let Some(held) = ob.replay.as_mut() else {
+                return Push::Closed;
+            };
             held.push(Held {
                 frame,
                 channel: Arc::from(channel),
@@ -354,10 +380,11 @@ impl Connection {
         {
             return Push::Duplicate;
         }
-        if ob.queue.len() >= self.capacity + ob.replay_room {
+        if ob.queue.len() >= self.capacity + ob.replay_room || self.over_bytes(&ob, &frame, ob.replay_room_bytes) {
             return self.overflow(ob);
         }
         let was_empty = ob.queue.is_empty();
+        ob.bytes += frame.text.len();
         ob.queue.push_back(frame);
         drop(ob);
         if was_empty {
@@ -373,10 +400,11 @@ impl Connection {
         if ob.close.is_some() {
             return Push::Closed;
         }
-        if ob.queue.len() >= self.capacity {
+        if ob.queue.len() >= self.capacity || self.over_bytes(&ob, &frame, 0) {
             return self.overflow(ob);
         }
         let was_empty = ob.queue.is_empty();
+        ob.bytes += frame.text.len();
         ob.queue.push_back(frame);
         drop(ob);
         if was_empty {
@@ -385,9 +413,17 @@ impl Connection {
         Push::Queued
     }
 
+    /// Whether queuing `frame` would take the queue over its byte bound (plus `room`). A frame
+    /// larger than the bound still goes into an empty queue.
+    fn over_bytes(&self, ob: &Outbox, frame: &OutFrame, room: usize) -> bool {
+        !ob.queue.is_empty() && ob.bytes.saturating_add(frame.text.len()) > self.capacity_bytes.saturating_add(room)
+    }
+
     fn overflow(&self, mut ob: parking_lot::MutexGuard<'_, Outbox>) -> Push {
         ob.queue.clear();
+        ob.bytes = 0;
         ob.replay = None;
+        ob.held_bytes = 0;
         ob.close = Some(CloseCode::SlowConsumer);
         drop(ob);
         self.wake.notify_one();
@@ -400,6 +436,7 @@ impl Connection {
         let mut ob = self.outbox.lock();
         if ob.replay.is_none() && ob.close.is_none() {
             ob.replay = Some(Vec::new());
+            ob.held_bytes = 0;
         }
     }
 
@@ -434,6 +471,7 @@ impl Connection {
             // Closed (overflow) while replaying: nothing to do.
             return 0;
         };
+        ob.held_bytes = 0;
         if ob.close.is_some() {
             return 0;
         }
@@ -500,6 +538,8 @@ impl Connection {
         }
         ob.floor = ob.floor.max(last).max(position);
         ob.replay_room = ob.queue.len();
+        ob.bytes = ob.queue.iter().map(|f| f.text.len()).sum();
+        ob.replay_room_bytes = ob.bytes;
         drop(ob);
         self.wake.notify_one();
         sent_replayed
@@ -514,6 +554,7 @@ impl Connection {
         }
         if code == CloseCode::SlowConsumer {
             ob.queue.clear();
+            ob.bytes = 0;
         }
         ob.replay = None;
         ob.close = Some(code);
@@ -530,6 +571,7 @@ impl Connection {
             if ob.close.is_some() {
                 return false;
             }
+            ob.bytes += last.text.len();
             ob.queue.push_back(last);
         }
         self.close(code)
@@ -539,7 +581,9 @@ impl Connection {
     pub fn take_batch(&self, out: &mut Vec<OutFrame>) -> Option<CloseCode> {
         let mut ob = self.outbox.lock();
         out.extend(ob.queue.drain(..));
+        ob.bytes = 0;
         ob.replay_room = 0;
+        ob.replay_room_bytes = 0;
         if ob.queue.capacity() > 64 && ob.queue.is_empty() {
             // A burst grew the queue; give the memory back so idle sockets stay small.
             ob.queue.shrink_to(8);
@@ -572,5 +616,70 @@ impl Connection {
             }
             self.close_wake.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: u64, bytes: usize) -> OutFrame {
+        OutFrame {
+            text: "x".repeat(bytes).into(),
+            event_id: Some(EventId::new(id, 0)),
+            published_us: 0,
+            response: None,
+        }
+    }
+
+    fn live(cap: usize, cap_bytes: usize) -> Connection {
+        let c = Connection::new(Arc::from("c"), Arc::from("u"), cap, None).with_byte_capacity(cap_bytes);
+        c.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+        let mut out = Vec::new();
+        c.take_batch(&mut out);
+        c
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_bytes_as_well_as_frames() {
+        // Few frames, many bytes: the byte bound closes it with 4008.
+        let c = live(1000, 4000);
+        for id in 1..=4 {
+            assert_eq!(c.push(frame(id, 1000), "t", false), Push::Queued);
+        }
+        assert_eq!(c.push(frame(5, 1000), "t", false), Push::Overflow);
+        assert_eq!(c.close_requested(), Some(CloseCode::SlowConsumer));
+
+        // Control frames count against the same bytes.
+        let c = live(1000, 4000);
+        assert_eq!(c.push(frame(1, 3500), "t", false), Push::Queued);
+        assert_eq!(c.push_control(OutFrame::control("y".repeat(600))), Push::Overflow);
+
+        // Draining the queue frees its bytes; a frame bigger than the bound fits an empty queue.
+        let c = live(1000, 4000);
+        for id in 1..=4 {
+            c.push(frame(id, 1000), "t", false);
+        }
+        let mut out = Vec::new();
+        c.take_batch(&mut out);
+        assert_eq!(c.push(frame(5, 9000), "t", false), Push::Queued);
+        assert_eq!(c.close_requested(), None);
+
+        // The frame bound still holds on its own.
+        let c = live(2, 1 << 20);
+        c.push(frame(1, 10), "t", false);
+        c.push(frame(2, 10), "t", false);
+        assert_eq!(c.push(frame(3, 10), "t", false), Push::Overflow);
+    }
+
+    #[test]
+    fn frames_held_during_a_replay_are_bounded_by_eight_times_the_bytes() {
+        let c = live(1000, 1000);
+        c.begin_replay();
+        for id in 1..=8 {
+            assert_eq!(c.push(frame(id, 1000), "t", false), Push::Queued, "held {id}");
+        }
+        assert_eq!(c.push(frame(9, 1000), "t", false), Push::Overflow);
+        assert_eq!(c.close_requested(), Some(CloseCode::SlowConsumer));
     }
 }

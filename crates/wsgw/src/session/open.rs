@@ -77,7 +77,8 @@ impl Session {
             Arc::from(claims.sub.as_str()),
             gw.config.send_queue,
             last_event_id,
-        );
+        )
+        .with_byte_capacity(gw.config.send_queue_bytes);
         conn.set_token_exp(claims.exp);
         let conn = gw.hub.register(conn);
 
