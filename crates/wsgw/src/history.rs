@@ -59,7 +59,9 @@ fn to_frame(e: StoredEvent) -> OutFrame {
 }
 
 /// Reads every event after `after` on `channels` (patterns are skipped: they have no history
-/// of their own), at most `max_replay` in all.
+/// of their own), at most `max_replay` in all: the reads across every channel stop at the cap
+/// (plus one, to tell "over" from "exactly"), channel after channel, and a replay cut there
+/// is not recovered.
 pub async fn replay_after(
     broker: &dyn Broker,
     channels: &[String],
@@ -78,11 +80,16 @@ pub async fn replay_after(
     }
     let mut all: Vec<StoredEvent> = Vec::new();
     let mut recovered = true;
+    // One budget for the whole replay, not one per channel: a socket restoring many channels
+    // reads at most the cap in all. One more than the cap tells "over the cap" apart from
+    // "exactly the cap"; a replay that spends it stops early and is not recovered.
+    let want = max_replay.saturating_add(1);
+    let mut taken = 0usize;
     for channel in channels.iter().filter(|c| !c.contains('*')) {
+        if taken >= want {
+            break;
+        }
         let mut cursor = after;
-        let mut taken = 0usize;
-        // One more than the cap tells "over the cap" apart from "exactly the cap".
-        let want = max_replay.saturating_add(1);
         loop {
             let limit = REPLAY_BATCH.min(want - taken);
             let page = broker
@@ -189,8 +196,9 @@ mod tests {
         );
         let start = publish(&b, "x").await;
         let mut ids = Vec::new();
+        // The channels one after the other: a capped replay reads channel after channel.
         for i in 0..600 {
-            ids.push(publish(&b, if i % 3 == 0 { "a" } else { "b" }).await);
+            ids.push(publish(&b, if i < 200 { "a" } else { "b" }).await);
         }
         let chans = vec!["a".to_string(), "b".to_string(), "p:*".to_string()];
         let r = replay_after(&b, &chans, start, 1000, "c").await.unwrap();

@@ -167,3 +167,55 @@ async fn broker_errors_are_bad_request_internal_or_unavailable_by_cause() {
     let (status, body) = post_publish(&gw, r#"{"channel":"room:1","event":"e","data":1}"#).await;
     assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")), "{body}");
 }
+
+/// A figure from `INFO <section>`.
+async fn info_field(r: &mut redis::aio::MultiplexedConnection, section: &str, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg(section).query_async(r).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn one_resume_reads_at_most_max_replay_events_across_all_its_channels() {
+    let redis = RedisServer::start().await;
+    let gw = GatewayProc::start(&redis, "gw-a", &[("WSGW_MAX_REPLAY", "50")]).await;
+    let mut r = redis.conn().await;
+    let t = token("alice", &["room:*"], &[]);
+    let (mut alice, w) = gw.connect(&t).await;
+    let id = w["connection_id"].as_str().unwrap().to_string();
+    for i in 0..20 {
+        alice
+            .send(json!({"type": "subscribe", "channel": format!("room:{i}")}))
+            .await;
+        alice.expect("subscribed").await;
+    }
+    alice.close().await;
+    let start = fcall_publish(&mut r, "other", "mark", &json!(0)).await;
+    // 600 events of ~1 KiB across the 20 channels.
+    let fat = json!({ "pad": "x".repeat(1000) });
+    for _ in 0..30 {
+        for i in 0..20 {
+            fcall_publish(&mut r, &format!("room:{i}"), "e", &fat).await;
+        }
+    }
+
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut r).await.unwrap();
+    let before = info_field(&mut r, "stats", "total_net_output_bytes").await;
+    let (mut alice, w) = gw
+        .connect_query(&format!("connection_id={id}&token={t}&last_event_id={start}"))
+        .await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(
+        (w["recovered"].as_bool(), w["replayed"].as_u64()),
+        (Some(false), Some(50)),
+        "{w}"
+    );
+    assert_eq!(alice.events(50).await.len(), 50);
+    let sent = info_field(&mut r, "stats", "total_net_output_bytes").await - before;
+    // 51 events (the cap and one to tell "over") are ~52 KB; every channel's 30 would be 600.
+    assert!(
+        sent < 100_000,
+        "redis sent {sent} bytes for a replay capped at 50 events"
+    );
+}
