@@ -28,9 +28,14 @@ impl EventId {
         Self { ms, seq }
     }
 
-    /// The smallest id that is strictly greater than `self`.
+    /// The smallest id that is strictly greater than `self`; `u64::MAX-u64::MAX`, which has
+    /// none, is its own successor (a client can send it as `last_event_id`: saturate, never
+    /// overflow).
     pub const fn next(self) -> Self {
         if self.seq == u64::MAX {
+            if self.ms == u64::MAX {
+                return self;
+            }
             Self {
                 ms: self.ms + 1,
                 seq: 0,
