@@ -190,4 +190,25 @@ mod tests {
         assert!(!valid_connection_id("a b"));
         assert!(!valid_connection_id(&"a".repeat(65)));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, failure_persistence: None, ..Default::default() })]
+
+        /// A `connection_id` from the query string is accepted exactly when documented, and an
+        /// accepted one always names a plain `connection:` channel (no pattern, nothing reserved).
+        #[test]
+        fn connection_ids_accepted_are_exactly_the_documented_ones(id in "[A-Za-z0-9_*:. %\u{e9}-]{0,70}") {
+            let documented = (1..=64).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            proptest::prop_assert_eq!(valid_connection_id(&id), documented, "{:?}", id);
+            if documented {
+                let channel = wsgw_protocol::connection(&id);
+                proptest::prop_assert_eq!(
+                    wsgw_protocol::validate_channel(&channel, false),
+                    Ok(wsgw_protocol::ChannelKind::Connection)
+                );
+                proptest::prop_assert!(!wsgw_protocol::is_reserved(&channel));
+            }
+        }
+    }
 }

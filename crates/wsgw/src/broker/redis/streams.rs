@@ -144,7 +144,8 @@ pub(super) fn recoverable(
     }
     match last {
         Some(l) => !(stream_empty && l > after),
-        None => after.ms + 2 * ttl_ms >= now_ms,
+        // Saturating: `after` is the client's `last_event_id`, which may be any u64 pair.
+        None => after.ms.saturating_add(ttl_ms.saturating_mul(2)) >= now_ms,
     }
 }
 
@@ -169,6 +170,13 @@ pub(super) fn stream_events(reply: StreamRangeReply) -> Vec<StoredEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_last_event_id_at_the_top_of_the_range_does_not_overflow() {
+        let top = EventId::new(u64::MAX, u64::MAX);
+        // Whatever it answers, it answers without panicking (the caller refuses L above S).
+        let _ = recoverable(top, Some(0), None, None, true, 1_700_000_000_000, u64::MAX);
+    }
 
     #[test]
     fn recovery_rules() {
