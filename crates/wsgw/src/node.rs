@@ -137,6 +137,12 @@ impl Gateway {
             (Some(secret), true) => {
                 let exp = now_ms() / 1000 + 24 * 3600;
                 Some(crate::auth::sign_hs256(
+                    tls: crate::broker::redis::RedisTls {
+                        ca_file: config.redis_ca_file.clone(),
+                        client_cert_file: config.redis_client_cert_file.clone(),
+                        client_key_file: config.redis_client_key_file.clone(),
+                        insecure: config.redis_tls_insecure,
+                    },
                     secret.expose_secret(),
                     "dev-user",
                     &["*"],

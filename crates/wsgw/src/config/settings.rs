@@ -123,6 +123,18 @@ settings! {
     /// Largest HTTP publish API request body, in bytes.
     max_publish_bytes: usize = 1_048_576, WSGW_MAX_PUBLISH_BYTES => parse(BYTES);
     /// Maximum concurrent WebSocket connections on this node.
+    /// PEM file of the CA that signs the Redis server's certificate (`rediss://` URLs); unset:
+    /// the system's root certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_ca_file: Option<PathBuf> = None, WSGW_REDIS_CA_FILE => opt;
+    /// PEM client certificate for mutual TLS with Redis (together with `redis_client_key_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_client_cert_file: Option<PathBuf> = None, WSGW_REDIS_CLIENT_CERT_FILE => opt;
+    /// PEM private key of `redis_client_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_client_key_file: Option<PathBuf> = None, WSGW_REDIS_CLIENT_KEY_FILE => opt;
+    /// Skip verifying the Redis server's certificate. For tests only: every start logs a WARN.
+    redis_tls_insecure: bool = false, WSGW_REDIS_TLS_INSECURE => bool;
     max_connections: usize = 100_000, WSGW_MAX_CONNECTIONS => parse(COUNT);
     /// Maximum concurrent connections per authenticated user on this node; `0` = unlimited.
     max_connections_per_user: usize = 0, WSGW_MAX_CONNECTIONS_PER_USER => parse(COUNT);

@@ -51,11 +51,72 @@ const PATIENT: u32 = 10;
 /// The Redis Function library, loaded with `FUNCTION LOAD REPLACE` at start-up.
 pub const FUNCTIONS: &str = include_str!("wsgw.lua");
 
+/// TLS material for a `rediss://` URL.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// PEM file of the CA that signs the server's certificate (otherwise the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for mutual TLS.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// PEM key of the client certificate.
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// Accept any server certificate (tests only; logged as a warning).
+    pub insecure: bool,
+}
+
+/// The Redis client for `url`: plain, or TLS with the given material. Error messages name the
+/// setting and never the URL (it may carry a password).
+fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
+    use redis::IntoConnectionInfo;
+    let bad_url = |e: redis::RedisError| BrokerError::Internal(format!("WSGW_REDIS_URL is not a usable Redis URL: {e}"));
+    let is_tls = url.starts_with("rediss://");
+    if !is_tls {
+        if tls.ca_file.is_some() || tls.client_cert_file.is_some() || tls.insecure {
+            warn!("Redis TLS settings are set but WSGW_REDIS_URL is not rediss://: they are ignored");
+        }
+        return redis::Client::open(url).map_err(bad_url);
+    }
+    let info = if tls.insecure && !url.contains('#') {
+        warn!("WSGW_REDIS_TLS_INSECURE is set: the Redis server's certificate is not verified (insecure; for tests only)");
+        format!("{url}#insecure").into_connection_info()
+    } else {
+        url.into_connection_info()
+    }
+    .map_err(bad_url)?;
+    let read = |path: &std::path::Path, var: &str| {
+        std::fs::read(path).map_err(|e| BrokerError::Internal(format!("{var} {}: {e}", path.display())))
+    };
+    let root_cert = tls
+        .ca_file
+        .as_deref()
+        .map(|p| read(p, "WSGW_REDIS_CA_FILE"))
+        .transpose()?;
+    let client_tls = match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "WSGW_REDIS_CLIENT_CERT_FILE")?,
+            client_key: read(key, "WSGW_REDIS_CLIENT_KEY_FILE")?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(BrokerError::Internal(
+                "WSGW_REDIS_CLIENT_CERT_FILE and WSGW_REDIS_CLIENT_KEY_FILE must be set together".into(),
+            ));
+        }
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return redis::Client::open(info).map_err(bad_url);
+    }
+    redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
+        .map_err(|e| BrokerError::Internal(format!("Redis TLS certificates: {e}")))
+}
+
 /// How a node talks to Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://…` URL.
+    /// `redis://…` or `rediss://…` URL (user and password included, if any).
     pub url: String,
+    /// TLS material for a `rediss://` URL.
+    pub tls: RedisTls,
     /// Key and channel prefix (`ws:`).
     pub prefix: String,
     /// This node's id.
@@ -116,11 +177,11 @@ impl RedisBroker {
         metrics: Metrics,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, BrokerError> {
-        let client =
-            redis::Client::open(s.url.as_str()).map_err(|e| BrokerError::Internal(format!("WSGW_REDIS_URL: {e}")))?;
-        let pool = deadpool_redis::Config::from_url(s.url.clone())
-            .builder()
-            .map_err(|e| BrokerError::Internal(e.to_string()))?
+        let client = redis_client(&s.url, &s.tls)?;
+        // The pool dials with the same connection info, TLS material included.
+        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+            .map_err(|e| BrokerError::Internal(format!("WSGW_REDIS_URL: {e}")))?;
+        let pool = Pool::builder(manager)
             .max_size(64)
             .wait_timeout(Some(s.op_timeout * PATIENT))
             .create_timeout(Some(s.op_timeout))

@@ -1,0 +1,267 @@
+//! Redis the way production runs it: a real `redis-server` speaking only TLS, with an ACL user,
+//! and real `wsgw` processes in front of it. A node serves through `rediss://user:pass@…` with
+//! a private CA; a certificate that does not verify keeps it from starting, with an error that
+//! names the problem; the insecure switch says so in its log; the password shows up nowhere.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::cluster::free_port;
+use common::{API_KEY, Client, DEADLINE, SECRET, token};
+use serde_json::json;
+
+const PASSWORD: &str = "pw-7c1e9d2b-never-in-a-log";
+
+/// A scratch directory with a CA, a server certificate it signed (for 127.0.0.1), and a second,
+/// unrelated CA.
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let dir = std::env::temp_dir().join(format!("wsgw-tls-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl runs (scripts/test.sh installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        for ca in ["ca", "other-ca"] {
+            run(&[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &format!("/CN=wsgw test {ca}"),
+                "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"),
+            ]);
+        }
+        run(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        run(&[
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", "san.ext", "-out", "server.pem",
+        ]);
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A redis-server that only speaks TLS and knows the ACL user `gw`.
+struct TlsRedis {
+    port: u16,
+    child: Child,
+}
+
+impl TlsRedis {
+    async fn start(certs: &Certs) -> TlsRedis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", &certs.path("server.pem"), "--tls-key-file", &certs.path("server.key")])
+            .args(["--tls-ca-cert-file", &certs.path("ca.pem"), "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            // The default user is off: only the ACL user gets in.
+            .args(["--user", "default", "off"])
+            .args(["--user", "gw", "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "TLS redis-server never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        TlsRedis { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://gw:{PASSWORD}@127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `wsgw` process with its stderr captured to a file (to search its log lines).
+struct Node {
+    port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Node {
+    fn spawn(redis_url: &str, env: &[(&str, &str)], log_dir: &Path) -> Node {
+        let port = free_port();
+        let log = log_dir.join(format!("node-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgw"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("WSGW_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WSGW_NODE_ID", format!("tls-{port}"))
+            .env("WSGW_REDIS_URL", redis_url)
+            .env("WSGW_JWT_SECRET", SECRET)
+            .env("WSGW_API_KEY", API_KEY)
+            .env("WSGW_DRAIN_MS", "200")
+            // Every level: the password must not show up even in debug lines.
+            .env("WSGW_LOG", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("wsgw runs");
+        Node { port, child, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http.get(self.url("/ready")).send().await
+                && r.status().as_u16() == 200
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node never became ready; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to exit; returns its status code.
+    async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get_text(url: &str, auth: bool) -> String {
+    let mut req = reqwest::Client::new().get(url);
+    if auth {
+        req = req.bearer_auth(API_KEY);
+    }
+    req.send().await.expect("http").text().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_node_serves_through_rediss_with_an_acl_user_and_never_shows_the_password() {
+    let certs = Certs::make();
+    let redis = TlsRedis::start(&certs).await;
+    let ca = certs.path("ca.pem");
+    let node = Node::spawn(&redis.url(), &[("WSGW_REDIS_CA_FILE", ca.as_str())], &certs.dir);
+    node.wait_ready().await;
+
+    // A socket subscribed on the node gets an event published through it: pool and pub/sub
+    // both went through TLS as the ACL user.
+    let t = token("alice", &["chat:*"], &["chat:*"]);
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws?token={t}", node.port)).await;
+    c.expect("welcome").await;
+    c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1})).await;
+    c.expect("subscribed").await;
+    let r = reqwest::Client::new()
+        .post(node.url("/api/publish"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"channel":"chat:1","event":"hi","data":{"n":1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let e = c.expect("event").await;
+    assert_eq!(e["data"]["n"], 1);
+
+    // The password appears in no log line (debug level), no stats, no metrics, no printed config.
+    let stats = get_text(&node.url("/api/stats"), true).await;
+    let metrics = get_text(&node.url("/metrics"), false).await;
+    let printed = Command::new(env!("CARGO_BIN_EXE_wsgw"))
+        .arg("--print-config")
+        .env_clear()
+        .env("WSGW_REDIS_URL", redis.url())
+        .env("WSGW_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout).to_string() + &String::from_utf8_lossy(&printed.stderr);
+    assert!(printed.contains("rediss://"), "--print-config shows the URL: {printed}");
+    for (what, text) in [("log", node.log_text()), ("stats", stats), ("metrics", metrics), ("--print-config", printed)] {
+        assert!(!text.contains(PASSWORD), "the Redis password appears in the {what}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_certificate_that_does_not_verify_keeps_the_node_from_starting() {
+    let certs = Certs::make();
+    let redis = TlsRedis::start(&certs).await;
+    let wrong_ca = certs.path("other-ca.pem");
+    let mut node = Node::spawn(&redis.url(), &[("WSGW_REDIS_CA_FILE", wrong_ca.as_str())], &certs.dir);
+    let code = node.wait_exit(Duration::from_secs(30)).await;
+    let log = node.log_text();
+    assert!(matches!(code, Some(c) if c != 0), "the node exits with an error, got {code:?}; log:\n{log}");
+    let lower = log.to_lowercase();
+    assert!(
+        lower.contains("certificate") || lower.contains("unknownissuer"),
+        "the error names the certificate problem:\n{log}"
+    );
+    assert!(!log.contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn the_insecure_switch_connects_without_a_ca_and_says_so() {
+    let certs = Certs::make();
+    let redis = TlsRedis::start(&certs).await;
+    let node = Node::spawn(&redis.url(), &[("WSGW_REDIS_TLS_INSECURE", "1")], &certs.dir);
+    node.wait_ready().await;
+    let log = node.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN") && l.contains("insecure")),
+        "a WARN line says insecure:\n{log}"
+    );
+    assert!(!log.contains(PASSWORD));
+}
