@@ -76,6 +76,8 @@ fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError>
         }
         return redis::Client::open(url).map_err(bad_url);
     }
+    // rustls needs a process-wide crypto provider; ring is the one the gateway builds with.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let info = if tls.insecure && !url.contains('#') {
         warn!("WSGW_REDIS_TLS_INSECURE is set: the Redis server's certificate is not verified (insecure; for tests only)");
         format!("{url}#insecure").into_connection_info()
