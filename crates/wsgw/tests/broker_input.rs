@@ -219,3 +219,61 @@ async fn one_resume_reads_at_most_max_replay_events_across_all_its_channels() {
         "redis sent {sent} bytes for a replay capped at 50 events"
     );
 }
+
+/// Calls of one command since the last `CONFIG RESETSTAT`.
+async fn calls(r: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(r).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |v| v.split(',').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn presence_is_written_at_most_once_per_socket_per_tick_however_often_it_subscribes() {
+    let redis = RedisServer::start().await;
+    // No frame rate limit: the socket churns as fast as it can.
+    let gw = GatewayProc::start(&redis, "gw-a", &[("WSGW_RATE_LIMIT_PER_S", "0")]).await;
+    let mut r = redis.conn().await;
+    let (mut c, w) = gw.connect(&token("alice", &["room:*"], &[])).await;
+    let id = w["connection_id"].as_str().unwrap().to_string();
+    wait_until("the welcome's presence is written", || {
+        let mut r = r.clone();
+        let key = format!("ws:presence:conn:{id}");
+        async move {
+            let n: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut r).await.unwrap();
+            n == 1
+        }
+    })
+    .await;
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut r).await.unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..500 {
+        let ch = format!("room:{}", i % 7);
+        c.send(json!({"type": "subscribe", "channel": ch})).await;
+        c.expect("subscribed").await;
+        c.send(json!({"type": "unsubscribe", "channel": ch})).await;
+        c.expect("unsubscribed").await;
+    }
+    // One presence worker applies changes in order: once a later socket's welcome is in
+    // Redis, every change before it has been applied.
+    let (_bob, w) = gw.connect(&token("bob", &[], &[])).await;
+    let bob_key = format!("ws:presence:conn:{}", w["connection_id"].as_str().unwrap());
+    wait_until("bob's presence is written", || {
+        let mut r = r.clone();
+        let key = bob_key.clone();
+        async move {
+            let n: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut r).await.unwrap();
+            n == 1
+        }
+    })
+    .await;
+    let sets = calls(&mut r, "set").await;
+    // Bob's welcome is one SET. The default presence tick is over 20 s: each node-wide
+    // refresh in here adds at most alice's, bob's and the epoch's; never one write per
+    // subscription change.
+    let ticks = started.elapsed().as_secs() / 20 + 1;
+    assert!(
+        sets <= 1 + 3 * ticks,
+        "{sets} SETs for 1000 subscription changes of one socket"
+    );
+}

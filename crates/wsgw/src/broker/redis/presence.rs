@@ -39,6 +39,11 @@ impl Inner {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let refresh = Duration::from_millis((self.s.presence_ttl_ms / 3).max(50));
+        // Sockets whose presence was written since they connected, and when first. At most one
+        // presence write per socket per tick, however often it subscribes: the first at once
+        // (the welcome), every later change rides on the node-wide refresh, which writes each
+        // socket's current topics well within the key's TTL (3 ticks).
+        let mut written: HashMap<Arc<str>, tokio::time::Instant> = HashMap::new();
         let mut tick = tokio::time::interval(refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -56,8 +61,14 @@ impl Inner {
                     let mut pipe = redis::pipe();
                     for cmd in batch {
                         match cmd {
-                            PresenceCmd::Connected(c) => self.add_presence(&mut pipe, &c),
+                            PresenceCmd::Connected(c) => {
+                                if let std::collections::hash_map::Entry::Vacant(e) = written.entry(c.id.clone()) {
+                                    e.insert(tokio::time::Instant::now());
+                                    self.add_presence(&mut pipe, &c);
+                                }
+                            }
                             PresenceCmd::Disconnected { id, user_id, topics, park } => {
+                                written.remove(&id);
                                 // Parked before the presence goes: `resume` relies on that order.
                                 if park && self.s.session_ttl_ms > 0 {
                                     let v = serde_json::to_string(&ParkedValue { user_id: user_id.to_string(), topics }).unwrap_or_default();
@@ -76,7 +87,7 @@ impl Inner {
                         return;
                     }
                 }
-                _ = tick.tick() => self.refresh_all().await,
+                _ = tick.tick() => self.refresh_all(&mut written, refresh).await,
                 // The gateway sends `Leave` (via `shutdown()`) before this fires; stopping here
                 // also covers a gateway dropped without a clean leave.
                 _ = shutdown.changed() => return,
@@ -117,9 +128,18 @@ impl Inner {
         }
     }
 
-    pub(super) async fn refresh_all(&self) {
+    /// Rewrites every local socket's presence (except those first written less than a tick
+    /// ago) and the node registry.
+    pub(super) async fn refresh_all(&self, written: &mut HashMap<Arc<str>, tokio::time::Instant>, tick: Duration) {
         let ttl = self.s.presence_ttl_ms;
-        for chunk in self.hub.connections().chunks(500) {
+        let conns = self.hub.connections();
+        let live: HashSet<&str> = conns.iter().map(|c| &*c.id).collect();
+        written.retain(|id, _| live.contains(&**id));
+        let due: Vec<&Arc<Connection>> = conns
+            .iter()
+            .filter(|c| written.get(&c.id).is_none_or(|at| at.elapsed() >= tick))
+            .collect();
+        for chunk in due.chunks(500) {
             let mut pipe = redis::pipe();
             for c in chunk {
                 self.add_presence(&mut pipe, c);
