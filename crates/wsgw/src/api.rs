@@ -2,7 +2,6 @@
 //! authenticated), and the unauthenticated `/health`, `/ready`, `/metrics`. Errors become
 //! HTTP answers in one place (`AppError`). Never holds a hub lock across an await.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -187,7 +186,7 @@ struct WsQuery {
 
 async fn ws_upgrade(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<crate::handshake::Peer>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -212,7 +211,8 @@ async fn ws_upgrade(
         auth,
         connection_id: q.connection_id.filter(|s| !s.is_empty()),
         last_event_id: q.last_event_id.filter(|s| !s.is_empty()),
-        client_ip: gw.proxies.client_ip(peer.ip(), &headers),
+        client_ip: gw.proxies.client_ip(peer.addr.ip(), &headers),
+        handshake: Some(peer.handshake),
     };
     upgrade.on_upgrade(move |socket| session::run(socket, gw, params))
 }

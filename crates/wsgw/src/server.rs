@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -39,10 +38,8 @@ pub async fn serve(
     };
     let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
     let app = crate::api::router(gw.clone());
-    let listener = listener.tap_io(|tcp| {
-        // Small frames must not wait for Nagle: batching is done by the writer.
-        let _ = tcp.set_nodelay(true);
-    });
+    let app = app.layer(axum::middleware::from_fn(crate::handshake::plain_http_ends_handshake));
+    let listener = crate::handshake::GatedListener::new(listener, gw.clone());
     let gw_signal = gw.clone();
     // Sockets outlive axum's connection tracking once upgraded, so drain them ourselves. Axum
     // is told to stop only after the drain: until then it keeps accepting, so `/ready` answers
@@ -53,7 +50,7 @@ pub async fn serve(
         gw_signal.begin_drain();
         drain(&gw_signal).await;
     };
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<crate::handshake::Peer>())
         .with_graceful_shutdown(signal)
         .await;
     let _ = stop_tx.send(true);

@@ -114,15 +114,6 @@ settings! {
     redis_url: Option<SecretString> = None, WSGW_REDIS_URL => opt;
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     redis_prefix: String = "ws:".to_owned(), WSGW_REDIS_PREFIX => string;
-    /// How often the server pings each client, in milliseconds.
-    heartbeat_interval_ms: u64 = 30_000, WSGW_HEARTBEAT_INTERVAL_MS => parse(MS);
-    /// Silence after which a client is dropped, in milliseconds; must exceed the interval.
-    heartbeat_timeout_ms: u64 = 60_000, WSGW_HEARTBEAT_TIMEOUT_MS => parse(MS);
-    /// Largest inbound WebSocket message, in bytes.
-    max_message_bytes: usize = 65_536, WSGW_MAX_MESSAGE_BYTES => parse(BYTES);
-    /// Largest HTTP publish API request body, in bytes.
-    max_publish_bytes: usize = 1_048_576, WSGW_MAX_PUBLISH_BYTES => parse(BYTES);
-    /// Maximum concurrent WebSocket connections on this node.
     /// PEM file of the CA that signs the Redis server's certificate (`rediss://` URLs); unset:
     /// the system's root certificates.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,7 +126,19 @@ settings! {
     redis_client_key_file: Option<PathBuf> = None, WSGW_REDIS_CLIENT_KEY_FILE => opt;
     /// Skip verifying the Redis server's certificate. For tests only: every start logs a WARN.
     redis_tls_insecure: bool = false, WSGW_REDIS_TLS_INSECURE => bool;
+    /// How often the server pings each client, in milliseconds.
+    heartbeat_interval_ms: u64 = 30_000, WSGW_HEARTBEAT_INTERVAL_MS => parse(MS);
+    /// Silence after which a client is dropped, in milliseconds; must exceed the interval.
+    heartbeat_timeout_ms: u64 = 60_000, WSGW_HEARTBEAT_TIMEOUT_MS => parse(MS);
+    /// Largest inbound WebSocket message, in bytes.
+    max_message_bytes: usize = 65_536, WSGW_MAX_MESSAGE_BYTES => parse(BYTES);
+    /// Largest HTTP publish API request body, in bytes.
+    max_publish_bytes: usize = 1_048_576, WSGW_MAX_PUBLISH_BYTES => parse(BYTES);
+    /// Maximum concurrent WebSocket connections on this node.
     max_connections: usize = 100_000, WSGW_MAX_CONNECTIONS => parse(COUNT);
+    /// How long a TCP connection may take to send a complete HTTP request, or to be upgraded
+    /// and welcomed, before it is closed, in milliseconds; `0` = no limit.
+    handshake_timeout_ms: u64 = 10_000, WSGW_HANDSHAKE_TIMEOUT_MS => parse(MS);
     /// Maximum concurrent connections per authenticated user on this node; `0` = unlimited.
     max_connections_per_user: usize = 0, WSGW_MAX_CONNECTIONS_PER_USER => parse(COUNT);
     /// Outbound frames queued per socket before the client counts as too slow.

@@ -32,6 +32,8 @@ pub struct ConnectParams {
     pub last_event_id: Option<String>,
     /// The client's address (from `X-Forwarded-For` when the peer is a trusted proxy).
     pub client_ip: std::net::IpAddr,
+    /// The connection's handshake (its deadline, and the slots it holds until upgraded).
+    pub handshake: Option<Arc<crate::handshake::Handshake>>,
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, request_id: Option<Value>) -> OutFrame {
@@ -73,6 +75,12 @@ async fn close_socket(ws: &mut WebSocket, code: CloseCode, reason: &'static str)
 /// Runs one upgraded socket to its end.
 pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
     let mut params = params;
+    // Upgraded: the handshake's deadline and the slots it held end here. From now on the
+    // gateway, not the client, decides how soon the welcome or the refusal goes out, and the
+    // session takes slots of its own below (a refused socket holds none while it closes).
+    if let Some(h) = params.handshake.take() {
+        h.finish();
+    }
     let auth = std::mem::replace(&mut params.auth, Err(AuthError::Missing));
     let claims = match auth {
         Ok(c) => c,
