@@ -19,6 +19,7 @@ pub mod server;
 pub mod session;
 pub mod time;
 
+pub mod token;
 pub use config::Config;
 pub use node::{Gateway, StartError};
 pub use server::{RunningGateway, serve};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::{info, warn};
-use wsgw::config::{Cli, Config, ExposeSecret, LogFormat, ProcessEnv, RuntimeFlavor};
+use wsgw::config::{Cli, Command, Config, ExposeSecret, LogFormat, ProcessEnv, RuntimeFlavor, TokenArgs};
 use wsgw::limits::{RESERVED_FDS, raise_nofile_limit};
 
 /// Exit code for configuration errors (BSD `EX_USAGE`).
@@ -23,6 +23,9 @@ fn main() -> ExitCode {
     if cli.print_config {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Token(args)) = &cli.command {
+        return print_token(&config, args);
     }
     init_logging(&config);
     let dev = if config.dev {
@@ -61,6 +64,31 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `wsgw token`: a token this node (and every node with the same secret) accepts.
+fn print_token(config: &Config, args: &TokenArgs) -> ExitCode {
+    let Some(secret) = &config.jwt_secret else {
+        eprintln!(
+            "wsgw token: no WSGW_JWT_SECRET configured; it signs HS256 tokens with that secret (tokens for a \
+             public key come from the identity provider that holds the private key)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let req = wsgw::token::TokenRequest {
+        sub: args.sub.clone(),
+        channels: args.channels.clone(),
+        publish: args.publish.clone(),
+        actions: args.actions.clone(),
+        ttl: args.ttl,
+        audience: config.jwt_audience.clone(),
+        issuer: config.jwt_issuer.clone(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!("{}", wsgw::token::sign(secret.expose_secret().as_bytes(), &req, now));
+    ExitCode::SUCCESS
 }
 
 fn init_logging(config: &Config) {

@@ -48,6 +48,36 @@ pub struct Cli {
     /// Runtime worker threads (0 = one per core).
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<usize>,
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary can do besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a token signed with the configured `WSGW_JWT_SECRET` (HS256), then exit.
+    Token(TokenArgs),
+}
+
+/// `wsgw token` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// Channel patterns the user may subscribe to (comma-separated, or the flag repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Vec<String>,
+    /// Channel patterns the user may publish to (comma-separated, or the flag repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Vec<String>,
+    /// Request actions the user may send (comma-separated); without it, no `actions` claim.
+    #[arg(long, value_delimiter = ',')]
+    pub actions: Option<Vec<String>>,
+    /// How long the token is valid: 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = crate::token::parse_ttl)]
+    pub ttl: std::time::Duration,
 }
 
 impl Config {
