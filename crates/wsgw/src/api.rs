@@ -198,7 +198,7 @@ async fn ws_upgrade(
         return (StatusCode::FORBIDDEN, Json(body)).into_response();
     }
     let auth = match token_from_request(&headers, q.token.as_deref()) {
-        Some((token, _)) => gw.auth.verify(&token),
+        Some((token, _)) => gw.auth.verify_fresh(&token).await,
         None => Err(AuthError::Missing),
     };
     let cfg = &gw.config;

@@ -140,6 +140,8 @@ impl AuthError {
     }
 }
 
+const UNKNOWN_KID: &str = "unknown kid";
+
 fn invalid(message: &str) -> AuthError {
     AuthError::Invalid(message.to_owned())
 }
@@ -154,13 +156,16 @@ struct Inner {
     // One entry per accepted algorithm, each with its own key: the token header only selects among these, so it can
     // never make us check an HS256 MAC keyed with public key bytes (algorithm confusion).
     keys: Vec<VerifyKey>,
+    // Keys selected by the token's `kid` (`WSGW_JWT_JWKS_*`); each is tied to one algorithm too.
+    jwks: Option<Arc<crate::jwks::Jwks>>,
     audience: Option<String>,
     issuer: Option<String>,
     leeway_s: u64,
     require_exp: bool,
 }
 
-struct VerifyKey {
+/// One verification key and the one algorithm it may be used with.
+pub struct VerifyKey {
     alg: Algorithm,
     key: DecodingKey,
     validation: Validation,
@@ -182,6 +187,12 @@ impl Authenticator {
     /// Builds the verifier. With both a secret and a public key, HS256 tokens are checked with the secret and
     /// RS256/ES256 tokens (whichever the PEM's key type allows) with the public key.
     pub fn new(cfg: &AuthConfig) -> Result<Self, AuthSetupError> {
+        Self::with_jwks(cfg, None)
+    }
+
+    /// Like [`new`](Self::new), plus a JWKS: a token with a `kid` is checked against the JWKS
+    /// key of that `kid` only, one without a `kid` against the static keys only.
+    pub fn with_jwks(cfg: &AuthConfig, jwks: Option<Arc<crate::jwks::Jwks>>) -> Result<Self, AuthSetupError> {
         let mut keys = Vec::with_capacity(2);
         match cfg.secret.as_deref() {
             None => {}
@@ -195,12 +206,13 @@ impl Authenticator {
             let (alg, key) = parse_public_key(pem)?;
             keys.push(VerifyKey::new(alg, key));
         }
-        if keys.is_empty() {
+        if keys.is_empty() && jwks.is_none() {
             return Err(AuthSetupError::NoKey);
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 keys,
+                jwks,
                 audience: cfg.audience.clone(),
                 issuer: cfg.issuer.clone(),
                 leeway_s: cfg.leeway_s,
@@ -219,6 +231,18 @@ impl Authenticator {
         self.verify_at(token, unix_now())
     }
 
+    /// [`verify`](Self::verify), except that a `kid` missing from the JWKS first reloads the
+    /// set (at most once per 10 s; see `jwks.rs`), so a key rotated in is accepted at once.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Claims, AuthError> {
+        match self.verify(token) {
+            Err(AuthError::Invalid(reason)) if reason == UNKNOWN_KID => match &self.inner.jwks {
+                Some(jwks) if jwks.reload_for_unknown_kid().await => self.verify(token),
+                _ => Err(AuthError::Invalid(reason)),
+            },
+            other => other,
+        }
+    }
+
     fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         let token = token.trim();
         if token.is_empty() {
@@ -229,19 +253,32 @@ impl Authenticator {
         }
         // `alg: none` and algorithms jsonwebtoken does not know fail to parse here already.
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
-        let vk = self
-            .inner
-            .keys
-            .iter()
-            .find(|k| k.alg == header.alg)
-            .ok_or_else(|| AuthError::Invalid(format!("algorithm {:?} not accepted", header.alg)))?;
+        let jwks_key;
+        let vk = match (&header.kid, &self.inner.jwks) {
+            (Some(kid), Some(jwks)) => {
+                jwks_key = jwks.key(kid).ok_or_else(|| invalid(UNKNOWN_KID))?;
+                if jwks_key.alg != header.alg {
+                    return Err(AuthError::Invalid(format!(
+                        "algorithm {:?} not accepted for this kid",
+                        header.alg
+                    )));
+                }
+                &*jwks_key
+            }
+            _ => self.inner.keys.iter().find(|k| k.alg == header.alg).ok_or_else(|| {
+                match self.inner.keys.is_empty() {
+                    true => invalid("token has no kid"),
+                    false => AuthError::Invalid(format!("algorithm {:?} not accepted", header.alg)),
+                }
+            })?,
+        };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &vk.key, &vk.validation).map_err(jwt_error)?;
         check_claims(&data.claims, &self.inner, now)
     }
 }
 
 impl VerifyKey {
-    fn new(alg: Algorithm, key: DecodingKey) -> Self {
+    pub(crate) fn new(alg: Algorithm, key: DecodingKey) -> Self {
         let mut validation = Validation::new(alg);
         // jsonwebtoken only checks the signature and algorithm; `check_claims` does the rest so that it controls
         // which failure is `Expired`, treats absent `aud` as we document, and cannot overflow on a huge leeway.

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub dropped_frames: IntCounter,
     /// Events re-read from history after a Redis outage and delivered.
     pub repaired_events: IntCounter,
+    /// JWKS loads (start, refresh, unknown `kid`, file change) that failed.
+    pub jwks_refresh_failures: IntCounter,
 }
 
 impl Default for Metrics {
@@ -136,6 +138,10 @@ impl Metrics {
             repaired_events: counter(
                 "wsgw_repaired_events_total",
                 "Events re-read from history after an outage",
+            ),
+            jwks_refresh_failures: counter(
+                "wsgw_jwks_refresh_failures_total",
+                "JWKS loads that failed (the last good key set stays)",
             ),
             registry,
         }

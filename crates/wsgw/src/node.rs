@@ -14,6 +14,7 @@ use crate::broker::redis::RedisSettings;
 use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
 use crate::config::{Config, ExposeSecret};
 use crate::hub::Hub;
+use crate::jwks::{Jwks, JwksSource};
 use crate::metrics::Metrics;
 use crate::time::now_ms;
 
@@ -77,7 +78,11 @@ impl Gateway {
     /// Builds a node from its configuration (memory broker unless a Redis URL is set; with
     /// one, connects, loads the Redis Functions and waits for the pub/sub loop).
     pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
-        if config.jwt_secret.is_none() && config.jwt_public_key_file.is_none() {
+        if config.jwt_secret.is_none()
+            && config.jwt_public_key_file.is_none()
+            && config.jwt_jwks_url.is_none()
+            && config.jwt_jwks_file.is_none()
+        {
             return Err(StartError::Config(
                 "no JWT key configured: set WSGW_JWT_SECRET or WSGW_JWT_PUBLIC_KEY_FILE (or run `wsgw --dev`)".into(),
             ));
@@ -86,26 +91,47 @@ impl Gateway {
             Some(path) => Some(read_public_key_file(path)?),
             None => None,
         };
-        let auth = Authenticator::new(&AuthConfig {
-            secret: config.jwt_secret.as_ref().map(|s| s.expose_secret().to_owned()),
-            public_key_pem,
-            audience: config.jwt_audience.clone(),
-            issuer: config.jwt_issuer.clone(),
-            leeway_s: config.jwt_leeway_s,
-            require_exp: config.jwt_require_exp,
-        })?;
+        let metrics = Metrics::new();
+        let (stop, stop_rx) = watch::channel(false);
+        let jwks_source = match (&config.jwt_jwks_url, &config.jwt_jwks_file) {
+            (Some(url), _) => Some(JwksSource::Url(url.clone())),
+            (None, Some(path)) => Some(JwksSource::File(path.clone())),
+            (None, None) => None,
+        };
+        let jwks = match jwks_source {
+            Some(source) => Some(
+                Jwks::start(
+                    source,
+                    Duration::from_secs(config.jwt_jwks_refresh_s),
+                    metrics.jwks_refresh_failures.clone(),
+                    stop_rx.clone(),
+                )
+                .await
+                .map_err(StartError::Config)?,
+            ),
+            None => None,
+        };
+        let auth = Authenticator::with_jwks(
+            &AuthConfig {
+                secret: config.jwt_secret.as_ref().map(|s| s.expose_secret().to_owned()),
+                public_key_pem,
+                audience: config.jwt_audience.clone(),
+                issuer: config.jwt_issuer.clone(),
+                leeway_s: config.jwt_leeway_s,
+                require_exp: config.jwt_require_exp,
+            },
+            jwks,
+        )?;
         let node_id = if config.node_id.is_empty() {
             default_node_id()
         } else {
             config.node_id.clone()
         };
-        let metrics = Metrics::new();
         let hub = Arc::new(Hub::new(node_id.clone(), metrics.clone()));
         let limits = HistoryLimits {
             size: config.history_size,
             ttl_ms: config.history_ttl_ms,
         };
-        let (stop, stop_rx) = watch::channel(false);
         let (broker, memory): (Arc<dyn Broker>, Option<Arc<MemoryBroker>>) = match &config.redis_url {
             None => {
                 let m = Arc::new(MemoryBroker::new(hub.clone(), limits, config.session_ttl_ms));
@@ -114,6 +140,12 @@ impl Gateway {
             Some(url) => {
                 let settings = RedisSettings {
                     url: url.expose_secret().to_owned(),
+                    tls: crate::broker::redis::RedisTls {
+                        ca_file: config.redis_ca_file.clone(),
+                        client_cert_file: config.redis_client_cert_file.clone(),
+                        client_key_file: config.redis_client_key_file.clone(),
+                        insecure: config.redis_tls_insecure,
+                    },
                     prefix: config.redis_prefix.clone(),
                     node_id: node_id.clone(),
                     history: limits,
@@ -137,12 +169,6 @@ impl Gateway {
             (Some(secret), true) => {
                 let exp = now_ms() / 1000 + 24 * 3600;
                 Some(crate::auth::sign_hs256(
-                    tls: crate::broker::redis::RedisTls {
-                        ca_file: config.redis_ca_file.clone(),
-                        client_cert_file: config.redis_client_cert_file.clone(),
-                        client_key_file: config.redis_client_key_file.clone(),
-                        insecure: config.redis_tls_insecure,
-                    },
                     secret.expose_secret(),
                     "dev-user",
                     &["*"],

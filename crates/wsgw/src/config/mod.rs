@@ -140,6 +140,23 @@ impl Config {
                 ),
             ));
         }
+        if self.jwt_jwks_url.is_some() && self.jwt_jwks_file.is_some() {
+            return Err(invalid(
+                "jwt_jwks_url",
+                "set either jwt_jwks_url or jwt_jwks_file, not both".to_owned(),
+            ));
+        }
+        if let Some(url) = &self.jwt_jwks_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "jwt_jwks_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if self.jwt_jwks_refresh_s == 0 {
+            return Err(invalid("jwt_jwks_refresh_s", "must be greater than 0".to_owned()));
+        }
         if let Err(reason) = crate::origin::AllowedOrigins::new(&self.allowed_origins) {
             return Err(invalid("allowed_origins", reason));
         }
@@ -465,8 +482,20 @@ mod tests {
         );
         bad(|c| c.api_key = Some(String::new().into()), "api_key");
         bad(|c| c.jwt_secret = Some(REDACTED.into()), "jwt_secret");
-        bad(|c| c.jwt_secret = Some("31-bytes-0123456789abcdefghijkl".into()), "jwt_secret");
+        bad(
+            |c| c.jwt_secret = Some("31-bytes-0123456789abcdefghijkl".into()),
+            "jwt_secret",
+        );
         bad(|c| c.allowed_origins = vec!["example.org".into()], "allowed_origins");
+        bad(|c| c.jwt_jwks_url = Some("ftp://idp/jwks.json".into()), "jwt_jwks_url");
+        bad(
+            |c| {
+                c.jwt_jwks_url = Some("https://idp/jwks.json".into());
+                c.jwt_jwks_file = Some("jwks.json".into());
+            },
+            "jwt_jwks_url",
+        );
+        bad(|c| c.jwt_jwks_refresh_s = 0, "jwt_jwks_refresh_s");
         // --dev accepts a short secret; 32 bytes pass everywhere.
         Config {
             dev: true,

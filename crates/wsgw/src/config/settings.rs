@@ -91,6 +91,15 @@ settings! {
     /// PEM public key file for RS256/ES256 client tokens; mutually exclusive with `jwt_secret`.
     #[serde(skip_serializing_if = "Option::is_none")]
     jwt_public_key_file: Option<PathBuf> = None, WSGW_JWT_PUBLIC_KEY_FILE => opt;
+    /// JWKS URL (`http://` or `https://`) whose keys verify tokens that carry a `kid`; fetched
+    /// at start, every `jwt_jwks_refresh_s`, and (at most once per 10 s) on an unknown `kid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_jwks_url: Option<String> = None, WSGW_JWT_JWKS_URL => opt;
+    /// JWKS file whose keys verify tokens that carry a `kid`; re-read when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_jwks_file: Option<PathBuf> = None, WSGW_JWT_JWKS_FILE => opt;
+    /// How often `jwt_jwks_url` is fetched again, in seconds.
+    jwt_jwks_refresh_s: u64 = 300, WSGW_JWT_JWKS_REFRESH_S => parse(SECS);
     /// Required `aud` claim, if set (unset: not checked).
     #[serde(skip_serializing_if = "Option::is_none")]
     jwt_audience: Option<String> = None, WSGW_JWT_AUDIENCE => opt;
