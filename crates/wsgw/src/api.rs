@@ -117,6 +117,8 @@ async fn client_js() -> Response {
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            // Pages on other origins `import` it (docs/client-js.md): a public, credential-free file.
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         CLIENT_JS,
     )

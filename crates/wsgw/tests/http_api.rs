@@ -517,6 +517,8 @@ async fn the_browser_client_is_served_and_the_demo_page_only_in_dev_mode() {
             .unwrap()
             .starts_with("text/javascript")
     );
+    // A page on another origin can `import` it.
+    assert_eq!(js.headers()["access-control-allow-origin"], "*");
     assert!(js.text().await.unwrap().contains("export class WsgwClient"));
     assert_eq!(
         node.http.get(node.url("/")).send().await.unwrap().status().as_u16(),
