@@ -96,21 +96,6 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         Box::pin(refuse(ws, &gw, None, CloseCode::Restart)).await;
         return;
     }
-    // A banned user gets no socket; when the ban cannot be checked, none either (fail closed).
-    match gw.broker.is_banned(&claims.sub).await {
-        Ok(false) => {}
-        Ok(true) => {
-            let frame = ServerFrame::error(ErrorCode::Forbidden, "user is banned", None);
-            Box::pin(refuse(ws, &gw, Some(frame), CloseCode::Policy)).await;
-            return;
-        }
-        Err(e) => {
-            debug!(error = %e, "ban check failed");
-            let frame = ServerFrame::error(ErrorCode::Unavailable, "cannot check bans; try again later", None);
-            Box::pin(refuse(ws, &gw, Some(frame), CloseCode::TryAgainLater)).await;
-            return;
-        }
-    }
     let per_user = gw.config.max_connections_per_user;
     if per_user > 0 && gw.hub.user_connection_count(&claims.sub) >= per_user {
         let msg = format!("user already has {per_user} connections");

@@ -81,6 +81,30 @@ impl Session {
         .with_byte_capacity(gw.config.send_queue_bytes);
         conn.set_token_exp(claims.exp);
         let conn = gw.hub.register(conn);
+        // The ban check comes after `register`: a ban set after this check kicks the socket
+        // (the kick follows the ban key), and one set before it is seen here. Checked before
+        // `register`, a ban landing in between would miss the socket. A check that fails
+        // refuses (fail closed).
+        let banned = match gw.broker.is_banned(&claims.sub).await {
+            Ok(false) => None,
+            Ok(true) => Some((ErrorCode::Forbidden, "user is banned", CloseCode::Policy)),
+            Err(e) => {
+                warn!(error = %e, "ban check failed on connect");
+                Some((
+                    ErrorCode::Unavailable,
+                    "cannot check bans; try again later",
+                    CloseCode::TryAgainLater,
+                ))
+            }
+        };
+        if let Some((code, message, close)) = banned {
+            let released = gw.hub.remove(&conn);
+            gw.broker.unlisten(&released);
+            conn.close_with(error_frame(code, message, None), close);
+            // A resume may have taken the parked session: park it again unless the user is banned.
+            let park = (code != ErrorCode::Forbidden).then_some(resumed_topics).flatten();
+            return Some(Session::closing(gw, conn, claims, slot).with_park(park));
+        }
 
         let mut channels = vec![
             wsgw_protocol::BROADCAST.to_string(),
