@@ -222,6 +222,19 @@ async fn an_unknown_kid_reloads_the_set_at_most_once_per_10_s_and_the_start_fetc
 }
 
 #[tokio::test]
+async fn a_refresh_frame_with_a_key_rotated_in_since_the_last_load_is_accepted() {
+    let idp = Idp::start(set(&[jwk(Kind::Rsa, "r1")])).await;
+    let node = Node::start(jwks_config(&idp.url, 300)).await;
+    let (mut c, _) = node.connect(&signed(Kind::Rsa, Some("r1"), "a")).await;
+    idp.set(set(&[jwk(Kind::Rsa, "r1"), jwk(Kind::Ec, "e2")]));
+    c.send(json!({"type": "refresh", "token": signed(Kind::Ec, Some("e2"), "a"), "request_id": "f"}))
+        .await;
+    let ack = c.expect("ack").await;
+    assert_eq!(ack["request_id"], "f", "{ack}");
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn a_refresh_drops_removed_keys_and_an_unreachable_endpoint_keeps_the_last_good_set() {
     let idp = Idp::start(set(&[jwk(Kind::Rsa, "r1"), jwk(Kind::Ec, "e1")])).await;
     let node = Node::start(jwks_config(&idp.url, 1)).await;

@@ -105,7 +105,7 @@ impl Session {
                 data,
                 request_id,
             } => Box::pin(self.request(action, data, request_id)).await,
-            ClientFrame::Refresh { token, request_id } => self.refresh(&token, request_id),
+            ClientFrame::Refresh { token, request_id } => self.refresh(&token, request_id).await,
         }
     }
 
@@ -370,8 +370,10 @@ impl Session {
         }
     }
 
-    fn refresh(&mut self, token: &str, request_id: Option<Value>) {
-        let claims = match self.gw.auth.verify(token) {
+    async fn refresh(&mut self, token: &str, request_id: Option<Value>) {
+        // `verify_fresh`: a token signed with a key rotated into the JWKS since the last load is
+        // accepted here too.
+        let claims = match self.gw.auth.verify_fresh(token).await {
             Ok(c) if c.sub == self.claims.sub => c,
             Ok(_) => {
                 self.gw
