@@ -19,8 +19,8 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod time;
-
 pub mod token;
+
 pub use config::Config;
 pub use node::{Gateway, StartError};
 pub use server::{RunningGateway, serve};
