@@ -50,9 +50,12 @@ pub async fn serve(
         gw_signal.begin_drain();
         drain(&gw_signal).await;
     };
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<crate::handshake::Peer>())
-        .with_graceful_shutdown(signal)
-        .await;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<crate::handshake::Peer>(),
+    )
+    .with_graceful_shutdown(signal)
+    .await;
     let _ = stop_tx.send(true);
     let _ = ticker.await;
     if let Some(metrics) = metrics {

@@ -30,7 +30,9 @@ pub struct TokenRequest {
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?}: expected a duration such as 90s, 15m, 1h or 7d"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 90s, 15m, 1h or 7d"))?;
     let secs = match unit {
         "" | "s" => Some(n),
         "m" => n.checked_mul(60),
@@ -60,8 +62,12 @@ pub fn sign(secret: &[u8], req: &TokenRequest, now_s: u64) -> String {
     if let Some(iss) = &req.issuer {
         claims.insert("iss".into(), Value::from(iss.as_str()));
     }
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
-        .expect("HS256 signing of an in-memory JSON object cannot fail")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("HS256 signing of an in-memory JSON object cannot fail")
 }
 
 #[cfg(test)]

@@ -31,22 +31,58 @@ impl Certs {
                 .current_dir(&dir)
                 .output()
                 .expect("openssl runs (scripts/test.sh installs it)");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         for ca in ["ca", "other-ca"] {
             run(&[
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &format!("/CN=wsgw test {ca}"),
-                "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"),
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=wsgw test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
             ]);
         }
         run(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
             "server.csr",
         ]);
         std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
         run(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "san.ext", "-out", "server.pem",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
         ]);
         Certs { dir }
     }
@@ -73,7 +109,12 @@ impl TlsRedis {
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--tls-cert-file", &certs.path("server.pem"), "--tls-key-file", &certs.path("server.key")])
+            .args([
+                "--tls-cert-file",
+                &certs.path("server.pem"),
+                "--tls-key-file",
+                &certs.path("server.key"),
+            ])
             .args(["--tls-ca-cert-file", &certs.path("ca.pem"), "--tls-auth-clients", "no"])
             .args(["--save", "", "--appendonly", "no"])
             // The default user is off: only the ACL user gets in.
@@ -85,7 +126,10 @@ impl TlsRedis {
             .expect("redis-server runs");
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "TLS redis-server never listened");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "TLS redis-server never listened"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         TlsRedis { port, child }
@@ -205,7 +249,8 @@ async fn a_node_serves_through_rediss_with_an_acl_user_and_never_shows_the_passw
     let t = token("alice", &["chat:*"], &["chat:*"]);
     let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws?token={t}", node.port)).await;
     c.expect("welcome").await;
-    c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1})).await;
+    c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1}))
+        .await;
     c.expect("subscribed").await;
     let r = reqwest::Client::new()
         .post(node.url("/api/publish"))
@@ -230,7 +275,12 @@ async fn a_node_serves_through_rediss_with_an_acl_user_and_never_shows_the_passw
         .unwrap();
     let printed = String::from_utf8_lossy(&printed.stdout).to_string() + &String::from_utf8_lossy(&printed.stderr);
     assert!(printed.contains("rediss://"), "--print-config shows the URL: {printed}");
-    for (what, text) in [("log", node.log_text()), ("stats", stats), ("metrics", metrics), ("--print-config", printed)] {
+    for (what, text) in [
+        ("log", node.log_text()),
+        ("stats", stats),
+        ("metrics", metrics),
+        ("--print-config", printed),
+    ] {
         assert!(!text.contains(PASSWORD), "the Redis password appears in the {what}");
     }
 }
@@ -243,7 +293,10 @@ async fn a_server_certificate_that_does_not_verify_keeps_the_node_from_starting(
     let mut node = Node::spawn(&redis.url(), &[("WSGW_REDIS_CA_FILE", wrong_ca.as_str())], &certs.dir);
     let code = node.wait_exit(Duration::from_secs(30)).await;
     let log = node.log_text();
-    assert!(matches!(code, Some(c) if c != 0), "the node exits with an error, got {code:?}; log:\n{log}");
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "the node exits with an error, got {code:?}; log:\n{log}"
+    );
     let lower = log.to_lowercase();
     assert!(
         lower.contains("certificate") || lower.contains("unknownissuer"),

@@ -20,7 +20,16 @@ fn wsgw_token(args: &[&str], secret: Option<&str>) -> std::process::Output {
 #[tokio::test]
 async fn a_printed_token_connects_with_the_grants_it_names() {
     let out = wsgw_token(
-        &["--sub", "alice", "--channels", "chat:*,doc:1", "--publish", "chat:*", "--ttl", "2h"],
+        &[
+            "--sub",
+            "alice",
+            "--channels",
+            "chat:*,doc:1",
+            "--publish",
+            "chat:*",
+            "--ttl",
+            "2h",
+        ],
         Some(SECRET),
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -29,11 +38,14 @@ async fn a_printed_token_connects_with_the_grants_it_names() {
     let node = Node::start(config()).await;
     let (mut c, welcome) = node.connect(&token).await;
     assert_eq!(welcome["user_id"], "alice");
-    c.send(json!({"type":"subscribe","channel":"chat:9","request_id":1})).await;
+    c.send(json!({"type":"subscribe","channel":"chat:9","request_id":1}))
+        .await;
     assert_eq!(c.expect("subscribed").await["channel"], "chat:9");
-    c.send(json!({"type":"subscribe","channel":"doc:2","request_id":2})).await;
+    c.send(json!({"type":"subscribe","channel":"doc:2","request_id":2}))
+        .await;
     assert_eq!(c.expect("error").await["code"], "forbidden");
-    c.send(json!({"type":"publish","channel":"chat:9","event":"hi","data":1,"request_id":3})).await;
+    c.send(json!({"type":"publish","channel":"chat:9","event":"hi","data":1,"request_id":3}))
+        .await;
     // Subscribed to it, the publisher gets its own event and the ack, in either order.
     let mut acked = false;
     while !acked {

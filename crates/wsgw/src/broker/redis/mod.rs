@@ -68,7 +68,8 @@ pub struct RedisTls {
 /// setting and never the URL (it may carry a password).
 fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
     use redis::IntoConnectionInfo;
-    let bad_url = |e: redis::RedisError| BrokerError::Internal(format!("WSGW_REDIS_URL is not a usable Redis URL: {e}"));
+    let bad_url =
+        |e: redis::RedisError| BrokerError::Internal(format!("WSGW_REDIS_URL is not a usable Redis URL: {e}"));
     let is_tls = url.starts_with("rediss://");
     if !is_tls {
         if tls.ca_file.is_some() || tls.client_cert_file.is_some() || tls.insecure {
@@ -79,7 +80,9 @@ fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError>
     // rustls needs a process-wide crypto provider; ring is the one the gateway builds with.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let info = if tls.insecure && !url.contains('#') {
-        warn!("WSGW_REDIS_TLS_INSECURE is set: the Redis server's certificate is not verified (insecure; for tests only)");
+        warn!(
+            "WSGW_REDIS_TLS_INSECURE is set: the Redis server's certificate is not verified (insecure; for tests only)"
+        );
         format!("{url}#insecure").into_connection_info()
     } else {
         url.into_connection_info()
