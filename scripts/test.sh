@@ -53,6 +53,9 @@ cargo test --workspace -- --test-threads="${WSGW_TEST_THREADS:-4}"
 log "k6 scripts syntax"
 for f in loadtest/k6/*.js; do node --input-type=module --check <"$f" || { echo "syntax error in $f" >&2; exit 1; }; done
 
+log "k6 scripts under node --test (k6 modules stubbed; tokens and publishes against a real gateway)"
+WSGW_BIN="$PWD/target/debug/wsgw" node --test loadtest/k6/test/k6-scripts.test.mjs loadtest/k6/test/k6-gateway.test.mjs
+
 log "browser client tests (node --test, against a real gateway)"
 (cd clients/js && npm ci --silent --no-audit --no-fund && WSGW_BIN="$PWD/../../target/debug/wsgw" node --test test/)
 

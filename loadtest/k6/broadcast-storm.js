@@ -1,7 +1,8 @@
 // k6 mirror of loadtest/scenarios/broadcast-storm.toml: 2,000 VUs, broadcasts at 100/s over HTTP.
 import ws from 'k6/ws';
 import { check } from 'k6';
-import { connectTime, onFrame, publishBroadcast, seqTracker, unexpectedCloses, vuUrl } from './common.js';
+import { connectTime, newVuState, publishBroadcast, unexpectedCloses, vuUrl } from './common.js';
+import { runChecks } from './lib.js';
 
 const HOLD_MS = 25000;
 
@@ -34,6 +35,7 @@ export const options = {
     missing: ['count==0'],
     duplicates: ['count==0'],
     delivered: ['rate>10000'],
+    checks: ['rate==1'],
   },
 };
 
@@ -42,12 +44,12 @@ export function publish() {
 }
 
 export function socket() {
-  const tracker = seqTracker();
+  const vu = newVuState();
   const t0 = Date.now();
   let closing = false;
-  ws.connect(vuUrl(__VU, 0), null, (socket) => {
+  const res = ws.connect(vuUrl(__VU, 0), null, (socket) => {
     socket.on('message', (raw) => {
-      const m = onFrame(socket, raw, tracker);
+      const m = vu.onFrame(socket, raw);
       if (m.type === 'welcome') connectTime.add(Date.now() - t0);
     });
     socket.on('close', () => {
@@ -58,6 +60,8 @@ export function socket() {
       socket.close();
     }, HOLD_MS);
   });
-  tracker.settle();
-  check(tracker, { 'no event missing': () => true });
+  vu.status = res ? res.status : null;
+  vu.settle();
+  // broadcast-storm.toml's check.
+  runChecks(check, vu, ['no_missing']);
 }

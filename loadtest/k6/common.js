@@ -1,29 +1,45 @@
-// Shared helpers for the k6 scripts (kept in step by hand with loadtest/scenarios/*.toml).
+// Shared k6 wiring for the scripts (kept in step by hand with loadtest/scenarios/*.toml); the
+// logic itself is in lib.js, which Node tests (loadtest/k6/test/) run without k6.
 // Configuration comes from the environment (k6 run -e NAME=value):
-//   WSGW_URL      ws://127.0.0.1:8080/ws   (comma-separated: VUs spread over the nodes)
-//   WSGW_API      http://127.0.0.1:8080    (HTTP publishes)
-//   WSGW_API_KEY  the gateway's API key
-//   WSGW_TOKENS   comma-separated pre-signed JWTs (k6 has no HS256 signer built in); VU n uses
-//                 token n % count. Sign them with e.g. `wsgw-loadtest` or any JWT tool, sub = lt-<n>.
+//   WSGW_URL         ws://127.0.0.1:8080/ws   (comma-separated: VUs spread over the nodes)
+//   WSGW_API         http://127.0.0.1:8080    (HTTP publishes)
+//   WSGW_API_KEY     the gateway's API key
+//   WSGW_JWT_SECRET  the gateway's HS256 secret: each VU signs its own token (sub = lt-<VU>)
+//                    with k6/crypto, as `wsgw-loadtest --secret` does
+import crypto from 'k6/crypto';
+import encoding from 'k6/encoding';
 import http from 'k6/http';
 import { Counter, Trend } from 'k6/metrics';
+import { eventData, makeSigner, vuClaims, vuState } from './lib.js';
 
 export const urls = (__ENV.WSGW_URL || 'ws://127.0.0.1:8080/ws').split(',');
 export const api = __ENV.WSGW_API || 'http://127.0.0.1:8080';
 export const apiKey = __ENV.WSGW_API_KEY || '';
-const tokens = (__ENV.WSGW_TOKENS || '').split(',').filter((t) => t.length > 0);
+const secret = __ENV.WSGW_JWT_SECRET || '';
+if (!secret) throw new Error('set WSGW_JWT_SECRET (k6 run -e WSGW_JWT_SECRET=...): the gateway HS256 secret');
+
+export const sign = makeSigner({ hmac: crypto.hmac, b64encode: encoding.b64encode });
 
 export const connectTime = new Trend('connect_time', true);
-export const deliveryLatency = new Trend('delivery_latency', true);
-export const delivered = new Counter('delivered');
-export const missing = new Counter('missing');
-export const duplicates = new Counter('duplicates');
 export const unexpectedCloses = new Counter('unexpected_closes');
-export const errors = new Counter('errors');
+export const metrics = {
+  deliveryLatency: new Trend('delivery_latency', true),
+  delivered: new Counter('delivered'),
+  missing: new Counter('missing'),
+  duplicates: new Counter('duplicates'),
+  errors: new Counter('errors'),
+};
 
+// A fresh per-iteration receiver (see lib.js vuState).
+export function newVuState() {
+  return vuState(metrics);
+}
+
+// The URL VU `vu` connects to on attempt `attempt` (round-robin over WSGW_URL), with a token
+// signed now and the extra query parameters that are set.
 export function vuUrl(vu, attempt, extra) {
   const base = urls[(vu + attempt) % urls.length];
-  const token = tokens.length ? tokens[vu % tokens.length] : '';
+  const token = sign(secret, vuClaims(vu, Date.now() / 1000));
   let q = `token=${encodeURIComponent(token)}`;
   for (const [k, v] of Object.entries(extra || {})) {
     if (v !== undefined && v !== null) q += `&${k}=${encodeURIComponent(v)}`;
@@ -31,56 +47,14 @@ export function vuUrl(vu, attempt, extra) {
   return `${base}${base.includes('?') ? '&' : '?'}${q}`;
 }
 
-// Per-channel sequence accounting, as the Rust tool does: the first number seen is the baseline.
-export function seqTracker() {
-  const seen = new Map();
-  return {
-    see(channel, seq) {
-      let s = seen.get(channel);
-      if (!s) {
-        s = { set: new Set(), min: seq, max: seq };
-        seen.set(channel, s);
-      }
-      if (s.set.has(seq)) {
-        duplicates.add(1);
-        return;
-      }
-      s.set.add(seq);
-      s.min = Math.min(s.min, seq);
-      s.max = Math.max(s.max, seq);
-    },
-    settle() {
-      for (const s of seen.values()) {
-        const gaps = s.max - s.min + 1 - s.set.size;
-        if (gaps > 0) missing.add(gaps);
-      }
-    },
-  };
-}
-
-// The publisher side: one broadcast with a per-channel sequence number and its send time.
+// The publisher side: one broadcast carrying this publisher's sequence number and its send time.
+// Every k6 VU has its own copy of this module, so each publisher VU counts from 0; `pub` tells
+// the streams apart.
 let nextSeq = 0;
 export function publishBroadcast(payloadBytes) {
-  const data = { seq: nextSeq++, sent_us: Date.now() * 1000, pad: 'x'.repeat(payloadBytes) };
+  const data = eventData(`k6-${__VU}`, nextSeq++, Date.now(), payloadBytes);
   const r = http.post(`${api}/api/broadcast`, JSON.stringify({ event: 'lt', data }), {
     headers: { Authorization: `Bearer ${apiKey}`, 'Content-Type': 'application/json' },
   });
-  if (r.status !== 200) errors.add(1);
-}
-
-// Handles one text frame; returns the parsed frame.
-export function onFrame(socket, raw, tracker) {
-  const m = JSON.parse(raw);
-  if (m.type === 'ping') {
-    socket.send('{"type":"pong"}');
-  } else if (m.type === 'event') {
-    delivered.add(1);
-    if (m.data && typeof m.data.sent_us === 'number') {
-      deliveryLatency.add(Date.now() - m.data.sent_us / 1000);
-    }
-    if (m.data && typeof m.data.seq === 'number') tracker.see(m.channel, m.data.seq);
-  } else if (m.type === 'error') {
-    errors.add(1);
-  }
-  return m;
+  if (r.status !== 200) metrics.errors.add(1);
 }

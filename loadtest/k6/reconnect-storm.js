@@ -5,7 +5,8 @@
 import ws from 'k6/ws';
 import { check, sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
-import { connectTime, onFrame, publishBroadcast, seqTracker, unexpectedCloses, vuUrl } from './common.js';
+import { connectTime, newVuState, publishBroadcast, unexpectedCloses, vuUrl } from './common.js';
+import { runChecks } from './lib.js';
 
 const reconnects = new Counter('reconnects');
 const reconnectTime = new Trend('reconnect_time', true);
@@ -38,6 +39,7 @@ export const options = {
     duplicates: ['count==0'],
     reconnect_time: ['max<15000'],
     errors: ['count==0'],
+    checks: ['rate==1'],
   },
 };
 
@@ -46,45 +48,47 @@ export function publish() {
 }
 
 export function socket() {
-  const tracker = seqTracker();
-  let connectionId = null;
-  let lastEventId = null;
+  const vu = newVuState();
   let attempt = 0;
-  let downSince = null;
+  let welcomes = 0;
   while (Date.now() < END) {
     const t0 = Date.now();
     let closing = false;
-    ws.connect(vuUrl(__VU, attempt, { connection_id: connectionId, last_event_id: lastEventId }), null, (socket) => {
-      socket.on('message', (raw) => {
-        const m = onFrame(socket, raw, tracker);
-        if (m.type === 'welcome') {
-          connectionId = m.connection_id;
-          if (downSince !== null) {
-            reconnects.add(1);
-            reconnectTime.add(Date.now() - downSince);
-            downSince = null;
-          } else {
-            connectTime.add(Date.now() - t0);
+    const url = vuUrl(__VU, attempt, { connection_id: vu.connectionId, last_event_id: vu.lastEventId });
+    try {
+      ws.connect(url, null, (socket) => {
+        socket.on('message', (raw) => {
+          const m = vu.onFrame(socket, raw);
+          if (m.type === 'welcome') {
+            welcomes += 1;
+            if (vu.downSince !== null) {
+              reconnects.add(1);
+              reconnectTime.add(Date.now() - vu.downSince);
+              vu.downSince = null;
+            } else if (welcomes === 1) {
+              connectTime.add(Date.now() - t0);
+            }
+            attempt = 0;
           }
-          attempt = 0;
-        } else if (m.type === 'event' && m.event_id) {
-          lastEventId = m.event_id;
-        }
+        });
+        socket.on('close', () => {
+          if (!closing) unexpectedCloses.add(1);
+        });
+        socket.setTimeout(() => {
+          closing = true;
+          socket.close();
+        }, Math.max(0, END - Date.now()));
       });
-      socket.on('close', () => {
-        if (!closing) unexpectedCloses.add(1);
-      });
-      socket.setTimeout(() => {
-        closing = true;
-        socket.close();
-      }, Math.max(0, END - Date.now()));
-    });
+    } catch (_) {
+      // The node is gone (connection refused): back off and try the next one.
+    }
     if (Date.now() >= END) break;
-    if (downSince === null) downSince = Date.now();
+    if (vu.downSince === null) vu.downSince = Date.now();
     attempt += 1;
     // Capped exponential backoff with jitter.
     sleep((Math.min(5000, 100 * 2 ** attempt) * (0.5 + Math.random() / 2)) / 1000);
   }
-  tracker.settle();
-  check(downSince, { 'every dropped VU came back': (d) => d === null });
+  vu.settle();
+  // reconnect-storm.toml's checks.
+  runChecks(check, vu, ['welcome', 'all_reconnected', 'no_missing']);
 }

@@ -1,8 +1,9 @@
 // k6 mirror of loadtest/scenarios/smoke.toml: 100 VUs hold a socket; broadcasts at 5/s over HTTP.
-//   k6 run -e WSGW_URL=ws://127.0.0.1:8080/ws -e WSGW_API_KEY=... -e WSGW_TOKENS=... loadtest/k6/smoke.js
+//   k6 run -e WSGW_URL=ws://127.0.0.1:8080/ws -e WSGW_API_KEY=... -e WSGW_JWT_SECRET=... loadtest/k6/smoke.js
 import ws from 'k6/ws';
 import { check } from 'k6';
-import { connectTime, onFrame, publishBroadcast, seqTracker, unexpectedCloses, vuUrl } from './common.js';
+import { connectTime, newVuState, publishBroadcast, unexpectedCloses, vuUrl } from './common.js';
+import { runChecks } from './lib.js';
 
 const HOLD_MS = 5000;
 
@@ -44,17 +45,13 @@ export function publish() {
 }
 
 export function socket() {
-  const tracker = seqTracker();
+  const vu = newVuState();
   const t0 = Date.now();
-  let welcomed = false;
   let closing = false;
   const res = ws.connect(vuUrl(__VU, 0), null, (socket) => {
     socket.on('message', (raw) => {
-      const m = onFrame(socket, raw, tracker);
-      if (m.type === 'welcome') {
-        welcomed = true;
-        connectTime.add(Date.now() - t0);
-      }
+      const m = vu.onFrame(socket, raw);
+      if (m.type === 'welcome') connectTime.add(Date.now() - t0);
     });
     socket.on('close', () => {
       if (!closing) unexpectedCloses.add(1);
@@ -64,7 +61,8 @@ export function socket() {
       socket.close();
     }, HOLD_MS);
   });
-  check(res, { 'handshake 101': (r) => r && r.status === 101 });
-  check(welcomed, { 'every VU got a welcome': (w) => w === true });
-  tracker.settle();
+  vu.status = res ? res.status : null;
+  vu.settle();
+  // smoke.toml's checks, plus the handshake.
+  runChecks(check, vu, ['handshake', 'welcome', 'no_missing']);
 }
