@@ -7,9 +7,11 @@
 #    WSGW_JWT_SECRET or WSGW_API_KEY (no `change-me` fallback).
 # 3. Asserts the structure of the resolved `docker-compose config` output with the system
 #    python3 and PyYAML (which Debian's docker-compose depends on).
-# 4. Asserts that deploy/nginx/nginx.conf and nginx.conf.template keep /metrics off the
+# 4. Checks deploy/grafana/dashboard.json: JSON, unique panel ids, no overlapping panels, the
+#    provisioned datasource, memory and CPU panels.
+# 5. Asserts that deploy/nginx/nginx.conf and nginx.conf.template keep /metrics off the
 #    public port and let /api/ through only to allowed addresses (`deny all`).
-# 5. If nginx is installed, `nginx -t` on deploy/nginx/nginx.conf, with the compose
+# 6. If nginx is installed, `nginx -t` on deploy/nginx/nginx.conf, with the compose
 #    hostnames and paths mapped to local ones (skipped otherwise).
 # Prints each check; exits non-zero on the first failing step.
 set -euo pipefail
@@ -172,6 +174,51 @@ if failures:
     sys.exit(1)
 PYEOF
 say "ok: structure of the resolved compose file"
+
+# The Grafana dashboard the monitoring profile mounts: valid JSON, unique panel ids, no two
+# panels on the same grid cells, every query on the provisioned datasource, memory and CPU shown.
+# (That every metric it queries exists is checked against a real node by
+# crates/wsgw/tests/metrics_names.rs.)
+"$PY" - deploy/grafana/dashboard.json deploy/grafana/provisioning/datasources/prometheus.yml <<'PYEOF'
+import json
+import sys
+
+import yaml
+
+failures = 0
+
+
+def check(ok, what):
+    global failures
+    print(f"check-compose: {'ok' if ok else 'FAIL'}: dashboard: {what}")
+    failures += not ok
+
+
+with open(sys.argv[1]) as f:
+    dash = json.load(f)
+with open(sys.argv[2]) as f:
+    uids = {d.get("uid") for d in yaml.safe_load(f).get("datasources") or []}
+panels = dash.get("panels") or []
+ids = [p.get("id") for p in panels]
+check(len(ids) == len(set(ids)) and None not in ids, f"{len(ids)} panels with unique ids")
+cells = {}
+for p in panels:
+    g = p.get("gridPos") or {}
+    for x in range(g.get("x", 0), g.get("x", 0) + g.get("w", 0)):
+        for y in range(g.get("y", 0), g.get("y", 0) + g.get("h", 0)):
+            cells.setdefault((x, y), []).append(p.get("id"))
+overlaps = sorted({tuple(v) for v in cells.values() if len(v) > 1})
+check(not overlaps and all(x < 24 for x, _ in cells), f"panels fit the 24-column grid without overlapping {overlaps}")
+targets = [(p, t) for p in panels for t in p.get("targets") or []]
+check(all(t.get("expr") for _, t in targets), "every query has an expression")
+bad_ds = sorted({(t.get("datasource") or p.get("datasource") or {}).get("uid") for p, t in targets} - uids, key=str)
+check(not bad_ds, f"every query uses a provisioned datasource {sorted(uids)} (others: {bad_ds})")
+exprs = " ".join(t.get("expr", "") for _, t in targets)
+check("process_resident_memory_bytes" in exprs, "a panel shows memory (process_resident_memory_bytes)")
+check("rate(process_cpu_seconds_total" in exprs, "a panel shows CPU (rate(process_cpu_seconds_total))")
+sys.exit(1 if failures else 0)
+PYEOF
+say "ok: the Grafana dashboard"
 
 # The nginx configs (compose and cluster.sh): /metrics is not proxied, /api/ ends in `deny all`.
 "$PY" - deploy/nginx/nginx.conf deploy/nginx/nginx.conf.template <<'PYEOF'

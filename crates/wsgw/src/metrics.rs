@@ -1,14 +1,28 @@
 //! metrics.rs: the node's Prometheus registry and the metric handles every part shares.
 //! One registry per gateway instance (not a global), so tests can run several in one process.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use prometheus::proto::MetricType;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// All metric handles of one gateway node.
+///
+/// Names follow the Prometheus conventions: the base unit last (`_seconds`, `_bytes`), counters
+/// end in `_total`, histograms of durations in `_duration_seconds`. `tests/metrics_names.rs`
+/// checks every family against these rules.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every `wsgw_` family registered, with its type, including vectors that have no series yet
+    /// (which `/metrics` leaves out).
+    families: Arc<[(String, &'static str)]>,
+    /// `wsgw_build_info{version}`: always 1, for joining the version onto other series.
+    pub build_info: IntGaugeVec,
     /// Sockets open now.
     pub connections: IntGauge,
     /// Sockets accepted (authenticated and welcomed).
@@ -64,10 +78,27 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric (names prefixed `wsgw_`).
     pub fn new() -> Self {
-        let registry = Registry::new();
-        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+        let registry = Registering {
+            registry: Registry::new(),
+            families: RefCell::default(),
+        };
+        // The process_* collector (CPU seconds, resident memory, open fds, start time), read
+        // from /proc; one per registry, so several nodes in one test process each have theirs.
+        #[cfg(target_os = "linux")]
+        registry
+            .registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registered once");
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registering, m: T) -> T {
+            for family in m.collect() {
+                r.families
+                    .borrow_mut()
+                    .push((family.name().to_string(), type_name(family.get_field_type())));
+            }
             // Names are static and unique, so registration cannot fail.
-            r.register(Box::new(m.clone())).expect("metric registered twice");
+            r.registry
+                .register(Box::new(m.clone()))
+                .expect("metric registered twice");
             m
         }
         let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid metric"));
@@ -80,7 +111,17 @@ impl Metrics {
         let latency_buckets = vec![
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
+        let build_info = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("wsgw_build_info", "Always 1; the version of the running gateway"),
+                &["version"],
+            )
+            .expect("valid"),
+        );
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self {
+            build_info,
             connections: reg(
                 &registry,
                 IntGauge::new("wsgw_connections", "WebSocket connections open now").expect("valid"),
@@ -91,15 +132,15 @@ impl Metrics {
                 "Connections closed, by reason",
                 &["reason"],
             ),
-            frames_in: counter("wsgw_frames_in_total", "Frames received from clients"),
-            frames_out: counter("wsgw_frames_out_total", "Frames written to clients"),
-            bytes_in: counter("wsgw_bytes_in_total", "Bytes received from clients"),
-            bytes_out: counter("wsgw_bytes_out_total", "Bytes written to clients"),
+            frames_in: counter("wsgw_received_frames_total", "Frames received from clients"),
+            frames_out: counter("wsgw_sent_frames_total", "Frames written to clients"),
+            bytes_in: counter("wsgw_received_bytes_total", "Bytes received from clients"),
+            bytes_out: counter("wsgw_sent_bytes_total", "Bytes written to clients"),
             publishes: counter_vec("wsgw_publishes_total", "Durable publishes, by source", &["source"]),
             delivery_latency: reg(
                 &registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("wsgw_delivery_latency_seconds", "Publish to socket write")
+                    HistogramOpts::new("wsgw_delivery_duration_seconds", "Publish to socket write")
                         .buckets(latency_buckets.clone()),
                 )
                 .expect("valid"),
@@ -124,7 +165,8 @@ impl Metrics {
             http_latency: reg(
                 &registry,
                 HistogramVec::new(
-                    HistogramOpts::new("wsgw_http_request_seconds", "HTTP API latency").buckets(latency_buckets),
+                    HistogramOpts::new("wsgw_http_request_duration_seconds", "HTTP API latency")
+                        .buckets(latency_buckets),
                     &["route"],
                 )
                 .expect("valid"),
@@ -143,8 +185,15 @@ impl Metrics {
                 "wsgw_jwks_refresh_failures_total",
                 "JWKS loads that failed (the last good key set stays)",
             ),
-            registry,
+            families: Arc::from(registry.families.take()),
+            registry: registry.registry,
         }
+    }
+
+    /// Every `wsgw_` family with its type (`counter`, `gauge`, `histogram`, …), including
+    /// labelled families that have no series yet and so are not in [`Metrics::render`]'s output.
+    pub fn families(&self) -> &[(String, &'static str)] {
+        &self.families
     }
 
     /// The Prometheus text exposition of every metric.
@@ -153,5 +202,22 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The registry being filled, and the families registered into it so far.
+struct Registering {
+    registry: Registry,
+    families: RefCell<Vec<(String, &'static str)>>,
+}
+
+/// A metric type as the text exposition format names it.
+fn type_name(t: MetricType) -> &'static str {
+    match t {
+        MetricType::COUNTER => "counter",
+        MetricType::GAUGE => "gauge",
+        MetricType::SUMMARY => "summary",
+        MetricType::HISTOGRAM => "histogram",
+        MetricType::UNTYPED => "untyped",
     }
 }

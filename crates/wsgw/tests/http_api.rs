@@ -449,13 +449,13 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     for series in [
         "wsgw_connections",
         "wsgw_connections_opened_total",
-        "wsgw_frames_in_total",
-        "wsgw_frames_out_total",
+        "wsgw_received_frames_total",
+        "wsgw_sent_frames_total",
     ] {
         assert_eq!(metric_value(&m, series), Some(0.0), "{series} starts at 0");
     }
     assert!(m.contains("# TYPE wsgw_connections gauge"), "{m}");
-    assert!(m.contains("# TYPE wsgw_delivery_latency_seconds histogram"), "{m}");
+    assert!(m.contains("# TYPE wsgw_delivery_duration_seconds histogram"), "{m}");
 
     // One refused token, one client that pings, receives three API publishes and leaves.
     let mut bad = Client::connect(&node.ws_url("token=not.a.jwt")).await;
@@ -488,17 +488,17 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     );
     assert_eq!(v("wsgw_auth_failures_total{reason=\"invalid\"}"), 1.0);
     assert_eq!(v("wsgw_publishes_total{source=\"api\"}"), 3.0);
-    assert_eq!(v("wsgw_frames_in_total"), 1.0, "the ping");
-    assert!(v("wsgw_frames_out_total") >= 5.0, "welcome, pong and three events");
-    assert!(v("wsgw_bytes_out_total") > 0.0);
+    assert_eq!(v("wsgw_received_frames_total"), 1.0, "the ping");
+    assert!(v("wsgw_sent_frames_total") >= 5.0, "welcome, pong and three events");
+    assert!(v("wsgw_sent_bytes_total") > 0.0);
     assert_eq!(
-        v("wsgw_delivery_latency_seconds_count"),
+        v("wsgw_delivery_duration_seconds_count"),
         3.0,
         "one observation per delivered event"
     );
-    assert_eq!(v("wsgw_delivery_latency_seconds_bucket{le=\"+Inf\"}"), 3.0);
+    assert_eq!(v("wsgw_delivery_duration_seconds_bucket{le=\"+Inf\"}"), 3.0);
     assert_eq!(
-        v("wsgw_delivery_latency_seconds_bucket{le=\"5\"}"),
+        v("wsgw_delivery_duration_seconds_bucket{le=\"5\"}"),
         3.0,
         "delivered well within 5 s"
     );
