@@ -13,7 +13,10 @@ const JWT_HEADER = '{"alg":"HS256","typ":"JWT"}';
 export function makeSigner({ hmac, b64encode }) {
   return function sign(secret, claims) {
     const input = `${b64encode(JWT_HEADER, 'rawurl')}.${b64encode(JSON.stringify(claims), 'rawurl')}`;
-    return `${input}.${b64encode(hmac('sha256', secret, input, 'binary'), 'rawurl')}`;
+    let mac = hmac('sha256', secret, input, 'binary');
+    // k6 gives an ArrayBuffer; releases before v0.31 gave an array of byte values.
+    if (!(mac instanceof ArrayBuffer)) mac = new Uint8Array(mac).buffer;
+    return `${input}.${b64encode(mac, 'rawurl')}`;
   };
 }
 

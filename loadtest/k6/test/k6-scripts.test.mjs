@@ -192,6 +192,13 @@ test('lib.js signs the RFC 7519 / jwt.io HS256 example byte for byte', async () 
     sign('your-256-bit-secret', { sub: '1234567890', name: 'John Doe', iat: 1516239022 }),
     'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c',
   );
+  // The same token when hmac's 'binary' output is an array of byte values (k6 before v0.31).
+  const asArray = (...args) => [...new Uint8Array(k6.hmac(...args))];
+  const signOld = makeSigner({ hmac: asArray, b64encode: k6.b64encode });
+  assert.equal(
+    signOld('your-256-bit-secret', { sub: '1234567890', name: 'John Doe', iat: 1516239022 }).split('.')[2],
+    'SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c',
+  );
 });
 
 test('the token a script connects with verifies as HS256 with WSGW_JWT_SECRET', async () => {
