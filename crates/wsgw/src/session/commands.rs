@@ -298,6 +298,7 @@ impl Session {
             event,
             data,
             exclude,
+            idempotency_key: None,
         };
         match self.gw.broker.publish(req).await {
             Ok(id) => {
