@@ -67,6 +67,19 @@ pub enum ClientFrame {
     },
     /// Answer to the server's `ping`; counts as liveness.
     Pong {},
+    /// Read a channel's history (a read: subscriptions and the cursor stay as they are).
+    History {
+        /// Channel name (no patterns).
+        channel: String,
+        /// Events after this id (the oldest `limit` of them); absent: the newest `limit`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<EventId>,
+        /// Most events to return (at most the gateway's `max_replay`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// Echoed in the answer.
+        request_id: Value,
+    },
     /// Replace the connection's token.
     Refresh {
         /// The new JWT.
@@ -93,6 +106,7 @@ const CLIENT_TYPES: &[&str] = &[
     "ping",
     "pong",
     "refresh",
+    "history",
 ];
 
 /// Why a client frame was refused; maps to an `error` frame.
@@ -274,6 +288,17 @@ pub enum ServerFrame {
         /// Events replayed after this frame.
         replayed: u64,
     },
+    /// Answer to a client `history` frame.
+    History {
+        /// The channel read.
+        channel: String,
+        /// Echo of the request's id.
+        request_id: Value,
+        /// The events, in id order, each the exact frame a subscriber receives.
+        events: Vec<EventFrame>,
+        /// `false` when events after `since` may have been lost (trimmed, expired, lost).
+        recovered: bool,
+    },
     /// A live socket may have missed events on these channels or patterns (an outage repair
     /// could not prove otherwise). The socket stays open; the client reloads their state.
     Gap {
@@ -411,6 +436,28 @@ pub fn encode_event(event_id: Option<EventId>, channel: &str, event: &str, data:
     serde_json::to_string(&out).unwrap_or_default()
 }
 
+/// Encodes a `history` answer around event frames kept as they are stored (each embedded as
+/// is, so the events carry exactly the bytes a subscriber receives).
+pub fn encode_history(channel: &str, request_id: &Value, events: &[&RawValue], recovered: bool) -> String {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        request_id: &'a Value,
+        events: &'a [&'a RawValue],
+        recovered: bool,
+    }
+    let out = Out {
+        kind: "history",
+        channel,
+        request_id,
+        events,
+        recovered,
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,6 +558,20 @@ mod tests {
         ] {
             assert_eq!(parse_server_frame(&f.to_json()).unwrap(), f);
         }
+        let history = ServerFrame::History {
+            channel: "doc:9".into(),
+            request_id: Value::from("h1"),
+            events: vec![EventFrame {
+                kind: "event".into(),
+                event_id: Some(EventId::new(7, 1)),
+                channel: "doc:9".into(),
+                event: "e".into(),
+                data: serde_json::json!([1]),
+                ts: 7,
+            }],
+            recovered: false,
+        };
+        assert_eq!(parse_server_frame(&history.to_json()).unwrap(), history);
         let r = parse_server_frame(r#"{"type":"response","request_id":"r","ok":true,"data":1}"#).unwrap();
         assert!(matches!(
             r,
@@ -520,5 +581,81 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn history_frames_go_both_ways() {
+        let full = ClientFrame::History {
+            channel: "doc:9".into(),
+            since: Some(EventId::new(5, 0)),
+            limit: Some(20),
+            request_id: Value::from("h1"),
+        };
+        assert_eq!(
+            full.to_json(),
+            r#"{"type":"history","channel":"doc:9","since":"5-0","limit":20,"request_id":"h1"}"#
+        );
+        assert_eq!(parse_client_frame(&full.to_json()).unwrap(), full);
+        let bare = ClientFrame::History {
+            channel: "doc:9".into(),
+            since: None,
+            limit: None,
+            request_id: Value::from(3),
+        };
+        assert_eq!(bare.to_json(), r#"{"type":"history","channel":"doc:9","request_id":3}"#);
+        assert_eq!(parse_client_frame(&bare.to_json()).unwrap(), bare);
+        // A known type with a bad field, or without its request_id: bad_request, not unknown.
+        for bad in [
+            r#"{"type":"history","channel":"a","limit":-1,"request_id":1}"#,
+            r#"{"type":"history","channel":"a"}"#,
+        ] {
+            assert!(matches!(
+                parse_client_frame(bad).unwrap_err().0,
+                FrameError::Invalid { .. }
+            ));
+        }
+
+        // The gateway embeds stored frames byte for byte; clients read them as `EventFrame`s.
+        let stored = encode_event(
+            Some(EventId::new(7, 1)),
+            "doc:9",
+            "e",
+            &RawValue::from_string(r#"{"z":1,"a":2.50}"#.into()).unwrap(),
+            7,
+        );
+        let raw: &RawValue = serde_json::from_str(&stored).unwrap();
+        let text = encode_history("doc:9", &Value::from("h1"), &[raw], true);
+        assert_eq!(
+            text,
+            format!(r#"{{"type":"history","channel":"doc:9","request_id":"h1","events":[{stored}],"recovered":true}}"#)
+        );
+        let ServerFrame::History {
+            channel,
+            request_id,
+            events,
+            recovered,
+        } = parse_server_frame(&text).unwrap()
+        else {
+            panic!("a history answer")
+        };
+        assert_eq!(
+            (channel.as_str(), request_id, recovered),
+            ("doc:9", Value::from("h1"), true)
+        );
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].kind.as_str(), events[0].event_id),
+            ("event", Some(EventId::new(7, 1)))
+        );
+        let empty = encode_history("a", &Value::from(1), &[], false);
+        assert_eq!(
+            parse_server_frame(&empty).unwrap(),
+            ServerFrame::History {
+                channel: "a".into(),
+                request_id: Value::from(1),
+                events: vec![],
+                recovered: false,
+            }
+        );
     }
 }

@@ -21,5 +21,5 @@ pub use close::CloseCode;
 pub use event_id::{EventId, EventIdError};
 pub use frames::{
     ClientFrame, ErrorCode, Event, EventFrame, FrameError, HeartbeatInfo, ServerFrame, Welcome, encode_event,
-    parse_client_frame, parse_server_frame,
+    encode_history, parse_client_frame, parse_server_frame,
 };

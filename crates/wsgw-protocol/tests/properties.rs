@@ -51,6 +51,7 @@ fn frame_like() -> impl Strategy<Value = Value> {
         Just("ping"),
         Just("pong"),
         Just("refresh"),
+        Just("history"),
         Just("welcome"),
         Just(""),
     ];
@@ -65,6 +66,8 @@ fn frame_like() -> impl Strategy<Value = Value> {
         Just("action"),
         Just("ts"),
         Just("token"),
+        Just("since"),
+        Just("limit"),
     ];
     let id_text = prop_oneof![
         "[0-9]{1,22}(-[0-9]{1,22})?",
@@ -154,6 +157,7 @@ fn type_of(frame: &ClientFrame) -> &'static str {
         ClientFrame::Ping { .. } => "ping",
         ClientFrame::Pong {} => "pong",
         ClientFrame::Refresh { .. } => "refresh",
+        ClientFrame::History { .. } => "history",
     }
 }
 

@@ -1,6 +1,7 @@
 //! history.rs: replay by `last_event_id` across a connection's channels, read in bounded
-//! batches, merged in id order, capped at `max_replay`. Decides `recovered`. Never reads
-//! without bound and never writes to a socket (the session queues what this returns).
+//! batches, merged in id order, capped at `max_replay`, and a client's `history` read of one
+//! channel. Decides `recovered`. Never reads without bound and never writes to a socket (the
+//! session queues what this returns).
 //!
 //! Every replay first takes the broker's snapshot `S` ([`Broker::sync`]) and reads history up
 //! to `S` only. Events above `S` reach the socket live; events at or below it that the live
@@ -161,6 +162,88 @@ pub async fn last_n(
     })
 }
 
+/// Events a client `history` read returns when it names no `limit` (capped at `max_replay`).
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// The id just below `id`, if there is one.
+fn before(id: EventId) -> Option<EventId> {
+    match (id.ms, id.seq) {
+        (0, 0) => None,
+        (ms, 0) => Some(EventId::new(ms - 1, u64::MAX)),
+        (ms, seq) => Some(EventId::new(ms, seq - 1)),
+    }
+}
+
+/// A client's `history` read of one channel (no patterns). Without `since`: the newest `limit`
+/// events; with it: the oldest `limit` after it. In id order, without the events excluded for
+/// `connection_id`. The read goes on past excluded events so that they do not shorten the
+/// answer, but looks at no more than `scan` events in all. The flag is the broker's `complete`
+/// for `since` (the replay rules), and `true` without `since`.
+///
+/// A read, unlike a replay: no snapshot is taken, and nothing of the socket changes.
+pub async fn read(
+    broker: &dyn Broker,
+    channel: &str,
+    since: Option<EventId>,
+    limit: usize,
+    scan: usize,
+    connection_id: &str,
+) -> Result<(Vec<StoredEvent>, bool), BrokerError> {
+    let mut kept: Vec<StoredEvent> = Vec::new();
+    let mut scanned = 0usize;
+    let Some(since) = since else {
+        // Newest first, page by page downwards; each page is oldest first.
+        let mut until = None;
+        while kept.len() < limit && scanned < scan {
+            let n = (limit - kept.len()).min(REPLAY_BATCH);
+            let page = broker.history(channel, HistoryQuery::Last { n, until }).await?;
+            let got = page.events.len();
+            scanned += got;
+            until = page.events.first().and_then(|e| before(e.id));
+            let mut older: Vec<StoredEvent> = page.events.into_iter().filter(|e| !e.excludes(connection_id)).collect();
+            older.append(&mut kept);
+            kept = older;
+            if got < n || until.is_none() {
+                break;
+            }
+        }
+        return Ok((kept, true));
+    };
+    let mut cursor = since;
+    let mut recovered = None;
+    loop {
+        // At least one event is asked for, also for `limit: 0`: the first page says `complete`.
+        let n = (limit - kept.len()).clamp(1, REPLAY_BATCH);
+        let page = broker
+            .history(
+                channel,
+                HistoryQuery::After {
+                    id: cursor,
+                    limit: n,
+                    until: None,
+                },
+            )
+            .await?;
+        recovered.get_or_insert(page.complete);
+        let got = page.events.len();
+        scanned += got;
+        if let Some(last) = page.events.last() {
+            cursor = last.id;
+        }
+        let room = limit - kept.len();
+        kept.extend(
+            page.events
+                .into_iter()
+                .filter(|e| !e.excludes(connection_id))
+                .take(room),
+        );
+        if got < n || kept.len() >= limit || scanned >= scan {
+            break;
+        }
+    }
+    Ok((kept, recovered.unwrap_or(true)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -179,7 +262,6 @@ mod tests {
             event: "e".into(),
             data: RawValue::from_string("{}".into()).unwrap(),
             exclude: vec![],
-            idempotency_key: None,
         };
         b.publish(req).await.unwrap()
     }
@@ -240,5 +322,40 @@ mod tests {
             exclude: None,
         });
         assert_eq!(f.published_us, u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn a_history_read_pages_both_ways() {
+        let hub = Arc::new(Hub::new("n".into(), Metrics::new()));
+        let b = MemoryBroker::new(
+            hub,
+            HistoryLimits {
+                size: 1000,
+                ttl_ms: 60_000,
+            },
+            0,
+        );
+        let start = publish(&b, "x").await;
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            ids.push(publish(&b, "a").await);
+        }
+        publish(&b, "x").await;
+        let got = |r: (Vec<StoredEvent>, bool)| (r.0.iter().map(|e| e.id).collect::<Vec<_>>(), r.1);
+
+        let r = read(&b, "a", None, 3, 100, "c").await.unwrap();
+        assert_eq!(got(r), (ids[7..].to_vec(), true));
+        let r = read(&b, "a", Some(start), 3, 100, "c").await.unwrap();
+        assert_eq!(got(r), (ids[..3].to_vec(), true));
+        let r = read(&b, "a", Some(ids[6]), 10, 100, "c").await.unwrap();
+        assert_eq!(got(r), (ids[7..].to_vec(), true));
+        // `limit: 0` reads nothing but still answers `recovered`.
+        let r = read(&b, "a", Some(start), 0, 100, "c").await.unwrap();
+        assert_eq!(got(r), (vec![], true));
+        let r = read(&b, "a", None, 0, 100, "c").await.unwrap();
+        assert_eq!(got(r), (vec![], true));
+        assert_eq!(before(EventId::new(5, 0)), Some(EventId::new(4, u64::MAX)));
+        assert_eq!(before(EventId::new(5, 3)), Some(EventId::new(5, 2)));
+        assert_eq!(before(EventId::new(0, 0)), None);
     }
 }

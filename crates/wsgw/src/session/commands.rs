@@ -1,13 +1,13 @@
 //! session/commands.rs: the client's frames (subscribe with replay, unsubscribe, publish,
-//! request, refresh, ping) checked against the token and answered on the socket.
+//! request, refresh, history, ping) checked against the token and answered on the socket.
 
 use std::sync::Arc;
 
 use serde_json::Value;
 use tracing::warn;
 use wsgw_protocol::{
-    ClientFrame, CloseCode, ErrorCode, EventId, PublishError, ServerFrame, parse_client_frame, validate_channel,
-    validate_publish,
+    ClientFrame, CloseCode, ErrorCode, EventId, PublishError, ServerFrame, encode_history, parse_client_frame,
+    validate_channel, validate_publish,
 };
 
 use super::{Session, error_frame};
@@ -36,7 +36,7 @@ fn frame_request_id(frame: &ClientFrame) -> Option<&Value> {
         | ClientFrame::Unsubscribe { request_id, .. }
         | ClientFrame::Publish { request_id, .. }
         | ClientFrame::Refresh { request_id, .. } => request_id.as_ref(),
-        ClientFrame::Request { request_id, .. } => Some(request_id),
+        ClientFrame::Request { request_id, .. } | ClientFrame::History { request_id, .. } => Some(request_id),
         ClientFrame::Ping { .. } | ClientFrame::Pong {} => None,
     }
 }
@@ -106,6 +106,12 @@ impl Session {
                 request_id,
             } => Box::pin(self.request(action, data, request_id)).await,
             ClientFrame::Refresh { token, request_id } => self.refresh(&token, request_id).await,
+            ClientFrame::History {
+                channel,
+                since,
+                limit,
+                request_id,
+            } => self.history(channel, since, limit, request_id).await,
         }
     }
 
@@ -234,6 +240,56 @@ impl Session {
         gw.broker.connected(&self.conn);
     }
 
+    /// A read of one channel's history, allowed where a subscribe would be. It leaves the
+    /// socket as it is (subscriptions, dedup, catch-ups): the events travel inside the answer,
+    /// not as `event` frames, so the client's cursor never sees them.
+    async fn history(&mut self, channel: String, since: Option<EventId>, limit: Option<u32>, request_id: Value) {
+        let rid = Some(request_id.clone());
+        if let Err(e) = validate_channel(&channel, true) {
+            return self.send_error(ErrorCode::BadRequest, e.to_string(), rid);
+        }
+        if wsgw_protocol::is_reserved(&channel) {
+            let msg = format!("{channel} is reserved for the gateway");
+            return self.send_error(ErrorCode::Forbidden, msg, rid);
+        }
+        if channel.contains('*') {
+            let msg = "patterns have no history of their own; ask for one channel";
+            return self.send_error(ErrorCode::BadRequest, msg, rid);
+        }
+        if !self.is_automatic(&channel) && !self.claims.permissions.can_subscribe(&channel) {
+            let msg = format!("token does not allow reading the history of {channel}");
+            return self.send_error(ErrorCode::Forbidden, msg, rid);
+        }
+        let cfg = &self.gw.config;
+        let limit = limit
+            .map_or(history::DEFAULT_HISTORY_LIMIT, |n| n as usize)
+            .min(cfg.max_replay);
+        // Excluded events are skipped, but a run of them is walked through at most as far as a
+        // channel's history reaches.
+        let scan = cfg.history_size.saturating_add(limit);
+        let broker = self.gw.broker.as_ref();
+        match history::read(broker, &channel, since, limit, scan, &self.conn.id).await {
+            Ok((events, recovered)) => {
+                let raw: Vec<&serde_json::value::RawValue> = events
+                    .iter()
+                    .filter_map(|e| match serde_json::from_str(e.frame.as_str()) {
+                        Ok(r) => Some(r),
+                        Err(err) => {
+                            warn!(event_id = %e.id, error = %err, "history holds an unreadable event frame");
+                            None
+                        }
+                    })
+                    .collect();
+                let text = encode_history(&channel, &request_id, &raw, recovered);
+                self.conn.push_control(OutFrame::control(text));
+            }
+            Err(e) => {
+                self.gw.metrics.broker_errors.with_label_values(&["history"]).inc();
+                self.send_error(e.code(), e.to_string(), rid);
+            }
+        }
+    }
+
     fn unsubscribe(&mut self, channel: String, request_id: Option<Value>) {
         if self.is_automatic(&channel) {
             return self.send_error(
@@ -298,7 +354,6 @@ impl Session {
             event,
             data,
             exclude,
-            idempotency_key: None,
         };
         match self.gw.broker.publish(req).await {
             Ok(id) => {
