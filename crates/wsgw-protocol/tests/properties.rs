@@ -11,11 +11,18 @@ use wsgw_protocol::{
 };
 
 fn cases(n: u32) -> ProptestConfig {
+    let default = ProptestConfig::default();
     ProptestConfig {
+        // A fixed seed, so the suite is the same on every run; `PROPTEST_RNG_SEED=<n>` explores
+        // others (CONTRIBUTING.md).
+        rng_seed: match std::env::var_os("PROPTEST_RNG_SEED") {
+            Some(_) => default.rng_seed,
+            None => proptest::test_runner::RngSeed::Fixed(20_261_201),
+        },
         cases: n,
         // No files written next to the sources on failure from a read-only checkout.
         failure_persistence: None,
-        ..ProptestConfig::default()
+        ..default
     }
 }
 
