@@ -3,7 +3,17 @@
 
 use serde_json::Value;
 
-use crate::{EventId, Welcome};
+use crate::{Event, EventId, Welcome};
+
+/// A channel's history, as [`Client::history`](crate::Client::history) returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    /// The events, in id order, each as a subscriber receives it.
+    pub events: Vec<Event>,
+    /// `false` when events after `since` may have been lost (trimmed or expired): reload that
+    /// state from your backend. Always `true` without `since`.
+    pub recovered: bool,
+}
 
 /// Something the gateway sent, or something that happened to the connection.
 #[derive(Debug, Clone)]

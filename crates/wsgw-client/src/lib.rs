@@ -74,12 +74,12 @@ use crate::connect::{read_frame, refusal};
 use crate::cursor::{Cursor, Subscribe};
 
 use wsgw_protocol::{ClientFrame, ServerFrame};
-pub use wsgw_protocol::{CloseCode, EventId, Welcome};
+pub use wsgw_protocol::{CloseCode, Event, EventId, Welcome};
 
 type Ws = WebSocketStream<TcpStream>;
 
 pub use config::ClientConfig;
-pub use incoming::{ClientError, Incoming};
+pub use incoming::{ClientError, History, Incoming};
 pub use wsgw_protocol::Backoff;
 
 /// A topic the application subscribed to, kept for re-subscribing after a reconnect.
@@ -367,6 +367,53 @@ impl Client {
         }
     }
 
+    /// Reads a channel's history without subscribing to it (the `history` frame) and waits for
+    /// the answer. Without `since`: the newest `limit` events; with it: the oldest `limit`
+    /// events after that id (page forward with the last event's id; a short page is the end).
+    /// `limit: None` takes the gateway's default (100); either way the gateway caps it at its
+    /// `max_replay`. Events excluded for this connection (its own `echo: false` publishes) are
+    /// left out.
+    ///
+    /// A read: the events come back here, not through [`next`](Self::next); the cursor
+    /// ([`last_event_id`](Self::last_event_id)) and the subscriptions stay as they are.
+    /// Refusals are `Refused` with the code a subscribe would get (`forbidden`, `bad_request`
+    /// for a pattern or an invalid name), or `unavailable` when the broker cannot be read.
+    pub async fn history(
+        &mut self,
+        channel: &str,
+        since: Option<EventId>,
+        limit: Option<u32>,
+    ) -> Result<History, ClientError> {
+        let rid = self.rid();
+        let frame = ClientFrame::History {
+            channel: channel.to_owned(),
+            since,
+            limit,
+            request_id: rid.into(),
+        };
+        let reply = self.call(frame, rid).await?;
+        if reply["type"] != "history" {
+            return Err(refusal(&reply));
+        }
+        match serde_json::from_value::<ServerFrame>(reply) {
+            Ok(ServerFrame::History { events, recovered, .. }) => Ok(History {
+                events: events
+                    .into_iter()
+                    .map(|e| Event {
+                        event_id: e.event_id,
+                        channel: e.channel,
+                        event: e.event,
+                        data: e.data,
+                        ts: e.ts,
+                    })
+                    .collect(),
+                recovered,
+            }),
+            Ok(_) => Err(ClientError::Protocol(String::from("a history answer of another type"))),
+            Err(e) => Err(ClientError::Protocol(format!("unreadable history answer: {e}"))),
+        }
+    }
+
     /// Sends a backend request; the answers come through [`next`](Self::next) as
     /// [`Incoming::Response`] (or [`Incoming::Error`], e.g. `unavailable` in single-node mode).
     ///
@@ -562,7 +609,7 @@ impl Client {
                     let answers = f.get("request_id").and_then(Value::as_u64) == Some(rid)
                         && matches!(
                             f["type"].as_str(),
-                            Some("subscribed" | "unsubscribed" | "ack" | "error")
+                            Some("subscribed" | "unsubscribed" | "ack" | "history" | "error")
                         );
                     if answers {
                         return Ok(f);

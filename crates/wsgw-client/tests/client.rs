@@ -635,3 +635,62 @@ fn client_and_its_futures_are_send() {
     }
     let _ = check;
 }
+
+#[tokio::test]
+async fn history_reads_a_channel_without_touching_the_cursor_or_the_subscriptions() {
+    let gw = Gw::start().await;
+    let (mut client, _) = Client::connect(gw.client_config(token("hana", &["doc:*"], &["doc:*"])))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(gw.publish("doc:1", "edit", json!({"v": i})).await);
+    }
+    // This socket's own publish without echo is not in its reads.
+    let quiet = client.publish("doc:1", "quiet", Value::Null, false).await.unwrap();
+    let cursor = client.last_event_id();
+
+    let newest = client.history("doc:1", None, Some(2)).await.expect("history");
+    assert!(newest.recovered);
+    let got: Vec<Option<EventId>> = newest.events.iter().map(|e| e.event_id).collect();
+    assert_eq!(got, vec![Some(ids[3]), Some(ids[4])]);
+    assert_eq!(
+        (newest.events[1].channel.as_str(), newest.events[1].event.as_str()),
+        ("doc:1", "edit")
+    );
+    assert_eq!(newest.events[1].data, json!({"v": 4}));
+
+    // Paging forward from the first event: two pages, then an empty one.
+    let mut pages = Vec::new();
+    let mut since = ids[0];
+    loop {
+        let page = client.history("doc:1", Some(since), Some(2)).await.unwrap();
+        assert!(page.recovered);
+        let Some(last) = page.events.last().and_then(|e| e.event_id) else {
+            break;
+        };
+        pages.push(page.events.iter().filter_map(|e| e.event_id).collect::<Vec<_>>());
+        since = last;
+    }
+    assert_eq!(pages, vec![ids[1..3].to_vec(), ids[3..5].to_vec()]);
+    assert!(!pages.concat().contains(&quiet));
+
+    // Refused like a subscribe.
+    match client.history("secret:1", None, None).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, "forbidden"),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    match client.history("doc:*", None, None).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, "bad_request"),
+        other => panic!("expected bad_request, got {other:?}"),
+    }
+
+    // A read: the cursor did not move, no topic was added, and the next thing next() yields is
+    // a live event of the user's own channel, not one of the events read.
+    assert_eq!(client.last_event_id(), cursor);
+    assert_eq!(client.topics().count(), 0);
+    let live = gw.publish("user:hana", "ping", json!(1)).await;
+    let (channel, _, event_id, _) = next_event(&mut client).await;
+    assert_eq!((channel.as_str(), event_id), ("user:hana", Some(live)));
+    client.close().await;
+}
