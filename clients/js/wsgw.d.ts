@@ -152,6 +152,18 @@ export interface ResponseFrame<T = Json> {
   more?: boolean;
 }
 
+/** The answer to `history()`. */
+export interface HistoryFrame<T = Json> {
+  type: 'history';
+  channel: string;
+  request_id: Json;
+  /** In id order, each the event frame a subscriber receives. */
+  events: EventFrame<T>[];
+  /** `false` when events after `since` may have been lost (trimmed or expired); always `true`
+   * without `since`. */
+  recovered: boolean;
+}
+
 export interface CloseInfo {
   code: number;
   reason: string;
@@ -163,6 +175,13 @@ export interface SubscribeOptions {
   history?: number;
   /** First replay the channel's events after this id (wins over `history`). */
   lastEventId?: string;
+}
+
+export interface HistoryOptions {
+  /** The oldest `limit` events after this id; absent: the newest `limit`. */
+  since?: string;
+  /** Default 100 (the gateway's), capped at the gateway's `max_replay`. */
+  limit?: number;
 }
 
 export interface PublishOptions {
@@ -232,6 +251,9 @@ export class WsgwClient {
   unsubscribe(channel: string): Promise<UnsubscribedFrame>;
   /** Resolves with the new event id. */
   publish(channel: string, event: string, data?: Json, options?: PublishOptions): Promise<string>;
+  /** Reads a channel's history without subscribing; the cursor and subscriptions stay as they are.
+   * Rejects with WsgwError ('forbidden', 'bad_request', …) as a subscribe would. */
+  history<T = Json>(channel: string, options?: HistoryOptions): Promise<HistoryFrame<T>>;
   /** Resolves with the final response's data; rejects on `ok: false`, error frames, timeout, drop. */
   request<T = Json, C = Json>(action: string, data?: Json, options?: RequestOptions<C>): Promise<T>;
   /** Replaces the connection's token; resolves with the `ack`. */

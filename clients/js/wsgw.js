@@ -306,6 +306,22 @@ export class WsgwClient {
   }
 
   /**
+   * Reads a channel's history without subscribing (a read: the cursor and the subscriptions stay
+   * as they are, and no event handler is called). Without `since`: the newest `limit` events;
+   * with it: the oldest `limit` after that id (page forward with the last event's id).
+   * @param {{since?: string, limit?: number}} [opts] `limit` defaults to the gateway's 100 and is
+   *   capped at its `max_replay`
+   * @returns {Promise<object>} the `history` frame (`events` in id order, `recovered`); rejects with a
+   *   WsgwError (`.code`: 'forbidden', 'bad_request', 'unavailable', 'timeout', 'disconnected')
+   */
+  history(channel, { since, limit } = {}) {
+    const frame = { type: 'history', channel };
+    if (since !== undefined && since !== null) frame.since = since;
+    if (limit !== undefined && limit !== null) frame.limit = limit;
+    return this.#call(frame);
+  }
+
+  /**
    * Sends a request to the backends. Chunks (`more: true`) go to `onChunk` in order.
    * @param {{onChunk?: (data: any) => void, timeoutMs?: number}} [opts]
    * @returns {Promise<any>} the final response's data; rejects when `ok` is false, on an error
@@ -522,7 +538,7 @@ export class WsgwClient {
       case 'error':
         this.#cursor.refused(f.request_id);
         this.#onReply(f); break;
-      case 'unsubscribed': case 'ack': case 'response':
+      case 'unsubscribed': case 'ack': case 'response': case 'history':
         this.#onReply(f); break;
       case 'gap': this.#emit('gap', f); break;
       default: break; // pong, unknown types

@@ -227,6 +227,50 @@ describe('against one gateway (heartbeat 100/400 ms)', () => {
     assert.ok(!log.events.some((f) => f.event_id === quiet), 'echo:false is not delivered back');
   });
 
+  test('history() reads a channel without subscribing, pages forward and leaves the cursor alone', T, async () => {
+    const sub = newUser('history');
+    const channel = `chat:${sub}`;
+    const { client, log } = track(makeClient(gw, { token: tokenFor(sub) }));
+    await client.connect();
+    const ids = [];
+    for (let i = 0; i < 5; i++) ids.push(await publishApi(gw, channel, 'msg', { i }));
+    // Its own publish without echo is excluded for this socket, in reads too.
+    const quiet = await client.publish(channel, 'msg', { i: 'quiet' }, { echo: false });
+    const cursor = client.lastEventId;
+
+    const newest = await client.history(channel, { limit: 2 });
+    assert.equal(newest.type, 'history');
+    assert.equal(newest.channel, channel);
+    assert.equal(newest.recovered, true);
+    assert.deepEqual(newest.events.map((e) => e.event_id), ids.slice(3));
+    assert.deepEqual([newest.events[1].type, newest.events[1].event, newest.events[1].data], ['event', 'msg', { i: 4 }]);
+    const all = await client.history(channel);
+    assert.deepEqual(all.events.map((e) => e.event_id), ids, 'no limit: all of them, without the quiet one');
+
+    const pages = [];
+    let since = ids[0];
+    for (;;) {
+      const page = await client.history(channel, { since, limit: 2 });
+      assert.equal(page.recovered, true);
+      if (page.events.length === 0) break;
+      pages.push(page.events.map((e) => e.event_id));
+      since = page.events.at(-1).event_id;
+    }
+    assert.deepEqual(pages, [ids.slice(1, 3), ids.slice(3, 5)]);
+    assert.ok(!pages.flat().includes(quiet));
+
+    await assert.rejects(client.history('secret:1'), (e) => e.code === 'forbidden');
+    await assert.rejects(client.history('chat:*'), (e) => e.code === 'bad_request');
+
+    // A read: no event handler ran, the cursor did not move, and the channel is not subscribed
+    // (a later event of it does not come; a marker on the user channel bounds the wait).
+    assert.equal(client.lastEventId, cursor);
+    await publishApi(gw, channel, 'msg', { i: 'later' });
+    const marker = await publishApi(gw, `user:${sub}`, 'marker', null);
+    await waitFor(() => log.events.some((f) => f.event_id === marker), 'the marker event');
+    assert.deepEqual(log.events.map((f) => f.event_id), [marker]);
+  });
+
   test('a bad token closes with 4001 and the client does not reconnect', T, async () => {
     const { client, log } = track(makeClient(gw, { token: jwt({ sub: 'x', exp: 9999999999 }, 'wrong-secret') }));
     await assert.rejects(client.connect(), (e) => e.code === 4001);
