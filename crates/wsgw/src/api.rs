@@ -270,12 +270,26 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection
     serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
+/// The `Idempotency-Key` header: absent, or one valid key (docs/protocol.md, section 8).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(AppError::BadRequest("more than one Idempotency-Key header".into()));
+    }
+    // Bytes outside visible ASCII fail `to_str`: refused below, like an empty key.
+    let key = v.to_str().unwrap_or_default();
+    crate::broker::validate_idempotency_key(key).map_err(AppError::BadRequest)?;
+    Ok(Some(key.to_owned()))
+}
+
 async fn do_publish(
     gw: &Gateway,
     channel: String,
     event: String,
     data: Box<RawValue>,
     exclude: Vec<String>,
+    idempotency_key: Option<String>,
 ) -> ApiResult {
     // Over HTTP every refused publish, a reserved channel included, is a 400 (docs/protocol.md).
     wsgw_protocol::validate_publish(&channel, &event).map_err(|e| AppError::BadRequest(e.to_string()))?;
@@ -286,6 +300,7 @@ async fn do_publish(
             event,
             data,
             exclude,
+            idempotency_key,
         })
         .await
         .inspect_err(|_| {
@@ -295,14 +310,20 @@ async fn do_publish(
     Ok(Json(json!({ "event_id": id })).into_response())
 }
 
-async fn publish(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn publish(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let b: PublishBody = parse_body(body)?;
-    do_publish(&gw, b.channel, b.event, b.data, b.exclude).await
+    let key = idempotency_key(&headers)?;
+    do_publish(&gw, b.channel, b.event, b.data, b.exclude, key).await
 }
 
-async fn broadcast(State(gw): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn broadcast(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let b: BroadcastBody = parse_body(body)?;
-    do_publish(&gw, wsgw_protocol::BROADCAST.into(), b.event, b.data, b.exclude).await
+    let key = idempotency_key(&headers)?;
+    do_publish(&gw, wsgw_protocol::BROADCAST.into(), b.event, b.data, b.exclude, key).await
 }
 
 async fn disconnect_user(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {

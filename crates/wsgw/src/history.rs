@@ -262,6 +262,7 @@ mod tests {
             event: "e".into(),
             data: RawValue::from_string("{}".into()).unwrap(),
             exclude: vec![],
+            idempotency_key: None,
         };
         b.publish(req).await.unwrap()
     }

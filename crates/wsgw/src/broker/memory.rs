@@ -1,6 +1,8 @@
 //! memory.rs: the single-node broker. Ids, history and fan-out live in this process; nothing
 //! survives a restart (a client resuming with an id from before the start gets
 //! `recovered:false`). Publishes are serialised by one lock so ids reach sockets in order.
+//! Idempotency keys live in this process too: 24 h each, at most
+//! [`MAX_IDEMPOTENCY_KEYS`], the oldest dropped first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,7 +13,8 @@ use parking_lot::Mutex;
 use wsgw_protocol::{EventId, encode_event};
 
 use super::{
-    Broker, BrokerError, ClusterStats, HistoryPage, HistoryQuery, InboundRequest, PublishRequest, Resume, StoredEvent,
+    Broker, BrokerError, ClusterStats, HistoryPage, HistoryQuery, IDEMPOTENCY_TTL_MS, InboundRequest, PublishRequest,
+    Resume, StoredEvent,
 };
 use crate::hub::{Connection, Hub, OutFrame, PresenceEntry};
 use crate::time::{now_ms, now_us};
@@ -32,11 +35,66 @@ struct ChannelHistory {
     trimmed_upto: Option<EventId>,
 }
 
+/// Most idempotency keys the memory broker remembers; past it, the oldest is forgotten early
+/// (a retry with it then publishes again).
+pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// Idempotency keys and the id of their first publish, for [`IDEMPOTENCY_TTL_MS`] and at most
+/// `cap` keys. Every key lives equally long and is never refreshed, so insertion order is
+/// expiry order: one queue serves both limits.
+struct IdempotencyKeys {
+    ids: HashMap<String, EventId>,
+    /// Keys oldest first, with when they were stored (ms since the epoch).
+    order: VecDeque<(String, u64)>,
+    cap: usize,
+}
+
+impl IdempotencyKeys {
+    fn new(cap: usize) -> Self {
+        Self {
+            ids: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Forgets the keys older than the TTL at `now_ms`.
+    fn expire(&mut self, now_ms: u64) {
+        while let Some((key, at)) = self.order.front() {
+            if at.saturating_add(IDEMPOTENCY_TTL_MS) > now_ms {
+                break;
+            }
+            self.ids.remove(key);
+            self.order.pop_front();
+        }
+    }
+
+    /// The first id published with `key`, if it is still remembered at `now_ms`.
+    fn get(&mut self, key: &str, now_ms: u64) -> Option<EventId> {
+        self.expire(now_ms);
+        self.ids.get(key).copied()
+    }
+
+    /// Remembers `key` → `id` (the caller checked it was not there).
+    fn insert(&mut self, key: String, id: EventId, now_ms: u64) {
+        self.ids.insert(key.clone(), id);
+        self.order.push_back((key, now_ms));
+        while self.order.len() > self.cap {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+}
+
 struct State {
     last_id: EventId,
     channels: HashMap<String, ChannelHistory>,
     /// Newest id of any channel whose whole history (and trim record) was dropped.
     forgotten_upto: Option<EventId>,
+    /// Checked and written under the same lock as the publish, so two racing retries with
+    /// one key store one event.
+    idempotency: IdempotencyKeys,
 }
 
 /// The in-process broker.
@@ -64,6 +122,7 @@ impl MemoryBroker {
                 last_id: EventId::new(epoch_ms, 0),
                 channels: HashMap::new(),
                 forgotten_upto: None,
+                idempotency: IdempotencyKeys::new(MAX_IDEMPOTENCY_KEYS),
             }),
             bans: Mutex::new(HashMap::new()),
         }
@@ -87,17 +146,27 @@ impl MemoryBroker {
             true
         });
         st.forgotten_upto = forgotten;
+        st.idempotency.expire(now_ms());
     }
 
     fn publish_now(&self, req: PublishRequest) -> EventId {
         let mut st = self.state.lock();
         let ms = now_ms();
+        // A retry: the first publish's id, and nothing stored or delivered again.
+        if let Some(key) = &req.idempotency_key
+            && let Some(first) = st.idempotency.get(key, ms)
+        {
+            return first;
+        }
         let id = if ms > st.last_id.ms {
             EventId::new(ms, 0)
         } else {
             st.last_id.next()
         };
         st.last_id = id;
+        if let Some(key) = req.idempotency_key.clone() {
+            st.idempotency.insert(key, id, ms);
+        }
         let text = encode_event(Some(id), &req.channel, &req.event, &req.data, id.ms);
         let frame = Utf8Bytes::from(text);
         let size = self.limits.size;
@@ -299,7 +368,50 @@ mod tests {
             event: "e".into(),
             data: RawValue::from_string("1".into()).unwrap(),
             exclude: vec![],
+            idempotency_key: None,
         })
+    }
+
+    #[test]
+    fn an_idempotency_key_is_forgotten_after_24_hours() {
+        let mut keys = IdempotencyKeys::new(10);
+        let t0 = 1_700_000_000_000;
+        keys.insert("k".into(), EventId::new(t0, 0), t0);
+        assert_eq!(keys.get("k", t0 + IDEMPOTENCY_TTL_MS - 1), Some(EventId::new(t0, 0)));
+        assert_eq!(keys.get("k", t0 + IDEMPOTENCY_TTL_MS), None);
+        assert!(keys.ids.is_empty() && keys.order.is_empty());
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_idempotency_key_is_dropped_first() {
+        let mut keys = IdempotencyKeys::new(3);
+        let t0 = 1_700_000_000_000;
+        for i in 0..5u64 {
+            keys.insert(format!("k{i}"), EventId::new(t0 + i, 0), t0 + i);
+        }
+        assert_eq!(keys.ids.len(), 3);
+        assert_eq!(keys.get("k0", t0 + 5), None);
+        assert_eq!(keys.get("k1", t0 + 5), None);
+        assert_eq!(keys.get("k2", t0 + 5), Some(EventId::new(t0 + 2, 0)));
+        assert_eq!(keys.get("k4", t0 + 5), Some(EventId::new(t0 + 4, 0)));
+    }
+
+    #[test]
+    fn a_retried_key_returns_the_first_id_and_stores_nothing() {
+        let b = broker(10);
+        let req = |data: &str| PublishRequest {
+            channel: "a".into(),
+            event: "e".into(),
+            data: RawValue::from_string(data.into()).unwrap(),
+            exclude: vec![],
+            idempotency_key: Some("order-7".into()),
+        };
+        let first = b.publish_now(req("1"));
+        assert_eq!(b.publish_now(req("2")), first, "the body is not compared");
+        let other = publish(&b, "a");
+        assert!(other > first);
+        let page = b.read("a", HistoryQuery::Last { n: 10, until: None });
+        assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), [first, other]);
     }
 
     #[test]

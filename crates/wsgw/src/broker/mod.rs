@@ -28,6 +28,29 @@ pub struct PublishRequest {
     pub data: Box<RawValue>,
     /// Connection ids that must not receive it (e.g. the publishing socket).
     pub exclude: Vec<String>,
+    /// A retried publish with the same key (already checked with
+    /// [`validate_idempotency_key`]) within [`IDEMPOTENCY_TTL_MS`] returns the first event's
+    /// id and stores nothing. Keys are global (not per channel) and the body is not compared.
+    pub idempotency_key: Option<String>,
+}
+
+/// How long an idempotency key remembers the id of its first publish: 24 h (the Function's
+/// `IDEMPOTENCY_TTL_MS` is the same).
+pub const IDEMPOTENCY_TTL_MS: u64 = 86_400_000;
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// An idempotency key is 1..=256 bytes of printable ASCII without spaces (`!`..=`~`), the
+/// same rule `wsgw_publish` applies to its 7th argument.
+pub fn validate_idempotency_key(key: &str) -> Result<(), String> {
+    if (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "an idempotency key must be 1..={MAX_IDEMPOTENCY_KEY_LEN} bytes of printable ASCII without spaces (! to ~)"
+        ))
+    }
 }
 
 /// One event as kept in a channel's history.

@@ -354,6 +354,7 @@ impl Session {
             event,
             data,
             exclude,
+            idempotency_key: None,
         };
         match self.gw.broker.publish(req).await {
             Ok(id) => {

@@ -8,8 +8,8 @@ impl Inner {
         let inner = self;
         timed(inner.s.op_timeout, async move {
             let mut c = inner.conn().await?;
-            let id: String = redis::cmd("FCALL")
-                .arg("wsgw_publish")
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg("wsgw_publish")
                 .arg(2)
                 .arg(inner.keys.seq())
                 .arg(inner.keys.history(&req.channel))
@@ -18,10 +18,12 @@ impl Inner {
                 .arg(req.data.get())
                 .arg(inner.s.history.ttl_ms)
                 .arg(inner.s.history.size)
-                .arg(req.exclude.join(","))
-                .query_async(&mut c)
-                .await
-                .map_err(classify)?;
+                .arg(req.exclude.join(","));
+            if let Some(key) = &req.idempotency_key {
+                // The Function records it in <prefix>idem:<key>, shared with backends' FCALLs.
+                cmd.arg(key);
+            }
+            let id: String = cmd.query_async(&mut c).await.map_err(classify)?;
             id.parse()
                 .map_err(|e: wsgw_protocol::EventIdError| BrokerError::Internal(e.to_string()))
         })

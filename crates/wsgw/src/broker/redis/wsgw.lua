@@ -1,7 +1,7 @@
 #!lua name=wsgw
 -- wsgw's Redis Functions, loaded by every gateway at start-up with FUNCTION LOAD REPLACE.
 --
--- FCALL wsgw_publish 2 <prefix>seq <prefix>history:<channel>  <channel> <event> <data-json> [<ttl_ms> <maxlen> [<exclude>]]
+-- FCALL wsgw_publish 2 <prefix>seq <prefix>history:<channel>  <channel> <event> <data-json> [<ttl_ms> <maxlen> [<exclude> [<idempotency_key>]]]
 --
 -- Takes the next globally monotonic id (<ms>-<seq>), appends the event frame to the channel's
 -- history stream (trimmed to maxlen, expiring ttl_ms after its last event), records what
@@ -15,6 +15,13 @@
 -- <data-json> standard JSON (no NaN, Infinity, hex, leading zeros or '+', which cjson
 -- accepts). An event published with maxlen 0 is live-only: it is recorded as trimmed in the
 -- channel's meta, so a replay across its id is never reported as recovered.
+--
+-- <idempotency_key> (1..256 bytes of printable ASCII without space, '!'..'~'): the first call
+-- with a key stores and publishes as usual and records its id in <prefix>idem:<key> for 24 h;
+-- a later call with the same key (on any channel, with any body) within those 24 h stores and
+-- publishes nothing and returns that first id. The check and the record happen in this one
+-- call, so two racing retries cannot both store. The key is shared with the gateways' HTTP
+-- API (the Idempotency-Key header), which calls this Function.
 
 local function valid_channel(c)
   return #c >= 1 and #c <= 256 and not string.find(c, '[^%w_%.:@=/%-]')
@@ -22,6 +29,13 @@ end
 
 local function valid_exclude(x)
   return #x <= 65536 and not string.find(x, '[^%w_,%-]')
+end
+
+-- How long an idempotency key remembers its first event id: 24 h.
+local IDEMPOTENCY_TTL_MS = 86400000
+
+local function valid_idempotency_key(k)
+  return #k >= 1 and #k <= 256 and not string.find(k, '[^!-~]')
 end
 
 -- A JSON number as RFC 8259 writes it.
@@ -111,7 +125,7 @@ local function publish(keys, args)
   local prefix = string.sub(seq_key, 1, #seq_key - 3)
   local channel, event, data = args[1], args[2], args[3]
   if not channel or not event or not data then
-    return redis.error_reply('ERR wsgw_publish: arguments are <channel> <event> <data-json> [<ttl_ms> <maxlen> [<exclude>]]')
+    return redis.error_reply('ERR wsgw_publish: arguments are <channel> <event> <data-json> [<ttl_ms> <maxlen> [<exclude> [<idempotency_key>]]]')
   end
   if not valid_channel(channel) or string.find(channel, '%*') then
     return redis.error_reply('ERR wsgw_publish: invalid channel name')
@@ -145,6 +159,18 @@ local function publish(keys, args)
   if not valid_exclude(exclude) then
     return redis.error_reply('ERR wsgw_publish: exclude is a comma-separated list of connection ids')
   end
+  local idem_key = nil
+  if args[7] ~= nil then
+    if not valid_idempotency_key(args[7]) then
+      return redis.error_reply('ERR wsgw_publish: idempotency_key must be 1..256 bytes of printable ASCII without spaces (! to ~)')
+    end
+    idem_key = prefix .. 'idem:' .. args[7]
+    -- A retry: the first call's id, and nothing stored or published again.
+    local first = redis.call('GET', idem_key)
+    if first then
+      return first
+    end
+  end
 
   local t = redis.call('TIME')
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -162,6 +188,9 @@ local function publish(keys, args)
   end
   local id = string.format('%d-%d', ms, seq)
   redis.call('SET', seq_key, id)
+  if idem_key then
+    redis.call('SET', idem_key, id, 'PX', IDEMPOTENCY_TTL_MS)
+  end
 
   local frame = '{"type":"event","event_id":"' .. id .. '","channel":' .. cjson.encode(channel)
     .. ',"event":' .. cjson.encode(event) .. ',"data":' .. data .. ',"ts":' .. string.format('%d', ms) .. '}'
