@@ -1,6 +1,7 @@
 //! config.rs: how a client reaches the gateway and behaves when its socket drops.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Backoff;
@@ -8,8 +9,8 @@ use crate::Backoff;
 /// How to reach the gateway and how to behave when the socket drops.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// The gateway's WebSocket address, e.g. `ws://127.0.0.1:8080/ws` (no query; `wss` is not
-    /// supported).
+    /// The gateway's WebSocket address, e.g. `ws://127.0.0.1:8080/ws` or
+    /// `wss://gw.example.com/ws` (TLS with rustls; see `ca_file` and `insecure`).
     pub url: String,
     /// Other gateway nodes to fail over to, e.g. the rest of a cluster. Default empty.
     ///
@@ -39,6 +40,14 @@ pub struct ClientConfig {
     /// How long `subscribe`, `unsubscribe`, `publish` and `refresh` wait for their answer.
     /// Default 10 s.
     pub call_timeout: Duration,
+    /// For `wss://`: trust the CA certificates in this PEM file instead of the system's roots
+    /// (e.g. the CA that signed a test or internal gateway's certificate). Read on first use and
+    /// kept for the process's later clients with the same path. Default none.
+    pub ca_file: Option<PathBuf>,
+    /// For `wss://`: accept any server certificate, without checking who signed it or for which
+    /// name (self-signed test certificates only: it gives up TLS's protection against a man in
+    /// the middle). Default `false`.
+    pub insecure: bool,
 }
 
 impl ClientConfig {
@@ -54,6 +63,8 @@ impl ClientConfig {
             local_addr: None,
             connect_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(10),
+            ca_file: None,
+            insecure: false,
         }
     }
 }
@@ -70,6 +81,8 @@ impl std::fmt::Debug for ClientConfig {
             .field("local_addr", &self.local_addr)
             .field("connect_timeout", &self.connect_timeout)
             .field("call_timeout", &self.call_timeout)
+            .field("ca_file", &self.ca_file)
+            .field("insecure", &self.insecure)
             .finish()
     }
 }
@@ -86,6 +99,8 @@ mod tests {
         assert_eq!(c.read_buffer_bytes, 4096);
         assert_eq!(c.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.backoff, Backoff::default());
+        assert_eq!(c.ca_file, None);
+        assert!(!c.insecure);
         assert!(!format!("{c:?}").contains("secret-token"));
     }
 }

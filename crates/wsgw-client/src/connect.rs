@@ -71,9 +71,14 @@ impl Client {
         let bearer = HeaderValue::from_str(&format!("Bearer {}", self.cfg.token)).map_err(|e| connect_err(&e))?;
         request.headers_mut().insert(AUTHORIZATION, bearer);
         let uri = request.uri();
-        let port = match uri.scheme_str() {
-            Some("ws") => uri.port_u16().unwrap_or(80),
-            Some(other) => return Err(connect_err(&format!("unsupported scheme {other}: (use ws://)"))),
+        let (port, tls) = match uri.scheme_str() {
+            Some("ws") => (uri.port_u16().unwrap_or(80), false),
+            Some("wss") => (uri.port_u16().unwrap_or(443), true),
+            Some(other) => {
+                return Err(connect_err(&format!(
+                    "unsupported scheme {other}: (use ws:// or wss://)"
+                )));
+            }
             None => return Err(connect_err(&"url has no scheme")),
         };
         let host = uri
@@ -81,7 +86,14 @@ impl Client {
             .unwrap_or_default()
             .trim_start_matches('[')
             .trim_end_matches(']');
-        let stream = tcp_connect(host, port, self.cfg.local_addr).await?;
+        let tcp = tcp_connect(host, port, self.cfg.local_addr).await?;
+        let stream = if tls {
+            tls::handshake(tcp, host, self.cfg.ca_file.as_deref(), self.cfg.insecure)
+                .await
+                .map_err(|e| connect_err(&e))?
+        } else {
+            tls::Stream::Plain(tcp)
+        };
         let config = WebSocketConfig::default()
             .read_buffer_size(self.cfg.read_buffer_bytes)
             .write_buffer_size(0);

@@ -89,7 +89,7 @@ pub enum Incoming {
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The TCP connection or the WebSocket handshake failed.
+    /// The TCP connection, the TLS handshake (`wss://`) or the WebSocket handshake failed.
     #[error("cannot connect: {0}")]
     Connect(String),
     /// The socket is closed (or closed while waiting for the answer).

@@ -55,6 +55,7 @@ mod connect;
 mod cursor;
 mod dispatch;
 mod incoming;
+mod tls;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -77,7 +78,7 @@ use crate::cursor::{Cursor, Subscribe};
 use wsgw_protocol::{ClientFrame, ServerFrame};
 pub use wsgw_protocol::{CloseCode, Event, EventId, Welcome};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<tls::Stream>;
 
 pub use config::ClientConfig;
 pub use incoming::{ClientError, History, Incoming};
