@@ -2,12 +2,258 @@
 // Wire contract: docs/protocol.md. Works in browsers, and in Node >= 20 when a WebSocket
 // implementation (e.g. the `ws` package) is passed as `options.WebSocket`.
 
+// ---- Types (tsc emits wsgw.d.ts from these: `npm run build:types`) ----
+
+/**
+ * Any JSON value.
+ * @typedef {null | boolean | number | string | JsonArray | JsonObject} Json
+ */
+
+/**
+ * A JSON array.
+ * @typedef {Json[]} JsonArray
+ */
+
+/**
+ * A JSON object.
+ * @typedef {{ [key: string]: Json }} JsonObject
+ */
+
+/**
+ * Connection state.
+ * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} WsgwState
+ */
+
+/**
+ * Error codes of the gateway's `error` frames.
+ * @typedef {'unauthorized' | 'token_expired' | 'forbidden' | 'bad_request' | 'too_large' | 'rate_limited'
+ *   | 'not_found' | 'internal' | 'unavailable' | 'timeout'} WsgwErrorCode
+ */
+
+/**
+ * Codes the client adds: the socket dropped before the answer, the client was closed, a backend
+ * answered `ok: false` without a code, `getToken`/`onTokenExpired` failed, the socket could not be
+ * created. A `number` is a close code (on `connect()` rejections).
+ * @typedef {'disconnected' | 'closed' | 'backend_error' | 'token' | 'connect'} WsgwClientCode
+ */
+
+/**
+ * Minimal WebSocket the client needs (browser WebSocket, the `ws` package, …).
+ * @typedef {object} WebSocketLike
+ * @property {number} readyState
+ * @property {(data: string) => void} send
+ * @property {(code?: number, reason?: string) => void} close
+ * @property {((ev: { data: any }) => void) | null} onmessage
+ * @property {((ev: { code: number, reason: string }) => void) | null} onclose
+ * @property {((ev: any) => void) | null} onerror
+ */
+
+/**
+ * A WebSocket constructor. Typed loosely so that the browser's WebSocket, the `ws` package and
+ * undici all fit. The client passes the subprotocols `['wsgw.v1', 'bearer.<jwt>']`.
+ * @typedef {new (url: string, protocols?: string | string[]) => any} WebSocketConstructor
+ */
+
+/**
+ * @typedef {object} BackoffOptions
+ * @property {number} [initialMs] First delay, in ms. Default 500.
+ * @property {number} [maxMs] Largest delay, in ms. Default 30000.
+ * @property {number} [factor] Growth per failed attempt. Default 2.
+ * @property {number} [jitter] Fraction of each delay taken off at random (0..1). Default 0.5.
+ */
+
+/**
+ * @typedef {object} WsgwClientOptions
+ * @property {string} [token] The JWT. One of `token` or `getToken` is required.
+ * @property {() => Promise<string> | string} [getToken] Called for a JWT before the first connection
+ *   attempt, and again only when the kept one expires within a minute (its `exp`) or was refused
+ *   (4001, 4003).
+ * @property {() => Promise<string> | string} [onTokenExpired] Called on close 4003 (token expired);
+ *   returns a new JWT, then the client reconnects. Without it (and without `getToken`), 4003 is final.
+ * @property {WebSocketConstructor} [WebSocket] WebSocket implementation. Default `globalThis.WebSocket`.
+ * @property {BackoffOptions} [backoff] Reconnect backoff.
+ * @property {number} [requestTimeoutMs] How long a call (subscribe, publish, request, …) waits for
+ *   its answer. Default 30000.
+ * @property {string} [connectionId] Resume this connection id on the first connect (e.g. kept from
+ *   an earlier page load).
+ * @property {string} [lastEventId] Replay events after this id on the first connect.
+ */
+
+/**
+ * @typedef {object} HeartbeatInfo
+ * @property {number} interval_ms
+ * @property {number} timeout_ms
+ */
+
+/**
+ * The first frame of every connection.
+ * @typedef {object} WelcomeFrame
+ * @property {'welcome'} type
+ * @property {string} connection_id
+ * @property {string} user_id
+ * @property {string} node
+ * @property {boolean} resumed
+ * @property {boolean} recovered
+ * @property {number} replayed
+ * @property {HeartbeatInfo} heartbeat
+ * @property {number} session_ttl_ms
+ * @property {string[]} [channels] Topics restored by a resume; absent when none.
+ * @property {string[]} [not_replayed] Restored patterns whose events were not replayed (patterns
+ *   have no history): `recovered` does not cover the channels reached only through them. Absent
+ *   when none.
+ */
+
+/**
+ * An event. `event_id` is absent for ephemeral events.
+ * @template [T=Json]
+ * @typedef {object} EventFrame
+ * @property {'event'} type
+ * @property {string} [event_id]
+ * @property {string} channel
+ * @property {string} event
+ * @property {T} data
+ * @property {number} ts Publish time, ms since the epoch.
+ */
+
+/**
+ * @typedef {object} SubscribedFrame
+ * @property {'subscribed'} type
+ * @property {string} channel
+ * @property {Json} [request_id]
+ * @property {boolean} recovered `false` when the requested catch-up cannot be complete.
+ * @property {number} replayed Events replayed right after this frame.
+ */
+
+/**
+ * The server cannot prove that this live socket missed no event of these channels and patterns
+ * (after an outage, their history no longer held everything published meanwhile). The socket
+ * stays open; reload their state from your backend.
+ * @typedef {object} GapFrame
+ * @property {'gap'} type
+ * @property {string[]} channels Channel names and patterns.
+ * @property {false} recovered Always `false`.
+ */
+
+/**
+ * @typedef {object} UnsubscribedFrame
+ * @property {'unsubscribed'} type
+ * @property {string} channel
+ * @property {Json} [request_id]
+ * @property {string} [reason] Set when the server removed the subscription by itself (e.g. after
+ *   `refresh`).
+ */
+
+/**
+ * @typedef {object} AckFrame
+ * @property {'ack'} type
+ * @property {Json} [request_id]
+ * @property {string} [event_id]
+ */
+
+/**
+ * @typedef {object} ErrorFrame
+ * @property {'error'} type
+ * @property {WsgwErrorCode} code
+ * @property {string} message
+ * @property {Json} [request_id]
+ */
+
+/**
+ * @template [T=Json]
+ * @typedef {object} ResponseFrame
+ * @property {'response'} type
+ * @property {Json} request_id
+ * @property {boolean} ok
+ * @property {T} [data]
+ * @property {Json} [error]
+ * @property {boolean} [more]
+ */
+
+/**
+ * The answer to `history()`.
+ * @template [T=Json]
+ * @typedef {object} HistoryFrame
+ * @property {'history'} type
+ * @property {string} channel
+ * @property {Json} request_id
+ * @property {EventFrame<T>[]} events In id order, each the event frame a subscriber receives.
+ * @property {boolean} recovered `false` when events after `since` may have been lost (trimmed or
+ *   expired); always `true` without `since`.
+ */
+
+/**
+ * @typedef {object} CloseInfo
+ * @property {number} code
+ * @property {string} reason
+ * @property {boolean} willReconnect
+ */
+
+/**
+ * @typedef {object} SubscribeOptions
+ * @property {number} [history] First send the channel's last N events.
+ * @property {string} [lastEventId] First replay the channel's events after this id (wins over
+ *   `history`).
+ */
+
+/**
+ * @typedef {object} HistoryOptions
+ * @property {string} [since] The oldest `limit` events after this id; absent: the newest `limit`.
+ * @property {number} [limit] Default 100 (the gateway's), capped at the gateway's `max_replay`.
+ */
+
+/**
+ * @typedef {object} PublishOptions
+ * @property {boolean} [echo] `false`: this socket does not receive its own event.
+ */
+
+/**
+ * @template [C=Json]
+ * @typedef {object} RequestOptions
+ * @property {(data: C) => void} [onChunk] Receives each `more: true` chunk's data, in order.
+ * @property {number} [timeoutMs] Overrides `requestTimeoutMs` (also the wait between chunks).
+ */
+
+/**
+ * The client's own events and what their handlers receive.
+ * @typedef {object} WsgwClientEvents
+ * @property {WsgwState} state
+ * @property {WelcomeFrame} welcome
+ * @property {ErrorFrame | WsgwError} error Error frames answering no pending call, and client-side
+ *   failures.
+ * @property {CloseInfo} close
+ * @property {UnsubscribedFrame} unsubscribed A topic the server removed by itself.
+ * @property {GapFrame} gap Events of these channels may have been missed; the socket stays open.
+ */
+
 /** Close codes after which the client never reconnects by itself. */
 const FINAL = new Set([1000, 4001, 4004]);
 /** Close codes meaning "server going away": reconnect at once, with jitter. */
 const AT_ONCE = new Set([1001, 1012]);
 /** Names of the client's own events; any other `on()` name is a channel. */
 const BUILTIN = new Set(['state', 'welcome', 'error', 'close', 'unsubscribed', 'gap']);
+/** The subprotocol offered with the token item (docs/protocol.md, "The token"). */
+const SUBPROTOCOL = 'wsgw.v1';
+/** `getToken` is asked again when the token expires within this many ms. */
+const TOKEN_MARGIN_MS = 60000;
+
+/**
+ * The `exp` claim of a JWT, in ms since the epoch; null when the token has none or is unreadable
+ * (it is not verified: the gateway does that).
+ * @param {string} token
+ * @returns {number | null}
+ */
+function tokenExpiry(token) {
+  try {
+    const part = String(token).split('.')[1];
+    if (!part) return null;
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const exp = JSON.parse(new TextDecoder().decode(bytes))?.exp;
+    return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
 
 /** An error carrying the gateway's `code` (e.g. `forbidden`, `unavailable`, `disconnected`). */
 export class WsgwError extends Error {
@@ -19,8 +265,25 @@ export class WsgwError extends Error {
   constructor(code, message, frame) {
     super(message);
     this.name = 'WsgwError';
+    /**
+     * A gateway error code, a client code, or a close code.
+     * @readonly
+     * @type {WsgwErrorCode | WsgwClientCode | (string & {}) | number}
+     */
     this.code = code;
-    if (frame !== undefined) this.frame = frame;
+    /**
+     * The frame that caused it (error frame, response frame, or the client frame that failed).
+     * @readonly
+     * @type {object | undefined}
+     */
+    this.frame;
+    if (frame !== undefined) /** @type {{frame: object}} */ (this).frame = frame;
+    /**
+     * For `ok: false` responses: their `data`, when present.
+     * @readonly
+     * @type {Json | undefined}
+     */
+    this.data;
   }
 }
 
@@ -37,6 +300,8 @@ export function parseEventId(id) {
 /**
  * Compares two event ids numerically on (ms, seq), never as strings: `9-5` < `10-0`.
  * Unreadable ids sort before every readable one.
+ * @param {string} a
+ * @param {string} b
  * @returns {number} negative, zero or positive
  */
 export function compareEventIds(a, b) {
@@ -187,6 +452,10 @@ function globMatch(pattern, name) {
  */
 export class WsgwClient {
   #url; #opts; #WS; #backoff; #timeoutMs; #token;
+  /** The token was refused (4001/4003): `getToken` must supply another. */
+  #tokenStale = false;
+  /** The current socket's token came from `getToken` for that very attempt. */
+  #tokenFresh = false;
   #ws = null;
   #gen = 0;
   #want = false;
@@ -201,6 +470,7 @@ export class WsgwClient {
   /** Calls awaiting an answer: key -> {frame, resolve, reject, timer, sent, onChunk?, map?}. */
   #pending = new Map();
   #seq = 0;
+  /** @type {WsgwState} */
   #state = 'closed';
   #connectionId = null;
   /** The cursor: what a resume sends as `last_event_id`. */
@@ -209,10 +479,10 @@ export class WsgwClient {
 
   /**
    * @param {string} url the gateway's `/ws` address, e.g. `wss://example.com/ws` (http(s) works too)
-   * @param {object} options see wsgw.d.ts (`WsgwClientOptions`)
+   * @param {WsgwClientOptions} options
    */
-  constructor(url, options = {}) {
-    if (!options.token && !options.getToken) throw new TypeError('wsgw: options.token or options.getToken is required');
+  constructor(url, options) {
+    if (!options?.token && !options?.getToken) throw new TypeError('wsgw: options.token or options.getToken is required');
     this.#WS = options.WebSocket ?? globalThis.WebSocket;
     if (typeof this.#WS !== 'function') throw new TypeError('wsgw: no WebSocket implementation; pass options.WebSocket');
     this.#url = url;
@@ -224,21 +494,25 @@ export class WsgwClient {
     this.#cursor = new Cursor(options.lastEventId);
   }
 
-  /** @returns {'connecting'|'open'|'reconnecting'|'closed'} */
+  /** @returns {WsgwState} */
   get state() { return this.#state; }
-  /** The current (or last) connection id, used to resume the session. */
+  /** The current (or last) connection id, used to resume the session.
+   * @returns {string | null} */
   get connectionId() { return this.#connectionId; }
   /** What the next resume sends as `last_event_id`: the highest event id received (numeric
-   * order), or lower while a subscribe catch-up is unfinished. */
+   * order), or lower while a subscribe catch-up is unfinished.
+   * @returns {string | null} */
   get lastEventId() { return this.#cursor.resumeId(); }
-  /** The gateway node of the current (or last) connection. */
+  /** The gateway node of the current (or last) connection.
+   * @returns {string | null} */
   get node() { return this.#node; }
-  /** The underlying WebSocket. For tests only: closing it simulates a network drop. */
+  /** The underlying WebSocket. For tests only: closing it simulates a network drop.
+   * @returns {WebSocketLike | null} */
   get _socket() { return this.#ws; }
 
   /**
    * Opens the connection (and keeps it open, reconnecting as needed, until `close()`).
-   * @returns {Promise<object>} resolves with the next welcome frame; rejects with a WsgwError whose
+   * @returns {Promise<WelcomeFrame>} resolves with the next welcome frame; rejects with a WsgwError whose
    *   `code` is the close code when the client gives up (4001, 4004, …) or 'closed' after `close()`.
    */
   connect() {
@@ -253,7 +527,8 @@ export class WsgwClient {
     return p;
   }
 
-  /** Closes the connection for good (no reconnect). Pending calls reject with code 'closed'. */
+  /** Closes the connection for good (no reconnect). Pending calls reject with code 'closed'.
+   * @returns {void} */
   close() {
     this.#want = false;
     this.#gen++;
@@ -271,9 +546,10 @@ export class WsgwClient {
   /**
    * Subscribes to a topic or pattern. The subscription is kept across reconnects.
    * @param {string} channel
-   * @param {{history?: number, lastEventId?: string}} [opts] catch up first: the last N events, or
-   *   the events after an id (`lastEventId` wins when both are given)
-   * @returns {Promise<object>} the `subscribed` frame; rejects with a WsgwError (`.code`) on refusal
+   * @param {SubscribeOptions} [opts] catch up first: the last N events, or the events after an id
+   *   (`lastEventId` wins when both are given)
+   * @returns {Promise<SubscribedFrame>} the `subscribed` frame; rejects with a WsgwError (`.code`)
+   *   on refusal
    */
   subscribe(channel, opts = {}) {
     const kind = this.#topics.has(channel) ? 'same' : 'new';
@@ -286,7 +562,8 @@ export class WsgwClient {
 
   /**
    * Leaves a topic or pattern.
-   * @returns {Promise<object>} the `unsubscribed` frame
+   * @param {string} channel
+   * @returns {Promise<UnsubscribedFrame>} the `unsubscribed` frame
    */
   unsubscribe(channel) {
     this.#topics.delete(channel);
@@ -296,10 +573,14 @@ export class WsgwClient {
 
   /**
    * Publishes a durable event (the token's `publish` claim must allow the channel).
-   * @param {{echo?: boolean}} [opts] `echo: false`: this socket does not receive its own event
+   * @param {string} channel
+   * @param {string} event
+   * @param {Json} [data]
+   * @param {PublishOptions} [opts] `echo: false`: this socket does not receive its own event
    * @returns {Promise<string>} the event id
    */
-  publish(channel, event, data, { echo } = {}) {
+  publish(channel, event, data, opts = {}) {
+    const { echo } = opts;
     const frame = { type: 'publish', channel, event, data: data ?? null };
     if (echo !== undefined) frame.echo = echo;
     return this.#call(frame, { map: (f) => f.event_id });
@@ -309,12 +590,16 @@ export class WsgwClient {
    * Reads a channel's history without subscribing (a read: the cursor and the subscriptions stay
    * as they are, and no event handler is called). Without `since`: the newest `limit` events;
    * with it: the oldest `limit` after that id (page forward with the last event's id).
-   * @param {{since?: string, limit?: number}} [opts] `limit` defaults to the gateway's 100 and is
-   *   capped at its `max_replay`
-   * @returns {Promise<object>} the `history` frame (`events` in id order, `recovered`); rejects with a
-   *   WsgwError (`.code`: 'forbidden', 'bad_request', 'unavailable', 'timeout', 'disconnected')
+   * @template [T=Json]
+   * @param {string} channel
+   * @param {HistoryOptions} [opts] `limit` defaults to the gateway's 100 and is capped at its
+   *   `max_replay`
+   * @returns {Promise<HistoryFrame<T>>} the `history` frame (`events` in id order, `recovered`);
+   *   rejects with a WsgwError (`.code`: 'forbidden', 'bad_request', 'unavailable', 'timeout',
+   *   'disconnected')
    */
-  history(channel, { since, limit } = {}) {
+  history(channel, opts = {}) {
+    const { since, limit } = opts;
     const frame = { type: 'history', channel };
     if (since !== undefined && since !== null) frame.since = since;
     if (limit !== undefined && limit !== null) frame.limit = limit;
@@ -323,27 +608,51 @@ export class WsgwClient {
 
   /**
    * Sends a request to the backends. Chunks (`more: true`) go to `onChunk` in order.
-   * @param {{onChunk?: (data: any) => void, timeoutMs?: number}} [opts]
-   * @returns {Promise<any>} the final response's data; rejects when `ok` is false, on an error
+   * @template [T=Json]
+   * @template [C=Json]
+   * @param {string} action
+   * @param {Json} [data]
+   * @param {RequestOptions<C>} [opts]
+   * @returns {Promise<T>} the final response's data; rejects when `ok` is false, on an error
    *   frame (e.g. code 'unavailable'), on timeout ('timeout') or when the socket drops ('disconnected')
    */
-  request(action, data, { onChunk, timeoutMs } = {}) {
+  request(action, data, opts = {}) {
+    const { onChunk, timeoutMs } = opts;
     return this.#call({ type: 'request', action, data: data ?? null }, { onChunk, timeoutMs });
   }
 
   /**
    * Replaces the connection's token (e.g. before it expires); also used for later reconnects.
-   * @returns {Promise<object>} the `ack` frame
+   * @param {string} token
+   * @returns {Promise<AckFrame>} the `ack` frame
    */
   refresh(token) {
     this.#token = token;
+    this.#tokenStale = false;
     return this.#call({ type: 'refresh', token });
   }
 
   /**
-   * Adds a handler. `name`: a channel, a pattern, `event:<name>`, `*`, or a client event
-   * (`state`, `welcome`, `error`, `close`, `unsubscribed`, `gap`).
+   * Adds a handler for one of the client's events.
+   * @template {keyof WsgwClientEvents} K
+   * @overload
+   * @param {K} name `state`, `welcome`, `error`, `close`, `unsubscribed` or `gap`
+   * @param {(value: WsgwClientEvents[K]) => void} handler
    * @returns {() => void} a function that removes the handler
+   */
+  /**
+   * Adds a handler for events: `channelOrEvent` is a channel, a pattern (`room:*`),
+   * `event:<name>` or `*` (every event).
+   * @template [T=Json]
+   * @overload
+   * @param {string} channelOrEvent
+   * @param {(event: EventFrame<T>) => void} handler
+   * @returns {() => void} a function that removes the handler
+   */
+  /**
+   * @param {string} name
+   * @param {(value: any) => void} handler
+   * @returns {() => void}
    */
   on(name, handler) {
     if (!this.#listeners.has(name)) this.#listeners.set(name, new Set());
@@ -351,7 +660,26 @@ export class WsgwClient {
     return () => this.off(name, handler);
   }
 
-  /** Removes a handler added with `on`. */
+  /**
+   * Removes a handler added with `on`.
+   * @template {keyof WsgwClientEvents} K
+   * @overload
+   * @param {K} name
+   * @param {(value: WsgwClientEvents[K]) => void} handler
+   * @returns {void}
+   */
+  /**
+   * Removes a handler added with `on`.
+   * @overload
+   * @param {string} channelOrEvent
+   * @param {(event: EventFrame<any>) => void} handler
+   * @returns {void}
+   */
+  /**
+   * @param {string} name
+   * @param {(value: any) => void} handler
+   * @returns {void}
+   */
   off(name, handler) {
     const set = this.#listeners.get(name);
     if (set && set.delete(handler) && set.size === 0) this.#listeners.delete(name);
@@ -373,24 +701,31 @@ export class WsgwClient {
 
   async #open() {
     const gen = ++this.#gen;
-    let token = this.#token;
+    let fresh = false;
     try {
-      if (this.#opts.getToken) token = this.#token = await this.#opts.getToken();
+      if (this.#opts.getToken && this.#needsToken()) {
+        const token = await this.#opts.getToken();
+        if (gen !== this.#gen) return;
+        this.#token = token;
+        this.#tokenStale = false;
+        fresh = true;
+      }
     } catch (err) {
       if (gen !== this.#gen) return;
       this.#emit('error', new WsgwError('token', `wsgw: getToken failed: ${err?.message ?? err}`));
       return this.#schedule(this.#delay(false));
     }
     if (gen !== this.#gen || !this.#want) return;
+    this.#tokenFresh = fresh;
+    // The token travels in the Sec-WebSocket-Protocol header, never in the URL (logs keep URLs).
     const u = new URL(this.#url, globalThis.location?.href);
     u.protocol = u.protocol.replace(/^http/, 'ws');
-    u.searchParams.set('token', token);
     if (this.#connectionId) u.searchParams.set('connection_id', this.#connectionId);
     const last = this.#cursor.resumeId();
     if (last) u.searchParams.set('last_event_id', last);
     let ws;
     try {
-      ws = new this.#WS(u.toString());
+      ws = new this.#WS(u.toString(), [SUBPROTOCOL, `bearer.${this.#token}`]);
     } catch (err) {
       this.#emit('error', new WsgwError('connect', `wsgw: cannot open socket: ${err?.message ?? err}`));
       return this.#lost(1006, 'cannot open socket', false);
@@ -399,6 +734,13 @@ export class WsgwClient {
     ws.onmessage = (e) => { if (this.#ws === ws) this.#onMessage(e.data); };
     ws.onclose = (e) => { if (this.#ws === ws) this.#lost(e.code, e.reason ?? '', this.#welcome !== null); };
     ws.onerror = () => { /* a close event follows */ };
+  }
+
+  /** Whether `getToken` must be asked: no token yet, one refused, or one expiring within a minute. */
+  #needsToken() {
+    if (this.#token === null || this.#tokenStale) return true;
+    const exp = tokenExpiry(this.#token);
+    return exp !== null && exp - Date.now() < TOKEN_MARGIN_MS;
   }
 
   /** Stops listening to the current socket. */
@@ -422,7 +764,11 @@ export class WsgwClient {
       clearTimeout(e.timer);
       e.reject(new WsgwError('disconnected', 'wsgw: the connection was lost before the answer', e.frame));
     }
+    if (code === 4001 || code === 4003) this.#tokenStale = true;
     let retry = this.#want && !FINAL.has(code);
+    // A kept token refused (e.g. signed with a rotated key): one more try with a token from
+    // getToken. A token fetched for this very attempt and refused is final.
+    if (this.#want && code === 4001 && this.#opts.getToken && !this.#tokenFresh) retry = true;
     if (retry && code === 4003) {
       // A new token from onTokenExpired; with getToken alone, the next attempt fetches one.
       const hook = this.#opts.onTokenExpired;
@@ -435,6 +781,7 @@ export class WsgwClient {
         const token = hook ? await hook() : this.#token;
         if (gen !== this.#gen || !this.#want) return;
         this.#token = token;
+        if (hook) this.#tokenStale = false;
       } catch (err) {
         if (gen !== this.#gen) return;
         this.#emit('error', new WsgwError('token', `wsgw: token refresh failed: ${err?.message ?? err}`));
@@ -501,7 +848,13 @@ export class WsgwClient {
   }
 
   /** Sends a frame with a fresh request_id (now, or once the socket is open) and awaits its answer. */
-  #call(frame, { map, onChunk, timeoutMs, kind } = {}) {
+  /**
+   * @param {any} frame
+   * @param {{map?: (f: any) => any, onChunk?: (data: any) => void, timeoutMs?: number, kind?: string}} [o]
+   * @returns {Promise<any>}
+   */
+  #call(frame, o = {}) {
+    const { map, onChunk, timeoutMs, kind } = o;
     if (!this.#want) return Promise.reject(new WsgwError('closed', 'wsgw: not connected; call connect() first', frame));
     const rid = `c${++this.#seq}`;
     frame.request_id = rid;
@@ -612,7 +965,7 @@ export class WsgwClient {
     const code = (e && typeof e === 'object' && e.code) || 'backend_error';
     const message = typeof e === 'string' ? e : (e?.message ?? `wsgw: request ${entry.frame.action} failed`);
     const err = new WsgwError(code, message, f);
-    if (f.data !== undefined) err.data = f.data;
+    if (f.data !== undefined) /** @type {{data: Json}} */ (err).data = f.data;
     this.#settle(key, entry, err);
   }
 }

@@ -427,6 +427,145 @@ describe('across a gateway restart', () => {
   });
 });
 
+describe('the token', () => {
+  let gw;
+  before(async () => { gw = await startGateway({ WSGW_DRAIN_MS: '100' }); });
+  after(async () => { await stopGateway(gw); });
+
+  /** A TCP proxy in front of the gateway that records each upgrade request's head. */
+  async function recordingProxy(target) {
+    const heads = [];
+    const conns = new Set();
+    const srv = net.createServer((down) => {
+      const up = net.connect(target.port, '127.0.0.1');
+      conns.add(down).add(up);
+      let head = '';
+      const onData = (chunk) => {
+        head += chunk.toString('latin1');
+        const end = head.indexOf('\r\n\r\n');
+        if (end >= 0) { heads.push(head.slice(0, end)); down.off('data', onData); }
+      };
+      down.on('data', onData);
+      down.pipe(up).pipe(down);
+      const drop = () => { down.destroy(); up.destroy(); };
+      down.on('error', drop); up.on('error', drop); down.on('close', drop); up.on('close', drop);
+    });
+    await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+    const close = () => new Promise((r) => { for (const c of conns) c.destroy(); srv.close(r); });
+    return { heads, ws: `ws://127.0.0.1:${srv.address().port}/ws`, close };
+  }
+
+  test('travels in Sec-WebSocket-Protocol as bearer.<jwt>, never in the URL; the gateway answers wsgw.v1', T, async () => {
+    const proxy = await recordingProxy(gw);
+    const sub = newUser('subprotocol');
+    const token = tokenFor(sub);
+    const { client } = makeClient({ ws: proxy.ws }, { token, connectionId: 'abc', lastEventId: '1-0' });
+    try {
+      const welcome = await client.connect();
+      assert.equal(welcome.user_id, sub, 'the gateway took the token from the subprotocol');
+      assert.equal(client._socket.protocol, 'wsgw.v1');
+      assert.equal(proxy.heads.length, 1);
+      const [requestLine, ...headers] = proxy.heads[0].split('\r\n');
+      const target = requestLine.split(' ')[1];
+      const query = new URL(target, 'ws://x').searchParams;
+      assert.equal(query.get('token'), null, `no token parameter in ${target}`);
+      assert.ok(!requestLine.includes(token.split('.')[1]), 'no part of the token in the URL');
+      assert.equal(query.get('connection_id'), 'abc');
+      assert.equal(query.get('last_event_id'), '1-0');
+      const protocols = headers.filter((h) => /^sec-websocket-protocol:/i.test(h))
+        .flatMap((h) => h.slice(h.indexOf(':') + 1).split(',').map((x) => x.trim()));
+      assert.deepEqual(protocols, ['wsgw.v1', `bearer.${token}`]);
+    } finally {
+      client.close();
+      await proxy.close();
+    }
+  });
+
+  test('a drain (1012) reconnects with the kept token: getToken is not asked again while it is fresh', T, async () => {
+    const sub = newUser('fresh');
+    let calls = 0;
+    const { client, log } = makeClient(gw, { getToken: async () => { calls++; return tokenFor(sub); } });
+    try {
+      const first = await client.connect();
+      assert.equal(calls, 1);
+      process.kill(gw.child.pid, 'SIGTERM');
+      await waitFor(() => log.closes.length >= 1, 'the drain close');
+      assert.deepEqual([log.closes[0].code, log.closes[0].willReconnect], [1012, true]);
+      await gw.exited;
+      gw = await startGateway({ WSGW_DRAIN_MS: '100' }, gw.port);
+      await waitFor(() => client.state === 'open' && log.welcomes.length >= 2, 'the welcome of the new gateway', 15000);
+      assert.notEqual(client.node, first.node);
+      assert.equal(calls, 1, 'getToken was called once in all');
+      // A dropped socket, likewise.
+      client._socket.terminate();
+      await waitFor(() => log.welcomes.length >= 3 && client.state === 'open', 'the reconnect after the drop');
+      assert.equal(calls, 1);
+    } finally {
+      client.close();
+    }
+  });
+
+  test('a token expiring within a minute is replaced through getToken before a reconnect', T, async () => {
+    const sub = newUser('nearexp');
+    const issued = [];
+    const { client, log } = makeClient(gw, {
+      getToken: async () => {
+        const t = tokenFor(sub, { exp: Math.floor(Date.now() / 1000) + 30 });
+        issued.push(t);
+        return t;
+      },
+    });
+    try {
+      await client.connect();
+      assert.equal(issued.length, 1);
+      client._socket.terminate();
+      await waitFor(() => log.welcomes.length >= 2 && client.state === 'open', 'the reconnect');
+      assert.equal(issued.length, 2, 'getToken was asked again: the kept token expires in 30 s');
+      assert.equal(log.welcomes[1].resumed, true);
+    } finally {
+      client.close();
+    }
+  });
+
+  test('a kept token refused (4001, rotated key) is replaced once through getToken', T, async () => {
+    const sub = newUser('rotated');
+    let secret = SECRET;
+    let calls = 0;
+    const { client, log } = makeClient(gw, {
+      getToken: async () => { calls++; return jwt({ sub, exp: Math.floor(Date.now() / 1000) + 3600 }, secret); },
+    });
+    const other = randomBytes(24).toString('hex');
+    try {
+      await client.connect();
+      assert.equal(calls, 1);
+      process.kill(gw.child.pid, 'SIGTERM');
+      await gw.exited;
+      secret = other;
+      gw = await startGateway({ WSGW_DRAIN_MS: '100', WSGW_JWT_SECRET: other }, gw.port);
+      await waitFor(() => log.welcomes.length >= 2 && client.state === 'open', 'the welcome with the new token', 15000);
+      assert.equal(calls, 2, 'one more token, after the refusal');
+      const codes = log.closes.map((c) => [c.code, c.willReconnect]);
+      assert.deepEqual(codes.filter(([c]) => c === 4001), [[4001, true]]);
+    } finally {
+      client.close();
+      // The gateways after this one sign with SECRET again.
+      await stopGateway(gw);
+      gw = await startGateway({ WSGW_DRAIN_MS: '100' }, gw.port);
+    }
+  });
+
+  test('a token just fetched and refused (4001) is final', T, async () => {
+    let calls = 0;
+    const { client, log } = makeClient(gw, {
+      getToken: async () => { calls++; return jwt({ sub: 'x', exp: 9999999999 }, 'wrong-secret'); },
+    });
+    await assert.rejects(client.connect(), (e) => e.code === 4001);
+    assert.equal(calls, 1);
+    assert.deepEqual(log.closes.map((c) => [c.code, c.willReconnect]), [[4001, false]]);
+    await holdsFor(() => client.state === 'closed' && calls === 1, 'stays closed', 300);
+  });
+});
+
 /** A socket whose messages stop reaching the client once `cut` is set (what a network drop
  * does to frames still in flight). */
 class CuttableWebSocket extends WebSocket {
