@@ -104,6 +104,30 @@ struct Overrides {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    tls: Tls,
+}
+
+/// TLS for `wss://` URLs.
+#[derive(Args, Default)]
+struct Tls {
+    /// For wss:// URLs: trust the CA certificates in this PEM file (instead of the system's roots).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<String>,
+    /// For wss:// URLs: accept any server certificate (self-signed test certificates only).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl Tls {
+    fn apply(&self, t: &mut loadtest::scenario::Target) {
+        if self.ca_file.is_some() {
+            t.ca_file.clone_from(&self.ca_file);
+        }
+        if self.insecure {
+            t.insecure = true;
+        }
+    }
 }
 
 #[derive(Args)]
@@ -132,6 +156,8 @@ struct Common {
     /// Write the merged summary as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    tls: Tls,
 }
 
 fn apply(sc: &mut Scenario, o: &Overrides) -> Result<()> {
@@ -156,6 +182,7 @@ fn apply(sc: &mut Scenario, o: &Overrides) -> Result<()> {
     if !o.server_pid.is_empty() {
         t.server_pids = o.server_pid.clone();
     }
+    o.tls.apply(t);
     if o.vus_per_worker.is_some() {
         t.vus_per_worker = o.vus_per_worker;
     }
@@ -318,4 +345,5 @@ fn fill(sc: &mut Scenario, c: &Common, api: Option<String>, key: Option<String>)
     sc.target.connect_concurrency = Some(c.concurrency);
     sc.target.api_url = api;
     sc.target.api_key = key;
+    c.tls.apply(&mut sc.target);
 }

@@ -64,6 +64,12 @@ pub struct Target {
     /// Worker processes; default: as many as needed for `vus_per_worker`, or 0 (in-process) when one is enough.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// For `wss://` URLs: a PEM file of the CA certificates to trust instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// For `wss://` URLs: accept any server certificate (self-signed test certificates only).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -23,6 +23,9 @@ pub struct ClientConfig {
     pub read_buffer_bytes: usize,
     pub local_addr: Option<IpAddr>,
     pub connect_timeout: Duration,
+    /// For `wss://`: the CA file to trust, and whether to accept any certificate.
+    pub ca_file: Option<String>,
+    pub insecure: bool,
 }
 
 impl ClientConfig {
@@ -42,6 +45,8 @@ impl ClientConfig {
         c.read_buffer_bytes = self.read_buffer_bytes;
         c.local_addr = self.local_addr;
         c.connect_timeout = self.connect_timeout;
+        c.ca_file = self.ca_file.map(Into::into);
+        c.insecure = self.insecure;
         c
     }
 }

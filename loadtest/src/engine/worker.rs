@@ -109,6 +109,8 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
             read_buffer_bytes: 4096,
             local_addr: sh.local_addr,
             connect_timeout: Duration::from_secs(15),
+            ca_file: sc.target.ca_file.clone(),
+            insecure: sc.target.insecure,
         };
         let r = Client::connect(cfg).await;
         drop(permit);
