@@ -137,9 +137,28 @@ async fn smoke_run_over_wss_with_insecure_and_refused_with_the_wrong_ca() {
     assert_eq!(f["missing"], 0, "{out}");
     assert!(f["published"].as_u64().unwrap_or(0) > 0, "{out}");
 
-    // The wrong CA: no socket connects, and the samples say why.
+    // The wrong CA (through the idle command): no socket connects, and the samples say why.
     let other = front.path("other-ca.pem").display().to_string();
-    let (code, s, out) = loadtest(&run(&["--ca-file", &other], "20"), &front.dir, "wrong-ca").await;
+    let idle: Vec<String> = [
+        "idle",
+        "--url",
+        &front.wss_url(),
+        "--secret",
+        SECRET,
+        "--connections",
+        "20",
+        "--hold-s",
+        "1",
+        "--ca-file",
+        &other,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let t0 = std::time::Instant::now();
+    let (code, s, out) = loadtest(&idle, &front.dir, "wrong-ca").await;
+    // The VUs that never connected stop with the run (they do not hold its end for 15 s).
+    assert!(t0.elapsed() < Duration::from_secs(14), "took {:?}", t0.elapsed());
     let f = &s["figures"];
     assert_ne!(code, 0, "{out}");
     assert_eq!(f["welcomes"], 0, "{out}");

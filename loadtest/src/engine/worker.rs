@@ -95,9 +95,11 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
     let mut attempt = 0u32;
     // Connect (retrying while wanted).
     let (mut client, _welcome) = loop {
+        // A VU still trying to connect when the run ends (`fin`) gives up then.
         let permit = tokio::select! {
             p = sh.sem.acquire() => p.expect("semaphore"),
             _ = stop.changed() => return,
+            _ = fin.changed() => return,
         };
         let t0 = Instant::now();
         let cfg = ClientConfig {
@@ -138,6 +140,7 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
                     _ = stop.changed() => return,
+                    _ = fin.changed() => return,
                 }
             }
         }
