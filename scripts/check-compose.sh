@@ -7,6 +7,7 @@
 #    WSGW_JWT_SECRET or WSGW_API_KEY (no `change-me` fallback).
 # 3. Asserts the structure of the resolved `docker-compose config` output with the system
 #    python3 and PyYAML (which Debian's docker-compose depends on).
+#    The same for docker-compose.sentinel.yml layered on it (primary, replica, 3 Sentinels).
 # 4. Checks deploy/grafana/dashboard.json: JSON, unique panel ids, no overlapping panels, the
 #    provisioned datasource, memory and CPU panels.
 # 5. Asserts that deploy/nginx/nginx.conf and nginx.conf.template keep /metrics off the
@@ -174,6 +175,61 @@ if failures:
     sys.exit(1)
 PYEOF
 say "ok: structure of the resolved compose file"
+
+# The Sentinel overlay: a primary, a replica, three Sentinels, and gateways that find the
+# primary through them.
+SENTINEL_YML=docker-compose.sentinel.yml
+docker-compose -f "$COMPOSE_YML" -f "$SENTINEL_YML" config -q ||
+    die "docker-compose config -q rejected $COMPOSE_YML + $SENTINEL_YML"
+say "ok: docker-compose -f $COMPOSE_YML -f $SENTINEL_YML config -q"
+docker-compose -f "$COMPOSE_YML" -f "$SENTINEL_YML" config >"$resolved" 2>/dev/null || die "sentinel config failed"
+"$PY" - "$resolved" <<'PYEOF'
+import sys
+
+import yaml
+
+with open(sys.argv[1]) as f:
+    services = yaml.safe_load(f).get("services") or {}
+failures = 0
+
+
+def check(ok, what):
+    global failures
+    print(f"check-compose: {'ok' if ok else 'FAIL'}: sentinel: {what}")
+    failures += not ok
+
+
+def cmd(svc):
+    c = svc.get("command") or []
+    return " ".join(c) if isinstance(c, list) else str(c)
+
+
+def env(svc):
+    e = svc.get("environment") or {}
+    if isinstance(e, list):
+        e = dict(item.split("=", 1) if "=" in item else (item, None) for item in e)
+    return e
+
+
+replica = services.get("redis-replica") or {}
+check("--replicaof redis 6379" in cmd(replica), "redis-replica replicates the redis service")
+check("--appendonly yes" in cmd(replica) and "--appendonly yes" in cmd(services["redis"]), "AOF on the primary and the replica")
+sentinels = [n for n in ("sentinel1", "sentinel2", "sentinel3") if n in services]
+check(len(sentinels) == 3, f"three Sentinels ({sentinels})")
+for n in sentinels:
+    c = cmd(services[n])
+    check("--sentinel" in c and "sentinel monitor wsgw redis 6379 2" in c, f"{n} runs redis-server --sentinel monitoring wsgw with quorum 2")
+    check("resolve-hostnames yes" in c, f"{n} resolves the service names it hands out")
+for n in ("gw1", "gw2", "gw3"):
+    e = env(services[n])
+    check(e.get("WSGW_REDIS_SENTINELS") == "sentinel1:26379,sentinel2:26379,sentinel3:26379", f"{n} finds Redis through the three Sentinels")
+    check(e.get("WSGW_REDIS_SENTINEL_MASTER") == "wsgw", f"{n} names the monitored master")
+    check(not e.get("WSGW_REDIS_URL"), f"{n} has no WSGW_REDIS_URL (blank)")
+    deps = services[n].get("depends_on") or {}
+    check(all(s in deps for s in sentinels), f"{n} waits for the Sentinels")
+sys.exit(1 if failures else 0)
+PYEOF
+say "ok: structure of the Sentinel overlay"
 
 # The Grafana dashboard the monitoring profile mounts: valid JSON, unique panel ids, no two
 # panels on the same grid cells, every query on the provisioned datasource, memory and CPU shown.

@@ -114,6 +114,7 @@ fn prepare_dev(config: &mut Config) -> DevInfo {
     }
     warn!("dev mode: random secrets, memory broker, permissive token; not for production");
     config.redis_url = None;
+    config.redis_sentinels.clear();
     config.jwt_secret.get_or_insert_with(|| random_hex(32).into());
     let api_key = config
         .api_key

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub dropped_frames: IntCounter,
     /// Events re-read from history after a Redis outage and delivered.
     pub repaired_events: IntCounter,
+    /// Times the Sentinels named another Redis primary and this node followed it.
+    pub redis_failovers: IntCounter,
     /// JWKS loads (start, refresh, unknown `kid`, file change) that failed.
     pub jwks_refresh_failures: IntCounter,
 }
@@ -180,6 +182,10 @@ impl Metrics {
             repaired_events: counter(
                 "wsgw_repaired_events_total",
                 "Events re-read from history after an outage",
+            ),
+            redis_failovers: counter(
+                "wsgw_redis_failovers_total",
+                "Redis primary changes (Sentinel failovers) this node followed",
             ),
             jwks_refresh_failures: counter(
                 "wsgw_jwks_refresh_failures_total",

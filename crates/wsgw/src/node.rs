@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::auth::{AuthConfig, AuthSetupError, Authenticator, read_public_key_file};
 use crate::broker::memory::HistoryLimits;
-use crate::broker::redis::RedisSettings;
+use crate::broker::redis::{RedisSettings, RedisTarget, SentinelSettings};
 use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
 use crate::config::{Config, ExposeSecret};
 use crate::hub::Hub;
@@ -132,14 +132,30 @@ impl Gateway {
             size: config.history_size,
             ttl_ms: config.history_ttl_ms,
         };
-        let (broker, memory): (Arc<dyn Broker>, Option<Arc<MemoryBroker>>) = match &config.redis_url {
+        let target = match (&config.redis_url, config.redis_sentinels.is_empty()) {
+            (Some(url), _) => Some(RedisTarget::Url(url.expose_secret().to_owned())),
+            (None, false) => Some(RedisTarget::Sentinel(SentinelSettings {
+                sentinels: config.redis_sentinels.clone(),
+                master: config.redis_sentinel_master.clone().unwrap_or_default(),
+                username: config.redis_username.clone(),
+                password: config.redis_password.as_ref().map(|p| p.expose_secret().to_owned()),
+                sentinel_username: config.redis_sentinel_username.clone(),
+                sentinel_password: config
+                    .redis_sentinel_password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+                tls: config.redis_tls,
+            })),
+            (None, true) => None,
+        };
+        let (broker, memory): (Arc<dyn Broker>, Option<Arc<MemoryBroker>>) = match target {
             None => {
                 let m = Arc::new(MemoryBroker::new(hub.clone(), limits, config.session_ttl_ms));
                 (m.clone(), Some(m))
             }
-            Some(url) => {
+            Some(target) => {
                 let settings = RedisSettings {
-                    url: url.expose_secret().to_owned(),
+                    target,
                     tls: crate::broker::redis::RedisTls {
                         ca_file: config.redis_ca_file.clone(),
                         client_cert_file: config.redis_client_cert_file.clone(),

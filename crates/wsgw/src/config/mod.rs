@@ -160,6 +160,26 @@ impl Config {
         if let Err(reason) = crate::origin::AllowedOrigins::new(&self.allowed_origins) {
             return Err(invalid("allowed_origins", reason));
         }
+        if !self.redis_sentinels.is_empty() {
+            if self.redis_url.is_some() {
+                return Err(invalid(
+                    "redis_sentinels",
+                    "set either redis_url or redis_sentinels, not both".to_owned(),
+                ));
+            }
+            if self.redis_sentinel_master.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "redis_sentinel_master",
+                    "must name the monitored master when redis_sentinels is set".to_owned(),
+                ));
+            }
+            for s in &self.redis_sentinels {
+                let port = s.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p));
+                if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                    return Err(invalid("redis_sentinels", format!("{s:?} is not host:port")));
+                }
+            }
+        }
         if self.runtime == RuntimeFlavor::CurrentThread && self.worker_threads > 0 {
             return Err(invalid(
                 "worker_threads",
@@ -524,6 +544,37 @@ mod tests {
             ..Config::default()
         };
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn sentinel_settings_are_checked_and_their_passwords_redacted() {
+        let both = env(&[
+            ("WSGW_REDIS_URL", "redis://r:6379"),
+            ("WSGW_REDIS_SENTINELS", "s1:26379"),
+            ("WSGW_REDIS_SENTINEL_MASTER", "m"),
+        ]);
+        let err = Config::load(&Cli::default(), &both).unwrap_err().to_string();
+        assert!(err.contains("either redis_url or redis_sentinels"), "{err}");
+        let no_master = env(&[("WSGW_REDIS_SENTINELS", "s1:26379")]);
+        let err = Config::load(&Cli::default(), &no_master).unwrap_err().to_string();
+        assert!(err.contains("redis_sentinel_master"), "{err}");
+        let bad = env(&[("WSGW_REDIS_SENTINELS", "s1"), ("WSGW_REDIS_SENTINEL_MASTER", "m")]);
+        let err = Config::load(&Cli::default(), &bad).unwrap_err().to_string();
+        assert!(err.contains("\"s1\" is not host:port"), "{err}");
+        let ok = env(&[
+            ("WSGW_REDIS_SENTINELS", " s1:26379, s2:26380 ,"),
+            ("WSGW_REDIS_SENTINEL_MASTER", "m"),
+            ("WSGW_REDIS_PASSWORD", "hunter2-primary"),
+            ("WSGW_REDIS_SENTINEL_PASSWORD", "hunter2-sentinel"),
+        ]);
+        let c = Config::load(&Cli::default(), &ok).unwrap();
+        assert_eq!(c.redis_sentinels, ["s1:26379", "s2:26380"]);
+        let out = c.to_redacted_toml();
+        assert!(
+            !out.contains("hunter2") && !format!("{c:?}").contains("hunter2"),
+            "{out}"
+        );
+        assert!(out.contains("redis_password = \"<redacted>\""), "{out}");
     }
 
     #[test]

@@ -135,6 +135,29 @@ settings! {
     redis_client_key_file: Option<PathBuf> = None, WSGW_REDIS_CLIENT_KEY_FILE => opt;
     /// Skip verifying the Redis server's certificate. For tests only: every start logs a WARN.
     redis_tls_insecure: bool = false, WSGW_REDIS_TLS_INSECURE => bool;
+    /// Sentinels that find the Redis primary (a list of `host:port` in TOML, comma-separated in
+    /// the env), instead of `redis_url`; needs `redis_sentinel_master`. On a failover the node
+    /// follows the new primary without closing sockets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    redis_sentinels: Vec<String> = Vec::new(), WSGW_REDIS_SENTINELS => list;
+    /// The master name the Sentinels monitor (`sentinel monitor <name> …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_sentinel_master: Option<String> = None, WSGW_REDIS_SENTINEL_MASTER => opt;
+    /// ACL user for the primary found through the Sentinels (`redis_url` carries its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_username: Option<String> = None, WSGW_REDIS_USERNAME => opt;
+    /// Password for the primary found through the Sentinels. Secret: redacted.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::format::serialize_secret")]
+    redis_password: Option<SecretString> = None, WSGW_REDIS_PASSWORD => opt;
+    /// ACL user for the Sentinels themselves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_sentinel_username: Option<String> = None, WSGW_REDIS_SENTINEL_USERNAME => opt;
+    /// Password for the Sentinels. Secret: redacted.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::format::serialize_secret")]
+    redis_sentinel_password: Option<SecretString> = None, WSGW_REDIS_SENTINEL_PASSWORD => opt;
+    /// Talk TLS to the Sentinels and to the primary they name (with the CA and client
+    /// certificate settings above).
+    redis_tls: bool = false, WSGW_REDIS_TLS => bool;
     /// How often the server pings each client, in milliseconds.
     heartbeat_interval_ms: u64 = 30_000, WSGW_HEARTBEAT_INTERVAL_MS => parse(MS);
     /// Silence after which a client is dropped, in milliseconds; must exceed the interval.

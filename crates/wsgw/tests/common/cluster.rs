@@ -18,12 +18,45 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Set for a persistent server: its data directory (AOF).
     dir: Option<PathBuf>,
+    /// Extra arguments (a replica's `--replicaof`), or a Sentinel's config file.
+    role: Role,
+}
+
+#[derive(Clone)]
+enum Role {
+    Plain(Vec<String>),
+    /// `redis-server <conf> --sentinel`; the config names the master to monitor.
+    Sentinel(PathBuf),
 }
 
 impl RedisServer {
     /// An in-memory server (`--save "" --appendonly no`).
     pub async fn start() -> RedisServer {
-        Self::launch(free_port(), None).await
+        Self::launch(free_port(), None, Role::Plain(Vec::new())).await
+    }
+
+    /// An in-memory replica of the server on `primary_port`.
+    pub async fn start_replica(primary_port: u16) -> RedisServer {
+        let args = vec!["--replicaof".into(), "127.0.0.1".into(), primary_port.to_string()];
+        Self::launch(free_port(), None, Role::Plain(args)).await
+    }
+
+    /// A Sentinel (quorum 2) monitoring the primary on `primary_port` as `master`, which
+    /// notices a dead primary after 1 s.
+    pub async fn start_sentinel(master: &str, primary_port: u16) -> RedisServer {
+        let port = free_port();
+        let conf = std::env::temp_dir().join(format!("wsgw-sentinel-{}-{port}.conf", std::process::id()));
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {master} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 10000\n\
+                 sentinel parallel-syncs {master} 1\n"
+            ),
+        )
+        .unwrap();
+        Self::launch(port, None, Role::Sentinel(conf)).await
     }
 
     /// A server that keeps its data in an AOF under a fresh directory, so it can be killed and
@@ -31,16 +64,16 @@ impl RedisServer {
     pub async fn start_persistent() -> RedisServer {
         let dir = std::env::temp_dir().join(format!("wsgw-redis-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
-        Self::launch(free_port(), Some(dir)).await
+        Self::launch(free_port(), Some(dir), Role::Plain(Vec::new())).await
     }
 
-    async fn launch(port: u16, dir: Option<PathBuf>) -> RedisServer {
+    async fn launch(port: u16, dir: Option<PathBuf>, role: Role) -> RedisServer {
         // A port picked free can be taken by someone else before redis-server binds it; then
         // redis-server exits and another process answers on that port. Check who answers, and
         // try another port (except on a restart, which must keep its port).
         let mut port = port;
         for _ in 0..5 {
-            let mut server = Self::spawn(port, dir.clone());
+            let mut server = Self::spawn(port, dir.clone(), role.clone());
             if server.wait_ready().await {
                 return server;
             }
@@ -50,8 +83,16 @@ impl RedisServer {
         panic!("could not start redis-server on a free port");
     }
 
-    fn spawn(port: u16, dir: Option<PathBuf>) -> RedisServer {
+    fn spawn(port: u16, dir: Option<PathBuf>, role: Role) -> RedisServer {
         let mut cmd = Command::new("redis-server");
+        match &role {
+            Role::Sentinel(conf) => {
+                cmd.arg(conf).arg("--sentinel");
+            }
+            Role::Plain(args) => {
+                cmd.args(args);
+            }
+        }
         cmd.arg("--port")
             .arg(port.to_string())
             .arg("--bind")
@@ -59,6 +100,7 @@ impl RedisServer {
             .arg("--save")
             .arg("");
         match &dir {
+            _ if matches!(role, Role::Sentinel(_)) => {}
             Some(d) => {
                 cmd.arg("--appendonly")
                     .arg("yes")
@@ -68,7 +110,13 @@ impl RedisServer {
                     .arg(d);
             }
             None => {
-                cmd.arg("--appendonly").arg("no");
+                // A replica's full sync still writes an RDB file: keep it out of the checkout.
+                cmd.arg("--appendonly")
+                    .arg("no")
+                    .arg("--dir")
+                    .arg(std::env::temp_dir())
+                    .arg("--dbfilename")
+                    .arg(format!("wsgw-test-{port}.rdb"));
             }
         }
         let child = cmd
@@ -80,6 +128,7 @@ impl RedisServer {
             port,
             child: Some(child),
             dir,
+            role,
         }
     }
 
@@ -133,7 +182,7 @@ impl RedisServer {
     /// Starts again on the same port (and data directory).
     pub async fn restart(&mut self) {
         self.kill();
-        let mut again = Self::launch(self.port, self.dir.take()).await;
+        let mut again = Self::launch(self.port, self.dir.take(), self.role.clone()).await;
         self.child = again.child.take();
         self.dir = again.dir.take();
     }
@@ -145,6 +194,10 @@ impl Drop for RedisServer {
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
+        if let Role::Sentinel(conf) = &self.role {
+            let _ = std::fs::remove_file(conf);
+        }
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("wsgw-test-{}.rdb", self.port)));
     }
 }
 
@@ -158,13 +211,21 @@ pub struct GatewayProc {
 impl GatewayProc {
     /// Starts the real binary against `redis` with test secrets and fast timers, plus `env`.
     pub async fn start(redis: &RedisServer, node_id: &str, env: &[(&str, &str)]) -> GatewayProc {
+        let url = redis.url();
+        let mut all = vec![("WSGW_REDIS_URL", url.as_str())];
+        all.extend_from_slice(env);
+        Self::start_env(node_id, &all).await
+    }
+
+    /// Starts the real binary with test secrets and fast timers, plus `env` (which says how
+    /// to reach Redis: `WSGW_REDIS_URL` or the Sentinel settings).
+    pub async fn start_env(node_id: &str, env: &[(&str, &str)]) -> GatewayProc {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgw"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("WSGW_LISTEN", format!("127.0.0.1:{port}"))
             .env("WSGW_NODE_ID", node_id)
-            .env("WSGW_REDIS_URL", redis.url())
             .env("WSGW_JWT_SECRET", SECRET)
             .env("WSGW_API_KEY", API_KEY)
             .env("WSGW_DRAIN_MS", "200")

@@ -32,6 +32,7 @@ use crate::time::now_ms;
 
 mod control;
 mod keys;
+mod link;
 mod presence;
 mod pubsub;
 mod repair;
@@ -40,6 +41,8 @@ mod resume;
 mod streams;
 
 use keys::Keys;
+use link::Link;
+pub use link::{RedisTarget, RedisTls, SentinelSettings};
 use presence::PresenceCmd;
 use pubsub::SubCmd;
 
@@ -51,76 +54,12 @@ const PATIENT: u32 = 10;
 /// The Redis Function library, loaded with `FUNCTION LOAD REPLACE` at start-up.
 pub const FUNCTIONS: &str = include_str!("wsgw.lua");
 
-/// TLS material for a `rediss://` URL.
-#[derive(Debug, Clone, Default)]
-pub struct RedisTls {
-    /// PEM file of the CA that signs the server's certificate (otherwise the system's roots).
-    pub ca_file: Option<std::path::PathBuf>,
-    /// PEM client certificate, for mutual TLS.
-    pub client_cert_file: Option<std::path::PathBuf>,
-    /// PEM key of the client certificate.
-    pub client_key_file: Option<std::path::PathBuf>,
-    /// Accept any server certificate (tests only; logged as a warning).
-    pub insecure: bool,
-}
-
-/// The Redis client for `url`: plain, or TLS with the given material. Error messages name the
-/// setting and never the URL (it may carry a password).
-fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, BrokerError> {
-    use redis::IntoConnectionInfo;
-    let bad_url =
-        |e: redis::RedisError| BrokerError::Internal(format!("WSGW_REDIS_URL is not a usable Redis URL: {e}"));
-    let is_tls = url.starts_with("rediss://");
-    if !is_tls {
-        if tls.ca_file.is_some() || tls.client_cert_file.is_some() || tls.insecure {
-            warn!("Redis TLS settings are set but WSGW_REDIS_URL is not rediss://: they are ignored");
-        }
-        return redis::Client::open(url).map_err(bad_url);
-    }
-    // rustls needs a process-wide crypto provider; ring is the one the gateway builds with.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let info = if tls.insecure && !url.contains('#') {
-        warn!(
-            "WSGW_REDIS_TLS_INSECURE is set: the Redis server's certificate is not verified (insecure; for tests only)"
-        );
-        format!("{url}#insecure").into_connection_info()
-    } else {
-        url.into_connection_info()
-    }
-    .map_err(bad_url)?;
-    let read = |path: &std::path::Path, var: &str| {
-        std::fs::read(path).map_err(|e| BrokerError::Internal(format!("{var} {}: {e}", path.display())))
-    };
-    let root_cert = tls
-        .ca_file
-        .as_deref()
-        .map(|p| read(p, "WSGW_REDIS_CA_FILE"))
-        .transpose()?;
-    let client_tls = match (&tls.client_cert_file, &tls.client_key_file) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-            client_cert: read(cert, "WSGW_REDIS_CLIENT_CERT_FILE")?,
-            client_key: read(key, "WSGW_REDIS_CLIENT_KEY_FILE")?,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(BrokerError::Internal(
-                "WSGW_REDIS_CLIENT_CERT_FILE and WSGW_REDIS_CLIENT_KEY_FILE must be set together".into(),
-            ));
-        }
-    };
-    if root_cert.is_none() && client_tls.is_none() {
-        return redis::Client::open(info).map_err(bad_url);
-    }
-    redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
-        .map_err(|e| BrokerError::Internal(format!("Redis TLS certificates: {e}")))
-}
-
 /// How a node talks to Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://…` or `rediss://…` URL (user and password included, if any).
-    pub url: String,
-    /// TLS material for a `rediss://` URL.
+    /// Where the primary is: a URL, or Sentinels that name it.
+    pub target: RedisTarget,
+    /// TLS material for `rediss://` (or Sentinels with TLS).
     pub tls: RedisTls,
     /// Key and channel prefix (`ws:`).
     pub prefix: String,
@@ -143,13 +82,17 @@ pub struct RedisSettings {
 struct Inner {
     s: RedisSettings,
     keys: Keys,
-    client: redis::Client,
-    pool: Pool,
+    /// The primary's client and pool; `None` until it is found, replaced on a failover.
+    link: parking_lot::RwLock<Option<Arc<Link>>>,
+    /// The primary's `host:port` as the Sentinels last named it (a change is a failover).
+    primary_addr: Mutex<Option<String>>,
     hub: Arc<Hub>,
     metrics: Metrics,
     sub_tx: mpsc::UnboundedSender<SubCmd>,
     presence_tx: mpsc::UnboundedSender<PresenceCmd>,
     ready: AtomicBool,
+    /// The primary moved and the next repair has not yet fenced it (see `repair`).
+    failover_pending: AtomicBool,
     /// Highest durable id received from pub/sub: a gap after an outage starts right after it.
     watermark: Mutex<Option<EventId>>,
     /// `sync` calls waiting for their marker to come back on the pub/sub connection.
@@ -182,18 +125,7 @@ impl RedisBroker {
         metrics: Metrics,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, BrokerError> {
-        let client = redis_client(&s.url, &s.tls)?;
-        // The pool dials with the same connection info, TLS material included.
-        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
-            .map_err(|e| BrokerError::Internal(format!("WSGW_REDIS_URL: {e}")))?;
-        let pool = Pool::builder(manager)
-            .max_size(64)
-            .wait_timeout(Some(s.op_timeout * PATIENT))
-            .create_timeout(Some(s.op_timeout))
-            .recycle_timeout(Some(s.op_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        link::warn_settings(&s.target, &s.tls);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -201,13 +133,14 @@ impl RedisBroker {
                 prefix: s.prefix.clone(),
             },
             s,
-            client,
-            pool,
+            link: parking_lot::RwLock::new(None),
+            primary_addr: Mutex::new(None),
             hub,
             metrics,
             sub_tx,
             presence_tx,
             ready: AtomicBool::new(false),
+            failover_pending: AtomicBool::new(false),
             watermark: Mutex::new(None),
             syncs: Mutex::new(HashMap::new()),
             next_sync: AtomicU64::new(0),
@@ -215,7 +148,11 @@ impl RedisBroker {
         });
         let mut attempt = 0u32;
         loop {
-            match inner.prepare().await {
+            let found = match inner.relink().await {
+                Ok(_) => inner.prepare().await,
+                Err(e) => Err(e),
+            };
+            match found {
                 Ok(()) => break,
                 Err(e) if attempt < 20 => {
                     attempt += 1;
@@ -226,6 +163,7 @@ impl RedisBroker {
             }
         }
         tokio::spawn(inner.clone().subscriber(sub_rx, shutdown.clone()));
+        tokio::spawn(inner.clone().watch_sentinels(shutdown.clone()));
         tokio::spawn(inner.clone().presence_worker(presence_rx, shutdown));
         // Serve only once the pub/sub connection is live: a node is never green but deaf.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -241,7 +179,8 @@ impl RedisBroker {
 
 impl Inner {
     async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
-        self.pool.get().await.map_err(unavailable)
+        let pool = self.link()?.pool.clone();
+        pool.get().await.map_err(unavailable)
     }
 
     /// Loads the Functions and records the epoch and the history defaults.

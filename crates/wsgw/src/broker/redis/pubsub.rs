@@ -9,6 +9,8 @@ use super::*;
 pub(super) enum SubCmd {
     Listen(Vec<Arc<str>>, oneshot::Sender<Result<(), BrokerError>>),
     Unlisten(Vec<Arc<str>>),
+    /// The primary moved (`+switch-master`): reconnect now, through the Sentinels.
+    Reconnect,
 }
 
 impl Inner {
@@ -72,6 +74,7 @@ impl Inner {
                         None => return,
                         Some(SubCmd::Listen(_, tx)) => { let _ = tx.send(Err(unavailable("redis pub/sub is reconnecting"))); }
                         Some(SubCmd::Unlisten(_)) => {}
+                        Some(SubCmd::Reconnect) => break,
                     },
                 }
             }
@@ -86,12 +89,16 @@ impl Inner {
         first: bool,
     ) -> Result<bool, BrokerError> {
         if !first {
-            // A Redis that restarted without persistence lost the Functions, the epoch and the
-            // history defaults: put them back before anyone publishes.
+            // With Sentinels the primary may have moved: follow it first.
+            self.relink().await?;
+            // A Redis that restarted without persistence (or a new primary) may lack the
+            // Functions, the epoch and the history defaults: put them back before anyone
+            // publishes.
             self.prepare().await?;
         }
+        let client = self.link()?.client.clone();
         let pubsub = timed(self.s.op_timeout, async {
-            self.client.get_async_pubsub().await.map_err(unavailable)
+            client.get_async_pubsub().await.map_err(unavailable)
         })
         .await?;
         let (mut sink, mut stream) = pubsub.split();
@@ -187,11 +194,17 @@ impl Inner {
                             return Err(unavailable("subscribe failed"));
                         }
                         listening.extend(all);
-                        if let Some(SubCmd::Unlisten(channels)) = deferred {
-                            self.unlisten_now(&mut sink, channels, &mut listening).await?;
+                        match deferred {
+                            Some(SubCmd::Unlisten(channels)) => self.unlisten_now(&mut sink, channels, &mut listening).await?,
+                            Some(SubCmd::Reconnect) => return Ok(false),
+                            _ => {}
                         }
                     }
                     Some(SubCmd::Unlisten(channels)) => self.unlisten_now(&mut sink, channels, &mut listening).await?,
+                    Some(SubCmd::Reconnect) => {
+                        warn!("redis primary moved: reconnecting pub/sub");
+                        return Ok(false);
+                    }
                 },
                 _ = canary_tick.tick() => {
                     if last_canary.elapsed() > canary_every * 3 + self.s.op_timeout {

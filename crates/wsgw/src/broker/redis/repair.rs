@@ -2,6 +2,7 @@
 //! what the node missed, up to a snapshot, and tells sockets where it cannot prove that
 //! nothing is missing (`gap`).
 
+use super::streams::classify;
 use super::*;
 
 impl Inner {
@@ -11,7 +12,17 @@ impl Inner {
     /// have. The read stops at a snapshot `S` taken after resubscribing, so what comes live
     /// next is above it. Channels whose history cannot prove it holds every missed event get a
     /// `gap` frame on their sockets first.
+    ///
+    /// After a failover (the Sentinels named another primary) nothing can prove that the new
+    /// primary holds every event the old one acknowledged: asynchronous replication may have
+    /// lost the last ones. So every socket first gets a `gap` for everything it follows, and
+    /// the epoch is raised past every id issued before, so a later replay from such an id
+    /// says `recovered:false` instead of silently skipping what was lost.
     pub(super) async fn repair(&self) -> Result<(), BrokerError> {
+        if self.failover_pending.load(Ordering::Acquire) {
+            self.fence_failover().await?;
+            self.failover_pending.store(false, Ordering::Release);
+        }
         let Some(after) = *self.watermark.lock() else {
             return Ok(());
         };
@@ -78,6 +89,40 @@ impl Inner {
         // Everything up to the snapshot is now delivered or reported; a Redis that lost its
         // data issues ids from a lower point, and the next repair starts there.
         *self.watermark.lock() = Some(s);
+        Ok(())
+    }
+
+    /// Raises the epoch (ms) past the newest id this node saw and the new primary's clock, and
+    /// tells every local socket that what it follows may have a gap.
+    async fn fence_failover(&self) -> Result<(), BrokerError> {
+        const RAISE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
+            local n = tonumber(ARGV[1]) \
+            local t = redis.call('TIME') \
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+            if now > n then n = now end \
+            if n > c then redis.call('SET', KEYS[1], n) else n = c end \
+            return n";
+        let seen_ms = self.watermark.lock().map_or(0, |w| w.ms.saturating_add(1));
+        let epoch: u64 = timed(self.s.op_timeout * PATIENT, async {
+            let mut c = self.conn().await?;
+            redis::cmd("EVAL")
+                .arg(RAISE)
+                .arg(1)
+                .arg(self.keys.epoch())
+                .arg(seen_ms)
+                .query_async(&mut c)
+                .await
+                .map_err(classify)
+        })
+        .await?;
+        let interests = self.hub.interests();
+        let told = self.hub.send_gap(&interests);
+        warn!(
+            epoch,
+            sockets = told,
+            "redis failover: every socket told of a possible gap; replays from before it say recovered:false"
+        );
+        self.metrics.redis_failovers.inc();
         Ok(())
     }
 
