@@ -757,7 +757,7 @@ export class WsgwClient {
         this.#subs.get(channel).set(sub, hook);
         const kind = this.#topics.has(channel) ? 'same' : 'new';
         this.#topics.set(channel, opts);
-        return this.#call(this.#subscribeFrame(channel, opts), { kind, errorTo }).then((f) => {
+        return this.#call(this.#subscribeFrame(channel, opts), { kind }).then((f) => {
           emit('subscribed', f);
           return f;
         }, (err) => {
@@ -765,6 +765,8 @@ export class WsgwClient {
             if (this.#topics.get(channel) === opts) this.#topics.delete(channel);
             this.#dropSub(channel, sub);
           }
+          // The gateway's refusal, told once the subscription has ended (`active` is false).
+          if (err.frame?.type === 'error') emit('error', err);
           throw err;
         });
       },
