@@ -1199,15 +1199,17 @@ export class WsgwClient {
       if (restored.has(channel) || queued.has(channel)) continue;
       const from = this.#cursor.resubscribeFrom(channel);
       const o = from ? { lastEventId: from } : opts;
-      const errorTo = (err) => { for (const h of this.#subsFor(channel, true)) h.emit('error', err); };
-      this.#call(this.#subscribeFrame(channel, o), { kind: 'again', errorTo }).then((sf) => {
+      this.#call(this.#subscribeFrame(channel, o), { kind: 'again' }).then((sf) => {
         for (const h of this.#subsFor(channel, true)) h.emit('subscribed', sf);
       }, (err) => {
         if (err.code === 'disconnected' || err.code === 'closed') return;
+        const told = this.#subsFor(channel, true);
         if (this.#topics.get(channel) === opts) {
           this.#topics.delete(channel);
           for (const sub of [...this.#subs.get(channel)?.keys() ?? []]) this.#dropSub(channel, sub);
         }
+        // Told once the subscriptions have ended, as for a first subscribe refused.
+        if (err.frame?.type === 'error') for (const h of told) h.emit('error', err);
         this.#emit('error', err);
       });
     }

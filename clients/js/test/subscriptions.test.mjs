@@ -197,3 +197,44 @@ test('join, leave and presence() reach the subscriptions of their channel (stand
     await new Promise((r) => wss.close(r));
   }
 });
+
+test('a subscribe again refused after a reconnect ends the subscription and reaches its error handler', T, async () => {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  let n = 0;
+  wss.on('connection', (sock) => {
+    const k = ++n;
+    const send = (f) => sock.send(JSON.stringify(f));
+    send({
+      type: 'welcome', connection_id: String(k).repeat(32), user_id: 'u', node: 'stand-in', resumed: false,
+      recovered: true, replayed: 0, heartbeat: { interval_ms: 30000, timeout_ms: 60000 }, session_ttl_ms: 120000,
+    });
+    sock.on('message', (raw) => {
+      const f = JSON.parse(raw);
+      if (f.type !== 'subscribe') return;
+      if (k === 1) {
+        send({ type: 'subscribed', channel: f.channel, request_id: f.request_id, recovered: true, replayed: 0 });
+        sock.terminate();
+      } else {
+        send({ type: 'error', code: 'forbidden', message: 'no longer allowed', request_id: f.request_id });
+      }
+    });
+  });
+  const { client, log } = makeClient({ ws: `ws://127.0.0.1:${wss.address().port}/ws` }, { token: 't' });
+  try {
+    await client.connect();
+    const sub = client.subscribe('chat:1');
+    const got = record(sub);
+    const activeWhenTold = [];
+    sub.on('error', () => activeWhenTold.push(sub.active));
+    await sub;
+    await waitFor(() => got.error.length === 1, 'the refusal after the reconnect');
+    assert.deepEqual(got.error.map((e) => e.code), ['forbidden']);
+    assert.deepEqual(activeWhenTold, [false], 'the subscription has ended when its handler is told');
+    assert.equal(got.subscribed.length, 1);
+    assert.ok(log.errors.some((e) => e.code === 'forbidden'), 'the client-level error event as before');
+  } finally {
+    client.close();
+    await new Promise((r) => wss.close(r));
+  }
+});

@@ -85,7 +85,9 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in [1000, 1001, 1008, 1009, 1011, 1012, 1013, 4000, 4001, 4003, 4004, 4008, 4010] {
+        for c in [
+            1000, 1001, 1008, 1009, 1011, 1012, 1013, 4000, 4001, 4003, 4004, 4008, 4010,
+        ] {
             assert_eq!(CloseCode::from_code(c).unwrap().code(), c);
         }
         assert_eq!(CloseCode::from_code(4999), None);
