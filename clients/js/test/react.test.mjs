@@ -1,9 +1,11 @@
 // The React hook, imported through the package's `exports` (wsgw-client/react), rendering a
-// component with react-test-renderer against a real gateway.
+// component with react-test-renderer against a real gateway; its presence members against a
+// stand-in server sending the gateway's presence frames.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import React from 'react';
 import TestRenderer from 'react-test-renderer';
+import { WebSocketServer } from 'ws';
 import { useChannel } from 'wsgw-client/react';
 import { T, makeClient, newUser, publishApi, startGateway, stopGateway, tokenFor, waitFor } from './support.mjs';
 
@@ -70,5 +72,50 @@ test('useChannel shows a refused subscribe', T, async () => {
     await act(async () => { r.unmount(); });
   } finally {
     client.close();
+  }
+});
+
+test('useChannel with presence renders the members: the presence list, then join and leave (stand-in server)', T, async () => {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  let push;
+  wss.on('connection', (sock) => {
+    const send = (f) => sock.send(JSON.stringify(f));
+    push = send;
+    send({
+      type: 'welcome', connection_id: '0'.repeat(32), user_id: 'u', node: 'stand-in', resumed: false,
+      recovered: true, replayed: 0, heartbeat: { interval_ms: 30000, timeout_ms: 60000 }, session_ttl_ms: 120000,
+    });
+    sock.on('message', (raw) => {
+      const f = JSON.parse(raw);
+      if (f.type === 'subscribe') {
+        send({ type: 'subscribed', channel: f.channel, request_id: f.request_id, recovered: true, replayed: 0 });
+      } else if (f.type === 'presence') {
+        send({ type: 'presence', channel: f.channel, request_id: f.request_id, clients: [
+          { user_id: 'u', connection_id: '0'.repeat(32), node: 'gw-1' },
+          { user_id: 'bob', connection_id: 'b1', node: 'gw-2' },
+        ] });
+      }
+    });
+  });
+  function Who({ client }) {
+    const { members } = useChannel(client, 'chat:1', { presence: true });
+    return h('ul', null, members.map((m) => h('li', { key: m.connection_id }, m.user_id)));
+  }
+  const { client } = makeClient({ ws: `ws://127.0.0.1:${wss.address().port}/ws` }, { token: 't' });
+  let r;
+  try {
+    await client.connect();
+    await act(async () => { r = create(h(Who, { client })); });
+    await waitFor(() => lines(r).length === 2, 'the presence list rendered');
+    assert.deepEqual(lines(r), ['u', 'bob']);
+    push({ type: 'join', channel: 'chat:1', user_id: 'carol', connection_id: 'c1' });
+    push({ type: 'join', channel: 'chat:2', user_id: 'dave', connection_id: 'd1' });
+    push({ type: 'leave', channel: 'chat:1', user_id: 'bob', connection_id: 'b1' });
+    await waitFor(() => lines(r).join() === 'u,carol', 'join and leave rendered');
+    await act(async () => { r.unmount(); });
+  } finally {
+    client.close();
+    await new Promise((res) => wss.close(res));
   }
 });
