@@ -40,6 +40,99 @@ export class WsgwError extends Error {
     readonly data: Json | undefined;
 }
 /**
+ * One `subscribe()` of a channel or pattern, with its own handlers: `event`, `join`, `leave`,
+ * `error`, `subscribed`, `unsubscribed`, `gap` (see {@link SubscriptionEvents}). `T` types the
+ * events' `data`.
+ *
+ * It is also a promise of the `subscribed` frame (`await client.subscribe(…)` works as before),
+ * rejected when the gateway refuses the subscribe; the refusal goes to `error` handlers too.
+ * Made by `WsgwClient.subscribe`, not by hand.
+ * @template [T=Json]
+ * @implements {PromiseLike<SubscribedFrame>}
+ */
+export class Subscription<T = Json> implements PromiseLike<SubscribedFrame> {
+    /**
+     * @param {string} channel
+     * @param {SubscriptionLink} link what the client lends the subscription (internal)
+     */
+    constructor(channel: string, link: SubscriptionLink);
+    /**
+     * The channel or pattern.
+     * @readonly
+     * @type {string}
+     */
+    readonly channel: string;
+    /** Whether events still come: false after `unsubscribe()`, `client.unsubscribe(channel)`, or a
+     * refusal or removal by the gateway.
+     * @returns {boolean} */
+    get active(): boolean;
+    /**
+     * The `subscribed` frame (as a promise).
+     * @template [R1=SubscribedFrame]
+     * @template [R2=never]
+     * @param {((value: SubscribedFrame) => R1 | PromiseLike<R1>) | null} [onFulfilled]
+     * @param {((reason: any) => R2 | PromiseLike<R2>) | null} [onRejected]
+     * @returns {Promise<R1 | R2>}
+     */
+    then<R1 = SubscribedFrame, R2 = never>(onFulfilled?: ((value: SubscribedFrame) => R1 | PromiseLike<R1>) | null, onRejected?: ((reason: any) => R2 | PromiseLike<R2>) | null): Promise<R1 | R2>;
+    /**
+     * @template [R=never]
+     * @param {((reason: any) => R | PromiseLike<R>) | null} [onRejected]
+     * @returns {Promise<SubscribedFrame | R>}
+     */
+    catch<R = never>(onRejected?: ((reason: any) => R | PromiseLike<R>) | null): Promise<SubscribedFrame | R>;
+    /**
+     * @param {(() => void) | null} [onFinally]
+     * @returns {Promise<SubscribedFrame>}
+     */
+    finally(onFinally?: (() => void) | null): Promise<SubscribedFrame>;
+    /**
+     * Adds a handler.
+     * @template {keyof SubscriptionEvents<T>} K
+     * @param {K} name `event`, `join`, `leave`, `error`, `subscribed`, `unsubscribed` or `gap`
+     * @param {(value: SubscriptionEvents<T>[K]) => void} handler
+     * @returns {() => void} a function that removes the handler
+     */
+    on<K extends keyof SubscriptionEvents<T>>(name: K, handler: (value: SubscriptionEvents<T>[K]) => void): () => void;
+    /**
+     * Removes a handler added with `on`.
+     * @template {keyof SubscriptionEvents<T>} K
+     * @param {K} name
+     * @param {(value: SubscriptionEvents<T>[K]) => void} handler
+     * @returns {void}
+     */
+    off<K extends keyof SubscriptionEvents<T>>(name: K, handler: (value: SubscriptionEvents<T>[K]) => void): void;
+    /**
+     * Who is subscribed to the channel, cluster-wide (channels whose presence the gateway tracks).
+     * @returns {Promise<PresenceFrame>} the `presence` frame; rejects with a WsgwError (`.code`
+     *   'forbidden', 'bad_request', 'timeout', 'disconnected', …), also given to `error` handlers
+     */
+    presence(): Promise<PresenceFrame>;
+    /**
+     * Reads the channel's history (see `WsgwClient.history`).
+     * @param {HistoryOptions} [opts]
+     * @returns {Promise<HistoryFrame<T>>} rejects with a WsgwError, also given to `error` handlers
+     */
+    history(opts?: HistoryOptions): Promise<HistoryFrame<T>>;
+    /**
+     * Stops this subscription's handlers. The channel is left (an `unsubscribe` frame) when no
+     * other active subscription of the client follows it.
+     * @returns {Promise<UnsubscribedFrame | null>} the `unsubscribed` frame, or null when nothing
+     *   was sent (other subscriptions remain, or it was not active)
+     */
+    unsubscribe(): Promise<UnsubscribedFrame | null>;
+    #private;
+}
+/**
+ * What a client lends a Subscription (internal).
+ * @typedef {object} SubscriptionLink
+ * @property {(sub: Subscription<any>, emit: (name: string, value: any) => void, end: () => void)
+ *   => Promise<SubscribedFrame>} attach registers it; the subscribe's answer
+ * @property {() => Promise<PresenceFrame>} presence
+ * @property {(opts: HistoryOptions) => Promise<HistoryFrame<any>>} history
+ * @property {() => Promise<UnsubscribedFrame | null>} release
+ */
+/**
  * A reconnecting client for the wsgw gateway.
  *
  * Events (`on(name, handler)`):
@@ -84,19 +177,32 @@ export class WsgwClient {
     close(): void;
     /**
      * Subscribes to a topic or pattern. The subscription is kept across reconnects.
+     *
+     * Returns a {@link Subscription} with its own handlers (`event`, `join`, `leave`, `error`, …)
+     * and `presence()`, `history()`, `unsubscribe()`; it is also a promise of the `subscribed` frame,
+     * so `await client.subscribe(channel)` gives that frame as before.
+     * @template [T=Json]
      * @param {string} channel
      * @param {SubscribeOptions} [opts] catch up first: the last N events, or the events after an id
      *   (`lastEventId` wins when both are given)
-     * @returns {Promise<SubscribedFrame>} the `subscribed` frame; rejects with a WsgwError (`.code`)
+     * @returns {Subscription<T>} awaited: the `subscribed` frame; rejects with a WsgwError (`.code`)
      *   on refusal
      */
-    subscribe(channel: string, opts?: SubscribeOptions): Promise<SubscribedFrame>;
+    subscribe<T = Json>(channel: string, opts?: SubscribeOptions): Subscription<T>;
     /**
-     * Leaves a topic or pattern.
+     * Leaves a topic or pattern (at once for all of its Subscription objects).
      * @param {string} channel
      * @returns {Promise<UnsubscribedFrame>} the `unsubscribed` frame
      */
     unsubscribe(channel: string): Promise<UnsubscribedFrame>;
+    /**
+     * Who is subscribed to a channel, cluster-wide (channels whose presence the gateway tracks;
+     * the same permission as subscribe).
+     * @param {string} channel
+     * @returns {Promise<PresenceFrame>} the `presence` frame; rejects with a WsgwError (`.code`:
+     *   'forbidden', 'bad_request', 'timeout', 'disconnected', …)
+     */
+    presence(channel: string): Promise<PresenceFrame>;
     /**
      * Publishes a durable event (the token's `publish` claim must allow the channel).
      * @param {string} channel
@@ -398,6 +504,74 @@ export type HistoryFrame<T = Json> = {
      */
     recovered: boolean;
 };
+/**
+ * A socket in a presence list.
+ */
+export type PresenceClient = {
+    user_id: string;
+    connection_id: string;
+    /**
+     * The gateway node holding the socket.
+     */
+    node: string;
+};
+/**
+ * The answer to `presence()`: who is subscribed to a channel, cluster-wide.
+ */
+export type PresenceFrame = {
+    type: "presence";
+    channel: string;
+    request_id: Json;
+    clients: PresenceClient[];
+};
+/**
+ * A socket subscribed to (`join`) or left (`leave`: unsubscribed, disconnected, or its node died)
+ * a channel whose presence the gateway tracks. Ephemeral: never in history, never replayed.
+ */
+export type PresenceChangeFrame = {
+    type: "join" | "leave";
+    channel: string;
+    user_id: string;
+    connection_id: string;
+};
+/**
+ * A subscription's events and what their handlers receive.
+ */
+export type SubscriptionEvents<T = Json> = {
+    /**
+     * An event of the channel (or of a channel the pattern matches).
+     */
+    event: EventFrame<T>;
+    /**
+     * A socket subscribed to the channel.
+     */
+    join: PresenceChangeFrame;
+    /**
+     * A socket left the channel.
+     */
+    leave: PresenceChangeFrame;
+    /**
+     * The gateway refused something about this subscription: the
+     * subscribe (also a subscribe again after a reconnect), or a `history()`/`presence()` call (which
+     * also rejects). `.code` is the gateway's code (`forbidden`, `bad_request`, …), `.frame` the
+     * error frame.
+     */
+    error: WsgwError;
+    /**
+     * The gateway confirmed the subscription (again after a
+     * reconnect that did not restore it).
+     */
+    subscribed: SubscribedFrame;
+    /**
+     * The gateway removed the subscription by itself
+     * (e.g. after `refresh`); no more events come.
+     */
+    unsubscribed: UnsubscribedFrame;
+    /**
+     * Events of this channel may have been missed; reload its state.
+     */
+    gap: GapFrame;
+};
 export type CloseInfo = {
     code: number;
     reason: string;
@@ -460,4 +634,16 @@ export type WsgwClientEvents = {
      * Events of these channels may have been missed; the socket stays open.
      */
     gap: GapFrame;
+};
+/**
+ * What a client lends a Subscription (internal).
+ */
+export type SubscriptionLink = {
+    /**
+     * registers it; the subscribe's answer
+     */
+    attach: (sub: Subscription<any>, emit: (name: string, value: any) => void, end: () => void) => Promise<SubscribedFrame>;
+    presence: () => Promise<PresenceFrame>;
+    history: (opts: HistoryOptions) => Promise<HistoryFrame<any>>;
+    release: () => Promise<UnsubscribedFrame | null>;
 };

@@ -182,6 +182,51 @@
  */
 
 /**
+ * A socket in a presence list.
+ * @typedef {object} PresenceClient
+ * @property {string} user_id
+ * @property {string} connection_id
+ * @property {string} node The gateway node holding the socket.
+ */
+
+/**
+ * The answer to `presence()`: who is subscribed to a channel, cluster-wide.
+ * @typedef {object} PresenceFrame
+ * @property {'presence'} type
+ * @property {string} channel
+ * @property {Json} request_id
+ * @property {PresenceClient[]} clients
+ */
+
+/**
+ * A socket subscribed to (`join`) or left (`leave`: unsubscribed, disconnected, or its node died)
+ * a channel whose presence the gateway tracks. Ephemeral: never in history, never replayed.
+ * @typedef {object} PresenceChangeFrame
+ * @property {'join' | 'leave'} type
+ * @property {string} channel
+ * @property {string} user_id
+ * @property {string} connection_id
+ */
+
+/**
+ * A subscription's events and what their handlers receive.
+ * @template [T=Json]
+ * @typedef {object} SubscriptionEvents
+ * @property {EventFrame<T>} event An event of the channel (or of a channel the pattern matches).
+ * @property {PresenceChangeFrame} join A socket subscribed to the channel.
+ * @property {PresenceChangeFrame} leave A socket left the channel.
+ * @property {WsgwError} error The gateway refused something about this subscription: the
+ *   subscribe (also a subscribe again after a reconnect), or a `history()`/`presence()` call (which
+ *   also rejects). `.code` is the gateway's code (`forbidden`, `bad_request`, …), `.frame` the
+ *   error frame.
+ * @property {SubscribedFrame} subscribed The gateway confirmed the subscription (again after a
+ *   reconnect that did not restore it).
+ * @property {UnsubscribedFrame} unsubscribed The gateway removed the subscription by itself
+ *   (e.g. after `refresh`); no more events come.
+ * @property {GapFrame} gap Events of this channel may have been missed; reload its state.
+ */
+
+/**
  * @typedef {object} CloseInfo
  * @property {number} code
  * @property {string} reason
@@ -227,8 +272,11 @@
 
 /** Close codes after which the client never reconnects by itself. */
 const FINAL = new Set([1000, 4001, 4004]);
-/** Close codes meaning "server going away": reconnect at once, with jitter. */
-const AT_ONCE = new Set([1001, 1012]);
+/** Close codes after which the client reconnects at once, with jitter: "server going away", and
+ * "taken over" (4010, a newer socket resumed this connection id: this client starts afresh). */
+const AT_ONCE = new Set([1001, 1012, 4010]);
+/** Close code for a socket whose connection id a newer socket resumed (docs/protocol.md). */
+const REPLACED = 4010;
 /** Names of the client's own events; any other `on()` name is a channel. */
 const BUILTIN = new Set(['state', 'welcome', 'error', 'close', 'unsubscribed', 'gap']);
 /** The subprotocol offered with the token item (docs/protocol.md, "The token"). */
@@ -438,6 +486,144 @@ function globMatch(pattern, name) {
 }
 
 /**
+ * One `subscribe()` of a channel or pattern, with its own handlers: `event`, `join`, `leave`,
+ * `error`, `subscribed`, `unsubscribed`, `gap` (see {@link SubscriptionEvents}). `T` types the
+ * events' `data`.
+ *
+ * It is also a promise of the `subscribed` frame (`await client.subscribe(…)` works as before),
+ * rejected when the gateway refuses the subscribe; the refusal goes to `error` handlers too.
+ * Made by `WsgwClient.subscribe`, not by hand.
+ * @template [T=Json]
+ * @implements {PromiseLike<SubscribedFrame>}
+ */
+export class Subscription {
+  /** @type {Promise<SubscribedFrame>} */
+  #ready;
+  /** @type {SubscriptionLink} */
+  #link;
+  /** @type {Map<string, Set<(value: any) => void>>} */
+  #listeners = new Map();
+  #active = true;
+
+  /**
+   * @param {string} channel
+   * @param {SubscriptionLink} link what the client lends the subscription (internal)
+   */
+  constructor(channel, link) {
+    /**
+     * The channel or pattern.
+     * @readonly
+     * @type {string}
+     */
+    this.channel = channel;
+    this.#link = link;
+    this.#ready = link.attach(this, (name, value) => this.#emit(name, value), () => { this.#active = false; });
+    // A refusal nobody awaits is reported to `error` handlers, not as an unhandled rejection.
+    this.#ready.catch(() => {});
+  }
+
+  /** Whether events still come: false after `unsubscribe()`, `client.unsubscribe(channel)`, or a
+   * refusal or removal by the gateway.
+   * @returns {boolean} */
+  get active() { return this.#active; }
+
+  /**
+   * The `subscribed` frame (as a promise).
+   * @template [R1=SubscribedFrame]
+   * @template [R2=never]
+   * @param {((value: SubscribedFrame) => R1 | PromiseLike<R1>) | null} [onFulfilled]
+   * @param {((reason: any) => R2 | PromiseLike<R2>) | null} [onRejected]
+   * @returns {Promise<R1 | R2>}
+   */
+  then(onFulfilled, onRejected) { return this.#ready.then(onFulfilled, onRejected); }
+
+  /**
+   * @template [R=never]
+   * @param {((reason: any) => R | PromiseLike<R>) | null} [onRejected]
+   * @returns {Promise<SubscribedFrame | R>}
+   */
+  catch(onRejected) { return this.#ready.catch(onRejected); }
+
+  /**
+   * @param {(() => void) | null} [onFinally]
+   * @returns {Promise<SubscribedFrame>}
+   */
+  finally(onFinally) { return this.#ready.finally(onFinally); }
+
+  /**
+   * Adds a handler.
+   * @template {keyof SubscriptionEvents<T>} K
+   * @param {K} name `event`, `join`, `leave`, `error`, `subscribed`, `unsubscribed` or `gap`
+   * @param {(value: SubscriptionEvents<T>[K]) => void} handler
+   * @returns {() => void} a function that removes the handler
+   */
+  on(name, handler) {
+    if (!this.#listeners.has(name)) this.#listeners.set(name, new Set());
+    this.#listeners.get(name).add(handler);
+    return () => this.off(name, handler);
+  }
+
+  /**
+   * Removes a handler added with `on`.
+   * @template {keyof SubscriptionEvents<T>} K
+   * @param {K} name
+   * @param {(value: SubscriptionEvents<T>[K]) => void} handler
+   * @returns {void}
+   */
+  off(name, handler) {
+    const set = this.#listeners.get(name);
+    if (set && set.delete(handler) && set.size === 0) this.#listeners.delete(name);
+  }
+
+  /**
+   * Who is subscribed to the channel, cluster-wide (channels whose presence the gateway tracks).
+   * @returns {Promise<PresenceFrame>} the `presence` frame; rejects with a WsgwError (`.code`
+   *   'forbidden', 'bad_request', 'timeout', 'disconnected', …), also given to `error` handlers
+   */
+  presence() { return this.#link.presence(); }
+
+  /**
+   * Reads the channel's history (see `WsgwClient.history`).
+   * @param {HistoryOptions} [opts]
+   * @returns {Promise<HistoryFrame<T>>} rejects with a WsgwError, also given to `error` handlers
+   */
+  history(opts) { return this.#link.history(opts ?? {}); }
+
+  /**
+   * Stops this subscription's handlers. The channel is left (an `unsubscribe` frame) when no
+   * other active subscription of the client follows it.
+   * @returns {Promise<UnsubscribedFrame | null>} the `unsubscribed` frame, or null when nothing
+   *   was sent (other subscriptions remain, or it was not active)
+   */
+  unsubscribe() {
+    if (!this.#active) return Promise.resolve(null);
+    this.#active = false;
+    return this.#link.release();
+  }
+
+  /**
+   * @param {string} name
+   * @param {any} value
+   */
+  #emit(name, value) {
+    if (!this.#active && name !== 'error' && name !== 'unsubscribed') return;
+    for (const h of [...(this.#listeners.get(name) ?? [])]) {
+      try { h(value); } catch (err) { queueMicrotask(() => { throw err; }); }
+    }
+  }
+}
+
+/**
+ * What a client lends a Subscription (internal).
+ * @typedef {object} SubscriptionLink
+ * @property {(sub: Subscription<any>, emit: (name: string, value: any) => void, end: () => void)
+ *   => Promise<SubscribedFrame>} attach registers it; the subscribe's answer
+ * @property {() => Promise<PresenceFrame>} presence
+ * @property {(opts: HistoryOptions) => Promise<HistoryFrame<any>>} history
+ * @property {() => Promise<UnsubscribedFrame | null>} release
+ */
+
+/**
  * A reconnecting client for the wsgw gateway.
  *
  * Events (`on(name, handler)`):
@@ -467,6 +653,8 @@ export class WsgwClient {
   #listeners = new Map();
   /** Topics the application wants: channel -> {history?, lastEventId?}. */
   #topics = new Map();
+  /** Subscription objects: channel or pattern -> Map<Subscription, {emit, end}>. */
+  #subs = new Map();
   /** Calls awaiting an answer: key -> {frame, resolve, reject, timer, sent, onChunk?, map?}. */
   #pending = new Map();
   #seq = 0;
@@ -545,30 +733,79 @@ export class WsgwClient {
 
   /**
    * Subscribes to a topic or pattern. The subscription is kept across reconnects.
+   *
+   * Returns a {@link Subscription} with its own handlers (`event`, `join`, `leave`, `error`, …)
+   * and `presence()`, `history()`, `unsubscribe()`; it is also a promise of the `subscribed` frame,
+   * so `await client.subscribe(channel)` gives that frame as before.
+   * @template [T=Json]
    * @param {string} channel
    * @param {SubscribeOptions} [opts] catch up first: the last N events, or the events after an id
    *   (`lastEventId` wins when both are given)
-   * @returns {Promise<SubscribedFrame>} the `subscribed` frame; rejects with a WsgwError (`.code`)
+   * @returns {Subscription<T>} awaited: the `subscribed` frame; rejects with a WsgwError (`.code`)
    *   on refusal
    */
   subscribe(channel, opts = {}) {
-    const kind = this.#topics.has(channel) ? 'same' : 'new';
-    this.#topics.set(channel, opts);
-    return this.#call(this.#subscribeFrame(channel, opts), { kind }).catch((err) => {
-      if (err.code !== 'disconnected' && this.#topics.get(channel) === opts) this.#topics.delete(channel);
-      throw err;
-    });
+    /** @type {{emit: (name: string, value: any) => void, end: () => void}} */
+    let hook;
+    /** @type {Subscription<T>} */
+    let self;
+    const errorTo = (/** @type {WsgwError} */ err) => hook.emit('error', err);
+    return (self = new Subscription(channel, {
+      attach: (sub, emit, end) => {
+        hook = { emit, end };
+        if (!this.#subs.has(channel)) this.#subs.set(channel, new Map());
+        this.#subs.get(channel).set(sub, hook);
+        const kind = this.#topics.has(channel) ? 'same' : 'new';
+        this.#topics.set(channel, opts);
+        return this.#call(this.#subscribeFrame(channel, opts), { kind }).then((f) => {
+          emit('subscribed', f);
+          return f;
+        }, (err) => {
+          if (err.code !== 'disconnected') {
+            if (this.#topics.get(channel) === opts) this.#topics.delete(channel);
+            this.#dropSub(channel, sub);
+          }
+          // The gateway's refusal, told once the subscription has ended (`active` is false).
+          if (err.frame?.type === 'error') emit('error', err);
+          throw err;
+        });
+      },
+      presence: () => this.#call({ type: 'presence', channel }, { errorTo }),
+      history: (o) => this.#call(this.#historyFrame(channel, o), { errorTo }),
+      release: () => {
+        this.#dropSub(channel, self);
+        if (this.#subs.has(channel) || !this.#topics.has(channel)) return Promise.resolve(null);
+        // Leaving after close() or on a lost socket: nothing more to do, the topic is forgotten.
+        return this.unsubscribe(channel).catch((err) => {
+          if (err.code === 'closed' || err.code === 'disconnected') return null;
+          throw err;
+        });
+      },
+    }));
   }
 
   /**
-   * Leaves a topic or pattern.
+   * Leaves a topic or pattern (at once for all of its Subscription objects).
    * @param {string} channel
    * @returns {Promise<UnsubscribedFrame>} the `unsubscribed` frame
    */
   unsubscribe(channel) {
     this.#topics.delete(channel);
     this.#cursor.unsubscribed(channel);
+    for (const h of this.#subs.get(channel)?.values() ?? []) h.end();
+    this.#subs.delete(channel);
     return this.#call({ type: 'unsubscribe', channel });
+  }
+
+  /**
+   * Who is subscribed to a channel, cluster-wide (channels whose presence the gateway tracks;
+   * the same permission as subscribe).
+   * @param {string} channel
+   * @returns {Promise<PresenceFrame>} the `presence` frame; rejects with a WsgwError (`.code`:
+   *   'forbidden', 'bad_request', 'timeout', 'disconnected', …)
+   */
+  presence(channel) {
+    return this.#call({ type: 'presence', channel });
   }
 
   /**
@@ -599,11 +836,7 @@ export class WsgwClient {
    *   'disconnected')
    */
   history(channel, opts = {}) {
-    const { since, limit } = opts;
-    const frame = { type: 'history', channel };
-    if (since !== undefined && since !== null) frame.since = since;
-    if (limit !== undefined && limit !== null) frame.limit = limit;
-    return this.#call(frame);
+    return this.#call(this.#historyFrame(channel, opts));
   }
 
   /**
@@ -765,6 +998,10 @@ export class WsgwClient {
       e.reject(new WsgwError('disconnected', 'wsgw: the connection was lost before the answer', e.frame));
     }
     if (code === 4001 || code === 4003) this.#tokenStale = true;
+    // Taken over: a newer socket (e.g. a duplicated tab that copied this id) resumed this
+    // connection id. Resuming it again would take it back and start a tug of war: start a fresh
+    // session instead; the topics are subscribed again from the cursor, so no event is lost.
+    if (code === REPLACED) this.#connectionId = null;
     let retry = this.#want && !FINAL.has(code);
     // A kept token refused (e.g. signed with a rotated key): one more try with a token from
     // getToken. A token fetched for this very attempt and refused is final.
@@ -840,6 +1077,42 @@ export class WsgwClient {
     }
   }
 
+  /**
+   * @param {string} channel
+   * @param {HistoryOptions} opts
+   */
+  #historyFrame(channel, opts) {
+    const { since, limit } = opts;
+    const frame = { type: 'history', channel };
+    if (since !== undefined && since !== null) frame.since = since;
+    if (limit !== undefined && limit !== null) frame.limit = limit;
+    return frame;
+  }
+
+  /** Forgets one Subscription object (no frame is sent). */
+  #dropSub(channel, sub) {
+    const subs = this.#subs.get(channel);
+    const hook = subs?.get(sub);
+    if (!hook) return;
+    hook.end();
+    subs.delete(sub);
+    if (subs.size === 0) this.#subs.delete(channel);
+  }
+
+  /**
+   * The Subscription objects a frame of `channel` concerns: those of the channel, and of the
+   * patterns matching it (`exact`: the channel's own only).
+   * @param {string} channel
+   * @param {boolean} [exact]
+   */
+  #subsFor(channel, exact = false) {
+    const out = [];
+    for (const [key, subs] of this.#subs) {
+      if (key === channel || (!exact && key.includes('*') && globMatch(key, channel))) out.push(...subs.values());
+    }
+    return out;
+  }
+
   #subscribeFrame(channel, opts) {
     const frame = { type: 'subscribe', channel };
     if (opts.lastEventId) frame.last_event_id = opts.lastEventId;
@@ -850,16 +1123,17 @@ export class WsgwClient {
   /** Sends a frame with a fresh request_id (now, or once the socket is open) and awaits its answer. */
   /**
    * @param {any} frame
-   * @param {{map?: (f: any) => any, onChunk?: (data: any) => void, timeoutMs?: number, kind?: string}} [o]
+   * @param {{map?: (f: any) => any, onChunk?: (data: any) => void, timeoutMs?: number, kind?: string,
+   *   errorTo?: (err: WsgwError) => void}} [o] `errorTo`: also told of an error frame answering it
    * @returns {Promise<any>}
    */
   #call(frame, o = {}) {
-    const { map, onChunk, timeoutMs, kind } = o;
+    const { map, onChunk, timeoutMs, kind, errorTo } = o;
     if (!this.#want) return Promise.reject(new WsgwError('closed', 'wsgw: not connected; call connect() first', frame));
     const rid = `c${++this.#seq}`;
     frame.request_id = rid;
     return new Promise((resolve, reject) => {
-      const entry = { frame, map, onChunk, kind, resolve, reject, sent: false, timeoutMs: timeoutMs ?? this.#timeoutMs };
+      const entry = { frame, map, onChunk, kind, errorTo, resolve, reject, sent: false, timeoutMs: timeoutMs ?? this.#timeoutMs };
       entry.timer = setTimeout(() => {
         this.#pending.delete(rid);
         reject(new WsgwError('timeout', `wsgw: no answer to ${frame.type} in time`, frame));
@@ -891,9 +1165,19 @@ export class WsgwClient {
       case 'error':
         this.#cursor.refused(f.request_id);
         this.#onReply(f); break;
-      case 'unsubscribed': case 'ack': case 'response': case 'history':
+      case 'unsubscribed': case 'ack': case 'response': case 'history': case 'presence':
         this.#onReply(f); break;
-      case 'gap': this.#emit('gap', f); break;
+      case 'join': case 'leave':
+        if (typeof f.channel === 'string') for (const h of this.#subsFor(f.channel)) h.emit(f.type, f);
+        break;
+      case 'gap': {
+        this.#emit('gap', f);
+        const told = new Set();
+        for (const ch of Array.isArray(f.channels) ? f.channels : []) {
+          for (const h of this.#subsFor(ch, true)) if (!told.has(h)) { told.add(h); h.emit('gap', f); }
+        }
+        break;
+      }
       default: break; // pong, unknown types
     }
   }
@@ -915,9 +1199,17 @@ export class WsgwClient {
       if (restored.has(channel) || queued.has(channel)) continue;
       const from = this.#cursor.resubscribeFrom(channel);
       const o = from ? { lastEventId: from } : opts;
-      this.#call(this.#subscribeFrame(channel, o), { kind: 'again' }).catch((err) => {
+      this.#call(this.#subscribeFrame(channel, o), { kind: 'again' }).then((sf) => {
+        for (const h of this.#subsFor(channel, true)) h.emit('subscribed', sf);
+      }, (err) => {
         if (err.code === 'disconnected' || err.code === 'closed') return;
-        if (this.#topics.get(channel) === opts) this.#topics.delete(channel);
+        const told = this.#subsFor(channel, true);
+        if (this.#topics.get(channel) === opts) {
+          this.#topics.delete(channel);
+          for (const sub of [...this.#subs.get(channel)?.keys() ?? []]) this.#dropSub(channel, sub);
+        }
+        // Told once the subscriptions have ended, as for a first subscribe refused.
+        if (err.frame?.type === 'error') for (const h of told) h.emit('error', err);
         this.#emit('error', err);
       });
     }
@@ -937,21 +1229,36 @@ export class WsgwClient {
         this.#emit(name, f);
       }
     }
+    for (const h of this.#subsFor(f.channel)) h.emit('event', f);
   }
 
   #onReply(f) {
     const key = f.request_id === undefined ? undefined : keyOf(f.request_id);
     const entry = key === undefined ? undefined : this.#pending.get(key);
     if (!entry) {
-      if (f.type === 'error') this.#emit('error', f);
+      if (f.type === 'error') {
+        this.#emit('error', f);
+        if (typeof f.channel === 'string') {
+          const err = new WsgwError(f.code, f.message, f);
+          for (const h of this.#subsFor(f.channel, true)) h.emit('error', err);
+        }
+      }
       if (f.type === 'unsubscribed' && f.reason) {
         this.#topics.delete(f.channel);
         this.#cursor.unsubscribed(f.channel);
         this.#emit('unsubscribed', f);
+        for (const [sub, h] of [...this.#subs.get(f.channel) ?? []]) {
+          h.emit('unsubscribed', f);
+          this.#dropSub(f.channel, sub);
+        }
       }
       return;
     }
-    if (f.type === 'error') return this.#settle(key, entry, new WsgwError(f.code, f.message, f));
+    if (f.type === 'error') {
+      const err = new WsgwError(f.code, f.message, f);
+      try { entry.errorTo?.(err); } catch (e) { queueMicrotask(() => { throw e; }); }
+      return this.#settle(key, entry, err);
+    }
     if (f.type !== 'response') return this.#settle(key, entry, null, f);
     if (f.ok && f.more) {
       clearTimeout(entry.timer); // a streamed answer is alive: wait afresh for the next chunk

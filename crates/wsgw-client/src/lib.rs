@@ -222,6 +222,8 @@ impl Client {
     ///
     /// Policy: 1000, 4001 and 4004 are final; 4003 is final unless a new token was set with
     /// [`set_token`](Self::set_token); 1001 and 1012 reconnect at once (with a little jitter);
+    /// 4010 (taken over by a newer socket with the same connection id) reconnects at once as a
+    /// fresh session, without that connection id;
     /// everything else (including network failures) backs off. With `reconnect: false` every
     /// close is final.
     ///
@@ -546,13 +548,19 @@ impl Client {
                 Some(4003) => self.token_gen > self.token_used,
                 _ => true,
             };
+        if code == Some(4010) {
+            // Taken over: a newer socket resumed this connection id (a copy of this client's
+            // state elsewhere). Resuming it again would take it back and start a tug of war:
+            // start a fresh session instead (the topics are subscribed again from the cursor).
+            self.connection_id.clear();
+        }
         if will_reconnect {
             if was_open && matches!(code, None | Some(1001 | 1012)) {
                 // The node went away (or died, or the network to it failed): come back on the
                 // next address.
                 self.rotate();
             }
-            let delay = if was_open && matches!(code, Some(1001 | 1012)) {
+            let delay = if was_open && matches!(code, Some(1001 | 1012 | 4010)) {
                 self.cfg.backoff.at_once()
             } else {
                 let d = self.cfg.backoff.delay(self.attempt);

@@ -28,6 +28,9 @@ pub enum CloseCode {
     Kicked = 4004,
     /// 4008: slow consumer, the outgoing queue overflowed; reconnect with `last_event_id`.
     SlowConsumer = 4008,
+    /// 4010: a newer socket resumed this `connection_id` (e.g. a duplicated browser tab that
+    /// copied it); start a fresh session, without that id.
+    Replaced = 4010,
 }
 
 impl CloseCode {
@@ -51,6 +54,7 @@ impl CloseCode {
             Self::TokenExpired => "token_expired",
             Self::Kicked => "kicked",
             Self::SlowConsumer => "slow_consumer",
+            Self::Replaced => "replaced",
         }
     }
 
@@ -69,6 +73,7 @@ impl CloseCode {
             4003 => Self::TokenExpired,
             4004 => Self::Kicked,
             4008 => Self::SlowConsumer,
+            4010 => Self::Replaced,
             _ => return None,
         })
     }
@@ -80,7 +85,9 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in [1000, 1001, 1008, 1009, 1011, 1012, 1013, 4000, 4001, 4003, 4004, 4008] {
+        for c in [
+            1000, 1001, 1008, 1009, 1011, 1012, 1013, 4000, 4001, 4003, 4004, 4008, 4010,
+        ] {
             assert_eq!(CloseCode::from_code(c).unwrap().code(), c);
         }
         assert_eq!(CloseCode::from_code(4999), None);

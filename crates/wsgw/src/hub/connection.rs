@@ -279,10 +279,10 @@ impl Connection {
         self.channels.lock().iter().any(|c| &**c == channel)
     }
 
-    /// Closes this socket because a newer one took its connection id over.
+    /// Closes this socket (4010) because a newer one took its connection id over.
     pub fn replace(&self) {
         self.replaced.store(true, Ordering::Release);
-        self.close(CloseCode::Normal);
+        self.close(CloseCode::Replaced);
     }
 
     /// Whether a newer socket took this connection id over.

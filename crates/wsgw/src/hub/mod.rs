@@ -86,7 +86,7 @@ impl Hub {
     }
 
     /// Registers a new connection. If its id is already live here (a client resuming before
-    /// the old socket was noticed dead), the old socket is closed (1000) and replaced.
+    /// the old socket was noticed dead), the old socket is closed (4010) and replaced.
     pub fn register(&self, mut conn: Connection) -> Arc<Connection> {
         conn.key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(conn);
