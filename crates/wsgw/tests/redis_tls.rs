@@ -318,3 +318,118 @@ async fn the_insecure_switch_connects_without_a_ca_and_says_so() {
     );
     assert!(!log.contains(PASSWORD));
 }
+
+/// A Sentinel that speaks only TLS, asks for a password, and monitors `primary` over TLS as
+/// the ACL user `gw`.
+struct TlsSentinel {
+    port: u16,
+    child: Child,
+}
+
+const SENTINEL_PASSWORD: &str = "sentinel-pw-5f0a-never-in-a-log";
+
+impl TlsSentinel {
+    async fn start(certs: &Certs, primary: &TlsRedis) -> TlsSentinel {
+        let port = free_port();
+        let conf = certs.dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port 0\ntls-port {port}\nbind 127.0.0.1\n\
+                 tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+                 tls-auth-clients no\ntls-replication yes\n\
+                 requirepass {SENTINEL_PASSWORD}\n\
+                 sentinel monitor main 127.0.0.1 {primary} 1\n\
+                 sentinel auth-user main gw\nsentinel auth-pass main {PASSWORD}\n",
+                cert = certs.path("server.pem"),
+                key = certs.path("server.key"),
+                ca = certs.path("ca.pem"),
+                primary = primary.port,
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel runs");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "TLS sentinel never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        TlsSentinel { port, child }
+    }
+}
+
+impl Drop for TlsSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_node_finds_a_tls_primary_through_a_tls_sentinel_with_passwords_it_never_shows() {
+    let certs = Certs::make();
+    let redis = TlsRedis::start(&certs).await;
+    let sentinel = TlsSentinel::start(&certs, &redis).await;
+    let ca = certs.path("ca.pem");
+    let sentinels = format!("127.0.0.1:{}", sentinel.port);
+    let env = [
+        ("WSGW_REDIS_SENTINELS", sentinels.as_str()),
+        ("WSGW_REDIS_SENTINEL_MASTER", "main"),
+        ("WSGW_REDIS_USERNAME", "gw"),
+        ("WSGW_REDIS_PASSWORD", PASSWORD),
+        ("WSGW_REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD),
+        ("WSGW_REDIS_TLS", "1"),
+        ("WSGW_REDIS_CA_FILE", ca.as_str()),
+    ];
+    // Node::spawn sets WSGW_REDIS_URL; blank means unset.
+    let node = Node::spawn("", &env, &certs.dir);
+    node.wait_ready().await;
+
+    let t = token("alice", &["chat:*"], &["chat:*"]);
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws?token={t}", node.port)).await;
+    c.expect("welcome").await;
+    c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1}))
+        .await;
+    c.expect("subscribed").await;
+    let r = reqwest::Client::new()
+        .post(node.url("/api/publish"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"channel":"chat:1","event":"hi","data":{"n":2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(c.expect("event").await["data"]["n"], 2);
+
+    let log = node.log_text();
+    assert!(
+        log.contains("redis primary found through the sentinels"),
+        "the log says how the primary was found:\n{log}"
+    );
+    let mut print = Command::new(env!("CARGO_BIN_EXE_wsgw"));
+    print.arg("--print-config").env_clear().env("WSGW_JWT_SECRET", SECRET);
+    for (k, v) in env {
+        print.env(k, v);
+    }
+    let printed = print.output().unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout).to_string() + &String::from_utf8_lossy(&printed.stderr);
+    assert!(printed.contains("redis_sentinels"), "{printed}");
+    let stats = get_text(&node.url("/api/stats"), true).await;
+    let metrics = get_text(&node.url("/metrics"), false).await;
+    for (what, text) in [
+        ("log", log),
+        ("stats", stats),
+        ("metrics", metrics),
+        ("--print-config", printed),
+    ] {
+        for secret in [PASSWORD, SENTINEL_PASSWORD] {
+            assert!(!text.contains(secret), "a Redis password appears in the {what}");
+        }
+    }
+}
