@@ -154,6 +154,21 @@ impl Config {
                 format!("{url:?} is not an http:// or https:// URL"),
             ));
         }
+        for (key, url) in self.hook_urls() {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(key, format!("{url:?} is not an http:// or https:// URL")));
+            }
+        }
+        if self.hook_timeout_ms == 0 || self.hook_max_concurrent == 0 {
+            let key = if self.hook_timeout_ms == 0 {
+                "hook_timeout_ms"
+            } else {
+                "hook_max_concurrent"
+            };
+            return Err(invalid(key, "must be greater than 0".to_owned()));
+        }
         if self.jwt_jwks_refresh_s == 0 {
             return Err(invalid("jwt_jwks_refresh_s", "must be greater than 0".to_owned()));
         }
