@@ -22,12 +22,14 @@ pub(super) async fn admit(
     client_ip: std::net::IpAddr,
 ) -> Result<(Claims, (Slot, IpSlot)), Refusal> {
     if gw.is_draining() {
-        return Err((None, CloseCode::Restart));
+        return Err(Box::new((None, CloseCode::Restart)));
     }
     let slots = take_slots(gw, client_ip)?;
     match gw.hooks.connect(req, &gw.auth).await {
         ConnectVerdict::Admit(claims) => Ok((claims, slots)),
-        ConnectVerdict::Refuse { code, message, close } => Err((Some(ServerFrame::error(code, message, None)), close)),
+        ConnectVerdict::Refuse { code, message, close } => {
+            Err(Box::new((Some(ServerFrame::error(code, message, None)), close)))
+        }
     }
 }
 

@@ -94,7 +94,8 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
                 held = Some(slots);
                 claims
             }
-            Err((frame, code)) => {
+            Err(refusal) => {
+                let (frame, code) = *refusal;
                 Box::pin(refuse(ws, &gw, frame, code)).await;
                 return;
             }
@@ -128,7 +129,8 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         Some(slots) => slots,
         None => match take_slots(&gw, params.client_ip) {
             Ok(slots) => slots,
-            Err((frame, code)) => {
+            Err(refusal) => {
+                let (frame, code) = *refusal;
                 Box::pin(refuse(ws, &gw, frame, code)).await;
                 return;
             }
@@ -152,7 +154,7 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
 }
 
 /// A refusal before the socket is registered: the error frame (if any) and the close code.
-type Refusal = (Option<ServerFrame>, CloseCode);
+type Refusal = Box<(Option<ServerFrame>, CloseCode)>;
 
 /// A connection slot and a slot for the client's address, or the refusal when the node or the
 /// address is full.
@@ -160,14 +162,12 @@ fn take_slots(gw: &Arc<Gateway>, client_ip: std::net::IpAddr) -> Result<(Slot, I
     let Some(slot) = Slot::acquire(gw) else {
         gw.metrics.rejected_full.inc();
         let frame = ServerFrame::error(ErrorCode::Unavailable, "node is full, try another node later", None);
-        return Err((Some(frame), CloseCode::TryAgainLater));
+        return Err(Box::new((Some(frame), CloseCode::TryAgainLater)));
     };
     let Some(ip_slot) = IpSlot::acquire(gw, client_ip) else {
         let msg = format!("too many connections from {client_ip}");
-        return Err((
-            Some(ServerFrame::error(ErrorCode::Forbidden, msg, None)),
-            CloseCode::Policy,
-        ));
+        let frame = ServerFrame::error(ErrorCode::Forbidden, msg, None);
+        return Err(Box::new((Some(frame), CloseCode::Policy)));
     };
     Ok((slot, ip_slot))
 }
