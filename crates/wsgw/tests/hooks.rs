@@ -485,5 +485,21 @@ async fn the_disconnect_hook_hears_of_each_close_within_5_s() {
     }
     assert!(closed_at.elapsed() < Duration::from_secs(5), "told within 5 s");
     assert!(metric(&node.metrics().await, "disconnect", "ok") >= 1.0);
+
+    // A node that stops sends what is queued before it returns: the drain's 1012 too.
+    let (mut d, wd) = node.connect(&token("dee", &[], &[])).await;
+    let reader = tokio::spawn(async move { d.until_closed().await.0 });
     node.stop().await;
+    assert_eq!(reader.await.unwrap(), Some(1012));
+    let id = wd["connection_id"].clone();
+    let last = seen.calls("disconnect");
+    let report = last
+        .iter()
+        .flat_map(|b| b["disconnects"].as_array().unwrap().iter())
+        .find(|r| r["connection_id"] == id);
+    assert_eq!(
+        report,
+        Some(&json!({"connection_id": id, "user_id": "dee", "code": 1012})),
+        "sent before stop returned"
+    );
 }
