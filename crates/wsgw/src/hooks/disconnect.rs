@@ -168,3 +168,28 @@ impl Sender {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let metrics = crate::metrics::Metrics::new();
+        let caller = Caller {
+            http: reqwest::Client::new(),
+            timeout: Duration::from_millis(100),
+            permits: Arc::new(Semaphore::new(1)),
+            metrics: metrics.clone(),
+        };
+        let (_stop_tx, stop) = watch::channel(false);
+        // Nothing listens there; it does not matter, since the sender task gets no turn before
+        // the pushes are done (one thread, no await in between).
+        let q = Queue::start(caller, "http://127.0.0.1:9/".into(), "n".into(), stop);
+        for i in 0..QUEUE_CAPACITY + 25 {
+            q.push(&i.to_string(), "u", 1000);
+        }
+        assert_eq!(metrics.hook_disconnects_dropped.get(), 25);
+        q.flush(Duration::from_secs(5)).await;
+    }
+}
