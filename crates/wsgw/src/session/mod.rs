@@ -206,10 +206,10 @@ impl Session {
 
     async fn serve(mut self, ws: &mut WebSocket) {
         let mut batch: Vec<OutFrame> = Vec::new();
-        // The loop ends with why, and the close code to send (None: the socket is gone or the
-        // client closed first).
         // The client's own close code, when it closed first (1005: its close had none).
         let mut client_code = None;
+        // The loop ends with why, and the close code to send (None: the socket is gone or the
+        // client closed first).
         let (reason, code): (&'static str, Option<CloseCode>) = loop {
             let close = self.conn.take_batch(&mut batch);
             if !batch.is_empty() {
@@ -268,10 +268,10 @@ impl Session {
                 }
             }
         };
+        // What the disconnect hook is told; 1006: no close frame either way.
+        let close_code = code.map(CloseCode::code).or(client_code).unwrap_or(1006);
         // Unregister (and park for resume) before the client can see the close, so that a
         // client reconnecting at once finds its session parked.
-        // 1006: the socket ended without a close frame either way.
-        let close_code = code.map(CloseCode::code).or(client_code).unwrap_or(1006);
         self.finish(reason, close_code);
         match code {
             Some(code) => Box::pin(close_socket(ws, code, code.reason())).await,
