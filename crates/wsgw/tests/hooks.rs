@@ -106,6 +106,8 @@ async fn publish_hook(State(seen): State<Seen>, Json(body): Json<Value>) -> Resp
         "nope" => Json(json!({"allow": false, "reason": "no swearing"})).into_response(),
         "forbid" => StatusCode::FORBIDDEN.into_response(),
         "big" => Json(json!({"allow": true, "data": "x".repeat(5000)})).into_response(),
+        // Over the 64 KiB answer cap: not read, a failed call.
+        "huge" => Json(json!({"allow": true, "data": "x".repeat(70_000)})).into_response(),
         _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
@@ -411,6 +413,7 @@ async fn the_publish_hook_passes_rewrites_or_refuses_each_client_publish() {
         ("forbid", 4, "forbidden"),
         ("big", 5, "too_large"),
         ("unavailable", 6, "unavailable"),
+        ("huge", 8, "unavailable"),
     ] {
         publisher.send(publish(event, rid)).await;
         let err = publisher.expect("error").await;
@@ -436,6 +439,7 @@ async fn the_publish_hook_passes_rewrites_or_refuses_each_client_publish() {
     );
     assert_eq!(metric(&m, "publish", "deny"), 2.0);
     assert_eq!(metric(&m, "publish", "server_error"), 1.0);
+    assert_eq!(metric(&m, "publish", "bad_answer"), 1.0, "the answer over 64 KiB");
     node.stop().await;
 }
 
