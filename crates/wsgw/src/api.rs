@@ -209,12 +209,18 @@ async fn ws_upgrade(
         .read_buffer_size(cfg.ws_read_buffer_bytes)
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes);
+    let client_ip = gw.proxies.client_ip(peer.addr.ip(), &headers);
+    // No token at all: the connect hook, if there is one, decides (after the upgrade, so that a
+    // refusal is an error frame and a close code like a token's).
+    let connect_hook = (matches!(auth, Err(AuthError::Missing)) && gw.hooks.has_connect())
+        .then(|| crate::hooks::ConnectRequest::new(&headers, client_ip));
     let params = ConnectParams {
         auth,
         connection_id: q.connection_id.filter(|s| !s.is_empty()),
         last_event_id: q.last_event_id.filter(|s| !s.is_empty()),
-        client_ip: gw.proxies.client_ip(peer.addr.ip(), &headers),
+        client_ip,
         handshake: Some(peer.handshake),
+        connect_hook,
     };
     upgrade.on_upgrade(move |socket| session::run(socket, gw, params))
 }

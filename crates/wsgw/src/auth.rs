@@ -277,6 +277,41 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// The grants a connect hook answered (`user_id`, `channels`, `publish`, `actions`,
+    /// `expires_at`), checked exactly like a token's `sub`, `channels`, `publish`, `actions` and
+    /// `exp`: the same patterns, the same private-channel rules, the same expiry leeway. `iss`,
+    /// `aud`, `nbf` and `jwt_require_exp` are about tokens and do not apply.
+    pub fn hook_claims(&self, answer: &Map<String, Value>) -> Result<Claims, AuthError> {
+        let renamed = [
+            ("user_id", "sub"),
+            ("expires_at", "exp"),
+            ("channels", "channels"),
+            ("publish", "publish"),
+            ("actions", "actions"),
+        ];
+        let claims: Map<String, Value> = renamed
+            .into_iter()
+            .filter_map(|(from, to)| answer.get(from).map(|v| (to.to_owned(), v.clone())))
+            .collect();
+        let rules = Inner {
+            keys: Vec::new(),
+            jwks: None,
+            audience: None,
+            issuer: None,
+            leeway_s: self.inner.leeway_s,
+            require_exp: false,
+        };
+        check_claims(&claims, &rules, unix_now())
+    }
+}
+
+/// Whether `channel` (a name or a pattern) could be someone's private `user:` or `connection:`
+/// channel: only grants name those, never a hook's say-so.
+pub fn could_be_private(channel: &str) -> bool {
+    could_match_prefixed(channel, USER_PREFIX) || could_match_prefixed(channel, CONNECTION_PREFIX)
+}
+
 impl VerifyKey {
     pub(crate) fn new(alg: Algorithm, key: DecodingKey) -> Self {
         let mut validation = Validation::new(alg);

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod config;
 pub mod handshake;
 pub mod history;
+pub mod hooks;
 pub mod hub;
 pub mod jwks;
 pub mod limits;

@@ -69,6 +69,12 @@ pub struct Metrics {
     pub redis_failovers: IntCounter,
     /// JWKS loads (start, refresh, unknown `kid`, file change) that failed.
     pub jwks_refresh_failures: IntCounter,
+    /// Backend hook calls, by hook (`connect`, `subscribe`, `publish`, `disconnect`) and outcome.
+    pub hook_requests: IntCounterVec,
+    /// Time a backend hook call took (waiting for a free call slot included), by hook.
+    pub hook_duration: HistogramVec,
+    /// Disconnects not reported to the disconnect hook because its queue was full.
+    pub hook_disconnects_dropped: IntCounter,
 }
 
 impl Default for Metrics {
@@ -168,7 +174,7 @@ impl Metrics {
                 &registry,
                 HistogramVec::new(
                     HistogramOpts::new("wsgw_http_request_duration_seconds", "HTTP API latency")
-                        .buckets(latency_buckets),
+                        .buckets(latency_buckets.clone()),
                     &["route"],
                 )
                 .expect("valid"),
@@ -190,6 +196,24 @@ impl Metrics {
             jwks_refresh_failures: counter(
                 "wsgw_jwks_refresh_failures_total",
                 "JWKS loads that failed (the last good key set stays)",
+            ),
+            hook_requests: counter_vec(
+                "wsgw_hook_requests_total",
+                "Backend hook calls, by hook and outcome",
+                &["hook", "outcome"],
+            ),
+            hook_duration: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("wsgw_hook_duration_seconds", "Backend hook call latency")
+                        .buckets(latency_buckets),
+                    &["hook"],
+                )
+                .expect("valid"),
+            ),
+            hook_disconnects_dropped: counter(
+                "wsgw_hook_disconnects_dropped_total",
+                "Disconnects not reported to the disconnect hook (queue full)",
             ),
             families: Arc::from(registry.families.take()),
             registry: registry.registry,

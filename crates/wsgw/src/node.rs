@@ -65,6 +65,8 @@ pub struct Gateway {
     pub dev_token: Option<String>,
     /// Origins browser upgrades may come from (`allowed_origins`).
     pub origins: crate::origin::AllowedOrigins,
+    /// The backend hooks (`WSGW_HOOK_*`); each is off without its URL.
+    pub hooks: crate::hooks::Hooks,
 }
 
 fn default_node_id() -> String {
@@ -177,6 +179,8 @@ impl Gateway {
                 )
             }
         };
+        let hooks = crate::hooks::Hooks::start(&config, &node_id, metrics.clone(), stop.subscribe())
+            .map_err(StartError::Config)?;
         let proxies = crate::proxy::TrustedProxies::new(&config.trusted_proxies);
         let origins = crate::origin::AllowedOrigins::new(&config.allowed_origins)
             .map_err(|reason| StartError::Config(format!("allowed_origins: {reason}")))?;
@@ -210,6 +214,7 @@ impl Gateway {
             started_at_ms: now_ms(),
             dev_token,
             origins,
+            hooks,
         }))
     }
 

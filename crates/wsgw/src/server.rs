@@ -63,6 +63,7 @@ pub async fn serve(
     }
     // Sessions have ended: remove what is left of this node's presence, then stop the broker.
     gw.broker.shutdown().await;
+    gw.hooks.flush().await;
     gw.stop_broker();
     served?;
     info!("stopped");

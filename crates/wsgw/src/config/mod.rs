@@ -72,7 +72,7 @@ impl Config {
     /// are checked as they are read: they are stored parsed.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         // Zero here would make the server unusable rather than "unlimited".
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 12] = [
             ("request_timeout_ms", self.request_timeout_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("canary_interval_ms", self.canary_interval_ms),
@@ -83,6 +83,8 @@ impl Config {
             ("send_queue", self.send_queue as u64),
             ("max_subscriptions", self.max_subscriptions as u64),
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64),
+            ("hook_timeout_ms", self.hook_timeout_ms),
+            ("hook_max_concurrent", self.hook_max_concurrent as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -153,6 +155,13 @@ impl Config {
                 "jwt_jwks_url",
                 format!("{url:?} is not an http:// or https:// URL"),
             ));
+        }
+        for (key, url) in self.hook_urls() {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(key, format!("{url:?} is not an http:// or https:// URL")));
+            }
         }
         if self.jwt_jwks_refresh_s == 0 {
             return Err(invalid("jwt_jwks_refresh_s", "must be greater than 0".to_owned()));
@@ -493,6 +502,11 @@ mod tests {
         bad(|c| c.max_message_bytes = 0, "max_message_bytes");
         bad(|c| c.send_queue = 0, "send_queue");
         bad(|c| c.rate_limit_burst = 0, "rate_limit_burst");
+        bad(|c| c.hook_timeout_ms = 0, "hook_timeout_ms");
+        bad(
+            |c| c.hook_publish_url = Some("ftp://app/hook".into()),
+            "hook_publish_url",
+        );
         bad(
             |c| {
                 c.jwt_secret = Some("s".into());

@@ -196,6 +196,22 @@ settings! {
     max_pending_requests: usize = 64, WSGW_MAX_PENDING_REQUESTS => parse(COUNT);
     /// Approximate length the `<prefix>inbound` request stream is trimmed to.
     inbound_maxlen: usize = 100_000, WSGW_INBOUND_MAXLEN => parse(COUNT);
+    /// Connect hook (`http://` or `https://`): asked to admit an upgrade that carries no token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_connect_url: Option<String> = None, WSGW_HOOK_CONNECT_URL => opt;
+    /// Subscribe hook: asked about a subscribe the socket's grants do not allow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_subscribe_url: Option<String> = None, WSGW_HOOK_SUBSCRIBE_URL => opt;
+    /// Publish hook: asked about (and may rewrite the data of) every client publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_publish_url: Option<String> = None, WSGW_HOOK_PUBLISH_URL => opt;
+    /// Disconnect hook: told of every disconnect, in batches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_disconnect_url: Option<String> = None, WSGW_HOOK_DISCONNECT_URL => opt;
+    /// Longest a hook call may take (waiting for a call slot included), in milliseconds.
+    hook_timeout_ms: u64 = 2000, WSGW_HOOK_TIMEOUT_MS => parse(MS);
+    /// Hook calls this node makes at once; more wait (within the timeout) for a slot.
+    hook_max_concurrent: usize = 256, WSGW_HOOK_MAX_CONCURRENT => parse(COUNT);
     /// Proxies (IPs or CIDRs; a list of strings in TOML, comma-separated in the env) whose
     /// `X-Forwarded-For` is believed: the client address is the rightmost address in it that
     /// is not a trusted proxy. Empty: the TCP peer is the client.
@@ -247,6 +263,18 @@ settings! {
         WSGW_RUNTIME => parse("current_thread or multi_thread");
     /// Worker threads of the `multi_thread` runtime; `0` = one per core.
     worker_threads: usize = 0, WSGW_WORKER_THREADS => parse(COUNT);
+}
+
+impl Config {
+    /// The backend hook URLs, each with its TOML key.
+    pub fn hook_urls(&self) -> [(&'static str, Option<&String>); 4] {
+        [
+            ("hook_connect_url", self.hook_connect_url.as_ref()),
+            ("hook_subscribe_url", self.hook_subscribe_url.as_ref()),
+            ("hook_publish_url", self.hook_publish_url.as_ref()),
+            ("hook_disconnect_url", self.hook_disconnect_url.as_ref()),
+        ]
+    }
 }
 
 /// What a token without an `actions` claim may request.

@@ -145,12 +145,9 @@ impl Session {
         if self.is_automatic(&channel) || self.conn.is_subscribed(&channel) {
             return self.send(subscribed(true, 0, request_id));
         }
-        if !self.claims.permissions.can_subscribe(&channel) {
-            return self.send_error(
-                ErrorCode::Forbidden,
-                format!("token does not allow subscribing to {channel}"),
-                request_id,
-            );
+        // The grants, or else the subscribe hook (which sends the refusal itself).
+        if !self.may_subscribe(&channel, &request_id).await {
+            return;
         }
         let topics = self.conn.topic_count();
         if topics >= self.gw.config.max_subscriptions {
@@ -344,6 +341,9 @@ impl Session {
             );
             return self.send_error(ErrorCode::RateLimited, msg, request_id);
         }
+        let Some(data) = self.publish_hook(&channel, &event, data, &request_id).await else {
+            return;
+        };
         let exclude = if echo == Some(false) {
             vec![self.conn.id.to_string()]
         } else {

@@ -4,6 +4,7 @@
 //! writes to it.
 
 mod commands;
+mod hooked;
 mod open;
 
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct ConnectParams {
     pub client_ip: std::net::IpAddr,
     /// The connection's handshake (its deadline, and the slots it holds until upgraded).
     pub handshake: Option<Arc<crate::handshake::Handshake>>,
+    /// No token, and a connect hook to ask: what it is shown.
+    pub connect_hook: Option<crate::hooks::ConnectRequest>,
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, request_id: Option<Value>) -> OutFrame {
@@ -82,9 +85,22 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         h.finish();
     }
     let auth = std::mem::replace(&mut params.auth, Err(AuthError::Missing));
-    let claims = match auth {
-        Ok(c) => c,
-        Err(e) => {
+    // Slots taken before asking the connect hook (so that waiting sockets are bounded too).
+    let mut held = None;
+    let claims = match (auth, params.connect_hook.take()) {
+        (Ok(c), _) => c,
+        (Err(AuthError::Missing), Some(req)) => match Box::pin(hooked::admit(&gw, &req, params.client_ip)).await {
+            Ok((claims, slots)) => {
+                held = Some(slots);
+                claims
+            }
+            Err(refusal) => {
+                let (frame, code) = *refusal;
+                Box::pin(refuse(ws, &gw, frame, code)).await;
+                return;
+            }
+        },
+        (Err(e), _) => {
             gw.metrics.auth_failures.with_label_values(&[e.label()]).inc();
             debug!(client_ip = %params.client_ip, reason = e.label(), "refused token");
             let frame = ServerFrame::error(e.code(), e.to_string(), None);
@@ -108,23 +124,17 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         .await;
         return;
     }
-    let Some(slot) = Slot::acquire(&gw) else {
-        gw.metrics.rejected_full.inc();
-        let frame = ServerFrame::error(ErrorCode::Unavailable, "node is full, try another node later", None);
-        Box::pin(refuse(ws, &gw, Some(frame), CloseCode::TryAgainLater)).await;
-        return;
-    };
-    // Held until the socket ends.
-    let Some(_ip_slot) = IpSlot::acquire(&gw, params.client_ip) else {
-        let msg = format!("too many connections from {}", params.client_ip);
-        Box::pin(refuse(
-            ws,
-            &gw,
-            Some(ServerFrame::error(ErrorCode::Forbidden, msg, None)),
-            CloseCode::Policy,
-        ))
-        .await;
-        return;
+    // The IP slot is held until the socket ends.
+    let (slot, _ip_slot) = match held {
+        Some(slots) => slots,
+        None => match take_slots(&gw, params.client_ip) {
+            Ok(slots) => slots,
+            Err(refusal) => {
+                let (frame, code) = *refusal;
+                Box::pin(refuse(ws, &gw, frame, code)).await;
+                return;
+            }
+        },
     };
     let span = info_span!(
         "conn",
@@ -141,6 +151,25 @@ pub async fn run(mut ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) {
         // socket into `serve` would hold two copies of it in every idle task.
         session.serve(&mut ws).instrument(span).await;
     }
+}
+
+/// A refusal before the socket is registered: the error frame (if any) and the close code.
+type Refusal = Box<(Option<ServerFrame>, CloseCode)>;
+
+/// A connection slot and a slot for the client's address, or the refusal when the node or the
+/// address is full.
+fn take_slots(gw: &Arc<Gateway>, client_ip: std::net::IpAddr) -> Result<(Slot, IpSlot), Refusal> {
+    let Some(slot) = Slot::acquire(gw) else {
+        gw.metrics.rejected_full.inc();
+        let frame = ServerFrame::error(ErrorCode::Unavailable, "node is full, try another node later", None);
+        return Err(Box::new((Some(frame), CloseCode::TryAgainLater)));
+    };
+    let Some(ip_slot) = IpSlot::acquire(gw, client_ip) else {
+        let msg = format!("too many connections from {client_ip}");
+        let frame = ServerFrame::error(ErrorCode::Forbidden, msg, None);
+        return Err(Box::new((Some(frame), CloseCode::Policy)));
+    };
+    Ok((slot, ip_slot))
 }
 
 struct Session {
@@ -177,6 +206,8 @@ impl Session {
 
     async fn serve(mut self, ws: &mut WebSocket) {
         let mut batch: Vec<OutFrame> = Vec::new();
+        // The client's own close code, when it closed first (1005: its close had none).
+        let mut client_code = None;
         // The loop ends with why, and the close code to send (None: the socket is gone or the
         // client closed first).
         let (reason, code): (&'static str, Option<CloseCode>) = loop {
@@ -227,16 +258,21 @@ impl Session {
                                     self.rate_limited(None);
                                 }
                             }
-                            Message::Close(_) => break ("client_closed", None),
+                            Message::Close(f) => {
+                                client_code = Some(f.map_or(1005, |f| f.code));
+                                break ("client_closed", None);
+                            }
                             Message::Ping(_) | Message::Pong(_) => {}
                         }
                     }
                 }
             }
         };
+        // What the disconnect hook is told; 1006: no close frame either way.
+        let close_code = code.map(CloseCode::code).or(client_code).unwrap_or(1006);
         // Unregister (and park for resume) before the client can see the close, so that a
         // client reconnecting at once finds its session parked.
-        self.finish(reason);
+        self.finish(reason, close_code);
         match code {
             Some(code) => Box::pin(close_socket(ws, code, code.reason())).await,
             // Sends tungstenite's queued answer to the client's close.
@@ -246,7 +282,7 @@ impl Session {
         }
     }
 
-    fn finish(mut self, reason: &'static str) {
+    fn finish(mut self, reason: &'static str, close_code: u16) {
         let gw = &self.gw;
         let topics = self.park_topics.take().unwrap_or_else(|| self.conn.topics());
         let replaced = self.conn.is_replaced();
@@ -259,6 +295,7 @@ impl Session {
         }
         gw.metrics.connections.dec();
         gw.metrics.connections_closed.with_label_values(&[reason]).inc();
+        gw.hooks.disconnected(&self.conn.id, &self.claims.sub, close_code);
         debug!(reason, "closed");
     }
 
