@@ -27,6 +27,9 @@
 #   WSGW_API_KEY            used when set, else the generated one from .wsgw-run/env
 #   WSGW_TRUSTED_PROXIES    default 127.0.0.1 (the local nginx)
 #   WSGW_DRAIN_MS           passed to the nodes; `stop` waits this long plus 10 s per node
+#   WSGW_NGINX_WORKERS      nginx worker processes (default 1). Each proxied socket holds two
+#                           of a worker's connections (at most half the open-files limit, 16384):
+#                           give more workers for more than ~8,000 sockets through nginx
 #   other WSGW_* variables  passed to every node unchanged (WSGW_LOG, WSGW_DEV, ...)
 set -euo pipefail
 
@@ -349,6 +352,11 @@ render_nginx_conf() {
     tpl=$(<"$TEMPLATE")
     tpl=${tpl//@NOFILE@/$nofile}
     tpl=${tpl//@WORKER_CONNECTIONS@/$conns}
+    local workers=${WSGW_NGINX_WORKERS:-1} reuseport=''
+    [[ $workers =~ ^[1-9][0-9]*$ ]] || die "WSGW_NGINX_WORKERS=$workers is not a positive number"
+    ((workers > 1)) && reuseport=' reuseport'
+    tpl=${tpl//@WORKERS@/$workers}
+    tpl=${tpl//@REUSEPORT@/$reuseport}
     tpl=${tpl//@PREFIX@/$NGINX_PREFIX}
     tpl=${tpl//@LISTEN_PORT@/$port}
     tpl=${tpl//@UPSTREAM_SERVERS@/$servers}
