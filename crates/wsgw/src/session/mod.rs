@@ -5,6 +5,7 @@
 
 mod commands;
 mod open;
+mod presence;
 
 use std::sync::Arc;
 use std::time::Duration;
