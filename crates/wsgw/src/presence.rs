@@ -76,6 +76,9 @@ impl Change {
     }
 }
 
+/// One member socket's user and the tracked channels it is in.
+type Memberships = (Arc<str>, Vec<Arc<str>>);
+
 /// This node's members of tracked channels. A socket is a member of a tracked channel it is
 /// subscribed to by name (a pattern subscription receives `join`/`leave` of the channels it
 /// matches but is not a member). Bounded by the hub: one entry per local subscription.
@@ -83,7 +86,7 @@ impl Change {
 pub struct Tracker {
     patterns: Vec<String>,
     /// Each member socket: its user and tracked channels.
-    by_conn: HashMap<Arc<str>, (Arc<str>, Vec<Arc<str>>)>,
+    by_conn: HashMap<Arc<str>, Memberships>,
     /// Each tracked channel: its member sockets (connection id → user), in join order.
     by_channel: HashMap<Arc<str>, IndexMap<Arc<str>, Arc<str>>>,
 }
