@@ -161,6 +161,13 @@ impl Tracker {
             .collect()
     }
 
+    /// Drops the members that `live` no longer knows (a socket taken over by a newer one with
+    /// its id on another node closes without a disconnect of its own); returns them as leaves.
+    pub fn remove_gone(&mut self, live: impl Fn(&str) -> bool) -> Vec<Change> {
+        let gone: Vec<Arc<str>> = self.by_conn.keys().filter(|id| !live(id)).cloned().collect();
+        gone.iter().flat_map(|id| self.remove(id)).collect()
+    }
+
     /// Every member leaves (the node shuts down).
     pub fn remove_all(&mut self) -> Vec<Change> {
         let ids: Vec<Arc<str>> = self.by_conn.keys().cloned().collect();

@@ -315,3 +315,37 @@ async fn the_member_list_is_right_again_after_redis_restarts_empty() {
     let answer = ask(&mut bob, "chat:1", "p").await;
     assert_eq!(clients(&answer["clients"]), [member("bob", &idb, "gw-b")]);
 }
+
+#[tokio::test]
+async fn a_socket_taken_over_on_another_node_is_listed_once_on_its_new_node() {
+    let redis = RedisServer::start().await;
+    let env = [("WSGW_PRESENCE_CHANNELS", "chat:*"), ("WSGW_PRESENCE_TTL_MS", "1500")];
+    let a = GatewayProc::start(&redis, "gw-a", &env).await;
+    let b = GatewayProc::start(&redis, "gw-b", &env).await;
+    let t = token("alice", &["chat:*"], &[]);
+    let (mut alice, wa) = a.connect(&t).await;
+    let (mut bob, wb) = b.connect(&token("bob", &["chat:*"], &[])).await;
+    let (ida, idb) = (id_of(&wa), id_of(&wb));
+    subscribe(&mut bob, "chat:1").await;
+    subscribe(&mut alice, "chat:1").await;
+    expect_presence(&mut bob, "join", "chat:1", "alice", &ida).await;
+
+    // The same id opens on B while A still holds it: A closes its socket as replaced.
+    let (mut again, w) = b.connect_query(&format!("connection_id={ida}&token={t}")).await;
+    assert_eq!(w["connection_id"], ida.as_str(), "{w}");
+    subscribe(&mut again, "chat:1").await;
+    let moved = [member("alice", &ida, "gw-b"), member("bob", &idb, "gw-b")];
+    wait_until("alice is listed on B only", || async {
+        http_clients(&a, "chat:1").await == moved
+    })
+    .await;
+    // And stays so past a TTL (A's entry is not written again, nobody announces her leave).
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(http_clients(&b, "chat:1").await, moved);
+    while let Ok(Some(f)) = bob.next_within(Duration::from_millis(100)).await {
+        assert!(
+            !(f["type"] == "leave" && f["connection_id"] == ida.as_str()),
+            "a takeover is not a leave: {f}"
+        );
+    }
+}

@@ -51,11 +51,24 @@ impl Inner {
     /// On the node-wide tick: rewrites this node's entries (announcing again, with `join`,
     /// any that Redis lost in a restart or that another node reaped while this one could not
     /// refresh), then reaps the expired entries of the channels this node has members in.
-    pub(super) async fn refresh_channels(&self, tracker: &Tracker) {
+    pub(super) async fn refresh_channels(&self, tracker: &mut Tracker) {
         if !tracker.is_on() {
             return;
         }
         let ttl = self.s.presence_ttl_ms;
+        // A socket taken over from another node: its id lives on there, and that node announced
+        // it with its own entries. Ours go without a `leave`, which would read as the id leaving.
+        let gone = tracker.remove_gone(|id| self.hub.connection(id).is_some());
+        if !gone.is_empty() {
+            let mut pipe = redis::pipe();
+            for c in &gone {
+                pipe.cmd("ZREM")
+                    .arg(self.keys.presence_channel(&c.channel))
+                    .arg(self.presence_member(c))
+                    .ignore();
+            }
+            self.run_pipe(pipe).await;
+        }
         let all = tracker.all();
         for chunk in all.chunks(500) {
             let mut pipe = redis::pipe();

@@ -100,7 +100,7 @@ impl Inner {
                 }
                 _ = tick.tick() => {
                     self.refresh_all(&mut written, refresh).await;
-                    self.refresh_channels(&tracker).await;
+                    self.refresh_channels(&mut tracker).await;
                 }
                 // The gateway sends `Leave` (via `shutdown()`) before this fires; stopping here
                 // also covers a gateway dropped without a clean leave.
