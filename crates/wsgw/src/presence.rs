@@ -76,8 +76,8 @@ impl Change {
     }
 }
 
-/// One member socket's user and the tracked channels it is in.
-type Memberships = (Arc<str>, Vec<Arc<str>>);
+/// One member socket (the latest with its id here) and the tracked channels it is in.
+type Memberships = (Arc<Connection>, Vec<Arc<str>>);
 
 /// This node's members of tracked channels. A socket is a member of a tracked channel it is
 /// subscribed to by name (a pattern subscription receives `join`/`leave` of the channels it
@@ -108,7 +108,7 @@ impl Tracker {
     /// Brings `conn`'s memberships in line with its subscriptions now; returns the joins and
     /// leaves that takes. A socket replaced by a newer one with its id is left alone (the newer
     /// one's own update takes over the id's memberships).
-    pub fn update(&mut self, conn: &Connection) -> Vec<Change> {
+    pub fn update(&mut self, conn: &Arc<Connection>) -> Vec<Change> {
         if !self.is_on() || conn.is_replaced() {
             return Vec::new();
         }
@@ -118,7 +118,7 @@ impl Tracker {
             .filter(|c| is_tracked(&self.patterns, c))
             .collect();
         let before = match self.by_conn.get(&conn.id) {
-            Some((user, chans)) if *user == conn.user_id => chans.clone(),
+            Some((known, chans)) if known.user_id == conn.user_id => chans.clone(),
             // The id now belongs to another user's socket: the old one left everything.
             Some(_) => {
                 let mut changes = self.remove(&conn.id);
@@ -142,29 +142,36 @@ impl Tracker {
         if now.is_empty() {
             self.by_conn.remove(&conn.id);
         } else {
-            self.by_conn.insert(conn.id.clone(), (conn.user_id.clone(), now));
+            self.by_conn.insert(conn.id.clone(), (conn.clone(), now));
         }
         changes
     }
 
     /// A socket closed: it leaves every tracked channel it was in.
     pub fn remove(&mut self, connection_id: &str) -> Vec<Change> {
-        let Some((id, (user, chans))) = self.by_conn.remove_entry(connection_id) else {
+        let Some((id, (conn, chans))) = self.by_conn.remove_entry(connection_id) else {
             return Vec::new();
         };
         chans
             .iter()
             .map(|ch| {
                 self.unindex(ch, &id);
-                self.change(ch, &id, &user, false)
+                self.change(ch, &id, &conn.user_id, false)
             })
             .collect()
     }
 
-    /// Drops the members that `live` no longer knows (a socket taken over by a newer one with
-    /// its id on another node closes without a disconnect of its own); returns them as leaves.
-    pub fn remove_gone(&mut self, live: impl Fn(&str) -> bool) -> Vec<Change> {
-        let gone: Vec<Arc<str>> = self.by_conn.keys().filter(|id| !live(id)).cloned().collect();
+    /// Drops the members replaced by a newer socket with their id that is not `live` here: a
+    /// socket taken over on another node closes without a disconnect of its own (one closed
+    /// otherwise is removed by its disconnect, which may still be on its way). Returns them as
+    /// leaves.
+    pub fn remove_replaced(&mut self, live: impl Fn(&str) -> bool) -> Vec<Change> {
+        let gone: Vec<Arc<str>> = self
+            .by_conn
+            .iter()
+            .filter(|(id, (conn, _))| conn.is_replaced() && !live(id))
+            .map(|(id, _)| id.clone())
+            .collect();
         gone.iter().flat_map(|id| self.remove(id)).collect()
     }
 
@@ -270,6 +277,28 @@ mod tests {
             .frame(),
             r#"{"type":"leave","channel":"chat:1","user_id":"alice","connection_id":"a"}"#
         );
+    }
+
+    #[test]
+    fn only_a_socket_replaced_and_gone_from_the_hub_is_dropped_without_its_disconnect() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let mut t = Tracker::new(vec!["chat:*".into()]);
+        let a = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, None));
+        let b = hub.register(Connection::new(Arc::from("b"), Arc::from("bob"), 10, None));
+        hub.subscribe(&a, "chat:1");
+        hub.subscribe(&b, "chat:1");
+        t.update(&a);
+        t.update(&b);
+        // b closed normally: its disconnect (maybe still queued) sends its leave, not this.
+        hub.remove(&b);
+        // a's id was taken over (here, on this node: the newer socket is live).
+        let a2 = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, None));
+        let live = |id: &str| hub.connection(id).is_some();
+        assert!(t.remove_replaced(live).is_empty());
+        hub.remove(&a2);
+        let live = |id: &str| hub.connection(id).is_some();
+        assert_eq!(summary(&t.remove_replaced(live)), ["-chat:1:a"]);
+        assert_eq!(summary(&t.remove("b")), ["-chat:1:b"]);
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Inner {
         let ttl = self.s.presence_ttl_ms;
         // A socket taken over from another node: its id lives on there, and that node announced
         // it with its own entries. Ours go without a `leave`, which would read as the id leaving.
-        let gone = tracker.remove_gone(|id| self.hub.connection(id).is_some());
+        let gone = tracker.remove_replaced(|id| self.hub.connection(id).is_some());
         if !gone.is_empty() {
             let mut pipe = redis::pipe();
             for c in &gone {
