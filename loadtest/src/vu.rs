@@ -103,7 +103,19 @@ impl Client {
     /// The next message. `None` once closed without reconnect. Cancel-safe (the client's
     /// `next` is; a reconnect in progress simply starts over).
     pub async fn next(&mut self) -> Option<Incoming> {
-        Some(match self.inner.next().await? {
+        loop {
+            let incoming = self.inner.next().await?;
+            if let Some(m) = self.translate(incoming) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// What the load tool makes of a client message; `None` for what it ignores (presence
+    /// `join`/`leave`).
+    fn translate(&mut self, incoming: wsgw_client::Incoming) -> Option<Incoming> {
+        Some(match incoming {
+            wsgw_client::Incoming::Join { .. } | wsgw_client::Incoming::Leave { .. } => return None,
             wsgw_client::Incoming::Event {
                 channel,
                 event,

@@ -1,6 +1,7 @@
 //! dispatch.rs: what the client does with a frame that answers no waiting call: events through
 //! the cursor (dropping what the application already has), responses, errors, server-side
-//! unsubscribes, late `subscribed` answers (catch-up bookkeeping) and `gap` frames.
+//! unsubscribes, late `subscribed` answers (catch-up bookkeeping), `gap` frames, and the
+//! presence `join`/`leave` frames.
 
 use super::*;
 
@@ -73,6 +74,24 @@ impl Client {
                 None
             }
             ServerFrame::Gap { channels, recovered } => Some(Incoming::Gap { channels, recovered }),
+            ServerFrame::Join {
+                channel,
+                user_id,
+                connection_id,
+            } => Some(Incoming::Join {
+                channel,
+                user_id,
+                connection_id,
+            }),
+            ServerFrame::Leave {
+                channel,
+                user_id,
+                connection_id,
+            } => Some(Incoming::Leave {
+                channel,
+                user_id,
+                connection_id,
+            }),
             // Late answers to timed-out calls, pongs, welcomes.
             _ => None,
         }

@@ -64,6 +64,26 @@ pub enum Incoming {
         /// Always `false`.
         recovered: bool,
     },
+    /// A socket subscribed to a presence-tracked channel this connection follows (by name or
+    /// through a pattern). Ephemeral: no event id, never replayed; treat `Join` and `Leave` as
+    /// set updates keyed by `connection_id` (see docs/protocol.md, "Channel presence").
+    Join {
+        /// The channel.
+        channel: String,
+        /// The joining socket's user.
+        user_id: String,
+        /// The joining socket's connection id.
+        connection_id: String,
+    },
+    /// A socket left a presence-tracked channel (unsubscribed, closed, or its node died).
+    Leave {
+        /// The channel.
+        channel: String,
+        /// The leaving socket's user.
+        user_id: String,
+        /// The leaving socket's connection id.
+        connection_id: String,
+    },
     /// The gateway removed a subscription by itself (e.g. after a token refresh).
     Unsubscribed {
         /// The topic or pattern.

@@ -55,6 +55,7 @@ mod connect;
 mod cursor;
 mod dispatch;
 mod incoming;
+mod presence;
 mod tls;
 
 use std::collections::VecDeque;
@@ -76,7 +77,7 @@ use crate::connect::{read_frame, refusal};
 use crate::cursor::{Cursor, Subscribe};
 
 use wsgw_protocol::{ClientFrame, ServerFrame};
-pub use wsgw_protocol::{CloseCode, Event, EventId, Welcome};
+pub use wsgw_protocol::{CloseCode, Event, EventId, PresenceClient, Welcome};
 
 type Ws = WebSocketStream<tls::Stream>;
 
@@ -619,7 +620,7 @@ impl Client {
                     let answers = f.get("request_id").and_then(Value::as_u64) == Some(rid)
                         && matches!(
                             f["type"].as_str(),
-                            Some("subscribed" | "unsubscribed" | "ack" | "history" | "error")
+                            Some("subscribed" | "unsubscribed" | "ack" | "history" | "presence" | "error")
                         );
                     if answers {
                         return Ok(f);

@@ -5,6 +5,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::EventId;
+use crate::PresenceClient;
 
 /// A frame a client sends to the gateway. Both ways: the gateway parses it
 /// ([`parse_client_frame`]), clients build it ([`ClientFrame::to_json`]).
@@ -80,6 +81,14 @@ pub enum ClientFrame {
         /// Echoed in the answer.
         request_id: Value,
     },
+    /// Who is in a channel tracked for presence (`WSGW_PRESENCE_CHANNELS`); allowed where a
+    /// subscribe would be. Answered with a `presence` frame.
+    Presence {
+        /// Channel name (no patterns).
+        channel: String,
+        /// Echoed in the answer.
+        request_id: Value,
+    },
     /// Replace the connection's token.
     Refresh {
         /// The new JWT.
@@ -107,6 +116,7 @@ const CLIENT_TYPES: &[&str] = &[
     "pong",
     "refresh",
     "history",
+    "presence",
 ];
 
 /// Why a client frame was refused; maps to an `error` frame.
@@ -336,6 +346,35 @@ pub enum ServerFrame {
         /// Echo of the request's id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<Value>,
+    },
+    /// A socket subscribed to a presence-tracked channel (ephemeral: no `event_id`, never
+    /// replayed or kept in history).
+    Join {
+        /// The channel joined.
+        channel: String,
+        /// The joining socket's user (its token's `sub`).
+        user_id: String,
+        /// The joining socket's connection id.
+        connection_id: String,
+    },
+    /// A socket left a presence-tracked channel: it unsubscribed, closed, or its node died
+    /// (sent once the node's presence TTL ran out). Ephemeral, like `join`.
+    Leave {
+        /// The channel left.
+        channel: String,
+        /// The leaving socket's user.
+        user_id: String,
+        /// The leaving socket's connection id.
+        connection_id: String,
+    },
+    /// Answer to a client `presence` frame: the channel's members, cluster-wide.
+    Presence {
+        /// The channel asked about.
+        channel: String,
+        /// Echo of the request's id.
+        request_id: Value,
+        /// The sockets subscribed to it (at most the gateway's cap, see docs/protocol.md).
+        clients: Vec<PresenceClient>,
     },
     /// Server heartbeat.
     Ping {

@@ -10,6 +10,7 @@ mod channel;
 mod close;
 mod event_id;
 mod frames;
+mod presence;
 
 pub use backoff::Backoff;
 pub use channel::{
@@ -23,3 +24,4 @@ pub use frames::{
     ClientFrame, ErrorCode, Event, EventFrame, FrameError, HeartbeatInfo, ServerFrame, Welcome, encode_event,
     encode_history, parse_client_frame, parse_server_frame,
 };
+pub use presence::PresenceClient;

@@ -59,6 +59,7 @@ fn frame_like() -> impl Strategy<Value = Value> {
         Just("pong"),
         Just("refresh"),
         Just("history"),
+        Just("presence"),
         Just("welcome"),
         Just(""),
     ];
@@ -165,6 +166,7 @@ fn type_of(frame: &ClientFrame) -> &'static str {
         ClientFrame::Pong {} => "pong",
         ClientFrame::Refresh { .. } => "refresh",
         ClientFrame::History { .. } => "history",
+        ClientFrame::Presence { .. } => "presence",
     }
 }
 

@@ -85,6 +85,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/bans/{id}", axum::routing::delete(unban))
         .route("/connections/{id}/disconnect", post(disconnect_connection))
         .route("/presence/users/{id}", get(presence))
+        .route("/presence/channels/{channel}", get(channel_presence))
         .route("/history/{channel}", get(history))
         .route("/stats", get(stats))
         .layer(DefaultBodyLimit::max(gw.config.max_publish_bytes))
@@ -382,6 +383,18 @@ async fn disconnect_connection(State(gw): State<Arc<Gateway>>, Path(id): Path<St
 async fn presence(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> ApiResult {
     let connections = gw.broker.presence(&id).await?;
     Ok(Json(json!({ "user_id": id, "connections": connections })).into_response())
+}
+
+/// Members of a presence-tracked channel (`WSGW_PRESENCE_CHANNELS`), cluster-wide.
+async fn channel_presence(State(gw): State<Arc<Gateway>>, Path(channel): Path<String>) -> ApiResult {
+    validate_channel(&channel, false).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    if !crate::presence::is_tracked(&gw.config.presence_channels, &channel) {
+        return Err(AppError::BadRequest(format!(
+            "presence is not tracked on {channel} (see WSGW_PRESENCE_CHANNELS)"
+        )));
+    }
+    let clients = gw.broker.channel_presence(&channel).await?;
+    Ok(Json(json!({ "channel": channel, "clients": clients })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod origin;
+pub mod presence;
 pub mod proxy;
 pub mod server;
 pub mod session;

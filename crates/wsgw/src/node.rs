@@ -129,6 +129,8 @@ impl Gateway {
         } else {
             config.node_id.clone()
         };
+        crate::presence::validate_patterns(&config.presence_channels)
+            .map_err(|reason| StartError::Config(format!("presence_channels: {reason}")))?;
         let hub = Arc::new(Hub::new(node_id.clone(), metrics.clone()));
         let limits = HistoryLimits {
             size: config.history_size,
@@ -152,7 +154,10 @@ impl Gateway {
         };
         let (broker, memory): (Arc<dyn Broker>, Option<Arc<MemoryBroker>>) = match target {
             None => {
-                let m = Arc::new(MemoryBroker::new(hub.clone(), limits, config.session_ttl_ms));
+                let m = Arc::new(
+                    MemoryBroker::new(hub.clone(), limits, config.session_ttl_ms)
+                        .with_presence_channels(config.presence_channels.clone()),
+                );
                 (m.clone(), Some(m))
             }
             Some(target) => {
@@ -169,6 +174,7 @@ impl Gateway {
                     history: limits,
                     session_ttl_ms: config.session_ttl_ms,
                     presence_ttl_ms: config.effective_presence_ttl_ms(),
+                    presence_channels: config.presence_channels.clone(),
                     canary_interval_ms: config.canary_interval_ms,
                     op_timeout: Duration::from_millis(config.redis_timeout_ms),
                     inbound_maxlen: config.inbound_maxlen,

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use wsgw_protocol::{EventId, encode_event};
+use wsgw_protocol::{EventId, PresenceClient, encode_event};
 
 use super::{
     Broker, BrokerError, ClusterStats, HistoryPage, HistoryQuery, IDEMPOTENCY_TTL_MS, InboundRequest, PublishRequest,
     Resume, StoredEvent,
 };
 use crate::hub::{Connection, Hub, OutFrame, PresenceEntry};
+use crate::presence::{Change, Tracker};
 use crate::time::{now_ms, now_us};
 
 /// History limits.
@@ -107,6 +108,8 @@ pub struct MemoryBroker {
     state: Mutex<State>,
     /// Banned users and when their ban ends, ms since the epoch (node-local).
     bans: Mutex<HashMap<String, u64>>,
+    /// Members of presence-tracked channels (all of them: this is the only node).
+    presence: Mutex<Tracker>,
 }
 
 impl MemoryBroker {
@@ -125,6 +128,21 @@ impl MemoryBroker {
                 idempotency: IdempotencyKeys::new(MAX_IDEMPOTENCY_KEYS),
             }),
             bans: Mutex::new(HashMap::new()),
+            presence: Mutex::new(Tracker::default()),
+        }
+    }
+
+    /// Tracks the presence of the channels `patterns` match (`WSGW_PRESENCE_CHANNELS`).
+    pub fn with_presence_channels(self, patterns: Vec<String>) -> Self {
+        *self.presence.lock() = Tracker::new(patterns);
+        self
+    }
+
+    /// Sends each `join`/`leave` to the channel's subscribers on this node: ephemeral frames
+    /// without an id, so no floor or cursor is touched.
+    fn announce(&self, changes: Vec<Change>) {
+        for c in changes {
+            self.hub.deliver(&c.channel, &OutFrame::control(c.frame()), &[]);
         }
     }
 
@@ -267,9 +285,14 @@ impl Broker for MemoryBroker {
         true
     }
 
-    fn connected(&self, _conn: &Arc<Connection>) {}
+    fn connected(&self, conn: &Arc<Connection>) {
+        let changes = self.presence.lock().update(conn);
+        self.announce(changes);
+    }
 
     fn disconnected(&self, conn: &Arc<Connection>, topics: Vec<String>, park: bool) {
+        let changes = self.presence.lock().remove(&conn.id);
+        self.announce(changes);
         if park && self.session_ttl_ms > 0 {
             self.hub.park(conn, topics, self.session_ttl_ms);
         }
@@ -290,6 +313,18 @@ impl Broker for MemoryBroker {
     fn presence<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<PresenceEntry>, BrokerError>> {
         let p = self.hub.presence(user_id);
         Box::pin(async move { Ok(p) })
+    }
+
+    fn channel_presence<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Vec<PresenceClient>, BrokerError>> {
+        let node = self.hub.node_id();
+        let clients = self
+            .presence
+            .lock()
+            .members(channel)
+            .iter()
+            .map(|c| c.client(node))
+            .collect();
+        Box::pin(async move { Ok(clients) })
     }
 
     fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, BrokerError>> {

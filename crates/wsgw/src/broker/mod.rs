@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
-use wsgw_protocol::EventId;
+use wsgw_protocol::{EventId, PresenceClient};
 
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
@@ -174,6 +174,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Connections of a user, cluster-wide where the broker knows the cluster.
     fn presence<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<PresenceEntry>, BrokerError>>;
+
+    /// Members of a presence-tracked channel (the caller checked it is tracked), cluster-wide
+    /// where the broker knows the cluster; at most [`crate::presence::MAX_PRESENCE_CLIENTS`].
+    /// The `join`/`leave` frames come from `connected` and `disconnected`, which bring a
+    /// socket's memberships in line with its subscriptions.
+    fn channel_presence<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Vec<PresenceClient>, BrokerError>>;
 
     /// Nodes and connections across the cluster.
     fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, BrokerError>>;

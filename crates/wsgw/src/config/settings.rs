@@ -183,6 +183,11 @@ settings! {
     /// TTL of presence keys and of this node's registry entry (Redis broker), in
     /// milliseconds; refreshed every third of it. `0` derives it: heartbeat timeout + 5 s.
     presence_ttl_ms: u64 = 0, WSGW_PRESENCE_TTL_MS => parse(MS);
+    /// Channel patterns (a list of strings in TOML, comma-separated in the env), e.g.
+    /// `chat:*,room:*`, whose presence is tracked cluster-wide: subscribers get `join` and
+    /// `leave` frames, and `presence` / `GET /api/presence/channels/{channel}` list the members.
+    /// Empty: off.
+    presence_channels: Vec<String> = Vec::new(), WSGW_PRESENCE_CHANNELS => list;
     /// How often the node publishes a canary on its own control channel to prove its Redis
     /// pub/sub connection alive (three missed: not ready, reconnect), in milliseconds.
     canary_interval_ms: u64 = 2000, WSGW_CANARY_INTERVAL_MS => parse(MS);

@@ -36,7 +36,9 @@ fn frame_request_id(frame: &ClientFrame) -> Option<&Value> {
         | ClientFrame::Unsubscribe { request_id, .. }
         | ClientFrame::Publish { request_id, .. }
         | ClientFrame::Refresh { request_id, .. } => request_id.as_ref(),
-        ClientFrame::Request { request_id, .. } | ClientFrame::History { request_id, .. } => Some(request_id),
+        ClientFrame::Request { request_id, .. }
+        | ClientFrame::History { request_id, .. }
+        | ClientFrame::Presence { request_id, .. } => Some(request_id),
         ClientFrame::Ping { .. } | ClientFrame::Pong {} => None,
     }
 }
@@ -112,6 +114,7 @@ impl Session {
                 limit,
                 request_id,
             } => self.history(channel, since, limit, request_id).await,
+            ClientFrame::Presence { channel, request_id } => self.presence(channel, request_id).await,
         }
     }
 

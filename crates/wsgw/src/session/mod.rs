@@ -6,6 +6,7 @@
 mod commands;
 mod hooked;
 mod open;
+mod presence;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -27,6 +27,11 @@ impl Keys {
     pub(super) fn presence_user(&self, user: &str) -> String {
         format!("{}presence:user:{user}", self.prefix)
     }
+    /// The members of a presence-tracked channel: a sorted set of `{"user_id","connection_id",
+    /// "node"}` members scored by their expiry (ms since the epoch).
+    pub(super) fn presence_channel(&self, channel: &str) -> String {
+        format!("{}presence:channel:{channel}", self.prefix)
+    }
     pub(super) fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
     }

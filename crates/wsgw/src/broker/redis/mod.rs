@@ -30,6 +30,7 @@ use crate::hub::{Connection, Hub, OutFrame, PresenceEntry, ResponseTag};
 use crate::metrics::Metrics;
 use crate::time::now_ms;
 
+mod channel_presence;
 mod control;
 mod keys;
 mod link;
@@ -71,6 +72,8 @@ pub struct RedisSettings {
     pub session_ttl_ms: u64,
     /// TTL of presence keys and the node registry entry.
     pub presence_ttl_ms: u64,
+    /// Channel patterns whose presence is tracked (`WSGW_PRESENCE_CHANNELS`).
+    pub presence_channels: Vec<String>,
     /// How often the node publishes its canary on its own control channel.
     pub canary_interval_ms: u64,
     /// Longest a single Redis command may take before the caller gets `unavailable`.
@@ -280,6 +283,13 @@ impl Broker for RedisBroker {
 
     fn presence<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<PresenceEntry>, BrokerError>> {
         Box::pin(self.inner.presence(user_id))
+    }
+
+    fn channel_presence<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<wsgw_protocol::PresenceClient>, BrokerError>> {
+        Box::pin(self.inner.channel_presence(channel))
     }
 
     fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, BrokerError>> {

@@ -1,8 +1,10 @@
 //! broker/redis/presence.rs: which sockets live where. Presence keys per connection and per
 //! user, the node registry, parked sessions, written in pipelined batches by one task and
-//! refreshed on a node-wide tick; and the cluster-wide reads of them.
+//! refreshed on a node-wide tick; and the cluster-wide reads of them. Channel presence
+//! (`channel_presence.rs`) rides on the same batches and tick.
 
 use super::*;
+use crate::presence::Tracker;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct PresenceValue {
@@ -44,6 +46,8 @@ impl Inner {
         // (the welcome), every later change rides on the node-wide refresh, which writes each
         // socket's current topics well within the key's TTL (3 ticks).
         let mut written: HashMap<Arc<str>, tokio::time::Instant> = HashMap::new();
+        // This node's members of presence-tracked channels (`channel_presence.rs`).
+        let mut tracker = Tracker::new(self.s.presence_channels.clone());
         let mut tick = tokio::time::interval(refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -59,9 +63,11 @@ impl Inner {
                     }
                     let mut leave = None;
                     let mut pipe = redis::pipe();
+                    let mut changes = Vec::new();
                     for cmd in batch {
                         match cmd {
                             PresenceCmd::Connected(c) => {
+                                changes.extend(tracker.update(&c));
                                 if let std::collections::hash_map::Entry::Vacant(e) = written.entry(c.id.clone()) {
                                     e.insert(tokio::time::Instant::now());
                                     self.add_presence(&mut pipe, &c);
@@ -69,6 +75,7 @@ impl Inner {
                             }
                             PresenceCmd::Disconnected { id, user_id, topics, park } => {
                                 written.remove(&id);
+                                changes.extend(tracker.remove(&id));
                                 // Parked before the presence goes: `resume` relies on that order.
                                 if park && self.s.session_ttl_ms > 0 {
                                     let v = serde_json::to_string(&ParkedValue { user_id: user_id.to_string(), topics }).unwrap_or_default();
@@ -77,9 +84,13 @@ impl Inner {
                                 pipe.cmd("DEL").arg(self.keys.presence_conn(&id)).ignore();
                                 pipe.cmd("ZREM").arg(self.keys.presence_user(&user_id)).arg(&*id).ignore();
                             }
-                            PresenceCmd::Leave(tx) => leave = Some(tx),
+                            PresenceCmd::Leave(tx) => {
+                                changes.extend(tracker.remove_all());
+                                leave = Some(tx);
+                            }
                         }
                     }
+                    self.channel_changes(&mut pipe, &changes);
                     self.run_pipe(pipe).await;
                     if let Some(tx) = leave {
                         self.leave().await;
@@ -87,7 +98,10 @@ impl Inner {
                         return;
                     }
                 }
-                _ = tick.tick() => self.refresh_all(&mut written, refresh).await,
+                _ = tick.tick() => {
+                    self.refresh_all(&mut written, refresh).await;
+                    self.refresh_channels(&mut tracker).await;
+                }
                 // The gateway sends `Leave` (via `shutdown()`) before this fires; stopping here
                 // also covers a gateway dropped without a clean leave.
                 _ = shutdown.changed() => return,

@@ -337,6 +337,8 @@ impl Inner {
             // An event must name the channel it travels on, so a frame can't be smuggled
             // onto another channel's subscribers.
             "event" if head.channel.as_deref() == Some(channel) => {}
+            // Channel presence (`channel_presence.rs`): ephemeral, on the channel they name.
+            "join" | "leave" if head.channel.as_deref() == Some(channel) => {}
             // Backend answers to requests, only to the one connection that asked.
             "response" if channel.starts_with(wsgw_protocol::CONNECTION_PREFIX) => {
                 let key = head.request_id.as_ref().map(|v| v.to_string())?;
