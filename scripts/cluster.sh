@@ -27,6 +27,10 @@
 #   WSGW_API_KEY            used when set, else the generated one from .wsgw-run/env
 #   WSGW_TRUSTED_PROXIES    default 127.0.0.1 (the local nginx)
 #   WSGW_DRAIN_MS           passed to the nodes; `stop` waits this long plus 10 s per node
+#   WSGW_CLUSTER_SENTINEL=1 also a replica and three Sentinels (quorum 2, master name `wsgw`);
+#                           the nodes find the primary through WSGW_REDIS_SENTINELS (the
+#                           topology of docker-compose.sentinel.yml). cluster.json lists the
+#                           Sentinel ports; try `redis-cli -p <port> SENTINEL FAILOVER wsgw`.
 #   WSGW_NGINX_WORKERS      nginx worker processes (default 1). Each proxied socket holds two
 #                           of a worker's connections (at most half the open-files limit, 16384):
 #                           give more workers for more than ~8,000 sockets through nginx
@@ -81,10 +85,13 @@ read_record() {
     [[ ${REC_PID:-} =~ ^[0-9]+$ ]] || return 1
 }
 
-# Record names in start order: redis, gw-1..gw-N (numeric order), nginx.
+# Record names in start order: redis, redis-replica, sentinel-1..3, gw-1..gw-N (numeric
+# order), nginx.
 record_names() {
     local f names=() nodes=()
     [[ -f $PIDS/redis.pid ]] && names+=(redis)
+    [[ -f $PIDS/redis-replica.pid ]] && names+=(redis-replica)
+    for f in 1 2 3; do [[ -f $PIDS/sentinel-$f.pid ]] && names+=("sentinel-$f"); done
     for f in "$PIDS"/gw-*.pid; do
         [[ -e $f ]] || continue
         f=${f##*/}
@@ -154,16 +161,19 @@ do_stop() {
         wait_gone "$nginx_pid" "$nginx_exe" 5 || log "nginx (pid $nginx_pid) will not die"
     fi
 
-    # 4. redis last, so the nodes could still delete their presence keys while draining.
-    if read_record redis && alive "$REC_PID" "$REC_EXE"; then
-        log "redis (pid $REC_PID): SIGTERM"
-        kill -TERM "$REC_PID" 2>/dev/null || true
-        if ! wait_gone "$REC_PID" "$REC_EXE" 15; then
-            log "redis (pid $REC_PID) still running after 15s: SIGKILL"
-            kill -KILL "$REC_PID" 2>/dev/null || true
-            wait_gone "$REC_PID" "$REC_EXE" 5 || log "redis (pid $REC_PID) will not die"
+    # 4. Redis last (Sentinels first, so they do not fail over a primary being stopped), so
+    #    the nodes could still delete their presence keys while draining.
+    for name in sentinel-1 sentinel-2 sentinel-3 redis-replica redis; do
+        if read_record "$name" && alive "$REC_PID" "$REC_EXE"; then
+            log "$name (pid $REC_PID): SIGTERM"
+            kill -TERM "$REC_PID" 2>/dev/null || true
+            if ! wait_gone "$REC_PID" "$REC_EXE" 15; then
+                log "$name (pid $REC_PID) still running after 15s: SIGKILL"
+                kill -KILL "$REC_PID" 2>/dev/null || true
+                wait_gone "$REC_PID" "$REC_EXE" 5 || log "$name (pid $REC_PID) will not die"
+            fi
         fi
-    fi
+    done
 
     local left=0
     for name in "${names[@]}"; do
@@ -301,14 +311,41 @@ fail_with_log() {
     die "$1 did not start"
 }
 
+# wait_redis PORT [NAME]: until the redis-server (or Sentinel) just launched answers PING.
 wait_redis() {
-    local i
+    local i name=${2:-redis}
     for ((i = 0; i < 300; i++)); do
-        alive "$LAUNCHED_PID" "$REDIS_EXE" || fail_with_log redis "$LOGS/redis.log" "redis-server exited"
+        alive "$LAUNCHED_PID" "$REDIS_EXE" || fail_with_log "$name" "$LOGS/$name.log" "redis-server exited"
         [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]] && return 0
         sleep 0.1
     done
-    fail_with_log redis "$LOGS/redis.log" "redis did not answer PING within 30s"
+    fail_with_log "$name" "$LOGS/$name.log" "$name did not answer PING within 30s"
+}
+
+# start_sentinels: a replica of the primary and three Sentinels (quorum 2) watching it as
+# `wsgw`; sets REDIS_ENV to what the nodes need to find the primary through them.
+start_sentinels() {
+    local i port sentinels=''
+    log "starting redis-replica on 127.0.0.1:$REPLICA_PORT"
+    mkdir -p "$RUN/redis-replica"
+    : >"$LOGS/redis-replica.log"
+    launch redis-replica "$REPLICA_PORT" "$REDIS_EXE" "$LOGS/redis-replica.log" \
+        redis-server --bind 127.0.0.1 --port "$REPLICA_PORT" --save "" --appendonly yes \
+        --dir "$RUN/redis-replica" --daemonize no --replicaof 127.0.0.1 "$REDIS_PORT"
+    wait_redis "$REPLICA_PORT" redis-replica
+    for i in 1 2 3; do
+        port=${SENTINEL_PORTS[$((i - 1))]}
+        # Sentinel rewrites its config file: a fresh one per start.
+        printf 'port %s\nbind 127.0.0.1\nsentinel monitor wsgw 127.0.0.1 %s 2\nsentinel down-after-milliseconds wsgw 2000\nsentinel failover-timeout wsgw 20000\n' \
+            "$port" "$REDIS_PORT" >"$RUN/sentinel-$i.conf"
+        log "starting sentinel-$i on 127.0.0.1:$port"
+        : >"$LOGS/sentinel-$i.log"
+        launch "sentinel-$i" "$port" "$REDIS_EXE" "$LOGS/sentinel-$i.log" \
+            redis-server "$RUN/sentinel-$i.conf" --sentinel --daemonize no
+        wait_redis "$port" "sentinel-$i"
+        sentinels+="${sentinels:+,}127.0.0.1:$port"
+    done
+    REDIS_ENV=(WSGW_REDIS_SENTINELS="$sentinels" WSGW_REDIS_SENTINEL_MASTER=wsgw)
 }
 
 # wait_http NAME PID EXE URL LOGFILE: until URL answers 2xx (bounded: 60 s).
@@ -389,6 +426,7 @@ write_state() {
   "url": "wss://127.0.0.1:$NGINX_PORT/ws",
   "nginx": {"port": $NGINX_PORT, "pid": $NGINX_PID, "url": "https://127.0.0.1:$NGINX_PORT", "ws_url": "wss://127.0.0.1:$NGINX_PORT/ws", "cert": $(json_str "$NGINX_PREFIX/certs/cert.pem"), "access_log": $(json_str "$NGINX_PREFIX/logs/access.log")},
   "redis": {"port": $REDIS_PORT, "pid": $REDIS_PID, "url": "redis://127.0.0.1:$REDIS_PORT"},
+  "sentinels": [$(IFS=,; printf '%s' "${SENTINEL_PORTS[*]}")],
   "nodes": [$nodes_json],
   "jwt_secret": $(json_str "$JWT_SECRET"),
   "api_key": $(json_str "$API_KEY")
@@ -441,11 +479,18 @@ do_start() {
     trap on_start_exit EXIT
     trap 'exit 130' INT TERM
 
-    pick_ports $((n + 2))
+    local extra=0
+    [[ ${WSGW_CLUSTER_SENTINEL:-} == 1 ]] && extra=4
+    pick_ports $((n + 2 + extra))
     REDIS_PORT=${PORTS[0]}
     NGINX_PORT=${PORTS[1]}
-    NODE_PORTS=("${PORTS[@]:2}")
+    NODE_PORTS=("${PORTS[@]:2:n}")
     NODE_PIDS=()
+    SENTINEL_PORTS=()
+    if ((extra)); then
+        REPLICA_PORT=${PORTS[$((n + 2))]}
+        SENTINEL_PORTS=("${PORTS[@]:$((n + 3)):3}")
+    fi
 
     # Redis: AOF on (every write fsync'd each second), RDB snapshots off.
     log "starting redis on 127.0.0.1:$REDIS_PORT"
@@ -455,6 +500,8 @@ do_start() {
         --dir "$RUN/redis" --daemonize no
     REDIS_PID=$LAUNCHED_PID
     wait_redis "$REDIS_PORT"
+    REDIS_ENV=(WSGW_REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+    if ((extra)); then start_sentinels; fi
 
     for i in "${!NODE_PORTS[@]}"; do
         name=gw-$((i + 1))
@@ -463,7 +510,7 @@ do_start() {
         : >"$LOGS/$name.log"
         launch "$name" "$port" "$BIN" "$LOGS/$name.log" \
             env WSGW_LISTEN="127.0.0.1:$port" WSGW_NODE_ID="$name" \
-            WSGW_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+            "${REDIS_ENV[@]}" \
             WSGW_JWT_SECRET="$JWT_SECRET" WSGW_API_KEY="$API_KEY" \
             WSGW_TRUSTED_PROXIES="${WSGW_TRUSTED_PROXIES:-127.0.0.1}" \
             "$BIN"
