@@ -577,6 +577,20 @@ impl Connection {
         self.close(code)
     }
 
+    /// `close_with` that replaces a close requested meanwhile: a connect-time ban refusal wins
+    /// over the ban's own kick echoed back on pub/sub while the socket was being checked.
+    pub fn refuse_with(&self, last: OutFrame, code: CloseCode) {
+        {
+            let mut ob = self.outbox.lock();
+            ob.bytes += last.text.len();
+            ob.queue.push_back(last);
+            ob.replay = None;
+            ob.close = Some(code);
+        }
+        self.wake.notify_one();
+        self.close_wake.notify_one();
+    }
+
     /// Moves everything queued into `out`; returns the close request, if any.
     pub fn take_batch(&self, out: &mut Vec<OutFrame>) -> Option<CloseCode> {
         let mut ob = self.outbox.lock();

@@ -100,7 +100,7 @@ impl Session {
         if let Some((code, message, close)) = banned {
             let released = gw.hub.remove(&conn);
             gw.broker.unlisten(&released);
-            conn.close_with(error_frame(code, message, None), close);
+            conn.refuse_with(error_frame(code, message, None), close);
             // A resume may have taken the parked session: park it again unless the user is banned.
             let park = (code != ErrorCode::Forbidden).then_some(resumed_topics).flatten();
             return Some(Session::closing(gw, conn, claims, slot).with_park(park));
