@@ -238,3 +238,37 @@ test('a subscribe again refused after a reconnect ends the subscription and reac
     await new Promise((r) => wss.close(r));
   }
 });
+
+describe('channel presence against a gateway (WSGW_PRESENCE_CHANNELS)', () => {
+  let gw;
+  before(async () => { gw = await startGateway({ WSGW_PRESENCE_CHANNELS: 'room:*' }); });
+  after(async () => { await stopGateway(gw); });
+
+  test('join, presence() and leave from the real server reach the subscription', T, async () => {
+    const [ann, bob] = [newUser('ann'), newUser('bob')];
+    const a = makeClient(gw, { token: tokenFor(ann) });
+    const b = makeClient(gw, { token: tokenFor(bob) });
+    try {
+      await a.client.connect();
+      const sub = a.client.subscribe('room:p');
+      const got = record(sub);
+      await sub;
+      await waitFor(() => got.join.some((j) => j.user_id === ann), 'its own join');
+      const wb = await b.client.connect();
+      await b.client.subscribe('room:p');
+      await waitFor(() => got.join.some((j) => j.user_id === bob), 'bob\'s join');
+      const j = got.join.find((x) => x.user_id === bob);
+      assert.deepEqual([j.type, j.channel, j.connection_id], ['join', 'room:p', wb.connection_id]);
+      const p = await sub.presence();
+      assert.deepEqual(p.clients.map((c) => c.user_id).sort(), [ann, bob].sort());
+      assert.ok(p.clients.every((c) => typeof c.node === 'string' && c.node.length > 0), 'each entry names its node');
+      await assert.rejects(a.client.presence('chat:1'), (e) => e.code === 'bad_request', 'an untracked channel');
+      b.client.close();
+      await waitFor(() => got.leave.some((l) => l.user_id === bob && l.connection_id === wb.connection_id), 'bob\'s leave');
+      assert.deepEqual((await sub.presence()).clients.map((c) => c.user_id), [ann]);
+    } finally {
+      a.client.close();
+      b.client.close();
+    }
+  });
+});
