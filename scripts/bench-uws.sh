@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# scripts/bench-uws.sh: wsgw and the uWebSockets.js peer (loadtest/peers/uws) measured one after
+# the other on this machine, against one redis-server this script starts, with the same
+# wsgw-loadtest commands; prints a markdown table (figure | uWS | wsgw | ratio wsgw/uWS).
+#
+# For each server, in turn (uWS first, then wsgw):
+#   1. `wsgw-loadtest idle` with BENCH_SOCKETS sockets: RSS per idle socket.
+#   2. `wsgw-loadtest broadcast` with BENCH_SOCKETS sockets, BENCH_MESSAGES broadcasts through
+#      POST /api/broadcast (-> FCALL wsgw_publish) at each of BENCH_RATES per second:
+#      deliveries, p99 latency and the server's CPU (--server-pid, from /proc).
+# "CPU-s per 1M deliveries" is the server's CPU over the whole broadcast command (its sockets'
+# connects and closes included, as the load tool measures it) per million deliveries; the "net"
+# row first subtracts the CPU of the idle command (the same sockets connected, held and closed,
+# no broadcasts), so it is closer to the fan-out cost alone.
+#
+# Environment (small defaults: one run takes about 3-6 minutes on 2 cores):
+#   BENCH_SOCKETS   sockets per command (default 5000)
+#   BENCH_RATES     broadcast rates per second, space-separated (default "10 50")
+#   BENCH_MESSAGES  broadcasts per rate (default 20)
+#   BENCH_HOLD_S    idle hold in seconds (default 3)
+#   BENCH_PAYLOAD   payload padding bytes per broadcast (default 100, the load tool's default)
+#   BENCH_OUT       directory for logs and JSON summaries (default: a new mktemp -d)
+#   WSGW_BIN, LOADTEST_BIN  binaries (default target/release/{wsgw,wsgw-loadtest}; built with
+#                   `cargo build --release -p wsgw -p wsgw-loadtest` when missing)
+#   NODE            node executable (default: node on PATH)
+#
+# Everything binds 127.0.0.1. Every process this script starts is stopped by its PID on exit.
+# Exit status: 0 when every command ran (a figure may still show missing deliveries), 1 otherwise.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PEER=$ROOT/loadtest/peers/uws
+SOCKETS=${BENCH_SOCKETS:-5000}
+RATES=${BENCH_RATES:-10 50}
+MESSAGES=${BENCH_MESSAGES:-20}
+HOLD_S=${BENCH_HOLD_S:-3}
+PAYLOAD=${BENCH_PAYLOAD:-100}
+NODE=${NODE:-node}
+SECRET=bench-uws-secret-at-least-32-bytes-long
+API_KEY=bench-uws-api-key
+
+log() { printf 'bench-uws: %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+for v in SOCKETS MESSAGES HOLD_S PAYLOAD; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v=${!v} is not a positive whole number"
+done
+for r in $RATES; do
+    [[ $r =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_RATES: $r is not a rate"
+done
+
+ulimit -n "$(ulimit -Hn)"
+(($(ulimit -n) >= SOCKETS * 2 + 200)) ||
+    log "warning: open-files limit $(ulimit -n) is low for $SOCKETS sockets (server and client on one machine)"
+
+OUT=${BENCH_OUT:-$(mktemp -d /tmp/bench-uws.XXXXXX)}
+mkdir -p "$OUT"
+
+# ---- processes: started in the background, recorded, stopped by PID on exit ----
+PIDS=()
+cleanup() {
+    local p i
+    for p in "${PIDS[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$p" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# stop PID: TERM, wait up to 10 s, KILL; forget it.
+stop() {
+    local p=$1 i
+    kill -TERM "$p" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$p" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    local keep=() q
+    for q in "${PIDS[@]}"; do [[ $q == "$p" ]] || keep+=("$q"); done
+    PIDS=("${keep[@]}")
+}
+
+# free_port: a TCP port nobody listens on (and that this script has not handed out).
+TAKEN=" "
+free_port() {
+    local listening port i
+    listening=$(ss -Htln | awk '{print $4}' | sed 's/.*://' | sort -u)
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + RANDOM % 30000))
+        grep -qx "$port" <<<"$listening" && continue
+        [[ $TAKEN == *" $port "* ]] && continue
+        TAKEN+="$port "
+        echo "$port"
+        return 0
+    done
+    die "no free port found"
+}
+
+# wait_ready PID URL LOG: until URL answers 2xx (60 s at most).
+wait_ready() {
+    local i
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$1" 2>/dev/null || {
+            tail -n 20 "$3" >&2
+            die "pid $1 exited (log: $3)"
+        }
+        curl -fs --noproxy '*' --max-time 2 -o /dev/null "$2" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    tail -n 20 "$3" >&2
+    die "$2 did not answer within 60 s"
+}
+
+# ---- binaries ----
+WSGW_BIN=${WSGW_BIN:-$ROOT/target/release/wsgw}
+LOADTEST_BIN=${LOADTEST_BIN:-$ROOT/target/release/wsgw-loadtest}
+if [[ ! -x $WSGW_BIN || ! -x $LOADTEST_BIN ]]; then
+    log "building release binaries (cargo build --release -p wsgw -p wsgw-loadtest)"
+    (cd "$ROOT" && cargo build --release -p wsgw -p wsgw-loadtest) >&2
+fi
+[[ -x $WSGW_BIN ]] || die "$WSGW_BIN is not an executable"
+[[ -x $LOADTEST_BIN ]] || die "$LOADTEST_BIN is not an executable"
+command -v redis-server >/dev/null || die "redis-server not found"
+command -v "$NODE" >/dev/null || die "node not found"
+if [[ ! -d $PEER/node_modules/@trufflesuite/uws-js-unofficial || ! -d $PEER/node_modules/redis ]]; then
+    log "installing the peer's npm packages (npm ci in $PEER)"
+    (cd "$PEER" && npm ci --no-audit --no-fund) >&2
+fi
+
+# ---- redis ----
+REDIS_PORT=$(free_port)
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --daemonize no >"$OUT/redis.log" 2>&1 &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+for ((i = 0; i < 100; i++)); do
+    [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
+    kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited (log: $OUT/redis.log)"
+    sleep 0.1
+done
+log "redis on $REDIS_URL (pid $REDIS_PID); logs and summaries in $OUT"
+
+# json FILE EXPR: a value from a load tool JSON summary (jq expression), "" when null.
+json() { jq -r "$2 // empty" "$1"; }
+
+# run_server NAME: start it, run the commands, stop it; figures go to $OUT/NAME.*.json.
+run_server() {
+    local name=$1 port pid url api
+    port=$(free_port)
+    url=ws://127.0.0.1:$port/ws
+    api=http://127.0.0.1:$port
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" flushall >/dev/null
+    case $name in
+    uws)
+        env WSGW_LISTEN="127.0.0.1:$port" WSGW_JWT_SECRET="$SECRET" WSGW_API_KEY="$API_KEY" \
+            WSGW_REDIS_URL="$REDIS_URL" WSGW_NODE_ID=uws-1 \
+            "$NODE" "$PEER/server.js" </dev/null >"$OUT/uws.log" 2>&1 &
+        ;;
+    wsgw)
+        env WSGW_LISTEN="127.0.0.1:$port" WSGW_JWT_SECRET="$SECRET" WSGW_API_KEY="$API_KEY" \
+            WSGW_REDIS_URL="$REDIS_URL" WSGW_NODE_ID=gw-1 WSGW_LOG=warn \
+            "$WSGW_BIN" </dev/null >"$OUT/wsgw.log" 2>&1 &
+        ;;
+    esac
+    pid=$!
+    PIDS+=("$pid")
+    wait_ready "$pid" "$api/ready" "$OUT/$name.log"
+    log "$name on 127.0.0.1:$port (pid $pid): idle, $SOCKETS sockets"
+    # `|| true`: a crossed threshold (exit 99) still leaves a summary to report.
+    timeout 300 "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
+        --server-pid "$pid" --hold-s "$HOLD_S" --json "$OUT/$name.idle.json" \
+        >"$OUT/$name.idle.txt" 2>"$OUT/$name.idle.err" || log "$name idle exited with $?"
+    sleep 1
+    local r
+    for r in $RATES; do
+        log "$name: broadcast, $SOCKETS sockets, $MESSAGES messages at $r/s"
+        timeout 300 "$LOADTEST_BIN" broadcast --url "$url" --api "$api" --api-key "$API_KEY" \
+            --secret "$SECRET" --connections "$SOCKETS" --messages "$MESSAGES" --rate "$r" \
+            --payload-bytes "$PAYLOAD" --server-pid "$pid" --timeout-s 10 \
+            --json "$OUT/$name.bc$r.json" \
+            >"$OUT/$name.bc$r.txt" 2>"$OUT/$name.bc$r.err" || log "$name broadcast $r/s exited with $?"
+        sleep 1
+    done
+    kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) died during the run (log: $OUT/$name.log)"
+    stop "$pid"
+}
+
+run_server uws
+run_server wsgw
+
+# ---- the table ----
+# fig NAME FIELD: one figure for a server, or "n/a".
+fig() {
+    local name=$1 what=$2 f v
+    case $what in
+    rss) v=$(json "$OUT/$name.idle.json" .gateway.rss_per_socket_kib) ;;
+    idle_cpu) v=$(json "$OUT/$name.idle.json" .gateway.cpu_s | awk '{ printf "%.2f", $1 }') ;;
+    cpu:* | net:* | p99:* | del:*)
+        f=$OUT/$name.bc${what#*:}.json
+        [[ -s $f ]] || {
+            echo n/a
+            return
+        }
+        local cpu delivered idle
+        cpu=$(json "$f" .gateway.cpu_s)
+        delivered=$(json "$f" .figures.delivered)
+        case ${what%%:*} in
+        cpu) v=$(awk -v c="$cpu" -v d="$delivered" 'BEGIN { if (d > 0) printf "%.2f", c * 1e6 / d }') ;;
+        net)
+            idle=$(json "$OUT/$name.idle.json" .gateway.cpu_s)
+            v=$(awk -v c="$cpu" -v i="$idle" -v d="$delivered" 'BEGIN { if (d > 0 && i != "") printf "%.2f", (c - i) * 1e6 / d }')
+            ;;
+        p99) v=$(sed -n 's/^delivery latency ms:.* p99 \([0-9.]*\).*/\1/p' "$OUT/$name.bc${what#*:}.txt") ;;
+        del)
+            local missing
+            missing=$(json "$f" .figures.missing)
+            v="$delivered of $((delivered + missing))"
+            ;;
+        esac
+        ;;
+    esac
+    [[ -n $v ]] && echo "$v" || echo n/a
+}
+
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b != "n/a" && a != "n/a") printf "%.2f", b / a; else print "n/a" }'
+}
+
+row() {
+    local label=$1 u=$2 w=$3 fmt=${4:-}
+    printf '| %s | %s | %s | %s |\n' "$label" "$u$fmt" "$w$fmt" "$(ratio "$u" "$w")"
+}
+
+rss_u=$(fig uws rss)
+rss_w=$(fig wsgw rss)
+{
+    echo
+    echo "| figure | uWS | wsgw | ratio (wsgw/uWS) |"
+    echo "| --- | --- | --- | --- |"
+    printf '| RSS per idle socket, %s sockets | %s KiB | %s KiB | %s |\n' "$SOCKETS" \
+        "$(awk -v v="$rss_u" 'BEGIN { printf (v == "n/a" ? "n/a" : "%.2f"), v }')" \
+        "$(awk -v v="$rss_w" 'BEGIN { printf (v == "n/a" ? "n/a" : "%.2f"), v }')" \
+        "$(ratio "$rss_u" "$rss_w")"
+    for r in $RATES; do
+        row "CPU-s per 1M broadcast deliveries, $r/s (whole command)" "$(fig uws "cpu:$r")" "$(fig wsgw "cpu:$r")"
+        row "same, net of the idle command's CPU, $r/s" "$(fig uws "net:$r")" "$(fig wsgw "net:$r")"
+        row "delivery p99, $r/s (ms)" "$(fig uws "p99:$r")" "$(fig wsgw "p99:$r")"
+        printf '| deliveries, %s/s | %s | %s | |\n' "$r" "$(fig uws "del:$r")" "$(fig wsgw "del:$r")"
+    done
+    echo
+    echo "$SOCKETS sockets, $MESSAGES broadcasts per rate, ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
+    echo "Raw output: $OUT"
+}
