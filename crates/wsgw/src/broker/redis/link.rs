@@ -251,10 +251,11 @@ impl Inner {
             }
             RedisTarget::Sentinel(sentinel) => {
                 let (client, addr) = sentinel.primary(&self.s.tls, self.s.op_timeout).await?;
-                let before = self.primary_addr.lock().replace(addr.clone());
+                let before = self.primary_addr.lock().clone();
                 if before.as_deref() == Some(addr.as_str()) && self.link.read().is_some() {
                     return Ok(false);
                 }
+                let link = Arc::new(Link::new(client, self.s.op_timeout)?);
                 let moved = before.is_some_and(|b| b != addr);
                 if moved {
                     self.failover_pending.store(true, Ordering::Release);
@@ -262,7 +263,8 @@ impl Inner {
                 } else {
                     info!(primary = %addr, "redis primary found through the sentinels");
                 }
-                *self.link.write() = Some(Arc::new(Link::new(client, self.s.op_timeout)?));
+                *self.primary_addr.lock() = Some(addr);
+                *self.link.write() = Some(link);
                 Ok(moved)
             }
         }
