@@ -13,10 +13,11 @@
 # row first subtracts the CPU of the idle command (the same sockets connected, held and closed,
 # no broadcasts), so it is closer to the fan-out cost alone.
 #
-# Environment (small defaults: one run takes about 3-6 minutes on 2 cores):
+# Environment (small defaults: one run takes about 2.5 minutes on 2 cores):
 #   BENCH_SOCKETS   sockets per command (default 5000)
-#   BENCH_RATES     broadcast rates per second, space-separated (default "10 50")
-#   BENCH_MESSAGES  broadcasts per rate (default 20)
+#   BENCH_RATES     broadcast rates per second, space-separated (default "10 20 50")
+#   BENCH_MESSAGES  broadcasts per rate (default 100; with 20 the sockets' connect CPU
+#                   outweighs the deliveries' and the CPU rows swing by 50% run to run)
 #   BENCH_HOLD_S    idle hold in seconds (default 3)
 #   BENCH_PAYLOAD   payload padding bytes per broadcast (default 100, the load tool's default)
 #   BENCH_OUT       directory for logs and JSON summaries (default: a new mktemp -d)
@@ -31,8 +32,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PEER=$ROOT/loadtest/peers/uws
 SOCKETS=${BENCH_SOCKETS:-5000}
-RATES=${BENCH_RATES:-10 50}
-MESSAGES=${BENCH_MESSAGES:-20}
+RATES=${BENCH_RATES:-10 20 50}
+MESSAGES=${BENCH_MESSAGES:-100}
 HOLD_S=${BENCH_HOLD_S:-3}
 PAYLOAD=${BENCH_PAYLOAD:-100}
 NODE=${NODE:-node}
@@ -207,6 +208,7 @@ fig() {
     local name=$1 what=$2 f v
     case $what in
     rss) v=$(json "$OUT/$name.idle.json" .gateway.rss_per_socket_kib) ;;
+    connect) v=$(sed -n 's/^ *connect_time .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.idle.txt") ;;
     idle_cpu) v=$(json "$OUT/$name.idle.json" .gateway.cpu_s | awk '{ printf "%.2f", $1 }') ;;
     cpu:* | net:* | p99:* | del:*)
         f=$OUT/$name.bc${what#*:}.json
@@ -254,6 +256,7 @@ rss_w=$(fig wsgw rss)
         "$(awk -v v="$rss_u" 'BEGIN { printf (v == "n/a" ? "n/a" : "%.2f"), v }')" \
         "$(awk -v v="$rss_w" 'BEGIN { printf (v == "n/a" ? "n/a" : "%.2f"), v }')" \
         "$(ratio "$rss_u" "$rss_w")"
+    row "connect p99 (TCP + upgrade + welcome) in the idle command (ms)" "$(fig uws connect)" "$(fig wsgw connect)"
     for r in $RATES; do
         row "CPU-s per 1M broadcast deliveries, $r/s (whole command)" "$(fig uws "cpu:$r")" "$(fig wsgw "cpu:$r")"
         row "same, net of the idle command's CPU, $r/s" "$(fig uws "net:$r")" "$(fig wsgw "net:$r")"
@@ -262,5 +265,7 @@ rss_w=$(fig wsgw rss)
     done
     echo
     echo "$SOCKETS sockets, $MESSAGES broadcasts per rate, ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
+    echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)."
+    echo "uWS: $(sed -n 's/.*(native \(.*\)).*/\1/p' "$OUT/uws.log" | head -n 1) from @trufflesuite/uws-js-unofficial $(jq -r .version "$PEER/node_modules/@trufflesuite/uws-js-unofficial/package.json") on Node $("$NODE" --version)."
     echo "Raw output: $OUT"
 }
