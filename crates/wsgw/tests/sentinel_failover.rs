@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use torture::checker::{self, Kind};
 use torture::load::*;
 use torture::model::*;
-use torture::sim::{Progress, Sim};
+use torture::sim::{caught_up, spawn_clients};
 
 const MASTER: &str = "wsgw-primary";
 
@@ -336,27 +336,8 @@ async fn sentinel_failover_and_primary_kill_lose_nothing_silently() {
         .map(|i| tokio::spawn(steady(i, nodes[i % 2].port, shared.clone())))
         .collect();
     let passive_frames = Arc::new(AtomicU64::new(0));
-    let passives: Vec<_> = (0..40)
-        .map(|i| {
-            let t = token(&format!("p{i}"), &["t:*"], &[]);
-            tokio::spawn(passive(i, t, shared.clone(), passive_frames.clone()))
-        })
-        .collect();
-    let mut progress = Vec::new();
-    let mut sims = Vec::new();
-    for i in 0..12u64 {
-        let p = Arc::new(Mutex::new(Progress::default()));
-        let name = format!("tc{i}");
-        let sim = Sim::new(
-            &name,
-            token(&name, &["t:*"], &[]),
-            seed.wrapping_mul(1_000_003).wrapping_add(i),
-            shared.clone(),
-            p.clone(),
-        );
-        sims.push(tokio::spawn(sim.run()));
-        progress.push(p);
-    }
+    let passives = spawn_passives(40, &shared, &passive_frames);
+    let (sims, progress) = spawn_clients(12, seed, &shared);
     let sentinel_ports: Vec<u16> = sentinels.iter().map(|s| s.port).collect();
     let snippet_ports = sentinel_ports.clone();
     let publishers = vec![
@@ -448,8 +429,7 @@ async fn sentinel_failover_and_primary_kill_lose_nothing_silently() {
         .filter_map(|(c, ids)| ids.last().map(|&l| (c, l)))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let caught_up = |p: &[Arc<Mutex<Progress>>]| p.iter().filter(|p| p.lock().unwrap().behind(&last).is_none()).count();
-    while Instant::now() < deadline && caught_up(&progress) < progress.len() {
+    while Instant::now() < deadline && caught_up(&progress, &last) < progress.len() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (i, p) in progress.iter().enumerate() {
@@ -460,7 +440,7 @@ async fn sentinel_failover_and_primary_kill_lose_nothing_silently() {
     let steady_deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < steady_deadline && steadies.iter().any(|s| !s.is_finished()) {
         // Steady sockets stop with everything else; give them the fence first.
-        if caught_up(&progress) == progress.len() {
+        if caught_up(&progress, &last) == progress.len() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -26,18 +26,17 @@ mod torture {
 }
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster::{GatewayProc, RedisServer};
-use common::token;
 use tokio::time::Instant;
 use torture::checker::{self, Kind};
 use torture::explain::explain;
 use torture::load::*;
 use torture::model::*;
-use torture::sim::{Progress, Sim};
+use torture::sim::{caught_up, spawn_clients};
 
 const NODES: usize = 3;
 
@@ -173,27 +172,8 @@ async fn torture_exactness_under_chaos() {
     let redis_url = cl.redis.url();
 
     let passive_frames = Arc::new(AtomicU64::new(0));
-    let passives: Vec<_> = (0..n_passive as usize)
-        .map(|i| {
-            let t = token(&format!("p{i}"), &["t:*"], &[]);
-            tokio::spawn(passive(i, t, shared.clone(), passive_frames.clone()))
-        })
-        .collect();
-    let mut progress = Vec::new();
-    let mut sims = Vec::new();
-    for i in 0..n_clients {
-        let p = Arc::new(Mutex::new(Progress::default()));
-        let name = format!("tc{i}");
-        let sim = Sim::new(
-            &name,
-            token(&name, &["t:*"], &[]),
-            seed.wrapping_mul(1_000_003).wrapping_add(i),
-            shared.clone(),
-            p.clone(),
-        );
-        sims.push(tokio::spawn(sim.run()));
-        progress.push(p);
-    }
+    let passives = spawn_passives(n_passive as usize, &shared, &passive_frames);
+    let (sims, progress) = spawn_clients(n_clients, seed, &shared);
     let publishers = vec![
         tokio::spawn(fcall_publisher(
             "f1".into(),
@@ -255,13 +235,7 @@ async fn torture_exactness_under_chaos() {
     }
     let last = last_ids(&read_published(&mut r).await);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let caught_up = |progress: &[Arc<Mutex<Progress>>]| {
-        progress
-            .iter()
-            .filter(|p| p.lock().unwrap().behind(&last).is_none())
-            .count()
-    };
-    while Instant::now() < deadline && caught_up(&progress) < progress.len() {
+    while Instant::now() < deadline && caught_up(&progress, &last) < progress.len() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
@@ -269,7 +243,7 @@ async fn torture_exactness_under_chaos() {
          passive sockets drained {} frames; \
          slowest live event reached a torture client {} ms after its publish",
         shared.t_us() as f64 / 1e6,
-        caught_up(&progress),
+        caught_up(&progress, &last),
         progress.len(),
         shared.published_ok.load(Ordering::Relaxed),
         shared.publish_errors.load(Ordering::Relaxed),

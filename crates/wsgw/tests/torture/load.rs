@@ -189,6 +189,16 @@ pub async fn http_publisher(name: String, per_s: f64, seed: u64, shared: Arc<Sha
     }
 }
 
+/// Starts `n` passive sockets (tokens for `t:*`) that count the frames they drain.
+pub fn spawn_passives(n: usize, shared: &Arc<Shared>, frames: &Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let t = crate::common::token(&format!("p{i}"), &["t:*"], &[]);
+            tokio::spawn(passive(i, t, shared.clone(), frames.clone()))
+        })
+        .collect()
+}
+
 /// A passive socket: subscribes to busy channels (and sometimes a pattern), then just drains
 /// its socket, answering pings. Reconnects (fresh) when its socket ends.
 pub async fn passive(i: usize, token: String, shared: Arc<Shared>, frames: Arc<AtomicU64>) {

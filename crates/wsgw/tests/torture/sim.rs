@@ -578,3 +578,40 @@ impl Sim {
         None
     }
 }
+
+/// Starts `n` torture clients (`tc0`, `tc1`, …, tokens for `t:*`), seeded from `seed`; returns
+/// their tasks (each ends with its log) and their progress for the drain phase.
+pub fn spawn_clients(
+    n: u64,
+    seed: u64,
+    shared: &Arc<Shared>,
+) -> (
+    Vec<tokio::task::JoinHandle<ClientLog>>,
+    Vec<Arc<std::sync::Mutex<Progress>>>,
+) {
+    let mut sims = Vec::new();
+    let mut progress = Vec::new();
+    for i in 0..n {
+        let p = Arc::new(std::sync::Mutex::new(Progress::default()));
+        let name = format!("tc{i}");
+        let token = crate::common::token(&name, &["t:*"], &[]);
+        let sim = Sim::new(
+            &name,
+            token,
+            seed.wrapping_mul(1_000_003).wrapping_add(i),
+            shared.clone(),
+            p.clone(),
+        );
+        sims.push(tokio::spawn(sim.run()));
+        progress.push(p);
+    }
+    (sims, progress)
+}
+
+/// How many clients got the last event of every channel they follow.
+pub fn caught_up(progress: &[Arc<std::sync::Mutex<Progress>>], last: &HashMap<String, Id>) -> usize {
+    progress
+        .iter()
+        .filter(|p| p.lock().unwrap().behind(last).is_none())
+        .count()
+}

@@ -206,21 +206,7 @@ impl Inner {
         let inner = self;
         timed(inner.s.op_timeout, async move {
             let mut c = inner.conn().await?;
-            let key = inner.keys.presence_user(user_id);
-            let (_, ids): ((), Vec<String>) = redis::pipe()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(now_ms())
-                .ignore()
-                .cmd("ZRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut c)
-                .await
-                .map(|ids: (Vec<String>,)| ((), ids.0))
-                .map_err(unavailable)?;
+            let ids = live_members(&mut c, &inner.keys.presence_user(user_id)).await?;
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
@@ -250,20 +236,7 @@ impl Inner {
         let inner = self;
         timed(inner.s.op_timeout, async move {
             let mut c = inner.conn().await?;
-            let key = inner.keys.nodes();
-            let (ids,): (Vec<String>,) = redis::pipe()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(now_ms())
-                .ignore()
-                .cmd("ZRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
+            let ids = live_members(&mut c, &inner.keys.nodes()).await?;
             let mut pipe = redis::pipe();
             for id in &ids {
                 pipe.cmd("HGET").arg(inner.keys.node(id)).arg("connections");
@@ -289,4 +262,23 @@ impl Inner {
         })
         .await
     }
+}
+
+/// The members of a sorted set scored by expiry time (ms) that have not expired, after
+/// removing the expired ones (the per-user index, the node registry).
+async fn live_members(c: &mut deadpool_redis::Connection, key: &str) -> Result<Vec<String>, BrokerError> {
+    let (ids,): (Vec<String>,) = redis::pipe()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(key)
+        .arg("-inf")
+        .arg(now_ms())
+        .ignore()
+        .cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(c)
+        .await
+        .map_err(unavailable)?;
+    Ok(ids)
 }
