@@ -112,6 +112,8 @@ pub(super) struct Outbox {
     pub(super) patterns: Vec<(Arc<str>, EventId)>,
     /// Some while a replay is being read: live frames wait here so they merge with the replay.
     replay: Option<Vec<Held>>,
+    /// The replay is a `subscribe`'s, not the welcome's: its head need not be the first frame.
+    subscribing: bool,
     /// Bytes of text held in `replay`.
     held_bytes: usize,
     /// Room granted on top of the capacity for a replay still being written, so a long replay
@@ -203,6 +205,7 @@ impl Connection {
                 floor: last_event_id,
                 patterns: Vec::new(),
                 replay: Some(Vec::new()),
+                subscribing: false,
                 held_bytes: 0,
                 replay_room: 0,
                 replay_room_bytes: 0,
@@ -436,6 +439,7 @@ impl Connection {
         let mut ob = self.outbox.lock();
         if ob.replay.is_none() && ob.close.is_none() {
             ob.replay = Some(Vec::new());
+            ob.subscribing = true;
             ob.held_bytes = 0;
         }
     }
@@ -457,7 +461,12 @@ impl Connection {
     ///   older than what the socket already has on other channels (that is the catch-up); the
     ///   ones its patterns already brought are skipped, and held live frames of that channel
     ///   from before the catch-up's start are dropped (the client asked to start there).
-    /// - Patterns subscribed in this replay become exact after `position`.
+    /// - Patterns subscribed in this replay become exact after `position`. For a subscribe
+    ///   without a catch-up (a pattern's, which only takes the snapshot), the held frames at or
+    ///   below `position` go before `head`: they came through what the socket already followed,
+    ///   so after a pattern's `subscribed` frame every event is one the pattern covers. A client
+    ///   that later drops the channel's name and keeps the pattern then keeps exactly the events
+    ///   the gateway counts as the pattern's (a catch-up skips those, and only those).
     pub fn finish_replay(
         &self,
         head: impl FnOnce(u64) -> OutFrame,
@@ -496,6 +505,20 @@ impl Connection {
                 !(covered.is_some_and(|s| id > s) && before.is_some_and(|l| id <= l))
             })
             .collect();
+        let mut held = held.into_iter().peekable();
+        if ob.subscribing
+            && catch_up.is_none()
+            && let Some(s) = position
+        {
+            while let Some(h) = held.next_if(|h| h.frame.event_id.is_none_or(|id| id <= s)) {
+                if h.frame
+                    .event_id
+                    .is_none_or(|id| ob.admit(id, &h.channel, h.via_pattern))
+                {
+                    ob.queue.push_back(h.frame);
+                }
+            }
+        }
         ob.queue.push_back(head(replayed.len() as u64));
         let mut replayed = replayed.into_iter().peekable();
         let mut sent_replayed = 0;
@@ -684,6 +707,69 @@ mod tests {
         c.push(frame(1, 10), "t", false);
         c.push(frame(2, 10), "t", false);
         assert_eq!(c.push(frame(3, 10), "t", false), Push::Overflow);
+    }
+
+    fn texts(c: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        c.take_batch(&mut out);
+        out.into_iter().map(|f| f.text.to_string()).collect()
+    }
+
+    fn ev(id: u64, text: &str) -> OutFrame {
+        OutFrame {
+            text: text.into(),
+            event_id: Some(EventId::new(id, 0)),
+            published_us: 0,
+            response: None,
+        }
+    }
+
+    #[test]
+    fn after_a_patterns_subscribed_frame_only_events_it_covers_arrive() {
+        // The socket follows t:13 by name and subscribes t:*. Events of t:13 up to the
+        // pattern's snapshot (6) came through the name: they go out before `subscribed`.
+        let c = live(100, 1 << 20);
+        assert_eq!(c.push(ev(1, "e1"), "t:13", false), Push::Queued);
+        c.begin_replay();
+        c.outbox.lock().patterns.push((Arc::from("t:*"), PENDING));
+        c.push(ev(4, "e4"), "t:13", false);
+        c.push(ev(5, "t:9 e5"), "t:9", true);
+        c.push(ev(6, "e6"), "t:13", false);
+        c.push(ev(7, "t:9 e7"), "t:9", true);
+        c.push(ev(8, "e8"), "t:13", false);
+        c.finish_replay(
+            |_| OutFrame::control("subscribed"),
+            Vec::new(),
+            Some(EventId::new(6, 0)),
+            None,
+        );
+        assert_eq!(texts(&c), ["e1", "e4", "e6", "subscribed", "t:9 e7", "e8"]);
+
+        // A catch-up of t:13 after `unsubscribe t:13` skips exactly what the pattern brought.
+        c.begin_replay();
+        let history = vec![ev(4, "e4"), ev(6, "e6"), ev(8, "e8")];
+        let n = c.finish_replay(
+            |n| OutFrame::control(format!("subscribed t:13 replayed={n}")),
+            history,
+            Some(EventId::new(8, 0)),
+            Some(CatchUp {
+                channel: "t:13",
+                from: EventId::new(4, 0),
+            }),
+        );
+        assert_eq!(n, 2);
+        assert_eq!(texts(&c), ["subscribed t:13 replayed=2", "e4", "e6"]);
+
+        // The welcome stays first whatever its replay held.
+        let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, None);
+        c.push(ev(3, "e3"), "t", false);
+        c.finish_replay(
+            |_| OutFrame::control("welcome"),
+            Vec::new(),
+            Some(EventId::new(3, 0)),
+            None,
+        );
+        assert_eq!(texts(&c), ["welcome", "e3"]);
     }
 
     #[test]
