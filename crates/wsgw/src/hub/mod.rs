@@ -3,17 +3,18 @@
 //! fan-out only pushes shared frames into queues, and the socket's own task writes them.
 
 mod connection;
+mod subscribers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
 use wsgw_protocol::{CloseCode, glob_match};
 
 use connection::PENDING;
 pub use connection::{CatchUp, Connection, OutFrame, Push, ResponseTag};
+use subscribers::Subscribers;
 
 use crate::metrics::Metrics;
 use crate::time::mono_ms;
@@ -25,8 +26,6 @@ struct Parked {
     topics: Vec<String>,
     expires_ms: u64,
 }
-
-type Subscribers = IndexMap<u64, Arc<Connection>>;
 
 /// One connection of a user, as presence reports it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -139,24 +138,36 @@ impl Hub {
     /// Adds `conn` to `channel` (or pattern). Returns true when it is the first local
     /// subscriber (the broker must start listening), false also when already subscribed.
     pub fn subscribe(&self, conn: &Arc<Connection>, channel: &str) -> bool {
+        let is_pattern = channel.contains('*');
+        // One allocation of the name per node, shared by the index and every socket's list.
+        let known = if is_pattern {
+            self.patterns
+                .read()
+                .iter()
+                .find(|(p, _)| &**p == channel)
+                .map(|(p, _)| p.clone())
+        } else {
+            self.channels.read().get_key_value(channel).map(|(k, _)| k.clone())
+        };
+        let name = known.unwrap_or_else(|| Arc::from(channel));
         {
             let mut chans = conn.channels.lock();
             if chans.iter().any(|c| &**c == channel) {
                 return false;
             }
-            chans.push(Arc::from(channel));
+            chans.push(name.clone());
         }
-        if channel.contains('*') {
+        if is_pattern {
             // Exact from the snapshot its replay takes (`finish_replay`); nothing passes before.
-            conn.outbox.lock().patterns.push((Arc::from(channel), PENDING));
+            conn.outbox.lock().patterns.push((name.clone(), PENDING));
             let mut pats = self.patterns.write();
             if let Some((_, subs)) = pats.iter_mut().find(|(p, _)| &**p == channel) {
                 subs.insert(conn.key, conn.clone());
                 false
             } else {
-                let mut subs = IndexMap::new();
+                let mut subs = Subscribers::default();
                 subs.insert(conn.key, conn.clone());
-                pats.push((Arc::from(channel), subs));
+                pats.push((name, subs));
                 true
             }
         } else {
@@ -167,9 +178,9 @@ impl Hub {
                     false
                 }
                 None => {
-                    let mut subs = IndexMap::new();
+                    let mut subs = Subscribers::default();
                     subs.insert(conn.key, conn.clone());
-                    chans.insert(Arc::from(channel), subs);
+                    chans.insert(name, subs);
                     true
                 }
             }
@@ -253,7 +264,7 @@ impl Hub {
             // A socket subscribed both exactly and by pattern(s) gets the frame once.
             let mut seen: HashSet<u64> = HashSet::new();
             for (_, subs) in pats.iter().filter(|(p, _)| glob_match(p, channel)) {
-                for (key, c) in subs {
+                for (key, c) in subs.iter() {
                     if exact.is_some_and(|e| e.contains_key(key)) || !seen.insert(*key) {
                         continue;
                     }
@@ -284,7 +295,7 @@ impl Hub {
             return 0;
         };
         let mut delivered = 0;
-        for (key, c) in subs {
+        for (key, c) in subs.iter() {
             // A socket with an exact subscription gets the channel's `message` too, except for
             // events published before the node's SUBSCRIBE took effect: those come only as this
             // `pmessage`. Durable events are offered anyway (the socket's floor drops the second
