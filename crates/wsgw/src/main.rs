@@ -142,9 +142,9 @@ async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::Start
         Err(e) => warn!(error = %e, "cannot read or raise the open-files limit"),
     }
     // Configuration errors first, so they are reported as such even if the port is busy.
-    let listen = config.listen;
+    let (listen, backlog) = (config.listen, config.listen_backlog);
     let gateway = wsgw::Gateway::new(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = wsgw::server::bind(listen, backlog)?;
     let addr = listener.local_addr()?;
     info!(%addr, node = %gateway.node_id, broker = gateway.broker.kind(), "listening");
     if let Some(dev) = dev {

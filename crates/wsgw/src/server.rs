@@ -19,6 +19,20 @@ use crate::hub::OutFrame;
 use crate::node::{Gateway, StartError};
 use crate::time::{mono_ms, now_ms};
 
+/// Binds `addr` with an accept queue of `backlog` connections (`WSGW_LISTEN_BACKLOG`; the
+/// kernel caps it at `net.core.somaxconn`). A burst of connects beyond the queue has its SYNs
+/// dropped, and those clients wait a second for their TCP retry: tokio's own `bind` asks for 1024.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
+}
+
 /// Serves `/ws`, the API, `/health`, `/ready` and `/metrics` on `listener` until `shutdown`
 /// resolves, then drains: refuses new sockets, closes open ones with 1012 in batches over
 /// `drain_ms`, and returns once they are gone.
@@ -30,7 +44,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = match gw.config.metrics_listen {
         Some(addr) => Some(serve_metrics(
-            TcpListener::bind(addr).await?,
+            bind(addr, gw.config.listen_backlog)?,
             gw.clone(),
             stop_rx.clone(),
         )?),
@@ -194,7 +208,7 @@ pub struct RunningGateway {
 impl RunningGateway {
     /// Binds `config.listen` (port 0 picks a free one) and serves until stopped.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = bind(config.listen, config.listen_backlog)?;
         let addr = listener.local_addr()?;
         let gateway = Gateway::new(config).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -225,6 +239,27 @@ impl RunningGateway {
 mod tests {
     use super::*;
     use crate::hub::Connection;
+
+    /// How many of `n` simultaneous connects to a listener that never accepts complete
+    /// within half a second.
+    async fn connects_within_half_a_second(backlog: u32, n: usize) -> usize {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), backlog).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tries =
+            (0..n).map(|_| tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)));
+        let results = futures_util::future::join_all(tries).await;
+        let ok = results.into_iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        drop(listener);
+        ok
+    }
+
+    #[tokio::test]
+    async fn the_listener_queues_as_many_connects_as_its_backlog() {
+        // A backlog of 4 holds about 4 waiting connects; the rest wait for a TCP retry (1 s).
+        let small = connects_within_half_a_second(4, 64).await;
+        assert!((1..64).contains(&small), "{small} of 64 connected with a backlog of 4");
+        assert_eq!(connects_within_half_a_second(256, 64).await, 64);
+    }
 
     fn open(gw: &Gateway, id: &str) -> Arc<Connection> {
         let c = gw

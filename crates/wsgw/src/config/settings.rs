@@ -75,6 +75,9 @@ settings! {
     /// Address the HTTP/WebSocket listener binds (an IP:port; port 0 picks a free one).
     listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)),
         WSGW_LISTEN => parse("an IP:port socket address such as 0.0.0.0:8080");
+    /// Connections the kernel may hold for the listener before they are accepted (the
+    /// `listen(2)` backlog; Linux caps it at `net.core.somaxconn`).
+    listen_backlog: u32 = 4096, WSGW_LISTEN_BACKLOG => parse(COUNT);
     /// A second address that serves only `/metrics` (say, a private interface for the scraper);
     /// unset: none. `/metrics` stays on `listen` as well.
     #[serde(skip_serializing_if = "Option::is_none")]
