@@ -312,7 +312,7 @@ mod tests {
             (c.rate_limit_per_s, c.rate_limit_burst, c.rate_limit_strikes),
             (50, 100, 20)
         );
-        assert_eq!((c.drain_ms, c.ws_read_buffer_bytes), (5000, 2048));
+        assert_eq!((c.drain_ms, c.ws_read_buffer_bytes), (5000, 512));
         assert_eq!(c.log, "info");
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.runtime, RuntimeFlavor::MultiThread);

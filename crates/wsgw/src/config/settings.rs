@@ -261,7 +261,7 @@ settings! {
     drain_ms: u64 = 5000, WSGW_DRAIN_MS => parse(MS);
     /// WebSocket read buffer per connection, in bytes (the largest share of an idle
     /// socket's memory; client frames are small).
-    ws_read_buffer_bytes: usize = 2048, WSGW_WS_READ_BUFFER_BYTES => parse(BYTES);
+    ws_read_buffer_bytes: usize = 512, WSGW_WS_READ_BUFFER_BYTES => parse(BYTES);
     /// Log filter in `tracing` env-filter syntax, e.g. `info` or `wsgw=debug,info`.
     log: String = "info".to_owned(), WSGW_LOG => string;
     /// Log format: `text` or `json`.
