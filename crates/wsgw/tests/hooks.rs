@@ -377,6 +377,66 @@ async fn the_subscribe_hook_decides_what_the_grants_do_not_cover() {
 }
 
 #[tokio::test]
+async fn history_and_presence_are_allowed_where_a_subscribe_is_hook_included() {
+    let (backend, seen) = start_backend().await;
+    let cfg = Config {
+        presence_channels: vec!["secret:*".into()],
+        ..hooked_config(backend)
+    };
+    let node = Node::start(cfg).await;
+    let id = node.publish("secret:ok", "old", json!(1)).await;
+    let (mut c, _) = node.connect(&token("sam", &["room:*"], &[])).await;
+
+    // Not subscribed: the hook is asked, and its yes lets the client read.
+    c.send(json!({"type": "history", "channel": "secret:ok", "request_id": "h1"}))
+        .await;
+    let h = c.expect("history").await;
+    assert_eq!(
+        (h["request_id"].as_str(), h["events"][0]["event_id"].as_str()),
+        (Some("h1"), Some(id.as_str()))
+    );
+    c.send(json!({"type": "presence", "channel": "secret:ok", "request_id": "p1"}))
+        .await;
+    assert_eq!(c.expect("presence").await["request_id"], "p1");
+    assert_eq!(seen.calls("subscribe").len(), 2);
+
+    // The hook's no (with its reason) and its failure, for both frames.
+    for ty in ["history", "presence"] {
+        c.send(json!({"type": ty, "channel": "secret:no", "request_id": ty}))
+            .await;
+        let err = c.expect("error").await;
+        assert_eq!(
+            (err["code"].as_str(), err["message"].as_str()),
+            (Some("forbidden"), Some("not in this room"))
+        );
+        c.send(json!({"type": ty, "channel": "secret:boom", "request_id": ty}))
+            .await;
+        assert_eq!(c.expect("error").await["code"], "unavailable");
+    }
+    assert_eq!(seen.calls("subscribe").len(), 6);
+
+    // Subscribed through the hook: reading the channel asks it no more.
+    c.send(json!({"type": "subscribe", "channel": "secret:ok", "request_id": "s"}))
+        .await;
+    assert_eq!(c.expect("subscribed").await["request_id"], "s");
+    assert_eq!(c.expect("join").await["user_id"], "sam");
+    c.send(json!({"type": "history", "channel": "secret:ok", "request_id": "h2"}))
+        .await;
+    assert_eq!(c.expect("history").await["request_id"], "h2");
+    c.send(json!({"type": "presence", "channel": "secret:ok", "request_id": "p2"}))
+        .await;
+    assert_eq!(c.expect("presence").await["clients"][0]["user_id"], "sam");
+    assert_eq!(seen.calls("subscribe").len(), 7);
+
+    // Others' private channels never reach the hook.
+    c.send(json!({"type": "history", "channel": "user:bob", "request_id": "x"}))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "forbidden");
+    assert_eq!(seen.calls("subscribe").len(), 7);
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn the_publish_hook_passes_rewrites_or_refuses_each_client_publish() {
     let (backend, seen) = start_backend().await;
     let node = Node::start(hooked_config(backend)).await;

@@ -256,9 +256,9 @@ impl Session {
             let msg = "patterns have no history of their own; ask for one channel";
             return self.send_error(ErrorCode::BadRequest, msg, rid);
         }
-        if !self.is_automatic(&channel) && !self.claims.permissions.can_subscribe(&channel) {
-            let msg = format!("token does not allow reading the history of {channel}");
-            return self.send_error(ErrorCode::Forbidden, msg, rid);
+        let denied = || format!("token does not allow reading the history of {channel}");
+        if !self.is_automatic(&channel) && !self.may_read(&channel, &rid, denied).await {
+            return;
         }
         let cfg = &self.gw.config;
         let limit = limit

@@ -37,11 +37,34 @@ impl Session {
     /// Whether the socket may subscribe to `channel` (valid, not reserved, not yet subscribed):
     /// its grants allow it, or else the subscribe hook does. When not, the error is sent here.
     pub(super) async fn may_subscribe(&self, channel: &str, request_id: &Option<Value>) -> bool {
+        let denied = || format!("token does not allow subscribing to {channel}");
+        self.allowed_where_subscribe_is(channel, request_id, denied).await
+    }
+
+    /// Whether the socket may read `channel` (its history or presence: valid, not reserved, not
+    /// automatic): it follows the channel by name (a grant or the hook let it in), its grants
+    /// allow it, or else the subscribe hook does. When not, the error is sent here, with
+    /// `denied` as the message unless the hook gave a reason.
+    pub(super) async fn may_read(
+        &self,
+        channel: &str,
+        request_id: &Option<Value>,
+        denied: impl FnOnce() -> String,
+    ) -> bool {
+        self.conn.is_subscribed(channel) || self.allowed_where_subscribe_is(channel, request_id, denied).await
+    }
+
+    async fn allowed_where_subscribe_is(
+        &self,
+        channel: &str,
+        request_id: &Option<Value>,
+        denied: impl FnOnce() -> String,
+    ) -> bool {
         if self.claims.permissions.can_subscribe(channel) {
             return true;
         }
         let forbidden = |reason: Option<String>| {
-            let msg = reason.unwrap_or_else(|| format!("token does not allow subscribing to {channel}"));
+            let msg = reason.unwrap_or_else(denied);
             self.send_error(ErrorCode::Forbidden, msg, request_id.clone());
             false
         };

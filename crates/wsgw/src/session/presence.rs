@@ -19,9 +19,9 @@ impl Session {
             let msg = format!("{channel} is reserved for the gateway");
             return self.send_error(ErrorCode::Forbidden, msg, rid);
         }
-        if !automatic && !self.claims.permissions.can_subscribe(&channel) {
-            let msg = format!("token does not allow seeing who is in {channel}");
-            return self.send_error(ErrorCode::Forbidden, msg, rid);
+        let denied = || format!("token does not allow seeing who is in {channel}");
+        if !automatic && !self.may_read(&channel, &rid, denied).await {
+            return;
         }
         if !crate::presence::is_tracked(&self.gw.config.presence_channels, &channel) {
             let msg = format!("presence is not tracked on {channel} (see WSGW_PRESENCE_CHANNELS)");
