@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-// The test keys of src/auth.rs (generated once with `openssl genpkey`; test-only).
+// The test keys of src/auth/test_support.rs (generated once with `openssl genpkey`; test-only).
 const RSA_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
 MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQCaSKV7Z1zF6pyt
 4sl1jwWsFiu/EYxOT2aabgdNXPGpb/YId3+Aj7x2SSJk5czdZruw+l/hAjIBpH/e
