@@ -8,6 +8,9 @@
 #   2. `wsgw-loadtest broadcast` with BENCH_SOCKETS sockets, BENCH_MESSAGES broadcasts through
 #      POST /api/broadcast (-> FCALL wsgw_publish) at each of BENCH_RATES per second:
 #      deliveries, p99 latency and the server's CPU (--server-pid, from /proc).
+#   3. `wsgw-loadtest run loadtest/scenarios/targeted-bench.toml` with BENCH_SOCKETS sockets, each
+#      on its own `user:<sub>` channel, and a backend publishing to random ones with
+#      `FCALL wsgw_publish` at BENCH_TARGETED_RATE per second for 20 s: the targeted row.
 # "CPU-s per 1M deliveries" is the server's CPU over the whole broadcast command (its sockets'
 # connects and closes included, as the load tool measures it) per million deliveries; the "net"
 # row first subtracts the CPU of the idle command (the same sockets connected, held and closed,
@@ -20,6 +23,7 @@
 #                   outweighs the deliveries' and the CPU rows swing by 50% run to run)
 #   BENCH_HOLD_S    idle hold in seconds (default 3)
 #   BENCH_PAYLOAD   payload padding bytes per broadcast (default 100, the load tool's default)
+#   BENCH_TARGETED_RATE  targeted publishes per second (default 2000; 0 skips the targeted row)
 #   BENCH_OUT       directory for logs and JSON summaries (default: a new mktemp -d)
 #   WSGW_BIN, LOADTEST_BIN  binaries (default target/release/{wsgw,wsgw-loadtest}; built with
 #                   `cargo build --release -p wsgw -p wsgw-loadtest` when missing)
@@ -36,6 +40,7 @@ RATES=${BENCH_RATES:-10 20 50}
 MESSAGES=${BENCH_MESSAGES:-100}
 HOLD_S=${BENCH_HOLD_S:-3}
 PAYLOAD=${BENCH_PAYLOAD:-100}
+TARGETED_RATE=${BENCH_TARGETED_RATE:-2000}
 NODE=${NODE:-node}
 SECRET=bench-uws-secret-at-least-32-bytes-long
 API_KEY=bench-uws-api-key
@@ -49,6 +54,7 @@ die() {
 for v in SOCKETS MESSAGES HOLD_S PAYLOAD; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v=${!v} is not a positive whole number"
 done
+[[ $TARGETED_RATE =~ ^[0-9]+$ ]] || die "BENCH_TARGETED_RATE=$TARGETED_RATE is not a whole number"
 for r in $RATES; do
     [[ $r =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_RATES: $r is not a rate"
 done
@@ -195,6 +201,13 @@ run_server() {
             >"$OUT/$name.bc$r.txt" 2>"$OUT/$name.bc$r.err" || log "$name broadcast $r/s exited with $?"
         sleep 1
     done
+    if ((TARGETED_RATE > 0)); then
+        log "$name: targeted, $SOCKETS sockets, FCALL to user channels at $TARGETED_RATE/s"
+        timeout 300 "$LOADTEST_BIN" run "$ROOT/loadtest/scenarios/targeted-bench.toml" --url "$url" \
+            --secret "$SECRET" --redis-url "$REDIS_URL" --server-pid "$pid" --vus "$SOCKETS" \
+            --rate "$TARGETED_RATE" --json "$OUT/$name.tg.json" \
+            >"$OUT/$name.tg.txt" 2>"$OUT/$name.tg.err" || log "$name targeted exited with $?"
+    fi
     kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) died during the run (log: $OUT/$name.log)"
     stop "$pid"
 }
@@ -212,6 +225,7 @@ fig() {
     idle_cpu) v=$(json "$OUT/$name.idle.json" .gateway.cpu_s | awk '{ printf "%.2f", $1 }') ;;
     cpu:* | net:* | p99:* | del:*)
         f=$OUT/$name.bc${what#*:}.json
+        [[ ${what#*:} == tg ]] && f=$OUT/$name.tg.json
         [[ -s $f ]] || {
             echo n/a
             return
@@ -225,7 +239,13 @@ fig() {
             idle=$(json "$OUT/$name.idle.json" .gateway.cpu_s)
             v=$(awk -v c="$cpu" -v i="$idle" -v d="$delivered" 'BEGIN { if (d > 0 && i != "") printf "%.2f", (c - i) * 1e6 / d }')
             ;;
-        p99) v=$(sed -n 's/^delivery latency ms:.* p99 \([0-9.]*\).*/\1/p' "$OUT/$name.bc${what#*:}.txt") ;;
+        p99)
+            if [[ ${what#*:} == tg ]]; then
+                v=$(sed -n 's/^ *delivery_latency .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.tg.txt")
+            else
+                v=$(sed -n 's/^delivery latency ms:.* p99 \([0-9.]*\).*/\1/p' "$OUT/$name.bc${what#*:}.txt")
+            fi
+            ;;
         del)
             local missing
             missing=$(json "$f" .figures.missing)
@@ -263,6 +283,12 @@ rss_w=$(fig wsgw rss)
         row "delivery p99, $r/s (ms)" "$(fig uws "p99:$r")" "$(fig wsgw "p99:$r")"
         printf '| deliveries, %s/s | %s | %s | |\n' "$r" "$(fig uws "del:$r")" "$(fig wsgw "del:$r")"
     done
+    if ((TARGETED_RATE > 0)); then
+        row "CPU-s per 1M targeted deliveries, $TARGETED_RATE/s (whole command)" "$(fig uws cpu:tg)" "$(fig wsgw cpu:tg)"
+        row "same, net of the idle command's CPU, $TARGETED_RATE/s" "$(fig uws net:tg)" "$(fig wsgw net:tg)"
+        row "targeted delivery p99, $TARGETED_RATE/s (ms)" "$(fig uws p99:tg)" "$(fig wsgw p99:tg)"
+        printf '| targeted deliveries, %s/s | %s | %s | |\n' "$TARGETED_RATE" "$(fig uws del:tg)" "$(fig wsgw del:tg)"
+    fi
     echo
     echo "$SOCKETS sockets, $MESSAGES broadcasts per rate, ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
     echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)."
