@@ -8,36 +8,9 @@ use super::{AuthConfig, AuthError, Authenticator, Claims, Permissions};
 
 pub(super) const SECRET: &str = "test-secret-of-a-reasonable-length";
 
-// Generated once with `openssl genpkey` / `openssl pkey -pubout`; test-only keys.
-pub(super) const RSA_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQCaSKV7Z1zF6pyt
-4sl1jwWsFiu/EYxOT2aabgdNXPGpb/YId3+Aj7x2SSJk5czdZruw+l/hAjIBpH/e
-Bbx/QNU9uH1l6LNmjBp/unQuwY+AnI9jGNbCrkebrDHGZT2PP3zOnep/8JTOi24z
-AOXLpGdfJFXN/IvBCieg6yueNaxIERwzzA2ekcCwcHWUy3Um/zDvo1uCccSaEgs3
-7GHEmqpfgdHHAanlK16fa2qD57wqWAfN2gfgPfEbnfvBDiJ65FTjFH8xW4b/DC4z
-HVZd+Ibrj6Jb6+X40xIgViU8RgxyP+e37Q10dTyzbFVUleHahD6VvyOy8l0zJeZs
-7g+YEoYpAgMBAAECggEAN5UlfQRbcXgY8zJJhv88OWeRYhgV1p6XZdpu6gmqjHLo
-DdvTRQNDj8/AQt5hRIA+7T7+bMdIMbxMTrX9V1EJod9F2gGQJEkkQNDxC2kzZE/C
-/p4TvPZhmO1bz1Bo8aMbOSq+MVKAobqsvFY983Qqw6WI/hlWVfjtFvWydKB8jUeB
-BvgkRp5yvb8j4hfzpxiRSuEto/W+QwGjGYNpGR7Xhf8K7vfzhhhfFXK1SjeZ3bF4
-z3Ir4h0wavuRtBhjZG1esoXRyizaHgFrHEF188ZXks8qYBL9j9/YV6XC1AJBkBOU
-MgPyQ+oZ11JFzRmq9HjVf+OlVCkKPQnAsa7z4+5yawKBgQDYyFW9/oHPCsMc4uve
-1CiMDZPG9Vg/Ve1nkjvgRHLhpWWZY3zO587/1zuDYoVbO6AXzdbeGWG73hQiAFzQ
-5X+8xNXyyJUMXnjTX1GgvcofLKaLcUyUZ1o4tlfR+2gWWwSznHtxlYkTtfMvNydB
-YZCSY8wIcFcYggkQJFMkwnkLGwKBgQC2MdvcSK3XX5Su+PhnP/FZxtXX0T81CI2Y
-RCjtqTTN9ddyOoj5yEKZzOaHNjxhNhH5hVE7ZJp8KQISWtorHw8cCqgsjLNqHCuf
-P3T3Vb5Pch1uKiEMnE4Lrjmbic308BUYGuZuBjOOW9dC+Vki2obpFb2uthT9I/U5
-9IkCiaHkCwKBgDkQ46FUMg+yoZIlGjpaVyInINOrGkPx9sDg+eobmrJTu98ZFW3S
-D+fBXOVFNh3CIG6jvQBSZivyVhJtTgGfqHSkzD1RGAtdgykBWpeZ3m8+bckfVi1q
-15E+Tvfz2n6oDyDI/KX121PY/d9cAXVwnYIryzYdfI/zCze4mDqBByQpAoGAG7Ee
-Uq/1RDvx1FphHwhX/aY8EG5sZfoj01XgxqamMPvBwEnnUde/T7MWAs0ahkf6mWtK
-+nUDCgYNm46VhGJXIJL6FrNX/bPEaZLyizlMELUuhfT/SvRi5GGZvetHE4h+HEjS
-ZzyoD2YkJLjTdHm0ca7tQqXIMOWLO0DQpkMXCRsCgYAHBCEcaPv56OZdPRq1/RVT
-LbW5e50rmqsS9iqjam7tag4cbgBVzZ3QDjPNkWGcTFD9q8u5ErsYxX15ZZ5qRrW9
-q+1Lpa+DPWyPw0JMjLi9l83t+9fygjtXs7mtBxl5CY5WOQU60kS5JqTiqb6F2cED
-Ol+vb8aySb5Wfn0KpaFshQ==
------END PRIVATE KEY-----
-";
+// Generated once with `openssl genpkey` / `openssl pkey -pubout`; test-only keys. The private
+// ones are files in tests/keys/, which tests/jwks.rs reads too.
+pub(super) const RSA_PRIVATE_PEM: &str = include_str!("../../tests/keys/rsa_private.pem");
 pub(super) const RSA_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----
 MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAmkile2dcxeqcreLJdY8F
 rBYrvxGMTk9mmm4HTVzxqW/2CHd/gI+8dkkiZOXM3Wa7sPpf4QIyAaR/3gW8f0DV
@@ -48,12 +21,7 @@ X4HRxwGp5Sten2tqg+e8KlgHzdoH4D3xG537wQ4ieuRU4xR/MVuG/wwuMx1WXfiG
 KQIDAQAB
 -----END PUBLIC KEY-----
 ";
-pub(super) const EC_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgwus6hf+YD0UfG5q1
-FqdMrzgklcKZldypRnzrY4p8QOihRANCAARbz/+DLstvPFbW9fa4+Yha5yroCdrx
-0T1bEJV6NawkYLHb8fQsI4cgjOpLtoht1ZhickE81YP+eCVMe4TT6am2
------END PRIVATE KEY-----
-";
+pub(super) const EC_PRIVATE_PEM: &str = include_str!("../../tests/keys/ec_private.pem");
 pub(super) const EC_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEW8//gy7LbzxW1vX2uPmIWucq6Ana
 8dE9WxCVejWsJGCx2/H0LCOHIIzqS7aIbdWYYnJBPNWD/nglTHuE0+mptg==
