@@ -486,6 +486,48 @@ function globMatch(pattern, name) {
 }
 
 /**
+ * Handlers by name, for a client and its subscriptions (internal). A throwing handler does not
+ * stop the others: its error is rethrown in a microtask.
+ */
+class Listeners {
+  /** @type {Map<string, Set<(value: any) => void>>} */
+  #map = new Map();
+
+  /**
+   * @param {string} name
+   * @param {(value: any) => void} handler
+   */
+  add(name, handler) {
+    if (!this.#map.has(name)) this.#map.set(name, new Set());
+    this.#map.get(name).add(handler);
+  }
+
+  /**
+   * @param {string} name
+   * @param {(value: any) => void} handler
+   */
+  remove(name, handler) {
+    const set = this.#map.get(name);
+    if (set && set.delete(handler) && set.size === 0) this.#map.delete(name);
+  }
+
+  /**
+   * @param {string} name
+   * @param {any} value
+   */
+  emit(name, value) {
+    for (const h of [...(this.#map.get(name) ?? [])]) {
+      try { h(value); } catch (err) { queueMicrotask(() => { throw err; }); }
+    }
+  }
+
+  /** @returns {IterableIterator<string>} the names with at least one handler */
+  names() {
+    return this.#map.keys();
+  }
+}
+
+/**
  * One `subscribe()` of a channel or pattern, with its own handlers: `event`, `join`, `leave`,
  * `error`, `subscribed`, `unsubscribed`, `gap` (see {@link SubscriptionEvents}). `T` types the
  * events' `data`.
@@ -501,8 +543,7 @@ export class Subscription {
   #ready;
   /** @type {SubscriptionLink} */
   #link;
-  /** @type {Map<string, Set<(value: any) => void>>} */
-  #listeners = new Map();
+  #listeners = new Listeners();
   #active = true;
 
   /**
@@ -558,8 +599,7 @@ export class Subscription {
    * @returns {() => void} a function that removes the handler
    */
   on(name, handler) {
-    if (!this.#listeners.has(name)) this.#listeners.set(name, new Set());
-    this.#listeners.get(name).add(handler);
+    this.#listeners.add(name, handler);
     return () => this.off(name, handler);
   }
 
@@ -571,8 +611,7 @@ export class Subscription {
    * @returns {void}
    */
   off(name, handler) {
-    const set = this.#listeners.get(name);
-    if (set && set.delete(handler) && set.size === 0) this.#listeners.delete(name);
+    this.#listeners.remove(name, handler);
   }
 
   /**
@@ -607,9 +646,7 @@ export class Subscription {
    */
   #emit(name, value) {
     if (!this.#active && name !== 'error' && name !== 'unsubscribed') return;
-    for (const h of [...(this.#listeners.get(name) ?? [])]) {
-      try { h(value); } catch (err) { queueMicrotask(() => { throw err; }); }
-    }
+    this.#listeners.emit(name, value);
   }
 }
 
@@ -650,7 +687,7 @@ export class WsgwClient {
   #watchdog = null;
   #welcome = null;
   #waiters = [];
-  #listeners = new Map();
+  #listeners = new Listeners();
   /** Topics the application wants: channel -> {history?, lastEventId?}. */
   #topics = new Map();
   /** Subscription objects: channel or pattern -> Map<Subscription, {emit, end}>. */
@@ -888,8 +925,7 @@ export class WsgwClient {
    * @returns {() => void}
    */
   on(name, handler) {
-    if (!this.#listeners.has(name)) this.#listeners.set(name, new Set());
-    this.#listeners.get(name).add(handler);
+    this.#listeners.add(name, handler);
     return () => this.off(name, handler);
   }
 
@@ -914,16 +950,13 @@ export class WsgwClient {
    * @returns {void}
    */
   off(name, handler) {
-    const set = this.#listeners.get(name);
-    if (set && set.delete(handler) && set.size === 0) this.#listeners.delete(name);
+    this.#listeners.remove(name, handler);
   }
 
   // ---- internals ----
 
   #emit(name, value) {
-    for (const h of [...(this.#listeners.get(name) ?? [])]) {
-      try { h(value); } catch (err) { queueMicrotask(() => { throw err; }); }
-    }
+    this.#listeners.emit(name, value);
   }
 
   #setState(s) {
@@ -1223,7 +1256,7 @@ export class WsgwClient {
   #onEvent(f) {
     // false: the application has it already (a resume's replay after a cut catch-up).
     if (f.event_id && !this.#cursor.event(f.channel, f.event_id)) return;
-    for (const [name] of this.#listeners) {
+    for (const name of [...this.#listeners.names()]) {
       if ((name === f.channel && !BUILTIN.has(name)) || name === '*' || name === `event:${f.event}` ||
             (name.includes('*') && !name.startsWith('event:') && globMatch(name, f.channel))) {
         this.#emit(name, f);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::cluster::free_port;
 use common::{API_KEY, Client, DEADLINE, SECRET, token};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const PASSWORD: &str = "pw-7c1e9d2b-never-in-a-log";
 
@@ -180,6 +180,26 @@ impl Node {
         Node { port, child, log }
     }
 
+    /// Subscribes a socket to `chat:1`, publishes `{"n": n}` there over HTTP and returns the
+    /// event the socket received: Redis's pool and pub/sub both work for this node.
+    async fn publish_reaches_a_subscriber(&self, n: u64) -> Value {
+        let t = token("alice", &["chat:*"], &["chat:*"]);
+        let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws?token={t}", self.port)).await;
+        c.expect("welcome").await;
+        c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1}))
+            .await;
+        c.expect("subscribed").await;
+        let r = reqwest::Client::new()
+            .post(self.url("/api/publish"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"channel":"chat:1","event":"hi","data":{"n":n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        c.expect("event").await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -246,22 +266,7 @@ async fn a_node_serves_through_rediss_with_an_acl_user_and_never_shows_the_passw
 
     // A socket subscribed on the node gets an event published through it: pool and pub/sub
     // both went through TLS as the ACL user.
-    let t = token("alice", &["chat:*"], &["chat:*"]);
-    let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws?token={t}", node.port)).await;
-    c.expect("welcome").await;
-    c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1}))
-        .await;
-    c.expect("subscribed").await;
-    let r = reqwest::Client::new()
-        .post(node.url("/api/publish"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"channel":"chat:1","event":"hi","data":{"n":1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let e = c.expect("event").await;
-    assert_eq!(e["data"]["n"], 1);
+    assert_eq!(node.publish_reaches_a_subscriber(1).await["data"]["n"], 1);
 
     // The password appears in no log line (debug level), no stats, no metrics, no printed config.
     let stats = get_text(&node.url("/api/stats"), true).await;
@@ -391,21 +396,7 @@ async fn a_node_finds_a_tls_primary_through_a_tls_sentinel_with_passwords_it_nev
     let node = Node::spawn("", &env, &certs.dir);
     node.wait_ready().await;
 
-    let t = token("alice", &["chat:*"], &["chat:*"]);
-    let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws?token={t}", node.port)).await;
-    c.expect("welcome").await;
-    c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1}))
-        .await;
-    c.expect("subscribed").await;
-    let r = reqwest::Client::new()
-        .post(node.url("/api/publish"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"channel":"chat:1","event":"hi","data":{"n":2}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(c.expect("event").await["data"]["n"], 2);
+    assert_eq!(node.publish_reaches_a_subscriber(2).await["data"]["n"], 2);
 
     let log = node.log_text();
     assert!(

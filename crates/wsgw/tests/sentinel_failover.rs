@@ -93,18 +93,6 @@ fn run_python_snippet(sentinel_ports: &[u16]) -> Option<String> {
     Some(String::from_utf8(out.stdout).unwrap().trim().to_string())
 }
 
-/// As the torture test: history never trims, heartbeats never get in the way.
-const NODE_ENV: &[(&str, &str)] = &[
-    ("WSGW_HISTORY_SIZE", "1000000"),
-    ("WSGW_HISTORY_TTL_MS", "86400000"),
-    ("WSGW_MAX_REPLAY", "1000000"),
-    ("WSGW_RATE_LIMIT_PER_S", "0"),
-    ("WSGW_HEARTBEAT_INTERVAL_MS", "10000"),
-    ("WSGW_HEARTBEAT_TIMEOUT_MS", "120000"),
-    ("WSGW_PRESENCE_TTL_MS", "30000"),
-    ("WSGW_REDIS_SENTINEL_MASTER", MASTER),
-];
-
 async fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
     let mut c = redis_conn(&format!("redis://127.0.0.1:{port}")).await?;
     tokio::time::timeout(Duration::from_secs(2), cmd.query_async::<T>(&mut c))
@@ -323,7 +311,9 @@ async fn sentinel_failover_and_primary_kill_lose_nothing_silently() {
         .map(|s| format!("127.0.0.1:{}", s.port))
         .collect::<Vec<_>>()
         .join(",");
+    // The torture test's settings (torture/load.rs), through the Sentinels.
     let mut env = NODE_ENV.to_vec();
+    env.push(("WSGW_REDIS_SENTINEL_MASTER", MASTER));
     env.push(("WSGW_REDIS_SENTINELS", &list));
     let nodes = vec![
         GatewayProc::start_env("gw-a", &env).await,

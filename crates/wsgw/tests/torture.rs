@@ -40,17 +40,6 @@ use torture::sim::{caught_up, spawn_clients};
 
 const NODES: usize = 3;
 
-/// History never trims or expires during the run, and any replay may be complete.
-const NODE_ENV: &[(&str, &str)] = &[
-    ("WSGW_HISTORY_SIZE", "1000000"),
-    ("WSGW_HISTORY_TTL_MS", "86400000"),
-    ("WSGW_MAX_REPLAY", "1000000"),
-    ("WSGW_RATE_LIMIT_PER_S", "0"),
-    ("WSGW_HEARTBEAT_INTERVAL_MS", "10000"),
-    ("WSGW_HEARTBEAT_TIMEOUT_MS", "120000"),
-    ("WSGW_PRESENCE_TTL_MS", "30000"),
-];
-
 /// NODE_ENV, plus quiet node logs (the faults make them warn a lot) unless WSGW_TEST_LOG is set.
 fn node_env() -> Vec<(&'static str, &'static str)> {
     let mut env = NODE_ENV.to_vec();

@@ -17,6 +17,18 @@ use super::model::Id;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The gateways' settings under torture: history never trims or expires during the run (so any
+/// replay may be complete), and heartbeats never get in the way.
+pub const NODE_ENV: &[(&str, &str)] = &[
+    ("WSGW_HISTORY_SIZE", "1000000"),
+    ("WSGW_HISTORY_TTL_MS", "86400000"),
+    ("WSGW_MAX_REPLAY", "1000000"),
+    ("WSGW_RATE_LIMIT_PER_S", "0"),
+    ("WSGW_HEARTBEAT_INTERVAL_MS", "10000"),
+    ("WSGW_HEARTBEAT_TIMEOUT_MS", "120000"),
+    ("WSGW_PRESENCE_TTL_MS", "30000"),
+];
+
 /// The channels published to; the first four are the busy ones.
 pub const CHANNELS: [&str; 16] = [
     "t:0", "t:1", "t:2", "t:3", "t:4", "t:5", "t:6", "t:7", "t:8", "t:9", "t:10", "t:11", "t:12", "t:13", "t:14",
