@@ -14,8 +14,8 @@
 # DIR/.installed holds the pin list of a finished install: when it matches, nothing is done.
 # A half-finished install (no or another .installed) is wiped and redone.
 #
-# The only system packages it installs (with apt-get, when missing) are gcc (Twisted, wsaccel
-# and ujson have C extensions without Python 2.7 wheels) and python3-pip.
+# The only system packages it installs (with apt-get, when missing) are gcc and libc6-dev
+# (Twisted, wsaccel and ujson have C extensions without Python 2.7 wheels) and python3-pip.
 #
 # Environment:
 #   WSGW_AUTOBAHN_DEBIAN_MIRROR  bullseye mirror (default: the machine's own Debian mirror,
@@ -47,12 +47,13 @@ flock 9   # a second run waits for the first instead of installing over it
 if [[ -x "$ROOT/wstest" && -f "$ROOT/.installed" && "$(cat "$ROOT/.installed")" == "$STAMP" ]]; then
   exit 0
 fi
-log "installing Autobahn|Testsuite into $ROOT (takes a few minutes, once)"
+log "installing Autobahn|Testsuite into $ROOT (about a minute, once)"
 rm -rf "${ROOT:?}"/{apt,debs,py27,wheels,wstest,.installed}
 mkdir -p "$ROOT"/apt/lists/partial "$ROOT"/apt/cache/archives/partial "$ROOT"/debs "$ROOT"/py27 "$ROOT"/wheels
 
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc)
+[[ -f /usr/include/stdio.h ]] || need_apt+=(libc6-dev)   # only recommended by gcc
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 command -v python3 >/dev/null || need_apt+=(python3)
 if ((${#need_apt[@]})); then
@@ -107,6 +108,10 @@ export LD_LIBRARY_PATH="$ROOT/py27/usr/lib/$triplet"
 export CFLAGS="-I$ROOT/py27/usr/include/python2.7 -I$ROOT/py27/usr/include -Wno-error=incompatible-pointer-types \
   -Wno-error=implicit-function-declaration -Wno-error=int-conversion"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONNOUSERSITE=1
+# pip 20.3.4 carries a CA bundle from 2020; the system's is current (ca-certificates).
+if [[ -z ${PIP_CERT:-} && -f /etc/ssl/certs/ca-certificates.crt ]]; then
+  export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+fi
 "$PY" -c 'import ssl, ctypes, zlib, hashlib; print("python " + __import__("sys").version.split()[0] + ", " + ssl.OPENSSL_VERSION)' >&2
 
 log "pip: $PIP_PIN, then ${#PY_PINS[@]} pinned packages (C extensions are compiled with gcc)"
