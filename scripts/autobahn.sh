@@ -75,7 +75,7 @@ trap stop_echo EXIT   # the echo server (and wstest) by PID, however the script 
 trap 'exit 130' INT TERM
 
 started=0
-for attempt in 1 2 3; do   # a port free when picked may be taken before the server binds it
+for _ in 1 2 3; do   # a port free when picked may be taken before the server binds it
   port=$("${AB[@]}" free-port)
   # `exec` so that $echo_pid is the server itself, the process that must own the port; setsid
   # (which execs too: a background job is no group leader) gives it its own process group.
