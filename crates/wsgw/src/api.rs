@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -192,7 +191,7 @@ async fn ws_upgrade(
     ConnectInfo(peer): ConnectInfo<crate::handshake::Peer>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: crate::ws::WsUpgrade,
 ) -> Response {
     // Before anything else, so a page from a foreign origin never gets a socket (CSWSH).
     let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("null"));
@@ -205,11 +204,9 @@ async fn ws_upgrade(
         None => Err(AuthError::Missing),
     };
     let cfg = &gw.config;
-    let upgrade = upgrade
-        .protocols(["wsgw.v1"])
-        .read_buffer_size(cfg.ws_read_buffer_bytes)
-        .max_message_size(cfg.max_message_bytes)
-        .max_frame_size(cfg.max_message_bytes);
+    let upgrade = upgrade.protocols(&["wsgw.v1"]);
+    let max_message = cfg.max_message_bytes;
+    let stream = peer.stream.clone();
     let client_ip = gw.proxies.client_ip(peer.addr.ip(), &headers);
     // No token at all: the connect hook, if there is one, decides (after the upgrade, so that a
     // refusal is an error frame and a close code like a token's).
@@ -223,7 +220,8 @@ async fn ws_upgrade(
         handshake: Some(peer.handshake),
         connect_hook,
     };
-    upgrade.on_upgrade(move |socket| session::run(socket, gw, params))
+    upgrade
+        .on_upgrade(move |leftover| session::run(crate::ws::WsSocket::new(stream, leftover, max_message), gw, params))
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Response {

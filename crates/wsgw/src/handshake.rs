@@ -77,11 +77,15 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its handshake.
     pub handshake: Arc<Handshake>,
+    /// The connection itself, shared with the HTTP layer: once upgraded, the socket reads and
+    /// writes it directly (ws/).
+    pub stream: Arc<TcpStream>,
 }
 
-/// A TCP stream whose reads fail once its handshake deadline passes unfinished.
+/// A TCP stream whose reads fail once its handshake deadline passes unfinished. The stream is
+/// shared (see [`Peer::stream`]), so it is read and written through `&TcpStream`.
 pub struct GatedIo {
-    inner: TcpStream,
+    inner: Arc<TcpStream>,
     handshake: Arc<Handshake>,
     deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -99,39 +103,70 @@ impl GatedIo {
     }
 }
 
+/// Retries `op` until it does not block, waiting on `ready` in between.
+fn poll_io<T>(
+    cx: &mut Context<'_>,
+    mut ready: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> Poll<io::Result<T>> {
+    loop {
+        std::task::ready!(ready(cx))?;
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
 impl AsyncRead for GatedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.expired(cx) {
             debug!("handshake timed out: closing the connection");
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timeout")));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let tcp = &*self.inner;
+        let n = std::task::ready!(poll_io(
+            cx,
+            |cx| tcp.poll_read_ready(cx),
+            || tcp.try_read(buf.initialize_unfilled())
+        ))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for GatedIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let tcp = &*self.inner;
+        poll_io(cx, |cx| tcp.poll_write_ready(cx), || tcp.try_write(buf))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = socket2::SockRef::from(&*self.inner).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(r.or_else(|e| {
+            if e.kind() == io::ErrorKind::NotConnected {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }))
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let tcp = &*self.inner;
+        poll_io(cx, |cx| tcp.poll_write_ready(cx), || tcp.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 }
 
@@ -160,7 +195,7 @@ impl Listener for GatedListener {
         let ms = self.gw.config.handshake_timeout_ms;
         let deadline = (ms > 0).then(|| Box::pin(tokio::time::sleep(Duration::from_millis(ms))));
         let io = GatedIo {
-            inner: tcp,
+            inner: Arc::new(tcp),
             handshake,
             deadline,
         };
@@ -177,6 +212,7 @@ impl Connected<IncomingStream<'_, GatedListener>> for Peer {
         Peer {
             addr: *stream.remote_addr(),
             handshake: stream.io().handshake.clone(),
+            stream: stream.io().inner.clone(),
         }
     }
 }

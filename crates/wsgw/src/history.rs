@@ -51,12 +51,7 @@ pub async fn position(broker: &dyn Broker, recovered: bool) -> Result<Replay, Br
 }
 
 fn to_frame(e: StoredEvent) -> OutFrame {
-    OutFrame {
-        text: e.frame,
-        event_id: Some(e.id),
-        published_us: crate::time::ms_to_us(e.ts_ms),
-        response: None,
-    }
+    OutFrame::event(e.frame, e.id, crate::time::ms_to_us(e.ts_ms))
 }
 
 /// Reads every event after `after` on `channels` (patterns are skipped: they have no history

@@ -22,6 +22,7 @@ pub mod server;
 pub mod session;
 pub mod time;
 pub mod token;
+pub mod ws;
 
 pub use config::Config;
 pub use node::{Gateway, StartError};

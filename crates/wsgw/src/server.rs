@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(silent.close_requested(), None);
         let mut out = Vec::new();
         silent.take_batch(&mut out);
-        assert!(out.iter().any(|f| f.text.contains(r#""type":"ping""#)), "pinged");
+        assert!(out.iter().any(|f| f.text().contains(r#""type":"ping""#)), "pinged");
         // 4 s: only the silent one has been quiet for longer than the timeout.
         for _ in 0..15 {
             tokio::time::advance(Duration::from_millis(100)).await;

@@ -1,23 +1,32 @@
 //! hub/connection.rs: one socket as the hub sees it: its bounded outbox, the dedup floor and
 //! replay merge that keep the exactness invariant, and the backend requests it waits on. Never
-//! awaits a socket write: the session's task drains the outbox.
+//! awaits a socket write: an event is written straight to the socket when nothing is queued
+//! for it and the kernel takes it whole (`push`); everything else waits in the outbox, which
+//! the session's task writes out (`flush`), several frames per write. Every write happens
+//! under the outbox lock, so frames never interleave.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 
 use crate::time::{mono_ms, now_ms};
+use crate::ws::frame::{Header, OP_TEXT};
 
-/// A frame ready to be written: shared text plus what ordering and latency need.
+/// A frame ready to be written: its shared payload plus what ordering and latency need.
 #[derive(Clone, Debug)]
 pub struct OutFrame {
-    /// The JSON text, shared by every recipient.
-    pub text: Utf8Bytes,
+    /// The payload (a text frame's JSON), shared by every recipient. Server frames are not
+    /// masked, so only a 2–10 byte header is written next to it.
+    pub payload: Bytes,
+    /// The frame's opcode: text, except for pongs.
+    pub opcode: u8,
     /// Set for durable events; used to drop duplicates.
     pub event_id: Option<EventId>,
     /// Publish time in µs since the epoch (0 for control frames): feeds the latency histogram.
@@ -45,21 +54,72 @@ struct PendingRequest {
 
 impl OutFrame {
     /// A control frame (welcome, ack, error …): no id, no latency measurement.
-    pub fn control(text: impl Into<Utf8Bytes>) -> Self {
+    pub fn control(text: impl Into<Bytes>) -> Self {
+        Self::raw(OP_TEXT, text.into())
+    }
+
+    /// A durable event's text frame.
+    pub fn event(text: impl Into<Bytes>, id: EventId, published_us: u64) -> Self {
         Self {
-            text: text.into(),
+            event_id: Some(id),
+            published_us,
+            ..Self::control(text)
+        }
+    }
+
+    /// A frame of another opcode (a pong).
+    pub fn raw(opcode: u8, payload: Bytes) -> Self {
+        Self {
+            payload,
+            opcode,
             event_id: None,
             published_us: 0,
             response: None,
         }
     }
+
+    /// The payload as text (empty if it is not UTF-8).
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.payload).unwrap_or_default()
+    }
+
+    fn header(&self) -> Header {
+        Header::new(self.opcode, self.payload.len())
+    }
 }
+
+/// What the socket's task wrote in one [`Connection::flush`]: for the metrics.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Frames written whole.
+    pub frames: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Publish times (µs) of the events among them.
+    pub stamps: Vec<u64>,
+}
+
+/// Where a [`Connection::flush`] left the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued is written.
+    Done,
+    /// The kernel took no more: wait until the socket is writable.
+    Blocked,
+    /// The socket failed.
+    Failed,
+}
+
+/// How many frames one write takes at most.
+const MAX_BATCH: usize = 32;
 
 /// What happened to a frame offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
     /// Queued (or buffered behind a replay).
     Queued,
+    /// Written to the socket at once, whole.
+    Sent,
     /// Already sent or queued (same or older event id): dropped on purpose.
     Duplicate,
     /// The queue was full: the connection is now closing with 4008.
@@ -122,6 +182,11 @@ pub(super) struct Outbox {
     /// The same room in bytes.
     replay_room_bytes: usize,
     close: Option<CloseCode>,
+    /// The socket, once its session serves: events are written straight to it when nothing
+    /// is queued.
+    wire: Option<Arc<TcpStream>>,
+    /// Bytes of the first queued frame (header and payload) already written.
+    sent: usize,
 }
 
 impl Outbox {
@@ -136,6 +201,18 @@ impl Outbox {
                 .patterns
                 .iter()
                 .any(|(p, since)| *since < id && glob_match(p, channel))
+    }
+
+    /// Drops what is queued, except the rest of a frame already partly written (the close
+    /// frame that follows must not land inside it).
+    fn drop_queue(&mut self) {
+        let keep = if self.sent > 0 { self.queue.pop_front() } else { None };
+        self.queue.clear();
+        self.bytes = 0;
+        if let Some(f) = keep {
+            self.bytes = f.payload.len();
+            self.queue.push_back(f);
+        }
     }
 
     /// The earliest snapshot from which a pattern of this socket covers `channel`.
@@ -210,6 +287,8 @@ impl Connection {
                 replay_room: 0,
                 replay_room_bytes: 0,
                 close: None,
+                wire: None,
+                sent: 0,
             }),
             wake: Notify::new(),
             close_wake: Notify::new(),
@@ -349,6 +428,11 @@ impl Connection {
     /// Offers a live frame published on `channel`, reaching this socket through its exact
     /// subscription or (`via_pattern`) only through patterns. Never blocks on the socket.
     pub fn push(&self, frame: OutFrame, channel: &str, via_pattern: bool) -> Push {
+        self.offer(frame, channel, via_pattern, true)
+    }
+
+    /// `push`, written straight to the socket only if `direct` (and nothing is queued).
+    pub fn offer(&self, frame: OutFrame, channel: &str, via_pattern: bool, direct: bool) -> Push {
         if let Some(tag) = &frame.response {
             self.response_seen(tag);
         }
@@ -360,7 +444,7 @@ impl Connection {
             // Held by the server, not by a slow reader: a replay waits for the node's pub/sub
             // stream to pass its snapshot, so it may hold that lag's worth of frames. Bounded
             // all the same (and by the broker's sync timeout in time).
-            let len = frame.text.len();
+            let len = frame.payload.len();
             if held.len() >= self.capacity.saturating_mul(HELD_FACTOR)
                 || (!held.is_empty()
                     && ob.held_bytes.saturating_add(len) > self.capacity_bytes.saturating_mul(HELD_FACTOR))
@@ -387,13 +471,93 @@ impl Connection {
             return self.overflow(ob);
         }
         let was_empty = ob.queue.is_empty();
-        ob.bytes += frame.text.len();
+        if was_empty
+            && direct
+            && let Some(tcp) = ob.wire.as_deref()
+        {
+            // Nothing queued: straight to the socket, without waking its task.
+            let header = frame.header();
+            let total = header.as_bytes().len() + frame.payload.len();
+            let bufs = [IoSlice::new(header.as_bytes()), IoSlice::new(&frame.payload)];
+            match tcp.try_write_vectored(&bufs) {
+                Ok(n) if n == total => return Push::Sent,
+                // The kernel took part of it: the task writes the rest when it can.
+                Ok(n) => ob.sent = n,
+                // Would block, or failed: the task finds out which.
+                Err(_) => {}
+            }
+        }
+        ob.bytes += frame.payload.len();
         ob.queue.push_back(frame);
         drop(ob);
         if was_empty {
             self.wake.notify_one();
         }
         Push::Queued
+    }
+
+    /// Lets `push` write events straight to `tcp` (the session serves from now on).
+    pub fn attach(&self, tcp: Arc<TcpStream>) {
+        self.outbox.lock().wire = Some(tcp);
+    }
+
+    /// Ends direct writes (the session is ending) and lets the socket go.
+    pub fn detach(&self) {
+        self.outbox.lock().wire = None;
+    }
+
+    /// Writes what is queued, several frames per write, without blocking. Returns where the
+    /// queue was left and the close request, if any (meaningful once `Done`).
+    pub fn flush(&self, written: &mut Written) -> (Flush, Option<CloseCode>) {
+        let mut ob = self.outbox.lock();
+        let Some(tcp) = ob.wire.clone() else {
+            return (Flush::Failed, ob.close);
+        };
+        while !ob.queue.is_empty() {
+            let headers: Vec<_> = ob.queue.iter().take(MAX_BATCH).map(OutFrame::header).collect();
+            let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(headers.len() * 2);
+            let mut skip = ob.sent;
+            for (h, f) in headers.iter().zip(ob.queue.iter()) {
+                for part in [h.as_bytes(), &f.payload[..]] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                    } else {
+                        bufs.push(IoSlice::new(&part[skip..]));
+                        skip = 0;
+                    }
+                }
+            }
+            let n = match tcp.try_write_vectored(&bufs) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Flush::Blocked, ob.close),
+                Err(_) => return (Flush::Failed, ob.close),
+            };
+            drop(bufs);
+            let mut n = ob.sent + n;
+            ob.sent = 0;
+            for h in headers {
+                let len = h.as_bytes().len() + ob.queue.front().map_or(0, |f| f.payload.len());
+                if n < len {
+                    ob.sent = n;
+                    break;
+                }
+                n -= len;
+                let Some(f) = ob.queue.pop_front() else { break };
+                ob.bytes = ob.bytes.saturating_sub(f.payload.len());
+                written.frames += 1;
+                written.bytes += f.payload.len() as u64;
+                if f.published_us > 0 {
+                    written.stamps.push(f.published_us);
+                }
+            }
+        }
+        ob.replay_room = 0;
+        ob.replay_room_bytes = 0;
+        if ob.queue.capacity() > 64 {
+            // A burst grew the queue; give the memory back so idle sockets stay small.
+            ob.queue.shrink_to(8);
+        }
+        (Flush::Done, ob.close)
     }
 
     /// Queues a control frame (answer, error, ping) even during a replay: control frames are
@@ -407,7 +571,7 @@ impl Connection {
             return self.overflow(ob);
         }
         let was_empty = ob.queue.is_empty();
-        ob.bytes += frame.text.len();
+        ob.bytes += frame.payload.len();
         ob.queue.push_back(frame);
         drop(ob);
         if was_empty {
@@ -419,12 +583,11 @@ impl Connection {
     /// Whether queuing `frame` would take the queue over its byte bound (plus `room`). A frame
     /// larger than the bound still goes into an empty queue.
     fn over_bytes(&self, ob: &Outbox, frame: &OutFrame, room: usize) -> bool {
-        !ob.queue.is_empty() && ob.bytes.saturating_add(frame.text.len()) > self.capacity_bytes.saturating_add(room)
+        !ob.queue.is_empty() && ob.bytes.saturating_add(frame.payload.len()) > self.capacity_bytes.saturating_add(room)
     }
 
     fn overflow(&self, mut ob: parking_lot::MutexGuard<'_, Outbox>) -> Push {
-        ob.queue.clear();
-        ob.bytes = 0;
+        ob.drop_queue();
         ob.replay = None;
         ob.held_bytes = 0;
         ob.close = Some(CloseCode::SlowConsumer);
@@ -561,7 +724,7 @@ impl Connection {
         }
         ob.floor = ob.floor.max(last).max(position);
         ob.replay_room = ob.queue.len();
-        ob.bytes = ob.queue.iter().map(|f| f.text.len()).sum();
+        ob.bytes = ob.queue.iter().map(|f| f.payload.len()).sum();
         ob.replay_room_bytes = ob.bytes;
         drop(ob);
         self.wake.notify_one();
@@ -576,8 +739,7 @@ impl Connection {
             return false;
         }
         if code == CloseCode::SlowConsumer {
-            ob.queue.clear();
-            ob.bytes = 0;
+            ob.drop_queue();
         }
         ob.replay = None;
         ob.close = Some(code);
@@ -594,7 +756,7 @@ impl Connection {
             if ob.close.is_some() {
                 return false;
             }
-            ob.bytes += last.text.len();
+            ob.bytes += last.payload.len();
             ob.queue.push_back(last);
         }
         self.close(code)
@@ -605,7 +767,7 @@ impl Connection {
     pub fn refuse_with(&self, last: OutFrame, code: CloseCode) {
         {
             let mut ob = self.outbox.lock();
-            ob.bytes += last.text.len();
+            ob.bytes += last.payload.len();
             ob.queue.push_back(last);
             ob.replay = None;
             ob.close = Some(code);
@@ -614,11 +776,14 @@ impl Connection {
         self.close_wake.notify_one();
     }
 
-    /// Moves everything queued into `out`; returns the close request, if any.
+    /// Moves everything queued into `out`; returns the close request, if any (tests: a socket
+    /// without a session).
+    #[cfg(test)]
     pub fn take_batch(&self, out: &mut Vec<OutFrame>) -> Option<CloseCode> {
         let mut ob = self.outbox.lock();
         out.extend(ob.queue.drain(..));
         ob.bytes = 0;
+        ob.sent = 0;
         ob.replay_room = 0;
         ob.replay_room_bytes = 0;
         if ob.queue.capacity() > 64 && ob.queue.is_empty() {

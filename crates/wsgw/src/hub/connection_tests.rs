@@ -3,12 +3,7 @@
 use super::*;
 
 fn frame(id: u64, bytes: usize) -> OutFrame {
-    OutFrame {
-        text: "x".repeat(bytes).into(),
-        event_id: Some(EventId::new(id, 0)),
-        published_us: 0,
-        response: None,
-    }
+    OutFrame::event("x".repeat(bytes), EventId::new(id, 0), 0)
 }
 
 fn live(cap: usize, cap_bytes: usize) -> Connection {
@@ -54,16 +49,11 @@ fn the_queue_is_bounded_by_bytes_as_well_as_frames() {
 fn texts(c: &Connection) -> Vec<String> {
     let mut out = Vec::new();
     c.take_batch(&mut out);
-    out.into_iter().map(|f| f.text.to_string()).collect()
+    out.into_iter().map(|f| f.text().to_owned()).collect()
 }
 
 fn ev(id: u64, text: &str) -> OutFrame {
-    OutFrame {
-        text: text.into(),
-        event_id: Some(EventId::new(id, 0)),
-        published_us: 0,
-        response: None,
-    }
+    OutFrame::event(text.to_owned(), EventId::new(id, 0), 0)
 }
 
 #[test]

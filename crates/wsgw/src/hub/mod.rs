@@ -13,10 +13,29 @@ use parking_lot::{Mutex, RwLock};
 use wsgw_protocol::{CloseCode, glob_match};
 
 use connection::PENDING;
-pub use connection::{CatchUp, Connection, OutFrame, Push, ResponseTag};
+pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, Written};
 use subscribers::Subscribers;
 
 use crate::metrics::Metrics;
+use crate::time::now_us;
+
+/// How many sockets of one fan-out may get the frame written straight from the fan-out loop;
+/// the rest are queued for their own tasks. A fan-out runs on one thread: written directly, a
+/// broadcast to thousands of sockets would keep one core busy with their writes while the
+/// others idle, and fall behind its input at high rates (measured: the pub/sub connection was
+/// dropped for its output buffer). Queued, the writes spread over every worker thread and
+/// batch several frames per write when sockets lag. Small fan-outs (a user's own channel, a
+/// small room) save the task wake-up per delivery.
+const DIRECT_FANOUT: usize = 16;
+
+/// What one fan-out did: sockets offered the frame, those that accepted it, and how many of
+/// them got it written at once.
+#[derive(Default)]
+struct Tally {
+    offered: usize,
+    delivered: usize,
+    sent: u64,
+}
 use crate::time::mono_ms;
 
 /// A connection's identity and topics kept after a disconnect, for `connection_id` resume.
@@ -251,7 +270,7 @@ impl Hub {
     /// Fans a frame published on `channel` out to every local subscriber (exact and pattern),
     /// except the connection ids in `exclude`. Returns how many accepted it.
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
-        let mut delivered = 0;
+        let mut delivered = Tally::default();
         let chans = self.channels.read();
         let exact = chans.get(channel);
         if let Some(subs) = exact {
@@ -272,18 +291,18 @@ impl Hub {
                 }
             }
         }
-        delivered
+        self.record(frame, delivered)
     }
 
     /// Delivers to the exact subscribers of `channel` only (a Redis `message`).
     pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
         let chans = self.channels.read();
         let Some(subs) = chans.get(channel) else { return 0 };
-        let mut delivered = 0;
+        let mut delivered = Tally::default();
         for c in subs.values() {
             self.offer(c, channel, false, frame, exclude, &mut delivered);
         }
-        delivered
+        self.record(frame, delivered)
     }
 
     /// Delivers to the subscribers of one pattern (a Redis `pmessage` for `channel`).
@@ -294,7 +313,7 @@ impl Hub {
         let Some((_, subs)) = pats.iter().find(|(p, _)| &**p == pattern) else {
             return 0;
         };
-        let mut delivered = 0;
+        let mut delivered = Tally::default();
         for (key, c) in subs.iter() {
             // A socket with an exact subscription gets the channel's `message` too, except for
             // events published before the node's SUBSCRIBE took effect: those come only as this
@@ -305,7 +324,26 @@ impl Hub {
             }
             self.offer(c, channel, true, frame, exclude, &mut delivered);
         }
-        delivered
+        self.record(frame, delivered)
+    }
+
+    /// Counts the frames `offer` wrote straight to sockets (once per fan-out, not per socket);
+    /// returns how many sockets accepted the frame.
+    fn record(&self, frame: &OutFrame, tally: Tally) -> usize {
+        if tally.sent > 0 {
+            let m = &self.metrics;
+            m.frames_out.inc_by(tally.sent);
+            m.bytes_out.inc_by(tally.sent * frame.payload.len() as u64);
+            if frame.published_us > 0 {
+                let latency = now_us().saturating_sub(frame.published_us) as f64 / 1e6;
+                let local = m.delivery_latency.local();
+                for _ in 0..tally.sent {
+                    local.observe(latency);
+                }
+                local.flush();
+            }
+        }
+        tally.delivered
     }
 
     fn offer(
@@ -315,13 +353,19 @@ impl Hub {
         via_pattern: bool,
         frame: &OutFrame,
         exclude: &[&str],
-        delivered: &mut usize,
+        delivered: &mut Tally,
     ) {
         if !exclude.is_empty() && exclude.contains(&&*c.id) {
             return;
         }
-        match c.push(frame.clone(), channel, via_pattern) {
-            Push::Queued => *delivered += 1,
+        let direct = delivered.offered < DIRECT_FANOUT;
+        delivered.offered += 1;
+        match c.offer(frame.clone(), channel, via_pattern, direct) {
+            Push::Queued => delivered.delivered += 1,
+            Push::Sent => {
+                delivered.delivered += 1;
+                delivered.sent += 1;
+            }
             Push::Overflow => self.metrics.slow_consumers.inc(),
             Push::Duplicate | Push::Closed => {}
         }

@@ -1,23 +1,17 @@
 //! Unit tests of the hub: fan-out, dedup through patterns, catch-ups, users and parked sessions.
 
-use axum::extract::ws::Utf8Bytes;
 use wsgw_protocol::EventId;
 
 use super::*;
 
 fn ev(id: u64, text: &str) -> OutFrame {
-    OutFrame {
-        text: Utf8Bytes::from(text.to_owned()),
-        event_id: Some(EventId::new(id, 0)),
-        published_us: 0,
-        response: None,
-    }
+    OutFrame::event(text.to_owned(), EventId::new(id, 0), 0)
 }
 
 fn drain(c: &Connection) -> (Vec<String>, Option<CloseCode>) {
     let mut out = Vec::new();
     let close = c.take_batch(&mut out);
-    (out.into_iter().map(|f| f.text.to_string()).collect(), close)
+    (out.into_iter().map(|f| f.text().to_owned()).collect(), close)
 }
 
 fn live(hub: &Hub, id: &str, cap: usize) -> Arc<Connection> {

@@ -1,7 +1,8 @@
 //! session/: one socket's life: welcome and replay (`open.rs`), reading client frames and
-//! answering them (`commands.rs`), writing what the hub queued in batches (one flush per batch),
-//! and closing with the right code. The socket is owned by this one task; nothing else ever
-//! writes to it.
+//! answering them (`commands.rs`), writing out what the hub queued (several frames per write),
+//! and closing with the right code. This task alone reads the socket; writes go through the
+//! hub connection's outbox (hub/connection.rs), which also writes events straight from the
+//! fan-out when nothing is queued.
 
 mod commands;
 mod hooked;
@@ -11,17 +12,17 @@ mod presence;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use serde_json::Value;
 use tracing::{Instrument, debug, info_span};
 use wsgw_protocol::{CloseCode, ErrorCode, ServerFrame};
 
 use crate::auth::{AuthError, Claims};
-use crate::hub::{Connection, OutFrame};
+use crate::hub::{Connection, Flush, OutFrame, Written};
 use crate::limits::{ByteLimiter, RateLimiter};
 use crate::node::{Gateway, IpSlot, Slot};
 use crate::time::now_us;
+use crate::ws::frame::{self as wsframe, OP_PONG, OP_TEXT};
+use crate::ws::{Incoming, ReadError, WsSocket};
 
 /// What the upgrade request carried.
 #[derive(Debug)]
@@ -46,38 +47,41 @@ fn error_frame(code: ErrorCode, message: impl Into<String>, request_id: Option<V
 
 /// Sends one frame and a close, then waits briefly for the client's close so the frames are
 /// not lost to a TCP reset. Used before a connection is registered.
-async fn refuse(mut ws: WebSocket, gw: &Gateway, frame: Option<ServerFrame>, code: CloseCode) {
+async fn refuse(mut ws: WsSocket, gw: &Gateway, frame: Option<ServerFrame>, code: CloseCode) {
     if let Some(f) = frame {
         if let ServerFrame::Error { code, .. } = &f {
             gw.metrics.errors_sent.with_label_values(&[code.as_str()]).inc();
         }
-        let _ = ws.feed(Message::Text(f.to_json().into())).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            ws.write_all(&wsframe::encode(OP_TEXT, f.to_json().as_bytes())),
+        )
+        .await;
     }
-    close_socket(&mut ws, code, code.reason()).await;
+    close_socket(&mut ws, code.code(), code.reason()).await;
     gw.metrics.connections_closed.with_label_values(&[code.reason()]).inc();
 }
 
-async fn close_socket(ws: &mut WebSocket, code: CloseCode, reason: &'static str) {
-    let frame = CloseFrame {
-        code: code.code(),
-        reason: Utf8Bytes::from_static(reason),
-    };
+/// Sends a close frame (nothing else may be writing), waits briefly for the client's, then
+/// ends the TCP connection from this side.
+async fn close_socket(ws: &mut WsSocket, code: u16, reason: &str) {
     // A slow consumer's socket may need a while to take the close frame; give it some.
-    let sent = tokio::time::timeout(Duration::from_secs(5), ws.send(Message::Close(Some(frame)))).await;
+    let sent = tokio::time::timeout(Duration::from_secs(5), ws.send_close(code, reason)).await;
     if matches!(sent, Ok(Ok(()))) {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Some(Ok(msg)) = ws.recv().await {
-                if matches!(msg, Message::Close(_)) {
+            while let Ok(msg) = ws.recv().await {
+                if matches!(msg, Incoming::Close(_)) {
                     break;
                 }
             }
         })
         .await;
     }
+    ws.shutdown();
 }
 
 /// Runs one upgraded socket to its end.
-pub fn run(ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) -> impl Future<Output = ()> {
+pub fn run(ws: WsSocket, gw: Arc<Gateway>, params: ConnectParams) -> impl Future<Output = ()> {
     // Admission (token or connect hook, refusals, slots, open with its replay and welcome) runs
     // boxed: a task is as big as its future's biggest state, so only what serving needs (the
     // socket, the session, the span, the address slot) stays in every idle socket's task. Not an
@@ -97,10 +101,10 @@ pub fn run(ws: WebSocket, gw: Arc<Gateway>, params: ConnectParams) -> impl Futur
 /// Everything before serving: the refusals (each closes the socket), the slots, and
 /// `Session::open`. None when the socket was refused or closed.
 async fn admit(
-    ws: WebSocket,
+    ws: WsSocket,
     gw: Arc<Gateway>,
     params: ConnectParams,
-) -> Option<(WebSocket, Session, tracing::Span, IpSlot)> {
+) -> Option<(WsSocket, Session, tracing::Span, IpSlot)> {
     let mut params = params;
     // Upgraded: the handshake's deadline and the slots it held end here. From now on the
     // gateway, not the client, decides how soon the welcome or the refusal goes out, and the
@@ -224,22 +228,32 @@ impl Session {
         self
     }
 
-    async fn serve(mut self, ws: &mut WebSocket) {
-        let mut batch: Vec<OutFrame> = Vec::new();
+    async fn serve(mut self, ws: &mut WsSocket) {
+        // From now on events are written straight to the socket when nothing is queued.
+        self.conn.attach(ws.stream().clone());
         // The client's own close code, when it closed first (1005: its close had none).
         let mut client_code = None;
-        // The loop ends with why, and the close code to send (None: the socket is gone or the
-        // client closed first).
+        // A protocol error's close code (1002, 1007), sent once the loop ends.
+        let mut broken = None;
+        // The loop ends with why, and the close code to send (None: the socket is gone, the
+        // client closed first or broke the protocol).
         let (reason, code): (&'static str, Option<CloseCode>) = loop {
-            let close = self.conn.take_batch(&mut batch);
-            if !batch.is_empty() {
-                let conn = self.conn.clone();
-                let written = tokio::select! {
-                    r = write_batch(ws, &mut batch, &self.gw) => r,
-                    // A socket stuck on a full TCP buffer must still notice its close request.
-                    _ = stuck_after_close(&conn) => false,
-                };
-                if !written {
+            let (state, close) = self.flush();
+            match state {
+                Flush::Done => {}
+                Flush::Blocked => {
+                    let conn = self.conn.clone();
+                    tokio::select! {
+                        r = ws.stream().writable() => if r.is_ok() { continue },
+                        // A socket stuck on a full TCP buffer must still notice its close request.
+                        _ = stuck_after_close(&conn) => {}
+                    }
+                    if let Some(code) = self.conn.close_requested() {
+                        break (code.reason(), Some(code));
+                    }
+                    break ("write_error", None);
+                }
+                Flush::Failed => {
                     if let Some(code) = self.conn.close_requested() {
                         break (code.reason(), Some(code));
                     }
@@ -252,24 +266,27 @@ impl Session {
             tokio::select! {
                 _ = self.conn.wait() => {}
                 msg = ws.recv() => match msg {
-                    None => break ("client_gone", None),
-                    Some(Err(e)) => {
-                        if is_too_large(&e) {
+                    Err(ReadError::Gone) => break ("client_gone", None),
+                    Err(ReadError::Protocol(e)) => {
+                        if e.code == 1009 {
                             self.send_error(ErrorCode::TooLarge, format!("message larger than {} bytes", self.gw.config.max_message_bytes), None);
                             self.conn.close(CloseCode::TooBig);
                             continue;
                         }
+                        debug!(error = %e, "protocol error");
+                        broken = Some(e);
                         break ("read_error", None);
                     }
-                    Some(Ok(msg)) => {
+                    Ok(msg) => {
                         self.conn.touch();
                         match msg {
-                            Message::Text(text) => {
+                            Incoming::Text(bytes) => {
                                 self.gw.metrics.frames_in.inc();
-                                self.gw.metrics.bytes_in.inc_by(text.len() as u64);
-                                Box::pin(self.on_text(&text)).await;
+                                self.gw.metrics.bytes_in.inc_by(bytes.len() as u64);
+                                let text = std::str::from_utf8(&bytes).unwrap_or_default();
+                                Box::pin(self.on_text(text)).await;
                             }
-                            Message::Binary(b) => {
+                            Incoming::Binary(b) => {
                                 self.gw.metrics.frames_in.inc();
                                 self.gw.metrics.bytes_in.inc_by(b.len() as u64);
                                 if self.limiter.admit() {
@@ -278,11 +295,14 @@ impl Session {
                                     self.rate_limited(None);
                                 }
                             }
-                            Message::Close(f) => {
-                                client_code = Some(f.map_or(1005, |f| f.code));
+                            Incoming::Close(f) => {
+                                client_code = Some(f.map_or(1005, |(code, _)| code));
                                 break ("client_closed", None);
                             }
-                            Message::Ping(_) | Message::Pong(_) => {}
+                            Incoming::Ping(payload) => {
+                                self.conn.push_control(OutFrame::raw(OP_PONG, payload));
+                            }
+                            Incoming::Pong => {}
                         }
                     }
                 }
@@ -292,14 +312,49 @@ impl Session {
         let close_code = code.map(CloseCode::code).or(client_code).unwrap_or(1006);
         // Unregister (and park for resume) before the client can see the close, so that a
         // client reconnecting at once finds its session parked.
+        let conn = self.conn.clone();
         self.finish(reason, close_code);
-        match code {
-            Some(code) => Box::pin(close_socket(ws, code, code.reason())).await,
-            // Sends tungstenite's queued answer to the client's close.
-            None => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+        // What is left of a partly written frame goes out before the close frame.
+        let whole = code.is_none()
+            || matches!(
+                tokio::time::timeout(Duration::from_secs(5), flush_rest(&conn, ws)).await,
+                Ok(true)
+            );
+        conn.detach();
+        match (code, client_code, broken) {
+            (Some(code), _, _) if whole => Box::pin(close_socket(ws, code.code(), code.reason())).await,
+            // Answers the client's close with its own code (none if it gave none).
+            (None, Some(c), _) => {
+                let payload = if c == 1005 {
+                    bytes::Bytes::new()
+                } else {
+                    wsframe::close_payload(c, "")
+                };
+                let frame = wsframe::encode(wsframe::OP_CLOSE, &payload);
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.write_all(&frame)).await;
+                ws.shutdown();
+            }
+            (None, None, Some(e)) => Box::pin(close_socket(ws, e.code, e.reason)).await,
+            _ => ws.shutdown(),
+        }
+    }
+
+    /// Writes out what is queued and counts it.
+    fn flush(&self) -> (Flush, Option<CloseCode>) {
+        let mut written = Written::default();
+        let r = self.conn.flush(&mut written);
+        if written.frames > 0 {
+            let m = &self.gw.metrics;
+            m.frames_out.inc_by(written.frames);
+            m.bytes_out.inc_by(written.bytes);
+            if !written.stamps.is_empty() {
+                let now = now_us();
+                for s in written.stamps {
+                    m.delivery_latency.observe(now.saturating_sub(s) as f64 / 1e6);
+                }
             }
         }
+        r
     }
 
     fn finish(mut self, reason: &'static str, close_code: u16) {
@@ -347,6 +402,22 @@ impl Session {
     }
 }
 
+/// Writes out what is still queued (the rest of a partly written frame); false if the
+/// socket failed.
+async fn flush_rest(conn: &Connection, ws: &WsSocket) -> bool {
+    loop {
+        match conn.flush(&mut Written::default()).0 {
+            Flush::Done => return true,
+            Flush::Failed => return false,
+            Flush::Blocked => {
+                if ws.stream().writable().await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Resolves when a pending write should be abandoned: at once for a slow consumer (its queue
 /// is gone anyway), after a grace period for other closes (so a last error frame still goes out).
 /// Waits on the close signal only, never on the queue's wake-ups, which belong to the main loop.
@@ -354,44 +425,4 @@ async fn stuck_after_close(conn: &Connection) {
     if conn.wait_close().await != CloseCode::SlowConsumer {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-}
-
-/// Writes a batch with one flush. Returns false when the socket failed.
-async fn write_batch(ws: &mut WebSocket, batch: &mut Vec<OutFrame>, gw: &Gateway) -> bool {
-    let mut bytes = 0u64;
-    let n = batch.len() as u64;
-    let mut stamps: Vec<u64> = Vec::new();
-    for f in batch.drain(..) {
-        bytes += f.text.len() as u64;
-        if f.published_us > 0 {
-            stamps.push(f.published_us);
-        }
-        if ws.feed(Message::Text(f.text)).await.is_err() {
-            return false;
-        }
-    }
-    if ws.flush().await.is_err() {
-        return false;
-    }
-    gw.metrics.frames_out.inc_by(n);
-    gw.metrics.bytes_out.inc_by(bytes);
-    if !stamps.is_empty() {
-        let now = now_us();
-        for s in stamps {
-            gw.metrics.delivery_latency.observe(now.saturating_sub(s) as f64 / 1e6);
-        }
-    }
-    true
-}
-
-fn is_too_large(e: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(s) = source {
-        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
-            return matches!(t, tungstenite::Error::Capacity(_));
-        }
-        source = s.source();
-    }
-    false
 }

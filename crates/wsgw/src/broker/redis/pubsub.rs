@@ -346,14 +346,14 @@ impl Inner {
             }
             _ => return None,
         }
-        let text = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(body)).ok()?;
+        std::str::from_utf8(body).ok()?;
         let published_us = head.ts.map_or(0, crate::time::ms_to_us);
         Some((
             OutFrame {
-                text,
                 event_id: head.event_id,
                 published_us,
                 response,
+                ..OutFrame::control(bytes::Bytes::copy_from_slice(body))
             },
             exclude,
         ))

@@ -77,12 +77,7 @@ impl Inner {
         events.sort_by_key(|(_, e)| e.id);
         for (ch, e) in events {
             let excluded: Vec<&str> = e.exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
-            let frame = OutFrame {
-                text: e.frame.clone(),
-                event_id: Some(e.id),
-                published_us: crate::time::ms_to_us(e.ts_ms),
-                response: None,
-            };
+            let frame = OutFrame::event(e.frame.clone(), e.id, crate::time::ms_to_us(e.ts_ms));
             let n = self.hub.deliver(&ch, &frame, &excluded);
             self.metrics.repaired_events.inc_by(n as u64);
         }
