@@ -553,9 +553,10 @@ impl Connection {
         }
         ob.replay_room = 0;
         ob.replay_room_bytes = 0;
-        if ob.queue.capacity() > 64 {
-            // A burst grew the queue; give the memory back so idle sockets stay small.
-            ob.queue.shrink_to(8);
+        if ob.queue.capacity() > 0 {
+            // Everything is written: give the queue's memory back, so an idle socket keeps
+            // none (its next frame is usually written without it, or with a fresh one).
+            ob.queue = VecDeque::new();
         }
         (Flush::Done, ob.close)
     }
