@@ -113,6 +113,30 @@ pub enum Flush {
 /// How many frames one write takes at most.
 const MAX_BATCH: usize = 32;
 
+/// One `writev` of `frames` (header and shared payload each), the first `skip` bytes already
+/// written.
+fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize) -> io::Result<usize> {
+    let mut headers = [Header::new(OP_TEXT, 0); MAX_BATCH];
+    for (h, f) in headers.iter_mut().zip(frames) {
+        *h = f.header();
+    }
+    let mut bufs = [IoSlice::new(&[]); MAX_BATCH * 2];
+    let mut k = 0;
+    let mut skip = skip;
+    for (h, f) in headers.iter().zip(frames) {
+        for part in [h.as_bytes(), &f.payload[..]] {
+            if skip >= part.len() {
+                skip -= part.len();
+            } else {
+                bufs[k] = IoSlice::new(&part[skip..]);
+                k += 1;
+                skip = 0;
+            }
+        }
+    }
+    tcp.try_write_vectored(&bufs[..k])
+}
+
 /// What happened to a frame offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -187,6 +211,10 @@ pub(super) struct Outbox {
     wire: Option<Arc<TcpStream>>,
     /// Bytes of the first queued frame (header and payload) already written.
     sent: usize,
+    /// The session's task is writing frames it took from the queue (see `Connection::flush`).
+    writing: bool,
+    /// The queue was dropped while `writing`: the write's end decides what is left of it.
+    dropped: bool,
 }
 
 impl Outbox {
@@ -206,7 +234,14 @@ impl Outbox {
     /// Drops what is queued, except the rest of a frame already partly written (the close
     /// frame that follows must not land inside it).
     fn drop_queue(&mut self) {
-        let keep = if self.sent > 0 { self.queue.pop_front() } else { None };
+        if self.writing {
+            self.dropped = true;
+        }
+        let keep = if self.sent > 0 && !self.writing {
+            self.queue.pop_front()
+        } else {
+            None
+        };
         self.queue.clear();
         self.bytes = 0;
         if let Some(f) = keep {
@@ -289,6 +324,8 @@ impl Connection {
                 close: None,
                 wire: None,
                 sent: 0,
+                writing: false,
+                dropped: false,
             }),
             wake: Notify::new(),
             close_wake: Notify::new(),
@@ -473,6 +510,7 @@ impl Connection {
         let was_empty = ob.queue.is_empty();
         if was_empty
             && direct
+            && !ob.writing
             && let Some(tcp) = ob.wire.as_deref()
         {
             // Nothing queued: straight to the socket, without waking its task.
@@ -507,42 +545,68 @@ impl Connection {
     }
 
     /// Writes what is queued, several frames per write, without blocking. Returns where the
-    /// queue was left and the close request, if any (meaningful once `Done`).
-    pub fn flush(&self, written: &mut Written) -> (Flush, Option<CloseCode>) {
-        let mut ob = self.outbox.lock();
-        let Some(tcp) = ob.wire.clone() else {
-            return (Flush::Failed, ob.close);
-        };
-        while !ob.queue.is_empty() {
-            let headers: Vec<_> = ob.queue.iter().take(MAX_BATCH).map(OutFrame::header).collect();
-            let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(headers.len() * 2);
-            let mut skip = ob.sent;
-            for (h, f) in headers.iter().zip(ob.queue.iter()) {
-                for part in [h.as_bytes(), &f.payload[..]] {
-                    if skip >= part.len() {
-                        skip -= part.len();
-                    } else {
-                        bufs.push(IoSlice::new(&part[skip..]));
-                        skip = 0;
+    /// queue was left and the close request, if any (meaningful once `Done`). The frames are
+    /// taken under the lock (clones sharing the payloads, into `batch`) and written without
+    /// it, so a fan-out never waits on this socket's write; meanwhile the outbox is marked
+    /// `writing`, so nothing else writes to the socket.
+    pub fn flush(&self, batch: &mut Vec<OutFrame>, written: &mut Written) -> (Flush, Option<CloseCode>) {
+        loop {
+            let (tcp, skip) = {
+                let mut ob = self.outbox.lock();
+                let Some(tcp) = ob.wire.clone() else {
+                    return (Flush::Failed, ob.close);
+                };
+                if ob.queue.is_empty() {
+                    ob.replay_room = 0;
+                    ob.replay_room_bytes = 0;
+                    if ob.queue.capacity() > 0 {
+                        // Everything is written: give the queue's memory back, so an idle
+                        // socket keeps none (its next frame is usually written without it).
+                        ob.queue = VecDeque::new();
                     }
+                    return (Flush::Done, ob.close);
                 }
-            }
-            let n = match tcp.try_write_vectored(&bufs) {
+                batch.clear();
+                batch.extend(ob.queue.iter().take(MAX_BATCH).cloned());
+                ob.writing = true;
+                (tcp, ob.sent)
+            };
+            let r = write_frames(&tcp, batch, skip);
+            let mut ob = self.outbox.lock();
+            ob.writing = false;
+            let n = match r {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Flush::Blocked, ob.close),
                 Err(_) => return (Flush::Failed, ob.close),
             };
-            drop(bufs);
-            let mut n = ob.sent + n;
+            let mut n = skip + n;
+            if std::mem::take(&mut ob.dropped) {
+                // The queue was dropped meanwhile (a slow consumer): keep only the rest of a
+                // frame this write left unfinished, so the close frame does not land inside it.
+                ob.queue.clear();
+                ob.bytes = 0;
+                ob.sent = 0;
+                for f in batch.drain(..) {
+                    let len = f.header().as_bytes().len() + f.payload.len();
+                    if n < len {
+                        ob.sent = n;
+                        ob.bytes = f.payload.len();
+                        ob.queue.push_back(f);
+                        break;
+                    }
+                    n -= len;
+                }
+                continue;
+            }
             ob.sent = 0;
-            for h in headers {
-                let len = h.as_bytes().len() + ob.queue.front().map_or(0, |f| f.payload.len());
+            for f in batch.drain(..) {
+                let len = f.header().as_bytes().len() + f.payload.len();
                 if n < len {
                     ob.sent = n;
                     break;
                 }
                 n -= len;
-                let Some(f) = ob.queue.pop_front() else { break };
+                ob.queue.pop_front();
                 ob.bytes = ob.bytes.saturating_sub(f.payload.len());
                 written.frames += 1;
                 written.bytes += f.payload.len() as u64;
@@ -551,14 +615,6 @@ impl Connection {
                 }
             }
         }
-        ob.replay_room = 0;
-        ob.replay_room_bytes = 0;
-        if ob.queue.capacity() > 0 {
-            // Everything is written: give the queue's memory back, so an idle socket keeps
-            // none (its next frame is usually written without it, or with a fresh one).
-            ob.queue = VecDeque::new();
-        }
-        (Flush::Done, ob.close)
     }
 
     /// Queues a control frame (answer, error, ping) even during a replay: control frames are
@@ -825,3 +881,7 @@ impl Connection {
 #[cfg(test)]
 #[path = "connection_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "connection_write_tests.rs"]
+mod write_tests;

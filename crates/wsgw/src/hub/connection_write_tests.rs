@@ -1,0 +1,201 @@
+//! Tests of a socket's writes over real loopback TCP: frames written straight from `push`,
+//! partly written, and flushed from the queue by another task arrive whole and in order; a
+//! slow consumer's dropped queue never leaves half a frame before the close frame.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// A connected pair; the server side has a small send buffer, so writes end part-way.
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    socket2::SockRef::from(&server).set_send_buffer_size(8192).unwrap();
+    (server, client)
+}
+
+/// What the session task does: flush, wait until writable or woken, until `done` and empty.
+async fn writer(conn: Arc<Connection>, tcp: Arc<TcpStream>, done: Arc<std::sync::atomic::AtomicBool>) {
+    let mut batch = Vec::new();
+    loop {
+        let (state, close) = conn.flush(&mut batch, &mut Written::default());
+        match state {
+            Flush::Blocked => {
+                tcp.writable().await.unwrap();
+                continue;
+            }
+            Flush::Failed => panic!("write failed"),
+            Flush::Done if close.is_some() || done.load(Ordering::Acquire) => return,
+            Flush::Done => {
+                let _ = tokio::time::timeout(Duration::from_millis(20), conn.wait()).await;
+            }
+        }
+    }
+}
+
+/// Reads server frames until EOF or `want` payloads: returns their payloads.
+async fn read_frames(mut client: TcpStream, want: usize) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 1500];
+    while out.len() < want {
+        // Slow at first, so the server's writes stop part-way.
+        if out.len() < 50 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk))
+            .await
+            .expect("frames stopped coming")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
+            let (len, head) = match buf[1] & 0x7F {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                126 => break,
+                127 => panic!("no frame here is that long"),
+                n => (n as usize, 2),
+            };
+            if buf.len() < head + len {
+                break;
+            }
+            let opcode = buf[0] & 0x0F;
+            out.push([vec![opcode], buf[head..head + len].to_vec()].concat());
+            buf.drain(..head + len);
+        }
+    }
+    out
+}
+
+fn numbered(i: u64) -> OutFrame {
+    // Sizes vary so frame boundaries fall everywhere in a write.
+    let pad = "x".repeat((i as usize * 37) % 700);
+    OutFrame::event(format!("{i}:{pad}"), EventId::new(i, 0), 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_partial_and_queued_writes_arrive_whole_and_in_order() {
+    let (server, client) = pair().await;
+    let tcp = Arc::new(server);
+    let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100_000, None);
+    conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+    conn.attach(tcp.clone());
+    let conn = Arc::new(conn);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = tokio::spawn(writer(conn.clone(), tcp, done.clone()));
+    let total = 3000u64;
+    let reader = tokio::spawn(read_frames(client, total as usize + 1));
+    let mut sent_directly = 0;
+    for i in 1..=total {
+        match conn.push(numbered(i), "t", false) {
+            Push::Sent => sent_directly += 1,
+            Push::Queued => {}
+            other => panic!("push {i}: {other:?}"),
+        }
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+        if i > total / 2 && i % 10 == 0 {
+            // The second half more slowly: the queue drains, and pushes find it empty.
+            drained(&conn).await;
+        }
+    }
+    done.store(true, Ordering::Release);
+    conn.wake.notify_one();
+    w.await.unwrap();
+    let frames = reader.await.unwrap();
+    assert_eq!(frames.len() as u64, total + 1);
+    assert_eq!(frames[0], [&[OP_TEXT][..], b"w"].concat(), "the welcome first");
+    for (i, f) in frames[1..].iter().enumerate() {
+        let want = numbered(i as u64 + 1);
+        assert_eq!(&f[1..], &want.payload[..], "frame {}", i + 1);
+    }
+    assert!(sent_directly > 0, "some frames went straight to the socket");
+    assert!(sent_directly < total, "some frames waited in the queue");
+}
+
+/// Waits (with a deadline) until nothing is queued.
+async fn drained(conn: &Connection) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while conn.queued().0 > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the queue never drained");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumers_close_frame_never_lands_inside_a_frame() {
+    for round in 0..8 {
+        let (server, client) = pair().await;
+        let tcp = Arc::new(server);
+        let conn = attached_with(tcp.clone(), 60);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w = tokio::spawn(writer(conn.clone(), tcp.clone(), done));
+        drained(&conn).await;
+        // The client reads nothing yet: the queue overflows while frames are being written.
+        let mut overflowed = false;
+        for i in 1..=10_000 {
+            if conn.push(numbered(i), "t", false) == Push::Overflow {
+                overflowed = true;
+                break;
+            }
+            if i % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(overflowed, "round {round}: the queue overflowed");
+        tokio::time::timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
+        // What the session does next: the rest of a partly written frame, then the close frame.
+        let mut batch = Vec::new();
+        let reader = tokio::spawn(read_frames(client, usize::MAX));
+        loop {
+            match conn.flush(&mut batch, &mut Written::default()).0 {
+                Flush::Done => break,
+                Flush::Blocked => tcp.writable().await.unwrap(),
+                Flush::Failed => panic!("write failed"),
+            }
+        }
+        conn.detach();
+        let close = crate::ws::frame::encode(crate::ws::frame::OP_CLOSE, &4008u16.to_be_bytes());
+        let mut rest = &close[..];
+        while !rest.is_empty() {
+            tcp.writable().await.unwrap();
+            if let Ok(n) = tcp.try_write(rest) {
+                rest = &rest[n..];
+            }
+        }
+        socket2::SockRef::from(&*tcp)
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+        let frames = reader.await.unwrap();
+        let (last, events) = frames.split_last().expect("frames");
+        assert_eq!(
+            last[0],
+            crate::ws::frame::OP_CLOSE,
+            "round {round}: the close frame comes last, whole"
+        );
+        assert_eq!(events[0], [&[OP_TEXT][..], b"w"].concat(), "the welcome first");
+        for (next, f) in (1u64..).zip(&events[1..]) {
+            let text = std::str::from_utf8(&f[1..]).expect("whole text frames");
+            let id: u64 = text.split(':').next().unwrap().parse().unwrap();
+            assert_eq!(id, next, "round {round}: in order, none repeated");
+        }
+    }
+}
+
+fn attached_with(tcp: Arc<TcpStream>, cap: usize) -> Arc<Connection> {
+    let c = Connection::new(Arc::from("c"), Arc::from("u"), cap, None);
+    c.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+    c.attach(tcp);
+    Arc::new(c)
+}
