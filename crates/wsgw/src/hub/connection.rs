@@ -113,6 +113,11 @@ pub enum Flush {
 /// How many frames one write takes at most.
 const MAX_BATCH: usize = 32;
 
+thread_local! {
+    /// The frames one flush is writing: shared by every socket of the thread.
+    static BATCH: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One `writev` of `frames` (header and shared payload each), the first `skip` bytes already
 /// written.
 fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize) -> io::Result<usize> {
@@ -548,8 +553,13 @@ impl Connection {
     /// queue was left and the close request, if any (meaningful once `Done`). The frames are
     /// taken under the lock (clones sharing the payloads, into `batch`) and written without
     /// it, so a fan-out never waits on this socket's write; meanwhile the outbox is marked
-    /// `writing`, so nothing else writes to the socket.
-    pub fn flush(&self, batch: &mut Vec<OutFrame>, written: &mut Written) -> (Flush, Option<CloseCode>) {
+    /// `writing`, so nothing else writes to the socket. The batch is the thread's (the flush
+    /// never awaits), so an idle socket keeps none.
+    pub fn flush(&self, written: &mut Written) -> (Flush, Option<CloseCode>) {
+        BATCH.with(|b| self.flush_with(&mut b.borrow_mut(), written))
+    }
+
+    fn flush_with(&self, batch: &mut Vec<OutFrame>, written: &mut Written) -> (Flush, Option<CloseCode>) {
         loop {
             let (tcp, skip) = {
                 let mut ob = self.outbox.lock();
@@ -576,8 +586,15 @@ impl Connection {
             ob.writing = false;
             let n = match r {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Flush::Blocked, ob.close),
-                Err(_) => return (Flush::Failed, ob.close),
+                Err(e) => {
+                    batch.clear();
+                    let state = if e.kind() == io::ErrorKind::WouldBlock {
+                        Flush::Blocked
+                    } else {
+                        Flush::Failed
+                    };
+                    return (state, ob.close);
+                }
             };
             let mut n = skip + n;
             if std::mem::take(&mut ob.dropped) {

@@ -20,9 +20,8 @@ async fn pair() -> (TcpStream, TcpStream) {
 
 /// What the session task does: flush, wait until writable or woken, until `done` and empty.
 async fn writer(conn: Arc<Connection>, tcp: Arc<TcpStream>, done: Arc<std::sync::atomic::AtomicBool>) {
-    let mut batch = Vec::new();
     loop {
-        let (state, close) = conn.flush(&mut batch, &mut Written::default());
+        let (state, close) = conn.flush(&mut Written::default());
         match state {
             Flush::Blocked => {
                 tcp.writable().await.unwrap();
@@ -156,10 +155,9 @@ async fn a_slow_consumers_close_frame_never_lands_inside_a_frame() {
         assert!(overflowed, "round {round}: the queue overflowed");
         tokio::time::timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
         // What the session does next: the rest of a partly written frame, then the close frame.
-        let mut batch = Vec::new();
         let reader = tokio::spawn(read_frames(client, usize::MAX));
         loop {
-            match conn.flush(&mut batch, &mut Written::default()).0 {
+            match conn.flush(&mut Written::default()).0 {
                 Flush::Done => break,
                 Flush::Blocked => tcp.writable().await.unwrap(),
                 Flush::Failed => panic!("write failed"),

@@ -233,14 +233,12 @@ impl Session {
         self.conn.attach(ws.stream().clone());
         // The client's own close code, when it closed first (1005: its close had none).
         let mut client_code = None;
-        // Frames being written (clones taken from the outbox), kept across writes.
-        let mut batch = Vec::new();
         // A protocol error's close code (1002, 1007), sent once the loop ends.
         let mut broken = None;
         // The loop ends with why, and the close code to send (None: the socket is gone, the
         // client closed first or broke the protocol).
         let (reason, code): (&'static str, Option<CloseCode>) = loop {
-            let (state, close) = self.flush(&mut batch);
+            let (state, close) = self.flush();
             match state {
                 Flush::Done => {}
                 Flush::Blocked => {
@@ -319,7 +317,7 @@ impl Session {
         // What is left of a partly written frame goes out before the close frame.
         let whole = code.is_none()
             || matches!(
-                tokio::time::timeout(Duration::from_secs(5), flush_rest(&conn, ws, &mut batch)).await,
+                tokio::time::timeout(Duration::from_secs(5), flush_rest(&conn, ws)).await,
                 Ok(true)
             );
         conn.detach();
@@ -342,9 +340,9 @@ impl Session {
     }
 
     /// Writes out what is queued and counts it.
-    fn flush(&self, batch: &mut Vec<OutFrame>) -> (Flush, Option<CloseCode>) {
+    fn flush(&self) -> (Flush, Option<CloseCode>) {
         let mut written = Written::default();
-        let r = self.conn.flush(batch, &mut written);
+        let r = self.conn.flush(&mut written);
         if written.frames > 0 {
             let m = &self.gw.metrics;
             m.frames_out.inc_by(written.frames);
@@ -406,9 +404,9 @@ impl Session {
 
 /// Writes out what is still queued (the rest of a partly written frame); false if the
 /// socket failed.
-async fn flush_rest(conn: &Connection, ws: &WsSocket, batch: &mut Vec<OutFrame>) -> bool {
+async fn flush_rest(conn: &Connection, ws: &WsSocket) -> bool {
     loop {
-        match conn.flush(batch, &mut Written::default()).0 {
+        match conn.flush(&mut Written::default()).0 {
             Flush::Done => return true,
             Flush::Failed => return false,
             Flush::Blocked => {

@@ -126,7 +126,8 @@ impl WsUpgrade {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            then(leftover(upgraded)).await;
+            // A task of its own, sized by the socket's future alone (this one ends here).
+            tokio::spawn(then(leftover(upgraded)));
         });
         let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let h = r.headers_mut();
