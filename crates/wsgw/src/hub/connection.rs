@@ -3,11 +3,13 @@
 //! awaits a socket write: an event is written straight to the socket when nothing is queued
 //! for it and the kernel takes it whole (`push`); everything else waits in the outbox, which
 //! the session's task writes out (`flush`), several frames per write. Every write happens
-//! under the outbox lock, so frames never interleave.
+//! under the outbox lock, so frames never interleave. On a socket that negotiated
+//! permessage-deflate, a large enough text frame goes compressed: its compressed bytes are
+//! computed once per window size and shared by every recipient (`Deflated`).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use tokio::sync::Notify;
 use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 
 use crate::time::{mono_ms, now_ms};
+use crate::ws::deflate;
 use crate::ws::frame::{Header, OP_TEXT};
 
 /// A frame ready to be written: its shared payload plus what ordering and latency need.
@@ -33,6 +36,44 @@ pub struct OutFrame {
     pub published_us: u64,
     /// Set for a backend's `response` frame: which request it answers.
     pub response: Option<Arc<ResponseTag>>,
+    /// The payload's compressed forms, shared by every clone: set on text frames at least
+    /// `compression_min_bytes` long when compression is on, `None` otherwise.
+    pub deflated: Option<Arc<Deflated>>,
+}
+
+/// A frame's permessage-deflate forms, one per window size (9..=15), each computed the first
+/// time a socket with that window writes the frame, then shared: a fan-out compresses once,
+/// and a partly written frame's bytes never change.
+#[derive(Debug, Default)]
+pub struct Deflated {
+    by_window: [OnceLock<Option<Bytes>>; 7],
+}
+
+impl Deflated {
+    /// The payload compressed with a `window`-bit window, or `None` if that is not smaller.
+    pub fn get(&self, payload: &[u8], window: u8) -> Option<&Bytes> {
+        let slot = &self.by_window[usize::from(window.clamp(9, 15) - 9)];
+        slot.get_or_init(|| deflate::compress(payload, window.clamp(9, 15)))
+            .as_ref()
+    }
+}
+
+/// What one socket does with permessage-deflate: its window (0 = not negotiated) and the size
+/// from which a text frame is compressed.
+#[derive(Debug, Clone, Copy, Default)]
+struct DeflateOut {
+    window: u8,
+    min_bytes: u32,
+}
+
+impl DeflateOut {
+    /// Gives `f` a compressed-forms cache if it is a text frame this socket compresses and
+    /// the fan-out did not give it one.
+    fn prepare(self, f: &mut OutFrame) {
+        if self.window != 0 && f.deflated.is_none() && f.compressible(self.min_bytes as usize) {
+            f.deflated = Some(Arc::default());
+        }
+    }
 }
 
 /// Which client request a backend `response` frame answers.
@@ -75,6 +116,20 @@ impl OutFrame {
             event_id: None,
             published_us: 0,
             response: None,
+            deflated: None,
+        }
+    }
+
+    /// Whether compression applies to this frame (a text frame of at least `min_bytes`).
+    pub fn compressible(&self, min_bytes: usize) -> bool {
+        self.opcode == OP_TEXT && self.payload.len() >= min_bytes
+    }
+
+    /// This frame with a fresh compressed-forms cache, to be cloned to every recipient.
+    pub fn with_deflate_cache(&self) -> Self {
+        Self {
+            deflated: Some(Arc::default()),
+            ..self.clone()
         }
     }
 
@@ -83,8 +138,15 @@ impl OutFrame {
         std::str::from_utf8(&self.payload).unwrap_or_default()
     }
 
-    fn header(&self) -> Header {
-        Header::new(self.opcode, self.payload.len())
+    /// The header and payload written to a socket with deflate window `window` (0 = none).
+    fn wire(&self, window: u8) -> (Header, &Bytes) {
+        if window != 0
+            && let Some(d) = &self.deflated
+            && let Some(z) = d.get(&self.payload, window)
+        {
+            return (Header::new(self.opcode, z.len()).compressed(), z);
+        }
+        (Header::new(self.opcode, self.payload.len()), &self.payload)
     }
 }
 
@@ -187,6 +249,8 @@ pub(super) struct Outbox {
     wire: Option<Arc<TcpStream>>,
     /// Bytes of the first queued frame (header and payload) already written.
     sent: usize,
+    /// permessage-deflate, if negotiated.
+    deflate: DeflateOut,
 }
 
 impl Outbox {
@@ -289,6 +353,7 @@ impl Connection {
                 close: None,
                 wire: None,
                 sent: 0,
+                deflate: DeflateOut::default(),
             }),
             wake: Notify::new(),
             close_wake: Notify::new(),
@@ -301,6 +366,16 @@ impl Connection {
     /// Bounds the queue by bytes as well as frames (`WSGW_SEND_QUEUE_BYTES`; 0: frames only).
     pub fn with_byte_capacity(mut self, bytes: usize) -> Self {
         self.capacity_bytes = if bytes == 0 { usize::MAX } else { bytes };
+        self
+    }
+
+    /// Compresses text frames of at least `min_bytes` with a `window`-bit window (the
+    /// socket negotiated permessage-deflate). Set before the session serves.
+    pub fn with_deflate(mut self, window: u8, min_bytes: usize) -> Self {
+        self.outbox.get_mut().deflate = DeflateOut {
+            window: window.clamp(9, 15),
+            min_bytes: u32::try_from(min_bytes).unwrap_or(u32::MAX),
+        };
         self
     }
 
@@ -432,7 +507,7 @@ impl Connection {
     }
 
     /// `push`, written straight to the socket only if `direct` (and nothing is queued).
-    pub fn offer(&self, frame: OutFrame, channel: &str, via_pattern: bool, direct: bool) -> Push {
+    pub fn offer(&self, mut frame: OutFrame, channel: &str, via_pattern: bool, direct: bool) -> Push {
         if let Some(tag) = &frame.response {
             self.response_seen(tag);
         }
@@ -476,9 +551,10 @@ impl Connection {
             && let Some(tcp) = ob.wire.as_deref()
         {
             // Nothing queued: straight to the socket, without waking its task.
-            let header = frame.header();
-            let total = header.as_bytes().len() + frame.payload.len();
-            let bufs = [IoSlice::new(header.as_bytes()), IoSlice::new(&frame.payload)];
+            ob.deflate.prepare(&mut frame);
+            let (header, payload) = frame.wire(ob.deflate.window);
+            let total = header.as_bytes().len() + payload.len();
+            let bufs = [IoSlice::new(header.as_bytes()), IoSlice::new(payload)];
             match tcp.try_write_vectored(&bufs) {
                 Ok(n) if n == total => return Push::Sent,
                 // The kernel took part of it: the task writes the rest when it can.
@@ -513,12 +589,22 @@ impl Connection {
         let Some(tcp) = ob.wire.clone() else {
             return (Flush::Failed, ob.close);
         };
+        let deflate = ob.deflate;
         while !ob.queue.is_empty() {
-            let headers: Vec<_> = ob.queue.iter().take(MAX_BATCH).map(OutFrame::header).collect();
+            if deflate.window != 0 {
+                // Fixed before the first byte of a frame goes out: `sent` counts these bytes.
+                ob.queue.iter_mut().take(MAX_BATCH).for_each(|f| deflate.prepare(f));
+            }
+            let headers: Vec<_> = ob
+                .queue
+                .iter()
+                .take(MAX_BATCH)
+                .map(|f| f.wire(deflate.window).0)
+                .collect();
             let mut bufs: Vec<IoSlice<'_>> = Vec::with_capacity(headers.len() * 2);
             let mut skip = ob.sent;
             for (h, f) in headers.iter().zip(ob.queue.iter()) {
-                for part in [h.as_bytes(), &f.payload[..]] {
+                for part in [h.as_bytes(), &f.wire(deflate.window).1[..]] {
                     if skip >= part.len() {
                         skip -= part.len();
                     } else {
@@ -536,7 +622,7 @@ impl Connection {
             let mut n = ob.sent + n;
             ob.sent = 0;
             for h in headers {
-                let len = h.as_bytes().len() + ob.queue.front().map_or(0, |f| f.payload.len());
+                let len = h.as_bytes().len() + ob.queue.front().map_or(0, |f| f.wire(deflate.window).1.len());
                 if n < len {
                     ob.sent = n;
                     break;
