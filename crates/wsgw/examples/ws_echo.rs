@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wsgw::ws::frame::{self, OP_BINARY, OP_CLOSE, OP_TEXT};
 use wsgw::ws::deflate::{self, Deflate};
 use wsgw::ws::frame::Header;
+use wsgw::ws::frame::{self, OP_BINARY, OP_CLOSE, OP_TEXT};
 use wsgw::ws::upgrade::accept_key;
 use wsgw::ws::{Incoming, ReadError, WsSocket};
 

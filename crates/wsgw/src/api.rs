@@ -224,11 +224,10 @@ async fn ws_upgrade(
         connect_hook,
         deflate_window,
     };
-    upgrade
-        .on_upgrade(move |leftover| {
-            let ws = crate::ws::WsSocket::new(stream, leftover, max_message).with_deflate(deflate_window.is_some());
-            session::run(ws, gw, params)
-        })
+    upgrade.on_upgrade(move |leftover| {
+        let ws = crate::ws::WsSocket::new(stream, leftover, max_message).with_deflate(deflate_window.is_some());
+        session::run(ws, gw, params)
+    })
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Response {

@@ -139,7 +139,10 @@ fn json_text(n: usize, seed: u64) -> String {
     let mut s = String::new();
     let mut i = seed;
     while s.len() < n {
-        s.push_str(&format!(r#"{{"id":{i},"status":"shipped","sku":"SKU-{}"}},"#, i * 7919 % 10007));
+        s.push_str(&format!(
+            r#"{{"id":{i},"status":"shipped","sku":"SKU-{}"}},"#,
+            i * 7919 % 10007
+        ));
         i += 1;
     }
     s.truncate(n);
@@ -149,7 +152,9 @@ fn json_text(n: usize, seed: u64) -> String {
 #[tokio::test]
 async fn compressed_frames_are_shared_per_window_and_survive_partial_writes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
     let (server, _) = listener.accept().await.unwrap();
     // A small send buffer, so frames go out in pieces.
     socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
@@ -196,7 +201,12 @@ async fn compressed_frames_are_shared_per_window_and_survive_partial_writes() {
     loop {
         let (state, _) = c.flush(&mut written);
         partial += usize::from(c.outbox.lock().sent > 0);
-        if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_millis(20), tokio::io::AsyncReadExt::read(&mut client, &mut buf)).await {
+        if let Ok(Ok(n)) = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            tokio::io::AsyncReadExt::read(&mut client, &mut buf),
+        )
+        .await
+        {
             got.extend_from_slice(&buf[..n]);
         }
         if state == Flush::Done && c.queued().0 == 0 && parse_frames(&got).len() == 401 {

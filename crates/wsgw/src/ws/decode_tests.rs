@@ -168,7 +168,10 @@ fn compressed_messages_are_inflated_whole_or_fragmented() {
     let (a, b) = z.split_at(z.len() / 2);
     let mut wire = rsv1(client(false, OP_TEXT, a));
     wire.extend(client(true, OP_CONTINUATION, b));
-    assert_eq!(decode_deflate(&wire, 4096).unwrap(), [Incoming::Text(Bytes::from(text))]);
+    assert_eq!(
+        decode_deflate(&wire, 4096).unwrap(),
+        [Incoming::Text(Bytes::from(text))]
+    );
     let bin = vec![7u8; 3000];
     let z = crate::ws::deflate::compress(&bin, 15).unwrap();
     assert_eq!(
@@ -181,9 +184,17 @@ fn compressed_messages_are_inflated_whole_or_fragmented() {
 fn rsv1_is_allowed_only_where_deflate_allows_it() {
     let z = crate::ws::deflate::compress(&[b'a'; 300], 15).unwrap();
     // Not negotiated.
-    assert_eq!(decode_all(&rsv1(client(true, OP_TEXT, &z)), 4096).unwrap_err().code, 1002);
+    assert_eq!(
+        decode_all(&rsv1(client(true, OP_TEXT, &z)), 4096).unwrap_err().code,
+        1002
+    );
     // On a control frame.
-    assert_eq!(decode_deflate(&rsv1(client(true, OP_PING, b"x")), 4096).unwrap_err().code, 1002);
+    assert_eq!(
+        decode_deflate(&rsv1(client(true, OP_PING, b"x")), 4096)
+            .unwrap_err()
+            .code,
+        1002
+    );
     // On a continuation frame.
     let mut wire = client(false, OP_TEXT, b"ab");
     wire.extend(rsv1(client(true, OP_CONTINUATION, b"cd")));
@@ -204,11 +215,19 @@ fn inflated_size_and_content_are_checked() {
     // A bomb: 10 MB of zeros in a few KB, against a 64 KiB limit.
     let z = crate::ws::deflate::compress(&vec![0u8; 10 << 20], 15).unwrap();
     assert!(z.len() < 65_536);
-    assert_eq!(decode_deflate(&rsv1(client(true, OP_BINARY, &z)), 65_536).unwrap_err().code, 1009);
+    assert_eq!(
+        decode_deflate(&rsv1(client(true, OP_BINARY, &z)), 65_536)
+            .unwrap_err()
+            .code,
+        1009
+    );
     // Not deflate data.
     let junk = rsv1(client(true, OP_TEXT, &[0xFF, 0xFE, 0xFD]));
     assert_eq!(decode_deflate(&junk, 4096).unwrap_err().code, 1007);
     // Inflates to invalid UTF-8.
     let z = crate::ws::deflate::compress(&[0xC3u8; 400], 15).unwrap();
-    assert_eq!(decode_deflate(&rsv1(client(true, OP_TEXT, &z)), 4096).unwrap_err().code, 1007);
+    assert_eq!(
+        decode_deflate(&rsv1(client(true, OP_TEXT, &z)), 4096).unwrap_err().code,
+        1007
+    );
 }

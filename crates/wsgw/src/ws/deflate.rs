@@ -39,10 +39,7 @@ impl Deflate {
 /// values, or `None` (the socket then runs uncompressed). An offer with an unknown or repeated
 /// parameter, or a window the server cannot honour, is declined and the next one tried.
 pub fn negotiate<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Deflate> {
-    values
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .find_map(accept_offer)
+    values.into_iter().flat_map(|v| v.split(',')).find_map(accept_offer)
 }
 
 fn accept_offer(offer: &str) -> Option<Deflate> {
@@ -197,7 +194,12 @@ mod tests {
             assert_eq!(d.window_bits, bits);
             assert!(d.response().ends_with(&format!("; server_max_window_bits={bits}")));
         }
-        assert_eq!(offer("permessage-deflate; server_max_window_bits=\"10\"").unwrap().window_bits, 10);
+        assert_eq!(
+            offer("permessage-deflate; server_max_window_bits=\"10\"")
+                .unwrap()
+                .window_bits,
+            10
+        );
     }
 
     #[test]
