@@ -9,8 +9,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -18,8 +18,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 
+use super::deflated::DeflateOut;
+pub use super::deflated::Deflated;
 use crate::time::{mono_ms, now_ms};
-use crate::ws::deflate;
 use crate::ws::frame::{Header, OP_TEXT};
 
 /// A frame ready to be written: its shared payload plus what ordering and latency need.
@@ -39,41 +40,6 @@ pub struct OutFrame {
     /// The payload's compressed forms, shared by every clone: set on text frames at least
     /// `compression_min_bytes` long when compression is on, `None` otherwise.
     pub deflated: Option<Arc<Deflated>>,
-}
-
-/// A frame's permessage-deflate forms, one per window size (9..=15), each computed the first
-/// time a socket with that window writes the frame, then shared: a fan-out compresses once,
-/// and a partly written frame's bytes never change.
-#[derive(Debug, Default)]
-pub struct Deflated {
-    by_window: [OnceLock<Option<Bytes>>; 7],
-}
-
-impl Deflated {
-    /// The payload compressed with a `window`-bit window, or `None` if that is not smaller.
-    pub fn get(&self, payload: &[u8], window: u8) -> Option<&Bytes> {
-        let slot = &self.by_window[usize::from(window.clamp(9, 15) - 9)];
-        slot.get_or_init(|| deflate::compress(payload, window.clamp(9, 15)))
-            .as_ref()
-    }
-}
-
-/// What one socket does with permessage-deflate: its window (0 = not negotiated) and the size
-/// from which a text frame is compressed.
-#[derive(Debug, Clone, Copy, Default)]
-struct DeflateOut {
-    window: u8,
-    min_bytes: u32,
-}
-
-impl DeflateOut {
-    /// Gives `f` a compressed-forms cache if it is a text frame this socket compresses and
-    /// the fan-out did not give it one.
-    fn prepare(self, f: &mut OutFrame) {
-        if self.window != 0 && f.deflated.is_none() && f.compressible(self.min_bytes as usize) {
-            f.deflated = Some(Arc::default());
-        }
-    }
 }
 
 /// Which client request a backend `response` frame answers.

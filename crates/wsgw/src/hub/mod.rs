@@ -3,6 +3,7 @@
 //! fan-out only pushes shared frames into queues, and the socket's own task writes them.
 
 mod connection;
+mod deflated;
 mod subscribers;
 
 use std::collections::{HashMap, HashSet};
