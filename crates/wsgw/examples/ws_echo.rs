@@ -1,12 +1,16 @@
 //! An echo server on wsgw's own WebSocket framing (`wsgw::ws`), for the Autobahn|Testsuite
 //! (`scripts/autobahn.sh`). Every text and binary message comes back as it came; messages may
-//! be up to 64 MiB. Usage: `ws_echo 127.0.0.1:9001`.
+//! be up to 64 MiB. permessage-deflate is always negotiated when offered, and then every echoed
+//! message goes compressed when that makes it smaller (so Autobahn's cases 12 and 13 exercise
+//! `wsgw::ws::deflate`). Usage: `ws_echo 127.0.0.1:9001`.
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use wsgw::ws::deflate::{self, Deflate};
+use wsgw::ws::frame::Header;
 use wsgw::ws::frame::{self, OP_BINARY, OP_CLOSE, OP_TEXT};
 use wsgw::ws::upgrade::accept_key;
 use wsgw::ws::{Incoming, ReadError, WsSocket};
@@ -22,15 +26,17 @@ async fn main() -> std::io::Result<()> {
         let (tcp, _) = listener.accept().await?;
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            if let Some((tcp, leftover)) = handshake(tcp).await {
-                echo(WsSocket::new(Arc::new(tcp), leftover.freeze(), MAX_MESSAGE)).await;
+            if let Some((tcp, leftover, deflate)) = handshake(tcp).await {
+                let ws = WsSocket::new(Arc::new(tcp), leftover.freeze(), MAX_MESSAGE).with_deflate(deflate.is_some());
+                echo(ws, deflate).await;
             }
         });
     }
 }
 
-/// Reads the upgrade request and answers 101; returns the bytes read past the request.
-async fn handshake(mut tcp: TcpStream) -> Option<(TcpStream, BytesMut)> {
+/// Reads the upgrade request and answers 101; returns the bytes read past the request and the
+/// permessage-deflate settings agreed on.
+async fn handshake(mut tcp: TcpStream) -> Option<(TcpStream, BytesMut, Option<Deflate>)> {
     let mut buf = BytesMut::with_capacity(4096);
     let end = loop {
         if tcp.read_buf(&mut buf).await.ok()? == 0 || buf.len() > 16 * 1024 {
@@ -41,27 +47,42 @@ async fn handshake(mut tcp: TcpStream) -> Option<(TcpStream, BytesMut)> {
         }
     };
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let key = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("sec-websocket-key")
-            .then(|| value.trim().to_owned())
-    })?;
+    let header = |wanted: &'static str| {
+        head.lines().filter_map(move |l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim().eq_ignore_ascii_case(wanted).then(|| value.trim())
+        })
+    };
+    let key = header("sec-websocket-key").next()?.to_owned();
+    let deflate = deflate::negotiate(header("sec-websocket-extensions"));
+    let extensions = deflate
+        .map(|d| format!("Sec-WebSocket-Extensions: {}\r\n", d.response()))
+        .unwrap_or_default();
     let answer = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extensions}\r\n",
         accept_key(key.as_bytes())
     );
     tcp.write_all(answer.as_bytes()).await.ok()?;
     let leftover = buf.split_off(end);
-    Some((tcp, leftover))
+    Some((tcp, leftover, deflate))
 }
 
-async fn echo(mut ws: WsSocket) {
+/// A data frame, compressed if deflate was negotiated and that makes it smaller.
+fn data_frame(opcode: u8, payload: &[u8], deflate: Option<Deflate>) -> Vec<u8> {
+    if let Some(z) = deflate.and_then(|d| deflate::compress(payload, d.window_bits)) {
+        let mut out = Header::new(opcode, z.len()).compressed().as_bytes().to_vec();
+        out.extend_from_slice(&z);
+        return out;
+    }
+    frame::encode(opcode, payload).to_vec()
+}
+
+async fn echo(mut ws: WsSocket, deflate: Option<Deflate>) {
     loop {
         let out = match ws.recv().await {
-            Ok(Incoming::Text(t)) => frame::encode(OP_TEXT, &t),
-            Ok(Incoming::Binary(b)) => frame::encode(OP_BINARY, &b),
-            Ok(Incoming::Ping(p)) => WsSocket::pong(&p),
+            Ok(Incoming::Text(t)) => data_frame(OP_TEXT, &t, deflate),
+            Ok(Incoming::Binary(b)) => data_frame(OP_BINARY, &b, deflate),
+            Ok(Incoming::Ping(p)) => WsSocket::pong(&p).to_vec(),
             Ok(Incoming::Pong) => continue,
             Ok(Incoming::Close(c)) => {
                 let payload = c.map(|(code, _)| frame::close_payload(code, "")).unwrap_or_default();

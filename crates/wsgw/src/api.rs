@@ -204,7 +204,10 @@ async fn ws_upgrade(
         None => Err(AuthError::Missing),
     };
     let cfg = &gw.config;
-    let upgrade = upgrade.protocols(&["wsgw.v1"]);
+    let upgrade = upgrade
+        .protocols(&["wsgw.v1"])
+        .deflate(cfg.compression == crate::config::Compression::On);
+    let deflate_window = upgrade.negotiated().map(|d| d.window_bits);
     let max_message = cfg.max_message_bytes;
     let stream = peer.stream.clone();
     let client_ip = gw.proxies.client_ip(peer.addr.ip(), &headers);
@@ -219,9 +222,12 @@ async fn ws_upgrade(
         client_ip,
         handshake: Some(peer.handshake),
         connect_hook,
+        deflate_window,
     };
-    upgrade
-        .on_upgrade(move |leftover| session::run(crate::ws::WsSocket::new(stream, leftover, max_message), gw, params))
+    upgrade.on_upgrade(move |leftover| {
+        let ws = crate::ws::WsSocket::new(stream, leftover, max_message).with_deflate(deflate_window.is_some());
+        session::run(ws, gw, params)
+    })
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Response {

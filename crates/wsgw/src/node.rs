@@ -131,7 +131,11 @@ impl Gateway {
         };
         crate::presence::validate_patterns(&config.presence_channels)
             .map_err(|reason| StartError::Config(format!("presence_channels: {reason}")))?;
-        let hub = Arc::new(Hub::new(node_id.clone(), metrics.clone()));
+        let hub = Hub::new(node_id.clone(), metrics.clone());
+        let hub = Arc::new(match config.compression {
+            crate::config::Compression::On => hub.with_compression(config.compression_min_bytes),
+            crate::config::Compression::Off => hub,
+        });
         let limits = HistoryLimits {
             size: config.history_size,
             ttl_ms: config.history_ttl_ms,

@@ -167,6 +167,10 @@ settings! {
     heartbeat_timeout_ms: u64 = 60_000, WSGW_HEARTBEAT_TIMEOUT_MS => parse(MS);
     /// Largest inbound WebSocket message, in bytes.
     max_message_bytes: usize = 65_536, WSGW_MAX_MESSAGE_BYTES => parse(BYTES);
+    /// permessage-deflate (RFC 7692) on `/ws`: `on` accepts a client's offer, `off` never does.
+    compression: Compression = Compression::Off, WSGW_COMPRESSION => parse("on or off");
+    /// With compression on, only text frames at least this long are compressed, in bytes.
+    compression_min_bytes: usize = 512, WSGW_COMPRESSION_MIN_BYTES => parse(BYTES);
     /// Largest HTTP publish API request body, in bytes.
     max_publish_bytes: usize = 1_048_576, WSGW_MAX_PUBLISH_BYTES => parse(BYTES);
     /// Maximum concurrent WebSocket connections on this node.
@@ -302,6 +306,28 @@ impl FromStr for ActionsDefault {
         match s.to_ascii_lowercase().as_str() {
             "allow" => Ok(Self::Allow),
             "deny" => Ok(Self::Deny),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Whether `/ws` negotiates permessage-deflate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Accept a client's permessage-deflate offer (`on`).
+    On,
+    /// Never negotiate it (`off`).
+    Off,
+}
+
+impl FromStr for Compression {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
             _ => Err(()),
         }
     }

@@ -3,7 +3,9 @@
 //! awaits a socket write: an event is written straight to the socket when nothing is queued
 //! for it and the kernel takes it whole (`push`); everything else waits in the outbox, which
 //! the session's task writes out (`flush`), several frames per write. Every write happens
-//! under the outbox lock, so frames never interleave.
+//! under the outbox lock, so frames never interleave. On a socket that negotiated
+//! permessage-deflate, a large enough text frame goes compressed: its compressed bytes are
+//! computed once per window size and shared by every recipient (`Deflated`).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -16,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 
+use super::deflated::DeflateOut;
+pub use super::deflated::Deflated;
 use crate::time::{mono_ms, now_ms};
 use crate::ws::frame::{Header, OP_TEXT};
 
@@ -33,6 +37,9 @@ pub struct OutFrame {
     pub published_us: u64,
     /// Set for a backend's `response` frame: which request it answers.
     pub response: Option<Arc<ResponseTag>>,
+    /// The payload's compressed forms, shared by every clone: set on text frames at least
+    /// `compression_min_bytes` long when compression is on, `None` otherwise.
+    pub deflated: Option<Arc<Deflated>>,
 }
 
 /// Which client request a backend `response` frame answers.
@@ -75,6 +82,20 @@ impl OutFrame {
             event_id: None,
             published_us: 0,
             response: None,
+            deflated: None,
+        }
+    }
+
+    /// Whether compression applies to this frame (a text frame of at least `min_bytes`).
+    pub fn compressible(&self, min_bytes: usize) -> bool {
+        self.opcode == OP_TEXT && self.payload.len() >= min_bytes
+    }
+
+    /// This frame with a fresh compressed-forms cache, to be cloned to every recipient.
+    pub fn with_deflate_cache(&self) -> Self {
+        Self {
+            deflated: Some(Arc::default()),
+            ..self.clone()
         }
     }
 
@@ -83,8 +104,21 @@ impl OutFrame {
         std::str::from_utf8(&self.payload).unwrap_or_default()
     }
 
-    fn header(&self) -> Header {
-        Header::new(self.opcode, self.payload.len())
+    /// How many bytes this frame takes on the wire (header and payload) for `window`.
+    fn wire_len(&self, window: u8) -> usize {
+        let (h, p) = self.wire(window);
+        h.as_bytes().len() + p.len()
+    }
+
+    /// The header and payload written to a socket with deflate window `window` (0 = none).
+    fn wire(&self, window: u8) -> (Header, &Bytes) {
+        if window != 0
+            && let Some(d) = &self.deflated
+            && let Some(z) = d.get(&self.payload, window)
+        {
+            return (Header::new(self.opcode, z.len()).compressed(), z);
+        }
+        (Header::new(self.opcode, self.payload.len()), &self.payload)
     }
 }
 
@@ -118,18 +152,19 @@ thread_local! {
     static BATCH: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One `writev` of `frames` (header and shared payload each), the first `skip` bytes already
-/// written.
-fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize) -> io::Result<usize> {
-    let mut headers = [Header::new(OP_TEXT, 0); MAX_BATCH];
-    for (h, f) in headers.iter_mut().zip(frames) {
-        *h = f.header();
+/// One `writev` of `frames` (header and shared payload each, compressed for a `window`-bit
+/// deflate window when the socket negotiated one), the first `skip` bytes already written.
+fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize, window: u8) -> io::Result<usize> {
+    let mut parts = [(Header::new(OP_TEXT, 0), &[][..]); MAX_BATCH];
+    for (p, f) in parts.iter_mut().zip(frames) {
+        let (h, payload) = f.wire(window);
+        *p = (h, &payload[..]);
     }
     let mut bufs = [IoSlice::new(&[]); MAX_BATCH * 2];
     let mut k = 0;
     let mut skip = skip;
-    for (h, f) in headers.iter().zip(frames) {
-        for part in [h.as_bytes(), &f.payload[..]] {
+    for (h, payload) in parts.iter().take(frames.len()) {
+        for part in [h.as_bytes(), payload] {
             if skip >= part.len() {
                 skip -= part.len();
             } else {
@@ -220,6 +255,8 @@ pub(super) struct Outbox {
     writing: bool,
     /// The queue was dropped while `writing`: the write's end decides what is left of it.
     dropped: bool,
+    /// permessage-deflate, if negotiated.
+    deflate: DeflateOut,
 }
 
 impl Outbox {
@@ -331,6 +368,7 @@ impl Connection {
                 sent: 0,
                 writing: false,
                 dropped: false,
+                deflate: DeflateOut::default(),
             }),
             wake: Notify::new(),
             close_wake: Notify::new(),
@@ -343,6 +381,16 @@ impl Connection {
     /// Bounds the queue by bytes as well as frames (`WSGW_SEND_QUEUE_BYTES`; 0: frames only).
     pub fn with_byte_capacity(mut self, bytes: usize) -> Self {
         self.capacity_bytes = if bytes == 0 { usize::MAX } else { bytes };
+        self
+    }
+
+    /// Compresses text frames of at least `min_bytes` with a `window`-bit window (the
+    /// socket negotiated permessage-deflate). Set before the session serves.
+    pub fn with_deflate(mut self, window: u8, min_bytes: usize) -> Self {
+        self.outbox.get_mut().deflate = DeflateOut {
+            window: window.clamp(9, 15),
+            min_bytes: u32::try_from(min_bytes).unwrap_or(u32::MAX),
+        };
         self
     }
 
@@ -474,7 +522,7 @@ impl Connection {
     }
 
     /// `push`, written straight to the socket only if `direct` (and nothing is queued).
-    pub fn offer(&self, frame: OutFrame, channel: &str, via_pattern: bool, direct: bool) -> Push {
+    pub fn offer(&self, mut frame: OutFrame, channel: &str, via_pattern: bool, direct: bool) -> Push {
         if let Some(tag) = &frame.response {
             self.response_seen(tag);
         }
@@ -519,9 +567,10 @@ impl Connection {
             && let Some(tcp) = ob.wire.as_deref()
         {
             // Nothing queued: straight to the socket, without waking its task.
-            let header = frame.header();
-            let total = header.as_bytes().len() + frame.payload.len();
-            let bufs = [IoSlice::new(header.as_bytes()), IoSlice::new(&frame.payload)];
+            ob.deflate.prepare(&mut frame);
+            let (header, payload) = frame.wire(ob.deflate.window);
+            let total = header.as_bytes().len() + payload.len();
+            let bufs = [IoSlice::new(header.as_bytes()), IoSlice::new(payload)];
             match tcp.try_write_vectored(&bufs) {
                 Ok(n) if n == total => return Push::Sent,
                 // The kernel took part of it: the task writes the rest when it can.
@@ -561,7 +610,7 @@ impl Connection {
 
     fn flush_with(&self, batch: &mut Vec<OutFrame>, written: &mut Written) -> (Flush, Option<CloseCode>) {
         loop {
-            let (tcp, skip) = {
+            let (tcp, skip, window) = {
                 let mut ob = self.outbox.lock();
                 let Some(tcp) = ob.wire.clone() else {
                     return (Flush::Failed, ob.close);
@@ -577,11 +626,16 @@ impl Connection {
                     return (Flush::Done, ob.close);
                 }
                 batch.clear();
+                let deflate = ob.deflate;
+                if deflate.window != 0 {
+                    // Fixed before a frame's first byte goes out: `sent` counts these bytes.
+                    ob.queue.iter_mut().take(MAX_BATCH).for_each(|f| deflate.prepare(f));
+                }
                 batch.extend(ob.queue.iter().take(MAX_BATCH).cloned());
                 ob.writing = true;
-                (tcp, ob.sent)
+                (tcp, ob.sent, deflate.window)
             };
-            let r = write_frames(&tcp, batch, skip);
+            let r = write_frames(&tcp, batch, skip, window);
             let mut ob = self.outbox.lock();
             ob.writing = false;
             let n = match r {
@@ -604,7 +658,7 @@ impl Connection {
                 ob.bytes = 0;
                 ob.sent = 0;
                 for f in batch.drain(..) {
-                    let len = f.header().as_bytes().len() + f.payload.len();
+                    let len = f.wire_len(window);
                     if n < len {
                         ob.sent = n;
                         ob.bytes = f.payload.len();
@@ -617,7 +671,7 @@ impl Connection {
             }
             ob.sent = 0;
             for f in batch.drain(..) {
-                let len = f.header().as_bytes().len() + f.payload.len();
+                let len = f.wire_len(window);
                 if n < len {
                     ob.sent = n;
                     break;

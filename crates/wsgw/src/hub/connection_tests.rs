@@ -114,3 +114,121 @@ fn frames_held_during_a_replay_are_bounded_by_eight_times_the_bytes() {
     assert_eq!(c.push(frame(9, 1000), "t", false), Push::Overflow);
     assert_eq!(c.close_requested(), Some(CloseCode::SlowConsumer));
 }
+
+/// Server frames read off a client's socket: (RSV1, opcode, payload).
+fn parse_frames(mut b: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 10 || (b.len() >= 2 && b[1] < 126) {
+        let (rsv1, opcode) = (b[0] & 0x40 != 0, b[0] & 0x0F);
+        let (len, at) = match b[1] & 0x7F {
+            126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        if b.len() < at + len {
+            break;
+        }
+        out.push((rsv1, opcode, b[at..at + len].to_vec()));
+        b = &b[at + len..];
+    }
+    out
+}
+
+/// A JSON-ish text of `n` bytes that compresses well, different for each `seed`.
+fn json_text(n: usize, seed: u64) -> String {
+    let mut s = String::new();
+    let mut i = seed;
+    while s.len() < n {
+        s.push_str(&format!(
+            r#"{{"id":{i},"status":"shipped","sku":"SKU-{}"}},"#,
+            i * 7919 % 10007
+        ));
+        i += 1;
+    }
+    s.truncate(n);
+    s
+}
+
+#[tokio::test]
+async fn compressed_frames_are_shared_per_window_and_survive_partial_writes() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(listener.local_addr().unwrap()).await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    // A small send buffer, so frames go out in pieces.
+    socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+    let c = live(100_000, 0).with_deflate(12, 512);
+    c.attach(Arc::new(server));
+    let other = live(100, 0).with_deflate(12, 512);
+    let plain = live(100, 0);
+
+    // As a fan-out gives it: one cache, cloned to every recipient.
+    let big = OutFrame::control(json_text(40_000, 1)).with_deflate_cache();
+    let mut partial = 0;
+    let mut sent = vec![big.text().to_owned()];
+    assert_eq!(other.offer(big.clone(), "ch", false, false), Push::Queued);
+    assert_eq!(plain.offer(big.clone(), "ch", false, false), Push::Queued);
+    c.offer(big.clone(), "ch", false, true);
+    // Enough frames (big, small, pongs) that the kernel takes some of them in pieces.
+    for i in 0..400u64 {
+        let f = match i % 4 {
+            0 => OutFrame::control(json_text(3000 + i as usize, i)),
+            1 => OutFrame::control(json_text(100, i)),
+            2 => OutFrame::raw(crate::ws::frame::OP_PONG, Bytes::from(vec![b'p'; 600])),
+            _ => OutFrame::control(json_text(20_000, i)),
+        };
+        if f.opcode == OP_TEXT {
+            sent.push(f.text().to_owned());
+        }
+        c.offer(f, "ch", false, true);
+        partial += usize::from(c.outbox.lock().sent > 0);
+    }
+    // The other socket with the same window uses the bytes this one computed.
+    let shared = big.deflated.as_ref().unwrap().get(&big.payload, 12).unwrap().clone();
+    let mut q = Vec::new();
+    other.take_batch(&mut q);
+    assert_eq!(q[0].wire(12).1.as_ptr(), shared.as_ptr());
+    assert!(shared.len() < big.payload.len() / 4);
+    // A socket without deflate writes it plain.
+    let mut q = Vec::new();
+    plain.take_batch(&mut q);
+    assert_eq!(q[0].wire(0).1, &big.payload);
+
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut written = Written::default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (state, _) = c.flush(&mut written);
+        partial += usize::from(c.outbox.lock().sent > 0);
+        if let Ok(Ok(n)) = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            tokio::io::AsyncReadExt::read(&mut client, &mut buf),
+        )
+        .await
+        {
+            got.extend_from_slice(&buf[..n]);
+        }
+        if state == Flush::Done && c.queued().0 == 0 && parse_frames(&got).len() == 401 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "frames did not all arrive");
+    }
+    assert!(partial > 0, "no frame was written in pieces");
+    let frames = parse_frames(&got);
+    let mut texts = Vec::new();
+    for (rsv1, opcode, payload) in frames {
+        if opcode == crate::ws::frame::OP_PONG {
+            assert!(!rsv1, "a pong is never compressed");
+            continue;
+        }
+        if rsv1 {
+            texts.push(String::from_utf8(crate::ws::deflate::inflate(&payload, 1 << 20).unwrap().to_vec()).unwrap());
+        } else {
+            assert!(payload.len() < 512, "a {}-byte text frame went plain", payload.len());
+            texts.push(String::from_utf8(payload).unwrap());
+        }
+    }
+    assert_eq!(texts, sent);
+}

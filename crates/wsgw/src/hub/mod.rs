@@ -3,6 +3,7 @@
 //! fan-out only pushes shared frames into queues, and the socket's own task writes them.
 
 mod connection;
+mod deflated;
 mod subscribers;
 
 use std::collections::{HashMap, HashSet};
@@ -81,6 +82,9 @@ pub struct Hub {
     users: RwLock<HashMap<Arc<str>, Subscribers>>,
     parked: Mutex<HashMap<Arc<str>, Parked>>,
     metrics: Metrics,
+    /// `compression_min_bytes` when compression is on: a fan-out of a text frame this long
+    /// gives it one compressed-forms cache that every recipient shares.
+    compress_from: Option<usize>,
 }
 
 impl Hub {
@@ -95,6 +99,25 @@ impl Hub {
             users: RwLock::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             metrics,
+            compress_from: None,
+        }
+    }
+
+    /// Shares compressed forms of text frames of at least `min_bytes` across each fan-out
+    /// (compression is on).
+    pub fn with_compression(mut self, min_bytes: usize) -> Self {
+        self.compress_from = Some(min_bytes);
+        self
+    }
+
+    /// `frame` as the recipients of one fan-out get it: with a cache for its compressed bytes
+    /// when compression is on and it qualifies, so it is compressed once, not per socket.
+    fn shared<'a>(&self, frame: &'a OutFrame) -> std::borrow::Cow<'a, OutFrame> {
+        match self.compress_from {
+            Some(min) if frame.deflated.is_none() && frame.compressible(min) => {
+                std::borrow::Cow::Owned(frame.with_deflate_cache())
+            }
+            _ => std::borrow::Cow::Borrowed(frame),
         }
     }
 
@@ -270,6 +293,7 @@ impl Hub {
     /// Fans a frame published on `channel` out to every local subscriber (exact and pattern),
     /// except the connection ids in `exclude`. Returns how many accepted it.
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
+        let frame = &*self.shared(frame);
         let mut delivered = Tally::default();
         let chans = self.channels.read();
         let exact = chans.get(channel);
@@ -298,6 +322,7 @@ impl Hub {
     pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
         let chans = self.channels.read();
         let Some(subs) = chans.get(channel) else { return 0 };
+        let frame = &*self.shared(frame);
         let mut delivered = Tally::default();
         for c in subs.values() {
             self.offer(c, channel, false, frame, exclude, &mut delivered);
@@ -313,6 +338,7 @@ impl Hub {
         let Some((_, subs)) = pats.iter().find(|(p, _)| &**p == pattern) else {
             return 0;
         };
+        let frame = &*self.shared(frame);
         let mut delivered = Tally::default();
         for (key, c) in subs.iter() {
             // A socket with an exact subscription gets the channel's `message` too, except for

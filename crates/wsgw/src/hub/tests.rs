@@ -236,3 +236,30 @@ fn a_history_window_is_not_preceded_by_older_held_events_of_its_channel() {
     assert_eq!(n, 2);
     assert_eq!(drain(&c).0, ["subscribed:2", "doc:9#7", "doc:9#8"]);
 }
+
+#[test]
+fn a_fan_out_shares_one_compression_cache_only_when_compression_is_on() {
+    let on = Hub::new("n".into(), Metrics::new()).with_compression(10);
+    let off = Hub::new("n".into(), Metrics::new());
+    for (hub, shared) in [(&on, true), (&off, false)] {
+        let a = live(hub, "a", 10);
+        let b = live(hub, "b", 10);
+        drain(&a);
+        drain(&b);
+        hub.subscribe(&a, "t");
+        hub.subscribe(&b, "t");
+        hub.deliver("t", &ev(1, "a payload long enough"), &[]);
+        hub.deliver("t", &ev(2, "short"), &[]);
+        let (mut fa, mut fb) = (Vec::new(), Vec::new());
+        a.take_batch(&mut fa);
+        b.take_batch(&mut fb);
+        if shared {
+            let (ca, cb) = (fa[0].deflated.as_ref().unwrap(), fb[0].deflated.as_ref().unwrap());
+            assert!(Arc::ptr_eq(ca, cb), "both recipients share one cache");
+        } else {
+            assert!(fa[0].deflated.is_none() && fb[0].deflated.is_none());
+        }
+        // Below compression_min_bytes: no cache.
+        assert!(fa[1].deflated.is_none() && fb[1].deflated.is_none());
+    }
+}

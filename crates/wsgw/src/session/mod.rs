@@ -39,6 +39,8 @@ pub struct ConnectParams {
     pub handshake: Option<Arc<crate::handshake::Handshake>>,
     /// No token, and a connect hook to ask: what it is shown.
     pub connect_hook: Option<crate::hooks::ConnectRequest>,
+    /// The permessage-deflate window negotiated at the upgrade, if any.
+    pub deflate_window: Option<u8>,
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, request_id: Option<Value>) -> OutFrame {

@@ -79,6 +79,10 @@ impl Session {
             last_event_id,
         )
         .with_byte_capacity(gw.config.send_queue_bytes);
+        let conn = match params.deflate_window {
+            Some(window) => conn.with_deflate(window, gw.config.compression_min_bytes),
+            None => conn,
+        };
         conn.set_token_exp(claims.exp);
         let conn = gw.hub.register(conn);
         // The ban check comes after `register`: a ban set after this check kicks the socket

@@ -1,7 +1,8 @@
 //! ws/decode.rs: client frames to messages (RFC 6455 §5), without I/O. Bytes read from the
 //! socket are fed in; complete messages come out. What a client may send is bounded: a message
 //! (all its fragments) by `max_message` bytes, checked from the frame header before its payload
-//! is buffered. Every protocol error names the close code the connection must end with.
+//! is buffered; a compressed one (permessage-deflate, RSV1 on its first frame) by the same bound
+//! again once inflated. Every protocol error names the close code the connection must end with.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -55,6 +56,8 @@ struct Partial {
     /// How much of `data` is known to be valid UTF-8 (text only): checked as fragments arrive,
     /// so a bad sequence fails at once.
     checked: usize,
+    /// RSV1 was set on the first frame: `data` is deflated (checked once inflated).
+    compressed: bool,
 }
 
 /// The decoder of one connection.
@@ -65,6 +68,8 @@ pub struct Decoder {
     partial: Option<Box<Partial>>,
     /// A close frame was decoded: nothing after it is read.
     closed: bool,
+    /// permessage-deflate was negotiated: RSV1 may mark a data message as compressed.
+    deflate: bool,
 }
 
 impl Decoder {
@@ -75,7 +80,14 @@ impl Decoder {
             pending: BytesMut::new(),
             partial: None,
             closed: false,
+            deflate: false,
         }
+    }
+
+    /// Accepts compressed messages (permessage-deflate was negotiated for this socket).
+    pub fn with_deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
     }
 
     /// Adds bytes read from the socket.
@@ -110,7 +122,12 @@ impl Decoder {
         let (b0, b1) = (self.pending[0], self.pending[1]);
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0F;
-        if b0 & 0x70 != 0 {
+        let compressed = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 {
+            return Err(ProtocolError::protocol("reserved bits set"));
+        }
+        if compressed && !(self.deflate && matches!(opcode, OP_TEXT | OP_BINARY)) {
+            // Only the first frame of a data message may carry RSV1, and only once negotiated.
             return Err(ProtocolError::protocol("reserved bits set"));
         }
         if b1 & 0x80 == 0 {
@@ -175,6 +192,7 @@ impl Decoder {
         Ok(Some(Frame {
             fin,
             opcode,
+            compressed,
             payload: payload.freeze(),
         }))
     }
@@ -193,7 +211,7 @@ impl Decoder {
                     return Err(ProtocolError::protocol("continuation without a message to continue"));
                 };
                 p.data.extend_from_slice(&f.payload);
-                if p.opcode == OP_TEXT {
+                if p.opcode == OP_TEXT && !p.compressed {
                     check_utf8(&p.data, &mut p.checked, f.fin)?;
                 }
                 if !f.fin {
@@ -202,11 +220,17 @@ impl Decoder {
                 let Some(p) = self.partial.take() else {
                     return Ok(None);
                 };
+                if p.compressed {
+                    return self.inflated(p.opcode, &p.data).map(Some);
+                }
                 Ok(Some(message(p.opcode, Bytes::from(p.data))))
             }
             opcode => {
                 if self.partial.is_some() {
                     return Err(ProtocolError::protocol("new message before the previous one ended"));
+                }
+                if f.fin && f.compressed {
+                    return self.inflated(opcode, &f.payload).map(Some);
                 }
                 if f.fin {
                     if opcode == OP_TEXT && std::str::from_utf8(&f.payload).is_err() {
@@ -218,8 +242,9 @@ impl Decoder {
                     opcode,
                     data: f.payload.to_vec(),
                     checked: 0,
+                    compressed: f.compressed,
                 });
-                if opcode == OP_TEXT {
+                if opcode == OP_TEXT && !f.compressed {
                     check_utf8(&p.data, &mut p.checked, false)?;
                 }
                 self.partial = Some(p);
@@ -229,9 +254,22 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// A compressed message, inflated (within `max_message`) and, for text, checked.
+    fn inflated(&self, opcode: u8, data: &[u8]) -> Result<Incoming, ProtocolError> {
+        let data = super::deflate::inflate(data, self.max_message)?;
+        if opcode == OP_TEXT && std::str::from_utf8(&data).is_err() {
+            return Err(ProtocolError::invalid("text is not valid UTF-8"));
+        }
+        Ok(message(opcode, data))
+    }
+}
+
 struct Frame {
     fin: bool,
     opcode: u8,
+    /// RSV1: the message this frame starts is compressed.
+    compressed: bool,
     payload: Bytes,
 }
 

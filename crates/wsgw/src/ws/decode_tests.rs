@@ -137,3 +137,97 @@ fn allowed_close_codes() {
         assert!(!close_code_allowed(bad), "{bad}");
     }
 }
+
+/// A client frame with RSV1 set.
+fn rsv1(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[0] |= 0x40;
+    frame
+}
+
+fn decode_deflate(bytes: &[u8], max: usize) -> Result<Vec<Incoming>, ProtocolError> {
+    let mut d = Decoder::new(max).with_deflate(true);
+    d.feed(bytes);
+    let mut out = Vec::new();
+    while let Some(m) = d.next_message()? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+#[test]
+fn compressed_messages_are_inflated_whole_or_fragmented() {
+    let text = "ünïcode text, ".repeat(50);
+    let z = crate::ws::deflate::compress(text.as_bytes(), 15).unwrap();
+    let one = rsv1(client(true, OP_TEXT, &z));
+    assert_eq!(
+        decode_deflate(&one, 4096).unwrap(),
+        [Incoming::Text(Bytes::from(text.clone()))]
+    );
+    // Fragmented: RSV1 on the first frame only; the cut may fall inside a character's bytes
+    // of the compressed stream (UTF-8 is checked after inflating).
+    let (a, b) = z.split_at(z.len() / 2);
+    let mut wire = rsv1(client(false, OP_TEXT, a));
+    wire.extend(client(true, OP_CONTINUATION, b));
+    assert_eq!(
+        decode_deflate(&wire, 4096).unwrap(),
+        [Incoming::Text(Bytes::from(text))]
+    );
+    let bin = vec![7u8; 3000];
+    let z = crate::ws::deflate::compress(&bin, 15).unwrap();
+    assert_eq!(
+        decode_deflate(&rsv1(client(true, OP_BINARY, &z)), 4096).unwrap(),
+        [Incoming::Binary(Bytes::from(bin))]
+    );
+}
+
+#[test]
+fn rsv1_is_allowed_only_where_deflate_allows_it() {
+    let z = crate::ws::deflate::compress(&[b'a'; 300], 15).unwrap();
+    // Not negotiated.
+    assert_eq!(
+        decode_all(&rsv1(client(true, OP_TEXT, &z)), 4096).unwrap_err().code,
+        1002
+    );
+    // On a control frame.
+    assert_eq!(
+        decode_deflate(&rsv1(client(true, OP_PING, b"x")), 4096)
+            .unwrap_err()
+            .code,
+        1002
+    );
+    // On a continuation frame.
+    let mut wire = client(false, OP_TEXT, b"ab");
+    wire.extend(rsv1(client(true, OP_CONTINUATION, b"cd")));
+    assert_eq!(decode_deflate(&wire, 4096).unwrap_err().code, 1002);
+    // RSV2 / RSV3 never.
+    let mut f = client(true, OP_TEXT, b"x");
+    f[0] |= 0x20;
+    assert_eq!(decode_deflate(&f, 4096).unwrap_err().code, 1002);
+    // Uncompressed messages still pass on a deflate socket.
+    assert_eq!(
+        decode_deflate(&client(true, OP_TEXT, b"plain"), 4096).unwrap(),
+        [Incoming::Text(Bytes::from_static(b"plain"))]
+    );
+}
+
+#[test]
+fn inflated_size_and_content_are_checked() {
+    // A bomb: 10 MB of zeros in a few KB, against a 64 KiB limit.
+    let z = crate::ws::deflate::compress(&vec![0u8; 10 << 20], 15).unwrap();
+    assert!(z.len() < 65_536);
+    assert_eq!(
+        decode_deflate(&rsv1(client(true, OP_BINARY, &z)), 65_536)
+            .unwrap_err()
+            .code,
+        1009
+    );
+    // Not deflate data.
+    let junk = rsv1(client(true, OP_TEXT, &[0xFF, 0xFE, 0xFD]));
+    assert_eq!(decode_deflate(&junk, 4096).unwrap_err().code, 1007);
+    // Inflates to invalid UTF-8.
+    let z = crate::ws::deflate::compress(&[0xC3u8; 400], 15).unwrap();
+    assert_eq!(
+        decode_deflate(&rsv1(client(true, OP_TEXT, &z)), 4096).unwrap_err().code,
+        1007
+    );
+}

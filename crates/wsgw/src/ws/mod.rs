@@ -5,6 +5,7 @@
 //! `scripts/autobahn.sh` checks this code against the Autobahn|Testsuite.
 
 pub mod decode;
+pub mod deflate;
 pub mod frame;
 pub mod socket;
 pub mod upgrade;

@@ -44,6 +44,12 @@ impl WsSocket {
         Self { stream, decoder }
     }
 
+    /// Accepts compressed messages from the client (permessage-deflate was negotiated).
+    pub fn with_deflate(mut self, on: bool) -> Self {
+        self.decoder = std::mem::replace(&mut self.decoder, Decoder::new(0)).with_deflate(on);
+        self
+    }
+
     /// The stream (shared with the writer).
     pub fn stream(&self) -> &Arc<TcpStream> {
         &self.stream

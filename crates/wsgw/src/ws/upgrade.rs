@@ -1,5 +1,6 @@
 //! ws/upgrade.rs: the HTTP side of opening a socket (RFC 6455 §4.2): checks the upgrade
-//! request, answers 101 with the accept key and the chosen subprotocol, and hands the upgraded
+//! request, answers 101 with the accept key, the chosen subprotocol and, when enabled, the
+//! permessage-deflate answer (ws/deflate.rs chooses the offer), and hands the upgraded
 //! connection's bytes (whatever the HTTP layer read past the request) to the socket.
 
 use axum::extract::FromRequestParts;
@@ -14,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::io::AsyncReadExt as _;
 
+use super::deflate::{self, Deflate};
+
 /// The GUID every accept key is derived with (RFC 6455 §1.3).
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// At most this much of what the HTTP layer buffered past the request is kept.
@@ -24,6 +27,9 @@ pub struct WsUpgrade {
     accept: HeaderValue,
     offered: Option<HeaderValue>,
     protocol: Option<HeaderValue>,
+    /// The client's `Sec-WebSocket-Extensions` values.
+    extensions: Vec<HeaderValue>,
+    deflate: Option<Deflate>,
     on_upgrade: OnUpgrade,
 }
 
@@ -97,6 +103,13 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             accept,
             offered: parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
             protocol: None,
+            extensions: parts
+                .headers
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .cloned()
+                .collect(),
+            deflate: None,
             on_upgrade,
         })
     }
@@ -112,6 +125,21 @@ impl WsUpgrade {
             .and_then(|v| v.split(',').map(str::trim).find(|p| supported.contains(p)))
             .and_then(|p| HeaderValue::from_str(p).ok());
         self
+    }
+
+    /// Accepts the client's first acceptable permessage-deflate offer, if `enabled`.
+    pub fn deflate(mut self, enabled: bool) -> Self {
+        self.deflate = if enabled {
+            deflate::negotiate(self.extensions.iter().filter_map(|v| v.to_str().ok()))
+        } else {
+            None
+        };
+        self
+    }
+
+    /// The permessage-deflate settings agreed on, if any.
+    pub fn negotiated(&self) -> Option<Deflate> {
+        self.deflate
     }
 
     /// Answers 101 and, once the connection is upgraded, runs `then` with the bytes the
@@ -136,6 +164,9 @@ impl WsUpgrade {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept);
         if let Some(p) = self.protocol {
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        if let Some(v) = self.deflate.and_then(|d| HeaderValue::from_str(&d.response()).ok()) {
+            h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
         }
         r
     }

@@ -1,0 +1,45 @@
+//! hub/deflated.rs: permessage-deflate on the write side: a frame's compressed forms, shared by
+//! every recipient of a fan-out (`Deflated`), and what one socket's outbox keeps to use them
+//! (`DeflateOut`, a few bytes). Never compresses a frame twice for the same window.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use super::connection::OutFrame;
+use crate::ws::deflate;
+
+/// A frame's permessage-deflate forms, one per window size (9..=15), each computed the first
+/// time a socket with that window writes the frame, then shared: a fan-out compresses once,
+/// and a partly written frame's bytes never change.
+#[derive(Debug, Default)]
+pub struct Deflated {
+    by_window: [OnceLock<Option<Bytes>>; 7],
+}
+
+impl Deflated {
+    /// The payload compressed with a `window`-bit window, or `None` if that is not smaller.
+    pub fn get(&self, payload: &[u8], window: u8) -> Option<&Bytes> {
+        let slot = &self.by_window[usize::from(window.clamp(9, 15) - 9)];
+        slot.get_or_init(|| deflate::compress(payload, window.clamp(9, 15)))
+            .as_ref()
+    }
+}
+
+/// What one socket does with permessage-deflate: its window (0 = not negotiated) and the size
+/// from which a text frame is compressed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct DeflateOut {
+    pub(super) window: u8,
+    pub(super) min_bytes: u32,
+}
+
+impl DeflateOut {
+    /// Gives `f` a compressed-forms cache if it is a text frame this socket compresses and
+    /// the fan-out did not give it one.
+    pub(super) fn prepare(self, f: &mut OutFrame) {
+        if self.window != 0 && f.deflated.is_none() && f.compressible(self.min_bytes as usize) {
+            f.deflated = Some(Arc::default());
+        }
+    }
+}

@@ -1,0 +1,126 @@
+// Compression cost and gain (docs/loadtest.md, "Compression"): starts two gateways of the same
+// build (memory broker), one with WSGW_COMPRESSION=off and one with it on, and for each opens
+// SOCKETS sockets (node's `ws`, perMessageDeflate off / on), broadcasts EVENTS events of a
+// realistic ~2 KB JSON payload through POST /api/broadcast, waits until every socket has every
+// event, and prints the bytes read on the sockets (TCP payload, frame headers included) and the
+// gateway's CPU (utime+stime from /proc/<pid>/stat) for the run.
+// Usage: node loadtest/bench/compression.mjs <wsgw binary> [sockets=500] [events=200]
+// (needs clients/js/node_modules: `npm ci` there; use a release build for meaningful CPU).
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import crypto from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+const require = createRequire(new URL('../../clients/js/', import.meta.url));
+const WebSocket = require('ws');
+
+const [bin, sockets = 500, events = 200] = [process.argv[2], +(process.argv[3] ?? 500), +(process.argv[4] ?? 200)];
+if (!bin) throw new Error('usage: node compression.mjs <wsgw binary> [sockets] [events]');
+const SECRET = crypto.randomBytes(24).toString('hex');
+const KEY = crypto.randomBytes(16).toString('hex');
+const TICK_MS = 10; // USER_HZ is 100 on Linux
+
+const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+const token = (sub) => {
+  const h = b64({ alg: 'HS256', typ: 'JWT' });
+  const p = b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 });
+  return `${h}.${p}.${crypto.createHmac('sha256', SECRET).update(`${h}.${p}`).digest('base64url')}`;
+};
+
+/** A deterministic PRNG, so both modes broadcast the very same events. */
+function rng(seed) {
+  let x = seed >>> 0 || 1;
+  return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x / 2 ** 32; };
+}
+const WORDS = ['shipped', 'pending', 'warehouse', 'priority', 'express', 'returned', 'invoice', 'customer', 'standard', 'paid'];
+/** An order-update event of about 2 KB: ids, prices, timestamps, names, like real traffic. */
+function event(i) {
+  const r = rng(i + 1);
+  const pick = (a) => a[Math.floor(r() * a.length)];
+  const items = Array.from({ length: 17 }, (_, k) => ({
+    sku: `SKU-${Math.floor(r() * 1e6)}`,
+    name: `${pick(WORDS)} ${pick(WORDS)} item ${k}`,
+    qty: 1 + Math.floor(r() * 9),
+    price_cents: Math.floor(r() * 100000),
+    status: pick(WORDS),
+  }));
+  return {
+    order_id: `ord_${crypto.createHash('sha1').update(String(i)).digest('hex').slice(0, 16)}`,
+    customer: { id: Math.floor(r() * 1e9), email: `user${Math.floor(r() * 1e5)}@example.org`, tier: pick(WORDS) },
+    updated_at: new Date(1_700_000_000_000 + i * 1000).toISOString(),
+    shipping: { carrier: pick(WORDS), tracking: crypto.randomBytes(8).toString('hex'), eta_days: Math.floor(r() * 10) },
+    items,
+  };
+}
+
+const freePort = () => new Promise((resolve) => {
+  const s = net.createServer().listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+});
+
+async function until(cond, what, ms) {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const cpuMs = (pid) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (+f[11] + +f[12]) * TICK_MS; // fields 14 and 15: utime, stime
+};
+
+async function run(compression) {
+  const port = await freePort();
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WSGW_')));
+  Object.assign(env, {
+    WSGW_LISTEN: `127.0.0.1:${port}`, WSGW_JWT_SECRET: SECRET, WSGW_API_KEY: KEY, WSGW_LOG: 'warn',
+    WSGW_COMPRESSION: compression ? 'on' : 'off',
+  });
+  const gw = spawn(bin, [], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+  const base = `http://127.0.0.1:${port}`;
+  try {
+    await until(async () => { try { return (await fetch(`${base}/health`)).ok; } catch { return false; } }, 'the gateway', 30000);
+    const socks = await Promise.all(Array.from({ length: sockets }, (_, i) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws?token=${token(`u${i}`)}`, { perMessageDeflate: compression });
+      const s = { ws, tcp: null, got: 0 };
+      ws.on('upgrade', (res) => { s.tcp = res.socket; });
+      ws.on('message', (m) => {
+        const f = JSON.parse(m);
+        if (f.type === 'welcome') resolve(s);
+        else if (f.type === 'event' && f.event === 'order') s.got++;
+      });
+      ws.on('error', reject);
+    })));
+    const negotiated = socks.filter((s) => s.ws.extensions.includes('permessage-deflate')).length;
+    const read0 = socks.reduce((n, s) => n + s.tcp.bytesRead, 0);
+    const cpu0 = cpuMs(gw.pid);
+    const t0 = Date.now();
+    let payloadBytes = 0;
+    for (let i = 0; i < events; i++) {
+      const data = event(i);
+      payloadBytes += Buffer.byteLength(JSON.stringify(data));
+      const res = await fetch(`${base}/api/broadcast`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ event: 'order', data }),
+      });
+      if (!res.ok) throw new Error(`broadcast: ${res.status} ${await res.text()}`);
+    }
+    await until(() => socks.every((s) => s.got === events), 'every event on every socket', 120000);
+    const wallMs = Date.now() - t0;
+    const cpu = cpuMs(gw.pid) - cpu0;
+    const read = socks.reduce((n, s) => n + s.tcp.bytesRead, 0) - read0;
+    socks.forEach((s) => s.ws.terminate());
+    return { compression: compression ? 'on' : 'off', sockets, events, negotiated, avg_event_data_bytes: Math.round(payloadBytes / events),
+      bytes_read: read, bytes_per_frame: Math.round(read / (sockets * events)), gateway_cpu_ms: cpu, wall_ms: wallMs };
+  } finally {
+    gw.kill('SIGTERM');
+  }
+}
+
+const results = [];
+for (const mode of [false, true]) results.push(await run(mode));
+console.table(results);
+const [off, on] = results;
+console.log(`bytes on the wire: ${(on.bytes_read / off.bytes_read * 100).toFixed(1)}% of uncompressed; gateway CPU: ${on.gateway_cpu_ms} ms vs ${off.gateway_cpu_ms} ms`);
