@@ -2,17 +2,15 @@
 //! replay merge that keep the exactness invariant, and the backend requests it waits on. Never
 //! awaits a socket write: an event is written straight to the socket when nothing is queued
 //! for it and the kernel takes it whole (`push`); everything else waits in the outbox, which
-//! the session's task writes out (`flush`), several frames per write. Every write happens
-//! under the outbox lock, so frames never interleave. On a socket that negotiated
+//! the session's task writes out (`flush`, connection_write.rs), several frames per write. On a socket that negotiated
 //! permessage-deflate, a large enough text frame goes compressed: its compressed bytes are
 //! computed once per window size and shared by every recipient (`Deflated`).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -21,35 +19,6 @@ use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 use super::deflated::DeflateOut;
 pub use super::deflated::Deflated;
 use crate::time::{mono_ms, now_ms};
-use crate::ws::frame::{Header, OP_TEXT};
-
-/// A frame ready to be written: its shared payload plus what ordering and latency need.
-#[derive(Clone, Debug)]
-pub struct OutFrame {
-    /// The payload (a text frame's JSON), shared by every recipient. Server frames are not
-    /// masked, so only a 2–10 byte header is written next to it.
-    pub payload: Bytes,
-    /// The frame's opcode: text, except for pongs.
-    pub opcode: u8,
-    /// Set for durable events; used to drop duplicates.
-    pub event_id: Option<EventId>,
-    /// Publish time in µs since the epoch (0 for control frames): feeds the latency histogram.
-    pub published_us: u64,
-    /// Set for a backend's `response` frame: which request it answers.
-    pub response: Option<Arc<ResponseTag>>,
-    /// The payload's compressed forms, shared by every clone: set on text frames at least
-    /// `compression_min_bytes` long when compression is on, `None` otherwise.
-    pub deflated: Option<Arc<Deflated>>,
-}
-
-/// Which client request a backend `response` frame answers.
-#[derive(Debug)]
-pub struct ResponseTag {
-    /// The request's `request_id`, as compact JSON text.
-    pub key: String,
-    /// More `response` frames for the same request will follow (a streamed answer).
-    pub more: bool,
-}
 
 #[derive(Debug)]
 struct PendingRequest {
@@ -57,124 +26,6 @@ struct PendingRequest {
     request_id: serde_json::Value,
     deadline_ms: u64,
     timeout_ms: u64,
-}
-
-impl OutFrame {
-    /// A control frame (welcome, ack, error …): no id, no latency measurement.
-    pub fn control(text: impl Into<Bytes>) -> Self {
-        Self::raw(OP_TEXT, text.into())
-    }
-
-    /// A durable event's text frame.
-    pub fn event(text: impl Into<Bytes>, id: EventId, published_us: u64) -> Self {
-        Self {
-            event_id: Some(id),
-            published_us,
-            ..Self::control(text)
-        }
-    }
-
-    /// A frame of another opcode (a pong).
-    pub fn raw(opcode: u8, payload: Bytes) -> Self {
-        Self {
-            payload,
-            opcode,
-            event_id: None,
-            published_us: 0,
-            response: None,
-            deflated: None,
-        }
-    }
-
-    /// Whether compression applies to this frame (a text frame of at least `min_bytes`).
-    pub fn compressible(&self, min_bytes: usize) -> bool {
-        self.opcode == OP_TEXT && self.payload.len() >= min_bytes
-    }
-
-    /// This frame with a fresh compressed-forms cache, to be cloned to every recipient.
-    pub fn with_deflate_cache(&self) -> Self {
-        Self {
-            deflated: Some(Arc::default()),
-            ..self.clone()
-        }
-    }
-
-    /// The payload as text (empty if it is not UTF-8).
-    pub fn text(&self) -> &str {
-        std::str::from_utf8(&self.payload).unwrap_or_default()
-    }
-
-    /// How many bytes this frame takes on the wire (header and payload) for `window`.
-    fn wire_len(&self, window: u8) -> usize {
-        let (h, p) = self.wire(window);
-        h.as_bytes().len() + p.len()
-    }
-
-    /// The header and payload written to a socket with deflate window `window` (0 = none).
-    fn wire(&self, window: u8) -> (Header, &Bytes) {
-        if window != 0
-            && let Some(d) = &self.deflated
-            && let Some(z) = d.get(&self.payload, window)
-        {
-            return (Header::new(self.opcode, z.len()).compressed(), z);
-        }
-        (Header::new(self.opcode, self.payload.len()), &self.payload)
-    }
-}
-
-/// What the socket's task wrote in one [`Connection::flush`]: for the metrics.
-#[derive(Debug, Default)]
-pub struct Written {
-    /// Frames written whole.
-    pub frames: u64,
-    /// Their payload bytes.
-    pub bytes: u64,
-    /// Publish times (µs) of the events among them.
-    pub stamps: Vec<u64>,
-}
-
-/// Where a [`Connection::flush`] left the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flush {
-    /// Everything queued is written.
-    Done,
-    /// The kernel took no more: wait until the socket is writable.
-    Blocked,
-    /// The socket failed.
-    Failed,
-}
-
-/// How many frames one write takes at most.
-const MAX_BATCH: usize = 32;
-
-thread_local! {
-    /// The frames one flush is writing: shared by every socket of the thread.
-    static BATCH: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// One `writev` of `frames` (header and shared payload each, compressed for a `window`-bit
-/// deflate window when the socket negotiated one), the first `skip` bytes already written.
-fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize, window: u8) -> io::Result<usize> {
-    let mut parts = [(Header::new(OP_TEXT, 0), &[][..]); MAX_BATCH];
-    for (p, f) in parts.iter_mut().zip(frames) {
-        let (h, payload) = f.wire(window);
-        *p = (h, &payload[..]);
-    }
-    let mut bufs = [IoSlice::new(&[]); MAX_BATCH * 2];
-    let mut k = 0;
-    let mut skip = skip;
-    for (h, payload) in parts.iter().take(frames.len()) {
-        for part in [h.as_bytes(), payload] {
-            if skip >= part.len() {
-                skip -= part.len();
-            } else {
-                bufs[k] = IoSlice::new(&part[skip..]);
-                k += 1;
-                skip = 0;
-            }
-        }
-    }
-    tcp.try_write_vectored(&bufs[..k])
 }
 
 /// What happened to a frame offered to a connection.
@@ -588,106 +439,6 @@ impl Connection {
         Push::Queued
     }
 
-    /// Lets `push` write events straight to `tcp` (the session serves from now on).
-    pub fn attach(&self, tcp: Arc<TcpStream>) {
-        self.outbox.lock().wire = Some(tcp);
-    }
-
-    /// Ends direct writes (the session is ending) and lets the socket go.
-    pub fn detach(&self) {
-        self.outbox.lock().wire = None;
-    }
-
-    /// Writes what is queued, several frames per write, without blocking. Returns where the
-    /// queue was left and the close request, if any (meaningful once `Done`). The frames are
-    /// taken under the lock (clones sharing the payloads, into `batch`) and written without
-    /// it, so a fan-out never waits on this socket's write; meanwhile the outbox is marked
-    /// `writing`, so nothing else writes to the socket. The batch is the thread's (the flush
-    /// never awaits), so an idle socket keeps none.
-    pub fn flush(&self, written: &mut Written) -> (Flush, Option<CloseCode>) {
-        BATCH.with(|b| self.flush_with(&mut b.borrow_mut(), written))
-    }
-
-    fn flush_with(&self, batch: &mut Vec<OutFrame>, written: &mut Written) -> (Flush, Option<CloseCode>) {
-        loop {
-            let (tcp, skip, window) = {
-                let mut ob = self.outbox.lock();
-                let Some(tcp) = ob.wire.clone() else {
-                    return (Flush::Failed, ob.close);
-                };
-                if ob.queue.is_empty() {
-                    ob.replay_room = 0;
-                    ob.replay_room_bytes = 0;
-                    if ob.queue.capacity() > 0 {
-                        // Everything is written: give the queue's memory back, so an idle
-                        // socket keeps none (its next frame is usually written without it).
-                        ob.queue = VecDeque::new();
-                    }
-                    return (Flush::Done, ob.close);
-                }
-                batch.clear();
-                let deflate = ob.deflate;
-                if deflate.window != 0 {
-                    // Fixed before a frame's first byte goes out: `sent` counts these bytes.
-                    ob.queue.iter_mut().take(MAX_BATCH).for_each(|f| deflate.prepare(f));
-                }
-                batch.extend(ob.queue.iter().take(MAX_BATCH).cloned());
-                ob.writing = true;
-                (tcp, ob.sent, deflate.window)
-            };
-            let r = write_frames(&tcp, batch, skip, window);
-            let mut ob = self.outbox.lock();
-            ob.writing = false;
-            let n = match r {
-                Ok(n) => n,
-                Err(e) => {
-                    batch.clear();
-                    let state = if e.kind() == io::ErrorKind::WouldBlock {
-                        Flush::Blocked
-                    } else {
-                        Flush::Failed
-                    };
-                    return (state, ob.close);
-                }
-            };
-            let mut n = skip + n;
-            if std::mem::take(&mut ob.dropped) {
-                // The queue was dropped meanwhile (a slow consumer): keep only the rest of a
-                // frame this write left unfinished, so the close frame does not land inside it.
-                ob.queue.clear();
-                ob.bytes = 0;
-                ob.sent = 0;
-                for f in batch.drain(..) {
-                    let len = f.wire_len(window);
-                    if n < len {
-                        ob.sent = n;
-                        ob.bytes = f.payload.len();
-                        ob.queue.push_back(f);
-                        break;
-                    }
-                    n -= len;
-                }
-                continue;
-            }
-            ob.sent = 0;
-            for f in batch.drain(..) {
-                let len = f.wire_len(window);
-                if n < len {
-                    ob.sent = n;
-                    break;
-                }
-                n -= len;
-                ob.queue.pop_front();
-                ob.bytes = ob.bytes.saturating_sub(f.payload.len());
-                written.frames += 1;
-                written.bytes += f.payload.len() as u64;
-                if f.published_us > 0 {
-                    written.stamps.push(f.published_us);
-                }
-            }
-        }
-    }
-
     /// Queues a control frame (answer, error, ping) even during a replay: control frames are
     /// not ordered against events. Still bounded by the queue.
     pub fn push_control(&self, frame: OutFrame) -> Push {
@@ -948,6 +699,14 @@ impl Connection {
         }
     }
 }
+
+#[path = "out_frame.rs"]
+mod out_frame;
+pub use out_frame::{OutFrame, ResponseTag};
+
+#[path = "connection_write.rs"]
+mod write;
+pub use write::{Flush, Written};
 
 #[cfg(test)]
 #[path = "connection_tests.rs"]

@@ -1,6 +1,9 @@
 //! Unit tests of a socket's outbox: its bounds, the replay merge and the order of a subscribe's frames.
 
+use bytes::Bytes;
+
 use super::*;
+use crate::ws::frame::OP_TEXT;
 
 fn frame(id: u64, bytes: usize) -> OutFrame {
     OutFrame::event("x".repeat(bytes), EventId::new(id, 0), 0)

@@ -8,6 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::ws::frame::OP_TEXT;
 
 /// A connected pair; the server side has a small send buffer, so writes end part-way.
 async fn pair() -> (TcpStream, TcpStream) {

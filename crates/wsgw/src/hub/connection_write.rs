@@ -1,0 +1,173 @@
+//! hub/connection_write.rs: how a connection's outbox reaches its socket. `push` writes an event
+//! straight from the fan-out when nothing is queued (see connection.rs); `Connection::flush`,
+//! called by the session's task, writes the queue out, up to 32 frames per `writev`. The frames
+//! are taken under the outbox lock and written without it, so a fan-out never waits on one
+//! socket's syscall; meanwhile the outbox is marked `writing` and nothing else writes to the
+//! socket, so frames never interleave.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use wsgw_protocol::CloseCode;
+
+use super::{Connection, OutFrame};
+use crate::ws::frame::{Header, OP_TEXT};
+
+/// What the socket's task wrote in one [`Connection::flush`]: for the metrics.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Frames written whole.
+    pub frames: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Publish times (µs) of the events among them.
+    pub stamps: Vec<u64>,
+}
+
+/// Where a [`Connection::flush`] left the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued is written.
+    Done,
+    /// The kernel took no more: wait until the socket is writable.
+    Blocked,
+    /// The socket failed.
+    Failed,
+}
+
+/// How many frames one write takes at most.
+const MAX_BATCH: usize = 32;
+
+thread_local! {
+    /// The frames one flush is writing: shared by every socket of the thread.
+    static BATCH: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One `writev` of `frames` (header and shared payload each, compressed for a `window`-bit
+/// deflate window when the socket negotiated one), the first `skip` bytes already written.
+fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize, window: u8) -> io::Result<usize> {
+    let mut parts = [(Header::new(OP_TEXT, 0), &[][..]); MAX_BATCH];
+    for (p, f) in parts.iter_mut().zip(frames) {
+        let (h, payload) = f.wire(window);
+        *p = (h, &payload[..]);
+    }
+    let mut bufs = [IoSlice::new(&[]); MAX_BATCH * 2];
+    let mut k = 0;
+    let mut skip = skip;
+    for (h, payload) in parts.iter().take(frames.len()) {
+        for part in [h.as_bytes(), payload] {
+            if skip >= part.len() {
+                skip -= part.len();
+            } else {
+                bufs[k] = IoSlice::new(&part[skip..]);
+                k += 1;
+                skip = 0;
+            }
+        }
+    }
+    tcp.try_write_vectored(&bufs[..k])
+}
+
+impl Connection {
+    /// Lets `push` write events straight to `tcp` (the session serves from now on).
+    pub fn attach(&self, tcp: Arc<TcpStream>) {
+        self.outbox.lock().wire = Some(tcp);
+    }
+
+    /// Ends direct writes (the session is ending) and lets the socket go.
+    pub fn detach(&self) {
+        self.outbox.lock().wire = None;
+    }
+
+    /// Writes what is queued, several frames per write, without blocking. Returns where the
+    /// queue was left and the close request, if any (meaningful once `Done`). The frames are
+    /// taken under the lock (clones sharing the payloads, into `batch`) and written without
+    /// it, so a fan-out never waits on this socket's write; meanwhile the outbox is marked
+    /// `writing`, so nothing else writes to the socket. The batch is the thread's (the flush
+    /// never awaits), so an idle socket keeps none.
+    pub fn flush(&self, written: &mut Written) -> (Flush, Option<CloseCode>) {
+        BATCH.with(|b| self.flush_with(&mut b.borrow_mut(), written))
+    }
+
+    fn flush_with(&self, batch: &mut Vec<OutFrame>, written: &mut Written) -> (Flush, Option<CloseCode>) {
+        loop {
+            let (tcp, skip, window) = {
+                let mut ob = self.outbox.lock();
+                let Some(tcp) = ob.wire.clone() else {
+                    return (Flush::Failed, ob.close);
+                };
+                if ob.queue.is_empty() {
+                    ob.replay_room = 0;
+                    ob.replay_room_bytes = 0;
+                    if ob.queue.capacity() > 0 {
+                        // Everything is written: give the queue's memory back, so an idle
+                        // socket keeps none (its next frame is usually written without it).
+                        ob.queue = VecDeque::new();
+                    }
+                    return (Flush::Done, ob.close);
+                }
+                batch.clear();
+                let deflate = ob.deflate;
+                if deflate.window != 0 {
+                    // Fixed before a frame's first byte goes out: `sent` counts these bytes.
+                    ob.queue.iter_mut().take(MAX_BATCH).for_each(|f| deflate.prepare(f));
+                }
+                batch.extend(ob.queue.iter().take(MAX_BATCH).cloned());
+                ob.writing = true;
+                (tcp, ob.sent, deflate.window)
+            };
+            let r = write_frames(&tcp, batch, skip, window);
+            let mut ob = self.outbox.lock();
+            ob.writing = false;
+            let n = match r {
+                Ok(n) => n,
+                Err(e) => {
+                    batch.clear();
+                    let state = if e.kind() == io::ErrorKind::WouldBlock {
+                        Flush::Blocked
+                    } else {
+                        Flush::Failed
+                    };
+                    return (state, ob.close);
+                }
+            };
+            let mut n = skip + n;
+            if std::mem::take(&mut ob.dropped) {
+                // The queue was dropped meanwhile (a slow consumer): keep only the rest of a
+                // frame this write left unfinished, so the close frame does not land inside it.
+                ob.queue.clear();
+                ob.bytes = 0;
+                ob.sent = 0;
+                for f in batch.drain(..) {
+                    let len = f.wire_len(window);
+                    if n < len {
+                        ob.sent = n;
+                        ob.bytes = f.payload.len();
+                        ob.queue.push_back(f);
+                        break;
+                    }
+                    n -= len;
+                }
+                continue;
+            }
+            ob.sent = 0;
+            for f in batch.drain(..) {
+                let len = f.wire_len(window);
+                if n < len {
+                    ob.sent = n;
+                    break;
+                }
+                n -= len;
+                ob.queue.pop_front();
+                ob.bytes = ob.bytes.saturating_sub(f.payload.len());
+                written.frames += 1;
+                written.bytes += f.payload.len() as u64;
+                if f.published_us > 0 {
+                    written.stamps.push(f.published_us);
+                }
+            }
+        }
+    }
+}
