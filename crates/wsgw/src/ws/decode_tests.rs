@@ -21,7 +21,11 @@ fn client(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn decode_all(bytes: &[u8], max: usize) -> Result<Vec<Incoming>, ProtocolError> {
-    let mut d = Decoder::new(max);
+    decode_with(Decoder::new(max), bytes)
+}
+
+/// Every message `d` decodes from `bytes`, or its first error.
+fn decode_with(mut d: Decoder, bytes: &[u8]) -> Result<Vec<Incoming>, ProtocolError> {
     d.feed(bytes);
     let mut out = Vec::new();
     while let Some(m) = d.next_message()? {
@@ -145,13 +149,7 @@ fn rsv1(mut frame: Vec<u8>) -> Vec<u8> {
 }
 
 fn decode_deflate(bytes: &[u8], max: usize) -> Result<Vec<Incoming>, ProtocolError> {
-    let mut d = Decoder::new(max).with_deflate(true);
-    d.feed(bytes);
-    let mut out = Vec::new();
-    while let Some(m) = d.next_message()? {
-        out.push(m);
-    }
-    Ok(out)
+    decode_with(Decoder::new(max).with_deflate(true), bytes)
 }
 
 #[test]
