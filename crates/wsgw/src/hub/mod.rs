@@ -1,6 +1,8 @@
 //! hub/: this node's sockets and who listens to what (connection registry, channel and
 //! pattern index, fan-out into each socket's bounded outbox, parked sessions). Never awaits:
-//! fan-out only pushes shared frames into queues, and the socket's own task writes them.
+//! a fan-out offers one shared frame to each socket, which writes it at once without blocking
+//! (the first `DIRECT_FANOUT` sockets, when nothing is queued for them) or queues it for the
+//! socket's own task.
 
 mod connection;
 mod deflated;
@@ -18,7 +20,7 @@ pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, Wr
 use subscribers::Subscribers;
 
 use crate::metrics::Metrics;
-use crate::time::now_us;
+use crate::time::{mono_ms, now_us};
 
 /// How many sockets of one fan-out may get the frame written straight from the fan-out loop;
 /// the rest are queued for their own tasks. A fan-out runs on one thread: written directly, a
@@ -37,7 +39,6 @@ struct Tally {
     delivered: usize,
     sent: u64,
 }
-use crate::time::mono_ms;
 
 /// A connection's identity and topics kept after a disconnect, for `connection_id` resume.
 #[derive(Debug, Clone)]
