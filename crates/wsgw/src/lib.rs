@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod cores;
 pub mod handshake;
 pub mod history;
 pub mod hooks;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
 
     let mut builder = match config.runtime {
-        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        RuntimeFlavor::CurrentThread | RuntimeFlavor::PerCore => tokio::runtime::Builder::new_current_thread(),
         RuntimeFlavor::MultiThread => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if config.worker_threads > 0 {
@@ -51,8 +51,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `per_core`: this thread's runtime is the first core's; the others get one each.
+    let cores = match config.runtime {
+        RuntimeFlavor::PerCore => {
+            let n = match config.worker_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            match wsgw::cores::CoreRuntimes::start(n - 1) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("wsgw: cannot start the per-core runtimes: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
+    let handles = cores.as_ref().map(|c| c.handles().to_vec());
     runtime.block_on(async move {
-        match run(config, dev).await {
+        match run(config, dev, handles).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ wsgw::StartError::Config(_)) | Err(e @ wsgw::StartError::Auth(_)) => {
                 eprintln!("wsgw: {e}");
@@ -124,7 +142,13 @@ fn prepare_dev(config: &mut Config) -> DevInfo {
     DevInfo { api_key }
 }
 
-async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::StartError> {
+/// Serves until a signal. `cores`: the other runtimes of `per_core`, each to accept on a
+/// listener of its own beside this one.
+async fn run(
+    mut config: Config,
+    dev: Option<DevInfo>,
+    cores: Option<Vec<tokio::runtime::Handle>>,
+) -> Result<(), wsgw::StartError> {
     match raise_nofile_limit() {
         Ok(l) => {
             info!(before = l.before, soft = l.soft, hard = l.hard, "open-files limit");
@@ -144,9 +168,13 @@ async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::Start
     // Configuration errors first, so they are reported as such even if the port is busy.
     let (listen, backlog) = (config.listen, config.listen_backlog);
     let gateway = wsgw::Gateway::new(config).await?;
-    let listener = wsgw::server::bind(listen, backlog)?;
+    let listener = match &cores {
+        Some(_) => tokio::net::TcpListener::from_std(wsgw::cores::reuseport_listener(listen, backlog)?)?,
+        None => wsgw::server::bind(listen, backlog)?,
+    };
     let addr = listener.local_addr()?;
-    info!(%addr, node = %gateway.node_id, broker = gateway.broker.kind(), "listening");
+    let runtimes = cores.as_ref().map_or(1, |c| c.len() + 1);
+    info!(%addr, node = %gateway.node_id, broker = gateway.broker.kind(), runtimes, "listening");
     if let Some(dev) = dev {
         let host = if addr.ip().is_unspecified() {
             format!("127.0.0.1:{}", addr.port())
@@ -163,7 +191,8 @@ async fn run(mut config: Config, dev: Option<DevInfo>) -> Result<(), wsgw::Start
             dev.api_key
         );
     }
-    wsgw::serve(listener, gateway, shutdown_signal()).await
+    let cores = cores.unwrap_or_default();
+    wsgw::server::serve_on_cores(listener, &cores, gateway, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

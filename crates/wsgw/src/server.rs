@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use wsgw_protocol::{CloseCode, ErrorCode, ServerFrame};
@@ -41,6 +42,19 @@ pub async fn serve(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    serve_on_cores(listener, &[], gw, shutdown).await
+}
+
+/// `serve`, plus one more listener on the same address for each runtime in `cores`
+/// (`WSGW_RUNTIME=per_core`): `listener` must have `SO_REUSEPORT`
+/// ([`crate::cores::reuseport_listener`]). Each runtime accepts on its own listener, so the
+/// sockets it accepts run on its thread. The drain covers every runtime's sockets.
+pub async fn serve_on_cores(
+    listener: TcpListener,
+    cores: &[Handle],
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = match gw.config.metrics_listen {
         Some(addr) => Some(serve_metrics(
@@ -53,6 +67,33 @@ pub async fn serve(
     let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
     let app = crate::api::router(gw.clone());
     let app = app.layer(axum::middleware::from_fn(crate::handshake::plain_http_ends_handshake));
+    let (drained_tx, drained_rx) = watch::channel(false);
+    if !cores.is_empty() {
+        // This thread runs core 0; each core's flusher writes what fan-outs queue for its sockets.
+        crate::cores::set_current(0);
+        let here = Handle::current();
+        let flushers = std::iter::once(&here)
+            .chain(cores)
+            .map(|h| gw.hub.spawn_core_flusher(h));
+        gw.hub.use_core_flushers(flushers.collect());
+    }
+    let mut others = Vec::with_capacity(cores.len());
+    for core in cores {
+        let std_listener = crate::cores::reuseport_listener(listener.local_addr()?, gw.config.listen_backlog)?;
+        let (app, gw) = (app.clone(), gw.clone());
+        let mut drained = drained_rx.clone();
+        others.push(core.spawn(async move {
+            let listener = crate::handshake::GatedListener::new(TcpListener::from_std(std_listener)?, gw);
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<crate::handshake::Peer>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = drained.wait_for(|d| *d).await;
+            })
+            .await
+        }));
+    }
     let listener = crate::handshake::GatedListener::new(listener, gw.clone());
     let gw_signal = gw.clone();
     // Sockets outlive axum's connection tracking once upgraded, so drain them ourselves. Axum
@@ -63,6 +104,7 @@ pub async fn serve(
         info!("shutdown requested: draining");
         gw_signal.begin_drain();
         drain(&gw_signal).await;
+        let _ = drained_tx.send(true);
     };
     let served = axum::serve(
         listener,
@@ -70,6 +112,13 @@ pub async fn serve(
     )
     .with_graceful_shutdown(signal)
     .await;
+    for other in others {
+        match other.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "a per-core listener failed"),
+            Err(e) => warn!(error = %e, "a per-core listener's task failed"),
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = ticker.await;
     if let Some(metrics) = metrics {

@@ -1,5 +1,5 @@
 //! Exactness torture test: real redis-server (AOF, appendfsync always) and 3 real gateway
-//! processes; torture clients that subscribe, unsubscribe, catch up and resume on random nodes;
+//! processes (one of them with per-core runtimes); torture clients that subscribe, unsubscribe, catch up and resume on random nodes;
 //! publishers (FCALL and HTTP); passive sockets for fan-out; faults on a schedule (node SIGKILL,
 //! Redis killed and restarted from its AOF, pub/sub connections killed, Redis paused). Then a
 //! checker compares what each client delivered with what the history streams hold.
@@ -41,8 +41,13 @@ use torture::sim::{caught_up, spawn_clients};
 const NODES: usize = 3;
 
 /// NODE_ENV, plus quiet node logs (the faults make them warn a lot) unless WSGW_TEST_LOG is set.
-fn node_env() -> Vec<(&'static str, &'static str)> {
+/// The node in slot 1 runs `WSGW_RUNTIME=per_core` with two runtimes, so the checker covers
+/// sockets spread over per-core runtimes as well as the default work-stealing runtime.
+fn node_env(slot: usize) -> Vec<(&'static str, &'static str)> {
     let mut env = NODE_ENV.to_vec();
+    if slot == 1 {
+        env.extend([("WSGW_RUNTIME", "per_core"), ("WSGW_WORKER_THREADS", "2")]);
+    }
     if std::env::var("WSGW_TEST_LOG").is_err() {
         env.push(("WSGW_LOG", "error"));
     }
@@ -120,7 +125,7 @@ async fn inject(f: Fault, cl: &mut Cluster, shared: &Shared, rng: &mut Rng) -> S
             tokio::time::sleep(Duration::from_millis(down)).await;
             cl.lives[slot] += 1;
             let id = format!("gw-{slot}.{}", cl.lives[slot]);
-            cl.nodes[slot] = GatewayProc::start(&cl.redis, &id, &node_env()).await;
+            cl.nodes[slot] = GatewayProc::start(&cl.redis, &id, &node_env(slot)).await;
             shared.set_node(slot, Some((id.clone(), cl.nodes[slot].port)));
             format!("node {old} SIGKILLed, {id} up after {down} ms")
         }
@@ -150,7 +155,7 @@ async fn torture_exactness_under_chaos() {
     let redis = RedisServer::start_persistent().await;
     let mut nodes = Vec::new();
     for i in 0..NODES {
-        nodes.push(GatewayProc::start(&redis, &format!("gw-{i}.0"), &node_env()).await);
+        nodes.push(GatewayProc::start(&redis, &format!("gw-{i}.0"), &node_env(i)).await);
     }
     let shared = Arc::new(Shared::new(nodes.iter().map(|n| (n.node_id.clone(), n.port)).collect()));
     let mut cl = Cluster {

@@ -193,7 +193,7 @@ impl Config {
             return Err(invalid(
                 "worker_threads",
                 format!(
-                    "{} only applies to runtime = \"multi_thread\", but runtime is \"current_thread\"",
+                    "{} only applies to runtime = \"multi_thread\" or \"per_core\", but runtime is \"current_thread\"",
                     self.worker_threads
                 ),
             ));

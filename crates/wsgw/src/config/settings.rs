@@ -270,10 +270,10 @@ settings! {
     log: String = "info".to_owned(), WSGW_LOG => string;
     /// Log format: `text` or `json`.
     log_format: LogFormat = LogFormat::Text, WSGW_LOG_FORMAT => parse("text or json");
-    /// Async runtime: `current_thread` or `multi_thread`.
+    /// Async runtime: `multi_thread`, `current_thread` or `per_core`.
     runtime: RuntimeFlavor = RuntimeFlavor::MultiThread,
-        WSGW_RUNTIME => parse("current_thread or multi_thread");
-    /// Worker threads of the `multi_thread` runtime; `0` = one per core.
+        WSGW_RUNTIME => parse("multi_thread, current_thread or per_core");
+    /// Threads of the `multi_thread` runtime, or runtimes of `per_core`; `0` = one per core.
     worker_threads: usize = 0, WSGW_WORKER_THREADS => parse(COUNT);
 }
 
@@ -363,6 +363,9 @@ pub enum RuntimeFlavor {
     CurrentThread,
     /// A work-stealing runtime with `worker_threads` threads (`multi_thread`).
     MultiThread,
+    /// One single-threaded runtime per core (`worker_threads` of them), each accepting on its
+    /// own `SO_REUSEPORT` listener and running the sockets it accepted (`per_core`).
+    PerCore,
 }
 
 impl FromStr for RuntimeFlavor {
@@ -373,6 +376,7 @@ impl FromStr for RuntimeFlavor {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "current_thread" => Ok(Self::CurrentThread),
             "multi_thread" => Ok(Self::MultiThread),
+            "per_core" => Ok(Self::PerCore),
             _ => Err(()),
         }
     }

@@ -445,10 +445,13 @@ fn runtime_flavor_from_env() {
         Config::load(&Cli::default(), &e).unwrap().runtime,
         RuntimeFlavor::CurrentThread
     );
+    let e = env(&[("WSGW_RUNTIME", "per_core"), ("WSGW_WORKER_THREADS", "3")]);
+    let c = Config::load(&Cli::default(), &e).unwrap();
+    assert_eq!((c.runtime, c.worker_threads), (RuntimeFlavor::PerCore, 3));
     let err = Config::load(&Cli::default(), &env(&[("WSGW_RUNTIME", "tokio")])).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "WSGW_RUNTIME=tokio: expected current_thread or multi_thread"
+        "WSGW_RUNTIME=tokio: expected multi_thread, current_thread or per_core"
     );
 }
 

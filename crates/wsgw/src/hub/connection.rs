@@ -33,6 +33,9 @@ struct PendingRequest {
 pub enum Push {
     /// Queued (or buffered behind a replay).
     Queued,
+    /// Queued into an empty queue without waking the socket's task (the caller asked to
+    /// defer): the caller must flush the connection, or wake its task with `wake_writer`.
+    Waiting,
     /// Written to the socket at once, whole.
     Sent,
     /// Already sent or queued (same or older event id): dropped on purpose.
@@ -174,6 +177,9 @@ pub struct Connection {
     /// Wakes only on a close request: a write stuck on a full socket waits on this one, so it
     /// never consumes a wake-up meant for the task's main loop.
     close_wake: Notify,
+    /// The per-core runtime the session runs on (`WSGW_RUNTIME=per_core`), whose flusher
+    /// writes what a fan-out queued.
+    core: u16,
     pub(super) channels: Mutex<Vec<Arc<str>>>,
     /// Requests sent to backends and not fully answered yet.
     pending: Mutex<Vec<PendingRequest>>,
@@ -223,6 +229,7 @@ impl Connection {
             }),
             wake: Notify::new(),
             close_wake: Notify::new(),
+            core: crate::cores::current().unwrap_or(0) as u16,
             channels: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             replaced: std::sync::atomic::AtomicBool::new(false),
@@ -369,11 +376,13 @@ impl Connection {
     /// Offers a live frame published on `channel`, reaching this socket through its exact
     /// subscription or (`via_pattern`) only through patterns. Never blocks on the socket.
     pub fn push(&self, frame: OutFrame, channel: &str, via_pattern: bool) -> Push {
-        self.offer(frame, channel, via_pattern, true)
+        self.offer(frame, channel, via_pattern, true, false)
     }
 
-    /// `push`, written straight to the socket only if `direct` (and nothing is queued).
-    pub fn offer(&self, mut frame: OutFrame, channel: &str, via_pattern: bool, direct: bool) -> Push {
+    /// `push`, written straight to the socket only if `direct` (and nothing is queued). With
+    /// `defer`, a frame queued into an empty queue does not wake the socket's task
+    /// (`Push::Waiting`): a per-core flusher writes it (`WSGW_RUNTIME=per_core`).
+    pub fn offer(&self, mut frame: OutFrame, channel: &str, via_pattern: bool, direct: bool, defer: bool) -> Push {
         if let Some(tag) = &frame.response {
             self.response_seen(tag);
         }
@@ -434,9 +443,23 @@ impl Connection {
         ob.queue.push_back(frame);
         drop(ob);
         if was_empty {
+            if defer {
+                return Push::Waiting;
+            }
             self.wake.notify_one();
         }
         Push::Queued
+    }
+
+    /// Wakes the socket's task to write its queue (after a `Push::Waiting` that no flusher
+    /// could finish).
+    pub fn wake_writer(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The per-core runtime this connection's session runs on (0 outside `per_core`).
+    pub fn core(&self) -> usize {
+        self.core as usize
     }
 
     /// Queues a control frame (answer, error, ping) even during a replay: control frames are

@@ -3,7 +3,8 @@
 //! called by the session's task, writes the queue out, up to 32 frames per `writev`. The frames
 //! are taken under the outbox lock and written without it, so a fan-out never waits on one
 //! socket's syscall; meanwhile the outbox is marked `writing` and nothing else writes to the
-//! socket, so frames never interleave.
+//! socket (a second flush answers `Busy`), so frames never interleave. With per-core runtimes
+//! a core's flusher also calls `flush`, for the sockets a fan-out queued on that core.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -35,6 +36,9 @@ pub enum Flush {
     Blocked,
     /// The socket failed.
     Failed,
+    /// Another flush is writing to the socket right now; it writes the rest of the queue, or
+    /// wakes the socket's task if it cannot.
+    Busy,
 }
 
 /// How many frames one write takes at most.
@@ -98,6 +102,9 @@ impl Connection {
                 let Some(tcp) = ob.wire.clone() else {
                     return (Flush::Failed, ob.close);
                 };
+                if ob.writing {
+                    return (Flush::Busy, ob.close);
+                }
                 if ob.queue.is_empty() {
                     ob.replay_room = 0;
                     ob.replay_room_bytes = 0;

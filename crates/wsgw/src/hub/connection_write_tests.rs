@@ -1,6 +1,7 @@
 //! Tests of a socket's writes over real loopback TCP: frames written straight from `push`,
-//! partly written, and flushed from the queue by another task arrive whole and in order; a
-//! slow consumer's dropped queue never leaves half a frame before the close frame.
+//! partly written, flushed from the queue by another task, and flushed by a core's flusher
+//! while the socket's task flushes too arrive whole and in order; a slow consumer's dropped
+//! queue never leaves half a frame before the close frame.
 
 use std::time::Duration;
 
@@ -30,11 +31,64 @@ async fn writer(conn: Arc<Connection>, tcp: Arc<TcpStream>, done: Arc<std::sync:
             }
             Flush::Failed => panic!("write failed"),
             Flush::Done if close.is_some() || done.load(Ordering::Acquire) => return,
-            Flush::Done => {
+            Flush::Done | Flush::Busy => {
                 let _ = tokio::time::timeout(Duration::from_millis(20), conn.wait()).await;
             }
         }
     }
+}
+
+/// A core's flusher (`WSGW_RUNTIME=per_core`): frames queued without waking the socket's task
+/// (`Push::Waiting`) and written by the fan-out side's flushes, while the socket's own task
+/// flushes too whenever it is woken. The two never write at once (`Busy`), so the frames arrive
+/// whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_flusher_and_the_sockets_task_never_interleave_frames() {
+    let (server, client) = pair().await;
+    let tcp = Arc::new(server);
+    let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100_000, None);
+    conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+    conn.attach(tcp.clone());
+    let conn = Arc::new(conn);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = tokio::spawn(writer(conn.clone(), tcp, done.clone()));
+    let total = 3000u64;
+    let reader = tokio::spawn(read_frames(client, total as usize + 1));
+    let mut waiting = 0;
+    for i in 1..=total {
+        match conn.offer(numbered(i), "t", false, false, true) {
+            Push::Waiting => {
+                waiting += 1;
+                match conn.flush(&mut Written::default()).0 {
+                    Flush::Done | Flush::Busy => {}
+                    Flush::Blocked | Flush::Failed => conn.wake_writer(),
+                }
+            }
+            Push::Queued => {}
+            other => panic!("offer {i}: {other:?}"),
+        }
+        if i % 7 == 0 {
+            // The socket's task flushes at the same time as this side.
+            conn.wake_writer();
+        }
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+        if i > total / 2 && i % 10 == 0 {
+            // The second half more slowly: the queue drains, and offers find it empty.
+            drained(&conn).await;
+        }
+    }
+    done.store(true, Ordering::Release);
+    conn.wake_writer();
+    w.await.unwrap();
+    let frames = reader.await.unwrap();
+    assert_eq!(frames.len() as u64, total + 1);
+    for (i, f) in frames[1..].iter().enumerate() {
+        let want = numbered(i as u64 + 1);
+        assert_eq!(&f[1..], &want.payload[..], "frame {}", i + 1);
+    }
+    assert!(waiting > 0, "frames were queued for this side to flush");
 }
 
 /// Reads server frames until EOF or `want` payloads: returns their payloads.
@@ -162,6 +216,7 @@ async fn a_slow_consumers_close_frame_never_lands_inside_a_frame() {
                 Flush::Done => break,
                 Flush::Blocked => tcp.writable().await.unwrap(),
                 Flush::Failed => panic!("write failed"),
+                Flush::Busy => tokio::task::yield_now().await,
             }
         }
         conn.detach();

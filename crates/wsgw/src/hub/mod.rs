@@ -5,6 +5,7 @@
 //! socket's own task.
 
 mod connection;
+mod core_flush;
 mod deflated;
 mod subscribers;
 
@@ -17,6 +18,7 @@ use wsgw_protocol::{CloseCode, glob_match};
 
 use connection::PENDING;
 pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, Written};
+pub use core_flush::FlushBatch;
 use subscribers::Subscribers;
 
 use crate::metrics::Metrics;
@@ -38,6 +40,8 @@ struct Tally {
     offered: usize,
     delivered: usize,
     sent: u64,
+    /// With per-core runtimes: by core, the sockets it queued for without waking their tasks.
+    waiting: Vec<FlushBatch>,
 }
 
 /// A connection's identity and topics kept after a disconnect, for `connection_id` resume.
@@ -86,6 +90,8 @@ pub struct Hub {
     /// `compression_min_bytes` when compression is on: a fan-out of a text frame this long
     /// gives it one compressed-forms cache that every recipient shares.
     compress_from: Option<usize>,
+    /// With per-core runtimes, each core's flusher (see core_flush.rs).
+    flushers: std::sync::OnceLock<Vec<tokio::sync::mpsc::UnboundedSender<FlushBatch>>>,
 }
 
 impl Hub {
@@ -101,6 +107,7 @@ impl Hub {
             parked: Mutex::new(HashMap::new()),
             metrics,
             compress_from: None,
+            flushers: std::sync::OnceLock::new(),
         }
     }
 
@@ -357,6 +364,9 @@ impl Hub {
     /// Counts the frames `offer` wrote straight to sockets (once per fan-out, not per socket);
     /// returns how many sockets accepted the frame.
     fn record(&self, frame: &OutFrame, tally: Tally) -> usize {
+        if !tally.waiting.is_empty() {
+            self.hand_to_cores(tally.waiting);
+        }
         if tally.sent > 0 {
             let m = &self.metrics;
             m.frames_out.inc_by(tally.sent);
@@ -387,8 +397,16 @@ impl Hub {
         }
         let direct = delivered.offered < DIRECT_FANOUT;
         delivered.offered += 1;
-        match c.offer(frame.clone(), channel, via_pattern, direct) {
+        match c.offer(frame.clone(), channel, via_pattern, direct, self.defers_writes()) {
             Push::Queued => delivered.delivered += 1,
+            Push::Waiting => {
+                delivered.delivered += 1;
+                let core = c.core();
+                if delivered.waiting.len() <= core {
+                    delivered.waiting.resize_with(core + 1, Vec::new);
+                }
+                delivered.waiting[core].push(c.clone());
+            }
             Push::Sent => {
                 delivered.delivered += 1;
                 delivered.sent += 1;

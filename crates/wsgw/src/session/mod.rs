@@ -20,7 +20,6 @@ use crate::auth::{AuthError, Claims};
 use crate::hub::{Connection, Flush, OutFrame, Written};
 use crate::limits::{ByteLimiter, RateLimiter};
 use crate::node::{Gateway, IpSlot, Slot};
-use crate::time::now_us;
 use crate::ws::frame::{self as wsframe, OP_PONG, OP_TEXT};
 use crate::ws::{Incoming, ReadError, WsSocket};
 
@@ -242,7 +241,8 @@ impl Session {
         let (reason, code): (&'static str, Option<CloseCode>) = loop {
             let (state, close) = self.flush();
             match state {
-                Flush::Done => {}
+                // Busy: a core's flusher is writing; it wakes this task if it cannot finish.
+                Flush::Done | Flush::Busy => {}
                 Flush::Blocked => {
                     let conn = self.conn.clone();
                     tokio::select! {
@@ -345,17 +345,7 @@ impl Session {
     fn flush(&self) -> (Flush, Option<CloseCode>) {
         let mut written = Written::default();
         let r = self.conn.flush(&mut written);
-        if written.frames > 0 {
-            let m = &self.gw.metrics;
-            m.frames_out.inc_by(written.frames);
-            m.bytes_out.inc_by(written.bytes);
-            if !written.stamps.is_empty() {
-                let now = now_us();
-                for s in written.stamps {
-                    m.delivery_latency.observe(now.saturating_sub(s) as f64 / 1e6);
-                }
-            }
-        }
+        written.record(&self.gw.metrics);
         r
     }
 
@@ -411,6 +401,8 @@ async fn flush_rest(conn: &Connection, ws: &WsSocket) -> bool {
         match conn.flush(&mut Written::default()).0 {
             Flush::Done => return true,
             Flush::Failed => return false,
+            // A core's flusher is in the middle of one write: let it finish.
+            Flush::Busy => tokio::task::yield_now().await,
             Flush::Blocked => {
                 if ws.stream().writable().await.is_err() {
                     return false;

@@ -1,0 +1,132 @@
+//! cores.rs: `WSGW_RUNTIME=per_core`. The extra single-threaded runtimes (one thread each,
+//! beside the one the node starts on) and the `SO_REUSEPORT` listeners they accept on. The
+//! kernel spreads new connections over the listeners; a socket then lives on the runtime that
+//! accepted it, so its reads, writes and wake-ups stay on one thread. The hub, the broker and
+//! the tick stay shared.
+
+use std::io;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+thread_local! {
+    /// The index of the per-core runtime this thread runs (`per_core` only).
+    static CORE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the per-core runtime running on this thread: 0 for the one the node started
+/// on, 1.. for the extra ones; `None` outside `WSGW_RUNTIME=per_core`.
+pub fn current() -> Option<usize> {
+    CORE.with(|c| c.get())
+}
+
+/// Marks this thread as running per-core runtime `index`.
+pub fn set_current(index: usize) {
+    CORE.with(|c| c.set(Some(index)));
+}
+
+/// The extra runtimes, each on a thread of its own, running until this is dropped.
+pub struct CoreRuntimes {
+    handles: Vec<Handle>,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl CoreRuntimes {
+    /// Starts `extra` single-threaded runtimes on threads named `wsgw-core-1` and up.
+    pub fn start(extra: usize) -> io::Result<Self> {
+        let mut cores = Self {
+            handles: Vec::with_capacity(extra),
+            stops: Vec::with_capacity(extra),
+            threads: Vec::with_capacity(extra),
+        };
+        for i in 1..=extra {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            cores.handles.push(runtime.handle().clone());
+            cores.stops.push(stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("wsgw-core-{i}"))
+                .spawn(move || {
+                    set_current(i);
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+            cores.threads.push(thread);
+        }
+        Ok(cores)
+    }
+
+    /// The runtimes' handles, to spawn their listeners' tasks on.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+}
+
+impl Drop for CoreRuntimes {
+    /// Stops every runtime (dropping whatever tasks are left on it) and joins its thread.
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A listener on `addr` with `SO_REUSEPORT`, so that one per runtime can share the port,
+/// unregistered (a runtime registers it with `TcpListener::from_std` on its own thread).
+pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.clamp(1, i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_runtime_runs_on_its_own_named_thread_and_stops_when_dropped() {
+        let cores = CoreRuntimes::start(2).unwrap();
+        let names: Vec<(String, Option<usize>)> = cores
+            .handles()
+            .iter()
+            .map(|h| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                h.spawn(async move {
+                    let name = std::thread::current().name().unwrap_or_default().to_owned();
+                    let _ = tx.send((name, current()));
+                });
+                rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [("wsgw-core-1".to_owned(), Some(1)), ("wsgw-core-2".to_owned(), Some(2))]
+        );
+        assert_eq!(current(), None, "the test's own thread runs no per-core runtime");
+        drop(cores);
+    }
+
+    #[test]
+    fn two_reuseport_listeners_share_one_port_and_a_plain_bind_is_refused() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = reuseport_listener(addr, 16).unwrap();
+        assert_eq!(b.local_addr().unwrap(), addr);
+        assert!(
+            std::net::TcpListener::bind(addr).is_err(),
+            "a listener without SO_REUSEPORT"
+        );
+    }
+}
