@@ -31,6 +31,14 @@ function payload(n, seed = 0) {
   return { order: seed, items };
 }
 
+/** The gateway's wsgw_sent_bytes_total. */
+async function sentBytes(gw) {
+  const text = await (await fetch(`${gw.base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('wsgw_sent_bytes_total '));
+  assert.ok(line, 'wsgw_sent_bytes_total in /metrics');
+  return Number(line.split(' ')[1]);
+}
+
 const events = (rec, name) => rec.frames.filter((f) => f.type === 'event' && f.event === name);
 
 describe('permessage-deflate on (WSGW_COMPRESSION=on)', () => {
@@ -48,17 +56,25 @@ describe('permessage-deflate on (WSGW_COMPRESSION=on)', () => {
     assert.equal(b.ws.extensions, 'permessage-deflate');
     assert.match(b.answer, /; server_max_window_bits=10$/);
 
-    // One large event: compare the bytes read on each TCP socket with its payload.
+    // One large event: compare the bytes read on each TCP socket with its payload, and with
+    // what the gateway counts as sent (wsgw_sent_bytes_total counts bytes as on the wire).
     const big = payload(20000, 1);
     const before = [a.tcp.bytesRead, b.tcp.bytesRead];
+    const sentBefore = await sentBytes(gw);
     await api(gw, 'POST', '/api/broadcast', { event: 'big', data: big });
     for (const s of [a, b]) await waitFor(() => events(s, 'big').length === 1, 'the big event');
     const plainLen = Buffer.byteLength(JSON.stringify(big));
+    let readTotal = 0;
     for (const [i, s] of [a, b].entries()) {
       assert.deepEqual(events(s, 'big')[0].data, big);
       const read = s.tcp.bytesRead - before[i];
+      readTotal += read;
       assert.ok(read < plainLen / 3, `read ${read} bytes for a ${plainLen}-byte payload`);
     }
+    // Within a heartbeat ping or two of what the sockets read (the windows differ slightly);
+    // counted before compression it would be twice plainLen.
+    const counted = await sentBytes(gw) - sentBefore;
+    assert.ok(Math.abs(counted - readTotal) <= 256, `counted ${counted} bytes sent, the sockets read ${readTotal}`);
 
     // Many events of every size around the threshold, in order and intact on both sockets.
     const sent = [];

@@ -143,7 +143,10 @@ impl Metrics {
             frames_in: counter("wsgw_received_frames_total", "Frames received from clients"),
             frames_out: counter("wsgw_sent_frames_total", "Frames written to clients"),
             bytes_in: counter("wsgw_received_bytes_total", "Bytes received from clients"),
-            bytes_out: counter("wsgw_sent_bytes_total", "Bytes written to clients"),
+            bytes_out: counter(
+                "wsgw_sent_bytes_total",
+                "Bytes of frames written to clients, as on the wire (compressed where negotiated)",
+            ),
             publishes: counter_vec("wsgw_publishes_total", "Durable publishes, by source", &["source"]),
             delivery_latency: reg(
                 &registry,

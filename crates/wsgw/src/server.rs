@@ -223,6 +223,7 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
                 c.close_with(OutFrame::control(err.to_json()), CloseCode::TokenExpired);
                 continue;
             }
+            c.release_idle_queue();
             if let Some(p) = &ping
                 && c.push_control(p.clone()) == crate::hub::Push::Overflow
             {

@@ -36,8 +36,9 @@ pub enum Push {
     /// Queued into an empty queue without waking the socket's task (the caller asked to
     /// defer): the caller must flush the connection, or wake its task with `wake_writer`.
     Waiting,
-    /// Written to the socket at once, whole.
-    Sent,
+    /// Written to the socket at once, whole: this many bytes on the wire (header and payload,
+    /// compressed if the socket negotiated compression).
+    Sent(usize),
     /// Already sent or queued (same or older event id): dropped on purpose.
     Duplicate,
     /// The queue was full: the connection is now closing with 4008.
@@ -432,7 +433,7 @@ impl Connection {
             let total = header.as_bytes().len() + payload.len();
             let bufs = [IoSlice::new(header.as_bytes()), IoSlice::new(payload)];
             match tcp.try_write_vectored(&bufs) {
-                Ok(n) if n == total => return Push::Sent,
+                Ok(n) if n == total => return Push::Sent(total),
                 // The kernel took part of it: the task writes the rest when it can.
                 Ok(n) => ob.sent = n,
                 // Would block, or failed: the task finds out which.

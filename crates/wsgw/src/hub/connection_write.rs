@@ -21,7 +21,8 @@ use crate::ws::frame::{Header, OP_TEXT};
 pub struct Written {
     /// Frames written whole.
     pub frames: u64,
-    /// Their payload bytes.
+    /// Their bytes on the wire (headers and payloads, compressed where the socket negotiated
+    /// compression).
     pub bytes: u64,
     /// Publish times (µs) of the events among them.
     pub stamps: Vec<u64>,
@@ -80,6 +81,16 @@ impl Connection {
         self.outbox.lock().wire = Some(tcp);
     }
 
+    /// Gives an empty queue's memory back, so an idle socket keeps none (its next frame is
+    /// usually written without it). The node-wide tick calls this: a busy socket keeps its
+    /// queue between flushes instead of allocating it for every frame.
+    pub fn release_idle_queue(&self) {
+        let mut ob = self.outbox.lock();
+        if ob.queue.is_empty() && ob.queue.capacity() > 0 && !ob.writing {
+            ob.queue = VecDeque::new();
+        }
+    }
+
     /// Ends direct writes (the session is ending) and lets the socket go.
     pub fn detach(&self) {
         self.outbox.lock().wire = None;
@@ -108,11 +119,8 @@ impl Connection {
                 if ob.queue.is_empty() {
                     ob.replay_room = 0;
                     ob.replay_room_bytes = 0;
-                    if ob.queue.capacity() > 0 {
-                        // Everything is written: give the queue's memory back, so an idle
-                        // socket keeps none (its next frame is usually written without it).
-                        ob.queue = VecDeque::new();
-                    }
+                    // The queue keeps its memory for the next frames: the node-wide tick gives
+                    // it back once the socket is idle (`release_idle_queue`).
                     return (Flush::Done, ob.close);
                 }
                 batch.clear();
@@ -170,7 +178,7 @@ impl Connection {
                 ob.queue.pop_front();
                 ob.bytes = ob.bytes.saturating_sub(f.payload.len());
                 written.frames += 1;
-                written.bytes += f.payload.len() as u64;
+                written.bytes += len as u64;
                 if f.published_us > 0 {
                     written.stamps.push(f.published_us);
                 }

@@ -152,7 +152,7 @@ async fn direct_partial_and_queued_writes_arrive_whole_and_in_order() {
     let mut sent_directly = 0;
     for i in 1..=total {
         match conn.push(numbered(i), "t", false) {
-            Push::Sent => sent_directly += 1,
+            Push::Sent(_) => sent_directly += 1,
             Push::Queued => {}
             other => panic!("push {i}: {other:?}"),
         }
@@ -252,4 +252,27 @@ fn attached_with(tcp: Arc<TcpStream>, cap: usize) -> Arc<Connection> {
     c.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
     c.attach(tcp);
     Arc::new(c)
+}
+
+#[tokio::test]
+async fn a_busy_socket_keeps_its_queue_between_flushes_and_the_tick_gives_an_idle_ones_back() {
+    let (server, client) = pair().await;
+    let tcp = Arc::new(server);
+    let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100, None);
+    conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+    conn.attach(tcp);
+    let capacity = || conn.outbox.lock().queue.capacity();
+    for i in 1..=3 {
+        assert_eq!(conn.offer(numbered(i), "t", false, false, false), Push::Queued);
+    }
+    assert_eq!(conn.flush(&mut Written::default()).0, Flush::Done);
+    assert!(capacity() > 0, "the queue's memory stays for the next frames");
+    assert_eq!(conn.offer(numbered(4), "t", false, false, false), Push::Queued);
+    conn.release_idle_queue();
+    assert!(capacity() > 0, "a queue with frames in it is kept");
+    assert_eq!(conn.flush(&mut Written::default()).0, Flush::Done);
+    conn.release_idle_queue();
+    assert_eq!(capacity(), 0, "an idle socket keeps no queue memory");
+    let frames = read_frames(client, 5).await;
+    assert_eq!(frames.len(), 5, "the welcome and the four frames");
 }

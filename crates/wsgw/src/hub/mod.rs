@@ -40,6 +40,8 @@ struct Tally {
     offered: usize,
     delivered: usize,
     sent: u64,
+    /// Bytes on the wire of the frames written at once.
+    sent_bytes: u64,
     /// With per-core runtimes: by core, the sockets it queued for without waking their tasks.
     waiting: Vec<FlushBatch>,
 }
@@ -370,7 +372,7 @@ impl Hub {
         if tally.sent > 0 {
             let m = &self.metrics;
             m.frames_out.inc_by(tally.sent);
-            m.bytes_out.inc_by(tally.sent * frame.payload.len() as u64);
+            m.bytes_out.inc_by(tally.sent_bytes);
             if frame.published_us > 0 {
                 let latency = now_us().saturating_sub(frame.published_us) as f64 / 1e6;
                 let local = m.delivery_latency.local();
@@ -407,9 +409,10 @@ impl Hub {
                 }
                 delivered.waiting[core].push(c.clone());
             }
-            Push::Sent => {
+            Push::Sent(bytes) => {
                 delivered.delivered += 1;
                 delivered.sent += 1;
+                delivered.sent_bytes += bytes as u64;
             }
             Push::Overflow => self.metrics.slow_consumers.inc(),
             Push::Duplicate | Push::Closed => {}
