@@ -38,59 +38,6 @@ async fn writer(conn: Arc<Connection>, tcp: Arc<TcpStream>, done: Arc<std::sync:
     }
 }
 
-/// A core's flusher (`WSGW_RUNTIME=per_core`): frames queued without waking the socket's task
-/// (`Push::Waiting`) and written by the fan-out side's flushes, while the socket's own task
-/// flushes too whenever it is woken. The two never write at once (`Busy`), so the frames arrive
-/// whole and in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_core_flusher_and_the_sockets_task_never_interleave_frames() {
-    let (server, client) = pair().await;
-    let tcp = Arc::new(server);
-    let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100_000, None);
-    conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
-    conn.attach(tcp.clone());
-    let conn = Arc::new(conn);
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = tokio::spawn(writer(conn.clone(), tcp, done.clone()));
-    let total = 3000u64;
-    let reader = tokio::spawn(read_frames(client, total as usize + 1));
-    let mut waiting = 0;
-    for i in 1..=total {
-        match conn.offer(numbered(i), "t", false, false, true) {
-            Push::Waiting => {
-                waiting += 1;
-                match conn.flush(&mut Written::default()).0 {
-                    Flush::Done | Flush::Busy => {}
-                    Flush::Blocked | Flush::Failed => conn.wake_writer(),
-                }
-            }
-            Push::Queued => {}
-            other => panic!("offer {i}: {other:?}"),
-        }
-        if i % 7 == 0 {
-            // The socket's task flushes at the same time as this side.
-            conn.wake_writer();
-        }
-        if i % 100 == 0 {
-            tokio::task::yield_now().await;
-        }
-        if i > total / 2 && i % 10 == 0 {
-            // The second half more slowly: the queue drains, and offers find it empty.
-            drained(&conn).await;
-        }
-    }
-    done.store(true, Ordering::Release);
-    conn.wake_writer();
-    w.await.unwrap();
-    let frames = reader.await.unwrap();
-    assert_eq!(frames.len() as u64, total + 1);
-    for (i, f) in frames[1..].iter().enumerate() {
-        let want = numbered(i as u64 + 1);
-        assert_eq!(&f[1..], &want.payload[..], "frame {}", i + 1);
-    }
-    assert!(waiting > 0, "frames were queued for this side to flush");
-}
-
 /// Reads server frames until EOF or `want` payloads: returns their payloads.
 async fn read_frames(mut client: TcpStream, want: usize) -> Vec<Vec<u8>> {
     let mut buf = Vec::new();
@@ -137,18 +84,53 @@ fn numbered(i: u64) -> OutFrame {
     OutFrame::event(format!("{i}:{pad}"), EventId::new(i, 0), 0)
 }
 
+/// A connection over loopback with its socket's task (`writer`) and a reader of what arrives.
+struct Rig {
+    conn: Arc<Connection>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    writer: tokio::task::JoinHandle<()>,
+    reader: tokio::task::JoinHandle<Vec<Vec<u8>>>,
+}
+
+impl Rig {
+    /// Welcomed and attached; the reader waits for the welcome and `total` frames.
+    async fn start(total: u64) -> Rig {
+        let (server, client) = pair().await;
+        let tcp = Arc::new(server);
+        let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100_000, None);
+        conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+        conn.attach(tcp.clone());
+        let conn = Arc::new(conn);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        Rig {
+            writer: tokio::spawn(writer(conn.clone(), tcp, done.clone())),
+            reader: tokio::spawn(read_frames(client, total as usize + 1)),
+            conn,
+            done,
+        }
+    }
+
+    /// Lets the task finish, then checks the welcome and `numbered(1..=total)`, whole and in
+    /// order.
+    async fn all_arrived_in_order(self, total: u64) {
+        self.done.store(true, Ordering::Release);
+        self.conn.wake_writer();
+        self.writer.await.unwrap();
+        let frames = self.reader.await.unwrap();
+        assert_eq!(frames.len() as u64, total + 1);
+        assert_eq!(frames[0], [&[OP_TEXT][..], b"w"].concat(), "the welcome first");
+        for (i, f) in frames[1..].iter().enumerate() {
+            let want = numbered(i as u64 + 1);
+            assert_eq!(&f[1..], &want.payload[..], "frame {}", i + 1);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_partial_and_queued_writes_arrive_whole_and_in_order() {
-    let (server, client) = pair().await;
-    let tcp = Arc::new(server);
-    let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100_000, None);
-    conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
-    conn.attach(tcp.clone());
-    let conn = Arc::new(conn);
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = tokio::spawn(writer(conn.clone(), tcp, done.clone()));
     let total = 3000u64;
-    let reader = tokio::spawn(read_frames(client, total as usize + 1));
+    let rig = Rig::start(total).await;
+    let conn = rig.conn.clone();
     let mut sent_directly = 0;
     for i in 1..=total {
         match conn.push(numbered(i), "t", false) {
@@ -164,18 +146,47 @@ async fn direct_partial_and_queued_writes_arrive_whole_and_in_order() {
             drained(&conn).await;
         }
     }
-    done.store(true, Ordering::Release);
-    conn.wake.notify_one();
-    w.await.unwrap();
-    let frames = reader.await.unwrap();
-    assert_eq!(frames.len() as u64, total + 1);
-    assert_eq!(frames[0], [&[OP_TEXT][..], b"w"].concat(), "the welcome first");
-    for (i, f) in frames[1..].iter().enumerate() {
-        let want = numbered(i as u64 + 1);
-        assert_eq!(&f[1..], &want.payload[..], "frame {}", i + 1);
-    }
+    rig.all_arrived_in_order(total).await;
     assert!(sent_directly > 0, "some frames went straight to the socket");
     assert!(sent_directly < total, "some frames waited in the queue");
+}
+
+/// A core's flusher (`WSGW_RUNTIME=per_core`): frames queued without waking the socket's task
+/// (`Push::Waiting`) and written by the fan-out side's flushes, while the socket's own task
+/// flushes too whenever it is woken. The two never write at once (`Busy`), so the frames arrive
+/// whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_flusher_and_the_sockets_task_never_interleave_frames() {
+    let total = 3000u64;
+    let rig = Rig::start(total).await;
+    let conn = rig.conn.clone();
+    let mut waiting = 0;
+    for i in 1..=total {
+        match conn.offer(numbered(i), "t", false, false, true) {
+            Push::Waiting => {
+                waiting += 1;
+                match conn.flush(&mut Written::default()).0 {
+                    Flush::Done | Flush::Busy => {}
+                    Flush::Blocked | Flush::Failed => conn.wake_writer(),
+                }
+            }
+            Push::Queued => {}
+            other => panic!("offer {i}: {other:?}"),
+        }
+        if i % 7 == 0 {
+            // The socket's task flushes at the same time as this side.
+            conn.wake_writer();
+        }
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+        if i > total / 2 && i % 10 == 0 {
+            // The second half more slowly: the queue drains, and offers find it empty.
+            drained(&conn).await;
+        }
+    }
+    rig.all_arrived_in_order(total).await;
+    assert!(waiting > 0, "frames were queued for this side to flush");
 }
 
 /// Waits (with a deadline) until nothing is queued.
