@@ -37,7 +37,9 @@ impl Hub {
         self.flushers.get().is_some()
     }
 
-    /// Hands what one fan-out queued (`waiting[core]`) to each core's flusher.
+    /// Hands what one fan-out queued (`waiting[core]`) to each core's flusher. The channels are
+    /// unbounded, but bounded in effect: a socket is sent only when a frame lands in its empty
+    /// queue, so a lagging flusher holds about one entry per socket at most.
     pub(super) fn hand_to_cores(&self, waiting: Vec<FlushBatch>) {
         let Some(flushers) = self.flushers.get() else {
             waiting.iter().flatten().for_each(|c| c.wake_writer());
