@@ -283,6 +283,19 @@ async fn torture_exactness_under_chaos() {
         std::fs::write(&path, text.join("\n")).unwrap();
         println!("    {}'s whole log: {}", logs[i].name, path.display());
     }
+    // The fences must follow every client's last action and its answer (see
+    // `Sim::claim_action`); a subscribe or unsubscribe after them would make `stalled` a fault of this harness, not the gateway's.
+    for log in &logs {
+        let late = log
+            .entries
+            .iter()
+            .find(|e| e.t_us > final_at_us && matches!(e.rec, Rec::Subscribe { .. } | Rec::Unsubscribe { .. }));
+        assert!(
+            late.is_none(),
+            "harness: {} acted after the fence events: {late:?}",
+            log.name
+        );
+    }
     let reconnects: usize = logs
         .iter()
         .map(|l| {

@@ -140,6 +140,20 @@ impl Sim {
         p.subs = self.subs.iter().cloned().collect();
     }
 
+    /// Marks the client busy before an action, unless the drain has begun. Checked and set
+    /// under the progress lock, which the drain reads after raising `quiesce`: either the drain
+    /// sees this client busy (and waits for the answer), or the client sees `quiesce` and does
+    /// not act. Without it an action decided just before the drain began could race the fence
+    /// events (a pattern's snapshot taken after a fence legitimately leaves the fence out).
+    fn claim_action(&self) -> bool {
+        let mut p = self.progress.lock().unwrap();
+        if self.shared.quiesce.load(Ordering::Acquire) {
+            return false;
+        }
+        p.busy = true;
+        true
+    }
+
     /// Runs until the shared stop flag; returns the log.
     pub async fn run(mut self) -> ClientLog {
         // A few subscriptions to start with.
@@ -316,8 +330,12 @@ impl Sim {
                 },
                 _ = tokio::time::sleep_until(next_action), if can_act => {
                     next_action = Instant::now() + Duration::from_millis(50 + self.rng.below(450));
-                    if let Some(end) = self.act(ws).await {
-                        return end;
+                    if self.claim_action() {
+                        if let Some(end) = self.act(ws).await {
+                            // Still marked busy: the session's end publishes the progress.
+                            return end;
+                        }
+                        self.publish_progress(true);
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
