@@ -2,6 +2,11 @@
 # scripts/cluster.sh: a local wsgw cluster in one command, no docker.
 #
 #   scripts/cluster.sh start [N]   Redis + N gateway nodes (default 2) + nginx with TLS
+#   scripts/cluster.sh start 0 --redis-cluster P
+#                                  a Redis Cluster only: P primaries (3 or more), one replica
+#                                  each, the wsgw Function on every primary; prints the
+#                                  primaries' redis:// seed URLs (see scripts/lib/redis-cluster.sh).
+#                                  Gateway nodes cannot use a Redis Cluster yet (issue #14).
 #   scripts/cluster.sh stop        stop exactly what `start` started (by recorded PIDs)
 #   scripts/cluster.sh status      each recorded process with its pid and alive/dead
 #
@@ -44,6 +49,8 @@ LOGS=$RUN/logs
 NGINX_PREFIX=$RUN/nginx
 TEMPLATE=$ROOT/deploy/nginx/nginx.conf.template
 MAX_NODES=32
+# shellcheck source=scripts/lib/redis-cluster.sh
+source "$ROOT/scripts/lib/redis-cluster.sh"
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() {
@@ -51,7 +58,7 @@ die() {
     exit 1
 }
 usage() {
-    printf 'usage: %s start [N] | stop | status\n' "$0" >&2
+    printf 'usage: %s start [N] | start 0 --redis-cluster P | stop | status\n' "$0" >&2
     exit 2
 }
 
@@ -85,10 +92,13 @@ read_record() {
     [[ ${REC_PID:-} =~ ^[0-9]+$ ]] || return 1
 }
 
-# Record names in start order: redis, redis-replica, sentinel-1..3, gw-1..gw-N (numeric
-# order), nginx.
+# Record names in start order: redis-c1..redis-cN (a Redis Cluster), redis, redis-replica,
+# sentinel-1..3, gw-1..gw-N (numeric order), nginx.
 record_names() {
     local f names=() nodes=()
+    for ((f = 1; f <= 2 * MAX_NODES; f++)); do
+        [[ -f $PIDS/redis-c$f.pid ]] && names+=("redis-c$f")
+    done
     [[ -f $PIDS/redis.pid ]] && names+=(redis)
     [[ -f $PIDS/redis-replica.pid ]] && names+=(redis-replica)
     for f in 1 2 3; do [[ -f $PIDS/sentinel-$f.pid ]] && names+=("sentinel-$f"); done
@@ -163,7 +173,9 @@ do_stop() {
 
     # 4. Redis last (Sentinels first, so they do not fail over a primary being stopped), so
     #    the nodes could still delete their presence keys while draining.
-    for name in sentinel-1 sentinel-2 sentinel-3 redis-replica redis; do
+    local redis_names=(sentinel-1 sentinel-2 sentinel-3 redis-replica redis)
+    for name in "${names[@]}"; do [[ $name == redis-c* ]] && redis_names+=("$name"); done
+    for name in "${redis_names[@]}"; do
         if read_record "$name" && alive "$REC_PID" "$REC_EXE"; then
             log "$name (pid $REC_PID): SIGTERM"
             kill -TERM "$REC_PID" 2>/dev/null || true
@@ -456,7 +468,15 @@ on_start_exit() {
 }
 
 do_start() {
-    local n=${1:-2} i name port
+    local n=${1:-2} redis_cluster=${2:-} i name port
+    if [[ -n $redis_cluster ]]; then
+        if ! [[ $redis_cluster =~ ^[0-9]+$ ]] || ((redis_cluster < 3 || redis_cluster > 16)); then
+            die "--redis-cluster takes the number of primaries, 3 to 16, got '$redis_cluster'"
+        fi
+        [[ $n == 0 ]] || die "gateway nodes cannot use a Redis Cluster yet (issue #14): run 'start 0 --redis-cluster $redis_cluster'"
+        start_redis_cluster_only "$redis_cluster"
+        return
+    fi
     if ! [[ $n =~ ^[1-9][0-9]?$ ]] || ((n > MAX_NODES)); then
         die "N must be a number from 1 to $MAX_NODES, got '$n'"
     fi
@@ -545,10 +565,39 @@ do_start() {
     done
 }
 
+# start_redis_cluster_only P: `start 0 --redis-cluster P`.
+start_redis_cluster_only() {
+    mkdir -p "$PIDS" "$LOGS"
+    if any_alive; then
+        log "a cluster from $RUN is still running:"
+        do_status >&2 || true
+        die "run 'scripts/cluster.sh stop' first"
+    fi
+    rm -f "$PIDS"/*.pid "$RUN/cluster.json" "$RUN/cluster.env"
+    rm -rf "$RUN/redis-cluster"
+    ensure_tools
+    REDIS_EXE=$(readlink -f "$(command -v redis-server)")
+    trap on_start_exit EXIT
+    trap 'exit 130' INT TERM
+    start_redis_cluster "$1"
+    write_redis_cluster_state
+    STARTED=1
+    trap - EXIT INT TERM
+    log "Redis Cluster up: $1 primaries, $1 replicas; details in $RUN/cluster.json; stop with scripts/cluster.sh stop"
+    local port
+    for port in "${RC_PRIMARIES[@]}"; do
+        printf 'redis://127.0.0.1:%s\n' "$port"
+    done
+}
+
 case ${1:-} in
 start)
-    (($# <= 2)) || usage
-    do_start "${2:-2}"
+    if (($# == 4)) && [[ $3 == --redis-cluster ]]; then
+        do_start "$2" "$4"
+    else
+        (($# <= 2)) || usage
+        do_start "${2:-2}"
+    fi
     ;;
 stop)
     (($# == 1)) || usage

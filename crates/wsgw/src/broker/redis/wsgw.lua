@@ -22,6 +22,14 @@
 -- publishes nothing and returns that first id. The check and the record happen in this one
 -- call, so two racing retries cannot both store. The key is shared with the gateways' HTTP
 -- API (the Idempotency-Key header), which calls this Function.
+--
+-- Redis Cluster (docs/backends.md, "Publishing into a Redis Cluster"): a channel belongs to
+-- id-shard s = CRC-32 (IEEE, as zlib's crc32) of its name, modulo 16, and its keys carry the
+-- hash tag {s}: FCALL wsgw_publish 2 <prefix>{s}seq <prefix>{s}history:<channel> ... Every key
+-- the call touches then has that tag, so it runs on the one primary holding the shard. Each
+-- shard has its own sequence; ids name their shard (<s>~<ms>-<seq>), the event is published
+-- with SPUBLISH on <prefix>{s}<channel>, and keys whose tag is not the channel's shard are
+-- refused. Config, epoch and idempotency keys are per shard too.
 
 local function valid_channel(c)
   return #c >= 1 and #c <= 256 and not string.find(c, '[^%w_%.:@=/%-]')
@@ -100,6 +108,39 @@ local function int_arg(v, min)
   return n
 end
 
+-- Redis Cluster: how many id-shards channels are spread over (docs/scaling.md).
+local ID_SHARDS = 16
+
+-- CRC-32 (IEEE 802.3, reflected, as zlib's crc32), for a channel's id-shard. The table is
+-- built on first use: the `bit` library is not available while a library loads.
+local CRC_TABLE = nil
+
+local function crc32(s)
+  if not CRC_TABLE then
+    CRC_TABLE = {}
+    for i = 0, 255 do
+      local c = i
+      for _ = 1, 8 do
+        if bit.band(c, 1) == 1 then
+          c = bit.bxor(bit.rshift(c, 1), 0xEDB88320)
+        else
+          c = bit.rshift(c, 1)
+        end
+      end
+      CRC_TABLE[i] = c
+    end
+  end
+  local c = bit.bnot(0)
+  for i = 1, #s do
+    c = bit.bxor(bit.rshift(c, 8), CRC_TABLE[bit.band(bit.bxor(c, string.byte(s, i)), 0xFF)])
+  end
+  c = bit.bnot(c)
+  if c < 0 then
+    c = c + 4294967296
+  end
+  return c
+end
+
 local function id_newer(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b or '', '^(%d+)-(%d+)$')
@@ -135,6 +176,16 @@ local function publish(keys, args)
   end
   if hist_key ~= prefix .. 'history:' .. channel then
     return redis.error_reply('ERR wsgw_publish: second key must be ' .. prefix .. 'history:' .. channel)
+  end
+  -- Redis Cluster: the prefix ends with the channel's id-shard tag, {s}.
+  local shard = string.match(prefix, '{(%d+)}$')
+  if shard then
+    local want = crc32(channel) % ID_SHARDS
+    if tonumber(shard) ~= want or shard ~= tostring(want) then
+      local base = string.sub(prefix, 1, #prefix - #shard - 2)
+      return redis.error_reply('ERR wsgw_publish: channel ' .. channel .. ' is in id-shard ' .. want
+        .. '; keys must be ' .. base .. '{' .. want .. '}seq ' .. base .. '{' .. want .. '}history:' .. channel)
+    end
   end
   if #event < 1 or #event > 128 then
     return redis.error_reply('ERR wsgw_publish: event must be 1..128 bytes')
@@ -188,11 +239,16 @@ local function publish(keys, args)
   end
   local id = string.format('%d-%d', ms, seq)
   redis.call('SET', seq_key, id)
+  -- What clients see: in a cluster the id names its shard.
+  local event_id = id
+  if shard then
+    event_id = shard .. '~' .. id
+  end
   if idem_key then
-    redis.call('SET', idem_key, id, 'PX', IDEMPOTENCY_TTL_MS)
+    redis.call('SET', idem_key, event_id, 'PX', IDEMPOTENCY_TTL_MS)
   end
 
-  local frame = '{"type":"event","event_id":"' .. id .. '","channel":' .. cjson.encode(channel)
+  local frame = '{"type":"event","event_id":"' .. event_id .. '","channel":' .. cjson.encode(channel)
     .. ',"event":' .. cjson.encode(event) .. ',"data":' .. data .. ',"ts":' .. string.format('%d', ms) .. '}'
 
   local meta_key = prefix .. 'meta:' .. channel
@@ -223,8 +279,12 @@ local function publish(keys, args)
   if exclude ~= '' then
     payload = '#x:' .. exclude .. '\n' .. frame
   end
-  redis.call('PUBLISH', prefix .. channel, payload)
-  return id
+  if shard then
+    redis.call('SPUBLISH', prefix .. channel, payload)
+  else
+    redis.call('PUBLISH', prefix .. channel, payload)
+  end
+  return event_id
 end
 
 redis.register_function('wsgw_publish', publish)

@@ -1,0 +1,433 @@
+//! Publishing into a real Redis Cluster: 3 primaries with one replica each, started by
+//! `scripts/cluster.sh start 0 --redis-cluster 3`. Checks the topology and the Function on every
+//! node, then the backend rule of docs/backends.md ("Publishing into a Redis Cluster") with its
+//! redis-cli, Python and Node snippets: each event lands in its channel's id-shard (id
+//! `<shard>~<ms>-<seq>`, history stream and sharded pub/sub channel with the shard's hash tag, on
+//! the primary holding it), shards spread over all 3 primaries, ids rise within a shard, and
+//! keys of another shard are refused with nothing stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use redis::{AsyncCommands, PushKind, Value as RedisValue};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A Redis Cluster started by scripts/cluster.sh in its own run directory; stopped on drop.
+struct RedisCluster {
+    run: PathBuf,
+    seeds: Vec<String>,
+    primaries: Vec<u16>,
+    replicas: Vec<u16>,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let run = std::env::temp_dir().join(format!("wsgw-redis-cluster-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        let out = Command::new(root().join("scripts/cluster.sh"))
+            .args(["start", "0", "--redis-cluster", "3"])
+            .env("WSGW_RUN_DIR", &run)
+            .output()
+            .expect("scripts/cluster.sh runs");
+        let printed = String::from_utf8_lossy(&out.stdout).to_string();
+        // Made first, so that a failed check below still stops what was started.
+        let mut cluster = RedisCluster {
+            run: run.clone(),
+            seeds: Vec::new(),
+            primaries: Vec::new(),
+            replicas: Vec::new(),
+        };
+        assert!(
+            out.status.success(),
+            "cluster.sh start 0 --redis-cluster 3 failed:\n{printed}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let state: Value = serde_json::from_str(&std::fs::read_to_string(run.join("cluster.json")).unwrap()).unwrap();
+        let rc = &state["redis_cluster"];
+        let ports = |k: &str| -> Vec<u16> {
+            rc[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["port"].as_u64().unwrap() as u16)
+                .collect()
+        };
+        cluster.seeds = rc["seeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        cluster.primaries = ports("primaries");
+        cluster.replicas = ports("replicas");
+        assert_eq!(
+            printed.lines().collect::<Vec<_>>(),
+            cluster.seeds.iter().map(String::as_str).collect::<Vec<_>>(),
+            "stdout is the seed URLs, one per line"
+        );
+        cluster
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/cluster.sh"))
+            .arg("stop")
+            .env("WSGW_RUN_DIR", &self.run)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.run);
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The id-shard of a channel: CRC-32 (IEEE) of its name, modulo 16.
+fn shard_of(channel: &str) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(channel.as_bytes());
+    crc.sum() % 16
+}
+
+/// Which primary (port) holds `key`, from `CLUSTER KEYSLOT` and `CLUSTER NODES`.
+fn owner(cluster: &RedisCluster, key: &str) -> u16 {
+    let port = cluster.primaries[0];
+    let slot: u16 = redis_cli(port, &["CLUSTER", "KEYSLOT", key]).parse().unwrap();
+    for line in redis_cli(port, &["CLUSTER", "NODES"]).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if !f[2].contains("master") {
+            continue;
+        }
+        let holds = f[8..].iter().any(|r| {
+            let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+        });
+        if holds {
+            return f[1].split([':', '@']).nth(1).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no primary holds slot {slot}");
+}
+
+const REDIS_CLI_SNIPPET: &str =
+    r#"redis-cli -c FCALL wsgw_publish 2 'ws:{6}seq' 'ws:{6}history:user:42' user:42 note '{"text":"hello"}'"#;
+
+const PYTHON_SNIPPET: &str = r#"import json
+import os
+import zlib
+
+from redis.cluster import RedisCluster
+
+
+def wsgw_keys(channel, prefix='ws:'):
+    shard = zlib.crc32(channel.encode()) % 16
+    return [f'{prefix}{{{shard}}}seq', f'{prefix}{{{shard}}}history:{channel}']
+
+
+r = RedisCluster.from_url(os.environ.get('REDIS_CLUSTER_URL', 'redis://localhost:7000'))
+event_id = r.fcall('wsgw_publish', 2, *wsgw_keys('user:42'), 'user:42', 'note', json.dumps({"text": "hello"}))
+print(event_id.decode())"#;
+
+const NODE_SNIPPET: &str = r#"const { createCluster } = require('redis');
+const { crc32 } = require('node:zlib');
+
+function wsgwKeys(channel, prefix = 'ws:') {
+  const shard = crc32(channel) % 16;
+  return [`${prefix}{${shard}}seq`, `${prefix}{${shard}}history:${channel}`];
+}
+
+async function main() {
+  const cluster = createCluster({ rootNodes: [{ url: process.env.REDIS_CLUSTER_URL || 'redis://localhost:7000' }] });
+  await cluster.connect();
+  const eventId = await cluster.fCall('wsgw_publish', {
+    keys: wsgwKeys('user:42'),
+    arguments: ['user:42', 'note', JSON.stringify({ text: 'hello' })],
+  });
+  console.log(eventId);
+  await cluster.quit();
+}
+
+main();"#;
+
+fn run(program: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap_or_else(|e| panic!("{program} runs: {e}"))
+}
+
+fn stdout_of(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn write_temp(ext: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("wsgw-cluster-snippet-{}.{ext}", std::process::id()));
+    std::fs::write(&path, format!("{text}\n")).unwrap();
+    path
+}
+
+/// Where node-redis is installed, if anywhere: globally, or by `scripts/bench-uws.sh`.
+fn node_path() -> Option<String> {
+    let local = root().join("loadtest/peers/uws/node_modules");
+    [None, Some(local.display().to_string())].into_iter().find_map(|p| {
+        let mut env = Vec::new();
+        if let Some(p) = &p {
+            env.push(("NODE_PATH", p.clone()));
+        }
+        run("node", &["-e", "require('redis')"], &env)
+            .status
+            .success()
+            .then(|| p.unwrap_or_default())
+    })
+}
+
+/// Every sharded pub/sub message until `want` arrived or 10 s passed, by channel.
+async fn collect(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    want: usize,
+) -> BTreeMap<String, Vec<String>> {
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.values().map(Vec::len).sum::<usize>() < want {
+        let Ok(Some(push)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            break;
+        };
+        if push.kind != PushKind::SMessage {
+            continue;
+        }
+        let text = |v: &RedisValue| match v {
+            RedisValue::BulkString(b) => String::from_utf8_lossy(b).to_string(),
+            other => format!("{other:?}"),
+        };
+        got.entry(text(&push.data[0])).or_default().push(text(&push.data[1]));
+    }
+    got
+}
+
+/// The `event_id` of each frame.
+fn ids_of(frames: &[String]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| {
+            serde_json::from_str::<Value>(f).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
+    let doc = std::fs::read_to_string(root().join("docs/backends.md")).unwrap();
+    for (name, snippet) in [
+        ("redis-cli", REDIS_CLI_SNIPPET),
+        ("python", PYTHON_SNIPPET),
+        ("node", NODE_SNIPPET),
+    ] {
+        assert!(
+            doc.contains(snippet),
+            "docs/backends.md no longer contains the {name} snippet:\n{snippet}"
+        );
+    }
+    assert!(
+        doc.contains("### Publishing into a Redis Cluster"),
+        "the section's heading"
+    );
+
+    let cluster = RedisCluster::start();
+
+    // 3 primaries, each with one replica, and the Function on all 6.
+    assert_eq!((cluster.primaries.len(), cluster.replicas.len()), (3, 3));
+    let nodes = redis_cli(cluster.primaries[0], &["CLUSTER", "NODES"]);
+    for r in &cluster.replicas {
+        let line = nodes
+            .lines()
+            .find(|l| l.contains(&format!(":{r}@")))
+            .expect("replica listed");
+        let master = line.split_whitespace().nth(3).unwrap();
+        let primary = nodes
+            .lines()
+            .find(|l| l.starts_with(master))
+            .expect("its primary is listed");
+        assert!(primary.contains("master"), "replica {r} follows a primary: {primary}");
+    }
+    for port in cluster.primaries.iter().chain(&cluster.replicas) {
+        let libs = redis_cli(*port, &["FUNCTION", "LIST", "LIBRARYNAME", "wsgw"]);
+        assert!(
+            libs.contains("wsgw_publish"),
+            "the Function on 127.0.0.1:{port}: {libs}"
+        );
+    }
+
+    // One channel per primary (shards are spread over all three), plus user:42 of the snippets.
+    let mut by_primary: BTreeMap<u16, String> = BTreeMap::new();
+    for i in 0..200 {
+        let ch = format!("room:{i}");
+        let tag = format!("{{{}}}", shard_of(&ch));
+        by_primary.entry(owner(&cluster, &tag)).or_insert(ch);
+    }
+    assert_eq!(
+        by_primary.len(),
+        3,
+        "the 16 id-shards cover all 3 primaries: {by_primary:?}"
+    );
+    let mut channels: Vec<String> = by_primary.values().cloned().collect();
+    channels.push("user:42".into());
+
+    // A subscriber on each channel's sharded pub/sub channel, through the cluster.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = redis::cluster::ClusterClientBuilder::new(cluster.seeds.clone())
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(tx)
+        .build()
+        .unwrap();
+    let mut sub = client.get_async_connection().await.expect("cluster connection");
+    for ch in &channels {
+        let s = shard_of(ch);
+        sub.ssubscribe(format!("ws:{{{s}}}{ch}")).await.expect("SSUBSCRIBE");
+    }
+    let mut conn = client.get_async_connection().await.unwrap();
+
+    // 5 events on each channel, through the cluster connection: ids of the channel's shard,
+    // rising, each in the shard's history stream on the primary that holds the shard.
+    let mut published: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for round in 0..5 {
+        for ch in &channels {
+            let s = shard_of(ch);
+            let id: String = redis::cmd("FCALL")
+                .arg("wsgw_publish")
+                .arg(2)
+                .arg(format!("ws:{{{s}}}seq"))
+                .arg(format!("ws:{{{s}}}history:{ch}"))
+                .arg(ch)
+                .arg("tick")
+                .arg(format!("{{\"round\":{round}}}"))
+                .query_async(&mut conn)
+                .await
+                .expect("FCALL wsgw_publish");
+            published.entry(ch.clone()).or_default().push(id);
+        }
+    }
+    for (ch, ids) in &published {
+        let s = shard_of(ch);
+        let parsed: Vec<(u64, u64)> = ids
+            .iter()
+            .map(|id| {
+                let (shard, rest) = id.split_once('~').unwrap_or_else(|| panic!("{id} names no shard"));
+                assert_eq!(shard, s.to_string(), "{ch}: id {id} names shard {s}");
+                let (ms, seq) = rest.split_once('-').unwrap();
+                (ms.parse().unwrap(), seq.parse().unwrap())
+            })
+            .collect();
+        assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{ch}: ids rise: {ids:?}");
+        let key = format!("ws:{{{s}}}history:{ch}");
+        let held = owner(&cluster, &key);
+        let stream = redis_cli(held, &["XRANGE", &key, "-", "+"]);
+        for id in ids {
+            let plain = id.split_once('~').unwrap().1;
+            assert!(
+                stream.contains(plain),
+                "{key} on 127.0.0.1:{held} holds {plain}: {stream}"
+            );
+            assert!(
+                stream.contains(&format!("\"event_id\":\"{id}\"")),
+                "the stored frame carries {id}"
+            );
+        }
+    }
+    let got = collect(&mut rx, channels.len() * 5).await;
+    for (ch, ids) in &published {
+        let s = shard_of(ch);
+        let frames = got.get(&format!("ws:{{{s}}}{ch}")).cloned().unwrap_or_default();
+        assert_eq!(
+            &ids_of(&frames),
+            ids,
+            "{ch}: every event once, in order, on its sharded channel"
+        );
+    }
+
+    // Keys of another shard: refused with the right ones named, nothing stored.
+    let wrong: redis::RedisResult<String> = redis::cmd("FCALL")
+        .arg("wsgw_publish")
+        .arg(2)
+        .arg("ws:{5}seq")
+        .arg("ws:{5}history:user:42")
+        .arg("user:42")
+        .arg("note")
+        .arg("{}")
+        .query_async(&mut conn)
+        .await;
+    let e = wrong.expect_err("a wrong shard is refused").to_string();
+    assert!(
+        e.contains("channel user:42 is in id-shard 6; keys must be ws:{6}seq ws:{6}history:user:42"),
+        "{e}"
+    );
+    let _: () = conn.del("ws:{5}history:user:42").await.unwrap();
+
+    // The snippets: each prints an id of shard 6 that reaches user:42's sharded channel.
+    let mut snippet_ids = Vec::new();
+    let seed_port = cluster.primaries[0];
+    let script = format!("redis-cli() {{ command redis-cli -p {seed_port} \"$@\"; }}\n{REDIS_CLI_SNIPPET}\n");
+    snippet_ids.push(stdout_of("redis-cli -c FCALL", &run("bash", &["-c", &script], &[])));
+    let env = [("REDIS_CLUSTER_URL", cluster.seeds[1].clone())];
+    if run("python3", &["-c", "from redis.cluster import RedisCluster"], &[])
+        .status
+        .success()
+    {
+        let path = write_temp("py", PYTHON_SNIPPET);
+        snippet_ids.push(stdout_of("python3", &run("python3", &[path.to_str().unwrap()], &env)));
+        let _ = std::fs::remove_file(path);
+    } else {
+        eprintln!("note: python3 has no `redis` module (pip install redis): the Python snippet was not run");
+    }
+    if let Some(node_path) = node_path() {
+        let path = write_temp("js", NODE_SNIPPET);
+        let env = [env[0].clone(), ("NODE_PATH", node_path)];
+        snippet_ids.push(stdout_of("node", &run("node", &[path.to_str().unwrap()], &env)));
+        let _ = std::fs::remove_file(path);
+    } else {
+        eprintln!("note: node cannot require('redis') (npm install redis@4): the Node snippet was not run");
+    }
+    let got = collect(&mut rx, snippet_ids.len()).await;
+    let frames = got.get("ws:{6}user:42").cloned().unwrap_or_default();
+    assert_eq!(
+        ids_of(&frames),
+        snippet_ids,
+        "each snippet's printed id, on user:42's sharded channel"
+    );
+    let distinct: BTreeSet<&String> = snippet_ids.iter().collect();
+    assert_eq!(distinct.len(), snippet_ids.len());
+    for id in &snippet_ids {
+        assert!(id.starts_with("6~"), "user:42 is in shard 6: {id}");
+        let frame: Value = serde_json::from_str(&frames[snippet_ids.iter().position(|x| x == id).unwrap()]).unwrap();
+        assert_eq!(
+            (&frame["channel"], &frame["event"], &frame["data"]),
+            (
+                &Value::from("user:42"),
+                &Value::from("note"),
+                &serde_json::json!({"text": "hello"})
+            )
+        );
+    }
+}
