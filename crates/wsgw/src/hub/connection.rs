@@ -1,10 +1,12 @@
-//! hub/connection.rs: one socket as the hub sees it: its bounded outbox, the dedup floor and
-//! replay merge that keep the exactness invariant, and the backend requests it waits on. Never
-//! awaits a socket write: an event is written straight to the socket when nothing is queued
-//! for it and the kernel takes it whole (`push`); everything else waits in the outbox, which
-//! the session's task writes out (`flush`, connection_write.rs), several frames per write. On a socket that negotiated
+//! hub/connection.rs: one socket as the hub sees it: its bounded outbox and the dedup floor
+//! that keep the exactness invariant. Never awaits a socket write: an event is written straight
+//! to the socket when nothing is queued for it and the kernel takes it whole (`push`);
+//! everything else waits in the outbox, which the session's task writes out (`flush`,
+//! connection_write.rs), several frames per write. On a socket that negotiated
 //! permessage-deflate, a large enough text frame goes compressed: its compressed bytes are
-//! computed once per window size and shared by every recipient (`Deflated`).
+//! computed once per window size and shared by every recipient (`Deflated`). A replay's merge
+//! into the live stream is in connection_replay.rs, the backend requests a socket waits on in
+//! connection_requests.rs.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -19,14 +21,6 @@ use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 use super::deflated::DeflateOut;
 pub use super::deflated::Deflated;
 use crate::time::{mono_ms, now_ms};
-
-#[derive(Debug)]
-struct PendingRequest {
-    key: String,
-    request_id: serde_json::Value,
-    deadline_ms: u64,
-    timeout_ms: u64,
-}
 
 /// What happened to a frame offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,26 +40,6 @@ pub enum Push {
     /// The connection is closing; nothing more is queued.
     Closed,
 }
-
-/// A subscribe's catch-up: the channel, and the first id it covers (`last_event_id`'s
-/// successor, or a `history` window's first event).
-#[derive(Debug, Clone, Copy)]
-pub struct CatchUp<'a> {
-    /// The channel subscribed to.
-    pub channel: &'a str,
-    /// Events of it below this id are not what the client asked for.
-    pub from: EventId,
-}
-
-/// A live frame held back while a replay is read, with what its admission needs later.
-struct Held {
-    frame: OutFrame,
-    channel: Arc<str>,
-    via_pattern: bool,
-}
-
-/// How many times its queue capacity a socket may hold back while a replay is read.
-const HELD_FACTOR: usize = 8;
 
 /// `since` of a pattern whose subscription is still being confirmed: nothing passes yet.
 pub(super) const PENDING: EventId = EventId::new(u64::MAX, u64::MAX);
@@ -321,59 +295,6 @@ impl Connection {
         self.replaced.load(Ordering::Acquire)
     }
 
-    /// Records a request sent to the backends; false when `limit` are already waiting.
-    pub fn add_pending(&self, request_id: serde_json::Value, timeout_ms: u64, limit: usize) -> bool {
-        let mut p = self.pending.lock();
-        let key = request_id.to_string();
-        p.retain(|r| r.key != key);
-        if p.len() >= limit {
-            return false;
-        }
-        p.push(PendingRequest {
-            key,
-            request_id,
-            deadline_ms: mono_ms().saturating_add(timeout_ms),
-            timeout_ms,
-        });
-        true
-    }
-
-    /// Forgets a request (e.g. it could not be sent).
-    pub fn drop_pending(&self, request_id: &serde_json::Value) {
-        let key = request_id.to_string();
-        self.pending.lock().retain(|r| r.key != key);
-    }
-
-    /// Removes and returns the requests whose backend has not answered in time.
-    pub fn expire_pending(&self, now_ms: u64) -> Vec<serde_json::Value> {
-        let mut p = self.pending.lock();
-        if p.is_empty() {
-            return Vec::new();
-        }
-        let mut expired = Vec::new();
-        p.retain(|r| {
-            if r.deadline_ms <= now_ms {
-                expired.push(r.request_id.clone());
-                false
-            } else {
-                true
-            }
-        });
-        expired
-    }
-
-    fn response_seen(&self, tag: &ResponseTag) {
-        let mut p = self.pending.lock();
-        if let Some(pos) = p.iter().position(|r| r.key == tag.key) {
-            if tag.more {
-                // A streamed answer is alive: each chunk restarts the wait for the next.
-                p[pos].deadline_ms = mono_ms().saturating_add(p[pos].timeout_ms);
-            } else {
-                p.swap_remove(pos);
-            }
-        }
-    }
-
     /// Offers a live frame published on `channel`, reaching this socket through its exact
     /// subscription or (`via_pattern`) only through patterns. Never blocks on the socket.
     pub fn push(&self, frame: OutFrame, channel: &str, via_pattern: bool) -> Push {
@@ -500,140 +421,6 @@ impl Connection {
         Push::Overflow
     }
 
-    /// Holds live frames back until [`Connection::finish_replay`] (for a subscribe with replay).
-    pub fn begin_replay(&self) {
-        let mut ob = self.outbox.lock();
-        if ob.replay.is_none() && ob.close.is_none() {
-            ob.replay = Some(Vec::new());
-            ob.subscribing = true;
-            ob.held_bytes = 0;
-        }
-    }
-
-    /// Forgets the dedup floor (a replay that was asked for could not be read: the client was
-    /// told `recovered:false`, and a floor from its `last_event_id` must not hold live events back).
-    pub fn clear_floor(&self) {
-        self.outbox.lock().floor = None;
-    }
-
-    /// Ends a replay: queues `head` (the welcome or subscribed frame), then the replayed events
-    /// merged with the live ones held meanwhile, in id order, each id once. Returns how many
-    /// replayed events were queued.
-    ///
-    /// - `replayed` is sorted by id and was read up to the broker's snapshot `position`, after
-    ///   the broker's `sync` saw every live event up to it reach the hub. So once
-    ///   merged, the floor moves to `position` and the live stream is in global order again.
-    /// - `catch_up` names the one channel of a subscribe catch-up. Its replayed events may be
-    ///   older than what the socket already has on other channels (that is the catch-up); the
-    ///   ones its patterns already brought are skipped, and held live frames of that channel
-    ///   from before the catch-up's start are dropped (the client asked to start there).
-    /// - Patterns subscribed in this replay become exact after `position`. For a subscribe
-    ///   without a catch-up (a pattern's, which only takes the snapshot), the held frames at or
-    ///   below `position` go before `head`: they came through what the socket already followed,
-    ///   so after a pattern's `subscribed` frame every event is one the pattern covers. A client
-    ///   that later drops the channel's name and keeps the pattern then keeps exactly the events
-    ///   the gateway counts as the pattern's (a catch-up skips those, and only those).
-    pub fn finish_replay(
-        &self,
-        head: impl FnOnce(u64) -> OutFrame,
-        replayed: Vec<OutFrame>,
-        position: Option<EventId>,
-        catch_up: Option<CatchUp<'_>>,
-    ) -> usize {
-        let channel = catch_up.map(|c| c.channel);
-        let mut ob = self.outbox.lock();
-        let Some(held) = ob.replay.take() else {
-            // Closed (overflow) while replaying: nothing to do.
-            return 0;
-        };
-        ob.held_bytes = 0;
-        if ob.close.is_some() {
-            return 0;
-        }
-        if let Some(s) = position {
-            // A floor above the snapshot came from a client's id the broker never issued.
-            if ob.floor.is_some_and(|f| f > s) {
-                ob.floor = Some(s);
-            }
-        }
-        let settle = position.or(ob.floor).unwrap_or_default();
-        for (_, since) in ob.patterns.iter_mut() {
-            if *since == PENDING {
-                *since = settle;
-            }
-        }
-        let before = ob.floor;
-        let covered = channel.and_then(|c| ob.covered_since(c));
-        let replayed: Vec<OutFrame> = replayed
-            .into_iter()
-            .filter(|f| {
-                let id = f.event_id.unwrap_or_default();
-                !(covered.is_some_and(|s| id > s) && before.is_some_and(|l| id <= l))
-            })
-            .collect();
-        let mut held = held.into_iter().peekable();
-        if ob.subscribing
-            && catch_up.is_none()
-            && let Some(s) = position
-        {
-            while let Some(h) = held.next_if(|h| h.frame.event_id.is_none_or(|id| id <= s)) {
-                if h.frame
-                    .event_id
-                    .is_none_or(|id| ob.admit(id, &h.channel, h.via_pattern))
-                {
-                    ob.queue.push_back(h.frame);
-                }
-            }
-        }
-        ob.queue.push_back(head(replayed.len() as u64));
-        let mut replayed = replayed.into_iter().peekable();
-        let mut sent_replayed = 0;
-        let mut last: Option<EventId> = None;
-        for h in held {
-            let Some(id) = h.frame.event_id else {
-                ob.queue.push_back(h.frame);
-                continue;
-            };
-            if !ob.admit(id, &h.channel, h.via_pattern) {
-                continue;
-            }
-            if let Some(c) = catch_up
-                && *h.channel == *c.channel
-                && id < c.from
-                && covered.is_none_or(|s| id <= s)
-            {
-                continue;
-            }
-            while let Some(r) = replayed.next_if(|r| r.event_id.is_some_and(|rid| rid <= id)) {
-                if r.event_id != Some(id) && r.event_id > last {
-                    last = r.event_id;
-                    sent_replayed += 1;
-                    ob.queue.push_back(r);
-                } else if r.event_id == Some(id) {
-                    sent_replayed += 1;
-                }
-            }
-            if Some(id) > last {
-                last = Some(id);
-                ob.queue.push_back(h.frame);
-            }
-        }
-        for r in replayed {
-            if r.event_id > last {
-                last = r.event_id;
-                sent_replayed += 1;
-                ob.queue.push_back(r);
-            }
-        }
-        ob.floor = ob.floor.max(last).max(position);
-        ob.replay_room = ob.queue.len();
-        ob.bytes = ob.queue.iter().map(|f| f.payload.len()).sum();
-        ob.replay_room_bytes = ob.bytes;
-        drop(ob);
-        self.wake.notify_one();
-        sent_replayed
-    }
-
     /// Asks the session to close the socket with `code` after what is queued (for 4008 the
     /// queue is dropped first). Returns false if it was already closing.
     pub fn close(&self, code: CloseCode) -> bool {
@@ -727,6 +514,15 @@ impl Connection {
 #[path = "out_frame.rs"]
 mod out_frame;
 pub use out_frame::{OutFrame, ResponseTag};
+
+#[path = "connection_replay.rs"]
+mod replay;
+pub use replay::CatchUp;
+use replay::{HELD_FACTOR, Held};
+
+#[path = "connection_requests.rs"]
+mod requests;
+use requests::PendingRequest;
 
 #[path = "connection_write.rs"]
 mod write;

@@ -1,0 +1,167 @@
+//! hub/connection_replay.rs: a replay merged into a connection's live stream. While a
+//! subscribe or resume reads its replay, live frames are held (`begin_replay`);
+//! `finish_replay` merges the two runs by id, each id once, and moves the dedup floor to the
+//! broker's snapshot, after which the live stream is in global order again (the invariant is
+//! stated on `Outbox` in connection.rs).
+
+use std::sync::Arc;
+
+use wsgw_protocol::EventId;
+
+use super::{Connection, OutFrame, PENDING};
+
+/// A subscribe's catch-up: the channel, and the first id it covers (`last_event_id`'s
+/// successor, or a `history` window's first event).
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUp<'a> {
+    /// The channel subscribed to.
+    pub channel: &'a str,
+    /// Events of it below this id are not what the client asked for.
+    pub from: EventId,
+}
+
+/// A live frame held back while a replay is read, with what its admission needs later.
+pub(super) struct Held {
+    pub(super) frame: OutFrame,
+    pub(super) channel: Arc<str>,
+    pub(super) via_pattern: bool,
+}
+
+/// How many times its queue capacity a socket may hold back while a replay is read.
+pub(super) const HELD_FACTOR: usize = 8;
+
+impl Connection {
+    /// Holds live frames back until [`Connection::finish_replay`] (for a subscribe with replay).
+    pub fn begin_replay(&self) {
+        let mut ob = self.outbox.lock();
+        if ob.replay.is_none() && ob.close.is_none() {
+            ob.replay = Some(Vec::new());
+            ob.subscribing = true;
+            ob.held_bytes = 0;
+        }
+    }
+
+    /// Forgets the dedup floor (a replay that was asked for could not be read: the client was
+    /// told `recovered:false`, and a floor from its `last_event_id` must not hold live events back).
+    pub fn clear_floor(&self) {
+        self.outbox.lock().floor = None;
+    }
+
+    /// Ends a replay: queues `head` (the welcome or subscribed frame), then the replayed events
+    /// merged with the live ones held meanwhile, in id order, each id once. Returns how many
+    /// replayed events were queued.
+    ///
+    /// - `replayed` is sorted by id and was read up to the broker's snapshot `position`, after
+    ///   the broker's `sync` saw every live event up to it reach the hub. So once
+    ///   merged, the floor moves to `position` and the live stream is in global order again.
+    /// - `catch_up` names the one channel of a subscribe catch-up. Its replayed events may be
+    ///   older than what the socket already has on other channels (that is the catch-up); the
+    ///   ones its patterns already brought are skipped, and held live frames of that channel
+    ///   from before the catch-up's start are dropped (the client asked to start there).
+    /// - Patterns subscribed in this replay become exact after `position`. For a subscribe
+    ///   without a catch-up (a pattern's, which only takes the snapshot), the held frames at or
+    ///   below `position` go before `head`: they came through what the socket already followed,
+    ///   so after a pattern's `subscribed` frame every event is one the pattern covers. A client
+    ///   that later drops the channel's name and keeps the pattern then keeps exactly the events
+    ///   the gateway counts as the pattern's (a catch-up skips those, and only those).
+    pub fn finish_replay(
+        &self,
+        head: impl FnOnce(u64) -> OutFrame,
+        replayed: Vec<OutFrame>,
+        position: Option<EventId>,
+        catch_up: Option<CatchUp<'_>>,
+    ) -> usize {
+        let channel = catch_up.map(|c| c.channel);
+        let mut ob = self.outbox.lock();
+        let Some(held) = ob.replay.take() else {
+            // Closed (overflow) while replaying: nothing to do.
+            return 0;
+        };
+        ob.held_bytes = 0;
+        if ob.close.is_some() {
+            return 0;
+        }
+        if let Some(s) = position {
+            // A floor above the snapshot came from a client's id the broker never issued.
+            if ob.floor.is_some_and(|f| f > s) {
+                ob.floor = Some(s);
+            }
+        }
+        let settle = position.or(ob.floor).unwrap_or_default();
+        for (_, since) in ob.patterns.iter_mut() {
+            if *since == PENDING {
+                *since = settle;
+            }
+        }
+        let before = ob.floor;
+        let covered = channel.and_then(|c| ob.covered_since(c));
+        let replayed: Vec<OutFrame> = replayed
+            .into_iter()
+            .filter(|f| {
+                let id = f.event_id.unwrap_or_default();
+                !(covered.is_some_and(|s| id > s) && before.is_some_and(|l| id <= l))
+            })
+            .collect();
+        let mut held = held.into_iter().peekable();
+        if ob.subscribing
+            && catch_up.is_none()
+            && let Some(s) = position
+        {
+            while let Some(h) = held.next_if(|h| h.frame.event_id.is_none_or(|id| id <= s)) {
+                if h.frame
+                    .event_id
+                    .is_none_or(|id| ob.admit(id, &h.channel, h.via_pattern))
+                {
+                    ob.queue.push_back(h.frame);
+                }
+            }
+        }
+        ob.queue.push_back(head(replayed.len() as u64));
+        let mut replayed = replayed.into_iter().peekable();
+        let mut sent_replayed = 0;
+        let mut last: Option<EventId> = None;
+        for h in held {
+            let Some(id) = h.frame.event_id else {
+                ob.queue.push_back(h.frame);
+                continue;
+            };
+            if !ob.admit(id, &h.channel, h.via_pattern) {
+                continue;
+            }
+            if let Some(c) = catch_up
+                && *h.channel == *c.channel
+                && id < c.from
+                && covered.is_none_or(|s| id <= s)
+            {
+                continue;
+            }
+            while let Some(r) = replayed.next_if(|r| r.event_id.is_some_and(|rid| rid <= id)) {
+                if r.event_id != Some(id) && r.event_id > last {
+                    last = r.event_id;
+                    sent_replayed += 1;
+                    ob.queue.push_back(r);
+                } else if r.event_id == Some(id) {
+                    sent_replayed += 1;
+                }
+            }
+            if Some(id) > last {
+                last = Some(id);
+                ob.queue.push_back(h.frame);
+            }
+        }
+        for r in replayed {
+            if r.event_id > last {
+                last = r.event_id;
+                sent_replayed += 1;
+                ob.queue.push_back(r);
+            }
+        }
+        ob.floor = ob.floor.max(last).max(position);
+        ob.replay_room = ob.queue.len();
+        ob.bytes = ob.queue.iter().map(|f| f.payload.len()).sum();
+        ob.replay_room_bytes = ob.bytes;
+        drop(ob);
+        self.wake.notify_one();
+        sent_replayed
+    }
+}
