@@ -331,6 +331,13 @@ async fn a_client_resumes_its_connection_and_topics_on_another_node_and_nobody_e
     assert_eq!(w["resumed"], false);
     alice.send(json!({"type": "subscribe", "channel": "room:1"})).await;
     alice.expect("subscribed").await;
+    // Presence is written in batches a moment after the welcome; a resume racing that first
+    // write finds nothing to take over (protocol.md, "Doubtful answers"). The client here
+    // resumes after its connection is known cluster-wide, as one does after a real drop.
+    wait_until("gw-b sees alice's connection on gw-a", || async {
+        presence(&b, "alice").await == [(id.clone(), "gw-a".to_string())]
+    })
+    .await;
     alice.close().await;
 
     let (mut alice, w) = b.connect_query(&format!("connection_id={id}&token={t}")).await;
