@@ -123,6 +123,81 @@ async fn a_live_only_event_makes_a_replay_across_it_not_recovered() {
     assert_eq!(c.expect("event").await["event_id"], third.as_str());
 }
 
+/// A history is trimmed back to `maxlen` once it holds an eighth more (at most 64), not on every
+/// publish. It always keeps at least the last `maxlen` events, records the newest one it removed,
+/// and a replay is recovered exactly when it starts inside what is kept.
+#[tokio::test]
+async fn history_is_trimmed_in_steps_and_replays_know_exactly_what_was_removed() {
+    let redis = RedisServer::start().await;
+    let gw = GatewayProc::start(&redis, "gw-a", &[]).await;
+    let mut r = redis.conn().await;
+    // maxlen 16: slack 2, so the stream grows to 18 and is trimmed back to 16 at the 19th.
+    let mut ids = Vec::new();
+    let mut lens = Vec::new();
+    for i in 0..40 {
+        let id = fcall(&mut r, "room:t", &i.to_string(), "60000", "16")
+            .await
+            .expect("publish");
+        ids.push(id);
+        let len: usize = redis::cmd("XLEN")
+            .arg("ws:history:room:t")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        lens.push(len);
+    }
+    let expected: Vec<usize> = (1..=40usize)
+        .scan(0usize, |len, _| {
+            *len += 1;
+            if *len > 18 {
+                *len = 16;
+            }
+            Some(*len)
+        })
+        .collect();
+    assert_eq!(lens, expected, "lengths after each publish");
+    // What the last trim left, and the newest event it removed.
+    let first_kept = 40 - lens[39];
+    let kept: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("ws:history:room:t")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let kept: Vec<&str> = kept.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(kept, ids[first_kept..].iter().map(String::as_str).collect::<Vec<_>>());
+    let trimmed: String = redis::cmd("HGET")
+        .arg("ws:meta:room:t")
+        .arg("trimmed")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(trimmed, ids[first_kept - 1], "the newest removed id is recorded");
+
+    let t = token("alice", &["room:*"], &[]);
+    // From the newest removed id on, nothing is missing: every kept event comes back.
+    let (mut c, w) = gw.connect(&t).await;
+    assert_eq!(w["type"], "welcome");
+    c.send(json!({"type": "subscribe", "channel": "room:t", "last_event_id": ids[first_kept - 1]}))
+        .await;
+    let sub = c.expect("subscribed").await;
+    assert_eq!(
+        (sub["recovered"].as_bool(), sub["replayed"].as_u64()),
+        (Some(true), Some((40 - first_kept) as u64)),
+        "{sub}"
+    );
+    let got: Vec<Value> = c.events(40 - first_kept).await;
+    let got: Vec<&str> = got.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(got, ids[first_kept..].iter().map(String::as_str).collect::<Vec<_>>());
+    // From one before it, the removed event is missing: not recovered.
+    let (mut c, _) = gw.connect(&t).await;
+    c.send(json!({"type": "subscribe", "channel": "room:t", "last_event_id": ids[first_kept - 2]}))
+        .await;
+    let sub = c.expect("subscribed").await;
+    assert_eq!(sub["recovered"], false, "{sub}");
+}
+
 /// POSTs a raw JSON body to `/api/publish`.
 async fn post_publish(gw: &GatewayProc, body: &str) -> (u16, Value) {
     let r = reqwest::Client::new()

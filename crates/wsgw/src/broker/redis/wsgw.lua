@@ -4,8 +4,8 @@
 -- FCALL wsgw_publish 2 <prefix>seq <prefix>history:<channel>  <channel> <event> <data-json> [<ttl_ms> <maxlen> [<exclude> [<idempotency_key>]]]
 --
 -- Takes the next globally monotonic id (<ms>-<seq>), appends the event frame to the channel's
--- history stream (trimmed to maxlen, expiring ttl_ms after its last event), records what
--- trimming removed in <prefix>meta:<channel>, publishes the exact client frame on the
+-- history stream (at least its last maxlen events, expiring ttl_ms after its last event),
+-- records what trimming removed in <prefix>meta:<channel>, publishes the exact client frame on the
 -- channel's pub/sub channel <prefix><channel>, and returns the id. <exclude> is a
 -- comma-separated list of connection ids that must not receive the event; it travels as a
 -- header line ("#x:<ids>\n") before the frame, which gateways strip.
@@ -151,6 +151,12 @@ local function id_newer(a, b)
   return am > bm or (am == bm and as > bs)
 end
 
+-- How far a history may grow past its maxlen before it is trimmed back to maxlen: an eighth,
+-- at most 64 events (none below 8).
+local function trim_slack(maxlen)
+  return math.min(64, math.floor(maxlen / 8))
+end
+
 -- Records that history after ids up to `id` is incomplete (never lowers the mark).
 local function mark_trimmed(meta_key, id)
   if id_newer(id, redis.call('HGET', meta_key, 'trimmed')) then
@@ -259,7 +265,9 @@ local function publish(keys, args)
       redis.call('XADD', hist_key, id, 'f', frame)
     end
     local len = redis.call('XLEN', hist_key)
-    if len > maxlen then
+    -- Trimmed back to maxlen once it is trim_slack over, not by one entry on every publish:
+    -- at the cap, trimming each time was a quarter of this call's cost.
+    if len > maxlen + trim_slack(maxlen) then
       -- Trimming does not record what it removed; we do, so replays can tell a gap.
       local old = redis.call('XRANGE', hist_key, '-', '+', 'COUNT', len - maxlen)
       redis.call('XTRIM', hist_key, 'MAXLEN', maxlen)
