@@ -11,6 +11,7 @@ mod close;
 mod event_id;
 mod frames;
 mod presence;
+mod shard;
 
 pub use backoff::Backoff;
 pub use channel::{
@@ -25,3 +26,4 @@ pub use frames::{
     encode_history, parse_client_frame, parse_server_frame,
 };
 pub use presence::PresenceClient;
+pub use shard::{CursorError, ID_SHARDS, MAX_CURSOR_LEN, ShardCursor, ShardedId, shard_of};

@@ -8,17 +8,6 @@ use common::cluster::*;
 use common::*;
 use serde_json::json;
 
-/// Waits until the node answers `/ready` with 503.
-async fn wait_not_ready(node: &GatewayProc, what: &str) {
-    let http = reqwest::Client::new();
-    let url = node.url("/ready");
-    wait_until(what, || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { http.get(url).send().await.is_ok_and(|r| r.status().as_u16() == 503) }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_drops_no_socket_and_loses_no_durable_event() {
     let mut redis = RedisServer::start_persistent().await;

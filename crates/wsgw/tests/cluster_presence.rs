@@ -432,16 +432,6 @@ fn sh(snippet: &str, port: u16, env: &[(&str, String)]) -> Output {
     cmd.output().expect("bash runs")
 }
 
-fn stdout_of(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap().trim().to_string()
-}
-
 /// Whether `program -e/-c check` succeeds, i.e. the client library is installed.
 fn has(program: &str, flag: &str, check: &str) -> bool {
     Command::new(program)

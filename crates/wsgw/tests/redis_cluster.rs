@@ -6,13 +6,17 @@
 //! the primary holding it), shards spread over all 3 primaries, ids rise within a shard, and
 //! keys of another shard are refused with nothing stored.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::stdout_of;
 use redis::{AsyncCommands, PushKind, Value as RedisValue};
 use serde_json::Value;
+use wsgw_protocol::{ShardCursor, ShardedId, shard_of};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -94,13 +98,6 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The id-shard of a channel: CRC-32 (IEEE) of its name, modulo 16.
-fn shard_of(channel: &str) -> u32 {
-    let mut crc = flate2::Crc::new();
-    crc.update(channel.as_bytes());
-    crc.sum() % 16
-}
-
 /// Which primary (port) holds `key`, from `CLUSTER KEYSLOT` and `CLUSTER NODES`.
 fn owner(cluster: &RedisCluster, key: &str) -> u16 {
     let port = cluster.primaries[0];
@@ -168,16 +165,6 @@ fn run(program: &str, args: &[&str], env: &[(&str, String)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap_or_else(|e| panic!("{program} runs: {e}"))
-}
-
-fn stdout_of(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn write_temp(ext: &str, text: &str) -> PathBuf {
@@ -329,18 +316,19 @@ async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
             published.entry(ch.clone()).or_default().push(id);
         }
     }
+    // A client's cursor over all of them: the newest id of each shard.
+    let mut cursor = ShardCursor::default();
     for (ch, ids) in &published {
         let s = shard_of(ch);
-        let parsed: Vec<(u64, u64)> = ids
+        let parsed: Vec<ShardedId> = ids
             .iter()
-            .map(|id| {
-                let (shard, rest) = id.split_once('~').unwrap_or_else(|| panic!("{id} names no shard"));
-                assert_eq!(shard, s.to_string(), "{ch}: id {id} names shard {s}");
-                let (ms, seq) = rest.split_once('-').unwrap();
-                (ms.parse().unwrap(), seq.parse().unwrap())
-            })
+            .map(|id| id.parse().unwrap_or_else(|e| panic!("{ch}: {e}")))
             .collect();
-        assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{ch}: ids rise: {ids:?}");
+        assert!(parsed.iter().all(|p| p.shard == s), "{ch}: ids name shard {s}: {ids:?}");
+        assert!(parsed.windows(2).all(|w| w[0].id < w[1].id), "{ch}: ids rise: {ids:?}");
+        parsed.iter().for_each(|p| {
+            cursor.advance(*p);
+        });
         let key = format!("ws:{{{s}}}history:{ch}");
         let held = owner(&cluster, &key);
         let stream = redis_cli(held, &["XRANGE", &key, "-", "+"]);
@@ -356,6 +344,13 @@ async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
             );
         }
     }
+    let shards: BTreeSet<u16> = channels.iter().map(|c| shard_of(c)).collect();
+    assert_eq!(
+        cursor.iter().map(|p| p.shard).collect::<BTreeSet<_>>(),
+        shards,
+        "one position per shard: {cursor}"
+    );
+    assert_eq!(cursor.to_string().parse::<ShardCursor>().unwrap(), cursor);
     let got = collect(&mut rx, channels.len() * 5).await;
     for (ch, ids) in &published {
         let s = shard_of(ch);

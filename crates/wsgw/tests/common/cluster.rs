@@ -386,3 +386,14 @@ pub async fn fcall_publish(
         .await
         .expect("FCALL wsgw_publish")
 }
+
+/// Waits until the node answers `/ready` with 503.
+pub async fn wait_not_ready(node: &GatewayProc, what: &str) {
+    let http = reqwest::Client::new();
+    let url = node.url("/ready");
+    super::wait_until(what, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(url).send().await.is_ok_and(|r| r.status().as_u16() == 503) }
+    })
+    .await;
+}

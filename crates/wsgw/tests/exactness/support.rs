@@ -86,17 +86,6 @@ pub fn diff(want: &[EventId], got: &[EventId]) -> String {
     )
 }
 
-/// Waits until the node answers `/ready` with 503.
-pub async fn wait_not_ready(node: &GatewayProc, what: &str) {
-    let http = reqwest::Client::new();
-    let url = node.url("/ready");
-    wait_until(what, || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { http.get(url).send().await.is_ok_and(|r| r.status().as_u16() == 503) }
-    })
-    .await;
-}
-
 pub async fn redis_cmd<T: redis::FromRedisValue>(r: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> T {
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
