@@ -102,6 +102,17 @@ impl Config {
                 ),
             ));
         }
+        if self.redis_prefix.ends_with('}') {
+            // wsgw_publish reads a prefix ending in `{<shard>}` as a Redis Cluster id-shard tag.
+            return Err(invalid(
+                "redis_prefix",
+                format!(
+                    "{:?} must not end with '}}': wsgw_publish reads keys ending in {{<n>}} as a Redis Cluster \
+                     id-shard (docs/backends.md)",
+                    self.redis_prefix
+                ),
+            ));
+        }
         if self.rate_limit_per_s > 0 && self.rate_limit_burst == 0 {
             // A token bucket of size 0 never admits a frame.
             return Err(invalid(

@@ -282,6 +282,13 @@ fn other_cross_field_checks() {
         "jwt_jwks_url",
     );
     bad(|c| c.jwt_jwks_refresh_s = 0, "jwt_jwks_refresh_s");
+    bad(|c| c.redis_prefix = "app{3}".into(), "redis_prefix");
+    Config {
+        redis_prefix: "{app}:".into(),
+        ..Config::default()
+    }
+    .validate()
+    .unwrap();
     // --dev accepts a short secret; 32 bytes pass everywhere.
     Config {
         dev: true,
