@@ -284,15 +284,23 @@ async fn torture_exactness_under_chaos() {
         println!("    {}'s whole log: {}", logs[i].name, path.display());
     }
     // The fences must follow every client's last action and its answer (see
-    // `Sim::claim_action`); a subscribe or unsubscribe after them would make `stalled` a fault of this harness, not the gateway's.
+    // `Sim::claim_action`): a subscribe or unsubscribe, or an answer to one, after them would
+    // make `stalled` a fault of this harness, not the gateway's.
     for log in &logs {
-        let late = log
-            .entries
-            .iter()
-            .find(|e| e.t_us > final_at_us && matches!(e.rec, Rec::Subscribe { .. } | Rec::Unsubscribe { .. }));
+        let late = log.entries.iter().find(|e| {
+            e.t_us > final_at_us
+                && matches!(
+                    e.rec,
+                    Rec::Subscribe { .. }
+                        | Rec::Subscribed { .. }
+                        | Rec::SubscribeFailed { .. }
+                        | Rec::Unsubscribe { .. }
+                )
+        });
         assert!(
             late.is_none(),
-            "harness: {} acted after the fence events: {late:?}",
+            "{} logged a subscribe or unsubscribe, or its answer, after the fence events: sent after the \
+             drain began (a harness fault) or unanswered through the drain's 10 s wait: {late:?}",
             log.name
         );
     }
