@@ -47,6 +47,9 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+log "node-redis for the Node snippets of docs/backends.md (crates/wsgw/tests/node)"
+(cd crates/wsgw/tests/node && npm ci --silent --no-audit --no-fund)
+
 log "cargo test"
 cargo test --workspace -- --test-threads="${WSGW_TEST_THREADS:-4}"
 

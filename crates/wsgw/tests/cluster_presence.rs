@@ -511,8 +511,9 @@ async fn the_backend_snippets_in_the_docs_publish_for_real() {
         eprintln!("note: python3 has no `redis` module (pip install redis): the Python snippet was not run");
     }
 
-    if has("node", "-e", "require('redis')") {
-        let id = run_script("node", "js", NODE_SNIPPET, &[("REDIS_URL", redis.url())]);
+    if let Some(node_path) = node_path_with_redis() {
+        let env = [("REDIS_URL", redis.url()), ("NODE_PATH", node_path)];
+        let id = run_script("node", "js", NODE_SNIPPET, &env);
         let e = user42.expect("event").await;
         assert_eq!(
             (e["event_id"].as_str(), note(&e)),

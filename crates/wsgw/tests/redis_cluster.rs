@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::stdout_of;
+use common::{node_path_with_redis, stdout_of};
 use redis::{AsyncCommands, PushKind, Value as RedisValue};
 use serde_json::Value;
 use wsgw_protocol::{ShardCursor, ShardedId, shard_of};
@@ -171,21 +171,6 @@ fn write_temp(ext: &str, text: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("wsgw-cluster-snippet-{}.{ext}", std::process::id()));
     std::fs::write(&path, format!("{text}\n")).unwrap();
     path
-}
-
-/// Where node-redis is installed, if anywhere: globally, or by `scripts/bench-uws.sh`.
-fn node_path() -> Option<String> {
-    let local = root().join("loadtest/peers/uws/node_modules");
-    [None, Some(local.display().to_string())].into_iter().find_map(|p| {
-        let mut env = Vec::new();
-        if let Some(p) = &p {
-            env.push(("NODE_PATH", p.clone()));
-        }
-        run("node", &["-e", "require('redis')"], &env)
-            .status
-            .success()
-            .then(|| p.unwrap_or_default())
-    })
 }
 
 /// Every sharded pub/sub message until `want` arrived or 10 s passed, by channel.
@@ -396,7 +381,7 @@ async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
     } else {
         eprintln!("note: python3 has no `redis` module (pip install redis): the Python snippet was not run");
     }
-    if let Some(node_path) = node_path() {
+    if let Some(node_path) = node_path_with_redis() {
         let path = write_temp("js", NODE_SNIPPET);
         let env = [env[0].clone(), ("NODE_PATH", node_path)];
         snippet_ids.push(stdout_of("node", &run("node", &[path.to_str().unwrap()], &env)));

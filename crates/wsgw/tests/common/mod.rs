@@ -321,3 +321,24 @@ pub fn stdout_of(what: &str, out: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A `NODE_PATH` under which `node` finds node-redis, if anywhere: `crates/wsgw/tests/node`
+/// (which `scripts/test.sh` installs), a global install (then empty), or the one
+/// `scripts/bench-uws.sh` installs. For the tests that run the Node snippets of the docs.
+pub fn node_path_with_redis() -> Option<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        Some(root.join("tests/node/node_modules")),
+        None,
+        Some(root.join("../../loadtest/peers/uws/node_modules")),
+    ];
+    candidates.into_iter().find_map(|dir| {
+        let path = dir.map(|d| d.display().to_string()).unwrap_or_default();
+        std::process::Command::new("node")
+            .args(["-e", "require('redis')"])
+            .env("NODE_PATH", &path)
+            .output()
+            .is_ok_and(|o| o.status.success())
+            .then_some(path)
+    })
+}
