@@ -280,16 +280,19 @@ load_secrets() {
     [[ -n $JWT_SECRET && -n $API_KEY ]] || die "$RUN/env lacks WSGW_JWT_SECRET or WSGW_API_KEY; delete it to regenerate"
 }
 
-# pick_ports COUNT -> PORTS: free loopback TCP ports below the ephemeral range (so outgoing
-# connections do not take them between now and the bind).
+# pick_ports COUNT [FROM SPAN PLUS] -> PORTS: free loopback TCP ports in FROM..FROM+SPAN-1
+# (default 20000..31999, below the ephemeral range, so outgoing connections do not take them
+# between now and the bind). With PLUS, port + PLUS must be free too (a Redis Cluster node's
+# bus port). Ports in use by any socket, listening or not, are skipped.
 pick_ports() {
-    local listening port tries=0 p taken
-    listening=$(ss -Htln | awk '{n = split($4, a, ":"); print a[n]}')
+    local from=${2:-20000} span=${3:-12000} plus=${4:-} used port tries=0 p taken
+    used=$(ss -Htan | awk '{n = split($4, a, ":"); print a[n]}' | sort -u)
     PORTS=()
     while ((${#PORTS[@]} < $1)); do
         ((tries++ < 2000)) || die "could not find $1 free ports"
-        port=$((20000 + RANDOM % 12000))
-        grep -qx "$port" <<<"$listening" && continue
+        port=$((from + RANDOM % span))
+        grep -qx "$port" <<<"$used" && continue
+        [[ -n $plus ]] && grep -qx "$((port + plus))" <<<"$used" && continue
         taken=0
         for p in "${PORTS[@]}"; do [[ $p == "$port" ]] && taken=1; done
         ((taken == 0)) && PORTS+=("$port")

@@ -15,29 +15,13 @@ cluster_nodes() {
     redis-cli -h 127.0.0.1 -p "$1" CLUSTER NODES 2>/dev/null
 }
 
-# pick_cluster_ports COUNT -> PORTS: free loopback ports whose cluster bus port (port + 10000)
-# is free too, both below the ephemeral range, so no outgoing connection takes either before
-# redis-server binds it.
-pick_cluster_ports() {
-    local listening port tries=0 p taken
-    listening=$(ss -Htan | awk '{n = split($4, a, ":"); print a[n]}' | sort -u)
-    PORTS=()
-    while ((${#PORTS[@]} < $1)); do
-        ((tries++ < 2000)) || die "could not find $1 free ports for the Redis Cluster"
-        port=$((10000 + RANDOM % 12000))
-        grep -qx -e "$port" -e "$((port + 10000))" <<<"$listening" && continue
-        taken=0
-        for p in "${PORTS[@]}"; do [[ $p == "$port" ]] && taken=1; done
-        ((taken == 0)) && PORTS+=("$port")
-    done
-}
-
 # start_redis_cluster P: sets RC_PORTS and RC_PIDS (every process), RC_PRIMARIES and
 # RC_REPLICAS (ports, ascending).
 start_redis_cluster() {
     local p=$1 i port name addrs=() ok
     [[ -f $LUA ]] || die "missing $LUA"
-    pick_cluster_ports $((p * 2))
+    # Ports 10000..21999, so that each bus port (+10000) is below the ephemeral range too.
+    pick_ports $((p * 2)) 10000 12000 10000
     RC_PORTS=("${PORTS[@]}")
     RC_PIDS=()
     for i in "${!RC_PORTS[@]}"; do
