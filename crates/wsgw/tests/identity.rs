@@ -328,3 +328,38 @@ async fn a_ban_on_one_node_holds_on_every_node_of_the_cluster() {
     let (_c, w) = a.connect(&t).await;
     assert_eq!(w["type"], "welcome");
 }
+
+/// Connects arriving together have their ban checks answered in shared batches (one pipeline
+/// for all waiting): each connect still gets its own user's answer.
+#[tokio::test]
+async fn connects_arriving_together_each_get_their_own_users_ban_answer() {
+    let redis = RedisServer::start().await;
+    let node = GatewayProc::start(&redis, "gw-a", &[]).await;
+    let banned = |i: usize| i % 7 == 3;
+    for i in (0..60).filter(|&i| banned(i)) {
+        let (status, body) = node
+            .api_post("/api/bans", json!({"user_id": format!("u{i}"), "ttl_s": 600}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for round in 0..3 {
+        let outcomes = futures_util::future::join_all((0..60).map(|i| {
+            let url = node.ws_url(&format!("token={}", token(&format!("u{i}"), &[], &[])));
+            async move {
+                let mut c = Client::connect(&url).await;
+                let first = c.next().await.expect("a first frame");
+                (i, first)
+            }
+        }))
+        .await;
+        for (i, first) in outcomes {
+            if banned(i) {
+                assert_eq!(first["type"], "error", "round {round}, u{i}: {first}");
+                assert_eq!(first["code"], "forbidden", "round {round}, u{i}: {first}");
+            } else {
+                assert_eq!(first["type"], "welcome", "round {round}, u{i}: {first}");
+                assert_eq!(first["user_id"], format!("u{i}"), "round {round}");
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! broker/redis/control.rs: messages every node sees on `<prefix>control` (kicks, and the
 //! takeover of a connection id resumed on another node), sent and acted on; and bans (a key
-//! `<prefix>ban:<user>` with the ban's TTL, plus a kick).
+//! `<prefix>ban:<user>` with the ban's TTL, plus a kick; the check on every connect is in `bans`).
 
 use super::*;
 
@@ -64,16 +64,6 @@ impl Inner {
         timed(inner.s.op_timeout, async {
             let mut c = inner.conn().await?;
             let n: i64 = c.del(inner.keys.ban(user_id)).await.map_err(unavailable)?;
-            Ok(n > 0)
-        })
-        .await
-    }
-
-    pub(super) async fn is_banned(&self, user_id: &str) -> Result<bool, BrokerError> {
-        let inner = self;
-        timed(inner.s.op_timeout, async {
-            let mut c = inner.conn().await?;
-            let n: i64 = c.exists(inner.keys.ban(user_id)).await.map_err(unavailable)?;
             Ok(n > 0)
         })
         .await

@@ -30,6 +30,7 @@ use crate::hub::{Connection, Hub, OutFrame, PresenceEntry, ResponseTag};
 use crate::metrics::Metrics;
 use crate::time::now_ms;
 
+mod bans;
 mod channel_presence;
 mod control;
 mod keys;
@@ -41,6 +42,7 @@ mod requests;
 mod resume;
 mod streams;
 
+use bans::BanCheck;
 use keys::Keys;
 use link::Link;
 pub use link::{RedisTarget, RedisTls, SentinelSettings};
@@ -93,6 +95,8 @@ struct Inner {
     metrics: Metrics,
     sub_tx: mpsc::UnboundedSender<SubCmd>,
     presence_tx: mpsc::UnboundedSender<PresenceCmd>,
+    /// Connects waiting for their ban check (see `bans`).
+    ban_tx: mpsc::UnboundedSender<BanCheck>,
     ready: AtomicBool,
     /// The primary moved and the next repair has not yet fenced it (see `repair`).
     failover_pending: AtomicBool,
@@ -131,6 +135,7 @@ impl RedisBroker {
         link::warn_settings(&s.target, &s.tls);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+        let (ban_tx, ban_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             keys: Keys {
                 prefix: s.prefix.clone(),
@@ -142,6 +147,7 @@ impl RedisBroker {
             metrics,
             sub_tx,
             presence_tx,
+            ban_tx,
             ready: AtomicBool::new(false),
             failover_pending: AtomicBool::new(false),
             watermark: Mutex::new(None),
@@ -167,6 +173,7 @@ impl RedisBroker {
         }
         tokio::spawn(inner.clone().subscriber(sub_rx, shutdown.clone()));
         tokio::spawn(inner.clone().watch_sentinels(shutdown.clone()));
+        tokio::spawn(inner.clone().ban_checker(ban_rx, shutdown.clone()));
         tokio::spawn(inner.clone().presence_worker(presence_rx, shutdown));
         // Serve only once the pub/sub connection is live: a node is never green but deaf.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
