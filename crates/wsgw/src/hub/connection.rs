@@ -173,6 +173,12 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// The socket's key in the hub: unique for the process's life, unlike its id, which a
+    /// resume can pass to a newer socket.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
     /// A connection in replay mode: live frames are held back until [`Connection::finish_replay`].
     pub fn new(id: Arc<str>, user_id: Arc<str>, capacity: usize, last_event_id: Option<EventId>) -> Self {
         let now = now_ms();

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::hub::{Connection, Hub, OutFrame, PresenceEntry, ResponseTag};
 use crate::metrics::Metrics;
-use crate::time::now_ms;
+use crate::time::{mono_ms, now_ms};
 
 mod bans;
 mod channel_presence;
@@ -277,6 +277,7 @@ impl Broker for RedisBroker {
 
     fn disconnected(&self, conn: &Arc<Connection>, topics: Vec<String>, park: bool) {
         let _ = self.inner.presence_tx.send(PresenceCmd::Disconnected {
+            key: conn.key(),
             id: conn.id.clone(),
             user_id: conn.user_id.clone(),
             topics,

@@ -17,6 +17,8 @@ pub(super) struct PresenceValue {
 pub(super) enum PresenceCmd {
     Connected(Arc<Connection>),
     Disconnected {
+        /// The socket's hub key (an id can pass to a newer socket; a key cannot).
+        key: u64,
         id: Arc<str>,
         user_id: Arc<str>,
         topics: Vec<String>,
@@ -45,7 +47,8 @@ impl Inner {
         // presence write per socket per tick, however often it subscribes: the first at once
         // (the welcome), every later change rides on the node-wide refresh, which writes each
         // socket's current topics well within the key's TTL (3 ticks).
-        let mut written: HashMap<Arc<str>, tokio::time::Instant> = HashMap::new();
+        // By hub key, `mono_ms` values: 16 bytes a slot, for every socket of the node.
+        let mut written: HashMap<u64, u64> = HashMap::new();
         // This node's members of presence-tracked channels (`channel_presence.rs`).
         let mut tracker = Tracker::new(self.s.presence_channels.clone());
         let mut tick = tokio::time::interval(refresh);
@@ -68,13 +71,13 @@ impl Inner {
                         match cmd {
                             PresenceCmd::Connected(c) => {
                                 changes.extend(tracker.update(&c));
-                                if let std::collections::hash_map::Entry::Vacant(e) = written.entry(c.id.clone()) {
-                                    e.insert(tokio::time::Instant::now());
+                                if let std::collections::hash_map::Entry::Vacant(e) = written.entry(c.key()) {
+                                    e.insert(mono_ms());
                                     self.add_presence(&mut pipe, &c);
                                 }
                             }
-                            PresenceCmd::Disconnected { id, user_id, topics, park } => {
-                                written.remove(&id);
+                            PresenceCmd::Disconnected { key, id, user_id, topics, park } => {
+                                written.remove(&key);
                                 changes.extend(tracker.remove(&id));
                                 // Parked before the presence goes: `resume` relies on that order.
                                 if park && self.s.session_ttl_ms > 0 {
@@ -144,14 +147,20 @@ impl Inner {
 
     /// Rewrites every local socket's presence (except those first written less than a tick
     /// ago) and the node registry.
-    pub(super) async fn refresh_all(&self, written: &mut HashMap<Arc<str>, tokio::time::Instant>, tick: Duration) {
+    pub(super) async fn refresh_all(&self, written: &mut HashMap<u64, u64>, tick: Duration) {
         let ttl = self.s.presence_ttl_ms;
         let conns = self.hub.connections();
-        let live: HashSet<&str> = conns.iter().map(|c| &*c.id).collect();
-        written.retain(|id, _| live.contains(&**id));
+        let live: HashSet<u64> = conns.iter().map(|c| c.key()).collect();
+        written.retain(|key, _| live.contains(key));
+        let now = mono_ms();
+        let tick_ms = tick.as_millis() as u64;
         let due: Vec<&Arc<Connection>> = conns
             .iter()
-            .filter(|c| written.get(&c.id).is_none_or(|at| at.elapsed() >= tick))
+            .filter(|c| {
+                written
+                    .get(&c.key())
+                    .is_none_or(|at| now.saturating_sub(*at) >= tick_ms)
+            })
             .collect();
         for chunk in due.chunks(500) {
             let mut pipe = redis::pipe();
