@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::{info, warn};
-use wsgw::config::{Cli, Command, Config, ExposeSecret, LogFormat, ProcessEnv, RuntimeFlavor, TokenArgs};
+use wsgw::config::{
+    Cli, Command, Config, ExposeSecret, FunctionsArgs, LogFormat, ProcessEnv, RuntimeFlavor, TokenArgs,
+};
 use wsgw::limits::{RESERVED_FDS, raise_nofile_limit};
 
 /// Exit code for configuration errors (BSD `EX_USAGE`).
@@ -28,6 +30,9 @@ fn main() -> ExitCode {
         return print_token(&config, args);
     }
     init_logging(&config);
+    if let Some(Command::Functions(args)) = &cli.command {
+        return functions(&config, args);
+    }
     let dev = if config.dev {
         Some(prepare_dev(&mut config))
     } else {
@@ -107,6 +112,66 @@ fn print_token(config: &Config, args: &TokenArgs) -> ExitCode {
         .map_or(0, |d| d.as_secs());
     println!("{}", wsgw::token::sign(secret.expose_secret().as_bytes(), &req, now));
     ExitCode::SUCCESS
+}
+
+/// `wsgw functions`: the Function library on every primary of a Redis Cluster. Prints one line
+/// per primary (`<host:port> present|loaded|failed: <why>`; with `--watch`, only changes and
+/// failures). Exit 0: on every primary; 1: a primary failed or no seed answered; 64: no seeds.
+fn functions(config: &Config, args: &FunctionsArgs) -> ExitCode {
+    let seeds: Vec<String> = std::env::var("WSGW_REDIS_CLUSTER")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if seeds.is_empty() {
+        eprintln!("wsgw functions: set WSGW_REDIS_CLUSTER to the cluster's seed URLs, comma-separated");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let tls = wsgw::broker::redis::RedisTls {
+        ca_file: config.redis_ca_file.clone(),
+        client_cert_file: config.redis_client_cert_file.clone(),
+        client_key_file: config.redis_client_key_file.clone(),
+        insecure: config.redis_tls_insecure,
+    };
+    let timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        eprintln!("wsgw functions: could not start a runtime");
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(async {
+        use wsgw::broker::redis::{PrimaryOutcome, sync_functions};
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(args.interval_s));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = std::pin::pin!(shutdown_signal());
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = &mut stop => return ExitCode::SUCCESS,
+            }
+            let ok = match sync_functions(&seeds, &tls, timeout).await {
+                Ok(reports) => {
+                    for r in &reports {
+                        match &r.outcome {
+                            PrimaryOutcome::Present if args.watch => {}
+                            PrimaryOutcome::Present => println!("{} present", r.addr),
+                            PrimaryOutcome::Loaded => println!("{} loaded", r.addr),
+                            PrimaryOutcome::Failed(e) => println!("{} failed: {e}", r.addr),
+                        }
+                    }
+                    !reports.is_empty() && !reports.iter().any(|r| matches!(r.outcome, PrimaryOutcome::Failed(_)))
+                }
+                Err(e) => {
+                    eprintln!("wsgw functions: no seed answered: {e}");
+                    false
+                }
+            };
+            if !args.watch {
+                return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+            }
+        }
+    })
 }
 
 fn init_logging(config: &Config) {

@@ -9,114 +9,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::redis_cluster::{RedisCluster, owner, redis_cli, root};
 use common::{node_path_with_redis, stdout_of};
 use redis::{AsyncCommands, PushKind, Value as RedisValue};
 use serde_json::Value;
 use wsgw_protocol::{ShardCursor, ShardedId, shard_of};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A Redis Cluster started by scripts/cluster.sh in its own run directory; stopped on drop.
-struct RedisCluster {
-    run: PathBuf,
-    seeds: Vec<String>,
-    primaries: Vec<u16>,
-    replicas: Vec<u16>,
-}
-
-impl RedisCluster {
-    fn start() -> RedisCluster {
-        let run = std::env::temp_dir().join(format!("wsgw-redis-cluster-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&run);
-        let out = Command::new(root().join("scripts/cluster.sh"))
-            .args(["start", "0", "--redis-cluster", "3"])
-            .env("WSGW_RUN_DIR", &run)
-            .output()
-            .expect("scripts/cluster.sh runs");
-        let printed = String::from_utf8_lossy(&out.stdout).to_string();
-        // Made first, so that a failed check below still stops what was started.
-        let mut cluster = RedisCluster {
-            run: run.clone(),
-            seeds: Vec::new(),
-            primaries: Vec::new(),
-            replicas: Vec::new(),
-        };
-        assert!(
-            out.status.success(),
-            "cluster.sh start 0 --redis-cluster 3 failed:\n{printed}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let state: Value = serde_json::from_str(&std::fs::read_to_string(run.join("cluster.json")).unwrap()).unwrap();
-        let rc = &state["redis_cluster"];
-        let ports = |k: &str| -> Vec<u16> {
-            rc[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n["port"].as_u64().unwrap() as u16)
-                .collect()
-        };
-        cluster.seeds = rc["seeds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_str().unwrap().to_string())
-            .collect();
-        cluster.primaries = ports("primaries");
-        cluster.replicas = ports("replicas");
-        assert_eq!(
-            printed.lines().collect::<Vec<_>>(),
-            cluster.seeds.iter().map(String::as_str).collect::<Vec<_>>(),
-            "stdout is the seed URLs, one per line"
-        );
-        cluster
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        let _ = Command::new(root().join("scripts/cluster.sh"))
-            .arg("stop")
-            .env("WSGW_RUN_DIR", &self.run)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.run);
-    }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Which primary (port) holds `key`, from `CLUSTER KEYSLOT` and `CLUSTER NODES`.
-fn owner(cluster: &RedisCluster, key: &str) -> u16 {
-    let port = cluster.primaries[0];
-    let slot: u16 = redis_cli(port, &["CLUSTER", "KEYSLOT", key]).parse().unwrap();
-    for line in redis_cli(port, &["CLUSTER", "NODES"]).lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if !f[2].contains("master") {
-            continue;
-        }
-        let holds = f[8..].iter().any(|r| {
-            let (lo, hi) = r.split_once('-').unwrap_or((r, r));
-            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
-        });
-        if holds {
-            return f[1].split([':', '@']).nth(1).unwrap().parse().unwrap();
-        }
-    }
-    panic!("no primary holds slot {slot}");
-}
 
 const REDIS_CLI_SNIPPET: &str =
     r#"redis-cli -c FCALL wsgw_publish 2 'ws:{6}seq' 'ws:{6}history:user:42' user:42 note '{"text":"hello"}'"#;

@@ -58,6 +58,21 @@ pub struct Cli {
 pub enum Command {
     /// Print a token signed with the configured `WSGW_JWT_SECRET` (HS256), then exit.
     Token(TokenArgs),
+    /// Load the `wsgw` Redis Function library on every primary of the Redis Cluster whose seed
+    /// URLs `WSGW_REDIS_CLUSTER` names (comma-separated), where it is missing or differs.
+    Functions(FunctionsArgs),
+}
+
+/// `wsgw functions` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FunctionsArgs {
+    /// Keep checking, every `--interval-s` seconds, until SIGINT or SIGTERM: a primary that
+    /// joins later gets the library within that time of serving slots.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between checks with `--watch` (1..=3600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval_s: u64,
 }
 
 /// `wsgw token` flags.

@@ -20,7 +20,7 @@ mod error;
 mod format;
 mod settings;
 
-pub use cli::{Cli, Command, TokenArgs};
+pub use cli::{Cli, Command, FunctionsArgs, TokenArgs};
 pub use env::{EnvSource, ProcessEnv};
 pub use error::ConfigError;
 pub use secrecy::{ExposeSecret, SecretString};

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod redis_cluster;
 pub mod worker;
 
 use std::net::SocketAddr;

@@ -32,6 +32,7 @@ use crate::time::{mono_ms, now_ms};
 
 mod bans;
 mod channel_presence;
+mod cluster_functions;
 mod control;
 mod keys;
 mod link;
@@ -43,6 +44,7 @@ mod resume;
 mod streams;
 
 use bans::BanCheck;
+pub use cluster_functions::{PrimaryOutcome, PrimaryReport, sync_functions};
 use keys::Keys;
 use link::Link;
 pub use link::{RedisTarget, RedisTls, SentinelSettings};

@@ -1,0 +1,108 @@
+//! A real Redis Cluster for tests: 3 primaries with one replica each, started by
+//! `scripts/cluster.sh start 0 --redis-cluster 3` in a run directory of its own and stopped on
+//! drop; and redis-cli helpers to look at it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A Redis Cluster started by scripts/cluster.sh in its own run directory; stopped on drop.
+pub struct RedisCluster {
+    pub run: PathBuf,
+    pub seeds: Vec<String>,
+    pub primaries: Vec<u16>,
+    pub replicas: Vec<u16>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let run = std::env::temp_dir().join(format!("wsgw-redis-cluster-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        let out = Command::new(root().join("scripts/cluster.sh"))
+            .args(["start", "0", "--redis-cluster", "3"])
+            .env("WSGW_RUN_DIR", &run)
+            .output()
+            .expect("scripts/cluster.sh runs");
+        let printed = String::from_utf8_lossy(&out.stdout).to_string();
+        // Made first, so that a failed check below still stops what was started.
+        let mut cluster = RedisCluster {
+            run: run.clone(),
+            seeds: Vec::new(),
+            primaries: Vec::new(),
+            replicas: Vec::new(),
+        };
+        assert!(
+            out.status.success(),
+            "cluster.sh start 0 --redis-cluster 3 failed:\n{printed}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let state: Value = serde_json::from_str(&std::fs::read_to_string(run.join("cluster.json")).unwrap()).unwrap();
+        let rc = &state["redis_cluster"];
+        let ports = |k: &str| -> Vec<u16> {
+            rc[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["port"].as_u64().unwrap() as u16)
+                .collect()
+        };
+        cluster.seeds = rc["seeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        cluster.primaries = ports("primaries");
+        cluster.replicas = ports("replicas");
+        assert_eq!(
+            printed.lines().collect::<Vec<_>>(),
+            cluster.seeds.iter().map(String::as_str).collect::<Vec<_>>(),
+            "stdout is the seed URLs, one per line"
+        );
+        cluster
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/cluster.sh"))
+            .arg("stop")
+            .env("WSGW_RUN_DIR", &self.run)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.run);
+    }
+}
+
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Which primary (port) holds `key`, from `CLUSTER KEYSLOT` and `CLUSTER NODES`.
+pub fn owner(cluster: &RedisCluster, key: &str) -> u16 {
+    let port = cluster.primaries[0];
+    let slot: u16 = redis_cli(port, &["CLUSTER", "KEYSLOT", key]).parse().unwrap();
+    for line in redis_cli(port, &["CLUSTER", "NODES"]).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if !f[2].contains("master") {
+            continue;
+        }
+        let holds = f[8..].iter().any(|r| {
+            let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+        });
+        if holds {
+            return f[1].split([':', '@']).nth(1).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no primary holds slot {slot}");
+}
