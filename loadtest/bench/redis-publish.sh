@@ -9,8 +9,10 @@
 #
 # The Function must be loaded (a gateway loads it; `scripts/cluster.sh start 0 --redis-cluster 3`
 # loads it on every primary). N publishes per channel (default 20000), C connections per channel
-# (default 4), one redis-benchmark process per channel. Prints publishes per second over the
-# whole run, and the CPU each redis-server used (utime + stime from /proc) per publish.
+# (default 4), one redis-benchmark process per channel. MAXLEN (default: unset, the history
+# size the gateway recorded, else 1000) is passed as the publishes' history maxlen; MAXLEN=0
+# publishes live-only events (no stream entry). Prints publishes per second over the whole run,
+# and the CPU each redis-server used (utime + stime from /proc) per publish.
 set -euo pipefail
 MODE=${1:-}; PORT=${2:-}
 if ! [[ $MODE == single || $MODE == cluster ]] || ! [[ $PORT =~ ^[0-9]+$ ]]; then
@@ -19,6 +21,10 @@ if ! [[ $MODE == single || $MODE == cluster ]] || ! [[ $PORT =~ ^[0-9]+$ ]]; the
 fi
 N=${N:-20000}
 C=${C:-4}
+MAXLEN=${MAXLEN:-}
+[[ -z $MAXLEN || $MAXLEN =~ ^[0-9]+$ ]] || { echo "MAXLEN must be a non-negative integer" >&2; exit 2; }
+EXTRA=()
+[[ -n $MAXLEN ]] && EXTRA=(86400000 "$MAXLEN")
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
@@ -64,7 +70,7 @@ for s in $(seq 0 15); do
         k1="ws:{$s}seq" k2="ws:{$s}history:$ch"
         target=$(owner "$k1")
     fi
-    redis-benchmark -p "$target" -c "$C" -n "$N" -q FCALL wsgw_publish 2 "$k1" "$k2" "$ch" e '{"n":1}' \
+    redis-benchmark -p "$target" -c "$C" -n "$N" -q FCALL wsgw_publish 2 "$k1" "$k2" "$ch" e '{"n":1}' "${EXTRA[@]}" \
         >"$OUT/$s.out" 2>&1 &
     pids+=($!)
 done

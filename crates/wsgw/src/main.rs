@@ -118,7 +118,7 @@ fn print_token(config: &Config, args: &TokenArgs) -> ExitCode {
 /// per primary (`<host:port> present|loaded|failed: <why>`; with `--watch`, only changes and
 /// failures). Exit 0: on every primary; 1: a primary failed or no seed answered; 64: no seeds.
 fn functions(config: &Config, args: &FunctionsArgs) -> ExitCode {
-    let seeds: Vec<String> = std::env::var("WSGW_REDIS_CLUSTER")
+    let seeds: Vec<String> = std::env::var(wsgw::config::REDIS_CLUSTER_ENV)
         .unwrap_or_default()
         .split(',')
         .map(str::trim)

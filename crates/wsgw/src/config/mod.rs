@@ -35,6 +35,10 @@ pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// The env var naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "WSGW_CONFIG";
 
+/// The Redis Cluster seed URLs (comma-separated) that `wsgw functions` reads. Not a setting of
+/// a serving node: gateway nodes cannot serve on a Redis Cluster yet.
+pub const REDIS_CLUSTER_ENV: &str = "WSGW_REDIS_CLUSTER";
+
 /// Where `--dev` listens when no layer sets `listen`: loopback only.
 pub const DEV_LISTEN: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
