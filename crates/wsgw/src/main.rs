@@ -152,6 +152,9 @@ fn functions(config: &Config, args: &FunctionsArgs) -> ExitCode {
             }
             let ok = match sync_functions(&seeds, &tls, timeout).await {
                 Ok(reports) => {
+                    if reports.is_empty() {
+                        eprintln!("wsgw functions: no primary of the cluster serves slots yet");
+                    }
                     for r in &reports {
                         match &r.outcome {
                             PrimaryOutcome::Present if args.watch => {}

@@ -407,9 +407,6 @@ async fn flush_rest(conn: &Connection, ws: &WsSocket) -> bool {
     }
 }
 
-/// Resolves when a pending write should be abandoned: at once for a slow consumer (its queue
-/// is gone anyway), after a grace period for other closes (so a last error frame still goes out).
-/// Waits on the close signal only, never on the queue's wake-ups, which belong to the main loop.
 /// Answers a client's close with its own code (none if it gave none: 1005), then shuts down.
 async fn answer_close(ws: &WsSocket, code: u16) {
     let payload = if code == 1005 {
@@ -431,6 +428,9 @@ async fn writable_or_closing(ws: &WsSocket, conn: &Connection) -> bool {
     }
 }
 
+/// Resolves when a pending write should be abandoned: at once for a slow consumer (its queue
+/// is gone anyway), after a grace period for other closes (so a last error frame still goes out).
+/// Waits on the close signal only, never on the queue's wake-ups, which belong to the main loop.
 async fn stuck_after_close(conn: &Connection) {
     if conn.wait_close().await != CloseCode::SlowConsumer {
         tokio::time::sleep(Duration::from_secs(2)).await;
