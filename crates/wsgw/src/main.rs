@@ -129,12 +129,7 @@ fn functions(config: &Config, args: &FunctionsArgs) -> ExitCode {
         eprintln!("wsgw functions: set WSGW_REDIS_CLUSTER to the cluster's seed URLs, comma-separated");
         return ExitCode::from(EXIT_USAGE);
     }
-    let tls = wsgw::broker::redis::RedisTls {
-        ca_file: config.redis_ca_file.clone(),
-        client_cert_file: config.redis_client_cert_file.clone(),
-        client_key_file: config.redis_client_key_file.clone(),
-        insecure: config.redis_tls_insecure,
-    };
+    let tls = wsgw::broker::redis::RedisTls::from_config(config);
     let timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         eprintln!("wsgw functions: could not start a runtime");

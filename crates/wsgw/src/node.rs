@@ -167,12 +167,7 @@ impl Gateway {
             Some(target) => {
                 let settings = RedisSettings {
                     target,
-                    tls: crate::broker::redis::RedisTls {
-                        ca_file: config.redis_ca_file.clone(),
-                        client_cert_file: config.redis_client_cert_file.clone(),
-                        client_key_file: config.redis_client_key_file.clone(),
-                        insecure: config.redis_tls_insecure,
-                    },
+                    tls: crate::broker::redis::RedisTls::from_config(&config),
                     prefix: config.redis_prefix.clone(),
                     node_id: node_id.clone(),
                     history: limits,

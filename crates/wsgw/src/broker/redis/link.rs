@@ -57,6 +57,19 @@ pub struct RedisTls {
     pub insecure: bool,
 }
 
+impl RedisTls {
+    /// The `WSGW_REDIS_CA_FILE`, `…_CLIENT_CERT_FILE`, `…_CLIENT_KEY_FILE` and
+    /// `WSGW_REDIS_TLS_INSECURE` settings.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            ca_file: config.redis_ca_file.clone(),
+            client_cert_file: config.redis_client_cert_file.clone(),
+            client_key_file: config.redis_client_key_file.clone(),
+            insecure: config.redis_tls_insecure,
+        }
+    }
+}
+
 /// One primary: the client the pub/sub connection dials and the pool commands use.
 pub(super) struct Link {
     pub(super) client: redis::Client,
