@@ -92,6 +92,10 @@ struct Overrides {
     /// Publish rate override (msgs/s).
     #[arg(long)]
     rate: Option<f64>,
+    /// How the publisher publishes (replaces workload.publish_via): through the HTTP API, or
+    /// `FCALL wsgw_publish` into Redis.
+    #[arg(long, value_enum)]
+    publish_via: Option<loadtest::scenario::PublishVia>,
     /// Worker processes (0 = in this process).
     #[arg(long)]
     workers: Option<usize>,
@@ -194,6 +198,9 @@ fn apply(sc: &mut Scenario, o: &Overrides) -> Result<()> {
     }
     if let Some(r) = o.rate {
         sc.workload.rate = r;
+    }
+    if let Some(via) = o.publish_via {
+        sc.workload.publish_via = via;
     }
     Ok(())
 }

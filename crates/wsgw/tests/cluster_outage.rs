@@ -21,6 +21,17 @@ async fn a_redis_restart_drops_no_socket_and_loses_no_durable_event() {
         assert_eq!(c1.expect("event").await["event_id"], id.as_str());
         assert_eq!(c2.expect("event").await["event_id"], id.as_str());
     }
+    // Concurrent API publishes leave node A with many pooled command connections, idle when
+    // Redis dies.
+    let burst = futures_util::future::join_all((0..32).map(|i| {
+        a.api_post(
+            "/api/publish",
+            json!({"channel": "user:u1", "event": "burst", "data": i}),
+        )
+    }))
+    .await;
+    assert!(burst.iter().all(|(status, _)| *status == 200), "{burst:?}");
+    assert_eq!(c1.events(32).await.len(), 32);
 
     redis.kill();
     // The nodes notice and say so.
@@ -75,6 +86,20 @@ async fn a_redis_restart_drops_no_socket_and_loses_no_durable_event() {
     let live = fcall_publish(&mut r, "broadcast", "live", &json!(7)).await;
     assert_eq!(c1.expect("event").await["event_id"], live.as_str());
     assert_eq!(c2.expect("event").await["event_id"], live.as_str());
+    // Node A's pooled command connections died with Redis: no API publish after the restart
+    // may land on one of them.
+    for i in 0..32 {
+        let (status, body) = a
+            .api_post(
+                "/api/publish",
+                json!({"channel": "broadcast", "event": "api", "data": i}),
+            )
+            .await;
+        assert_eq!(status, 200, "API publish {i} after the restart: {body}");
+        let id = body["event_id"].as_str().unwrap().to_string();
+        assert_eq!(c1.expect("event").await["event_id"], id.as_str());
+        assert_eq!(c2.expect("event").await["event_id"], id.as_str());
+    }
     c1.assert_silent(Duration::from_millis(200)).await;
     assert!(c1.closed.is_none() && c2.closed.is_none(), "no socket was dropped");
     let m = a.metrics().await;

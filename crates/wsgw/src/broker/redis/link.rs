@@ -73,20 +73,18 @@ impl RedisTls {
 /// One primary: the client the pub/sub connection dials and the pool commands use.
 pub(super) struct Link {
     pub(super) client: redis::Client,
-    pub(super) pool: Pool,
+    pub(super) pool: super::pool::Pool,
 }
 
 impl Link {
     pub(super) fn new(client: redis::Client, op_timeout: Duration) -> Result<Self, BrokerError> {
-        // The pool dials with the same connection info, TLS material included.
-        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
-            .map_err(|e| BrokerError::Internal(format!("redis connection info: {e}")))?;
-        let pool = Pool::builder(manager)
+        // The pool dials with the same client, TLS material included.
+        let pool = super::pool::Pool::builder(super::pool::Manager::new(client.clone()))
             .max_size(64)
             .wait_timeout(Some(op_timeout * PATIENT))
             .create_timeout(Some(op_timeout))
             .recycle_timeout(Some(op_timeout))
-            .runtime(Runtime::Tokio1)
+            .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
         Ok(Self { client, pool })

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use deadpool_redis::{Pool, Runtime};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
@@ -36,6 +35,7 @@ mod cluster_functions;
 mod control;
 mod keys;
 mod link;
+mod pool;
 mod presence;
 mod pubsub;
 mod repair;
@@ -190,9 +190,9 @@ impl RedisBroker {
 }
 
 impl Inner {
-    async fn conn(&self) -> Result<deadpool_redis::Connection, BrokerError> {
+    async fn conn(&self) -> Result<pool::Pooled, BrokerError> {
         let pool = self.link()?.pool.clone();
-        pool.get().await.map_err(unavailable)
+        pool.get().await.map(pool::Pooled).map_err(unavailable)
     }
 
     /// Loads the Functions and records the epoch and the history defaults.

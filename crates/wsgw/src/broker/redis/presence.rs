@@ -275,7 +275,7 @@ impl Inner {
 
 /// The members of a sorted set scored by expiry time (ms) that have not expired, after
 /// removing the expired ones (the per-user index, the node registry).
-async fn live_members(c: &mut deadpool_redis::Connection, key: &str) -> Result<Vec<String>, BrokerError> {
+async fn live_members(c: &mut super::pool::Pooled, key: &str) -> Result<Vec<String>, BrokerError> {
     let (ids,): (Vec<String>,) = redis::pipe()
         .cmd("ZREMRANGEBYSCORE")
         .arg(key)

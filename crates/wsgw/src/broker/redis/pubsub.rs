@@ -56,7 +56,13 @@ impl Inner {
             match session {
                 Ok(true) => return,
                 Ok(false) => attempt = 0,
-                Err(e) => warn!(error = %e, "redis pub/sub failed"),
+                Err(e) => {
+                    warn!(error = %e, "redis pub/sub failed");
+                    // Idle pooled connections may have died with it: dial afresh.
+                    if let Ok(link) = self.link() {
+                        link.pool.retain(|_, _| false);
+                    }
+                }
             }
             first = false;
             // Markers sent on the old connection will not come back: fail their waiters now.
