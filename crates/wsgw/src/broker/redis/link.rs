@@ -81,6 +81,9 @@ impl Link {
         // The pool dials with the same client, TLS material included.
         let pool = super::pool::Pool::builder(super::pool::Manager::new(client.clone()))
             .max_size(64)
+            // The connection used last goes out first: under a steady load the same few stay
+            // busy, and so proven alive (see `pool`), instead of each idling in turn.
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .wait_timeout(Some(op_timeout * PATIENT))
             .create_timeout(Some(op_timeout))
             .recycle_timeout(Some(op_timeout))
