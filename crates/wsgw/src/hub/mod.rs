@@ -1,17 +1,19 @@
 //! hub/: this node's sockets and who listens to what (connection registry, channel and
 //! pattern index, fan-out into each socket's bounded outbox, parked sessions). Never awaits:
 //! a fan-out offers one shared frame to each socket, which writes it at once without blocking
-//! (the first `DIRECT_FANOUT` sockets, when nothing is queued for them) or queues it for the
-//! socket's own task.
+//! (the first `DIRECT_FANOUT` sockets, and more while the hub's idle-time budget lasts, when
+//! nothing is queued for them: `direct.rs`) or queues it for the socket's own task.
 
 mod connection;
 mod core_flush;
 mod deflated;
+mod direct;
 mod subscribers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use wsgw_protocol::{CloseCode, glob_match};
@@ -19,18 +21,21 @@ use wsgw_protocol::{CloseCode, glob_match};
 use connection::PENDING;
 pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, Written};
 pub use core_flush::FlushBatch;
+use direct::DirectBudget;
 use subscribers::Subscribers;
 
 use crate::metrics::Metrics;
 use crate::time::{mono_ms, now_us};
 
-/// How many sockets of one fan-out may get the frame written straight from the fan-out loop;
-/// the rest are queued for their own tasks. A fan-out runs on one thread: written directly, a
-/// broadcast to thousands of sockets would keep one core busy with their writes while the
-/// others idle, and fall behind its input at high rates (measured: the pub/sub connection was
-/// dropped for its output buffer). Queued, the writes spread over every worker thread and
-/// batch several frames per write when sockets lag. Small fan-outs (a user's own channel, a
-/// small room) save the task wake-up per delivery.
+/// How many sockets of one fan-out always may get the frame written straight from the fan-out
+/// loop; past them, only while the hub's idle-time budget lasts (`direct.rs`), and the rest are
+/// queued for their own tasks. A fan-out runs on one thread: written directly, a broadcast to
+/// thousands of sockets at a high rate would keep one core busy with their writes while the
+/// others idle, and fall behind its input (measured: the pub/sub connection was dropped for its
+/// output buffer; 50 broadcasts a second to 5,000 sockets took 2.3 times the CPU with a p99 of
+/// 3 s). Queued, the writes spread over every worker thread and batch several frames per write
+/// when sockets lag. Small fan-outs (a user's own channel, a small room) save the task wake-up
+/// per delivery.
 const DIRECT_FANOUT: usize = 16;
 
 /// What one fan-out did: sockets offered the frame, those that accepted it, and how many of
@@ -44,6 +49,11 @@ struct Tally {
     sent_bytes: u64,
     /// With per-core runtimes: by core, the sockets it queued for without waking their tasks.
     waiting: Vec<FlushBatch>,
+    /// When the fan-out began, and how long it may keep writing directly past the first
+    /// `DIRECT_FANOUT` sockets (see `direct.rs`).
+    started: Option<Instant>,
+    allowed: Duration,
+    direct_open: bool,
 }
 
 /// A connection's identity and topics kept after a disconnect, for `connection_id` resume.
@@ -94,6 +104,7 @@ pub struct Hub {
     compress_from: Option<usize>,
     /// With per-core runtimes, each core's flusher (see core_flush.rs).
     flushers: std::sync::OnceLock<Vec<tokio::sync::mpsc::UnboundedSender<FlushBatch>>>,
+    direct: Mutex<DirectBudget>,
 }
 
 impl Hub {
@@ -110,6 +121,7 @@ impl Hub {
             metrics,
             compress_from: None,
             flushers: std::sync::OnceLock::new(),
+            direct: Mutex::new(DirectBudget::new(Instant::now())),
         }
     }
 
@@ -304,7 +316,7 @@ impl Hub {
     /// except the connection ids in `exclude`. Returns how many accepted it.
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
         let frame = &*self.shared(frame);
-        let mut delivered = Tally::default();
+        let mut delivered = self.tally();
         let chans = self.channels.read();
         let exact = chans.get(channel);
         if let Some(subs) = exact {
@@ -333,7 +345,7 @@ impl Hub {
         let chans = self.channels.read();
         let Some(subs) = chans.get(channel) else { return 0 };
         let frame = &*self.shared(frame);
-        let mut delivered = Tally::default();
+        let mut delivered = self.tally();
         for c in subs.values() {
             self.offer(c, channel, false, frame, exclude, &mut delivered);
         }
@@ -349,7 +361,7 @@ impl Hub {
             return 0;
         };
         let frame = &*self.shared(frame);
-        let mut delivered = Tally::default();
+        let mut delivered = self.tally();
         for (key, c) in subs.iter() {
             // A socket with an exact subscription gets the channel's `message` too, except for
             // events published before the node's SUBSCRIBE took effect: those come only as this
@@ -363,9 +375,23 @@ impl Hub {
         self.record(frame, delivered)
     }
 
+    /// A fan-out's tally, with its share of direct writes (see `direct.rs`).
+    fn tally(&self) -> Tally {
+        let now = Instant::now();
+        Tally {
+            started: Some(now),
+            allowed: self.direct.lock().begin(now),
+            direct_open: true,
+            ..Tally::default()
+        }
+    }
+
     /// Counts the frames `offer` wrote straight to sockets (once per fan-out, not per socket);
     /// returns how many sockets accepted the frame.
     fn record(&self, frame: &OutFrame, tally: Tally) -> usize {
+        if let Some(started) = tally.started {
+            self.direct.lock().end(started, Instant::now());
+        }
         if !tally.waiting.is_empty() {
             self.hand_to_cores(tally.waiting);
         }
@@ -397,7 +423,14 @@ impl Hub {
         if !exclude.is_empty() && exclude.contains(&&*c.id) {
             return;
         }
-        let direct = delivered.offered < DIRECT_FANOUT;
+        // The clock is read once every 64 sockets.
+        if delivered.direct_open
+            && delivered.offered.is_multiple_of(64)
+            && delivered.started.is_some_and(|s| s.elapsed() > delivered.allowed)
+        {
+            delivered.direct_open = false;
+        }
+        let direct = delivered.offered < DIRECT_FANOUT || delivered.direct_open;
         delivered.offered += 1;
         match c.offer(frame.clone(), channel, via_pattern, direct, self.defers_writes()) {
             Push::Queued => delivered.delivered += 1,

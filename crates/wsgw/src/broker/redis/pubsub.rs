@@ -56,13 +56,12 @@ impl Inner {
             match session {
                 Ok(true) => return,
                 Ok(false) => attempt = 0,
-                Err(e) => {
-                    warn!(error = %e, "redis pub/sub failed");
-                    // Idle pooled connections may have died with it: dial afresh.
-                    if let Ok(link) = self.link() {
-                        link.pool.retain(|_, _| false);
-                    }
-                }
+                Err(e) => warn!(error = %e, "redis pub/sub failed"),
+            }
+            // Idle pooled connections may have died with the pub/sub one (a restart, a silent
+            // partition the canary caught): dial afresh rather than find out one command at a time.
+            if let Ok(link) = self.link() {
+                link.pool.retain(|_, _| false);
             }
             first = false;
             // Markers sent on the old connection will not come back: fail their waiters now.
