@@ -46,21 +46,28 @@ impl Inner {
             HistoryQuery::After { id, limit, until } => {
                 type Reply = (
                     StreamRangeReply,
-                    (Option<String>, Option<String>),
+                    u64,
+                    (Option<String>, Option<String>, Option<u64>),
                     Option<u64>,
                     Option<String>,
                 );
-                let (reply, meta, epoch, seq): Reply = redis::pipe()
+                // `XLEN`: whether the stream itself is gone, which an empty page cannot tell when
+                // `until` bounds it (a repair whose snapshot is its cursor reads an empty range
+                // while newer events exist).
+                let (reply, stream_len, meta, epoch, seq): Reply = redis::pipe()
                     .cmd("XRANGE")
                     .arg(self.keys.history(channel))
                     .arg(format!("({id}"))
                     .arg(until.map_or_else(|| "+".to_string(), |u| u.to_string()))
                     .arg("COUNT")
                     .arg(limit)
+                    .cmd("XLEN")
+                    .arg(self.keys.history(channel))
                     .cmd("HMGET")
                     .arg(self.keys.meta(channel))
                     .arg("trimmed")
                     .arg("last")
+                    .arg("since")
                     .cmd("GET")
                     .arg(self.keys.epoch())
                     .cmd("GET")
@@ -71,6 +78,14 @@ impl Inner {
                 let events = stream_events(reply);
                 let trimmed = meta.0.and_then(|s| s.parse::<EventId>().ok());
                 let last = meta.1.and_then(|s| s.parse::<EventId>().ok());
+                // A meta that began at `since` (its channel's stream and meta had both expired):
+                // its absence until then proves no event after `since` - 2 x TTL, and nothing
+                // vouches for one at or before it. The channel's history begins just after.
+                let ttl2 = self.s.history.ttl_ms.saturating_mul(2);
+                let epoch = match meta.2 {
+                    Some(since) => epoch.map(|e| e.max(since.saturating_sub(ttl2).saturating_add(1))),
+                    None => epoch,
+                };
                 // An id newer than any this Redis issued comes from another Redis (or its lost
                 // past): nothing here can vouch for what followed it.
                 let issued = until.or_else(|| seq.and_then(|s| s.parse::<EventId>().ok()));
@@ -81,7 +96,7 @@ impl Inner {
                         epoch,
                         trimmed,
                         last,
-                        events.is_empty(),
+                        stream_len == 0,
                         now_ms(),
                         self.s.history.ttl_ms,
                     );

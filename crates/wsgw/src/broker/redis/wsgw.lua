@@ -265,6 +265,18 @@ local function publish(keys, args)
       redis.call('XADD', hist_key, id, 'f', frame)
     end
     local len = redis.call('XLEN', hist_key)
+    if len == 1 then
+      -- This event began the stream. An older stream that expired left its meta behind (the
+      -- meta outlives it): history up to that stream's last event is gone. With no meta either,
+      -- the meta begins now: it knows of no event before, and only its absence until now
+      -- vouches for the 2 x TTL before.
+      local old_last = redis.call('HGET', meta_key, 'last')
+      if old_last then
+        mark_trimmed(meta_key, old_last)
+      else
+        redis.call('HSET', meta_key, 'since', ms)
+      end
+    end
     -- Trimmed back to maxlen once it is trim_slack over, not by one entry on every publish:
     -- at the cap, trimming each time was a quarter of this call's cost.
     if len > maxlen + trim_slack(maxlen) then
