@@ -6,12 +6,23 @@
 export function parseEventId(id: string): [number, number] | null;
 /**
  * Compares two event ids numerically on (ms, seq), never as strings: `9-5` < `10-0`.
- * Unreadable ids sort before every readable one.
+ * Unreadable ids sort before every readable one. Ids of a Redis Cluster deployment
+ * (`<shard>~<ms>-<seq>`) compare within their shard only: each shard has its own sequence.
  * @param {string} a
  * @param {string} b
  * @returns {number} negative, zero or positive
+ * @throws {RangeError} when the ids name different shards (or one names a shard and the other
+ *   does not): they are not ordered
  */
 export function compareEventIds(a: string, b: string): number;
+/**
+ * The id-shard of a channel in a Redis Cluster deployment: the CRC-32 (IEEE, as zlib's `crc32`)
+ * of its UTF-8 name, modulo 16. Every event id of the channel names this shard
+ * (`6~1732240000123-5` for `user:42`).
+ * @param {string} channel
+ * @returns {number} 0..15
+ */
+export function shardOf(channel: string): number;
 /** An error carrying the gateway's `code` (e.g. `forbidden`, `unavailable`, `disconnected`). */
 export class WsgwError extends Error {
     /**
@@ -157,7 +168,8 @@ export class WsgwClient {
      * @returns {string | null} */
     get connectionId(): string | null;
     /** What the next resume sends as `last_event_id`: the highest event id received (numeric
-     * order), or lower while a subscribe catch-up is unfinished.
+     * order), or lower while a subscribe catch-up is unfinished. In a Redis Cluster deployment
+     * (ids `<shard>~<ms>-<seq>`): that id for each shard, joined with `,` in shard order.
      * @returns {string | null} */
     get lastEventId(): string | null;
     /** The gateway node of the current (or last) connection.
@@ -383,7 +395,8 @@ export type WsgwClientOptions = {
      */
     connectionId?: string;
     /**
-     * Replay events after this id on the first connect.
+     * Replay events after this id on the first connect (a saved
+     * `lastEventId`: in a Redis Cluster deployment one id per shard, joined with `,`).
      */
     lastEventId?: string;
 };

@@ -76,7 +76,8 @@
  *   its answer. Default 30000.
  * @property {string} [connectionId] Resume this connection id on the first connect (e.g. kept from
  *   an earlier page load).
- * @property {string} [lastEventId] Replay events after this id on the first connect.
+ * @property {string} [lastEventId] Replay events after this id on the first connect (a saved
+ *   `lastEventId`: in a Redis Cluster deployment one id per shard, joined with `,`).
  */
 
 /**
@@ -346,16 +347,61 @@ export function parseEventId(id) {
 }
 
 /**
+ * The id-shard an event id names: `'6'` for `6~1732240000123-5` (Redis Cluster), `''` for a
+ * single-primary id.
+ * @param {string} id
+ * @returns {string}
+ */
+function idShard(id) {
+  const s = String(id);
+  const i = s.indexOf('~');
+  return i < 0 ? '' : s.slice(0, i);
+}
+
+/**
  * Compares two event ids numerically on (ms, seq), never as strings: `9-5` < `10-0`.
- * Unreadable ids sort before every readable one.
+ * Unreadable ids sort before every readable one. Ids of a Redis Cluster deployment
+ * (`<shard>~<ms>-<seq>`) compare within their shard only: each shard has its own sequence.
  * @param {string} a
  * @param {string} b
  * @returns {number} negative, zero or positive
+ * @throws {RangeError} when the ids name different shards (or one names a shard and the other
+ *   does not): they are not ordered
  */
 export function compareEventIds(a, b) {
-  const x = parseEventId(a) ?? [-1, -1];
-  const y = parseEventId(b) ?? [-1, -1];
+  const sa = idShard(a);
+  const sb = idShard(b);
+  if (sa !== sb) throw new RangeError(`wsgw: event ids of different shards are not ordered: ${a}, ${b}`);
+  const x = parseEventId(sa ? String(a).slice(sa.length + 1) : a) ?? [-1, -1];
+  const y = parseEventId(sb ? String(b).slice(sb.length + 1) : b) ?? [-1, -1];
   return x[0] - y[0] || x[1] - y[1];
+}
+
+/** How many id-shards a Redis Cluster deployment spreads channels over (a constant of the id format). */
+const ID_SHARDS = 16;
+
+/** CRC-32 table (IEEE 802.3, reflected, as zlib's `crc32`): browsers have no crc32 of their own. */
+const CRC_TABLE = /* @__PURE__ */ (() => {
+  const table = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xEDB88320 : c >>> 1;
+    table[i] = c;
+  }
+  return table;
+})();
+
+/**
+ * The id-shard of a channel in a Redis Cluster deployment: the CRC-32 (IEEE, as zlib's `crc32`)
+ * of its UTF-8 name, modulo 16. Every event id of the channel names this shard
+ * (`6~1732240000123-5` for `user:42`).
+ * @param {string} channel
+ * @returns {number} 0..15
+ */
+export function shardOf(channel) {
+  let c = 0xFFFFFFFF;
+  for (const b of new TextEncoder().encode(channel)) c = (c >>> 8) ^ CRC_TABLE[(c ^ b) & 0xFF];
+  return ((c ^ 0xFFFFFFFF) >>> 0) % ID_SHARDS;
 }
 
 /** `a` (an id) is above `b` (an id, or null: below every id). */
@@ -364,8 +410,9 @@ const above = (a, b) => b === null || compareEventIds(a, b) > 0;
 const maxId = (a, b) => (a === null ? b : b === null ? a : above(a, b) ? a : b);
 
 /**
- * The cursor (docs/protocol.md, "The cursor a client keeps"): what a resume sends as
- * `last_event_id`, and which events after it the application already has.
+ * The cursor of one id-shard (docs/protocol.md, "The cursor a client keeps"): what a resume sends
+ * as `last_event_id` for that shard, and which of its events after it the application already
+ * has. A single-primary deployment has one shard (`''`); `Cursor` below keeps one per shard.
  *
  * - `highest`: the highest event id received.
  * - A `subscribed` with `replayed: N > 0` starts a catch-up of its channel: the next N durable
@@ -380,7 +427,7 @@ const maxId = (a, b) => (a === null ? b : b === null ? a : above(a, b) ? a : b);
  *   (the client subscribes again to a topic a resume did not restore), 'same' (the channel is
  *   subscribed on the socket already: nothing is replayed).
  */
-class Cursor {
+class ShardCursor {
   /** @type {string|null} */
   highest;
   /** channel -> {remaining, last}: unfinished catch-ups on the current socket. */
@@ -473,6 +520,113 @@ class Cursor {
       else out.delete(channel);
     }
     return out;
+  }
+}
+
+/**
+ * The client's cursor: one `ShardCursor` per id-shard. In a Redis Cluster deployment every id
+ * names its shard (`<shard>~<ms>-<seq>`), ids of different shards are not ordered, and a channel
+ * lives in one shard (`shardOf`), so every rule of the cursor holds within each shard on its own:
+ * an event goes to its id's shard, a subscribe and its answers to its channel's shard. The resume
+ * sends each shard's id, joined with `,` in ascending shard order. Single-primary ids
+ * (`<ms>-<seq>`) have the one shard `''`, whose id is sent as it is.
+ *
+ * Which kind of ids the deployment issues is learnt from the ids it sends (and the initial
+ * cursor); before any, channels go to `''`. The first id of the other kind (the first event of a
+ * cluster deployment, or a deployment moved to or from a cluster) starts the positions afresh: an
+ * id of one kind means nothing in the other's sequences. Subscribes in flight and catch-ups carry
+ * over to their channel's shard, without a position.
+ */
+class Cursor {
+  /** shard ('' for single-primary ids) -> its ShardCursor */
+  #shards = new Map();
+  /** Whether ids name their shard; null until an id has told. */
+  #sharded = null;
+
+  /** @param {string} [initial] an id, or a cluster cursor (`3~…,7~…`) */
+  constructor(initial) {
+    if (initial === undefined || initial === null) return;
+    if (!String(initial).includes('~')) {
+      this.#sharded = false;
+      this.#shards.set('', new ShardCursor(initial));
+      return;
+    }
+    this.#sharded = true;
+    for (const id of String(initial).split(',')) {
+      const shard = idShard(id);
+      if (!shard) continue; // not a cluster id: no position in any shard
+      const s = this.#at(shard);
+      s.highest = maxId(s.highest, id);
+    }
+  }
+
+  /** What the next resume sends as `last_event_id`. */
+  resumeId() {
+    if (!this.#sharded) return this.#shards.get('')?.resumeId() ?? null;
+    const ids = [...this.#shards]
+      .sort(([a], [b]) => Number(a) - Number(b) || (a < b ? -1 : a > b ? 1 : 0))
+      .map(([, s]) => s.resumeId())
+      .filter((id) => id !== null);
+    return ids.length > 0 ? ids.join(',') : null;
+  }
+
+  /** The `last_event_id` for subscribing to a topic again that a resume did not restore: its
+   * shard's. */
+  resubscribeFrom(channel) { return this.#shards.get(this.#shardOf(channel))?.resubscribeFrom(channel) ?? null; }
+
+  /** A durable event arrived; returns false when the application already has it. */
+  event(channel, id) {
+    this.#learn(id);
+    return this.#at(idShard(id)).event(channel, id);
+  }
+
+  subscribeSent(rid, channel, from, kind) {
+    if (from !== undefined && from !== null && this.#sharded === null) this.#learn(from);
+    this.#at(this.#shardOf(channel)).subscribeSent(rid, channel, this.#position(channel, from), kind);
+  }
+
+  subscribed(rid, channel, replayed) { this.#at(this.#shardOf(channel)).subscribed(rid, channel, replayed); }
+
+  refused(rid) { for (const s of this.#shards.values()) s.refused(rid); }
+
+  unsubscribed(channel) { this.#shards.get(this.#shardOf(channel))?.unsubscribed(channel); }
+
+  disconnected() { for (const s of this.#shards.values()) s.disconnected(); }
+
+  connected() { for (const s of this.#shards.values()) s.connected(); }
+
+  /** The shard `channel`'s ids name. */
+  #shardOf(channel) { return this.#sharded ? String(shardOf(channel)) : ''; }
+
+  /** @returns {ShardCursor} */
+  #at(shard) {
+    let s = this.#shards.get(shard);
+    if (!s) this.#shards.set(shard, (s = new ShardCursor()));
+    return s;
+  }
+
+  /** A subscribe's `last_event_id` as a position in `channel`'s shard: the part naming that shard
+   * of a cluster cursor; null when it names none, or is of the other kind. */
+  #position(channel, from) {
+    if (from === undefined || from === null) return null;
+    if (!this.#sharded) return String(from).includes('~') ? null : from;
+    const shard = this.#shardOf(channel);
+    return String(from).split(',').find((id) => idShard(id) === shard) ?? null;
+  }
+
+  /** Notes the kind of `id`; on a change, starts the positions afresh (see above). */
+  #learn(id) {
+    const sharded = idShard(id) !== '';
+    if (this.#sharded === sharded) return;
+    const was = this.#sharded;
+    this.#sharded = sharded;
+    if (was === null && !sharded) return; // before any id, channels went to '': their home already
+    const old = [...this.#shards.values()];
+    this.#shards = new Map();
+    for (const s of old) {
+      for (const [rid, p] of s.pending) this.#at(this.#shardOf(p.channel)).pending.set(rid, { ...p, from: null });
+      for (const [ch, c] of s.catchups) this.#at(this.#shardOf(ch)).catchups.set(ch, { ...c, last: null });
+    }
   }
 }
 
@@ -725,7 +879,8 @@ export class WsgwClient {
    * @returns {string | null} */
   get connectionId() { return this.#connectionId; }
   /** What the next resume sends as `last_event_id`: the highest event id received (numeric
-   * order), or lower while a subscribe catch-up is unfinished.
+   * order), or lower while a subscribe catch-up is unfinished. In a Redis Cluster deployment
+   * (ids `<shard>~<ms>-<seq>`): that id for each shard, joined with `,` in shard order.
    * @returns {string | null} */
   get lastEventId() { return this.#cursor.resumeId(); }
   /** The gateway node of the current (or last) connection.
