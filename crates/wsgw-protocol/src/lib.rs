@@ -26,4 +26,4 @@ pub use frames::{
     encode_history, parse_client_frame, parse_server_frame,
 };
 pub use presence::PresenceClient;
-pub use shard::{CursorError, ID_SHARDS, MAX_CURSOR_LEN, ShardCursor, ShardedId, shard_of};
+pub use shard::{CursorError, ID_SHARDS, MAX_CURSOR_LEN, ShardCursor, shard_of};

@@ -4,8 +4,9 @@
 //! highest id received from it, joined with `,`). Ids of one shard are ordered; ids of different
 //! shards are not.
 //!
-//! Gateway nodes do not read from a Redis Cluster yet; these are the formats they and the
-//! clients will share, fixed with the Function (`wsgw.lua`), which already issues such ids.
+//! A sharded id is an [`EventId`] whose `shard` is set. Gateway nodes do not read from a Redis
+//! Cluster yet; these are the formats they and the clients will share, fixed with the Function
+//! (`wsgw.lua`), which already issues such ids.
 
 use std::fmt;
 use std::str::FromStr;
@@ -46,73 +47,34 @@ pub fn shard_of(channel: &str) -> u16 {
     (crc32(channel.as_bytes()) % ID_SHARDS as u32) as u16
 }
 
-/// An event id of a Redis Cluster deployment: `<shard>~<ms>-<seq>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ShardedId {
-    /// The id-shard that issued it.
-    pub shard: u16,
-    /// Its position in that shard's sequence.
-    pub id: EventId,
-}
-
-/// Why a string is not a [`ShardedId`] or a [`ShardCursor`].
+/// Why a string is not a [`ShardCursor`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid cursor {0:?}: expected <shard>~<ms>-<seq>[,<shard>~<ms>-<seq>…], one per shard, shards 0-15")]
 pub struct CursorError(pub String);
 
-impl fmt::Display for ShardedId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}~{}", self.shard, self.id)
-    }
-}
-
-impl FromStr for ShardedId {
-    type Err = CursorError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || CursorError(s.chars().take(64).collect());
-        let (shard, id) = s.split_once('~').ok_or_else(err)?;
-        // Canonical decimal only, as the Function writes it: no sign, no leading zero.
-        let canonical = !shard.is_empty()
-            && shard.len() <= 2
-            && shard.bytes().all(|b| b.is_ascii_digit())
-            && (shard == "0" || !shard.starts_with('0'));
-        let shard: u16 = if canonical {
-            shard.parse().map_err(|_| err())?
-        } else {
-            return Err(err());
-        };
-        if shard >= ID_SHARDS || !id.contains('-') {
-            return Err(err());
-        }
-        Ok(Self {
-            shard,
-            id: id.parse().map_err(|_| err())?,
-        })
-    }
-}
-
 /// A client's position in every id-shard it has received events from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardCursor {
+    /// Sharded ids, by shard.
     positions: [Option<EventId>; ID_SHARDS as usize],
 }
 
 impl ShardCursor {
-    /// The position in `shard`, if the cursor names it.
+    /// The position in `shard` (a sharded id), if the cursor names it.
     pub fn get(&self, shard: u16) -> Option<EventId> {
         self.positions.get(shard as usize).copied().flatten()
     }
 
-    /// Moves the cursor to `id` if that is further in its shard. Returns whether it moved.
-    pub fn advance(&mut self, id: ShardedId) -> bool {
-        let Some(slot) = self.positions.get_mut(id.shard as usize) else {
+    /// Moves the cursor to `id` if that is further in its shard. Returns whether it moved; an
+    /// id of no shard never moves it.
+    pub fn advance(&mut self, id: EventId) -> bool {
+        let Some(slot) = id.shard().and_then(|s| self.positions.get_mut(s as usize)) else {
             return false;
         };
-        if slot.is_some_and(|p| p >= id.id) {
+        if slot.is_some_and(|p| p >= id) {
             return false;
         }
-        *slot = Some(id.id);
+        *slot = Some(id);
         true
     }
 
@@ -122,13 +84,8 @@ impl ShardCursor {
     }
 
     /// The positions it names, by shard.
-    pub fn iter(&self) -> impl Iterator<Item = ShardedId> + '_ {
-        self.positions.iter().enumerate().filter_map(|(shard, p)| {
-            p.map(|id| ShardedId {
-                shard: shard as u16,
-                id,
-            })
-        })
+    pub fn iter(&self) -> impl Iterator<Item = EventId> + '_ {
+        self.positions.iter().flatten().copied()
     }
 }
 
@@ -156,8 +113,11 @@ impl FromStr for ShardCursor {
         }
         let mut cursor = ShardCursor::default();
         for part in s.split(',') {
-            let id: ShardedId = part.parse().map_err(|_| err())?;
-            if cursor.get(id.shard).is_some() {
+            let id: EventId = part.parse().map_err(|_| err())?;
+            let Some(shard) = id.shard() else {
+                return Err(err());
+            };
+            if cursor.get(shard).is_some() {
                 return Err(err());
             }
             cursor.advance(id);
@@ -184,30 +144,25 @@ mod tests {
 
     #[test]
     fn ids_name_their_shard_and_only_canonical_ones_parse() {
-        let id: ShardedId = "6~1732240000123-5".parse().unwrap();
-        assert_eq!(
-            id,
-            ShardedId {
-                shard: 6,
-                id: EventId::new(1_732_240_000_123, 5)
-            }
-        );
+        let id: EventId = "6~1732240000123-5".parse().unwrap();
+        assert_eq!(id, EventId::sharded(6, 1_732_240_000_123, 5));
         assert_eq!(id.to_string(), "6~1732240000123-5");
         for bad in [
-            "", "~1-0", "6~", "6", "1-0", "16~1-0", "06~1-0", "+6~1-0", "6~1", "6~a-0", "6~1-0~2", " 6~1-0",
+            "", "~1-0", "6~", "16~1-0", "06~1-0", "+6~1-0", "6~1", "6~a-0", "6~1-0~2", " 6~1-0",
         ] {
-            assert!(bad.parse::<ShardedId>().is_err(), "{bad:?} accepted");
+            assert!(bad.parse::<EventId>().is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn a_cursor_keeps_the_highest_id_per_shard() {
         let mut c: ShardCursor = "3~1732240000123-5,7~1732240000200-0".parse().unwrap();
-        assert_eq!(c.get(3), Some(EventId::new(1_732_240_000_123, 5)));
+        assert_eq!(c.get(3), Some(EventId::sharded(3, 1_732_240_000_123, 5)));
         assert_eq!(c.get(4), None);
         assert!(!c.advance("3~1732240000123-4".parse().unwrap()), "older in shard 3");
         assert!(c.advance("3~1732240000124-0".parse().unwrap()));
         assert!(c.advance("0~5-0".parse().unwrap()), "a shard it did not name");
+        assert!(!c.advance(EventId::new(9, 9)), "an id of no shard");
         assert_eq!(c.to_string(), "0~5-0,3~1732240000124-0,7~1732240000200-0");
         let single: ShardCursor = "7~1-0".parse().unwrap();
         assert_eq!(single.iter().count(), 1, "a single id names its shard only");
@@ -222,13 +177,13 @@ mod tests {
         fn cursors_round_trip(ids in proptest::collection::vec((0u16..ID_SHARDS, any::<u64>(), any::<u64>()), 1..40)) {
             let mut c = ShardCursor::default();
             for (shard, ms, seq) in &ids {
-                c.advance(ShardedId { shard: *shard, id: EventId::new(*ms, *seq) });
+                c.advance(EventId::sharded(*shard, *ms, *seq));
             }
             let text = c.to_string();
             prop_assert!(text.len() <= MAX_CURSOR_LEN);
             prop_assert_eq!(text.parse::<ShardCursor>().unwrap(), c.clone());
             for shard in 0..ID_SHARDS {
-                let max = ids.iter().filter(|(s, _, _)| *s == shard).map(|(_, ms, seq)| EventId::new(*ms, *seq)).max();
+                let max = ids.iter().filter(|(s, _, _)| *s == shard).map(|(_, ms, seq)| EventId::sharded(shard, *ms, *seq)).max();
                 prop_assert_eq!(c.get(shard), max);
             }
         }
@@ -236,7 +191,7 @@ mod tests {
         #[test]
         fn arbitrary_text_never_panics(s in "\\PC{0,80}") {
             let _ = s.parse::<ShardCursor>();
-            let _ = s.parse::<ShardedId>();
+            let _ = s.parse::<EventId>();
         }
     }
 }

@@ -9,10 +9,20 @@
 //! ([`crate::hub::Connection::finish_replay`]). That is what keeps each channel gap-free and in
 //! order however far the node's pub/sub stream lags behind the history read.
 
-use wsgw_protocol::EventId;
+use wsgw_protocol::{EventId, EventIdError};
 
 use crate::broker::{Broker, BrokerError, HistoryQuery, StoredEvent};
 use crate::hub::OutFrame;
+
+/// Whether this deployment issues ids like `id`. The brokers a node can serve on today (memory,
+/// one Redis primary) issue `<ms>-<seq>` only, so an id naming an id-shard (`<shard>~<ms>-<seq>`,
+/// a Redis Cluster deployment's) is refused as unreadable, the same as any other foreign text.
+pub fn own_id(id: EventId) -> Result<EventId, EventIdError> {
+    match id.shard() {
+        None => Ok(id),
+        Some(_) => Err(EventIdError(id.to_string())),
+    }
+}
 
 /// Events read per history call.
 pub const REPLAY_BATCH: usize = 256;

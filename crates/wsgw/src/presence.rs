@@ -253,7 +253,7 @@ mod tests {
     fn subscriptions_become_joins_and_leaves_of_tracked_channels_only() {
         let hub = Hub::new("n".into(), Metrics::new());
         let mut t = Tracker::new(vec!["chat:*".into()]);
-        let a = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, None));
+        let a = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, &[]));
         hub.subscribe(&a, "chat:1");
         hub.subscribe(&a, "news");
         hub.subscribe(&a, "chat:*");
@@ -283,8 +283,8 @@ mod tests {
     fn only_a_socket_replaced_and_gone_from_the_hub_is_dropped_without_its_disconnect() {
         let hub = Hub::new("n".into(), Metrics::new());
         let mut t = Tracker::new(vec!["chat:*".into()]);
-        let a = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, None));
-        let b = hub.register(Connection::new(Arc::from("b"), Arc::from("bob"), 10, None));
+        let a = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, &[]));
+        let b = hub.register(Connection::new(Arc::from("b"), Arc::from("bob"), 10, &[]));
         hub.subscribe(&a, "chat:1");
         hub.subscribe(&b, "chat:1");
         t.update(&a);
@@ -292,7 +292,7 @@ mod tests {
         // b closed normally: its disconnect (maybe still queued) sends its leave, not this.
         hub.remove(&b);
         // a's id was taken over (here, on this node: the newer socket is live).
-        let a2 = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, None));
+        let a2 = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, &[]));
         let live = |id: &str| hub.connection(id).is_some();
         assert!(t.remove_replaced(live).is_empty());
         hub.remove(&a2);
@@ -305,7 +305,7 @@ mod tests {
     fn presence_off_tracks_nothing_and_patterns_are_checked() {
         let hub = Hub::new("n".into(), Metrics::new());
         let mut t = Tracker::new(Vec::new());
-        let a = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, None));
+        let a = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, &[]));
         hub.subscribe(&a, "chat:1");
         assert!(t.update(&a).is_empty());
         assert!(validate_patterns(&["chat:*".into(), "room:*:live".into()]).is_ok());

@@ -314,8 +314,8 @@ mod tests {
     fn open(gw: &Gateway, id: &str) -> Arc<Connection> {
         let c = gw
             .hub
-            .register(Connection::new(Arc::from(id), Arc::from("u"), 100, None));
-        c.finish_replay(|_| OutFrame::control("welcome"), Vec::new(), None, None);
+            .register(Connection::new(Arc::from(id), Arc::from("u"), 100, &[]));
+        c.finish_replay(|_| OutFrame::control("welcome"), Vec::new(), &[], None);
         c
     }
 

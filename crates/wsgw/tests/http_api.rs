@@ -380,6 +380,8 @@ async fn history_returns_the_last_events_or_those_after_an_id() {
     for bad in [
         "/api/history/room:1?since=yesterday",
         "/api/history/room:1?since=12-x",
+        // A Redis Cluster deployment's id, on a node without one.
+        "/api/history/room:1?since=3~12-0",
         "/api/history/a%20b",
         "/api/history/room:*",
     ] {

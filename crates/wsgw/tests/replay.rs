@@ -205,6 +205,42 @@ async fn ids_from_another_server_life_or_garbage_are_not_recovered() {
     node.stop().await;
 }
 
+/// A Redis Cluster deployment's id (`<shard>~<ms>-<seq>`) means nothing to a node without one:
+/// unreadable, as on connect, in a subscribe's `last_event_id` and in a `history` read.
+#[tokio::test]
+async fn an_id_naming_an_id_shard_is_refused_where_no_cluster_issues_them() {
+    let node = Node::default().await;
+    let t = token("s", &["doc:*"], &[]);
+    let (mut c, w) = node.connect_query(&format!("token={t}&last_event_id=3~1000-0")).await;
+    assert_eq!(w["recovered"], false);
+    let e = c.expect("error").await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("3~1000-0"), "{e}");
+    c.send(json!({"type": "subscribe", "channel": "doc:1", "last_event_id": "3~1000-0", "request_id": 1}))
+        .await;
+    let e = c.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_u64()),
+        (Some("bad_request"), Some(1)),
+        "{e}"
+    );
+    c.send(json!({"type": "history", "channel": "doc:1", "since": "3~1000-0", "request_id": 2}))
+        .await;
+    let e = c.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_u64()),
+        (Some("bad_request"), Some(2)),
+        "{e}"
+    );
+    // The socket still serves.
+    c.send(json!({"type": "subscribe", "channel": "doc:1", "request_id": 3}))
+        .await;
+    c.expect("subscribed").await;
+    let id = node.publish("doc:1", "edit", json!(1)).await;
+    assert_eq!(c.expect("event").await["event_id"], id.as_str());
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn subscribe_can_catch_up_a_topic_by_id_or_by_count() {
     let node = Node::default().await;

@@ -1,4 +1,4 @@
-//! hub/connection.rs: one socket as the hub sees it: its bounded outbox and the dedup floor
+//! hub/connection.rs: one socket as the hub sees it: its bounded outbox and the dedup floors
 //! that keep the exactness invariant. Never awaits a socket write: an event is written straight
 //! to the socket when nothing is queued for it and the kernel takes it whole (`push`);
 //! everything else waits in the outbox, which the session's task writes out (`flush`,
@@ -20,6 +20,7 @@ use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 
 use super::deflated::DeflateOut;
 pub use super::deflated::Deflated;
+use super::floors::Floors;
 use crate::time::{mono_ms, now_ms};
 
 /// What happened to a frame offered to a connection.
@@ -48,17 +49,18 @@ pub(super) const PENDING: EventId = EventId::new(u64::MAX, u64::MAX);
 /// event of every channel it is subscribed to, once, in id order per channel.
 ///
 /// The live stream (the node's one pub/sub connection, the memory broker's lock, an outage
-/// repair) reaches a socket in global id order, so one `floor` per socket drops what it already
-/// has. A replay breaks that order for one channel only, and only while live frames are held
-/// (`replay`): `finish_replay` merges the two runs by id and moves the floor to the broker's
-/// snapshot, after which the stream is in global order again. No per-channel state is kept.
+/// repair) reaches a socket in id order within each id-shard (a single-primary deployment has
+/// one sequence), so one floor per shard (`floors`) drops what it already has. A replay breaks
+/// that order for one channel only, and only while live frames are held (`replay`):
+/// `finish_replay` merges the two runs by id and moves the floors to the broker's snapshot,
+/// after which the stream is in order again. No per-channel state is kept.
 pub(super) struct Outbox {
     queue: VecDeque<OutFrame>,
     /// Bytes of text in `queue`.
     bytes: usize,
-    /// Highest durable id passed on from the live stream; live events at or below it are ones
-    /// the socket already has.
-    floor: Option<EventId>,
+    /// Highest durable id passed on from the live stream, per shard; live events at or below
+    /// their shard's floor are ones the socket already has.
+    pub(super) floors: Floors,
     /// Pattern subscriptions, each with the snapshot after which it is exact. A durable event
     /// reaching the socket only through patterns passes when one of them covers its id. Empty
     /// on sockets without patterns.
@@ -91,10 +93,10 @@ pub(super) struct Outbox {
 impl Outbox {
     /// Whether a durable live event is new to this socket; moves the floor.
     fn admit(&mut self, id: EventId, channel: &str, via_pattern: bool) -> bool {
-        if self.floor.is_some_and(|f| id <= f) {
+        if self.floors.of(id).is_some_and(|f| id <= f) {
             return false;
         }
-        self.floor = Some(id);
+        self.floors.raise(id);
         !via_pattern
             || self
                 .patterns
@@ -180,7 +182,8 @@ impl Connection {
     }
 
     /// A connection in replay mode: live frames are held back until [`Connection::finish_replay`].
-    pub fn new(id: Arc<str>, user_id: Arc<str>, capacity: usize, last_event_id: Option<EventId>) -> Self {
+    /// `last_event_id`: the client's position, at most one id per shard.
+    pub fn new(id: Arc<str>, user_id: Arc<str>, capacity: usize, last_event_id: &[EventId]) -> Self {
         let now = now_ms();
         Self {
             key: 0,
@@ -194,7 +197,7 @@ impl Connection {
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
                 bytes: 0,
-                floor: last_event_id,
+                floors: Floors::at(last_event_id),
                 patterns: Vec::new(),
                 replay: Some(Vec::new()),
                 subscribing: false,

@@ -1,14 +1,14 @@
 //! hub/connection_replay.rs: a replay merged into a connection's live stream. While a
 //! subscribe or resume reads its replay, live frames are held (`begin_replay`);
-//! `finish_replay` merges the two runs by id, each id once, and moves the dedup floor to the
-//! broker's snapshot, after which the live stream is in global order again (the invariant is
-//! stated on `Outbox` in connection.rs).
+//! `finish_replay` merges the two runs by id (per id-shard), each id once, and moves the dedup
+//! floors to the broker's snapshot, after which the live stream is in order again (the
+//! invariant is stated on `Outbox` in connection.rs).
 
 use std::sync::Arc;
 
 use wsgw_protocol::EventId;
 
-use super::{Connection, OutFrame, PENDING};
+use super::{Connection, Floors, OutFrame, PENDING};
 
 /// A subscribe's catch-up: the channel, and the first id it covers (`last_event_id`'s
 /// successor, or a `history` window's first event).
@@ -41,19 +41,20 @@ impl Connection {
         }
     }
 
-    /// Forgets the dedup floor (a replay that was asked for could not be read: the client was
+    /// Forgets the dedup floors (a replay that was asked for could not be read: the client was
     /// told `recovered:false`, and a floor from its `last_event_id` must not hold live events back).
     pub fn clear_floor(&self) {
-        self.outbox.lock().floor = None;
+        self.outbox.lock().floors = Floors::Empty;
     }
 
     /// Ends a replay: queues `head` (the welcome or subscribed frame), then the replayed events
-    /// merged with the live ones held meanwhile, in id order, each id once. Returns how many
-    /// replayed events were queued.
+    /// merged with the live ones held meanwhile, in id order within each id-shard, each id
+    /// once. Returns how many replayed events were queued.
     ///
-    /// - `replayed` is sorted by id and was read up to the broker's snapshot `position`, after
-    ///   the broker's `sync` saw every live event up to it reach the hub. So once
-    ///   merged, the floor moves to `position` and the live stream is in global order again.
+    /// - `replayed` is sorted by id and was read up to the broker's snapshot `position` (one id
+    ///   per shard; a single-primary broker has one), after the broker's `sync` saw every live
+    ///   event up to it reach the hub. So once merged, each shard's floor moves to its snapshot
+    ///   and the live stream is in order again.
     /// - `catch_up` names the one channel of a subscribe catch-up. Its replayed events may be
     ///   older than what the socket already has on other channels (that is the catch-up); the
     ///   ones its patterns already brought are skipped, and held live frames of that channel
@@ -68,7 +69,7 @@ impl Connection {
         &self,
         head: impl FnOnce(u64) -> OutFrame,
         replayed: Vec<OutFrame>,
-        position: Option<EventId>,
+        position: &[EventId],
         catch_up: Option<CatchUp<'_>>,
     ) -> usize {
         let channel = catch_up.map(|c| c.channel);
@@ -81,33 +82,32 @@ impl Connection {
         if ob.close.is_some() {
             return 0;
         }
-        if let Some(s) = position {
-            // A floor above the snapshot came from a client's id the broker never issued.
-            if ob.floor.is_some_and(|f| f > s) {
-                ob.floor = Some(s);
-            }
+        // A floor above the snapshot came from a client's id the broker never issued.
+        for s in position {
+            ob.floors.cap(*s);
         }
-        let settle = position.or(ob.floor).unwrap_or_default();
+        let settle = position.first().copied().or(ob.floors.first()).unwrap_or_default();
         for (_, since) in ob.patterns.iter_mut() {
             if *since == PENDING {
                 *since = settle;
             }
         }
-        let before = ob.floor;
         let covered = channel.and_then(|c| ob.covered_since(c));
         let replayed: Vec<OutFrame> = replayed
             .into_iter()
             .filter(|f| {
                 let id = f.event_id.unwrap_or_default();
-                !(covered.is_some_and(|s| id > s) && before.is_some_and(|l| id <= l))
+                !(covered.is_some_and(|s| id > s) && ob.floors.of(id).is_some_and(|l| id <= l))
             })
             .collect();
+        let snapshot_of = |id: EventId| position.iter().find(|p| p.shard == id.shard).copied();
         let mut held = held.into_iter().peekable();
-        if ob.subscribing
-            && catch_up.is_none()
-            && let Some(s) = position
-        {
-            while let Some(h) = held.next_if(|h| h.frame.event_id.is_none_or(|id| id <= s)) {
+        if ob.subscribing && catch_up.is_none() && !position.is_empty() {
+            while let Some(h) = held.next_if(|h| {
+                h.frame
+                    .event_id
+                    .is_none_or(|id| snapshot_of(id).is_some_and(|s| id <= s))
+            }) {
                 if h.frame
                     .event_id
                     .is_none_or(|id| ob.admit(id, &h.channel, h.via_pattern))
@@ -117,9 +117,11 @@ impl Connection {
             }
         }
         ob.queue.push_back(head(replayed.len() as u64));
-        let mut replayed = replayed.into_iter().peekable();
+        let mut replayed = Runs::new(replayed);
         let mut sent_replayed = 0;
-        let mut last: Option<EventId> = None;
+        // The last id queued, per shard: ids of one shard go out rising.
+        let mut last = Floors::default();
+        let newer = |last: &Floors, id: EventId| last.of(id).is_none_or(|l| id > l);
         for h in held {
             let Some(id) = h.frame.event_id else {
                 ob.queue.push_back(h.frame);
@@ -135,33 +137,76 @@ impl Connection {
             {
                 continue;
             }
-            while let Some(r) = replayed.next_if(|r| r.event_id.is_some_and(|rid| rid <= id)) {
-                if r.event_id != Some(id) && r.event_id > last {
-                    last = r.event_id;
+            while let Some((rid, r)) = replayed.next_up_to(id) {
+                if rid != id && newer(&last, rid) {
+                    last.raise(rid);
                     sent_replayed += 1;
                     ob.queue.push_back(r);
-                } else if r.event_id == Some(id) {
+                } else if rid == id {
                     sent_replayed += 1;
                 }
             }
-            if Some(id) > last {
-                last = Some(id);
+            if newer(&last, id) {
+                last.raise(id);
                 ob.queue.push_back(h.frame);
             }
         }
-        for r in replayed {
-            if r.event_id > last {
-                last = r.event_id;
+        for (rid, r) in replayed.rest() {
+            if newer(&last, rid) {
+                last.raise(rid);
                 sent_replayed += 1;
                 ob.queue.push_back(r);
             }
         }
-        ob.floor = ob.floor.max(last).max(position);
+        for id in last.iter().chain(position.iter().copied()) {
+            ob.floors.raise(id);
+        }
         ob.replay_room = ob.queue.len();
         ob.bytes = ob.queue.iter().map(|f| f.payload.len()).sum();
         ob.replay_room_bytes = ob.bytes;
         drop(ob);
         self.wake.notify_one();
         sent_replayed
+    }
+}
+
+/// Replayed events split by shard, each run in id order: a held live event merges only with
+/// the replayed events of its own shard.
+struct Runs {
+    runs: Vec<std::collections::VecDeque<(EventId, OutFrame)>>,
+}
+
+impl Runs {
+    fn new(replayed: Vec<OutFrame>) -> Self {
+        let mut runs: Vec<std::collections::VecDeque<(EventId, OutFrame)>> = Vec::new();
+        for f in replayed {
+            let id = f.event_id.unwrap_or_default();
+            match runs
+                .iter_mut()
+                .find(|r| r.front().is_some_and(|(first, _)| first.shard == id.shard))
+            {
+                Some(run) => run.push_back((id, f)),
+                None => runs.push([(id, f)].into()),
+            }
+        }
+        Self { runs }
+    }
+
+    /// The next replayed event of `id`'s shard, if it is at or below `id`.
+    fn next_up_to(&mut self, id: EventId) -> Option<(EventId, OutFrame)> {
+        let run = self
+            .runs
+            .iter_mut()
+            .find(|r| r.front().is_some_and(|(first, _)| first.shard == id.shard))?;
+        if run.front().is_some_and(|(rid, _)| *rid <= id) {
+            run.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// What is left, shard by shard.
+    fn rest(self) -> impl Iterator<Item = (EventId, OutFrame)> {
+        self.runs.into_iter().flatten()
     }
 }

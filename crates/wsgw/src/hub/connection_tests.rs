@@ -10,8 +10,8 @@ fn frame(id: u64, bytes: usize) -> OutFrame {
 }
 
 fn live(cap: usize, cap_bytes: usize) -> Connection {
-    let c = Connection::new(Arc::from("c"), Arc::from("u"), cap, None).with_byte_capacity(cap_bytes);
-    c.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+    let c = Connection::new(Arc::from("c"), Arc::from("u"), cap, &[]).with_byte_capacity(cap_bytes);
+    c.finish_replay(|_| OutFrame::control("w"), Vec::new(), &[], None);
     let mut out = Vec::new();
     c.take_batch(&mut out);
     c
@@ -75,7 +75,7 @@ fn after_a_patterns_subscribed_frame_only_events_it_covers_arrive() {
     c.finish_replay(
         |_| OutFrame::control("subscribed"),
         Vec::new(),
-        Some(EventId::new(6, 0)),
+        &[EventId::new(6, 0)],
         None,
     );
     assert_eq!(texts(&c), ["e1", "e4", "e6", "subscribed", "t:9 e7", "e8"]);
@@ -86,7 +86,7 @@ fn after_a_patterns_subscribed_frame_only_events_it_covers_arrive() {
     let n = c.finish_replay(
         |n| OutFrame::control(format!("subscribed t:13 replayed={n}")),
         history,
-        Some(EventId::new(8, 0)),
+        &[EventId::new(8, 0)],
         Some(CatchUp {
             channel: "t:13",
             from: EventId::new(4, 0),
@@ -96,12 +96,12 @@ fn after_a_patterns_subscribed_frame_only_events_it_covers_arrive() {
     assert_eq!(texts(&c), ["subscribed t:13 replayed=2", "e4", "e6"]);
 
     // The welcome stays first whatever its replay held.
-    let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, None);
+    let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, &[]);
     c.push(ev(3, "e3"), "t", false);
     c.finish_replay(
         |_| OutFrame::control("welcome"),
         Vec::new(),
-        Some(EventId::new(3, 0)),
+        &[EventId::new(3, 0)],
         None,
     );
     assert_eq!(texts(&c), ["welcome", "e3"]);

@@ -97,8 +97,8 @@ impl Rig {
     async fn start(total: u64) -> Rig {
         let (server, client) = pair().await;
         let tcp = Arc::new(server);
-        let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100_000, None);
-        conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+        let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100_000, &[]);
+        conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), &[], None);
         conn.attach(tcp.clone());
         let conn = Arc::new(conn);
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -259,8 +259,8 @@ async fn a_slow_consumers_close_frame_never_lands_inside_a_frame() {
 }
 
 fn attached_with(tcp: Arc<TcpStream>, cap: usize) -> Arc<Connection> {
-    let c = Connection::new(Arc::from("c"), Arc::from("u"), cap, None);
-    c.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+    let c = Connection::new(Arc::from("c"), Arc::from("u"), cap, &[]);
+    c.finish_replay(|_| OutFrame::control("w"), Vec::new(), &[], None);
     c.attach(tcp);
     Arc::new(c)
 }
@@ -269,8 +269,8 @@ fn attached_with(tcp: Arc<TcpStream>, cap: usize) -> Arc<Connection> {
 async fn a_busy_socket_keeps_its_queue_between_flushes_and_the_tick_gives_an_idle_ones_back() {
     let (server, client) = pair().await;
     let tcp = Arc::new(server);
-    let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100, None);
-    conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), None, None);
+    let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100, &[]);
+    conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), &[], None);
     conn.attach(tcp);
     let capacity = || conn.outbox.lock().queue.capacity();
     for i in 1..=3 {

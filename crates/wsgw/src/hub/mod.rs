@@ -8,6 +8,7 @@ mod connection;
 mod core_flush;
 mod deflated;
 mod direct;
+mod floors;
 mod subscribers;
 
 use std::collections::{HashMap, HashSet};

@@ -100,7 +100,7 @@ mod tests {
     }
 
     fn conn(id: &str) -> Arc<Connection> {
-        Arc::new(Connection::new(Arc::from(id), Arc::from("u"), 8, None))
+        Arc::new(Connection::new(Arc::from(id), Arc::from("u"), 8, &[]))
     }
 
     fn keys(s: &Subscribers) -> Vec<u64> {

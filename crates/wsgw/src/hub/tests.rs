@@ -15,21 +15,21 @@ fn drain(c: &Connection) -> (Vec<String>, Option<CloseCode>) {
 }
 
 fn live(hub: &Hub, id: &str, cap: usize) -> Arc<Connection> {
-    let c = hub.register(Connection::new(Arc::from(id), Arc::from("u"), cap, None));
-    c.finish_replay(|_| OutFrame::control("welcome"), vec![], None, None);
+    let c = hub.register(Connection::new(Arc::from(id), Arc::from("u"), cap, &[]));
+    c.finish_replay(|_| OutFrame::control("welcome"), vec![], &[], None);
     c
 }
 
 #[test]
 fn replay_then_buffered_live_in_order_without_duplicates() {
-    let c = Connection::new(Arc::from("c1"), Arc::from("u"), 100, Some(EventId::new(1, 0)));
+    let c = Connection::new(Arc::from("c1"), Arc::from("u"), 100, &[EventId::new(1, 0)]);
     // live events arrive while history is being read; 3 is also in history
     assert_eq!(c.push(ev(3, "e3"), "t", false), Push::Queued);
     assert_eq!(c.push(ev(4, "e4"), "t", false), Push::Queued);
     let n = c.finish_replay(
         |_| OutFrame::control("welcome"),
         vec![ev(2, "e2"), ev(3, "e3")],
-        Some(EventId::new(3, 0)),
+        &[EventId::new(3, 0)],
         None,
     );
     assert_eq!(n, 2);
@@ -94,7 +94,7 @@ fn a_catch_up_on_one_channel_never_drops_older_live_events_of_another() {
     let n = c.finish_replay(
         |n| OutFrame::control(format!("subscribed:{n}")),
         vec![on(3, "doc:9"), on(15, "doc:9")],
-        Some(EventId::new(15, 0)),
+        &[EventId::new(15, 0)],
         Some(CatchUp {
             channel: "doc:9",
             from: EventId::new(3, 0),
@@ -120,13 +120,8 @@ fn a_catch_up_on_one_channel_never_drops_older_live_events_of_another() {
 
 #[test]
 fn a_future_last_event_id_does_not_hold_live_events_back() {
-    let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, Some(EventId::new(1_000, 0)));
-    c.finish_replay(
-        |_| OutFrame::control("welcome"),
-        vec![],
-        Some(EventId::new(20, 0)),
-        None,
-    );
+    let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, &[EventId::new(1_000, 0)]);
+    c.finish_replay(|_| OutFrame::control("welcome"), vec![], &[EventId::new(20, 0)], None);
     assert_eq!(c.push(on(21, "t"), "t", false), Push::Queued);
     assert_eq!(drain(&c).0, ["welcome", "t#21"]);
 }
@@ -142,7 +137,7 @@ fn a_pattern_is_exact_from_its_snapshot_and_a_catch_up_skips_what_it_brought() {
     c.finish_replay(
         |_| OutFrame::control("psubscribed"),
         vec![],
-        Some(EventId::new(5, 0)),
+        &[EventId::new(5, 0)],
         None,
     );
     for id in 6..=8 {
@@ -156,7 +151,7 @@ fn a_pattern_is_exact_from_its_snapshot_and_a_catch_up_skips_what_it_brought() {
     let n = c.finish_replay(
         |n| OutFrame::control(format!("subscribed:{n}")),
         replay,
-        Some(EventId::new(9, 0)),
+        &[EventId::new(9, 0)],
         Some(CatchUp {
             channel: "t:1",
             from: EventId::new(3, 0),
@@ -169,8 +164,8 @@ fn a_pattern_is_exact_from_its_snapshot_and_a_catch_up_skips_what_it_brought() {
 #[test]
 fn a_users_connections_are_its_own_sockets_not_the_listeners_of_its_channel() {
     let hub = Hub::new("n".into(), Metrics::new());
-    let alice = hub.register(Connection::new(Arc::from("a1"), Arc::from("alice"), 10, None));
-    let agent = hub.register(Connection::new(Arc::from("s1"), Arc::from("support"), 10, None));
+    let alice = hub.register(Connection::new(Arc::from("a1"), Arc::from("alice"), 10, &[]));
+    let agent = hub.register(Connection::new(Arc::from("s1"), Arc::from("support"), 10, &[]));
     hub.subscribe(&agent, "user:alice");
     assert_eq!(hub.user_connection_count("alice"), 1);
     assert_eq!(hub.presence("alice").len(), 1);
@@ -181,7 +176,7 @@ fn a_users_connections_are_its_own_sockets_not_the_listeners_of_its_channel() {
         "the agent watching user:alice was not kicked"
     );
     // A resumed id replaces the old socket in the index; removal empties it.
-    let again = hub.register(Connection::new(Arc::from("a1"), Arc::from("alice"), 10, None));
+    let again = hub.register(Connection::new(Arc::from("a1"), Arc::from("alice"), 10, &[]));
     assert_eq!(hub.user_connection_count("alice"), 1);
     hub.remove(&alice);
     assert_eq!(
@@ -227,7 +222,7 @@ fn a_history_window_is_not_preceded_by_older_held_events_of_its_channel() {
     let n = c.finish_replay(
         |n| OutFrame::control(format!("subscribed:{n}")),
         vec![on(7, "doc:9"), on(8, "doc:9")],
-        Some(EventId::new(8, 0)),
+        &[EventId::new(8, 0)],
         Some(CatchUp {
             channel: "doc:9",
             from: EventId::new(7, 0),
@@ -262,4 +257,58 @@ fn a_fan_out_shares_one_compression_cache_only_when_compression_is_on() {
         // Below compression_min_bytes: no cache.
         assert!(fa[1].deflated.is_none() && fb[1].deflated.is_none());
     }
+}
+
+fn sev(shard: u16, ms: u64, text: &str) -> OutFrame {
+    OutFrame::event(text.to_owned(), EventId::sharded(shard, ms, 0), 0)
+}
+
+/// Ids of different id-shards are not ordered against each other: a resume's replay over two
+/// shards merges with the live events held meanwhile shard by shard, each id once, and the
+/// floors that follow drop repeats per shard only.
+#[test]
+fn a_replay_over_two_shards_merges_per_shard() {
+    // The client's cursor: shard 3 at 100, shard 7 at 5 (far lower ids in another sequence).
+    let c = Connection::new(
+        Arc::from("c1"),
+        Arc::from("u"),
+        100,
+        &[EventId::sharded(3, 100, 0), EventId::sharded(7, 5, 0)],
+    );
+    // Live while the replay is read: shard 7 at 8 (also replayed), shard 3 at 103, shard 7 at 9.
+    assert_eq!(c.push(sev(7, 8, "b8"), "b", false), Push::Queued);
+    assert_eq!(c.push(sev(3, 103, "a103"), "a", false), Push::Queued);
+    assert_eq!(c.push(sev(7, 9, "b9"), "b", false), Push::Queued);
+    // The replay, up to the snapshot (shard 3 at 102, shard 7 at 8), sorted by id.
+    let n = c.finish_replay(
+        |_| OutFrame::control("welcome"),
+        vec![
+            sev(3, 101, "a101"),
+            sev(3, 102, "a102"),
+            sev(7, 6, "b6"),
+            sev(7, 8, "b8"),
+        ],
+        &[EventId::sharded(3, 102, 0), EventId::sharded(7, 8, 0)],
+        None,
+    );
+    assert_eq!(n, 4);
+    let (frames, _) = drain(&c);
+    assert_eq!(frames, ["welcome", "b6", "b8", "a101", "a102", "a103", "b9"]);
+    // Repeats are dropped per shard; a low id of one shard is not held back by another's floor.
+    assert_eq!(c.push(sev(3, 103, "a103"), "a", false), Push::Duplicate);
+    assert_eq!(c.push(sev(7, 9, "b9"), "b", false), Push::Duplicate);
+    assert_eq!(c.push(sev(7, 10, "b10"), "b", false), Push::Queued);
+    assert_eq!(c.push(sev(12, 1, "c1"), "c", false), Push::Queued);
+    assert_eq!(c.push(sev(3, 104, "a104"), "a", false), Push::Queued);
+    assert_eq!(drain(&c).0, ["b10", "c1", "a104"]);
+}
+
+/// A client's floor from `last_event_id` holds back only its own shard's older live events.
+#[test]
+fn a_cursor_floor_holds_back_only_its_shard() {
+    let c = Connection::new(Arc::from("c1"), Arc::from("u"), 100, &[EventId::sharded(3, 100, 0)]);
+    c.finish_replay(|_| OutFrame::control("welcome"), vec![], &[], None);
+    assert_eq!(c.push(sev(3, 99, "old"), "a", false), Push::Duplicate);
+    assert_eq!(c.push(sev(4, 1, "other"), "b", false), Push::Queued);
+    assert_eq!(drain(&c).0, ["welcome", "other"]);
 }

@@ -132,6 +132,9 @@ impl Session {
         if let Err(e) = validate_channel(&channel, true) {
             return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
         }
+        if let Some(Err(e)) = last_event_id.map(history::own_id) {
+            return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
+        }
         if wsgw_protocol::is_reserved(&channel) {
             return self.send_error(
                 ErrorCode::Forbidden,
@@ -181,7 +184,7 @@ impl Session {
             }
             let err = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), request_id);
             self.conn
-                .finish_replay(|_| OutFrame::control(err.to_json()), Vec::new(), None, None);
+                .finish_replay(|_| OutFrame::control(err.to_json()), Vec::new(), &[], None);
             return;
         }
         let is_pattern = channel.contains('*');
@@ -208,7 +211,7 @@ impl Session {
                 }
                 let err = ServerFrame::error(ErrorCode::Unavailable, e.to_string(), request_id);
                 self.conn
-                    .finish_replay(|_| OutFrame::control(err.to_json()), Vec::new(), None, None);
+                    .finish_replay(|_| OutFrame::control(err.to_json()), Vec::new(), &[], None);
                 return;
             }
             Err(e) => {
@@ -234,7 +237,9 @@ impl Session {
             channel: channel.as_str(),
             from,
         });
-        let n = self.conn.finish_replay(head, replay.events, replay.position, catch_up);
+        let n = self
+            .conn
+            .finish_replay(head, replay.events, replay.position.as_slice(), catch_up);
         gw.metrics.replayed_events.inc_by(n as u64);
         // Presence lists the topics (a resume on another node takes them from there).
         gw.broker.connected(&self.conn);
@@ -246,6 +251,9 @@ impl Session {
     async fn history(&mut self, channel: String, since: Option<EventId>, limit: Option<u32>, request_id: Value) {
         let rid = Some(request_id.clone());
         if let Err(e) = validate_channel(&channel, true) {
+            return self.send_error(ErrorCode::BadRequest, e.to_string(), rid);
+        }
+        if let Some(Err(e)) = since.map(history::own_id) {
             return self.send_error(ErrorCode::BadRequest, e.to_string(), rid);
         }
         if wsgw_protocol::is_reserved(&channel) {

@@ -25,7 +25,11 @@ impl Session {
         // An unreadable last_event_id means a replay was wanted but can't be done: say so with
         // an error after the welcome and `recovered:false`, rather than refusing the socket.
         let mut unreadable_last_id = false;
-        let last_event_id = match params.last_event_id.as_deref().map(str::parse::<EventId>) {
+        let parsed = params
+            .last_event_id
+            .as_deref()
+            .map(|s| s.parse::<EventId>().and_then(history::own_id));
+        let last_event_id = match parsed {
             Some(Ok(id)) => Some(id),
             Some(Err(e)) => {
                 notices.push(error_frame(ErrorCode::BadRequest, e.to_string(), None));
@@ -76,7 +80,7 @@ impl Session {
             Arc::from(id.as_str()),
             Arc::from(claims.sub.as_str()),
             gw.config.send_queue,
-            last_event_id,
+            last_event_id.as_slice(),
         )
         .with_byte_capacity(gw.config.send_queue_bytes);
         let conn = match params.deflate_window {
@@ -181,7 +185,7 @@ impl Session {
             });
             OutFrame::control(w.to_json())
         };
-        let n = conn.finish_replay(welcome, replay.events, replay.position, None);
+        let n = conn.finish_replay(welcome, replay.events, replay.position.as_slice(), None);
         gw.metrics.replayed_events.inc_by(n as u64);
         for f in notices {
             conn.push_control(f);
