@@ -418,7 +418,7 @@ async fn history(
         Some(s) => {
             let id: EventId = s
                 .parse()
-                .and_then(crate::history::own_id)
+                .and_then(|id| crate::history::own_id(gw.broker.as_ref(), id))
                 .map_err(|e: wsgw_protocol::EventIdError| AppError::BadRequest(e.to_string()))?;
             HistoryQuery::After { id, limit, until: None }
         }

@@ -14,14 +14,32 @@ use wsgw_protocol::{EventId, EventIdError};
 use crate::broker::{Broker, BrokerError, HistoryQuery, StoredEvent};
 use crate::hub::OutFrame;
 
-/// Whether this deployment issues ids like `id`. The brokers a node can serve on today (memory,
-/// one Redis primary) issue `<ms>-<seq>` only, so an id naming an id-shard (`<shard>~<ms>-<seq>`,
+/// Whether this deployment issues ids like `id`. A broker with one global sequence (memory,
+/// one Redis primary) issues `<ms>-<seq>` only, so an id naming an id-shard (`<shard>~<ms>-<seq>`,
 /// a Redis Cluster deployment's) is refused as unreadable, the same as any other foreign text.
-pub fn own_id(id: EventId) -> Result<EventId, EventIdError> {
+/// A Redis Cluster deployment takes both: a single-primary id names none of its shards, which
+/// the replay reports as not recovered.
+pub fn own_id(broker: &dyn Broker, id: EventId) -> Result<EventId, EventIdError> {
     match id.shard() {
-        None => Ok(id),
-        Some(_) => Err(EventIdError(id.to_string())),
+        Some(_) if !sharded(broker) => Err(EventIdError(id.to_string())),
+        _ => Ok(id),
     }
+}
+
+/// Whether the broker spreads channels over id-shards (a Redis Cluster).
+fn sharded(broker: &dyn Broker) -> bool {
+    broker.shard_of("").is_some()
+}
+
+/// A client's `last_event_id` on connect: one id, or in a Redis Cluster deployment a cursor
+/// of at most one id per id-shard joined with `,` (docs/protocol.md, "Exactness").
+pub fn parse_cursor(broker: &dyn Broker, text: &str) -> Result<Vec<EventId>, String> {
+    if sharded(broker) && text.contains(',') {
+        let cursor: wsgw_protocol::ShardCursor = text.parse().map_err(|e: wsgw_protocol::CursorError| e.to_string())?;
+        return Ok(cursor.iter().collect());
+    }
+    let id = text.parse::<EventId>().and_then(|id| own_id(broker, id));
+    id.map(|id| vec![id]).map_err(|e| e.to_string())
 }
 
 /// Events read per history call.
@@ -30,12 +48,14 @@ pub const REPLAY_BATCH: usize = 256;
 /// The outcome of a replay read.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Events to send, in id order, each once.
+    /// Events to send, in id order (per id-shard), each once.
     pub events: Vec<OutFrame>,
-    /// False when completeness can't be promised (trimmed, expired, lost, or over the cap).
+    /// False when completeness can't be promised (trimmed, expired, lost, over the cap, or a
+    /// channel whose id-shard the client's cursor does not name).
     pub recovered: bool,
-    /// The snapshot the replay was read up to; `None` when no snapshot was taken.
-    pub position: Option<EventId>,
+    /// The snapshot the replay was read up to, one id per shard read (one in all with one
+    /// global sequence); empty when no snapshot was taken.
+    pub position: Vec<EventId>,
 }
 
 impl Replay {
@@ -44,7 +64,7 @@ impl Replay {
         Self {
             events: Vec::new(),
             recovered,
-            position: None,
+            position: Vec::new(),
         }
     }
 }
@@ -52,38 +72,47 @@ impl Replay {
 /// Only the snapshot: for a subscription (a pattern) that replays nothing but must know from
 /// which id on it is exact.
 pub async fn position(broker: &dyn Broker, recovered: bool) -> Result<Replay, BrokerError> {
-    let s = broker.sync().await?;
     Ok(Replay {
         events: Vec::new(),
         recovered,
-        position: Some(s),
+        position: broker.sync(&[]).await?,
     })
+}
+
+/// The id-shards `channels` live in, each once (none with one global sequence).
+fn shards_of(broker: &dyn Broker, channels: &[&String]) -> Vec<u16> {
+    let mut shards: Vec<u16> = channels.iter().filter_map(|c| broker.shard_of(c)).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    shards
+}
+
+/// The id of `ids` in `shard` (`None`: the global sequence).
+fn in_shard(ids: &[EventId], shard: Option<u16>) -> Option<EventId> {
+    ids.iter().find(|i| i.shard() == shard).copied()
 }
 
 fn to_frame(e: StoredEvent) -> OutFrame {
     OutFrame::event(e.frame, e.id, crate::time::ms_to_us(e.ts_ms))
 }
 
-/// Reads every event after `after` on `channels` (patterns are skipped: they have no history
-/// of their own), at most `max_replay` in all: the reads across every channel stop at the cap
-/// (plus one, to tell "over" from "exactly"), channel after channel, and a replay cut there
-/// is not recovered.
+/// Reads every event after the client's position on `channels` (patterns are skipped: they
+/// have no history of their own), at most `max_replay` in all: the reads across every channel
+/// stop at the cap (plus one, to tell "over" from "exactly"), channel after channel, and a
+/// replay cut there is not recovered.
+///
+/// `after` is the client's `last_event_id`: one id with one global sequence, or a cursor of at
+/// most one id per id-shard. A channel is read from the id of its own shard; a channel whose
+/// shard the cursor does not name is not replayed and makes the replay not recovered.
 pub async fn replay_after(
     broker: &dyn Broker,
     channels: &[String],
-    after: EventId,
+    after: &[EventId],
     max_replay: usize,
     connection_id: &str,
 ) -> Result<Replay, BrokerError> {
-    let s = broker.sync().await?;
-    if after > s {
-        // An id this broker never issued: nothing here can vouch for what followed it.
-        return Ok(Replay {
-            events: Vec::new(),
-            recovered: false,
-            position: Some(s),
-        });
-    }
+    let exact: Vec<&String> = channels.iter().filter(|c| !c.contains('*')).collect();
+    let snapshot = broker.sync(&shards_of(broker, &exact)).await?;
     let mut all: Vec<StoredEvent> = Vec::new();
     let mut recovered = true;
     // One budget for the whole replay, not one per channel: a socket restoring many channels
@@ -91,11 +120,30 @@ pub async fn replay_after(
     // "exactly the cap"; a replay that spends it stops early and is not recovered.
     let want = max_replay.saturating_add(1);
     let mut taken = 0usize;
-    for channel in channels.iter().filter(|c| !c.contains('*')) {
+    for channel in exact {
         if taken >= want {
             break;
         }
-        let mut cursor = after;
+        let shard = broker.shard_of(channel);
+        let Some(s) = in_shard(&snapshot, shard) else {
+            recovered = false;
+            continue;
+        };
+        let Some(from) = in_shard(after, shard) else {
+            // The cursor names no position in this channel's shard: the client received
+            // nothing from it. It missed nothing of this channel if nothing was published
+            // there since shortly before the last event it did receive (from any shard).
+            if !quiet_since(broker, channel, shard, after, s).await? {
+                recovered = false;
+            }
+            continue;
+        };
+        if from > s {
+            // An id this broker never issued: nothing here can vouch for what followed it.
+            recovered = false;
+            continue;
+        }
+        let mut cursor = from;
         loop {
             let limit = REPLAY_BATCH.min(want - taken);
             let page = broker
@@ -108,7 +156,7 @@ pub async fn replay_after(
                     },
                 )
                 .await?;
-            if cursor == after && !page.complete {
+            if cursor == from && !page.complete {
                 recovered = false;
             }
             let n = page.events.len();
@@ -132,8 +180,37 @@ pub async fn replay_after(
     Ok(Replay {
         events: all.into_iter().map(to_frame).collect(),
         recovered,
-        position: Some(s),
+        position: snapshot,
     })
+}
+
+/// How far the clocks of a cluster's primaries may disagree, in ms, for [`quiet_since`].
+pub const CLOCK_SKEW_MS: u64 = 1_000;
+
+/// Whether `channel`, in a shard the cursor `after` does not name, provably had no event
+/// since [`CLOCK_SKEW_MS`] before the newest position `after` names (when the client last
+/// received something, so was connected and following its channels): its history from then
+/// up to the snapshot `s` is complete and empty.
+async fn quiet_since(
+    broker: &dyn Broker,
+    channel: &str,
+    shard: Option<u16>,
+    after: &[EventId],
+    s: EventId,
+) -> Result<bool, BrokerError> {
+    let (Some(shard), Some(last_ms)) = (shard, after.iter().map(|a| a.ms).max()) else {
+        return Ok(false);
+    };
+    let since = EventId::sharded(shard, last_ms.saturating_sub(CLOCK_SKEW_MS), 0);
+    // A shard that issued nothing yet has no newer events either (its snapshot is `0-0`).
+    let since = if (s.ms, s.seq) == (0, 0) { since } else { since.min(s) };
+    let query = HistoryQuery::After {
+        id: since,
+        limit: 1,
+        until: Some(s),
+    };
+    let page = broker.history(channel, query).await?;
+    Ok(page.complete && page.events.is_empty())
 }
 
 /// The newest `n` events of one channel (capped at `max_replay`).
@@ -144,13 +221,14 @@ pub async fn last_n(
     max_replay: usize,
     connection_id: &str,
 ) -> Result<Replay, BrokerError> {
-    let s = broker.sync().await?;
+    let shard: Vec<u16> = broker.shard_of(channel).into_iter().collect();
+    let snapshot = broker.sync(&shard).await?;
     let page = broker
         .history(
             channel,
             HistoryQuery::Last {
                 n: n.min(max_replay),
-                until: Some(s),
+                until: in_shard(&snapshot, broker.shard_of(channel)),
             },
         )
         .await?;
@@ -163,7 +241,7 @@ pub async fn last_n(
     Ok(Replay {
         events,
         recovered: true,
-        position: Some(s),
+        position: snapshot,
     })
 }
 
@@ -174,8 +252,8 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 fn before(id: EventId) -> Option<EventId> {
     match (id.ms, id.seq) {
         (0, 0) => None,
-        (ms, 0) => Some(EventId::new(ms - 1, u64::MAX)),
-        (ms, seq) => Some(EventId::new(ms, seq - 1)),
+        (ms, 0) => Some(EventId::sharded(id.shard, ms - 1, u64::MAX)),
+        (ms, seq) => Some(EventId::sharded(id.shard, ms, seq - 1)),
     }
 }
 
@@ -290,12 +368,12 @@ mod tests {
             ids.push(publish(&b, if i < 200 { "a" } else { "b" }).await);
         }
         let chans = vec!["a".to_string(), "b".to_string(), "p:*".to_string()];
-        let r = replay_after(&b, &chans, start, 1000, "c").await.unwrap();
+        let r = replay_after(&b, &chans, &[start], 1000, "c").await.unwrap();
         assert!(r.recovered);
         let got: Vec<EventId> = r.events.iter().filter_map(|e| e.event_id).collect();
         assert_eq!(got, ids);
 
-        let r = replay_after(&b, &chans, start, 100, "c").await.unwrap();
+        let r = replay_after(&b, &chans, &[start], 100, "c").await.unwrap();
         assert!(!r.recovered, "600 events do not fit a cap of 100");
         let got: Vec<EventId> = r.events.iter().filter_map(|e| e.event_id).collect();
         assert_eq!(got, ids[..100]);
@@ -315,7 +393,7 @@ mod tests {
         let start = publish(&b, "x").await;
         let id = publish(&b, "a").await;
         // `max_replay + 1` must not overflow.
-        let r = replay_after(&b, &["a".to_string()], start, usize::MAX, "c")
+        let r = replay_after(&b, &["a".to_string()], &[start], usize::MAX, "c")
             .await
             .unwrap();
         assert!(r.recovered);

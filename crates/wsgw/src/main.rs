@@ -118,13 +118,7 @@ fn print_token(config: &Config, args: &TokenArgs) -> ExitCode {
 /// per primary (`<host:port> present|loaded|failed: <why>`; with `--watch`, only changes and
 /// failures). Exit 0: on every primary; 1: a primary failed or no seed answered; 64: no seeds.
 fn functions(config: &Config, args: &FunctionsArgs) -> ExitCode {
-    let seeds: Vec<String> = std::env::var(wsgw::config::REDIS_CLUSTER_ENV)
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let seeds = config.redis_cluster_seeds();
     if seeds.is_empty() {
         eprintln!("wsgw functions: set WSGW_REDIS_CLUSTER to the cluster's seed URLs, comma-separated");
         return ExitCode::from(EXIT_USAGE);
@@ -195,6 +189,7 @@ fn prepare_dev(config: &mut Config) -> DevInfo {
     }
     warn!("dev mode: random secrets, memory broker, permissive token; not for production");
     config.redis_url = None;
+    config.redis_cluster = None;
     config.redis_sentinels.clear();
     config.jwt_secret.get_or_insert_with(|| random_hex(32).into());
     let api_key = config

@@ -140,7 +140,9 @@ impl Gateway {
             size: config.history_size,
             ttl_ms: config.history_ttl_ms,
         };
+        let seeds = config.redis_cluster_seeds();
         let target = match (&config.redis_url, config.redis_sentinels.is_empty()) {
+            _ if !seeds.is_empty() => Some(RedisTarget::Cluster(seeds)),
             (Some(url), _) => Some(RedisTarget::Url(url.expose_secret().to_owned())),
             (None, false) => Some(RedisTarget::Sentinel(SentinelSettings {
                 sentinels: config.redis_sentinels.clone(),

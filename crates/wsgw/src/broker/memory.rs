@@ -262,11 +262,11 @@ impl Broker for MemoryBroker {
         Box::pin(async move { Ok(page) })
     }
 
-    fn sync(&self) -> BoxFuture<'_, Result<EventId, BrokerError>> {
+    fn sync<'a>(&'a self, _shards: &'a [u16]) -> BoxFuture<'a, Result<Vec<EventId>, BrokerError>> {
         // Publishes reach the hub under the same lock that issues ids: everything up to the
         // last id issued is already there.
         let last = self.state.lock().last_id;
-        Box::pin(async move { Ok(last) })
+        Box::pin(async move { Ok(vec![last]) })
     }
 
     fn listen<'a>(&'a self, _channels: &'a [Arc<str>]) -> BoxFuture<'a, Result<(), BrokerError>> {

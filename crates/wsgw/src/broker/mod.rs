@@ -152,11 +152,19 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops listening to channels that lost their last local subscriber.
     fn unlisten(&self, channels: &[Arc<str>]);
 
+    /// The id-shard `channel` lives in (a Redis Cluster's, docs/scaling.md); `None` where the
+    /// broker keeps one global sequence.
+    fn shard_of(&self, _channel: &str) -> Option<u16> {
+        None
+    }
+
     /// The replay snapshot: returns the newest id issued so far (`S`), and resolves only once
     /// every event up to `S` on a channel this node listens to has been handed to the hub. A
     /// replay reads history up to `S` after this, so replay and live stream meet without a gap
-    /// or an overlap that could reorder a channel.
-    fn sync(&self) -> BoxFuture<'_, Result<EventId, BrokerError>>;
+    /// or an overlap that could reorder a channel. With one global sequence that is one id and
+    /// `shards` is ignored; with id-shards, one id per shard in `shards` (each shard's sequence
+    /// is its own).
+    fn sync<'a>(&'a self, shards: &'a [u16]) -> BoxFuture<'a, Result<Vec<EventId>, BrokerError>>;
 
     /// Whether the broker can serve now (feeds `/ready`).
     fn is_ready(&self) -> bool;

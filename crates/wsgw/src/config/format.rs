@@ -44,6 +44,17 @@ pub(super) fn serialize_url<S: Serializer>(url: &Option<SecretString>, s: S) -> 
     }
 }
 
+/// Writes a comma-separated list of URLs, each with its password redacted.
+pub(super) fn serialize_urls<S: Serializer>(urls: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match urls {
+        Some(urls) => {
+            let each: Vec<String> = urls.expose_secret().split(',').map(|u| redact_url(u.trim())).collect();
+            s.serialize_str(&each.join(","))
+        }
+        None => s.serialize_none(),
+    }
+}
+
 /// Writes networks as strings, a single address without its prefix length.
 pub(super) fn serialize_networks<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(nets.iter().map(crate::proxy::format_net))

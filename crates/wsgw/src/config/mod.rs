@@ -35,8 +35,8 @@ pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// The env var naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "WSGW_CONFIG";
 
-/// The Redis Cluster seed URLs (comma-separated) that `wsgw functions` reads. Not a setting of
-/// a serving node: gateway nodes cannot serve on a Redis Cluster yet.
+/// The Redis Cluster seed URLs (comma-separated): the `redis_cluster` setting, which `wsgw
+/// functions` reads too.
 pub const REDIS_CLUSTER_ENV: &str = "WSGW_REDIS_CLUSTER";
 
 /// Where `--dev` listens when no layer sets `listen`: loopback only.
@@ -184,6 +184,23 @@ impl Config {
         if let Err(reason) = crate::origin::AllowedOrigins::new(&self.allowed_origins) {
             return Err(invalid("allowed_origins", reason));
         }
+        if self.redis_cluster.is_some() {
+            if self.redis_url.is_some() || !self.redis_sentinels.is_empty() {
+                return Err(invalid(
+                    "redis_cluster",
+                    "set one of redis_url, redis_sentinels or redis_cluster".to_owned(),
+                ));
+            }
+            if self.redis_cluster_seeds().is_empty() {
+                return Err(invalid("redis_cluster", "names no seed URL".to_owned()));
+            }
+            if !self.presence_channels.is_empty() {
+                return Err(invalid(
+                    "presence_channels",
+                    "channel presence is not available with redis_cluster yet".to_owned(),
+                ));
+            }
+        }
         if !self.redis_sentinels.is_empty() {
             if self.redis_url.is_some() {
                 return Err(invalid(
@@ -214,6 +231,21 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The Redis Cluster seed URLs `redis_cluster` names, trimmed, empty ones dropped.
+    pub fn redis_cluster_seeds(&self) -> Vec<String> {
+        self.redis_cluster
+            .as_ref()
+            .map(|s| {
+                s.expose_secret()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The presence TTL in effect: the configured one, or heartbeat timeout + 5 s.

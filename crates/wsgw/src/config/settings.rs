@@ -124,6 +124,11 @@ settings! {
     /// Its password is redacted in `--print-config`; `Debug` hides all of it.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::format::serialize_url")]
     redis_url: Option<SecretString> = None, WSGW_REDIS_URL => opt;
+    /// Seed URLs of a Redis Cluster (comma-separated in the env), instead of `redis_url`: nodes
+    /// then spread channels over 16 id-shards and follow them with sharded pub/sub
+    /// (docs/scaling.md). Passwords are redacted in `--print-config`; `Debug` hides all of it.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::format::serialize_urls")]
+    redis_cluster: Option<SecretString> = None, WSGW_REDIS_CLUSTER => opt;
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     redis_prefix: String = "ws:".to_owned(), WSGW_REDIS_PREFIX => string;
     /// PEM file of the CA that signs the Redis server's certificate (`rediss://` URLs); unset:

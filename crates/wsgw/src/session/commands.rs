@@ -132,7 +132,7 @@ impl Session {
         if let Err(e) = validate_channel(&channel, true) {
             return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
         }
-        if let Some(Err(e)) = last_event_id.map(history::own_id) {
+        if let Some(Err(e)) = last_event_id.map(|id| history::own_id(self.gw.broker.as_ref(), id)) {
             return self.send_error(ErrorCode::BadRequest, e.to_string(), request_id);
         }
         if wsgw_protocol::is_reserved(&channel) {
@@ -158,6 +158,11 @@ impl Session {
         let topics = self.conn.topic_count();
         if topics >= self.gw.config.max_subscriptions {
             let msg = format!("subscription limit of {} reached", self.gw.config.max_subscriptions);
+            return self.send_error(ErrorCode::BadRequest, msg, request_id);
+        }
+        if channel.contains('*') && self.gw.broker.shard_of(&channel).is_some() {
+            // Sharded pub/sub has no PSUBSCRIBE (docs/scaling.md).
+            let msg = "patterns are not available on a Redis Cluster deployment";
             return self.send_error(ErrorCode::BadRequest, msg, request_id);
         }
         if channel.contains('*') {
@@ -195,7 +200,7 @@ impl Session {
             history::position(broker, !wants_replay).await
         } else if let Some(after) = last_event_id {
             let chans = std::slice::from_ref(&channel);
-            history::replay_after(broker, chans, after, gw.config.max_replay, &self.conn.id).await
+            history::replay_after(broker, chans, &[after], gw.config.max_replay, &self.conn.id).await
         } else if let Some(n) = history {
             history::last_n(broker, &channel, n as usize, gw.config.max_replay, &self.conn.id).await
         } else {
@@ -225,12 +230,13 @@ impl Session {
         // Where the catch-up starts: live frames of the channel from before it are not sent.
         let from = match (last_event_id, history) {
             _ if is_pattern => None,
-            (Some(after), _) => Some(after.next()),
+            // An id of another sequence than the channel's starts nothing (not recovered).
+            (Some(after), _) => (after.shard() == gw.broker.shard_of(&channel)).then(|| after.next()),
             (None, Some(_)) => replay
                 .events
                 .first()
                 .and_then(|f| f.event_id)
-                .or(replay.position.map(EventId::next)),
+                .or(replay.position.first().map(|p| p.next())),
             (None, None) => None,
         };
         let catch_up = from.map(|from| CatchUp {
@@ -253,7 +259,7 @@ impl Session {
         if let Err(e) = validate_channel(&channel, true) {
             return self.send_error(ErrorCode::BadRequest, e.to_string(), rid);
         }
-        if let Some(Err(e)) = since.map(history::own_id) {
+        if let Some(Err(e)) = since.map(|id| history::own_id(self.gw.broker.as_ref(), id)) {
             return self.send_error(ErrorCode::BadRequest, e.to_string(), rid);
         }
         if wsgw_protocol::is_reserved(&channel) {

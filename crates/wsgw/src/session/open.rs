@@ -28,11 +28,11 @@ impl Session {
         let parsed = params
             .last_event_id
             .as_deref()
-            .map(|s| s.parse::<EventId>().and_then(history::own_id));
-        let last_event_id = match parsed {
-            Some(Ok(id)) => Some(id),
+            .map(|s| history::parse_cursor(gw.broker.as_ref(), s));
+        let last_event_id: Option<Vec<EventId>> = match parsed {
+            Some(Ok(ids)) => Some(ids),
             Some(Err(e)) => {
-                notices.push(error_frame(ErrorCode::BadRequest, e.to_string(), None));
+                notices.push(error_frame(ErrorCode::BadRequest, e, None));
                 unreadable_last_id = true;
                 None
             }
@@ -80,7 +80,7 @@ impl Session {
             Arc::from(id.as_str()),
             Arc::from(claims.sub.as_str()),
             gw.config.send_queue,
-            last_event_id.as_slice(),
+            last_event_id.as_deref().unwrap_or_default(),
         )
         .with_byte_capacity(gw.config.send_queue_bytes);
         let conn = match params.deflate_window {
@@ -154,7 +154,7 @@ impl Session {
             return Some(session.with_park(resumed.then_some(restored)));
         }
         let patterns: Vec<String> = restored.iter().filter(|t| t.contains('*')).cloned().collect();
-        let replay = match last_event_id {
+        let replay = match &last_event_id {
             None if patterns.is_empty() => Ok(Replay::none(!unreadable_last_id)),
             // Restored patterns need the snapshot they are exact from.
             None => history::position(gw.broker.as_ref(), !unreadable_last_id).await,

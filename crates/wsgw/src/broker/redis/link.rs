@@ -14,6 +14,8 @@ pub enum RedisTarget {
     Url(String),
     /// Sentinels that name the primary.
     Sentinel(SentinelSettings),
+    /// Seed URLs of a Redis Cluster (`cluster_link.rs`).
+    Cluster(Vec<String>),
 }
 
 /// Finding the primary through Redis Sentinel.
@@ -161,6 +163,7 @@ pub(super) fn warn_settings(target: &RedisTarget, tls: &RedisTls) {
     let uses_tls = match target {
         RedisTarget::Url(url) => url.starts_with("rediss://"),
         RedisTarget::Sentinel(s) => s.tls,
+        RedisTarget::Cluster(seeds) => seeds.iter().any(|u| u.starts_with("rediss://")),
     };
     let tls_set = tls.ca_file.is_some() || tls.client_cert_file.is_some() || tls.insecure;
     if !uses_tls && tls_set {
@@ -263,6 +266,8 @@ impl Inner {
                 }
                 Ok(false)
             }
+            // The cluster connection follows the cluster itself (`cluster_link.rs`).
+            RedisTarget::Cluster(_) => Ok(false),
             RedisTarget::Sentinel(sentinel) => {
                 let (client, addr) = sentinel.primary(&self.s.tls, self.s.op_timeout).await?;
                 let before = self.primary_addr.lock().clone();

@@ -32,6 +32,7 @@ use crate::time::{mono_ms, now_ms};
 mod bans;
 mod channel_presence;
 mod cluster_functions;
+mod cluster_link;
 mod control;
 mod keys;
 mod link;
@@ -41,6 +42,7 @@ mod pubsub;
 mod repair;
 mod requests;
 mod resume;
+mod sharded;
 mod streams;
 
 use bans::BanCheck;
@@ -89,6 +91,11 @@ pub struct RedisSettings {
 struct Inner {
     s: RedisSettings,
     keys: Keys,
+    /// Redis Cluster mode: the cluster connection (commands and sharded pub/sub).
+    cluster: Option<cluster_link::ClusterLink>,
+    /// Redis Cluster mode: per id-shard, the highest durable id received from its sharded
+    /// pub/sub, and the shard's primary (its node id) when the node last had it all.
+    shards: Mutex<sharded::ShardMarks>,
     /// The primary's client and pool; `None` until it is found, replaced on a failover.
     link: parking_lot::RwLock<Option<Arc<Link>>>,
     /// The primary's `host:port` as the Sentinels last named it (a change is a failover).
@@ -138,10 +145,27 @@ impl RedisBroker {
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
         let (ban_tx, ban_rx) = mpsc::unbounded_channel();
+        let cluster = match &s.target {
+            RedisTarget::Cluster(seeds) => {
+                let mut attempt = 0u32;
+                loop {
+                    match cluster_link::connect(seeds, &s.tls, s.op_timeout).await {
+                        Ok(link) => break Some(link),
+                        Err(e) if attempt < 20 => {
+                            attempt += 1;
+                            warn!(error = %e, attempt, "redis cluster not reachable yet");
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            _ => None,
+        };
         let inner = Arc::new(Inner {
-            keys: Keys {
-                prefix: s.prefix.clone(),
-            },
+            keys: Keys::new(&s.prefix, cluster.is_some()),
+            cluster,
+            shards: Mutex::new(sharded::ShardMarks::default()),
             s,
             link: parking_lot::RwLock::new(None),
             primary_addr: Mutex::new(None),
@@ -173,7 +197,12 @@ impl RedisBroker {
                 Err(e) => return Err(e),
             }
         }
-        tokio::spawn(inner.clone().subscriber(sub_rx, shutdown.clone()));
+        if inner.cluster.is_some() {
+            tokio::spawn(inner.clone().sharded_subscriber(sub_rx, shutdown.clone()));
+            tokio::spawn(inner.clone().watch_functions(shutdown.clone()));
+        } else {
+            tokio::spawn(inner.clone().subscriber(sub_rx, shutdown.clone()));
+        }
         tokio::spawn(inner.clone().watch_sentinels(shutdown.clone()));
         tokio::spawn(inner.clone().ban_checker(ban_rx, shutdown.clone()));
         tokio::spawn(inner.clone().presence_worker(presence_rx, shutdown));
@@ -190,13 +219,22 @@ impl RedisBroker {
 }
 
 impl Inner {
-    async fn conn(&self) -> Result<pool::Pooled, BrokerError> {
+    async fn conn(&self) -> Result<cluster_link::Conn, BrokerError> {
+        if let Some(c) = &self.cluster {
+            return Ok(cluster_link::Conn::Cluster(c.conn.clone()));
+        }
         let pool = self.link()?.pool.clone();
-        pool.get().await.map(pool::Pooled).map_err(unavailable)
+        pool.get()
+            .await
+            .map(|c| cluster_link::Conn::Pooled(pool::Pooled(c)))
+            .map_err(unavailable)
     }
 
     /// Loads the Functions and records the epoch and the history defaults.
     async fn prepare(&self) -> Result<(), BrokerError> {
+        if self.cluster.is_some() {
+            return self.prepare_cluster().await;
+        }
         timed(self.s.op_timeout * 3, async {
             let mut c = self.conn().await?;
             let _: String = redis::cmd("FUNCTION")
@@ -208,12 +246,12 @@ impl Inner {
                 .map_err(unavailable)?;
             let _: () = redis::pipe()
                 .cmd("SET")
-                .arg(self.keys.epoch())
+                .arg(self.keys.epoch(None))
                 .arg(now_ms())
                 .arg("NX")
                 .ignore()
                 .cmd("HSET")
-                .arg(self.keys.config())
+                .arg(self.keys.config(None))
                 .arg("history_ttl_ms")
                 .arg(self.s.history.ttl_ms)
                 .arg("history_size")
@@ -224,7 +262,7 @@ impl Inner {
                 .map_err(unavailable)?;
             // Repairs after an outage start after the newest id issued when we (re)joined, so a
             // node that has not yet seen an event on its channels still repairs the gap.
-            let seq: Option<String> = c.get(self.keys.seq()).await.map_err(unavailable)?;
+            let seq: Option<String> = c.get(self.keys.seq(None)).await.map_err(unavailable)?;
             if let Some(id) = seq.and_then(|s| s.parse::<EventId>().ok()) {
                 let mut w = self.watermark.lock();
                 if w.is_none() {
@@ -259,8 +297,18 @@ impl Broker for RedisBroker {
         Box::pin(self.inner.listen(channels))
     }
 
-    fn sync(&self) -> BoxFuture<'_, Result<EventId, BrokerError>> {
-        Box::pin(self.inner.sync())
+    fn shard_of(&self, channel: &str) -> Option<u16> {
+        self.inner.keys.shard_of(channel)
+    }
+
+    fn sync<'a>(&'a self, shards: &'a [u16]) -> BoxFuture<'a, Result<Vec<EventId>, BrokerError>> {
+        Box::pin(async move {
+            if self.inner.cluster.is_some() {
+                self.inner.sync_shards(shards).await
+            } else {
+                Ok(vec![self.inner.sync().await?])
+            }
+        })
     }
 
     fn unlisten(&self, channels: &[Arc<str>]) {

@@ -192,8 +192,15 @@ impl Inner {
         // The shared set dies with the last node too.
         pipe.cmd("PEXPIRE").arg(self.keys.nodes()).arg(ttl).ignore();
         // After a FLUSHALL the epoch comes back with the current time, so older ids replay
-        // as not recovered.
-        pipe.cmd("SET").arg(self.keys.epoch()).arg(now_ms()).arg("NX").ignore();
+        // as not recovered. (A cluster's epochs are per shard, in other slots than this
+        // pipeline's: they are set when the node starts.)
+        if !self.keys.cluster {
+            pipe.cmd("SET")
+                .arg(self.keys.epoch(None))
+                .arg(now_ms())
+                .arg("NX")
+                .ignore();
+        }
         self.run_pipe(pipe).await;
     }
 
@@ -275,7 +282,7 @@ impl Inner {
 
 /// The members of a sorted set scored by expiry time (ms) that have not expired, after
 /// removing the expired ones (the per-user index, the node registry).
-async fn live_members(c: &mut super::pool::Pooled, key: &str) -> Result<Vec<String>, BrokerError> {
+async fn live_members(c: &mut super::cluster_link::Conn, key: &str) -> Result<Vec<String>, BrokerError> {
     let (ids,): (Vec<String>,) = redis::pipe()
         .cmd("ZREMRANGEBYSCORE")
         .arg(key)

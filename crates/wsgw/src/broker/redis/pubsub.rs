@@ -397,7 +397,7 @@ impl Inner {
                 let mut c = inner.conn().await?;
                 let (seq, _): (Option<String>, i64) = redis::pipe()
                     .cmd("GET")
-                    .arg(inner.keys.seq())
+                    .arg(inner.keys.seq(None))
                     .cmd("PUBLISH")
                     .arg(inner.keys.canary(&inner.s.node_id))
                     .arg(format!("sync:{n}"))

@@ -28,7 +28,7 @@ impl Inner {
         };
         let s: Option<String> = timed(self.s.op_timeout * PATIENT, async {
             let mut c = self.conn().await?;
-            c.get(self.keys.seq()).await.map_err(unavailable)
+            c.get(self.keys.seq(None)).await.map_err(unavailable)
         })
         .await?;
         let s = s.and_then(|v| v.parse::<EventId>().ok()).unwrap_or_default();
@@ -103,7 +103,7 @@ impl Inner {
             redis::cmd("EVAL")
                 .arg(RAISE)
                 .arg(1)
-                .arg(self.keys.epoch())
+                .arg(self.keys.epoch(None))
                 .arg(seen_ms)
                 .query_async(&mut c)
                 .await

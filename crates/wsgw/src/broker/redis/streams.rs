@@ -11,7 +11,7 @@ impl Inner {
             let mut cmd = redis::cmd("FCALL");
             cmd.arg("wsgw_publish")
                 .arg(2)
-                .arg(inner.keys.seq())
+                .arg(inner.keys.seq(inner.keys.shard_of(&req.channel)))
                 .arg(inner.keys.history(&req.channel))
                 .arg(&req.channel)
                 .arg(&req.event)
@@ -30,7 +30,40 @@ impl Inner {
         .await
     }
 
+    /// One page of a channel's history. In a Redis Cluster the stream, its meta and the
+    /// sequence hold plain `<ms>-<seq>` ids of the channel's id-shard: the query's ids are read
+    /// in that shard and the page's ids name it. An id of another shard vouches for nothing.
     pub(super) async fn history_page(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        let shard = self.keys.shard_of(channel);
+        let foreign = |id: EventId| id.shard() != shard;
+        let plain = |id: EventId| id.in_shard(None);
+        let query = match query {
+            HistoryQuery::After { id, .. } if foreign(id) => return Ok(HistoryPage::default()),
+            HistoryQuery::After { id, limit, until } => HistoryQuery::After {
+                id: plain(id),
+                limit,
+                until: until.filter(|u| !foreign(*u)).map(plain),
+            },
+            HistoryQuery::Last { n, until } => HistoryQuery::Last {
+                n,
+                until: until.filter(|u| !foreign(*u)).map(plain),
+            },
+        };
+        let mut page = self.plain_page(channel, shard, query).await?;
+        if shard.is_some() {
+            for e in &mut page.events {
+                e.id = e.id.in_shard(shard);
+            }
+        }
+        Ok(page)
+    }
+
+    async fn plain_page(
+        &self,
+        channel: &str,
+        shard: Option<u16>,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
         let mut c = self.conn().await?;
         match query {
             HistoryQuery::Last { n, until } => {
@@ -69,9 +102,9 @@ impl Inner {
                     .arg("last")
                     .arg("since")
                     .cmd("GET")
-                    .arg(self.keys.epoch())
+                    .arg(self.keys.epoch(shard))
                     .cmd("GET")
-                    .arg(self.keys.seq())
+                    .arg(self.keys.seq(shard))
                     .query_async(&mut c)
                     .await
                     .map_err(unavailable)?;
@@ -88,9 +121,12 @@ impl Inner {
                 };
                 // An id newer than any this Redis issued comes from another Redis (or its lost
                 // past): nothing here can vouch for what followed it.
+                // In a cluster a shard that never issued an id (no sequence, but an epoch: its
+                // data has not been lost) has nothing to vouch for: nothing was published.
+                let never_issued = shard.is_some() && seq.is_none();
                 let issued = until.or_else(|| seq.and_then(|s| s.parse::<EventId>().ok()));
                 let complete = self.s.history.size > 0
-                    && issued.is_some_and(|last_issued| id <= last_issued)
+                    && (never_issued || issued.is_some_and(|last_issued| id <= last_issued))
                     && recoverable(
                         id,
                         epoch,
