@@ -24,6 +24,17 @@
 //! application's events of it end. So the application sees every event of its channels once, in
 //! order per channel (docs/protocol.md, "The cursor a client keeps").
 //!
+//! **With a Redis Cluster** (docs/scaling.md, "Beyond one Redis primary") every event id names
+//! its id-shard, `<shard>~<ms>-<seq>` (e.g. `6~1732240000123-5`), and ids of different shards are
+//! not ordered against each other. A channel lives in one shard ([`shard_of`]), so the client
+//! keeps the cursor above once per shard, each with its own catch-ups and filter: an event moves
+//! only its own shard's position. A resume sends each shard's id joined with `,` in ascending
+//! shard order (`3~1732240000123-5,7~1732240000200-0`, see [`Client::cursor`]); a topic the resume
+//! did not restore is subscribed again from its shard's position. Single-primary ids
+//! (`<ms>-<seq>`) keep the one plain cursor, exactly as before. The client learns which kind of
+//! ids the deployment issues from the ids it receives; the first id of the other kind (after a
+//! move to or from a cluster) starts the cursor afresh.
+//!
 //! When the gateway cannot prove that a live socket missed nothing (after a Redis outage), it
 //! says so with [`Incoming::Gap`]: reload the state of those channels from your backend.
 //!
@@ -77,7 +88,7 @@ use crate::connect::{read_frame, refusal};
 use crate::cursor::{Cursor, Subscribe};
 
 use wsgw_protocol::{ClientFrame, ServerFrame};
-pub use wsgw_protocol::{CloseCode, Event, EventId, PresenceClient, Welcome};
+pub use wsgw_protocol::{CloseCode, Event, EventId, PresenceClient, ShardCursor, Welcome, shard_of};
 
 type Ws = WebSocketStream<tls::Stream>;
 
@@ -275,7 +286,9 @@ impl Client {
     /// Subscribes to a topic or pattern and waits for `subscribed` (returned as JSON, with
     /// `recovered` and `replayed`); events arriving meanwhile are kept for [`next`](Self::next).
     /// `last_event_id` replays the channel's events after that id first; otherwise `history`
-    /// sends its last N events first.
+    /// sends its last N events first. With a Redis Cluster, `last_event_id` is an id of the
+    /// channel's id-shard ([`shard_of`]); one of another shard (or of no shard) starts no replay
+    /// there, and the cursor takes no position from it.
     ///
     /// The topic is remembered and subscribed again after a reconnect. When the socket is down
     /// (or drops before the answer) this returns `Closed`, but the topic is still subscribed on
@@ -465,7 +478,24 @@ impl Client {
 
     /// What the next resume sends as `last_event_id`: the highest `event_id` received (numeric
     /// order), or lower while a catch-up is unfinished (see [the crate docs](crate#the-cursor)).
+    ///
+    /// With a Redis Cluster the resume sends one id per id-shard, which one `EventId` cannot
+    /// hold: this is that id while the cursor names one shard only, and `None` once it names
+    /// several. [`cursor`](Self::cursor) is the full cursor, in every deployment.
     pub fn last_event_id(&self) -> Option<EventId> {
+        match self.cursor.resume_ids()[..] {
+            [id] => Some(id),
+            _ => None,
+        }
+    }
+
+    /// What the next resume sends as `last_event_id`, as text: the same id as
+    /// [`last_event_id`](Self::last_event_id) with single-primary ids (`1732240000123-5`); with a
+    /// Redis Cluster, for each id-shard the client has a position in, that shard's id (the
+    /// highest received, or lower while a catch-up in that shard is unfinished), joined with `,`
+    /// in ascending shard order (`3~1732240000123-5,7~1732240000200-0`; parse it with
+    /// [`ShardCursor`] to read one shard's). `None` before any event.
+    pub fn cursor(&self) -> Option<String> {
         self.cursor.resume_id()
     }
 
