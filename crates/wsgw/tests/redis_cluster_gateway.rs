@@ -48,6 +48,35 @@ async fn publish(node: &GatewayProc, channel: &str, n: u64) -> EventId {
     id
 }
 
+/// A publish retried (with one idempotency key, so a retry never makes a second event) while
+/// the cluster answers 503: a primary's failure pauses the cluster connection's requests while
+/// it finds the new topology.
+async fn publish_retrying(node: &GatewayProc, channel: &str, n: u64) -> EventId {
+    let key = format!("{channel}-{n}-{}", std::process::id());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = reqwest::Client::new()
+            .post(node.url("/api/publish"))
+            .bearer_auth(API_KEY)
+            .header("idempotency-key", &key)
+            .json(&json!({"channel": channel, "event": "e", "data": {"n": n}}))
+            .send()
+            .await
+            .expect("http");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if status == 200 {
+            return body["event_id"].as_str().unwrap().parse().unwrap();
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel}: 503 for 30 s: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn id_of(e: &Value) -> EventId {
     e["event_id"]
         .as_str()
@@ -186,4 +215,106 @@ async fn two_nodes_on_a_redis_cluster_deliver_and_resume_from_one_cursor_across_
     assert_eq!(status, 200, "{k}");
     let (code, _) = bob.until_closed().await;
     assert_eq!(code, Some(4004));
+}
+
+/// The pid `scripts/cluster.sh` recorded for the Redis process on `port`.
+fn redis_pid(cluster: &RedisCluster, port: u16) -> u32 {
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster.run.join("cluster.json")).unwrap()).unwrap();
+    let rc = &state["redis_cluster"];
+    rc["primaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rc["replicas"].as_array().unwrap())
+        .find(|n| n["port"].as_u64() == Some(port as u64))
+        .and_then(|n| n["pid"].as_u64())
+        .unwrap_or_else(|| panic!("no pid recorded for port {port}")) as u32
+}
+
+/// A primary SIGKILLed while its shards are followed: its replica takes over, no socket is
+/// closed, the sockets following its shards get a `gap` frame (the old primary may have
+/// acknowledged events it never replicated), and only those; the other shards' events keep
+/// flowing, every one of them, in order; after the failover its shards' events flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_failover_keeps_every_socket_and_reports_gaps_only_for_its_shards() {
+    let cluster = RedisCluster::start();
+    let rooms = channels_on_three_primaries(&cluster);
+    let a = start_node(&cluster, "gw-a").await;
+    let b = start_node(&cluster, "gw-b").await;
+    let t = token("carol", &["room:*"], &[]);
+    let (mut c, w) = a.connect(&t).await;
+    let conn = w["connection_id"].as_str().unwrap().to_string();
+    for (i, room) in rooms.iter().enumerate() {
+        c.send(json!({"type": "subscribe", "channel": room, "request_id": i}))
+            .await;
+        c.expect("subscribed").await;
+    }
+    let before = publish(&b, &rooms[0], 0).await;
+    assert_eq!(id_of(&c.expect("event").await), before);
+    let victim = owner(&cluster, &format!("ws:{{{}}}seq", shard_of(&rooms[0])));
+    let victim_shards: Vec<u16> = (0..16u16)
+        .filter(|s| owner(&cluster, &format!("ws:{{{s}}}seq")) == victim)
+        .collect();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &redis_pid(&cluster, victim).to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Another primary's shard, throughout the failover: every event, in order.
+    let mut sent = Vec::new();
+    for n in 0..20 {
+        sent.push(publish_retrying(&b, &rooms[1], n).await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The killed primary's shard publishes again once its replica took over.
+    let after = publish_retrying(&b, &rooms[0], 1).await;
+    let mut got = Vec::new();
+    let mut gap_named = Vec::new();
+    let mut after_seen = false;
+    while got.len() < sent.len() || !after_seen {
+        let f = c
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("socket closed: {:?}", c.closed));
+        match f["type"].as_str() {
+            Some("event") if f["channel"] == rooms[1].as_str() => got.push(id_of(&f)),
+            Some("event") if f["channel"] == rooms[0].as_str() && id_of(&f) == after => after_seen = true,
+            Some("event") => {}
+            Some("gap") => {
+                for ch in f["channels"].as_array().unwrap() {
+                    gap_named.push(ch.as_str().unwrap().to_string());
+                }
+            }
+            Some("ping") => {}
+            other => panic!("unexpected {other:?}: {f}"),
+        }
+    }
+    assert_eq!(got, sent, "the other shard lost or reordered nothing");
+    assert!(
+        gap_named.contains(&rooms[0]),
+        "the killed primary's shard is reported: {gap_named:?}"
+    );
+    for ch in &gap_named {
+        assert!(
+            victim_shards.contains(&shard_of(ch)),
+            "{ch} (shard {}) is not on the killed primary (shards {victim_shards:?})",
+            shard_of(ch)
+        );
+    }
+    // A resume from before the failover cannot vouch for the killed primary's shard: the old
+    // primary may have acknowledged events its replica never got.
+    let mut cursor = ShardCursor::default();
+    cursor.advance(before);
+    cursor.advance(*sent.last().unwrap());
+    c.close().await;
+    let (_c, w) = b
+        .connect_query(&format!("token={t}&connection_id={conn}&last_event_id={cursor}"))
+        .await;
+    assert_eq!(
+        (w["resumed"].as_bool(), w["recovered"].as_bool()),
+        (Some(true), Some(false)),
+        "{w}"
+    );
 }

@@ -21,7 +21,10 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let run = std::env::temp_dir().join(format!("wsgw-redis-cluster-{}", std::process::id()));
+        // One directory per cluster: tests of one file run in one process, in parallel.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let run = std::env::temp_dir().join(format!("wsgw-redis-cluster-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&run);
         let out = Command::new(root().join("scripts/cluster.sh"))
             .args(["start", "0", "--redis-cluster", "3"])
