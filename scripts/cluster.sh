@@ -2,11 +2,12 @@
 # scripts/cluster.sh: a local wsgw cluster in one command, no docker.
 #
 #   scripts/cluster.sh start [N]   Redis + N gateway nodes (default 2) + nginx with TLS
-#   scripts/cluster.sh start 0 --redis-cluster P
-#                                  a Redis Cluster only: P primaries (3 or more), one replica
-#                                  each, the wsgw Function on every primary; prints the
-#                                  primaries' redis:// seed URLs (see scripts/lib/redis-cluster.sh).
-#                                  Gateway nodes cannot use a Redis Cluster yet (issue #14).
+#   scripts/cluster.sh start N --redis-cluster P
+#                                  N gateway nodes (0: none, and no nginx) on a Redis Cluster of
+#                                  P primaries (3 to 16), one replica each, the wsgw Function on
+#                                  every primary (see scripts/lib/redis-cluster.sh). Prints the
+#                                  usual URLs (N > 0), then the primaries' redis:// seed URLs;
+#                                  cluster.json records them under "redis_cluster".
 #   scripts/cluster.sh stop        stop exactly what `start` started (by recorded PIDs)
 #   scripts/cluster.sh status      each recorded process with its pid and alive/dead
 #
@@ -58,7 +59,7 @@ die() {
     exit 1
 }
 usage() {
-    printf 'usage: %s start [N] | start 0 --redis-cluster P | stop | status\n' "$0" >&2
+    printf 'usage: %s start [N] | start N --redis-cluster P | stop | status\n' "$0" >&2
     exit 2
 }
 
@@ -426,7 +427,12 @@ json_str() {
 }
 
 write_state() {
-    local i sep='' nodes_json='' envs=''
+    local i sep='' nodes_json='' envs='' redis_json=null rc=null
+    if [[ -n ${REDIS_PID:-} ]]; then
+        redis_json="{\"port\": $REDIS_PORT, \"pid\": $REDIS_PID, \"url\": \"redis://127.0.0.1:$REDIS_PORT\"}"
+    else
+        rc=$(rc_json)
+    fi
     for i in "${!NODE_PORTS[@]}"; do
         nodes_json+="$sep{\"id\": \"gw-$((i + 1))\", \"port\": ${NODE_PORTS[$i]}, \"pid\": ${NODE_PIDS[$i]}, \"url\": \"http://127.0.0.1:${NODE_PORTS[$i]}\"}"
         sep=', '
@@ -440,7 +446,8 @@ write_state() {
 {
   "url": "wss://127.0.0.1:$NGINX_PORT/ws",
   "nginx": {"port": $NGINX_PORT, "pid": $NGINX_PID, "url": "https://127.0.0.1:$NGINX_PORT", "ws_url": "wss://127.0.0.1:$NGINX_PORT/ws", "cert": $(json_str "$NGINX_PREFIX/certs/cert.pem"), "access_log": $(json_str "$NGINX_PREFIX/logs/access.log")},
-  "redis": {"port": $REDIS_PORT, "pid": $REDIS_PID, "url": "redis://127.0.0.1:$REDIS_PORT"},
+  "redis": $redis_json,
+  "redis_cluster": $rc,
   "sentinels": [$(IFS=,; printf '%s' "${SENTINEL_PORTS[*]}")],
   "nodes": [$nodes_json],
   "jwt_secret": $(json_str "$JWT_SECRET"),
@@ -451,7 +458,11 @@ EOF
             printf 'WSGW_CLUSTER_URL=%q\n' "wss://127.0.0.1:$NGINX_PORT/ws"
             printf 'NGINX_PORT=%s\nNGINX_PID=%s\nNGINX_URL=%q\n' "$NGINX_PORT" "$NGINX_PID" "https://127.0.0.1:$NGINX_PORT"
             printf 'NGINX_CERT=%q\nNGINX_ACCESS_LOG=%q\n' "$NGINX_PREFIX/certs/cert.pem" "$NGINX_PREFIX/logs/access.log"
-            printf 'REDIS_PORT=%s\nREDIS_PID=%s\nREDIS_URL=%q\n' "$REDIS_PORT" "$REDIS_PID" "redis://127.0.0.1:$REDIS_PORT"
+            if [[ -n ${REDIS_PID:-} ]]; then
+                printf 'REDIS_PORT=%s\nREDIS_PID=%s\nREDIS_URL=%q\n' "$REDIS_PORT" "$REDIS_PID" "redis://127.0.0.1:$REDIS_PORT"
+            else
+                printf 'WSGW_REDIS_CLUSTER=%q\n' "$(rc_seeds_csv)"
+            fi
             printf 'NODES=%s\n' "${#NODE_PORTS[@]}"
             printf '%s' "$envs"
             printf 'WSGW_JWT_SECRET=%q\nWSGW_API_KEY=%q\n' "$JWT_SECRET" "$API_KEY"
@@ -472,13 +483,16 @@ on_start_exit() {
 
 do_start() {
     local n=${1:-2} redis_cluster=${2:-} i name port
+    REDIS_PID=
     if [[ -n $redis_cluster ]]; then
         if ! [[ $redis_cluster =~ ^[0-9]+$ ]] || ((redis_cluster < 3 || redis_cluster > 16)); then
             die "--redis-cluster takes the number of primaries, 3 to 16, got '$redis_cluster'"
         fi
-        [[ $n == 0 ]] || die "gateway nodes cannot use a Redis Cluster yet (issue #14): run 'start 0 --redis-cluster $redis_cluster'"
-        start_redis_cluster_only "$redis_cluster"
-        return
+        if [[ $n == 0 ]]; then
+            start_redis_cluster_only "$redis_cluster"
+            return
+        fi
+        [[ ${WSGW_CLUSTER_SENTINEL:-} == 1 ]] && die "WSGW_CLUSTER_SENTINEL=1 and --redis-cluster do not go together"
     fi
     if ! [[ $n =~ ^[1-9][0-9]?$ ]] || ((n > MAX_NODES)); then
         die "N must be a number from 1 to $MAX_NODES, got '$n'"
@@ -515,16 +529,22 @@ do_start() {
         SENTINEL_PORTS=("${PORTS[@]:$((n + 3)):3}")
     fi
 
-    # Redis: AOF on (every write fsync'd each second), RDB snapshots off.
-    log "starting redis on 127.0.0.1:$REDIS_PORT"
-    : >"$LOGS/redis.log"
-    launch redis "$REDIS_PORT" "$REDIS_EXE" "$LOGS/redis.log" \
-        redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly yes \
-        --dir "$RUN/redis" --daemonize no
-    REDIS_PID=$LAUNCHED_PID
-    wait_redis "$REDIS_PORT"
-    REDIS_ENV=(WSGW_REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
-    if ((extra)); then start_sentinels; fi
+    if [[ -n $redis_cluster ]]; then
+        rm -rf "$RUN/redis-cluster"
+        start_redis_cluster "$redis_cluster"
+        REDIS_ENV=(WSGW_REDIS_CLUSTER="$(rc_seeds_csv)")
+    else
+        # Redis: AOF on (every write fsync'd each second), RDB snapshots off.
+        log "starting redis on 127.0.0.1:$REDIS_PORT"
+        : >"$LOGS/redis.log"
+        launch redis "$REDIS_PORT" "$REDIS_EXE" "$LOGS/redis.log" \
+            redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly yes \
+            --dir "$RUN/redis" --daemonize no
+        REDIS_PID=$LAUNCHED_PID
+        wait_redis "$REDIS_PORT"
+        REDIS_ENV=(WSGW_REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+        if ((extra)); then start_sentinels; fi
+    fi
 
     for i in "${!NODE_PORTS[@]}"; do
         name=gw-$((i + 1))
@@ -566,6 +586,11 @@ do_start() {
     for port in "${NODE_PORTS[@]}"; do
         printf 'http://127.0.0.1:%s\n' "$port"
     done
+    if [[ -n $redis_cluster ]]; then
+        for port in "${RC_PRIMARIES[@]}"; do
+            printf 'redis://127.0.0.1:%s\n' "$port"
+        done
+    fi
 }
 
 # start_redis_cluster_only P: `start 0 --redis-cluster P`.

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# scripts/lib/redis-cluster.sh: the Redis Cluster of `scripts/cluster.sh start 0 --redis-cluster P`.
+# scripts/lib/redis-cluster.sh: the Redis Cluster of `scripts/cluster.sh start N --redis-cluster P`.
 # Sourced by cluster.sh, whose helpers it uses (pick_ports, launch, wait_redis, log, die).
 #
 # P primaries with one replica each: cluster-enabled redis-server processes (AOF on, node
@@ -87,12 +87,20 @@ rc_pid_of() {
     printf 'null'
 }
 
-# write_redis_cluster_state: cluster.json and cluster.env for a Redis-only start.
-write_redis_cluster_state() {
-    local port sep='' seeds='' primaries='' replicas='' seeds_csv=''
+# rc_seeds_csv: the primaries' redis:// URLs, comma-separated (WSGW_REDIS_CLUSTER).
+rc_seeds_csv() {
+    local port out=''
+    for port in "${RC_PRIMARIES[@]}"; do
+        out+="${out:+,}redis://127.0.0.1:$port"
+    done
+    printf '%s' "$out"
+}
+
+# rc_json: the "redis_cluster" object of cluster.json (seed URLs, primaries, replicas).
+rc_json() {
+    local port sep='' seeds='' primaries='' replicas=''
     for port in "${RC_PRIMARIES[@]}"; do
         seeds+="$sep\"redis://127.0.0.1:$port\""
-        seeds_csv+="${seeds_csv:+,}redis://127.0.0.1:$port"
         primaries+="$sep{\"port\": $port, \"pid\": $(rc_pid_of "$port")}"
         sep=', '
     done
@@ -101,14 +109,19 @@ write_redis_cluster_state() {
         replicas+="$sep{\"port\": $port, \"pid\": $(rc_pid_of "$port")}"
         sep=', '
     done
+    printf '{"seeds": [%s], "primaries": [%s], "replicas": [%s]}' "$seeds" "$primaries" "$replicas"
+}
+
+# write_redis_cluster_state: cluster.json and cluster.env for a Redis-only start.
+write_redis_cluster_state() {
     (
         umask 077
         cat >"$RUN/cluster.json" <<EOF
 {
-  "redis_cluster": {"seeds": [$seeds], "primaries": [$primaries], "replicas": [$replicas]},
+  "redis_cluster": $(rc_json),
   "nodes": []
 }
 EOF
-        printf 'WSGW_REDIS_CLUSTER=%q\n' "$seeds_csv" >"$RUN/cluster.env"
+        printf 'WSGW_REDIS_CLUSTER=%q\n' "$(rc_seeds_csv)" >"$RUN/cluster.env"
     )
 }
