@@ -215,6 +215,41 @@ async fn two_nodes_on_a_redis_cluster_deliver_and_resume_from_one_cursor_across_
     assert_eq!(status, 200, "{k}");
     let (code, _) = bob.until_closed().await;
     assert_eq!(code, Some(4004));
+
+    // A request reaches backends through `ws:{global}inbound`; the answer comes back with
+    // SPUBLISH on the shard of `connection:<id>` (docs/backends.md).
+    let (mut asker, w) = a.connect(&token("dave", &[], &[])).await;
+    let asker_id = w["connection_id"].as_str().unwrap().to_string();
+    asker
+        .send(json!({"type": "request", "action": "search", "data": {"q": 1}, "request_id": "r1"}))
+        .await;
+    let port = cluster.primaries[0].to_string();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-c", "-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_until("the request is in ws:{global}inbound", || {
+        let found = cli(&["XRANGE", "ws:{global}inbound", "-", "+"]).contains(&asker_id);
+        async move { found }
+    })
+    .await;
+    let channel = format!("connection:{asker_id}");
+    let answer = json!({"type": "response", "request_id": "r1", "ok": true, "data": {"hits": 3}});
+    cli(&[
+        "SPUBLISH",
+        &format!("ws:{{{}}}{channel}", shard_of(&channel)),
+        &answer.to_string(),
+    ]);
+    let r = asker.expect("response").await;
+    assert_eq!(
+        (r["request_id"].as_str(), r["data"]["hits"].as_u64()),
+        (Some("r1"), Some(3)),
+        "{r}"
+    );
 }
 
 /// The pid `scripts/cluster.sh` recorded for the Redis process on `port`.
