@@ -2,12 +2,16 @@
 //! One cluster connection (RESP3, one multiplexed connection per primary, following `MOVED`
 //! and topology changes) carries both the commands, routed by their keys' slot, and the
 //! sharded subscriptions, whose messages arrive on its push channel. [`Conn`] is what every
-//! command of the broker runs on, in either mode.
+//! command of the broker runs on, in either mode. Also the cluster's setup: the Function on
+//! every primary, each id-shard's epoch and defaults, and which primary holds a shard.
 
 use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, PushInfo, RedisFuture, Value};
 
+use wsgw_protocol::ID_SHARDS;
+
+use super::cluster_functions::PrimaryOutcome;
 use super::*;
 
 /// A command connection: a pooled one to the one primary, or the cluster connection.
@@ -119,4 +123,84 @@ pub(super) async fn owner_of(conn: &mut ClusterConnection, key: &str) -> Result<
         .await
         .map_err(unavailable)?;
     redis::from_redis_value(v).map_err(|e| BrokerError::Internal(e.to_string()))
+}
+
+impl Inner {
+    /// Loads the Function on every primary, and per shard records the epoch and history
+    /// defaults, the newest id issued (repairs start after it) and the shard's primary.
+    pub(super) async fn prepare_cluster(&self) -> Result<(), BrokerError> {
+        let RedisTarget::Cluster(seeds) = &self.s.target else {
+            return Err(BrokerError::Internal("not in Redis Cluster mode".into()));
+        };
+        let reports = sync_functions(seeds, &self.s.tls, self.s.op_timeout).await?;
+        if let Some(r) = reports.iter().find(|r| matches!(r.outcome, PrimaryOutcome::Failed(_))) {
+            return Err(unavailable(format!(
+                "the wsgw Function could not be loaded on {}: {:?}",
+                r.addr, r.outcome
+            )));
+        }
+        let mut c = self.conn().await?;
+        for s in 0..ID_SHARDS {
+            let shard = Some(s);
+            let seq: Option<String> = timed(self.s.op_timeout * 3, async {
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(self.keys.epoch(shard))
+                    .arg(now_ms())
+                    .arg("NX")
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(self.keys.config(shard))
+                    .arg("history_ttl_ms")
+                    .arg(self.s.history.ttl_ms)
+                    .arg("history_size")
+                    .arg(self.s.history.size)
+                    .ignore()
+                    .cmd("GET")
+                    .arg(self.keys.seq(shard))
+                    .query_async::<(Option<String>,)>(&mut c)
+                    .await
+                    .map(|(s,)| s)
+                    .map_err(unavailable)
+            })
+            .await?;
+            let owner = self.owner_of(s).await?;
+            let mut marks = self.shards.lock();
+            if marks.seen[s as usize].is_none() {
+                marks.seen[s as usize] = seq.and_then(|v| v.parse::<EventId>().ok()).map(|id| id.in_shard(shard));
+            }
+            marks.owner[s as usize].get_or_insert(owner);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn owner_of(&self, shard: u16) -> Result<String, BrokerError> {
+        let mut conn = self.cluster_conn()?;
+        let key = self.keys.seq(Some(shard));
+        timed(self.s.op_timeout * PATIENT, cluster_link::owner_of(&mut conn, &key)).await
+    }
+
+    /// `wsgw functions --watch` inside the node: a primary that joins later gets the Function
+    /// within about 10 s of getting slots.
+    pub(super) async fn watch_functions(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let RedisTarget::Cluster(seeds) = &self.s.target else {
+            return;
+        };
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = every.tick() => {}
+            }
+            match sync_functions(seeds, &self.s.tls, self.s.op_timeout).await {
+                Ok(reports) => {
+                    for r in reports.iter().filter(|r| r.outcome != PrimaryOutcome::Present) {
+                        info!(primary = %r.addr, outcome = ?r.outcome, "wsgw Function on a cluster primary");
+                    }
+                }
+                Err(e) => warn!(error = %e, "could not list the cluster's primaries"),
+            }
+        }
+    }
 }

@@ -95,6 +95,11 @@ impl Keys {
     pub(super) fn canary(&self, node: &str) -> String {
         format!("{}control:{node}", self.global)
     }
+    /// A cluster node's marker channel in `shard` (sharded pub/sub): its `sync` and canary
+    /// markers travel through the shard's primary, behind the shard's events.
+    pub(super) fn shard_marker(&self, shard: u16, node: &str) -> String {
+        format!("{}control:{node}", self.shard_prefix(Some(shard)))
+    }
     /// The pub/sub channel of a gateway channel or pattern (sharded pub/sub in a cluster).
     pub(super) fn pubsub(&self, channel: &str) -> String {
         format!("{}{channel}", self.channel_prefix(channel))

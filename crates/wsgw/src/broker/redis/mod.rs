@@ -43,6 +43,7 @@ mod repair;
 mod requests;
 mod resume;
 mod sharded;
+mod sharded_repair;
 mod streams;
 
 use bans::BanCheck;

@@ -10,7 +10,7 @@
 //! connection lost a node connection (which node is not said, so every shard), Redis
 //! unsubscribed a channel of it (its slot moved), or its canary stopped coming back. Its live
 //! messages are then held while the shard is resubscribed and repaired from its history up to a
-//! snapshot, and released after. When the shard's primary changed meanwhile (a failover or a
+//! snapshot, and released after (sharded_repair.rs). When the shard's primary changed meanwhile (a failover or a
 //! slot migration) nothing proves the new one holds every event the old one acknowledged: its
 //! sockets get a `gap`, and the shard's epoch is raised so later replays from before say
 //! `recovered:false`.
@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use redis::{PushInfo, PushKind, Value};
 use wsgw_protocol::ID_SHARDS;
 
-use super::cluster_functions::PrimaryOutcome;
 use super::*;
 
 const SHARDS: usize = ID_SHARDS as usize;
@@ -40,19 +39,22 @@ pub(super) struct ShardMarks {
 
 /// The subscriber loop's view of one shard.
 #[derive(Default)]
-struct Shard {
+pub(super) struct Shard {
     /// Channels subscribed (gateway names).
-    listening: HashSet<Arc<str>>,
+    pub(super) listening: HashSet<Arc<str>>,
     /// Some while the shard is being repaired: its messages, in arrival order.
-    held: Option<VecDeque<PushInfo>>,
+    pub(super) held: Option<VecDeque<PushInfo>>,
     /// Repair again once this one ends (messages were dropped, or another interruption).
-    again: bool,
+    pub(super) again: bool,
     /// When its canary (or any marker) last came back.
-    last_marker: Option<tokio::time::Instant>,
+    pub(super) last_marker: Option<tokio::time::Instant>,
 }
 
+/// A repair's outcome, sent back to the subscriber loop.
+pub(super) type RepairDone = mpsc::UnboundedSender<(u16, Result<(), BrokerError>)>;
+
 /// The shard a sharded channel name (`<prefix>{s}…`) is in, and the rest of the name.
-fn split_shard<'a>(prefix: &str, name: &'a str) -> Option<(u16, &'a str)> {
+pub(super) fn split_shard<'a>(prefix: &str, name: &'a str) -> Option<(u16, &'a str)> {
     let rest = name.strip_prefix(prefix)?.strip_prefix('{')?;
     let (tag, rest) = rest.split_once('}')?;
     let canonical = (1..=2).contains(&tag.len())
@@ -62,7 +64,7 @@ fn split_shard<'a>(prefix: &str, name: &'a str) -> Option<(u16, &'a str)> {
     (shard < ID_SHARDS).then_some((shard, rest))
 }
 
-fn text(v: &Value) -> Option<&[u8]> {
+pub(super) fn text(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.as_bytes()),
@@ -70,98 +72,12 @@ fn text(v: &Value) -> Option<&[u8]> {
     }
 }
 
-impl Keys {
-    /// The node's marker channel in `shard`: `sync` and canary markers travel through the
-    /// shard's primary, behind the shard's events.
-    pub(super) fn shard_marker(&self, shard: u16, node: &str) -> String {
-        format!("{}control:{node}", self.shard_prefix(Some(shard)))
-    }
-}
-
 impl Inner {
-    fn cluster_conn(&self) -> Result<redis::cluster_async::ClusterConnection, BrokerError> {
+    pub(super) fn cluster_conn(&self) -> Result<redis::cluster_async::ClusterConnection, BrokerError> {
         self.cluster
             .as_ref()
             .map(|c| c.conn.clone())
             .ok_or_else(|| BrokerError::Internal("not in Redis Cluster mode".into()))
-    }
-
-    /// Loads the Function on every primary, and per shard records the epoch and history
-    /// defaults, the newest id issued (repairs start after it) and the shard's primary.
-    pub(super) async fn prepare_cluster(&self) -> Result<(), BrokerError> {
-        let RedisTarget::Cluster(seeds) = &self.s.target else {
-            return Err(BrokerError::Internal("not in Redis Cluster mode".into()));
-        };
-        let reports = sync_functions(seeds, &self.s.tls, self.s.op_timeout).await?;
-        if let Some(r) = reports.iter().find(|r| matches!(r.outcome, PrimaryOutcome::Failed(_))) {
-            return Err(unavailable(format!(
-                "the wsgw Function could not be loaded on {}: {:?}",
-                r.addr, r.outcome
-            )));
-        }
-        let mut c = self.conn().await?;
-        for s in 0..ID_SHARDS {
-            let shard = Some(s);
-            let seq: Option<String> = timed(self.s.op_timeout * 3, async {
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(self.keys.epoch(shard))
-                    .arg(now_ms())
-                    .arg("NX")
-                    .ignore()
-                    .cmd("HSET")
-                    .arg(self.keys.config(shard))
-                    .arg("history_ttl_ms")
-                    .arg(self.s.history.ttl_ms)
-                    .arg("history_size")
-                    .arg(self.s.history.size)
-                    .ignore()
-                    .cmd("GET")
-                    .arg(self.keys.seq(shard))
-                    .query_async::<(Option<String>,)>(&mut c)
-                    .await
-                    .map(|(s,)| s)
-                    .map_err(unavailable)
-            })
-            .await?;
-            let owner = self.owner_of(s).await?;
-            let mut marks = self.shards.lock();
-            if marks.seen[s as usize].is_none() {
-                marks.seen[s as usize] = seq.and_then(|v| v.parse::<EventId>().ok()).map(|id| id.in_shard(shard));
-            }
-            marks.owner[s as usize].get_or_insert(owner);
-        }
-        Ok(())
-    }
-
-    async fn owner_of(&self, shard: u16) -> Result<String, BrokerError> {
-        let mut conn = self.cluster_conn()?;
-        let key = self.keys.seq(Some(shard));
-        timed(self.s.op_timeout * PATIENT, cluster_link::owner_of(&mut conn, &key)).await
-    }
-
-    /// `wsgw functions --watch` inside the node: a primary that joins later gets the Function
-    /// within about 10 s of getting slots.
-    pub(super) async fn watch_functions(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let RedisTarget::Cluster(seeds) = &self.s.target else {
-            return;
-        };
-        let mut every = tokio::time::interval(Duration::from_secs(10));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = every.tick() => {}
-            }
-            match sync_functions(seeds, &self.s.tls, self.s.op_timeout).await {
-                Ok(reports) => {
-                    for r in reports.iter().filter(|r| r.outcome != PrimaryOutcome::Present) {
-                        info!(primary = %r.addr, outcome = ?r.outcome, "wsgw Function on a cluster primary");
-                    }
-                }
-                Err(e) => warn!(error = %e, "could not list the cluster's primaries"),
-            }
-        }
     }
 
     /// The snapshot of each shard in `shards`: its newest id, once every event up to it on
@@ -209,7 +125,7 @@ impl Inner {
     }
 
     /// `SSUBSCRIBE` to `channels` (all of one shard: one slot), in chunks.
-    async fn ssubscribe(&self, names: &[String]) -> Result<(), BrokerError> {
+    pub(super) async fn ssubscribe(&self, names: &[String]) -> Result<(), BrokerError> {
         let mut conn = self.cluster_conn()?;
         for chunk in names.chunks(512) {
             timed(self.s.op_timeout * 2, async {
@@ -270,7 +186,11 @@ impl Inner {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 push = pushes.recv() => {
-                    let Some(push) = push else { return };
+                    let Some(push) = push else {
+                        self.ready.store(false, Ordering::Release);
+                        self.metrics.redis_up.set(0);
+                        return;
+                    };
                     self.on_push(push, &mut shards, &done_tx);
                 }
                 cmd = cmds.recv() => match cmd {
@@ -319,12 +239,7 @@ impl Inner {
         }
     }
 
-    fn on_push(
-        self: &Arc<Self>,
-        push: PushInfo,
-        shards: &mut [Shard],
-        done: &mpsc::UnboundedSender<(u16, Result<(), BrokerError>)>,
-    ) {
+    fn on_push(self: &Arc<Self>, push: PushInfo, shards: &mut [Shard], done: &RepairDone) {
         match push.kind {
             PushKind::Disconnection => {
                 // Which node's connection went is not said: every shard may have missed messages.
@@ -383,7 +298,7 @@ impl Inner {
     }
 
     /// A sharded message of shard `s` on `channel` (the name after the shard's prefix).
-    fn on_smessage(&self, s: u16, channel: &str, push: &PushInfo, sh: &mut Shard) {
+    pub(super) fn on_smessage(&self, s: u16, channel: &str, push: &PushInfo, sh: &mut Shard) {
         let Some(payload) = push.data.get(1).and_then(text) else {
             return;
         };
@@ -458,178 +373,6 @@ impl Inner {
                 debug!(error = %e, "sunsubscribe failed");
             }
         }
-    }
-
-    /// Holds shard `s`'s messages and repairs it in the background; a repair already running
-    /// runs once more after.
-    fn start_repair(
-        self: &Arc<Self>,
-        s: u16,
-        shards: &mut [Shard],
-        done: &mpsc::UnboundedSender<(u16, Result<(), BrokerError>)>,
-    ) {
-        let sh = &mut shards[s as usize];
-        if sh.held.is_some() {
-            sh.again = true;
-            return;
-        }
-        sh.held = Some(VecDeque::new());
-        let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
-        let me = self.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            let r = me.repair_shard(s, channels).await;
-            let _ = done.send((s, r));
-        });
-    }
-
-    fn repair_done(
-        self: &Arc<Self>,
-        s: u16,
-        r: Result<(), BrokerError>,
-        shards: &mut [Shard],
-        done: &mpsc::UnboundedSender<(u16, Result<(), BrokerError>)>,
-    ) {
-        let sh = &mut shards[s as usize];
-        if let Err(e) = r {
-            warn!(shard = s, error = %e, "shard repair failed; retrying");
-            let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
-            let me = self.clone();
-            let done = done.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let r = me.repair_shard(s, channels).await;
-                let _ = done.send((s, r));
-            });
-            return;
-        }
-        let held = sh.held.take().unwrap_or_default();
-        sh.last_marker = Some(tokio::time::Instant::now());
-        for push in held {
-            let Some(name) = push
-                .data
-                .first()
-                .and_then(text)
-                .and_then(|n| std::str::from_utf8(n).ok())
-            else {
-                continue;
-            };
-            if let Some((_, channel)) = split_shard(&self.keys.prefix, name) {
-                self.on_smessage(s, channel, &push, sh);
-            }
-        }
-        if std::mem::take(&mut sh.again) {
-            self.start_repair(s, shards, done);
-        }
-    }
-
-    /// Resubscribes shard `s`, fences a changed primary, and delivers what the node missed of
-    /// its channels from history, up to a snapshot taken after the resubscription.
-    async fn repair_shard(&self, s: u16, channels: Vec<Arc<str>>) -> Result<(), BrokerError> {
-        let mut names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
-        names.push(self.keys.shard_marker(s, &self.s.node_id));
-        self.ssubscribe(&names).await?;
-        let owner = self.owner_of(s).await?;
-        let (after, before) = {
-            let marks = self.shards.lock();
-            (marks.seen[s as usize], marks.owner[s as usize].clone())
-        };
-        let seq: Option<String> = timed(self.s.op_timeout * PATIENT, async {
-            let mut c = self.conn().await?;
-            c.get(self.keys.seq(Some(s))).await.map_err(unavailable)
-        })
-        .await?;
-        let snapshot = seq
-            .and_then(|v| v.parse::<EventId>().ok())
-            .unwrap_or_default()
-            .in_shard(Some(s));
-        if before.as_deref().is_some_and(|b| b != owner) {
-            self.fence_shard(s, after, &channels).await?;
-        }
-        let mut gaps: Vec<Arc<str>> = Vec::new();
-        let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
-        if let Some(after) = after {
-            for ch in &channels {
-                let mut cursor = after;
-                loop {
-                    let query = HistoryQuery::After {
-                        id: cursor,
-                        limit: 512,
-                        until: Some(snapshot),
-                    };
-                    let page = timed(self.s.op_timeout * PATIENT, self.history_page(ch, query)).await?;
-                    if cursor == after && !page.complete {
-                        gaps.push(ch.clone());
-                    }
-                    let n = page.events.len();
-                    if let Some(last) = page.events.last() {
-                        cursor = last.id;
-                    }
-                    events.extend(page.events.into_iter().map(|e| (ch.clone(), e)));
-                    if n < 512 {
-                        break;
-                    }
-                }
-            }
-        }
-        if !gaps.is_empty() {
-            let told = self.hub.send_gap(&gaps);
-            warn!(
-                shard = s,
-                channels = gaps.len(),
-                sockets = told,
-                "repair could not prove some channels complete"
-            );
-        }
-        events.sort_by_key(|(_, e)| e.id);
-        for (ch, e) in events {
-            let excluded: Vec<&str> = e.exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
-            let frame = OutFrame::event(e.frame.clone(), e.id, crate::time::ms_to_us(e.ts_ms));
-            let n = self.hub.deliver(&ch, &frame, &excluded);
-            self.metrics.repaired_events.inc_by(n as u64);
-        }
-        let mut marks = self.shards.lock();
-        let seen = &mut marks.seen[s as usize];
-        if seen.is_none_or(|w| snapshot > w) {
-            *seen = Some(snapshot);
-        }
-        marks.owner[s as usize] = Some(owner);
-        Ok(())
-    }
-
-    /// Another primary holds shard `s` now: what the old one acknowledged may be lost. Its
-    /// sockets are told, and the shard's epoch is raised past every id seen, so a replay from
-    /// before says `recovered:false`.
-    async fn fence_shard(&self, s: u16, seen: Option<EventId>, channels: &[Arc<str>]) -> Result<(), BrokerError> {
-        const RAISE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
-            local n = tonumber(ARGV[1]) \
-            local t = redis.call('TIME') \
-            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
-            if now > n then n = now end \
-            if n > c then redis.call('SET', KEYS[1], n) else n = c end \
-            return n";
-        let seen_ms = seen.map_or(0, |w| w.ms.saturating_add(1));
-        let epoch: u64 = timed(self.s.op_timeout * PATIENT, async {
-            let mut c = self.conn().await?;
-            redis::cmd("EVAL")
-                .arg(RAISE)
-                .arg(1)
-                .arg(self.keys.epoch(Some(s)))
-                .arg(seen_ms)
-                .query_async(&mut c)
-                .await
-                .map_err(super::streams::classify)
-        })
-        .await?;
-        let told = self.hub.send_gap(channels);
-        warn!(
-            shard = s,
-            epoch,
-            sockets = told,
-            "another primary holds the shard (failover or slot migration): its sockets were told of a possible gap"
-        );
-        self.metrics.redis_failovers.inc();
-        Ok(())
     }
 }
 

@@ -1,0 +1,178 @@
+//! broker/redis/sharded_repair.rs: a Redis Cluster shard's repair (see sharded.rs): its live
+//! messages are held while it is resubscribed, a changed primary is fenced, and what the node
+//! missed of its channels is delivered from the shard's history up to a snapshot; then the held
+//! messages follow.
+
+use std::collections::VecDeque;
+
+use super::sharded::{RepairDone, Shard, split_shard, text};
+use super::*;
+
+impl Inner {
+    /// Holds shard `s`'s messages and repairs it in the background; a repair already running
+    /// runs once more after.
+    pub(super) fn start_repair(self: &Arc<Self>, s: u16, shards: &mut [Shard], done: &RepairDone) {
+        let sh = &mut shards[s as usize];
+        if sh.held.is_some() {
+            sh.again = true;
+            return;
+        }
+        sh.held = Some(VecDeque::new());
+        let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
+        let me = self.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let r = me.repair_shard(s, channels).await;
+            let _ = done.send((s, r));
+        });
+    }
+
+    pub(super) fn repair_done(
+        self: &Arc<Self>,
+        s: u16,
+        r: Result<(), BrokerError>,
+        shards: &mut [Shard],
+        done: &RepairDone,
+    ) {
+        let sh = &mut shards[s as usize];
+        if let Err(e) = r {
+            warn!(shard = s, error = %e, "shard repair failed; retrying");
+            let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
+            let me = self.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let r = me.repair_shard(s, channels).await;
+                let _ = done.send((s, r));
+            });
+            return;
+        }
+        let held = sh.held.take().unwrap_or_default();
+        sh.last_marker = Some(tokio::time::Instant::now());
+        for push in held {
+            let Some(name) = push
+                .data
+                .first()
+                .and_then(text)
+                .and_then(|n| std::str::from_utf8(n).ok())
+            else {
+                continue;
+            };
+            if let Some((_, channel)) = split_shard(&self.keys.prefix, name) {
+                self.on_smessage(s, channel, &push, sh);
+            }
+        }
+        if std::mem::take(&mut sh.again) {
+            self.start_repair(s, shards, done);
+        }
+    }
+
+    /// Resubscribes shard `s`, fences a changed primary, and delivers what the node missed of
+    /// its channels from history, up to a snapshot taken after the resubscription.
+    async fn repair_shard(&self, s: u16, channels: Vec<Arc<str>>) -> Result<(), BrokerError> {
+        let mut names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
+        names.push(self.keys.shard_marker(s, &self.s.node_id));
+        self.ssubscribe(&names).await?;
+        let owner = self.owner_of(s).await?;
+        let (after, before) = {
+            let marks = self.shards.lock();
+            (marks.seen[s as usize], marks.owner[s as usize].clone())
+        };
+        let seq: Option<String> = timed(self.s.op_timeout * PATIENT, async {
+            let mut c = self.conn().await?;
+            c.get(self.keys.seq(Some(s))).await.map_err(unavailable)
+        })
+        .await?;
+        let snapshot = seq
+            .and_then(|v| v.parse::<EventId>().ok())
+            .unwrap_or_default()
+            .in_shard(Some(s));
+        if before.as_deref().is_some_and(|b| b != owner) {
+            self.fence_shard(s, after, &channels).await?;
+        }
+        let mut gaps: Vec<Arc<str>> = Vec::new();
+        let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
+        if let Some(after) = after {
+            for ch in &channels {
+                let mut cursor = after;
+                loop {
+                    let query = HistoryQuery::After {
+                        id: cursor,
+                        limit: 512,
+                        until: Some(snapshot),
+                    };
+                    let page = timed(self.s.op_timeout * PATIENT, self.history_page(ch, query)).await?;
+                    if cursor == after && !page.complete {
+                        gaps.push(ch.clone());
+                    }
+                    let n = page.events.len();
+                    if let Some(last) = page.events.last() {
+                        cursor = last.id;
+                    }
+                    events.extend(page.events.into_iter().map(|e| (ch.clone(), e)));
+                    if n < 512 {
+                        break;
+                    }
+                }
+            }
+        }
+        if !gaps.is_empty() {
+            let told = self.hub.send_gap(&gaps);
+            warn!(
+                shard = s,
+                channels = gaps.len(),
+                sockets = told,
+                "repair could not prove some channels complete"
+            );
+        }
+        events.sort_by_key(|(_, e)| e.id);
+        for (ch, e) in events {
+            let excluded: Vec<&str> = e.exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
+            let frame = OutFrame::event(e.frame.clone(), e.id, crate::time::ms_to_us(e.ts_ms));
+            let n = self.hub.deliver(&ch, &frame, &excluded);
+            self.metrics.repaired_events.inc_by(n as u64);
+        }
+        let mut marks = self.shards.lock();
+        let seen = &mut marks.seen[s as usize];
+        if seen.is_none_or(|w| snapshot > w) {
+            *seen = Some(snapshot);
+        }
+        marks.owner[s as usize] = Some(owner);
+        Ok(())
+    }
+
+    /// Another primary holds shard `s` now: what the old one acknowledged may be lost. Its
+    /// sockets are told, and the shard's epoch is raised past every id seen, so a replay from
+    /// before says `recovered:false`.
+    async fn fence_shard(&self, s: u16, seen: Option<EventId>, channels: &[Arc<str>]) -> Result<(), BrokerError> {
+        const RAISE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
+            local n = tonumber(ARGV[1]) \
+            local t = redis.call('TIME') \
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+            if now > n then n = now end \
+            if n > c then redis.call('SET', KEYS[1], n) else n = c end \
+            return n";
+        let seen_ms = seen.map_or(0, |w| w.ms.saturating_add(1));
+        let epoch: u64 = timed(self.s.op_timeout * PATIENT, async {
+            let mut c = self.conn().await?;
+            redis::cmd("EVAL")
+                .arg(RAISE)
+                .arg(1)
+                .arg(self.keys.epoch(Some(s)))
+                .arg(seen_ms)
+                .query_async(&mut c)
+                .await
+                .map_err(super::streams::classify)
+        })
+        .await?;
+        let told = self.hub.send_gap(channels);
+        warn!(
+            shard = s,
+            epoch,
+            sockets = told,
+            "another primary holds the shard (failover or slot migration): its sockets were told of a possible gap"
+        );
+        self.metrics.redis_failovers.inc();
+        Ok(())
+    }
+}
