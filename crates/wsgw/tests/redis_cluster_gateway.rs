@@ -250,6 +250,24 @@ async fn two_nodes_on_a_redis_cluster_deliver_and_resume_from_one_cursor_across_
         (Some("r1"), Some(3)),
         "{r}"
     );
+
+    // 200 sockets connecting at once (their listens batched into one SSUBSCRIBE per shard)
+    // each get the event published to their own user channel, spread over all 16 shards.
+    let a = std::sync::Arc::new(a);
+    let socks = futures_util::future::join_all((0..200).map(|i| {
+        let a = a.clone();
+        async move { a.connect(&token(&format!("u{i}"), &[], &[])).await.0 }
+    }))
+    .await;
+    let shards: std::collections::BTreeSet<u16> = (0..200).map(|i| shard_of(&format!("user:u{i}"))).collect();
+    assert_eq!(shards.len(), 16);
+    for i in 0..200 {
+        publish(&b, &format!("user:u{i}"), i).await;
+    }
+    for (i, mut s) in socks.into_iter().enumerate() {
+        let e = s.expect("event").await;
+        assert_eq!(e["channel"], format!("user:u{i}"), "{e}");
+    }
 }
 
 /// The pid `scripts/cluster.sh` recorded for the Redis process on `port`.

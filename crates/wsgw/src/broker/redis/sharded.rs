@@ -196,8 +196,38 @@ impl Inner {
                 cmd = cmds.recv() => match cmd {
                     None => return,
                     Some(SubCmd::Listen(channels, tx)) => {
-                        let r = self.listen_sharded(channels, &mut shards).await;
-                        let _ = tx.send(r);
+                        // A reconnect storm brings thousands of listens at once: every listen
+                        // already waiting goes out in one SSUBSCRIBE per shard, the shards at once.
+                        let mut waiters = vec![(channels, tx)];
+                        let mut count = waiters[0].0.len();
+                        let mut deferred = None;
+                        while count < 4096 {
+                            match cmds.try_recv() {
+                                Ok(SubCmd::Listen(more, t)) => {
+                                    count += more.len();
+                                    waiters.push((more, t));
+                                }
+                                Ok(other) => {
+                                    deferred = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let (patterns, exact): (Vec<_>, Vec<_>) =
+                            waiters.into_iter().partition(|(c, _)| c.iter().any(|c| c.contains('*')));
+                        for (_, t) in patterns {
+                            let msg = "patterns are not available on a Redis Cluster deployment";
+                            let _ = t.send(Err(BrokerError::BadRequest(msg.into())));
+                        }
+                        let all: Vec<Arc<str>> = exact.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
+                        let r = self.listen_sharded(all, &mut shards).await;
+                        for (_, t) in exact {
+                            let _ = t.send(r.clone());
+                        }
+                        if let Some(SubCmd::Unlisten(channels)) = deferred {
+                            self.unlisten_sharded(channels, &mut shards).await;
+                        }
                     }
                     Some(SubCmd::Unlisten(channels)) => self.unlisten_sharded(channels, &mut shards).await,
                     Some(SubCmd::Reconnect) => {}
@@ -332,27 +362,29 @@ impl Inner {
         self.hub.deliver_exact(channel, &frame, &excluded);
     }
 
+    /// `SSUBSCRIBE`s to the channels not yet followed: one command per shard, all shards at once.
     async fn listen_sharded(&self, channels: Vec<Arc<str>>, shards: &mut [Shard]) -> Result<(), BrokerError> {
         let mut by_shard: HashMap<u16, Vec<Arc<str>>> = HashMap::new();
         for c in channels {
-            if c.contains('*') {
-                return Err(BrokerError::BadRequest(
-                    "patterns are not available on a Redis Cluster deployment".into(),
-                ));
-            }
             let s = wsgw_protocol::shard_of(&c);
             if !shards[s as usize].listening.contains(&c) {
                 by_shard.entry(s).or_default().push(c);
             }
         }
-        for (s, mut chans) in by_shard {
+        let each = by_shard.into_iter().map(|(s, mut chans)| async move {
             chans.sort();
             chans.dedup();
             let names: Vec<String> = chans.iter().map(|c| self.keys.pubsub(c)).collect();
-            self.ssubscribe(&names).await?;
-            shards[s as usize].listening.extend(chans);
+            self.ssubscribe(&names).await.map(|()| (s, chans))
+        });
+        let mut failed = None;
+        for r in futures_util::future::join_all(each).await {
+            match r {
+                Ok((s, chans)) => shards[s as usize].listening.extend(chans),
+                Err(e) => failed = Some(e),
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     async fn unlisten_sharded(&self, channels: Vec<Arc<str>>, shards: &mut [Shard]) {
