@@ -404,6 +404,20 @@ export function shardOf(channel) {
   return ((c ^ 0xFFFFFFFF) >>> 0) % ID_SHARDS;
 }
 
+/**
+ * The one id a `subscribe` sends as `last_event_id` (the gateway takes one id there): given a
+ * joined cursor, the part naming the channel's shard, else its first part (an id of another shard
+ * replays nothing; the gateway answers `recovered` for the channel as it can prove it).
+ * @param {string} channel
+ * @param {string} id
+ */
+function subscribeId(channel, id) {
+  if (!id.includes(',')) return id;
+  const parts = id.split(',');
+  const own = `${shardOf(channel)}~`;
+  return parts.find((p) => p.startsWith(own)) ?? parts[0];
+}
+
 /** `a` (an id) is above `b` (an id, or null: below every id). */
 const above = (a, b) => b === null || compareEventIds(a, b) > 0;
 /** The higher of two ids, either of which may be null. */
@@ -1303,7 +1317,7 @@ export class WsgwClient {
 
   #subscribeFrame(channel, opts) {
     const frame = { type: 'subscribe', channel };
-    if (opts.lastEventId) frame.last_event_id = opts.lastEventId;
+    if (opts.lastEventId) frame.last_event_id = subscribeId(channel, opts.lastEventId);
     else if (opts.history !== undefined) frame.history = opts.history;
     return frame;
   }

@@ -192,8 +192,9 @@ test('an initial joined cursor is split per shard, and sent back in shard order'
   s.event('a', '3~7-0'); // lower than shard 3's position: does not lower it
   s.event('user:42', '6~1-0');
   assert.equal(client.lastEventId, '3~7-1,6~1-0,9~5-0');
-  // A subscribe given a joined cursor (sent as given) catches up from the part naming its channel's shard.
+  // A subscribe given a joined cursor sends, and catches up from, the part naming its channel's shard.
   client.subscribe('b', { lastEventId: client.lastEventId });
+  assert.equal(s.subscribes().at(-1).last_event_id, '9~5-0', 'the gateway takes one id in a subscribe');
   s.subscribed('b', 2);
   await settle();
   s.event('b', '9~5-1');

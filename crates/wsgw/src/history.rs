@@ -32,7 +32,7 @@ fn sharded(broker: &dyn Broker) -> bool {
 }
 
 /// A client's `last_event_id` on connect: one id, or in a Redis Cluster deployment a cursor
-/// of at most one id per id-shard joined with `,` (docs/protocol.md, "Exactness").
+/// of at most one id per id-shard joined with `,` (docs/protocol.md, "On a Redis Cluster").
 pub fn parse_cursor(broker: &dyn Broker, text: &str) -> Result<Vec<EventId>, String> {
     if sharded(broker) && text.contains(',') {
         let cursor: wsgw_protocol::ShardCursor = text.parse().map_err(|e: wsgw_protocol::CursorError| e.to_string())?;
@@ -103,7 +103,8 @@ fn to_frame(e: StoredEvent) -> OutFrame {
 ///
 /// `after` is the client's `last_event_id`: one id with one global sequence, or a cursor of at
 /// most one id per id-shard. A channel is read from the id of its own shard; a channel whose
-/// shard the cursor does not name is not replayed and makes the replay not recovered.
+/// shard the cursor does not name is not replayed, and makes the replay not recovered unless
+/// it provably had no event the client could have missed ([`CLOCK_SKEW_MS`]).
 pub async fn replay_after(
     broker: &dyn Broker,
     channels: &[String],
