@@ -216,6 +216,17 @@ async fn two_nodes_on_a_redis_cluster_deliver_and_resume_from_one_cursor_across_
     let (code, _) = bob.until_closed().await;
     assert_eq!(code, Some(4004));
 
+    // A ban set on one node refuses the user's connects on the other.
+    let (status, body) = b.api_post("/api/bans", json!({"user_id": "eve", "ttl_s": 600})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut eve = Client::connect(&a.ws_url(&format!("token={}", token("eve", &[], &[])))).await;
+    let first = eve.next().await.expect("a first frame");
+    assert_eq!(
+        (first["type"].as_str(), first["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{first}"
+    );
+
     // A request reaches backends through `ws:{global}inbound`; the answer comes back with
     // SPUBLISH on the shard of `connection:<id>` (docs/backends.md).
     let (mut asker, w) = a.connect(&token("dave", &[], &[])).await;
