@@ -12,6 +12,9 @@
 //! Also: `WSGW_TORTURE_CLIENTS` (24), `WSGW_TORTURE_PASSIVE` (200), `WSGW_TORTURE_RATE` (events/s, 150);
 //! `WSGW_TORTURE_EXPLAIN_ALL=1` prints the history of the first violation of every kind;
 //! `WSGW_TORTURE_DUMP=1` writes every client's whole log to the temporary directory.
+//!
+//! tests/torture_cluster.rs runs the same clients and checker over a real 3-primary Redis
+//! Cluster, with faults of its own (primary SIGKILL and failover, slot migration).
 
 mod common;
 mod torture {
@@ -20,23 +23,22 @@ mod torture {
     mod checker_tests;
     pub mod coverage;
     pub mod explain;
+    pub mod finish;
     pub mod load;
     pub mod model;
     pub mod sim;
 }
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use common::cluster::{GatewayProc, RedisServer};
 use tokio::time::Instant;
-use torture::checker::{self, Kind};
-use torture::explain::explain;
+use torture::finish;
 use torture::load::*;
 use torture::model::*;
-use torture::sim::{caught_up, spawn_clients};
+use torture::sim::spawn_clients;
 
 const NODES: usize = 3;
 
@@ -132,14 +134,6 @@ async fn inject(f: Fault, cl: &mut Cluster, shared: &Shared, rng: &mut Rng) -> S
     }
 }
 
-/// Last published id per channel.
-fn last_ids(published: &std::collections::BTreeMap<String, Vec<Id>>) -> HashMap<String, Id> {
-    published
-        .iter()
-        .filter_map(|(c, ids)| ids.iter().max().map(|&l| (c.clone(), l)))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torture_exactness_under_chaos() {
     let secs = env_u64("WSGW_TORTURE_SECS", 60);
@@ -157,7 +151,10 @@ async fn torture_exactness_under_chaos() {
     for i in 0..NODES {
         nodes.push(GatewayProc::start(&redis, &format!("gw-{i}.0"), &node_env(i)).await);
     }
-    let shared = Arc::new(Shared::new(nodes.iter().map(|n| (n.node_id.clone(), n.port)).collect()));
+    let shared = Arc::new(Shared::new(
+        nodes.iter().map(|n| (n.node_id.clone(), n.port)).collect(),
+        false,
+    ));
     let mut cl = Cluster {
         redis,
         nodes,
@@ -207,183 +204,23 @@ async fn torture_exactness_under_chaos() {
 
     // Drain: stop publishing and the passive load, let the clients finish their requests,
     // publish one fence event per channel, and wait until every live client has it.
-    shared.stop_publishing.store(true, Ordering::Release);
-    for p in publishers {
-        p.await.unwrap();
-    }
-    shared.stop_passive.store(true, Ordering::Release);
-    shared.quiesce.store(true, Ordering::Release);
-    let settle = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < settle
-        && progress.iter().any(|p| {
-            let p = p.lock().unwrap();
-            p.busy || !p.connected
-        })
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    finish::quiesce(&shared, publishers, &progress).await;
     let mut r = redis_conn(&redis_url).await.expect("redis at the end");
     let final_at_us = shared.t_us();
     for ch in CHANNELS {
         fcall(&mut r, ch, "{\"fence\":true}").await.expect("fence publish");
     }
-    let last = last_ids(&read_published(&mut r).await);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && caught_up(&progress, &last) < progress.len() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    println!(
-        "  +{:6.1}s drain: {}/{} clients caught up; {} publishes ok, {} failed (expected during faults); \
-         passive sockets drained {} frames; \
-         slowest live event reached a torture client {} ms after its publish",
-        shared.t_us() as f64 / 1e6,
-        caught_up(&progress, &last),
-        progress.len(),
-        shared.published_ok.load(Ordering::Relaxed),
-        shared.publish_errors.load(Ordering::Relaxed),
-        passive_frames.load(Ordering::Relaxed),
-        shared.max_lag_ms.load(Ordering::Relaxed)
-    );
-    let lagging: Vec<usize> = (0..progress.len())
-        .filter(|&i| {
-            let why = progress[i].lock().unwrap().behind(&last);
-            if let Some(why) = &why {
-                println!("    tc{i} not caught up: {why}");
-            }
-            why.is_some()
-        })
-        .collect();
-    shared.stop.store(true, Ordering::Release);
-    let mut logs = Vec::new();
-    for s in sims {
-        logs.push(s.await.unwrap());
-    }
-    for p in passives {
-        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-    }
+    let last = finish::last_ids(&read_published(&mut r).await);
+    let (logs, lagging) = finish::drain(&shared, &progress, &last, &passive_frames, sims, passives).await;
 
     // Check.
     let mut published = Published::new(read_published(&mut r).await);
     published.final_at_us = Some(final_at_us);
-    let report = checker::check(&published, &logs);
-    // Lagging clients' logs are always written; every client's with WSGW_TORTURE_DUMP set.
-    let dump: Vec<usize> = if std::env::var("WSGW_TORTURE_DUMP").is_ok() {
-        (0..logs.len()).collect()
-    } else {
-        lagging
+    let summary = finish::Summary {
+        name: "torture",
+        seed,
+        faults,
+        extra: String::new(),
     };
-    for i in dump {
-        let path = std::env::temp_dir().join(format!("wsgw-torture-{seed}-{}.log", logs[i].name));
-        let text: Vec<String> = logs[i]
-            .entries
-            .iter()
-            .zip(&report.tags[i])
-            .map(|(e, t)| torture::explain::line(e, *t))
-            .collect();
-        std::fs::write(&path, text.join("\n")).unwrap();
-        println!("    {}'s whole log: {}", logs[i].name, path.display());
-    }
-    // The fences must follow every client's last action and its answer (see
-    // `Sim::claim_action`): a subscribe or unsubscribe, or an answer to one, after them would
-    // make `stalled` a fault of this harness, not the gateway's.
-    for log in &logs {
-        let late = log.entries.iter().find(|e| {
-            e.t_us > final_at_us
-                && matches!(
-                    e.rec,
-                    Rec::Subscribe { .. }
-                        | Rec::Subscribed { .. }
-                        | Rec::SubscribeFailed { .. }
-                        | Rec::Unsubscribe { .. }
-                )
-        });
-        assert!(
-            late.is_none(),
-            "{} logged a subscribe or unsubscribe, or its answer, after the fence events: sent after the \
-             drain began (a harness fault) or unanswered through the drain's 10 s wait: {late:?}",
-            log.name
-        );
-    }
-    let reconnects: usize = logs
-        .iter()
-        .map(|l| {
-            l.entries
-                .iter()
-                .filter(|e| matches!(e.rec, Rec::Welcome { .. }))
-                .count()
-                .saturating_sub(1)
-        })
-        .sum();
-    let counts = report.counts();
-    let first_of = |kind: Kind| {
-        report
-            .violations
-            .iter()
-            .filter(|v| v.kind == kind)
-            .min_by_key(|v| v.t_us)
-    };
-    let show = |v: &checker::Violation| {
-        format!(
-            "{}: {} on {} at +{:.3}s, ids {:?}{}: {}",
-            v.kind,
-            logs[v.client].name,
-            v.channel,
-            v.t_us as f64 / 1e6,
-            v.ids.iter().take(4).map(Id::to_string).collect::<Vec<_>>(),
-            if v.ids.len() > 4 { " ..." } else { "" },
-            v.detail
-        )
-    };
-    // Duplicates that the client cursor rule lets through are the rule's, not the server's.
-    if let Some(v) = first_of(Kind::RuleDuplicate) {
-        println!(
-            "note: {} duplicate(s) let through by the client cursor rule (not counted as violations); first: {}",
-            counts[&Kind::RuleDuplicate],
-            show(v)
-        );
-        if std::env::var("WSGW_TORTURE_EXPLAIN_ALL").is_ok() {
-            println!("\nFIRST RULE DUPLICATE: {}", explain(&report, v, &published, &logs));
-        }
-    }
-    let fatal: Vec<&checker::Violation> = report
-        .violations
-        .iter()
-        .filter(|v| v.kind != Kind::RuleDuplicate)
-        .collect();
-    if fatal.is_empty() {
-        println!(
-            "torture: {} events published, {} deliveries checked, {} faults injected, {} client reconnects, \
-             0 violations (seed {seed})",
-            report.events_published, report.deliveries_checked, faults, reconnects
-        );
-        return;
-    }
-    let first = fatal.iter().min_by_key(|v| (v.t_us, v.client, v.at)).unwrap();
-    println!("\nFIRST VIOLATION: {}", explain(&report, first, &published, &logs));
-    println!("First violation of each kind:");
-    for kind in counts.keys().filter(|k| **k != Kind::RuleDuplicate) {
-        let v = first_of(*kind).unwrap();
-        println!("  {}", show(v));
-        if std::env::var("WSGW_TORTURE_EXPLAIN_ALL").is_ok() && !std::ptr::eq(v, *first) {
-            println!("\n  FIRST {}", explain(&report, v, &published, &logs));
-        }
-    }
-    let missing: usize = fatal
-        .iter()
-        .filter(|v| matches!(v.kind, Kind::Gap | Kind::FalseRecovered | Kind::Stalled))
-        .map(|v| v.ids.len())
-        .sum();
-    let summary: Vec<String> = counts
-        .iter()
-        .filter(|(k, _)| **k != Kind::RuleDuplicate)
-        .map(|(k, n)| format!("{k}: {n}"))
-        .collect();
-    panic!(
-        "torture (seed {seed}): {} violations [{}] ({missing} events missing in all) over {} events published, \
-         {} deliveries checked, {faults} faults, {reconnects} client reconnects",
-        fatal.len(),
-        summary.join(", "),
-        report.events_published,
-        report.deliveries_checked
-    );
+    finish::check_and_report(&summary, &published, &logs, lagging);
 }

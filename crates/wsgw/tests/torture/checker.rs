@@ -12,6 +12,9 @@
 //!   last action, this also catches a followed channel whose coverage never started);
 //! - `rule_duplicate` (reported, not a server violation): see below.
 //! - `unknown_event`: an id that is not in the channel's history.
+//! - `lost_delivered` (reported, not a server violation): an id a publisher was acknowledged that
+//!   history does not hold (a Redis Cluster primary failed before its replica had it), delivered;
+//!   the report says whether the client was told afterwards (a `gap` or `recovered:false`).
 //!
 //! `rule_duplicate` is a duplicate the client cursor rule lets through while the server kept its
 //! per-socket promise: an event passed by the rule's exception for an unfinished catch-up, or a
@@ -26,6 +29,10 @@
 //! matching it, or a close not followed by a successful resume. After `recovered:false` or a
 //! `gap` coverage restarts at the next C event delivered live. For clients still connected at the
 //! end it extends to the last event published on C.
+//!
+//! Ids of a Redis Cluster deployment name their id-shard and are ordered only within it: every
+//! comparison here is between ids of one channel (one shard), and a resume's `last_event_id` is
+//! a cursor of one id per shard, of which a channel's coverage uses the one of its own shard.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -40,6 +47,8 @@ struct Walk<'a> {
     report: &'a mut Report,
     /// Entry index of the current socket's welcome.
     socket_start: usize,
+    /// Lost ids delivered on each channel that the client was not told about since.
+    lost_untold: BTreeMap<String, Vec<(usize, Id)>>,
 }
 
 /// Checks every client log against what was published.
@@ -56,6 +65,7 @@ pub fn check(published: &Published, clients: &[ClientLog]) -> Report {
             chans: published.channels().map(|c| (c.to_string(), Chan::default())).collect(),
             report: &mut report,
             socket_start: 0,
+            lost_untold: BTreeMap::new(),
         };
         let tags = w.run();
         report.tags.push(tags);
@@ -67,14 +77,14 @@ impl Walk<'_> {
     fn run(&mut self) -> Vec<Option<Tag>> {
         let mut tags = vec![None; self.entries.len()];
         let mut pending_subs: HashMap<String, (Option<Id>, Option<u64>)> = HashMap::new();
-        let mut connect_last: Option<Id> = None;
+        let mut connect_last: Option<Cursor> = None;
         let mut had_welcome = false;
         let mut connected = false;
         let mut replay_left = 0u64;
         let entries = self.entries;
         for (i, entry) in entries.iter().enumerate() {
             match &entry.rec {
-                Rec::Connect { last_event_id, .. } => connect_last = *last_event_id,
+                Rec::Connect { last_event_id, .. } => connect_last = last_event_id.clone(),
                 Rec::ConnectFailed { .. } => {}
                 Rec::Closed { .. } => connected = false,
                 Rec::Welcome {
@@ -89,7 +99,7 @@ impl Walk<'_> {
                     replay_left = *replayed;
                     let cont = had_welcome && *resumed && *recovered && connect_last.is_some();
                     self.socket_start = i;
-                    self.welcome(i, connect_last, cont, channels, not_replayed);
+                    self.welcome(i, connect_last.as_ref(), cont, channels, not_replayed);
                     had_welcome = true;
                     connected = true;
                 }
@@ -138,6 +148,18 @@ impl Walk<'_> {
             }
         }
         let end = self.entries.len().saturating_sub(1);
+        for (channel, lost) in std::mem::take(&mut self.lost_untold) {
+            for (at, id) in lost {
+                self.violation(
+                    Kind::LostDelivered,
+                    &channel,
+                    vec![id],
+                    at,
+                    at,
+                    "delivered an event history lost; the client was never told (no gap, no recovered:false)".into(),
+                );
+            }
+        }
         let names: Vec<String> = self.chans.keys().cloned().collect();
         for name in names {
             if !connected {
@@ -196,10 +218,24 @@ impl Walk<'_> {
         }
     }
 
+    /// The client was told `channel` may have missed events: lost ids it delivered are told.
+    fn told(&mut self, i: usize, channel: &str, how: &str) {
+        for (at, id) in self.lost_untold.remove(channel).unwrap_or_default() {
+            self.violation(
+                Kind::LostDelivered,
+                channel,
+                vec![id],
+                at,
+                at,
+                format!("delivered an event history lost; told at entry {i} ({how})"),
+            );
+        }
+    }
+
     fn welcome(
         &mut self,
         i: usize,
-        connect_last: Option<Id>,
+        connect_last: Option<&Cursor>,
         cont: bool,
         channels: &[String],
         not_replayed: &[String],
@@ -222,6 +258,12 @@ impl Walk<'_> {
             }
             let now = self.chans[&name].followed();
             if was && now && c_recovered {
+                // The resume's position in this channel's shard (none named: the client had
+                // received nothing from the shard).
+                let shard = self.published.shard(&name);
+                let lo = connect_last
+                    .and_then(|l| l.get(shard))
+                    .unwrap_or(Id::default().in_shard(shard));
                 let c = self.chans.get_mut(&name).unwrap();
                 if let Some(sc) = c.scope.as_mut() {
                     sc.retain_sources(c.exact, &c.patterns);
@@ -230,11 +272,14 @@ impl Walk<'_> {
                     s.catchup_range = None;
                     s.extend_on_catchup = false;
                     s.recoveries.push(Recovery {
-                        lo: Bound::After(connect_last.unwrap_or_default()),
+                        lo: Bound::After(lo),
                         first_live: None,
                     });
                 }
                 continue;
+            }
+            if was {
+                self.told(i, &name, "a welcome that did not recover it");
             }
             // The close ended the stretch: it required what was delivered before it.
             self.end_stretch(&name, i, None, false);
@@ -278,6 +323,7 @@ impl Walk<'_> {
         c.exact = true;
         if !recovered {
             c.catchup_left = replayed;
+            self.told(i, channel, "subscribed recovered:false");
             self.end_stretch(channel, i, None, false);
             self.chans.get_mut(channel).unwrap().pending = Some(Pending {
                 live_only: true,
@@ -352,6 +398,7 @@ impl Walk<'_> {
                 c.exact = false;
             }
             if !c.followed() {
+                self.told(i, &name, "unsubscribed");
                 self.end_stretch(&name, i, None, false);
                 let c = self.chans.get_mut(&name).unwrap();
                 c.scope = None;
@@ -372,6 +419,7 @@ impl Walk<'_> {
             if !self.chans[&name].followed() {
                 continue;
             }
+            self.told(i, &name, "a gap frame");
             self.end_stretch(&name, i, None, false);
             self.chans.get_mut(&name).unwrap().pending = Some(Pending {
                 live_only: true,
@@ -401,6 +449,12 @@ impl Walk<'_> {
             return;
         }
         self.report.deliveries_checked += 1;
+        if self.published.is_lost(channel, id) {
+            // Acknowledged, then lost with a failed primary: owed to no one. Whether the client
+            // is told afterwards is reported with it.
+            self.lost_untold.entry(channel.to_string()).or_default().push((i, id));
+            return;
+        }
         if !self.published.contains(channel, id) {
             self.violation(
                 Kind::UnknownEvent,

@@ -8,7 +8,7 @@ use super::explain::explain;
 use super::model::*;
 
 fn id(n: u64) -> Id {
-    Id(n, 0)
+    Id::new(n, 0)
 }
 
 /// `t:a` got 1..=n, `t:b` got 101..=100+m, `t:1`/`t:10` get what the test says.
@@ -39,7 +39,7 @@ impl L {
         self.push(Rec::Connect {
             node: "n".into(),
             connection_id: cid.map(Into::into),
-            last_event_id: last.map(id),
+            last_event_id: last.map(|n| Cursor::one(id(n))),
         })
     }
     fn welcome(&mut self, resumed: bool, recovered: bool, replayed: u64, chans: &[&str]) -> &mut Self {
@@ -101,7 +101,7 @@ fn kinds(p: &Published, logs: &[ClientLog]) -> Vec<(Kind, Vec<u64>)> {
     let mut out: Vec<(Kind, Vec<u64>)> = r
         .violations
         .iter()
-        .map(|v| (v.kind, v.ids.iter().map(|i| i.0).collect()))
+        .map(|v| (v.kind, v.ids.iter().map(|i| i.ms).collect()))
         .collect();
     out.sort();
     out
@@ -345,4 +345,115 @@ fn glob_matches_any_run_including_colons() {
     assert!(glob("t:*", "t:a:b"));
     assert!(glob("*:1", "t:x:1"));
     assert!(!glob("t:*x", "t:y"));
+}
+
+// Redis Cluster ids: `<shard>~<ms>-<seq>`, ordered only within a shard.
+
+fn sid(shard: u16, n: u64) -> Id {
+    Id::new(n, 0).in_shard(Some(shard))
+}
+
+fn sharded(chans: &[(&str, u16, &[u64])]) -> Published {
+    let mut m = BTreeMap::new();
+    for (c, s, ids) in chans {
+        m.insert(c.to_string(), ids.iter().map(|&n| sid(*s, n)).collect());
+    }
+    Published::new(m)
+}
+
+impl L {
+    fn sev(&mut self, ch: &str, shard: u16, ids: &[u64]) -> &mut Self {
+        for &n in ids {
+            self.push(Rec::Event {
+                id: sid(shard, n),
+                channel: ch.into(),
+                fate: Fate::Delivered,
+            });
+        }
+        self
+    }
+    fn resume(&mut self, positions: &[(u16, u64)]) -> &mut Self {
+        self.push(Rec::Connect {
+            node: "n".into(),
+            connection_id: Some("x".into()),
+            last_event_id: Some(Cursor(positions.iter().map(|&(s, n)| (Some(s), sid(s, n))).collect())),
+        })
+    }
+}
+
+#[test]
+fn sharded_ids_print_and_parse_and_a_cursor_joins_them_in_shard_order() {
+    assert_eq!(
+        Id::parse("6~1732240000123-5"),
+        Some(sid(6, 1_732_240_000_123).next_seq(5))
+    );
+    assert_eq!(sid(12, 7).to_string(), "12~7-0");
+    assert_eq!(Id::parse("3~4~5-0"), None);
+    let c = Cursor([sid(12, 1), sid(3, 9)].into_iter().map(|i| (i.shard, i)).collect());
+    assert_eq!(c.to_string(), "3~9-0,12~1-0");
+    assert_eq!(Cursor::one(id(5)).to_string(), "5-0");
+}
+
+impl Id {
+    fn next_seq(self, seq: u64) -> Id {
+        Id { seq, ..self }
+    }
+}
+
+#[test]
+fn a_resume_is_checked_against_the_position_of_each_channels_own_shard() {
+    // `t:x` in shard 9 has much higher ids than `t:y` in shard 3: comparing across shards would
+    // take 3~4 as older than the resume's position and call its loss a plain gap.
+    let p = sharded(&[("t:x", 9, &[100, 101, 102, 103]), ("t:y", 3, &[1, 2, 3, 4, 5])]);
+    let mut l = L::new();
+    l.plain("t:x").plain("t:y");
+    l.sev("t:x", 9, &[100, 101]).sev("t:y", 3, &[1, 2, 3]).close();
+    l.resume(&[(3, 3), (9, 101)]).welcome(true, true, 3, &["t:x", "t:y"]);
+    l.sev("t:x", 9, &[102, 103]).sev("t:y", 3, &[5]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::FalseRecovered, vec![4])]);
+    // Complete: clean, whatever the numeric order of the shards' ids.
+    let mut l = L::new();
+    l.plain("t:x").plain("t:y");
+    l.sev("t:x", 9, &[100, 101]).sev("t:y", 3, &[1, 2, 3]).close();
+    l.resume(&[(3, 3), (9, 101)]).welcome(true, true, 4, &["t:x", "t:y"]);
+    l.sev("t:y", 3, &[4]).sev("t:x", 9, &[102, 103]).sev("t:y", 3, &[5]);
+    let r = check(&p, &[l.log()]);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
+#[test]
+fn a_resume_naming_no_position_in_a_channels_shard_owes_all_of_its_stretch() {
+    // `t:y` (shard 3) was empty when subscribed with history: every event of it is owed. The
+    // client received nothing from shard 3, so its cursor names shard 9 only; the resume says
+    // recovered (the gateway found shard 3's channel quiet), yet 3~1 never comes.
+    let p = sharded(&[("t:x", 9, &[100, 101]), ("t:y", 3, &[1, 2])]);
+    let mut l = L::new();
+    l.plain("t:x").sub("t:y", None, Some(5), true, 0);
+    l.sev("t:x", 9, &[100]).close();
+    l.resume(&[(9, 100)]).welcome(true, true, 1, &["t:x", "t:y"]);
+    l.sev("t:x", 9, &[101]).sev("t:y", 3, &[2]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::FalseRecovered, vec![1])]);
+}
+
+#[test]
+fn an_acknowledged_event_a_failover_lost_is_reported_apart_with_whether_the_client_was_told() {
+    let mut p = sharded(&[("t:x", 9, &[1, 2, 4])]);
+    p.set_acknowledged(&[("t:x".into(), sid(9, 2)), ("t:x".into(), sid(9, 3))]);
+    assert_eq!(p.lost_total(), 1);
+    let mut l = L::new();
+    l.plain("t:x").sev("t:x", 9, &[1, 2, 3]);
+    l.push(Rec::Gap {
+        channels: vec!["t:x".into()],
+    });
+    l.sev("t:x", 9, &[4]);
+    let r = check(&p, &[l.log()]);
+    assert_eq!(kinds(&p, &[l.log()]), vec![(Kind::LostDelivered, vec![3])]);
+    assert!(r.violations[0].detail.contains("told at entry"), "{:?}", r.violations);
+    assert!(!Kind::LostDelivered.fatal());
+    // Never told: still not the server's breach of exactness, but said so.
+    let mut l = L::new();
+    l.plain("t:x").sev("t:x", 9, &[1, 2, 3, 4]);
+    let r = check(&p, &[l.log()]);
+    assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+    assert!(r.violations[0].detail.contains("never told"), "{:?}", r.violations);
 }

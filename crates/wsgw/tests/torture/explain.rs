@@ -30,7 +30,7 @@ pub fn line(e: &Entry, tag: Option<Tag>) -> String {
         } => format!(
             "CONNECT {node} connection_id={} last_event_id={}",
             connection_id.as_deref().unwrap_or("-"),
-            last_event_id.map_or("-".into(), |i| i.to_string())
+            last_event_id.as_ref().map_or("-".into(), |c| c.to_string())
         ),
         Rec::ConnectFailed { why } => format!("connect failed: {why}"),
         Rec::Welcome {

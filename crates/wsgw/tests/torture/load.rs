@@ -70,6 +70,13 @@ impl Rng {
 /// What every task shares: where the nodes are and the phase flags.
 pub struct Shared {
     pub epoch: Instant,
+    /// The nodes serve on a Redis Cluster: ids name their id-shard, no patterns.
+    pub sharded: bool,
+    /// Redis Cluster runs: every (channel, id) a publisher was given back, to tell events a
+    /// failed primary acknowledged and lost from unknown ones.
+    pub acked: Mutex<Vec<(String, Id)>>,
+    /// Redis Cluster runs: why publishes failed, with how many times.
+    pub errors: Mutex<BTreeMap<String, u64>>,
     /// Per node slot: (node id, port) while it runs.
     pub nodes: Mutex<Vec<Option<(String, u16)>>>,
     /// Torture clients stop taking actions (they keep reading and reconnecting).
@@ -85,9 +92,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(nodes: Vec<(String, u16)>) -> Shared {
+    pub fn new(nodes: Vec<(String, u16)>, sharded: bool) -> Shared {
         Shared {
             epoch: Instant::now(),
+            sharded,
+            acked: Mutex::new(Vec::new()),
+            errors: Mutex::new(BTreeMap::new()),
             nodes: Mutex::new(nodes.into_iter().map(Some).collect()),
             quiesce: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -113,6 +123,27 @@ impl Shared {
 
     pub fn set_node(&self, slot: usize, node: Option<(String, u16)>) {
         self.nodes.lock().unwrap()[slot] = node;
+    }
+
+    /// Notes why a publish failed (Redis Cluster runs only), digits folded so that one kind of
+    /// error is counted once.
+    pub fn failed(&self, why: &str) {
+        if self.sharded {
+            let mut kind = String::new();
+            for c in why.chars().take(400) {
+                if !(c.is_ascii_digit() && kind.ends_with('#')) {
+                    kind.push(if c.is_ascii_digit() { '#' } else { c });
+                }
+            }
+            *self.errors.lock().unwrap().entry(kind).or_default() += 1;
+        }
+    }
+
+    /// Notes an id a publisher was given (Redis Cluster runs only).
+    pub fn acknowledged(&self, channel: &str, id: Option<Id>) {
+        if let (true, Some(id)) = (self.sharded, id) {
+            self.acked.lock().unwrap().push((channel.to_string(), id));
+        }
     }
 }
 
@@ -187,7 +218,8 @@ pub async fn http_publisher(name: String, per_s: f64, seed: u64, shared: Arc<Sha
             continue;
         };
         n += 1;
-        let body = serde_json::json!({"channel": rng.channel(), "event": "tick", "data": {"p": name, "n": n}});
+        let channel = rng.channel();
+        let body = serde_json::json!({"channel": channel, "event": "tick", "data": {"p": name, "n": n}});
         let r = http
             .post(format!("http://127.0.0.1:{port}/api/publish"))
             .bearer_auth(crate::common::API_KEY)
@@ -195,8 +227,23 @@ pub async fn http_publisher(name: String, per_s: f64, seed: u64, shared: Arc<Sha
             .send()
             .await;
         match r {
-            Ok(r) if r.status().is_success() => shared.published_ok.fetch_add(1, Ordering::Relaxed),
-            _ => shared.publish_errors.fetch_add(1, Ordering::Relaxed),
+            Ok(r) if r.status().is_success() => {
+                if shared.sharded {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    shared.acknowledged(channel, v["event_id"].as_str().and_then(Id::parse));
+                }
+                shared.published_ok.fetch_add(1, Ordering::Relaxed)
+            }
+            r => {
+                if shared.sharded {
+                    let why = match r {
+                        Ok(r) => format!("HTTP {}: {}", r.status().as_u16(), r.text().await.unwrap_or_default()),
+                        Err(e) => format!("HTTP request: {e}"),
+                    };
+                    shared.failed(&why);
+                }
+                shared.publish_errors.fetch_add(1, Ordering::Relaxed)
+            }
         };
     }
 }
@@ -216,7 +263,7 @@ pub fn spawn_passives(n: usize, shared: &Arc<Shared>, frames: &Arc<AtomicU64>) -
 pub async fn passive(i: usize, token: String, shared: Arc<Shared>, frames: Arc<AtomicU64>) {
     let mut rng = Rng::new(0xABCD ^ i as u64);
     let mut subs = vec![CHANNELS[i % 4], CHANNELS[(i + 1) % 4]];
-    if i.is_multiple_of(5) {
+    if i.is_multiple_of(5) && !shared.sharded {
         subs.push("t:1*");
     }
     while !shared.stop_passive.load(Ordering::Acquire) {

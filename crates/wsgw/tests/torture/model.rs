@@ -4,22 +4,82 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// An event id `<ms>-<seq>`, ordered numerically.
+/// An event id: `<ms>-<seq>` from one global sequence (single primary), or `<shard>~<ms>-<seq>`
+/// from one id-shard's sequence (Redis Cluster). Ordered numerically within a shard; ids of
+/// different shards are only grouped by shard (their order means nothing), so the checker and
+/// the clients compare ids of one channel, or of one shard, only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Id(pub u64, pub u64);
+pub struct Id {
+    /// The id-shard that issued it; `None` for the one global sequence.
+    pub shard: Option<u16>,
+    pub ms: u64,
+    pub seq: u64,
+}
 
 impl Id {
+    /// An id of the one global sequence.
+    pub const fn new(ms: u64, seq: u64) -> Id {
+        Id { shard: None, ms, seq }
+    }
+
+    /// The same position in the sequence of `shard`.
+    pub const fn in_shard(self, shard: Option<u16>) -> Id {
+        Id { shard, ..self }
+    }
+
+    /// `<ms>-<seq>`, a bare `<ms>`, or `<shard>~<ms>-<seq>`.
     pub fn parse(s: &str) -> Option<Id> {
+        if let Some((shard, rest)) = s.split_once('~') {
+            let id = Id::parse(rest).filter(|i| i.shard.is_none())?;
+            return Some(id.in_shard(Some(shard.parse().ok()?)));
+        }
         match s.split_once('-') {
-            Some((ms, seq)) => Some(Id(ms.parse().ok()?, seq.parse().ok()?)),
-            None => Some(Id(s.parse().ok()?, 0)),
+            Some((ms, seq)) => Some(Id::new(ms.parse().ok()?, seq.parse().ok()?)),
+            None => Some(Id::new(s.parse().ok()?, 0)),
         }
     }
 }
 
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
+        if let Some(s) = self.shard {
+            write!(f, "{s}~")?;
+        }
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// A resume cursor (`last_event_id` of a connect): per id-shard one id, in shard order. With one
+/// global sequence it holds one id of no shard, and prints as that id; in a Redis Cluster it
+/// prints as the ids joined with `,` (`wsgw_protocol::ShardCursor`'s form).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor(pub std::collections::BTreeMap<Option<u16>, Id>);
+
+impl Cursor {
+    /// A cursor of one id.
+    pub fn one(id: Id) -> Cursor {
+        Cursor(std::iter::once((id.shard, id)).collect())
+    }
+
+    /// The position it names in `shard`.
+    pub fn get(&self, shard: Option<u16>) -> Option<Id> {
+        self.0.get(&shard).copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, id) in self.0.values().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{id}")?;
+        }
+        Ok(())
     }
 }
 
@@ -49,7 +109,7 @@ pub enum Rec {
     Connect {
         node: String,
         connection_id: Option<String>,
-        last_event_id: Option<Id>,
+        last_event_id: Option<Cursor>,
     },
     /// The socket could not be opened, or was refused before a welcome.
     ConnectFailed {
@@ -131,6 +191,10 @@ impl ClientLog {
 #[derive(Clone, Debug, Default)]
 pub struct Published {
     per_channel: BTreeMap<String, Vec<Id>>,
+    /// Ids a publisher was given (the publish succeeded) that history does not hold: acknowledged
+    /// by a Redis Cluster primary that failed before its replica had them. Not owed to anyone;
+    /// delivering one is reported apart (`lost_delivered`), not as an unknown event.
+    lost: BTreeMap<String, Vec<Id>>,
     /// When (µs since the run began) the last event of every channel was published, if the
     /// run ended that way after the clients' last action.
     pub final_at_us: Option<u64>,
@@ -145,8 +209,38 @@ impl Published {
         }
         Published {
             per_channel,
+            lost: BTreeMap::new(),
             final_at_us: None,
         }
+    }
+
+    /// Records what publishers were acknowledged: every acknowledged id history does not hold
+    /// is lost.
+    pub fn set_acknowledged(&mut self, acked: &[(String, Id)]) {
+        self.lost.clear();
+        for (channel, id) in acked {
+            if !self.contains(channel, *id) {
+                self.lost.entry(channel.clone()).or_default().push(*id);
+            }
+        }
+        for ids in self.lost.values_mut() {
+            ids.sort();
+            ids.dedup();
+        }
+    }
+
+    pub fn is_lost(&self, channel: &str, id: Id) -> bool {
+        self.lost.get(channel).is_some_and(|l| l.binary_search(&id).is_ok())
+    }
+
+    /// How many acknowledged events history does not hold.
+    pub fn lost_total(&self) -> u64 {
+        self.lost.values().map(|v| v.len() as u64).sum()
+    }
+
+    /// The id-shard of a channel's events (`None`: the one global sequence, or nothing published).
+    pub fn shard(&self, channel: &str) -> Option<u16> {
+        self.ids(channel).first().and_then(|i| i.shard)
     }
 
     pub fn channels(&self) -> impl Iterator<Item = &str> {
@@ -181,6 +275,7 @@ pub enum Kind {
     Stalled,
     UnknownEvent,
     RuleDuplicate,
+    LostDelivered,
 }
 
 impl fmt::Display for Kind {
@@ -193,6 +288,7 @@ impl fmt::Display for Kind {
             Kind::Stalled => "stalled",
             Kind::UnknownEvent => "unknown_event",
             Kind::RuleDuplicate => "rule_duplicate",
+            Kind::LostDelivered => "lost_delivered",
         })
     }
 }
@@ -227,6 +323,13 @@ pub struct Report {
     pub events_published: u64,
     /// Per client, per entry: the tag of an event entry.
     pub tags: Vec<Vec<Option<Tag>>>,
+}
+
+impl Kind {
+    /// A breach of the delivery contract by the server (the others are reported, not counted).
+    pub fn fatal(self) -> bool {
+        !matches!(self, Kind::RuleDuplicate | Kind::LostDelivered)
+    }
 }
 
 impl Report {

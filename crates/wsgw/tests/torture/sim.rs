@@ -2,6 +2,12 @@
 //! catches up with `last_event_id` and `history:N`, resumes on random nodes, and follows the
 //! client cursor rule of the exactness spec exactly. It logs every action and frame for the
 //! checker, and what it delivered to its "app".
+//!
+//! On a Redis Cluster (`Shared::sharded`) ids name their id-shard and the rule applies per shard,
+//! as the JS client does: one cursor position per shard, a cut catch-up lowers its channel's
+//! shard only, the resume id joins the shards' positions with `,`, the filter after a resume
+//! ends shard by shard, a subscribe's `last_event_id` is an id of the channel's own shard, and
+//! there are no patterns.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -53,9 +59,10 @@ struct Catchup {
     last: Option<Id>,
 }
 
-/// The cursor rule's filter after a resume.
+/// The cursor rule's filter after a resume: per shard, until the first event of that shard
+/// above its old position.
 struct Filter {
-    old_cursor: Id,
+    old_cursor: Cursor,
     exempt: HashMap<String, Id>,
     /// Channels subscribed since the welcome: all their events, catch-ups included, are new to
     /// the app, so the filter leaves them alone.
@@ -84,7 +91,8 @@ pub struct Sim {
     shared: Arc<Shared>,
     progress: Arc<std::sync::Mutex<Progress>>,
     log: ClientLog,
-    cursor: Option<Id>,
+    /// Per shard, the highest id received.
+    cursor: Cursor,
     connection_id: Option<String>,
     subs: BTreeSet<String>,
     last_on: HashMap<String, Id>,
@@ -92,8 +100,10 @@ pub struct Sim {
     catchup: HashMap<String, Catchup>,
     filter: Option<Filter>,
     /// Resume parameters, fixed at the disconnect and reused until a welcome.
-    plan: Option<(Option<Id>, Option<Filter>)>,
+    plan: Option<(Option<Cursor>, Option<Filter>)>,
     pending: Option<Pending>,
+    /// When (ms since the Unix epoch) the current socket's welcome came.
+    welcome_ms: u64,
     next_req: u64,
     todo: VecDeque<(String, Option<Id>)>,
     outbox: Vec<String>,
@@ -113,7 +123,7 @@ impl Sim {
             shared,
             progress,
             log: ClientLog::new(name),
-            cursor: None,
+            cursor: Cursor::default(),
             connection_id: None,
             subs: BTreeSet::new(),
             last_on: HashMap::new(),
@@ -122,10 +132,16 @@ impl Sim {
             filter: None,
             plan: None,
             pending: None,
+            welcome_ms: 0,
             next_req: 0,
             todo: VecDeque::new(),
             outbox: Vec::new(),
         }
+    }
+
+    /// The id-shard of a channel's ids (`None`: the one global sequence).
+    fn shard(&self, channel: &str) -> Option<u16> {
+        self.shared.sharded.then(|| wsgw_protocol::shard_of(channel))
     }
 
     fn rec(&mut self, r: Rec) {
@@ -196,23 +212,28 @@ impl Sim {
                 unfinished.entry(ch).or_insert(l);
             }
         }
-        let last = unfinished.values().copied().chain(self.cursor).min();
-        let filter = self.cursor.map(|c| Filter {
-            old_cursor: c,
+        // Per shard: the lowest of its cursor position and its channels' unfinished catch-ups.
+        let mut last = self.cursor.clone();
+        for &l in unfinished.values() {
+            let p = last.0.entry(l.shard).or_insert(l);
+            *p = (*p).min(l);
+        }
+        let filter = (!self.cursor.is_empty()).then(|| Filter {
+            old_cursor: self.cursor.clone(),
             exempt: unfinished,
             new: BTreeSet::new(),
         });
-        self.plan = Some((last, filter));
+        self.plan = Some(((!last.is_empty()).then_some(last), filter));
     }
 
     async fn connect(&mut self) -> Option<Ws> {
         let node = self.shared.random_node(&mut self.rng)?;
-        let last = self.plan.as_ref().and_then(|p| p.0);
+        let last = self.plan.as_ref().and_then(|p| p.0.clone());
         let mut url = format!("ws://127.0.0.1:{}/ws?token={}", node.1, self.token);
         if let Some(c) = &self.connection_id {
             url.push_str(&format!("&connection_id={c}"));
         }
-        if let Some(l) = last {
+        if let Some(l) = &last {
             url.push_str(&format!("&last_event_id={l}"));
         }
         self.rec(Rec::Connect {
@@ -288,6 +309,7 @@ impl Sim {
             not_replayed: strings("not_replayed"),
         });
         self.connection_id = v["connection_id"].as_str().map(String::from);
+        self.welcome_ms = now_ms();
         let (_, filter) = self.plan.take().unwrap_or((None, None));
         self.filter = filter;
         self.catchup.clear();
@@ -300,7 +322,11 @@ impl Sim {
         // that topic end: its catch-up position if one was cut, otherwise the cursor.
         for lost in self.subs.difference(&now) {
             let cut = self.filter.as_ref().and_then(|f| f.exempt.get(lost).copied());
-            let last = if lost.contains('*') { None } else { cut.or(self.cursor) };
+            let last = if lost.contains('*') {
+                None
+            } else {
+                cut.or(self.cursor.get(self.shard(lost)))
+            };
             self.todo.push_back((lost.clone(), last));
         }
         self.subs = now;
@@ -371,10 +397,15 @@ impl Sim {
                     return;
                 };
                 // Publish-to-delivery lag of live events (catch-ups and replays are old by nature).
-                if let Some(ts) = v["ts"].as_u64().filter(|_| self.cursor.is_none_or(|c| id > c)) {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
+                // In a cluster a shard's position can be far behind the others, so what is above
+                // it need not be live: there, only events published after the welcome count.
+                let live =
+                    |ts: &u64| !self.shared.sharded || (*ts >= self.welcome_ms && !self.catchup.contains_key(ch));
+                if let Some(ts) = v["ts"]
+                    .as_u64()
+                    .filter(|ts| live(ts) && self.cursor.get(id.shard).is_none_or(|c| id > c))
+                {
+                    let now = now_ms();
                     self.shared
                         .max_lag_ms
                         .fetch_max(now.saturating_sub(ts), Ordering::Relaxed);
@@ -445,7 +476,8 @@ impl Sim {
 
     /// The cursor rule, then delivery to the app.
     fn event(&mut self, id: Id, ch: &str) {
-        self.cursor = self.cursor.max(Some(id));
+        let p = self.cursor.0.entry(id.shard).or_insert(id);
+        *p = (*p).max(id);
         let in_catchup = self.catchup.contains_key(ch);
         if let Some(c) = self.catchup.get_mut(ch) {
             c.remaining -= 1;
@@ -457,9 +489,16 @@ impl Sim {
         let mut fate = Fate::Delivered;
         // A catch-up of a subscribe sent after the welcome is not part of the resume replay:
         // the filter must not drop it (its events are older than the cursor by nature).
-        if let Some(f) = self.filter.as_mut().filter(|f| !in_catchup && !f.new.contains(ch)) {
-            if id > f.old_cursor {
-                self.filter = None;
+        if let Some(f) = self.filter.as_mut().filter(|f| !in_catchup && !f.new.contains(ch))
+            && let Some(old) = f.old_cursor.get(id.shard)
+        {
+            if id > old {
+                // The filter of this shard ends (with one global sequence: the whole filter).
+                f.old_cursor.0.remove(&id.shard);
+                f.exempt.retain(|_, c| c.shard != id.shard);
+                if f.old_cursor.is_empty() {
+                    self.filter = None;
+                }
             } else if let Some(c) = f.exempt.get_mut(ch)
                 && id > *c
             {
@@ -533,13 +572,14 @@ impl Sim {
                 }
                 let ch = free[self.rng.below(free.len() as u64) as usize].to_string();
                 match self.rng.below(10) {
-                    // An older id it holds: the last one on that channel, or any recent one.
+                    // An older id it holds: the last one on that channel, or any recent one (of
+                    // the channel's shard: ids of other shards are no position in it).
                     0..=3 => {
+                        let shard = self.shard(&ch);
+                        let held: Vec<Id> = self.held.iter().copied().filter(|i| i.shard == shard).collect();
                         let last = match self.last_on.get(&ch) {
                             Some(&l) if self.rng.below(2) == 0 => Some(l),
-                            _ if !self.held.is_empty() => {
-                                Some(self.held[self.rng.below(self.held.len() as u64) as usize])
-                            }
+                            _ if !held.is_empty() => Some(held[self.rng.below(held.len() as u64) as usize]),
                             _ => None,
                         };
                         self.subscribe(ch, last, None);
@@ -551,7 +591,8 @@ impl Sim {
                     _ => self.subscribe(ch, None, None),
                 }
             }
-            28..=34 => {
+            // No patterns on a Redis Cluster (sharded pub/sub has none).
+            28..=34 if !self.shared.sharded => {
                 let p = if self.rng.below(5) == 0 { "t:*" } else { "t:1*" };
                 if !self.subs.contains(p) && topics.len() < 6 {
                     self.subscribe(p.to_string(), None, None);
@@ -632,4 +673,10 @@ pub fn caught_up(progress: &[Arc<std::sync::Mutex<Progress>>], last: &HashMap<St
         .iter()
         .filter(|p| p.lock().unwrap().behind(last).is_none())
         .count()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
