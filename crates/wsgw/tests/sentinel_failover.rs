@@ -319,7 +319,10 @@ async fn sentinel_failover_and_primary_kill_lose_nothing_silently() {
         GatewayProc::start_env("gw-a", &env).await,
         GatewayProc::start_env("gw-b", &env).await,
     ];
-    let shared = Arc::new(Shared::new(nodes.iter().map(|n| (n.node_id.clone(), n.port)).collect(), false));
+    let shared = Arc::new(Shared::new(
+        nodes.iter().map(|n| (n.node_id.clone(), n.port)).collect(),
+        false,
+    ));
     let wrong = Arc::new(Wrong::default());
 
     let steadies: Vec<_> = (0..16)
