@@ -315,3 +315,68 @@ async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
         );
     }
 }
+
+/// While a shard's slot migrates, the Function's undeclared keys (the channel's meta) may be on
+/// the target already: a publish on the source then fails whole, storing nothing (no id taken,
+/// no stream entry), instead of failing after half of its writes.
+#[tokio::test]
+async fn a_publish_during_a_slot_migration_fails_whole_or_not_at_all() {
+    let cluster = RedisCluster::start();
+    let channel = "t:8";
+    let s = shard_of(channel);
+    let (seq, hist, meta) = (
+        format!("ws:{{{s}}}seq"),
+        format!("ws:{{{s}}}history:{channel}"),
+        format!("ws:{{{s}}}meta:{channel}"),
+    );
+    let fcall = |port: u16| {
+        redis_cli(
+            port,
+            // History TTL and size given, as the gateway gives them: no config read first.
+            &[
+                "FCALL",
+                "wsgw_publish",
+                "2",
+                &seq,
+                &hist,
+                channel,
+                "e",
+                r#"{"n":1}"#,
+                "3600000",
+                "1000",
+            ],
+        )
+    };
+    let source = owner(&cluster, &seq);
+    let target = *cluster.primaries.iter().find(|p| **p != source).unwrap();
+    let first = fcall(source);
+    assert!(first.starts_with(&format!("{s}~")), "{first}");
+    let slot = redis_cli(source, &["CLUSTER", "KEYSLOT", &seq]);
+    let (source_id, target_id) = (
+        redis_cli(source, &["CLUSTER", "MYID"]),
+        redis_cli(target, &["CLUSTER", "MYID"]),
+    );
+    assert_eq!(
+        redis_cli(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]),
+        "OK"
+    );
+    assert_eq!(
+        redis_cli(source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]),
+        "OK"
+    );
+    // Only the meta has moved so far.
+    let port = target.to_string();
+    let moved = redis_cli(source, &["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS", &meta]);
+    assert_eq!(moved, "OK");
+    let before = (redis_cli(source, &["GET", &seq]), redis_cli(source, &["XLEN", &hist]));
+    let refused = fcall(source);
+    assert!(
+        !refused.starts_with(&format!("{s}~")),
+        "refused, not published: {refused}"
+    );
+    assert_eq!(
+        (redis_cli(source, &["GET", &seq]), redis_cli(source, &["XLEN", &hist])),
+        before,
+        "nothing stored by the refused call ({refused})"
+    );
+}

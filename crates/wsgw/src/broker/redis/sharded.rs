@@ -73,10 +73,11 @@ pub(super) fn text(v: &Value) -> Option<&[u8]> {
 }
 
 impl Inner {
+    /// The cluster connection that carries the subscriptions (see `ClusterLink`).
     pub(super) fn cluster_conn(&self) -> Result<redis::cluster_async::ClusterConnection, BrokerError> {
         self.cluster
             .as_ref()
-            .map(|c| c.conn.clone())
+            .map(|c| c.sub.clone())
             .ok_or_else(|| BrokerError::Internal("not in Redis Cluster mode".into()))
     }
 

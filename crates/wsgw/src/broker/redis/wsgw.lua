@@ -229,6 +229,16 @@ local function publish(keys, args)
     end
   end
 
+  local meta_key = prefix .. 'meta:' .. channel
+  if shard then
+    -- Redis Cluster: while the shard's slot migrates, a key this call does not declare (the
+    -- epoch, the meta) may already be on the target, and touching it fails the call. Touch
+    -- them before the first write, so such a call fails whole (the caller retries) instead of
+    -- storing half an event.
+    redis.call('EXISTS', prefix .. 'epoch')
+    redis.call('EXISTS', meta_key)
+  end
+
   local t = redis.call('TIME')
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   -- The epoch marks when this Redis's data began: ids older than it cannot be replayed.
@@ -257,7 +267,6 @@ local function publish(keys, args)
   local frame = '{"type":"event","event_id":"' .. event_id .. '","channel":' .. cjson.encode(channel)
     .. ',"event":' .. cjson.encode(event) .. ',"data":' .. data .. ',"ts":' .. string.format('%d', ms) .. '}'
 
-  local meta_key = prefix .. 'meta:' .. channel
   if maxlen > 0 then
     if exclude ~= '' then
       redis.call('XADD', hist_key, id, 'f', frame, 'x', exclude)
