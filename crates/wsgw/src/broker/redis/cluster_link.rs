@@ -1,8 +1,8 @@
 //! broker/redis/cluster_link.rs: how a node reaches a Redis Cluster (`WSGW_REDIS_CLUSTER`).
-//! Two cluster connections (each one multiplexed connection per primary, following `MOVED`
-//! and topology changes): one carries the commands, routed by their keys' slot; the other the
-//! sharded subscriptions, whose messages arrive on its push channel (RESP3). [`Conn`] is what
-//! every command of the broker runs on, in either mode. Also the cluster's setup: the Function on
+//! One cluster connection (RESP3, one multiplexed connection per primary, following `MOVED`
+//! and topology changes) carries both the commands, routed by their keys' slot, and the
+//! sharded subscriptions, whose messages arrive on its push channel. [`Conn`] is what every
+//! command of the broker runs on, in either mode. Also the cluster's setup: the Function on
 //! every primary, each id-shard's epoch and defaults, and which primary holds a shard.
 
 use redis::aio::ConnectionLike;
@@ -48,66 +48,34 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The cluster connections: one for commands, and one for the subscriptions with the receiving
-/// end of its pushes (sharded messages, control messages, subscription changes, lost node
-/// connections), which the subscriber task takes. Apart, because on a connection that carries
-/// both, the client library (redis 1.8.1) takes the `sunsubscribe` Redis pushes when a slot moves
-/// for the reply to the oldest command waiting, and every later reply on that connection lands one
-/// command off. The `sync` marker works across the two as it does on one primary: it is published
-/// after the snapshot is read, so it reaches the subscriptions behind every event up to it.
+/// The cluster connection and the receiving end of its pushes (sharded messages, control
+/// messages, subscription changes, lost node connections), which the subscriber task takes.
 pub(super) struct ClusterLink {
-    /// Commands, routed by their keys' slot (RESP2: it never subscribes, so gets no pushes).
     pub(super) conn: ClusterConnection,
-    /// `SUBSCRIBE` and `SSUBSCRIBE` only (RESP3).
-    pub(super) sub: ClusterConnection,
     pub(super) pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
 }
 
-/// `redis://host:port` seeds, credentials and TLS material as in single-primary mode. Error
-/// messages never name a URL (it may carry a password).
+/// `redis://host:port` seeds with RESP3 (sharded pub/sub arrives as pushes), credentials and
+/// TLS material as in single-primary mode. Error messages never name a URL (it may carry a
+/// password).
 pub(super) async fn connect(
     seeds: &[String],
     tls: &RedisTls,
     op_timeout: Duration,
 ) -> Result<ClusterLink, BrokerError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let commands = client(seeds, tls, op_timeout, None)?;
-    let subscriptions = client(seeds, tls, op_timeout, Some(tx))?;
-    let conn = timed(op_timeout * 3, async {
-        commands.get_async_connection().await.map_err(unavailable)
-    })
-    .await?;
-    let sub = timed(op_timeout * 3, async {
-        subscriptions.get_async_connection().await.map_err(unavailable)
-    })
-    .await?;
-    Ok(ClusterLink {
-        conn,
-        sub,
-        pushes: Mutex::new(Some(rx)),
-    })
-}
-
-/// A cluster client; with `pushes`, a RESP3 one that hands its pushes there.
-fn client(
-    seeds: &[String],
-    tls: &RedisTls,
-    op_timeout: Duration,
-    pushes: Option<mpsc::UnboundedSender<PushInfo>>,
-) -> Result<redis::cluster::ClusterClient, BrokerError> {
     use redis::IntoConnectionInfo;
     let bad_url = |e: redis::RedisError| BrokerError::Internal(format!("not a usable WSGW_REDIS_CLUSTER URL: {e}"));
     let infos = seeds
         .iter()
         .map(|s| s.as_str().into_connection_info().map_err(bad_url))
         .collect::<Result<Vec<_>, _>>()?;
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut b = redis::cluster::ClusterClientBuilder::new(infos)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(tx)
         .connection_timeout(op_timeout)
         .response_timeout(op_timeout * PATIENT)
         .retries(3);
-    if let Some(tx) = pushes {
-        b = b.use_protocol(redis::ProtocolVersion::RESP3).push_sender(tx);
-    }
     if seeds.iter().any(|s| s.starts_with("rediss://")) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         if tls.insecure {
@@ -132,7 +100,15 @@ fn client(
             b = b.certs(redis::TlsCertificates { client_tls, root_cert });
         }
     }
-    b.build().map_err(bad_url)
+    let client = b.build().map_err(bad_url)?;
+    let conn = timed(op_timeout * 3, async {
+        client.get_async_connection().await.map_err(unavailable)
+    })
+    .await?;
+    Ok(ClusterLink {
+        conn,
+        pushes: Mutex::new(Some(rx)),
+    })
 }
 
 /// The cluster's node id of the primary that holds `key`'s slot now.
@@ -199,11 +175,7 @@ impl Inner {
     }
 
     pub(super) async fn owner_of(&self, shard: u16) -> Result<String, BrokerError> {
-        let mut conn = self
-            .cluster
-            .as_ref()
-            .map(|c| c.conn.clone())
-            .ok_or_else(|| BrokerError::Internal("not in Redis Cluster mode".into()))?;
+        let mut conn = self.cluster_conn()?;
         let key = self.keys.seq(Some(shard));
         timed(self.s.op_timeout * PATIENT, cluster_link::owner_of(&mut conn, &key)).await
     }

@@ -73,11 +73,10 @@ pub(super) fn text(v: &Value) -> Option<&[u8]> {
 }
 
 impl Inner {
-    /// The cluster connection that carries the subscriptions (see `ClusterLink`).
     pub(super) fn cluster_conn(&self) -> Result<redis::cluster_async::ClusterConnection, BrokerError> {
         self.cluster
             .as_ref()
-            .map(|c| c.sub.clone())
+            .map(|c| c.conn.clone())
             .ok_or_else(|| BrokerError::Internal("not in Redis Cluster mode".into()))
     }
 
