@@ -81,23 +81,8 @@ pub(super) async fn connect(
         if tls.insecure {
             b = b.danger_accept_invalid_hostnames(true);
         }
-        let read = |path: &std::path::Path, var: &str| {
-            std::fs::read(path).map_err(|e| BrokerError::Internal(format!("{var} {}: {e}", path.display())))
-        };
-        let root_cert = tls
-            .ca_file
-            .as_deref()
-            .map(|p| read(p, "WSGW_REDIS_CA_FILE"))
-            .transpose()?;
-        let client_tls = match (&tls.client_cert_file, &tls.client_key_file) {
-            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                client_cert: read(cert, "WSGW_REDIS_CLIENT_CERT_FILE")?,
-                client_key: read(key, "WSGW_REDIS_CLIENT_KEY_FILE")?,
-            }),
-            _ => None,
-        };
-        if root_cert.is_some() || client_tls.is_some() {
-            b = b.certs(redis::TlsCertificates { client_tls, root_cert });
+        if let Some(certs) = super::link::tls_certificates(tls)? {
+            b = b.certs(certs);
         }
     }
     let client = b.build().map_err(bad_url)?;

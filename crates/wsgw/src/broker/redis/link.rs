@@ -131,6 +131,16 @@ pub(super) fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, B
         url.into_connection_info()
     }
     .map_err(bad_url)?;
+    match tls_certificates(tls)? {
+        None => redis::Client::open(info).map_err(bad_url),
+        Some(certs) => redis::Client::build_with_tls(info, certs)
+            .map_err(|e| BrokerError::Internal(format!("Redis TLS certificates: {e}"))),
+    }
+}
+
+/// The CA and client certificate files of `tls`, read; `None` when neither is set (the
+/// system's roots, no client certificate). Shared by the one-primary and the cluster clients.
+pub(super) fn tls_certificates(tls: &RedisTls) -> Result<Option<redis::TlsCertificates>, BrokerError> {
     let read = |path: &std::path::Path, var: &str| {
         std::fs::read(path).map_err(|e| BrokerError::Internal(format!("{var} {}: {e}", path.display())))
     };
@@ -151,11 +161,7 @@ pub(super) fn redis_client(url: &str, tls: &RedisTls) -> Result<redis::Client, B
             ));
         }
     };
-    if root_cert.is_none() && client_tls.is_none() {
-        return redis::Client::open(info).map_err(bad_url);
-    }
-    redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
-        .map_err(|e| BrokerError::Internal(format!("Redis TLS certificates: {e}")))
+    Ok((root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert }))
 }
 
 /// Warns once at start about settings that weaken or do nothing.

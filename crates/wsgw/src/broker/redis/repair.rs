@@ -42,15 +42,32 @@ impl Inner {
         }
         channels.sort();
         channels.dedup();
+        self.redeliver(&channels, after, s).await?;
+        // Everything up to the snapshot is now delivered or reported; a Redis that lost its
+        // data issues ids from a lower point, and the next repair starts there.
+        *self.watermark.lock() = Some(s);
+        Ok(())
+    }
+
+    /// Re-reads, for `channels`, every event after `after` up to the snapshot `until` and
+    /// delivers them in id order (sockets drop what they already have); channels whose history
+    /// cannot prove it holds all of them get a `gap` frame first. Shared by the single-primary
+    /// repair and a Redis Cluster shard's (sharded_repair.rs).
+    pub(super) async fn redeliver(
+        &self,
+        channels: &[Arc<str>],
+        after: EventId,
+        until: EventId,
+    ) -> Result<(), BrokerError> {
         let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
         let mut gaps: Vec<Arc<str>> = Vec::new();
-        for ch in &channels {
+        for ch in channels {
             let mut cursor = after;
             loop {
                 let query = HistoryQuery::After {
                     id: cursor,
                     limit: 512,
-                    until: Some(s),
+                    until: Some(until),
                 };
                 let page = timed(self.s.op_timeout * PATIENT, self.history_page(ch, query)).await?;
                 if cursor == after && !page.complete {
@@ -81,15 +98,12 @@ impl Inner {
             let n = self.hub.deliver(&ch, &frame, &excluded);
             self.metrics.repaired_events.inc_by(n as u64);
         }
-        // Everything up to the snapshot is now delivered or reported; a Redis that lost its
-        // data issues ids from a lower point, and the next repair starts there.
-        *self.watermark.lock() = Some(s);
         Ok(())
     }
 
-    /// Raises the epoch (ms) past the newest id this node saw and the new primary's clock, and
-    /// tells every local socket that what it follows may have a gap.
-    async fn fence_failover(&self) -> Result<(), BrokerError> {
+    /// Raises the epoch key `key` (ms) past `seen_ms` and the primary's clock; returns it. A
+    /// replay from an id issued before then says `recovered:false`.
+    pub(super) async fn raise_epoch(&self, key: String, seen_ms: u64) -> Result<u64, BrokerError> {
         const RAISE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
             local n = tonumber(ARGV[1]) \
             local t = redis.call('TIME') \
@@ -97,19 +111,25 @@ impl Inner {
             if now > n then n = now end \
             if n > c then redis.call('SET', KEYS[1], n) else n = c end \
             return n";
-        let seen_ms = self.watermark.lock().map_or(0, |w| w.ms.saturating_add(1));
-        let epoch: u64 = timed(self.s.op_timeout * PATIENT, async {
+        timed(self.s.op_timeout * PATIENT, async {
             let mut c = self.conn().await?;
             redis::cmd("EVAL")
                 .arg(RAISE)
                 .arg(1)
-                .arg(self.keys.epoch(None))
+                .arg(key)
                 .arg(seen_ms)
                 .query_async(&mut c)
                 .await
                 .map_err(classify)
         })
-        .await?;
+        .await
+    }
+
+    /// Raises the epoch (ms) past the newest id this node saw and the new primary's clock, and
+    /// tells every local socket that what it follows may have a gap.
+    async fn fence_failover(&self) -> Result<(), BrokerError> {
+        let seen_ms = self.watermark.lock().map_or(0, |w| w.ms.saturating_add(1));
+        let epoch = self.raise_epoch(self.keys.epoch(None), seen_ms).await?;
         let interests = self.hub.interests();
         let told = self.hub.send_gap(&interests);
         warn!(

@@ -90,47 +90,8 @@ impl Inner {
         if before.as_deref().is_some_and(|b| b != owner) {
             self.fence_shard(s, after, &channels).await?;
         }
-        let mut gaps: Vec<Arc<str>> = Vec::new();
-        let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
         if let Some(after) = after {
-            for ch in &channels {
-                let mut cursor = after;
-                loop {
-                    let query = HistoryQuery::After {
-                        id: cursor,
-                        limit: 512,
-                        until: Some(snapshot),
-                    };
-                    let page = timed(self.s.op_timeout * PATIENT, self.history_page(ch, query)).await?;
-                    if cursor == after && !page.complete {
-                        gaps.push(ch.clone());
-                    }
-                    let n = page.events.len();
-                    if let Some(last) = page.events.last() {
-                        cursor = last.id;
-                    }
-                    events.extend(page.events.into_iter().map(|e| (ch.clone(), e)));
-                    if n < 512 {
-                        break;
-                    }
-                }
-            }
-        }
-        if !gaps.is_empty() {
-            let told = self.hub.send_gap(&gaps);
-            warn!(
-                shard = s,
-                channels = gaps.len(),
-                sockets = told,
-                "repair could not prove some channels complete"
-            );
-        }
-        events.sort_by_key(|(_, e)| e.id);
-        for (ch, e) in events {
-            let excluded: Vec<&str> = e.exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
-            let frame = OutFrame::event(e.frame.clone(), e.id, crate::time::ms_to_us(e.ts_ms));
-            let n = self.hub.deliver(&ch, &frame, &excluded);
-            self.metrics.repaired_events.inc_by(n as u64);
+            self.redeliver(&channels, after, snapshot).await?;
         }
         let mut marks = self.shards.lock();
         let seen = &mut marks.seen[s as usize];
@@ -145,26 +106,8 @@ impl Inner {
     /// sockets are told, and the shard's epoch is raised past every id seen, so a replay from
     /// before says `recovered:false`.
     async fn fence_shard(&self, s: u16, seen: Option<EventId>, channels: &[Arc<str>]) -> Result<(), BrokerError> {
-        const RAISE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
-            local n = tonumber(ARGV[1]) \
-            local t = redis.call('TIME') \
-            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
-            if now > n then n = now end \
-            if n > c then redis.call('SET', KEYS[1], n) else n = c end \
-            return n";
         let seen_ms = seen.map_or(0, |w| w.ms.saturating_add(1));
-        let epoch: u64 = timed(self.s.op_timeout * PATIENT, async {
-            let mut c = self.conn().await?;
-            redis::cmd("EVAL")
-                .arg(RAISE)
-                .arg(1)
-                .arg(self.keys.epoch(Some(s)))
-                .arg(seen_ms)
-                .query_async(&mut c)
-                .await
-                .map_err(super::streams::classify)
-        })
-        .await?;
+        let epoch = self.raise_epoch(self.keys.epoch(Some(s)), seen_ms).await?;
         let told = self.hub.send_gap(channels);
         warn!(
             shard = s,
