@@ -64,8 +64,13 @@ async fn stopping_a_node_closes_its_sockets_with_1012_and_fails_readiness_meanwh
 
 #[tokio::test]
 async fn stopping_an_idle_node_returns_promptly() {
+    // The other tests here take ports from the kernel's ephemeral range (`free_port`), so one
+    // of them could bind this node's port as soon as it is freed and make the check below
+    // connect to it (CI saw that). This node listens below that range, where nothing else here
+    // binds.
     let node = Node::start(Config {
         drain_ms: 300,
+        listen: port_below_the_ephemeral_range(),
         ..config()
     })
     .await;
@@ -90,6 +95,22 @@ async fn listener_is_closed(addr: std::net::SocketAddr) -> bool {
         }
     }
     false
+}
+
+/// A loopback address whose port is free and below the kernel's ephemeral range, so that no
+/// `bind(0)` or outgoing connect in this process can be given it.
+fn port_below_the_ephemeral_range() -> std::net::SocketAddr {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(32768);
+    let start = 1024 + (std::process::id() % 4000) as u16;
+    (start..low)
+        .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .find(|addr| StdTcpListener::bind(addr).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 /// A loopback port that was free a moment ago.
