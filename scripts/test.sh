@@ -31,6 +31,9 @@ apt_install() {
 
 apt_install redis-server nginx openssl curl
 apt_install --no-install-recommends chromium
+# The Go snippet of docs/backends.md (Redis Cluster) runs in GOPATH mode on Debian's redigo and
+# redisc (crates/wsgw/tests/redis_cluster.rs): no Go module proxy needed.
+apt_install --no-install-recommends golang-go golang-github-gomodule-redigo-dev golang-github-mna-redisc-dev
 # The Python backend examples (docs/backends.md, examples/worker.py) are run by the tests
 # when redis-py is importable.
 if command -v python3 >/dev/null && ! python3 -c 'import redis' 2>/dev/null; then

@@ -1,7 +1,7 @@
 //! Publishing into a real Redis Cluster: 3 primaries with one replica each, started by
 //! `scripts/cluster.sh start 0 --redis-cluster 3`. Checks the topology and the Function on every
 //! node, then the backend rule of docs/backends.md ("Publishing into a Redis Cluster") with its
-//! redis-cli, Python and Node snippets: each event lands in its channel's id-shard (id
+//! redis-cli, Python, Node and Go snippets: each event lands in its channel's id-shard (id
 //! `<shard>~<ms>-<seq>`, history stream and sharded pub/sub channel with the shard's hash tag, on
 //! the primary holding it), shards spread over all 3 primaries, ids rise within a shard, and
 //! keys of another shard are refused with nothing stored.
@@ -58,6 +58,51 @@ async function main() {
 }
 
 main();"#;
+
+const GO_SNIPPET: &str = r#"package main
+
+import (
+	"fmt"
+	"hash/crc32"
+	"os"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/mna/redisc"
+)
+
+func wsgwKeys(channel, prefix string) []string {
+	shard := crc32.ChecksumIEEE([]byte(channel)) % 16
+	return []string{fmt.Sprintf("%s{%d}seq", prefix, shard), fmt.Sprintf("%s{%d}history:%s", prefix, shard, channel)}
+}
+
+func main() {
+	addr := os.Getenv("REDIS_CLUSTER_ADDR")
+	if addr == "" {
+		addr = "localhost:7000"
+	}
+	cluster := &redisc.Cluster{StartupNodes: []string{addr}}
+	defer cluster.Close()
+	if err := cluster.Refresh(); err != nil {
+		panic(err)
+	}
+	keys := wsgwKeys("user:42", "ws:")
+	conn := cluster.Get()
+	defer conn.Close()
+	// On the primary that holds the keys' slot; MOVED and ASK (a slot being moved) are followed.
+	if err := redisc.BindConn(conn, keys...); err != nil {
+		panic(err)
+	}
+	rc, err := redisc.RetryConn(conn, 3, 100*time.Millisecond)
+	if err != nil {
+		panic(err)
+	}
+	id, err := redis.String(rc.Do("FCALL", "wsgw_publish", 2, keys[0], keys[1], "user:42", "note", `{"text":"hello"}`))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(id)
+}"#;
 
 fn run(program: &str, args: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(program);
@@ -117,6 +162,7 @@ async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
         ("redis-cli", REDIS_CLI_SNIPPET),
         ("python", PYTHON_SNIPPET),
         ("node", NODE_SNIPPET),
+        ("go", GO_SNIPPET),
     ] {
         assert!(
             doc.contains(snippet),
@@ -293,6 +339,39 @@ async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
     } else {
         eprintln!("note: node cannot require('redis') (npm install redis@4): the Node snippet was not run");
     }
+    // Go in GOPATH mode on the Debian packages of redigo and redisc (no module proxy needed).
+    let go_cache = std::env::temp_dir().join("wsgw-go-build-cache");
+    let go_env = [
+        ("GO111MODULE", "off".to_string()),
+        ("GOPATH", "/usr/share/gocode".to_string()),
+        ("GOFLAGS", String::new()),
+        ("GOCACHE", go_cache.display().to_string()),
+    ];
+    let go_ready = Command::new("go")
+        .args(["list", "github.com/gomodule/redigo/redis", "github.com/mna/redisc"])
+        .envs(go_env.clone())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if go_ready {
+        let dir = std::env::temp_dir().join(format!("wsgw-cluster-snippet-{}-go", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("main.go");
+        std::fs::write(&path, format!("{GO_SNIPPET}\n")).unwrap();
+        let mut env = go_env.to_vec();
+        env.push(("REDIS_CLUSTER_ADDR", format!("127.0.0.1:{}", cluster.primaries[2])));
+        let started = std::time::Instant::now();
+        snippet_ids.push(stdout_of(
+            "go run main.go",
+            &run("go", &["run", path.to_str().unwrap()], &env),
+        ));
+        eprintln!("the Go snippet ran in {:?} (go run, build included)", started.elapsed());
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        eprintln!(
+            "note: no `go` with redigo and redisc under /usr/share/gocode (apt-get install golang-go \
+             golang-github-gomodule-redigo-dev golang-github-mna-redisc-dev): the Go snippet was not run"
+        );
+    }
     let got = collect(&mut rx, snippet_ids.len()).await;
     let frames = got.get("ws:{6}user:42").cloned().unwrap_or_default();
     assert_eq!(
@@ -302,7 +381,14 @@ async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
     );
     let distinct: BTreeSet<&String> = snippet_ids.iter().collect();
     assert_eq!(distinct.len(), snippet_ids.len());
+    let history = "ws:{6}history:user:42";
+    let held = owner(&cluster, history);
+    let stream = redis_cli(held, &["XRANGE", history, "-", "+"]);
     for id in &snippet_ids {
+        assert!(
+            stream.contains(&format!("\"event_id\":\"{id}\"")),
+            "{history} on 127.0.0.1:{held} holds the snippet's event {id}: {stream}"
+        );
         assert!(id.starts_with("6~"), "user:42 is in shard 6: {id}");
         let frame: Value = serde_json::from_str(&frames[snippet_ids.iter().position(|x| x == id).unwrap()]).unwrap();
         assert_eq!(
