@@ -1,9 +1,11 @@
 //! A real Redis Cluster for tests: 3 primaries with one replica each, started by
 //! `scripts/cluster.sh start 0 --redis-cluster 3` in a run directory of its own and stopped on
-//! drop; and redis-cli helpers to look at it.
+//! drop; a lone cluster-enabled redis-server for a test to join to it; and redis-cli helpers to
+//! look at it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -79,6 +81,70 @@ impl Drop for RedisCluster {
             .output();
         let _ = std::fs::remove_dir_all(&self.run);
     }
+}
+
+/// A cluster-enabled redis-server that belongs to no cluster yet (a test joins it with
+/// `CLUSTER MEET`): the settings scripts/lib/redis-cluster.sh gives the members, in memory, its
+/// `nodes.conf` under the cluster's run directory; killed by pid on drop.
+pub struct LoneNode {
+    pub port: u16,
+    child: Child,
+}
+
+impl LoneNode {
+    pub fn start(cluster: &RedisCluster) -> LoneNode {
+        // A port free now can be taken before redis-server binds it (cluster.sh of a test
+        // running beside us picks from the same range): then ours exits, try another.
+        for _ in 0..5 {
+            let port = cluster_port();
+            let dir = cluster.run.join(format!("lone-{port}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "2000"])
+                .args(["--save", "", "--appendonly", "no", "--dir", dir.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (scripts/test.sh installs it)");
+            let mut node = LoneNode { port, child };
+            let ours = format!("process_id:{}", node.child.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = node.child.try_wait() {
+                    break;
+                }
+                if redis_cli(port, &["INFO", "server"]).lines().any(|l| l.trim() == ours) {
+                    return node;
+                }
+                assert!(Instant::now() < deadline, "redis-server on {port} did not come up");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start a lone redis-server on a free port");
+    }
+}
+
+impl Drop for LoneNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port in 10000..12000 (below the ephemeral range) whose cluster bus port (+10000) is free
+/// too, from a start that differs between calls and processes.
+fn cluster_port() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let start = (nanos ^ std::process::id()) % 2000;
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    (0..2000)
+        .map(|i| 10000 + ((start + i) % 2000) as u16)
+        .find(|p| free(*p) && free(*p + 10000))
+        .expect("a free port pair")
 }
 
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
