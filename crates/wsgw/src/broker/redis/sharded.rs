@@ -6,14 +6,20 @@
 //! shard, and everything the single-primary broker does with one position it does per shard
 //! here: the `sync` marker (published into the shard it syncs), the watermark, and the repair.
 //!
-//! A shard is interrupted when the node may have missed some of its messages: the cluster
-//! connection lost a node connection (which node is not said, so every shard), Redis
-//! unsubscribed a channel of it (its slot moved), or its canary stopped coming back. Its live
-//! messages are then held while the shard is resubscribed and repaired from its history up to a
-//! snapshot, and released after (sharded_repair.rs). When the shard's primary changed meanwhile (a failover or a
-//! slot migration) nothing proves the new one holds every event the old one acknowledged: its
-//! sockets get a `gap`, and the shard's epoch is raised so later replays from before say
-//! `recovered:false`.
+//! A shard is interrupted when the node may have missed some of its messages:
+//! - the cluster connection lost a node connection (which node is not said, so every shard);
+//! - Redis unsubscribed a channel of it (its slot moved);
+//! - the client library subscribed to one of its channels again by itself (it reconnected or
+//!   refreshed the topology, not always with a word about the lost connection);
+//! - a subscription of it was never confirmed by name (the library can take a `sunsubscribe`
+//!   Redis pushed on its own for the answer to a request: valkey-io/valkey#1066);
+//! - its canary stopped coming back.
+//!
+//! Its live messages are then held while the shard is resubscribed and repaired from its
+//! history up to a snapshot, and released after (sharded_repair.rs). When the shard's primary
+//! changed meanwhile (a failover or a slot migration) nothing proves the new one holds every
+//! event the old one acknowledged: its sockets get a `gap`, and the shard's epoch is raised so
+//! later replays from before say `recovered:false`.
 
 use std::collections::VecDeque;
 
@@ -48,6 +54,11 @@ pub(super) struct Shard {
     pub(super) again: bool,
     /// When its canary (or any marker) last came back.
     pub(super) last_marker: Option<tokio::time::Instant>,
+    /// Subscriptions asked for (full pub/sub names) that Redis has not confirmed yet, since
+    /// when. Only Redis's confirmation naming the channel proves a subscription: the client
+    /// library may have taken a `sunsubscribe` Redis pushed on its own (a slot moved) for the
+    /// answer to our request, while the real answer was `MOVED` (valkey-io/valkey#1066).
+    pub(super) pending: HashMap<String, tokio::time::Instant>,
 }
 
 /// A repair's outcome, sent back to the subscriber loop.
@@ -156,7 +167,11 @@ impl Inner {
                 })
                 .await?;
                 for s in 0..ID_SHARDS {
-                    self.ssubscribe(&[self.keys.shard_marker(s, &self.s.node_id)]).await?;
+                    let marker = self.keys.shard_marker(s, &self.s.node_id);
+                    shards[s as usize]
+                        .pending
+                        .insert(marker.clone(), tokio::time::Instant::now());
+                    self.ssubscribe(&[marker]).await?;
                 }
                 Ok::<(), BrokerError>(())
             }
@@ -243,6 +258,8 @@ impl Inner {
                         if sh.held.is_none() && sh.last_marker.is_some_and(|t| t.elapsed() > late) {
                             warn!(shard = s, "canary missing on the shard's pub/sub: repairing it");
                             self.start_repair(s, &mut shards, &done_tx);
+                        } else if sh.held.is_none() {
+                            self.check_unconfirmed(s, late, &mut shards, &done_tx);
                         }
                     }
                     let me = self.clone();
@@ -284,6 +301,32 @@ impl Inner {
                     && let Some(payload) = push.data.get(1).and_then(text)
                 {
                     self.on_control(payload);
+                }
+            }
+            PushKind::SSubscribe => {
+                let name = push
+                    .data
+                    .first()
+                    .and_then(text)
+                    .and_then(|n| std::str::from_utf8(n).ok());
+                let Some((name, (s, channel))) = name.and_then(|n| Some((n, split_shard(&self.keys.prefix, n)?)))
+                else {
+                    return;
+                };
+                let sh = &mut shards[s as usize];
+                if sh.pending.remove(name).is_some() {
+                    return;
+                }
+                // Not asked for: the client library subscribed again by itself, on a new
+                // connection or after a topology refresh. Messages may have been lost in
+                // between, with no word of it (it does not always push a `Disconnection`).
+                let ours = sh.listening.contains(channel) || name == self.keys.shard_marker(s, &self.s.node_id);
+                if ours {
+                    warn!(
+                        shard = s,
+                        "the redis client subscribed again by itself (reconnect or topology refresh): repairing the shard"
+                    );
+                    self.start_repair(s, shards, done);
                 }
             }
             PushKind::SMessage | PushKind::SUnsubscribe => {
@@ -363,6 +406,8 @@ impl Inner {
     }
 
     /// `SSUBSCRIBE`s to the channels not yet followed: one command per shard, all shards at once.
+    /// They count as followed once the command succeeds; each stays pending until Redis
+    /// confirms it by name (`check_unconfirmed`).
     async fn listen_sharded(&self, channels: Vec<Arc<str>>, shards: &mut [Shard]) -> Result<(), BrokerError> {
         let mut by_shard: HashMap<u16, Vec<Arc<str>>> = HashMap::new();
         for c in channels {
@@ -371,17 +416,31 @@ impl Inner {
                 by_shard.entry(s).or_default().push(c);
             }
         }
-        let each = by_shard.into_iter().map(|(s, mut chans)| async move {
+        let now = tokio::time::Instant::now();
+        let mut batches = Vec::with_capacity(by_shard.len());
+        for (s, mut chans) in by_shard {
             chans.sort();
             chans.dedup();
             let names: Vec<String> = chans.iter().map(|c| self.keys.pubsub(c)).collect();
-            self.ssubscribe(&names).await.map(|()| (s, chans))
+            let pending = &mut shards[s as usize].pending;
+            pending.extend(names.iter().map(|n| (n.clone(), now)));
+            batches.push((s, chans, names));
+        }
+        let each = batches.into_iter().map(|(s, chans, names)| async move {
+            let r = self.ssubscribe(&names).await;
+            (s, chans, names, r)
         });
         let mut failed = None;
-        for r in futures_util::future::join_all(each).await {
+        for (s, chans, names, r) in futures_util::future::join_all(each).await {
+            let sh = &mut shards[s as usize];
             match r {
-                Ok((s, chans)) => shards[s as usize].listening.extend(chans),
-                Err(e) => failed = Some(e),
+                Ok(()) => sh.listening.extend(chans),
+                Err(e) => {
+                    for n in &names {
+                        sh.pending.remove(n);
+                    }
+                    failed = Some(e);
+                }
             }
         }
         failed.map_or(Ok(()), Err)
@@ -392,7 +451,9 @@ impl Inner {
         for c in channels {
             let s = wsgw_protocol::shard_of(&c);
             if !self.hub.has_interest(&c) && shards[s as usize].listening.remove(&c) {
-                by_shard.entry(s).or_default().push(self.keys.pubsub(&c));
+                let name = self.keys.pubsub(&c);
+                shards[s as usize].pending.remove(&name);
+                by_shard.entry(s).or_default().push(name);
             }
         }
         let Ok(mut conn) = self.cluster_conn() else { return };

@@ -19,6 +19,11 @@ impl Inner {
         }
         sh.held = Some(VecDeque::new());
         let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
+        // The repair subscribes to all of them again: each is proven by its confirmation.
+        let now = tokio::time::Instant::now();
+        let names = channels.iter().map(|c| self.keys.pubsub(c));
+        let marker = self.keys.shard_marker(s, &self.s.node_id);
+        sh.pending.extend(names.chain([marker]).map(|n| (n, now)));
         let me = self.clone();
         let done = done.clone();
         tokio::spawn(async move {
@@ -35,6 +40,9 @@ impl Inner {
         done: &RepairDone,
     ) {
         let sh = &mut shards[s as usize];
+        // What the repair subscribed to gets its full time to be confirmed from now.
+        let now = tokio::time::Instant::now();
+        sh.pending.values_mut().for_each(|t| *t = now);
         if let Err(e) = r {
             warn!(shard = s, error = %e, "shard repair failed; retrying");
             let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
@@ -117,5 +125,29 @@ impl Inner {
         );
         self.metrics.redis_failovers.inc();
         Ok(())
+    }
+
+    /// Channels of shard `s` whose subscription Redis has not confirmed within `late` may have
+    /// missed events while the rest of the shard flowed, so the hub may already have passed
+    /// them by id: their sockets get a `gap`, and the shard is resubscribed and repaired.
+    pub(super) fn check_unconfirmed(self: &Arc<Self>, s: u16, late: Duration, shards: &mut [Shard], done: &RepairDone) {
+        let sh = &shards[s as usize];
+        if !sh.pending.values().any(|t| t.elapsed() > late) {
+            return;
+        }
+        let unconfirmed: Vec<Arc<str>> = sh
+            .listening
+            .iter()
+            .filter(|c| sh.pending.contains_key(&self.keys.pubsub(c)))
+            .cloned()
+            .collect();
+        let told = self.hub.send_gap(&unconfirmed);
+        warn!(
+            shard = s,
+            channels = unconfirmed.len(),
+            sockets = told,
+            "redis never confirmed some subscriptions: their sockets were told of a possible gap; repairing the shard"
+        );
+        self.start_repair(s, shards, done);
     }
 }
