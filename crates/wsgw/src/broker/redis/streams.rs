@@ -156,12 +156,20 @@ pub(super) fn classify(e: redis::RedisError) -> BrokerError {
         {
             BrokerError::BadRequest(e.detail().unwrap_or_default().to_string())
         }
+        // A Redis Cluster in the middle of a failover or slot migration: the cluster client
+        // follows MOVED and ASK, so one reaching us means it gave up for now; a Function whose
+        // keys are half moved is refused whole ("non local key"). All pass: retry.
+        ErrorKind::Server(ServerErrorKind::ResponseError) if e.to_string().contains("non local key") => {
+            BrokerError::Unavailable(e.to_string())
+        }
         ErrorKind::Server(
             ServerErrorKind::BusyLoading
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ClusterDown
             | ServerErrorKind::MasterDown
-            | ServerErrorKind::ReadOnly,
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
         )
         | ErrorKind::Io
         | ErrorKind::ClusterConnectionNotFound => BrokerError::Unavailable(e.to_string()),
@@ -223,6 +231,34 @@ pub(super) fn stream_events(reply: StreamRangeReply) -> Vec<StoredEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_in_flux_is_unavailable_and_a_refused_publish_a_bad_request() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let server = |kind, detail: &str| {
+            classify(RedisError::from((
+                ErrorKind::Server(kind),
+                "An error was signalled by the server",
+                detail.to_string(),
+            )))
+        };
+        let unavailable = |e: BrokerError| matches!(e, BrokerError::Unavailable(_));
+        assert!(unavailable(server(ServerErrorKind::Moved, "3999 127.0.0.1:7001")));
+        assert!(unavailable(server(ServerErrorKind::Ask, "3999 127.0.0.1:7001")));
+        assert!(unavailable(server(ServerErrorKind::ClusterDown, "The cluster is down")));
+        let half_moved =
+            "Script attempted to access a non local key in a cluster node script: wsgw_publish, on @user_function:45.";
+        assert!(unavailable(server(ServerErrorKind::ResponseError, half_moved)));
+        let refused = "wsgw_publish: channel user:42 is in id-shard 6; keys must be ws:{6}seq ws:{6}history:user:42";
+        assert!(matches!(
+            server(ServerErrorKind::ResponseError, refused),
+            BrokerError::BadRequest(_)
+        ));
+        assert!(matches!(
+            server(ServerErrorKind::ResponseError, "something else"),
+            BrokerError::Internal(_)
+        ));
+    }
 
     #[test]
     fn a_last_event_id_at_the_top_of_the_range_does_not_overflow() {
