@@ -349,3 +349,60 @@ async fn a_socket_taken_over_on_another_node_is_listed_once_on_its_new_node() {
         );
     }
 }
+
+/// On a real Redis Cluster (3 primaries with replicas): members on two nodes, on channels of two
+/// shards held by different primaries, see each other join and leave; the sets are on the
+/// `{global}` slot and the frames travel as sharded messages of each channel's shard; a SIGKILLed
+/// node's members leave once the TTL passes.
+#[tokio::test]
+async fn members_on_two_nodes_of_a_redis_cluster_see_each_other_join_and_leave() {
+    use common::redis_cluster::{RedisCluster, owner};
+    let cluster = RedisCluster::start();
+    // Two channels whose shards two different primaries hold.
+    let shard_owner = |ch: &str| owner(&cluster, &format!("ws:{{{}}}seq", wsgw_protocol::shard_of(ch)));
+    let first = "chat:0".to_string();
+    let second = (1..200)
+        .map(|n| format!("chat:{n}"))
+        .find(|ch| shard_owner(ch) != shard_owner(&first))
+        .expect("a channel on another primary");
+    let seeds = cluster.seeds.join(",");
+    let env = [
+        ("WSGW_REDIS_CLUSTER", seeds.as_str()),
+        ("WSGW_PRESENCE_CHANNELS", "chat:*"),
+        ("WSGW_PRESENCE_TTL_MS", "1500"),
+    ];
+    let mut a = GatewayProc::start_env("gw-a", &env).await;
+    let b = GatewayProc::start_env("gw-b", &env).await;
+    let (mut alice, wa) = a.connect(&token("alice", &["chat:*"], &["chat:*"])).await;
+    let (mut bob, wb) = b.connect(&token("bob", &["chat:*"], &[])).await;
+    let (ida, idb) = (id_of(&wa), id_of(&wb));
+
+    for ch in [&first, &second] {
+        subscribe(&mut bob, ch).await;
+        expect_presence(&mut bob, "join", ch, "bob", &idb).await;
+        subscribe(&mut alice, ch).await;
+        expect_presence(&mut alice, "join", ch, "alice", &ida).await;
+        expect_presence(&mut bob, "join", ch, "alice", &ida).await;
+        let both = [member("alice", &ida, "gw-a"), member("bob", &idb, "gw-b")];
+        let answer = ask(&mut bob, ch, &format!("p-{ch}")).await;
+        assert_eq!(clients(&answer["clients"]), both, "{answer}");
+        assert_eq!(http_clients(&a, ch).await, both);
+    }
+    // The members live on the `{global}` slot.
+    let global = owner(&cluster, "ws:{global}nodes");
+    let n = common::redis_cluster::redis_cli(global, &["ZCARD", &format!("ws:{{global}}presence:channel:{first}")]);
+    assert_eq!(n, "2");
+
+    alice
+        .send(json!({"type": "unsubscribe", "channel": first, "request_id": "u"}))
+        .await;
+    expect_presence(&mut bob, "leave", &first, "alice", &ida).await;
+    assert_eq!(http_clients(&b, &first).await, [member("bob", &idb, "gw-b")]);
+
+    // Node A dies: nobody tells anyone; B reaps alice's entry on `second` after the TTL.
+    a.kill();
+    drop(alice);
+    let left = until_frame(&mut bob, Duration::from_secs(10), "leave", |f| f["type"] == "leave").await;
+    assert_eq!(left, presence_frame("leave", &second, "alice", &ida));
+    assert_eq!(http_clients(&b, &second).await, [member("bob", &idb, "gw-b")]);
+}

@@ -194,12 +194,6 @@ impl Config {
             if self.redis_cluster_seeds().is_empty() {
                 return Err(invalid("redis_cluster", "names no seed URL".to_owned()));
             }
-            if !self.presence_channels.is_empty() {
-                return Err(invalid(
-                    "presence_channels",
-                    "channel presence is not available with redis_cluster yet".to_owned(),
-                ));
-            }
         }
         if !self.redis_sentinels.is_empty() {
             if self.redis_url.is_some() {

@@ -2,7 +2,9 @@
 //! cluster-wide. Each member is an entry of `<prefix>presence:channel:<channel>`, scored by its
 //! expiry and written, refreshed and removed by the presence task (`presence.rs`) along with
 //! the socket presence. `join` and `leave` travel as ephemeral frames (no `event_id`) on the
-//! channel's own pub/sub channel. A dead node's entries stop being refreshed: once they have
+//! channel's own pub/sub channel. On a Redis Cluster the sets carry `{global}` (one slot, so
+//! the presence task's batches stay one pipeline) and the frames go apart, `SPUBLISH`ed into the
+//! channel's shard, one pipeline per shard, after the stores. A dead node's entries stop being refreshed: once they have
 //! expired, every node with members in the channel tries to remove them, and the one whose
 //! removal succeeds sends their `leave`. Never blocks a socket.
 
@@ -25,8 +27,11 @@ impl Inner {
         serde_json::to_string(&c.client(&self.s.node_id)).unwrap_or_default()
     }
 
-    /// Queues the stores and the frames of `changes` on `pipe` (the presence task's batch).
-    pub(super) fn channel_changes(&self, pipe: &mut redis::Pipeline, changes: &[Change]) {
+    /// Queues the stores of `changes` on `pipe` (the presence task's batch) and, with one
+    /// primary, their frames too; on a Redis Cluster the frames are returned, for
+    /// [`Self::send_frames`] once the batch has run.
+    pub(super) fn channel_changes(&self, pipe: &mut redis::Pipeline, changes: &[Change]) -> Vec<(Arc<str>, String)> {
+        let mut apart = Vec::new();
         let ttl = self.s.presence_ttl_ms;
         for c in changes {
             let key = self.keys.presence_channel(&c.channel);
@@ -41,11 +46,34 @@ impl Inner {
             } else {
                 pipe.cmd("ZREM").arg(&key).arg(self.presence_member(c)).ignore();
             }
-            pipe.cmd("PUBLISH")
-                .arg(self.keys.pubsub(&c.channel))
-                .arg(c.frame())
+            if self.keys.cluster {
+                apart.push((c.channel.clone(), c.frame()));
+            } else {
+                pipe.cmd("PUBLISH")
+                    .arg(self.keys.pubsub(&c.channel))
+                    .arg(c.frame())
+                    .ignore();
+            }
+        }
+        apart
+    }
+
+    /// Publishes presence frames on their channels: one pipeline with one primary; on a Redis
+    /// Cluster one per shard (`SPUBLISH` into the shard's slot), the shards at once.
+    pub(super) async fn send_frames(&self, frames: Vec<(Arc<str>, String)>) {
+        let mut by_shard: HashMap<Option<u16>, redis::Pipeline> = HashMap::new();
+        for (channel, frame) in frames {
+            let shard = self.keys.shard_of(&channel);
+            let command = if shard.is_some() { "SPUBLISH" } else { "PUBLISH" };
+            by_shard
+                .entry(shard)
+                .or_insert_with(redis::pipe)
+                .cmd(command)
+                .arg(self.keys.pubsub(&channel))
+                .arg(frame)
                 .ignore();
         }
+        futures_util::future::join_all(by_shard.into_values().map(|pipe| self.run_pipe(pipe))).await;
     }
 
     /// On the node-wide tick: rewrites this node's entries (announcing again, with `join`,
@@ -83,18 +111,15 @@ impl Inner {
             let Some(added) = self.query_pipe::<Vec<i64>>(pipe).await else {
                 return;
             };
-            let mut pipe = redis::pipe();
-            let mut again = 0;
-            for (c, _) in chunk.iter().zip(added).filter(|(_, n)| *n == 1) {
-                pipe.cmd("PUBLISH")
-                    .arg(self.keys.pubsub(&c.channel))
-                    .arg(c.frame())
-                    .ignore();
-                again += 1;
-            }
-            if again > 0 {
-                debug!(again, "channel presence written again");
-                self.run_pipe(pipe).await;
+            let again: Vec<(Arc<str>, String)> = chunk
+                .iter()
+                .zip(added)
+                .filter(|(_, n)| *n == 1)
+                .map(|(c, _)| (c.channel.clone(), c.frame()))
+                .collect();
+            if !again.is_empty() {
+                debug!(again = again.len(), "channel presence written again");
+                self.send_frames(again).await;
             }
         }
         self.reap_channels(&tracker.channels()).await;
@@ -136,7 +161,7 @@ impl Inner {
             let Some(removed) = self.query_pipe::<Vec<i64>>(pipe).await else {
                 return;
             };
-            let mut pipe = redis::pipe();
+            let mut frames = Vec::new();
             for ((ch, m), _) in candidates.into_iter().zip(removed).filter(|(_, n)| *n == 1) {
                 let Ok(gone) = serde_json::from_str::<PresenceClient>(&m) else {
                     continue;
@@ -148,12 +173,9 @@ impl Inner {
                     user_id: Arc::from(gone.user_id),
                     joined: false,
                 };
-                pipe.cmd("PUBLISH")
-                    .arg(self.keys.pubsub(&ch))
-                    .arg(leave.frame())
-                    .ignore();
+                frames.push((ch, leave.frame()));
             }
-            self.run_pipe(pipe).await;
+            self.send_frames(frames).await;
         }
     }
 

@@ -93,8 +93,9 @@ impl Inner {
                             }
                         }
                     }
-                    self.channel_changes(&mut pipe, &changes);
+                    let apart = self.channel_changes(&mut pipe, &changes);
                     self.run_pipe(pipe).await;
+                    self.send_frames(apart).await;
                     if let Some(tx) = leave {
                         self.leave().await;
                         let _ = tx.send(());
