@@ -3,7 +3,8 @@
 //! shards held by 3 different primaries reach the sockets of two nodes with ids that name their
 //! shard; a client that reconnects with one joined cursor gets every missed event once, in
 //! order; a single-primary id or a cursor naming one shard says `recovered:false` without an
-//! error; kicks, presence and the HTTP API work across nodes; patterns are refused.
+//! error; kicks, presence and the HTTP API work across nodes; patterns are refused; after the
+//! primaries are flushed, each shard's epoch comes back.
 
 mod common;
 
@@ -381,4 +382,54 @@ async fn a_primary_failover_keeps_every_socket_and_reports_gaps_only_for_its_sha
         (Some(true), Some(false)),
         "{w}"
     );
+}
+
+/// A FLUSHALL of every primary (the data is gone; the Function stays): each shard's epoch comes
+/// back within a presence refresh, so replays from ids issued after it are exact again, and
+/// one from before it says `recovered:false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_primary_is_flushed_each_shards_epoch_comes_back() {
+    let cluster = RedisCluster::start();
+    let room = channels_on_three_primaries(&cluster).remove(0);
+    let seeds = cluster.seeds.join(",");
+    let node = GatewayProc::start_env(
+        "gw-a",
+        &[("WSGW_REDIS_CLUSTER", seeds.as_str()), ("WSGW_PRESENCE_TTL_MS", "900")],
+    )
+    .await;
+    let before = publish(&node, &room, 1).await;
+    for &port in &cluster.primaries {
+        assert_eq!(common::redis_cluster::redis_cli(port, &["FLUSHALL"]), "OK");
+    }
+    let epoch_of = |s: u16| {
+        let key = format!("ws:{{{s}}}epoch");
+        common::redis_cluster::redis_cli(owner(&cluster, &key), &["GET", &key])
+    };
+    wait_until("every shard's epoch is written again", || {
+        let all = (0..16u16).all(|s| !epoch_of(s).is_empty());
+        async move { all }
+    })
+    .await;
+    // Ids issued after the flush replay exactly (the epoch is older than them)...
+    let first = publish(&node, &room, 2).await;
+    let second = publish(&node, &room, 3).await;
+    let t = token("alice", &["room:*"], &[]);
+    let (mut c, _) = node.connect(&t).await;
+    c.send(json!({"type": "subscribe", "channel": room, "last_event_id": first.to_string(), "request_id": 1}))
+        .await;
+    let s = c.expect("subscribed").await;
+    assert_eq!(
+        (s["recovered"].as_bool(), s["replayed"].as_u64()),
+        (Some(true), Some(1)),
+        "{s}"
+    );
+    assert_eq!(id_of(&c.expect("event").await), second);
+    // ...and one from before it does not.
+    c.send(json!({"type": "unsubscribe", "channel": room, "request_id": 2}))
+        .await;
+    c.expect("unsubscribed").await;
+    c.send(json!({"type": "subscribe", "channel": room, "last_event_id": before.to_string(), "request_id": 3}))
+        .await;
+    let s = c.expect("subscribed").await;
+    assert_eq!(s["recovered"].as_bool(), Some(false), "{s}");
 }

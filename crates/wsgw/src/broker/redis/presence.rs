@@ -193,8 +193,8 @@ impl Inner {
         // The shared set dies with the last node too.
         pipe.cmd("PEXPIRE").arg(self.keys.nodes()).arg(ttl).ignore();
         // After a FLUSHALL the epoch comes back with the current time, so older ids replay
-        // as not recovered. (A cluster's epochs are per shard, in other slots than this
-        // pipeline's: they are set when the node starts.)
+        // as not recovered. A cluster's epochs are per shard, each in its shard's slot: one
+        // command each, the shards at once.
         if !self.keys.cluster {
             pipe.cmd("SET")
                 .arg(self.keys.epoch(None))
@@ -203,6 +203,18 @@ impl Inner {
                 .ignore();
         }
         self.run_pipe(pipe).await;
+        if self.keys.cluster {
+            let epochs = (0..wsgw_protocol::ID_SHARDS).map(|s| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(self.keys.epoch(Some(s)))
+                    .arg(now_ms())
+                    .arg("NX")
+                    .ignore();
+                self.run_pipe(pipe)
+            });
+            futures_util::future::join_all(epochs).await;
+        }
     }
 
     pub(super) async fn leave(&self) {
