@@ -3,10 +3,10 @@
 //! expiry and written, refreshed and removed by the presence task (`presence.rs`) along with
 //! the socket presence. `join` and `leave` travel as ephemeral frames (no `event_id`) on the
 //! channel's own pub/sub channel. On a Redis Cluster the sets carry `{global}` (one slot, so
-//! the presence task's batches stay one pipeline) and the frames go apart, `SPUBLISH`ed into the
-//! channel's shard, one pipeline per shard, after the stores. A dead node's entries stop being refreshed: once they have
-//! expired, every node with members in the channel tries to remove them, and the one whose
-//! removal succeeds sends their `leave`. Never blocks a socket.
+//! the presence task's batches stay one pipeline) and the frames go apart, `SPUBLISH`ed into
+//! the channel's shard, one pipeline per shard, after the stores. A dead node's entries stop
+//! being refreshed: once they have expired, every node with members in the channel tries to
+//! remove them, and the one whose removal succeeds sends their `leave`. Never blocks a socket.
 
 use wsgw_protocol::PresenceClient;
 
