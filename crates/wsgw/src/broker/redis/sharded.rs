@@ -75,6 +75,13 @@ pub(super) fn split_shard<'a>(prefix: &str, name: &'a str) -> Option<(u16, &'a s
     (shard < ID_SHARDS).then_some((shard, rest))
 }
 
+/// The full name a sharded push is about (its first element), its shard, and the channel in it.
+pub(super) fn sharded_name<'a>(prefix: &str, push: &'a PushInfo) -> Option<(&'a str, u16, &'a str)> {
+    let name = std::str::from_utf8(push.data.first().and_then(text)?).ok()?;
+    let (s, channel) = split_shard(prefix, name)?;
+    Some((name, s, channel))
+}
+
 pub(super) fn text(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
@@ -304,24 +311,16 @@ impl Inner {
                 }
             }
             PushKind::SSubscribe => {
-                let name = push
-                    .data
-                    .first()
-                    .and_then(text)
-                    .and_then(|n| std::str::from_utf8(n).ok());
-                let Some((name, (s, channel))) = name.and_then(|n| Some((n, split_shard(&self.keys.prefix, n)?)))
-                else {
+                let Some((name, s, channel)) = sharded_name(&self.keys.prefix, &push) else {
                     return;
                 };
-                let sh = &mut shards[s as usize];
-                if sh.pending.remove(name).is_some() {
+                if shards[s as usize].pending.remove(name).is_some() {
                     return;
                 }
                 // Not asked for: the client library subscribed again by itself, on a new
                 // connection or after a topology refresh. Messages may have been lost in
                 // between, with no word of it (it does not always push a `Disconnection`).
-                let ours = sh.listening.contains(channel) || name == self.keys.shard_marker(s, &self.s.node_id);
-                if ours {
+                if self.follows(&shards[s as usize], s, name, channel) {
                     warn!(
                         shard = s,
                         "the redis client subscribed again by itself (reconnect or topology refresh): repairing the shard"
@@ -330,22 +329,12 @@ impl Inner {
                 }
             }
             PushKind::SMessage | PushKind::SUnsubscribe => {
-                let Some(name) = push
-                    .data
-                    .first()
-                    .and_then(text)
-                    .and_then(|n| std::str::from_utf8(n).ok())
-                else {
-                    return;
-                };
-                let Some((s, channel)) = split_shard(&self.keys.prefix, name) else {
+                let Some((name, s, channel)) = sharded_name(&self.keys.prefix, &push) else {
                     return;
                 };
                 if push.kind == PushKind::SUnsubscribe {
                     // Redis unsubscribes a slot's channels when the slot moves: not ours to lose.
-                    let ours = shards[s as usize].listening.contains(channel)
-                        || name == self.keys.shard_marker(s, &self.s.node_id);
-                    if ours {
+                    if self.follows(&shards[s as usize], s, name, channel) {
                         warn!(
                             shard = s,
                             "redis unsubscribed a channel (its slot moved): repairing the shard"
@@ -368,6 +357,12 @@ impl Inner {
             }
             _ => {}
         }
+    }
+
+    /// Whether `name` (`channel` in shard `s`) is one of the node's subscriptions: a channel it
+    /// follows, or its marker.
+    fn follows(&self, sh: &Shard, s: u16, name: &str, channel: &str) -> bool {
+        sh.listening.contains(channel) || name == self.keys.shard_marker(s, &self.s.node_id)
     }
 
     /// A sharded message of shard `s` on `channel` (the name after the shard's prefix).

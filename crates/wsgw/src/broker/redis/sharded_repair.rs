@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use super::sharded::{RepairDone, Shard, split_shard, text};
+use super::sharded::{RepairDone, Shard, sharded_name};
 use super::*;
 
 impl Inner {
@@ -58,15 +58,7 @@ impl Inner {
         let held = sh.held.take().unwrap_or_default();
         sh.last_marker = Some(tokio::time::Instant::now());
         for push in held {
-            let Some(name) = push
-                .data
-                .first()
-                .and_then(text)
-                .and_then(|n| std::str::from_utf8(n).ok())
-            else {
-                continue;
-            };
-            if let Some((_, channel)) = split_shard(&self.keys.prefix, name) {
+            if let Some((_, _, channel)) = sharded_name(&self.keys.prefix, &push) {
                 self.on_smessage(s, channel, &push, sh);
             }
         }
