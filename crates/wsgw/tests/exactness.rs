@@ -92,6 +92,55 @@ async fn toggling_a_history_subscription_loses_no_event_of_a_busy_channel() {
     }
 }
 
+/// 1b. A node behind on its pub/sub (a burst it is still fanning out to 300 sockets) has its
+///     canary in that backlog. It must not take the late canary for a cut connection: such a
+///     reconnect threw the backlog away, refused subscribes while down (an `unavailable` error
+///     in the middle of test 1) and re-read history under load. With a canary every 50 ms the
+///     node would call it missing after 1.15 s behind; it reconnects no more, and a socket still
+///     gets every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_on_its_pub_sub_does_not_call_the_canary_missing() {
+    let _serial = serial().await;
+    let redis = RedisServer::start().await;
+    let mut env = ROOMY.to_vec();
+    env.push(("WSGW_CANARY_INTERVAL_MS", "50"));
+    let node = GatewayProc::start(&redis, "gw-behind", &env).await;
+    let t = token("reader", &["chat:*"], &[]);
+    let mut crowd = Vec::new();
+    for _ in 0..300 {
+        let (mut c, _) = node.connect(&t).await;
+        c.send(subscribe("chat:1")).await;
+        c.expect("subscribed").await;
+        crowd.push(drain(c));
+    }
+    let (c, _) = node.connect(&t).await;
+    let mut client = Recorder::new("reader", c);
+    client.subscribe_with(subscribe("chat:1")).await;
+    let reconnects = |m: &str| metric_value(m, "wsgw_redis_reconnects_total").unwrap_or(0.0);
+    let before = reconnects(&node.metrics().await);
+
+    let publisher = Publisher::start(&redis, |_| vec!["chat:1".into()], 200, Duration::ZERO, Some(8000));
+    publisher.wait_until("8000 events", |l| l.events.len() >= 8000).await;
+    let log = publisher.finish().await;
+    let want = log.ids_on("chat:1");
+    assert_eq!(want.len(), 8000);
+    let last = *want.last().unwrap();
+    client
+        .wait_frame("the last chat:1 event", 0, BUSY_DEADLINE, is_event(last))
+        .await;
+    let got = ids_on(&client.frames(), "chat:1");
+    assert!(got == want, "chat:1 as the reader saw it: {}", diff(&want, &got));
+    assert!(!client.told_gap("chat:1"), "a gap frame although nothing was lost");
+    let after = reconnects(&node.metrics().await);
+    assert_eq!(
+        after, before,
+        "the node reconnected its pub/sub while it was only behind"
+    );
+    for d in crowd {
+        d.abort();
+    }
+}
+
 /// 2. Five sockets subscribe at the same moment to a channel the node does not listen to yet,
 ///    while a backend publishes to it, and Redis takes 30 ms to confirm a SUBSCRIBE. Only the
 ///    first local subscriber used to wait for that confirmation; the others were told

@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::time::{mono_ms, now_ms};
 
 mod bans;
+mod canary;
 mod channel_presence;
 mod cluster_functions;
 mod cluster_link;

@@ -3,6 +3,7 @@
 //! answers `sync` markers, watches the canary, and after any interruption resubscribes and
 //! has the gap repaired before delivering live frames again.
 
+use super::canary::CanaryWatch;
 use super::control::Control;
 use super::*;
 
@@ -141,25 +142,13 @@ impl Inner {
         let canary_every = Duration::from_millis(self.s.canary_interval_ms.max(10));
         let mut canary_tick = tokio::time::interval(canary_every);
         canary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_canary = tokio::time::Instant::now();
+        let mut watch = CanaryWatch::new();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(true),
                 msg = stream.next() => {
                     let Some(msg) = msg else { return Err(unavailable("pub/sub connection closed")) };
-                    if msg.get_channel_name() == canary {
-                        last_canary = tokio::time::Instant::now();
-                        let sync = msg.get_payload_bytes().strip_prefix(b"sync:");
-                        if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
-                            && let Some(tx) = self.syncs.lock().remove(&n)
-                        {
-                            let _ = tx.send(());
-                        }
-                    } else if msg.get_channel_name() == control {
-                        self.on_control(msg.get_payload_bytes());
-                    } else {
-                        self.on_message(&msg);
-                    }
+                    self.on_pubsub(&msg, &canary, &control, &mut watch);
                 }
                 cmd = cmds.recv() => match cmd {
                     None => return Ok(true),
@@ -212,7 +201,7 @@ impl Inner {
                     }
                 },
                 _ = canary_tick.tick() => {
-                    if last_canary.elapsed() > canary_every * 3 + self.s.op_timeout {
+                    if watch.missing(canary_every * 3 + self.s.op_timeout) {
                         warn!("canary missing on the pub/sub connection: reconnecting");
                         return Ok(false);
                     }
@@ -231,6 +220,24 @@ impl Inner {
                     });
                 }
             }
+        }
+    }
+
+    /// Handles one message of the pub/sub connection and tells `watch` what it was.
+    fn on_pubsub(&self, msg: &redis::Msg, canary: &str, control: &str, watch: &mut CanaryWatch) {
+        let name = msg.get_channel_name();
+        if name == canary {
+            watch.canary();
+            let sync = msg.get_payload_bytes().strip_prefix(b"sync:");
+            if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
+                && let Some(tx) = self.syncs.lock().remove(&n)
+            {
+                let _ = tx.send(());
+            }
+        } else if name == control {
+            self.on_control(msg.get_payload_bytes());
+        } else {
+            watch.frame(self.on_message(msg));
         }
     }
 
@@ -280,14 +287,15 @@ impl Inner {
     }
 
     /// A frame from Redis: strip the routing header, read only what routing and dedup need,
-    /// and hand the very same bytes to the hub.
-    pub(super) fn on_message(&self, msg: &redis::Msg) {
+    /// and hand the very same bytes to the hub. Returns the frame's publish time (µs; 0 when
+    /// unknown).
+    pub(super) fn on_message(&self, msg: &redis::Msg) -> u64 {
         let Some(channel) = msg.get_channel_name().strip_prefix(self.keys.prefix.as_str()) else {
-            return;
+            return 0;
         };
         let Some((frame, exclude)) = self.parse_frame(channel, msg.get_payload_bytes()) else {
             self.metrics.dropped_frames.inc();
-            return;
+            return 0;
         };
         if let Some(id) = frame.event_id {
             let mut w = self.watermark.lock();
@@ -298,15 +306,16 @@ impl Inner {
         let excluded: Vec<&str> = exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
         if msg.from_pattern() {
             let Ok(pattern) = msg.get_pattern::<String>() else {
-                return;
+                return frame.published_us;
             };
             let Some(pattern) = pattern.strip_prefix(self.keys.prefix.as_str()) else {
-                return;
+                return frame.published_us;
             };
             self.hub.deliver_pattern(pattern, channel, &frame, &excluded);
         } else {
             self.hub.deliver_exact(channel, &frame, &excluded);
         }
+        frame.published_us
     }
 
     pub(super) fn parse_frame(&self, channel: &str, payload: &[u8]) -> Option<(OutFrame, Option<String>)> {

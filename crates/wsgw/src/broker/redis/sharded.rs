@@ -26,7 +26,9 @@ use std::collections::VecDeque;
 use redis::{PushInfo, PushKind, Value};
 use wsgw_protocol::ID_SHARDS;
 
+use super::canary::lateness;
 use super::*;
+use crate::time::now_us;
 
 const SHARDS: usize = ID_SHARDS as usize;
 
@@ -54,6 +56,9 @@ pub(super) struct Shard {
     pub(super) again: bool,
     /// When its canary (or any marker) last came back.
     pub(super) last_marker: Option<tokio::time::Instant>,
+    /// How late its newest frame was: a shard that far behind gets its canary that much later
+    /// (canary.rs).
+    pub(super) behind: Duration,
     /// Subscriptions asked for (full pub/sub names) that Redis has not confirmed yet, since
     /// when. Only Redis's confirmation naming the channel proves a subscription: the client
     /// library may have taken a `sunsubscribe` Redis pushed on its own (a slot moved) for the
@@ -262,6 +267,7 @@ impl Inner {
                     let late = canary_every * 3 + self.s.op_timeout;
                     for s in 0..ID_SHARDS {
                         let sh = &mut shards[s as usize];
+                        let late = late + sh.behind;
                         if sh.held.is_none() && sh.last_marker.is_some_and(|t| t.elapsed() > late) {
                             warn!(shard = s, "canary missing on the shard's pub/sub: repairing it");
                             self.start_repair(s, &mut shards, &done_tx);
@@ -384,6 +390,9 @@ impl Inner {
             self.metrics.dropped_frames.inc();
             return;
         };
+        if frame.published_us != 0 {
+            sh.behind = lateness(frame.published_us, now_us());
+        }
         if let Some(id) = frame.event_id {
             if id.shard() != Some(s) {
                 // A frame on a shard's channel must carry that shard's id.
