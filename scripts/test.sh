@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\n== %s\n' "$*"; }
+# Each step's heading says how long the run has taken so far (seconds).
+log() { printf '\n== [%ss] %s\n' "$SECONDS" "$*"; }
 
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"

@@ -42,7 +42,7 @@ impl Gw {
     async fn start_with(config: Config) -> Gw {
         Gw {
             gw: RunningGateway::start(config).await.expect("gateway starts"),
-            http: reqwest::Client::new(),
+            http: wsgw::http_client::client(),
         }
     }
 
@@ -414,7 +414,7 @@ async fn a_topic_not_restored_is_subscribed_again_with_last_event_id() {
         })
         .await
         .expect("restart on the same port"),
-        http: reqwest::Client::new(),
+        http: wsgw::http_client::client(),
     };
     // Attempts may fail (Closed) until the new gateway listens; then it reconnects.
     loop {
@@ -525,7 +525,7 @@ async fn fails_over_to_a_fallback_url_when_its_node_stops() {
         })
         .await
         .expect("gateway B starts"),
-        http: reqwest::Client::new(),
+        http: wsgw::http_client::client(),
     };
     let mut cfg = b.client_config(token("kate", &[], &[]));
     cfg.url = format!("ws://{}/ws", a.addr);

@@ -79,7 +79,7 @@ async fn a_client_taken_over_reconnects_with_a_fresh_connection_id() {
     assert_eq!(client.connection_id(), fresh.connection_id);
 
     // The topic is subscribed again on the fresh session: an event on it arrives.
-    let r = reqwest::Client::new()
+    let r = wsgw::http_client::client()
         .post(format!("http://{}/api/publish", gw.addr))
         .bearer_auth(API_KEY)
         .json(&json!({"channel": "room:1", "event": "msg", "data": 1}))

@@ -54,7 +54,7 @@ async fn wss_through_nginx_with_the_ca_file_welcomes_subscribes_and_delivers() {
         .expect("bounded")
         .expect("subscribes");
     // The event goes in through the gateway's plain HTTP API, and out through nginx's TLS.
-    let r = reqwest::Client::new()
+    let r = wsgw::http_client::client()
         .post(format!("http://{}/api/publish", gw.addr))
         .bearer_auth(API_KEY)
         .json(&json!({"channel": "news", "event": "headline", "data": {"n": 1}}))

@@ -73,10 +73,7 @@ impl Jwks {
         failures: IntCounter,
         mut stop: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, String> {
-        // reqwest is built without a TLS crypto provider; ring is the one this crate ships.
-        // An error means one is installed already, which serves as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = crate::http_client::builder()
             .timeout(FETCH_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;

@@ -11,6 +11,7 @@ pub mod cores;
 pub mod handshake;
 pub mod history;
 pub mod hooks;
+pub mod http_client;
 pub mod hub;
 pub mod jwks;
 pub mod limits;

@@ -200,7 +200,7 @@ async fn history_is_trimmed_in_steps_and_replays_know_exactly_what_was_removed()
 
 /// POSTs a raw JSON body to `/api/publish`.
 async fn post_publish(gw: &GatewayProc, body: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = wsgw::http_client::client()
         .post(gw.url("/api/publish"))
         .bearer_auth(API_KEY)
         .header("content-type", "application/json")

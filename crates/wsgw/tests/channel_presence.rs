@@ -181,7 +181,7 @@ async fn members_on_two_nodes_see_each_other_join_and_leave() {
     assert_eq!(answer["type"], "presence", "{answer}");
     assert_eq!(clients(&answer["clients"]), both);
     assert_eq!(http_clients(&a, "chat:1").await, both, "node A answers for the cluster");
-    let (status, _) = reqwest::Client::new()
+    let (status, _) = wsgw::http_client::client()
         .get(a.url("/api/presence/channels/chat:1"))
         .send()
         .await

@@ -46,7 +46,7 @@ async fn xlen(r: &mut redis::aio::MultiplexedConnection, channel: &str) -> usize
 
 /// POSTs `body` to `url` with the API key and, when given, an `Idempotency-Key` header.
 async fn post(url: String, body: Value, key: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(url).bearer_auth(API_KEY).json(&body);
+    let mut req = wsgw::http_client::client().post(url).bearer_auth(API_KEY).json(&body);
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
     }

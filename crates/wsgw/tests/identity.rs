@@ -149,7 +149,7 @@ async fn run_with_secret(secret: &str, args: &[&str]) -> (Option<i32>, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = wsgw::http_client::client();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -322,7 +322,7 @@ async fn a_ban_on_one_node_holds_on_every_node_of_the_cluster() {
     assert!((1..=600).contains(&ttl), "{ttl}");
 
     // Lifted on the other node.
-    let http = reqwest::Client::new();
+    let http = wsgw::http_client::client();
     assert_eq!(api_delete(&http, b.url("/api/bans/mallory"), API_KEY).await, 200);
     assert_eq!(api_delete(&http, a.url("/api/bans/mallory"), API_KEY).await, 404);
     let (_c, w) = a.connect(&t).await;

@@ -56,7 +56,7 @@ async fn publish_retrying(node: &GatewayProc, channel: &str, n: u64) -> EventId 
     let key = format!("{channel}-{n}-{}", std::process::id());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let r = reqwest::Client::new()
+        let r = wsgw::http_client::client()
             .post(node.url("/api/publish"))
             .bearer_auth(API_KEY)
             .header("idempotency-key", &key)

@@ -189,7 +189,7 @@ impl Node {
         c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1}))
             .await;
         c.expect("subscribed").await;
-        let r = reqwest::Client::new()
+        let r = wsgw::http_client::client()
             .post(self.url("/api/publish"))
             .bearer_auth(API_KEY)
             .json(&json!({"channel":"chat:1","event":"hi","data":{"n":n}}))
@@ -205,7 +205,7 @@ impl Node {
     }
 
     async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
+        let http = wsgw::http_client::client();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = http.get(self.url("/ready")).send().await
@@ -249,7 +249,7 @@ impl Drop for Node {
 }
 
 async fn get_text(url: &str, auth: bool) -> String {
-    let mut req = reqwest::Client::new().get(url);
+    let mut req = wsgw::http_client::client().get(url);
     if auth {
         req = req.bearer_auth(API_KEY);
     }

@@ -150,7 +150,9 @@ async fn topology_settled(sentinels: &[RedisServer], port: u16) -> bool {
 
 /// Ready, and has followed `n` failovers.
 async fn node_followed(node: &GatewayProc, n: f64) -> bool {
-    let ready = reqwest::get(node.url("/ready"))
+    let ready = wsgw::http_client::client()
+        .get(node.url("/ready"))
+        .send()
         .await
         .is_ok_and(|r| r.status().as_u16() == 200);
     ready && common::metric_value(&node.metrics().await, "wsgw_redis_failovers_total").is_some_and(|v| v >= n)
@@ -164,7 +166,7 @@ struct Wrong(Mutex<Vec<String>>, Mutex<Vec<(String, Id)>>);
 /// `POST /api/publish` with an `Idempotency-Key`, retried with the same key until it is stored.
 async fn http_publisher(seed: u64, shared: Arc<Shared>, wrong: Arc<Wrong>) {
     let mut rng = Rng::new(seed);
-    let http = reqwest::Client::builder()
+    let http = wsgw::http_client::builder()
         .timeout(Duration::from_secs(3))
         .build()
         .unwrap();

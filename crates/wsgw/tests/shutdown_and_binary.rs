@@ -68,14 +68,13 @@ async fn stopping_an_idle_node_returns_promptly() {
     // of them could bind this node's port as soon as it is freed and make the check below
     // connect to it (CI saw that). This node listens below that range, where nothing else here
     // binds.
-    let node = Node::start(Config {
+    let gw = start_below_the_ephemeral_range(Config {
         drain_ms: 300,
-        listen: port_below_the_ephemeral_range(),
         ..config()
     })
     .await;
-    let addr = node.addr();
-    tokio::time::timeout(DEADLINE, node.gw.stop())
+    let addr = gw.addr;
+    tokio::time::timeout(DEADLINE, gw.stop())
         .await
         .expect("stop returns in time")
         .expect("clean stop");
@@ -97,9 +96,10 @@ async fn listener_is_closed(addr: std::net::SocketAddr) -> bool {
     false
 }
 
-/// A loopback address whose port is free and below the kernel's ephemeral range, so that no
-/// `bind(0)` or outgoing connect in this process can be given it.
-fn port_below_the_ephemeral_range() -> std::net::SocketAddr {
+/// Starts a gateway on a loopback port below the kernel's ephemeral range, so that no `bind(0)`
+/// or outgoing connect in this process can be given it. A port that was free when probed may be
+/// taken by the time the gateway binds it (CI saw `AddrInUse` once): the next one is tried.
+async fn start_below_the_ephemeral_range(config: Config) -> wsgw::RunningGateway {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let low: u16 = range
         .split_whitespace()
@@ -107,10 +107,23 @@ fn port_below_the_ephemeral_range() -> std::net::SocketAddr {
         .and_then(|p| p.parse().ok())
         .unwrap_or(32768);
     let start = 1024 + (std::process::id() % 4000) as u16;
-    (start..low)
-        .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-        .find(|addr| StdTcpListener::bind(addr).is_ok())
-        .expect("a free port below the ephemeral range")
+    let mut last = None;
+    for port in (start..low)
+        .filter(|p| StdTcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .take(20)
+    {
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        match wsgw::RunningGateway::start(Config {
+            listen,
+            ..config.clone()
+        })
+        .await
+        {
+            Ok(gw) => return gw,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no port below the ephemeral range could be bound: {last:?}")
 }
 
 /// A loopback port that was free a moment ago.
@@ -248,7 +261,7 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
         ],
     );
     let mut server = Running::spawn(cmd, port);
-    let http = reqwest::Client::new();
+    let http = wsgw::http_client::client();
     server.healthy(&http).await;
 
     let mut c = Client::connect(&format!("ws://{listen}/ws?token={}", token("sig", &[], &[]))).await;
@@ -359,7 +372,7 @@ async fn dev_mode_prints_a_working_token_and_api_key() {
         .to_string();
     assert!(!key.is_empty() && !key.contains(' '), "{key:?}");
 
-    let http = reqwest::Client::new();
+    let http = wsgw::http_client::client();
     dev.healthy(&http).await;
     let mut c = Client::connect(&format!("ws://{listen}/ws?token={token}")).await;
     let w = c.expect("welcome").await;
@@ -444,7 +457,7 @@ async fn the_binary_serves_metrics_on_wsgw_metrics_listen_and_only_metrics() {
         ],
     );
     let mut server = Running::spawn(cmd, port);
-    let http = reqwest::Client::new();
+    let http = wsgw::http_client::client();
     server.healthy(&http).await;
 
     let r = http.get(format!("http://{metrics}/metrics")).send().await;

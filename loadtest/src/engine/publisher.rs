@@ -63,7 +63,11 @@ pub(super) async fn publisher(
     }
     let sink = Arc::new(match w.publish_via {
         PublishVia::Http => Sink::Http(
-            reqwest::Client::new(),
+            {
+                // reqwest is built without a TLS crypto provider: ring, as everywhere here.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::new()
+            },
             sc.target
                 .api_url
                 .clone()

@@ -177,7 +177,7 @@ mod tests {
     async fn a_full_queue_drops_and_counts_instead_of_waiting() {
         let metrics = crate::metrics::Metrics::new();
         let caller = Caller {
-            http: reqwest::Client::new(),
+            http: crate::http_client::client(),
             timeout: Duration::from_millis(100),
             permits: Arc::new(Semaphore::new(1)),
             metrics: metrics.clone(),

@@ -290,11 +290,8 @@ impl Hooks {
         metrics: Metrics,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, String> {
-        // reqwest is built without a TLS crypto provider; ring is the one this crate ships.
-        // An error means one is installed already, which serves as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = Duration::from_millis(config.hook_timeout_ms);
-        let http = reqwest::Client::builder()
+        let http = crate::http_client::builder()
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.hook_max_concurrent)

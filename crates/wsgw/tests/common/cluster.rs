@@ -250,7 +250,7 @@ impl GatewayProc {
 
     pub async fn wait_ready(&self) {
         let url = self.url("/ready");
-        let http = reqwest::Client::new();
+        let http = wsgw::http_client::client();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(r) = http.get(&url).send().await
@@ -305,7 +305,7 @@ impl GatewayProc {
     }
 
     pub async fn api_post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = reqwest::Client::new()
+        let r = wsgw::http_client::client()
             .post(self.url(path))
             .bearer_auth(API_KEY)
             .json(&body)
@@ -317,7 +317,7 @@ impl GatewayProc {
     }
 
     pub async fn api_get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::Client::new()
+        let r = wsgw::http_client::client()
             .get(self.url(path))
             .bearer_auth(API_KEY)
             .send()
@@ -328,7 +328,7 @@ impl GatewayProc {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::Client::new()
+        wsgw::http_client::client()
             .get(self.url("/metrics"))
             .send()
             .await
@@ -393,7 +393,7 @@ pub async fn fcall_publish(
 
 /// Waits until the node answers `/ready` with 503.
 pub async fn wait_not_ready(node: &GatewayProc, what: &str) {
-    let http = reqwest::Client::new();
+    let http = wsgw::http_client::client();
     let url = node.url("/ready");
     super::wait_until(what, || {
         let (http, url) = (http.clone(), url.clone());

@@ -57,7 +57,7 @@ impl Node {
         let gw = RunningGateway::start(config).await.expect("gateway starts");
         Node {
             gw,
-            http: reqwest::Client::new(),
+            http: wsgw::http_client::client(),
         }
     }
 

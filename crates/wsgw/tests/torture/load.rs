@@ -205,7 +205,7 @@ pub async fn fcall_publisher(name: String, redis_url: String, per_s: f64, seed: 
 /// Publishes through `POST /api/publish` on random nodes.
 pub async fn http_publisher(name: String, per_s: f64, seed: u64, shared: Arc<Shared>) {
     let mut rng = Rng::new(seed);
-    let http = reqwest::Client::builder()
+    let http = wsgw::http_client::builder()
         .timeout(Duration::from_secs(3))
         .build()
         .unwrap();
