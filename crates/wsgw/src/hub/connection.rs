@@ -8,6 +8,7 @@
 //! into the live stream is in connection_replay.rs, the backend requests a socket waits on in
 //! connection_requests.rs.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
@@ -307,13 +308,22 @@ impl Connection {
     /// Offers a live frame published on `channel`, reaching this socket through its exact
     /// subscription or (`via_pattern`) only through patterns. Never blocks on the socket.
     pub fn push(&self, frame: OutFrame, channel: &str, via_pattern: bool) -> Push {
-        self.offer(frame, channel, via_pattern, true, false)
+        self.offer(Cow::Owned(frame), channel, via_pattern, true, false)
     }
 
     /// `push`, written straight to the socket only if `direct` (and nothing is queued). With
     /// `defer`, a frame queued into an empty queue does not wake the socket's task
-    /// (`Push::Waiting`): a per-core flusher writes it (`WSGW_RUNTIME=per_core`).
-    pub fn offer(&self, mut frame: OutFrame, channel: &str, via_pattern: bool, direct: bool, defer: bool) -> Push {
+    /// (`Push::Waiting`): a per-core flusher writes it (`WSGW_RUNTIME=per_core`). A fan-out
+    /// lends its frame: it is cloned only when queued, so a frame written straight to the
+    /// socket costs no reference count on the shared payload.
+    pub fn offer(
+        &self,
+        mut frame: Cow<'_, OutFrame>,
+        channel: &str,
+        via_pattern: bool,
+        direct: bool,
+        defer: bool,
+    ) -> Push {
         if let Some(tag) = &frame.response {
             self.response_seen(tag);
         }
@@ -337,7 +347,7 @@ impl Connection {
                 return Push::Closed;
             };
             held.push(Held {
-                frame,
+                frame: frame.into_owned(),
                 channel: Arc::from(channel),
                 via_pattern,
             });
@@ -358,7 +368,9 @@ impl Connection {
             && let Some(tcp) = ob.wire.as_deref()
         {
             // Nothing queued: straight to the socket, without waking its task.
-            ob.deflate.prepare(&mut frame);
+            if ob.deflate.wants_cache(&frame) {
+                ob.deflate.prepare(frame.to_mut());
+            }
             let (header, payload) = frame.wire(ob.deflate.window);
             let total = header.as_bytes().len() + payload.len();
             let bufs = [IoSlice::new(header.as_bytes()), IoSlice::new(payload)];
@@ -371,7 +383,7 @@ impl Connection {
             }
         }
         ob.bytes += frame.payload.len();
-        ob.queue.push_back(frame);
+        ob.queue.push_back(frame.into_owned());
         drop(ob);
         if was_empty {
             if defer {

@@ -170,9 +170,15 @@ async fn compressed_frames_are_shared_per_window_and_survive_partial_writes() {
     let big = OutFrame::control(json_text(40_000, 1)).with_deflate_cache();
     let mut partial = 0;
     let mut sent = vec![big.text().to_owned()];
-    assert_eq!(other.offer(big.clone(), "ch", false, false, false), Push::Queued);
-    assert_eq!(plain.offer(big.clone(), "ch", false, false, false), Push::Queued);
-    c.offer(big.clone(), "ch", false, true, false);
+    assert_eq!(
+        other.offer(Cow::Borrowed(&big), "ch", false, false, false),
+        Push::Queued
+    );
+    assert_eq!(
+        plain.offer(Cow::Borrowed(&big), "ch", false, false, false),
+        Push::Queued
+    );
+    c.offer(Cow::Borrowed(&big), "ch", false, true, false);
     // Enough frames (big, small, pongs) that the kernel takes some of them in pieces.
     for i in 0..400u64 {
         let f = match i % 4 {
@@ -184,7 +190,7 @@ async fn compressed_frames_are_shared_per_window_and_survive_partial_writes() {
         if f.opcode == OP_TEXT {
             sent.push(f.text().to_owned());
         }
-        c.offer(f, "ch", false, true, false);
+        c.offer(Cow::Owned(f), "ch", false, true, false);
         partial += usize::from(c.outbox.lock().sent > 0);
     }
     // The other socket with the same window uses the bytes this one computed.

@@ -162,7 +162,7 @@ async fn a_core_flusher_and_the_sockets_task_never_interleave_frames() {
     let conn = rig.conn.clone();
     let mut waiting = 0;
     for i in 1..=total {
-        match conn.offer(numbered(i), "t", false, false, true) {
+        match conn.offer(Cow::Owned(numbered(i)), "t", false, false, true) {
             Push::Waiting => {
                 waiting += 1;
                 match conn.flush(&mut Written::default()).0 {
@@ -274,11 +274,17 @@ async fn a_busy_socket_keeps_its_queue_between_flushes_and_the_tick_gives_an_idl
     conn.attach(tcp);
     let capacity = || conn.outbox.lock().queue.capacity();
     for i in 1..=3 {
-        assert_eq!(conn.offer(numbered(i), "t", false, false, false), Push::Queued);
+        assert_eq!(
+            conn.offer(Cow::Owned(numbered(i)), "t", false, false, false),
+            Push::Queued
+        );
     }
     assert_eq!(conn.flush(&mut Written::default()).0, Flush::Done);
     assert!(capacity() > 0, "the queue's memory stays for the next frames");
-    assert_eq!(conn.offer(numbered(4), "t", false, false, false), Push::Queued);
+    assert_eq!(
+        conn.offer(Cow::Owned(numbered(4)), "t", false, false, false),
+        Push::Queued
+    );
     conn.release_idle_queue();
     assert!(capacity() > 0, "a queue with frames in it is kept");
     assert_eq!(conn.flush(&mut Written::default()).0, Flush::Done);

@@ -38,8 +38,13 @@ impl DeflateOut {
     /// Gives `f` a compressed-forms cache if it is a text frame this socket compresses and
     /// the fan-out did not give it one.
     pub(super) fn prepare(self, f: &mut OutFrame) {
-        if self.window != 0 && f.deflated.is_none() && f.compressible(self.min_bytes as usize) {
+        if self.wants_cache(f) {
             f.deflated = Some(Arc::default());
         }
+    }
+
+    /// Whether [`prepare`](Self::prepare) would give `f` a cache.
+    pub(super) fn wants_cache(self, f: &OutFrame) -> bool {
+        self.window != 0 && f.deflated.is_none() && f.compressible(self.min_bytes as usize)
     }
 }

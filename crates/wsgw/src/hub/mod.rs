@@ -11,6 +11,7 @@ mod direct;
 mod floors;
 mod subscribers;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -433,7 +434,7 @@ impl Hub {
         }
         let direct = delivered.offered < DIRECT_FANOUT || delivered.direct_open;
         delivered.offered += 1;
-        match c.offer(frame.clone(), channel, via_pattern, direct, self.defers_writes()) {
+        match c.offer(Cow::Borrowed(frame), channel, via_pattern, direct, self.defers_writes()) {
             Push::Queued => delivered.delivered += 1,
             Push::Waiting => {
                 delivered.delivered += 1;
