@@ -35,13 +35,7 @@ async fn toggling_a_history_subscription_loses_no_event_of_a_busy_channel() {
     let redis = RedisServer::start().await;
     let node = GatewayProc::start(&redis, "gw-issue", ROOMY).await;
     let t = token("reader", &["chat:*", "doc:*"], &[]);
-    let mut crowd = Vec::new();
-    for _ in 0..300 {
-        let (mut c, _) = node.connect(&t).await;
-        c.send(subscribe("chat:1")).await;
-        c.expect("subscribed").await;
-        crowd.push(drain(c));
-    }
+    let crowd = crowd(&node, &t, "chat:1", 300).await;
     let (c, _) = node.connect(&t).await;
     let mut client = Recorder::new("toggling client", c);
     client.subscribe_with(subscribe("chat:1")).await;
@@ -106,13 +100,7 @@ async fn a_node_behind_on_its_pub_sub_does_not_call_the_canary_missing() {
     env.push(("WSGW_CANARY_INTERVAL_MS", "50"));
     let node = GatewayProc::start(&redis, "gw-behind", &env).await;
     let t = token("reader", &["chat:*"], &[]);
-    let mut crowd = Vec::new();
-    for _ in 0..300 {
-        let (mut c, _) = node.connect(&t).await;
-        c.send(subscribe("chat:1")).await;
-        c.expect("subscribed").await;
-        crowd.push(drain(c));
-    }
+    let crowd = crowd(&node, &t, "chat:1", 300).await;
     let (c, _) = node.connect(&t).await;
     let mut client = Recorder::new("reader", c);
     client.subscribe_with(subscribe("chat:1")).await;

@@ -416,6 +416,19 @@ pub fn drain(c: Client) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })
 }
 
+/// `n` sockets with `token` on `node`, each subscribed to `channel` and read by a [`drain`]:
+/// the crowd that keeps a node busy. Abort the handles when done.
+pub async fn crowd(node: &GatewayProc, token: &str, channel: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut crowd = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (mut c, _) = node.connect(token).await;
+        c.send(subscribe(channel)).await;
+        c.expect("subscribed").await;
+        crowd.push(drain(c));
+    }
+    crowd
+}
+
 /// Gateway settings for the load tests: room for every frame of a test in a socket's queue (a
 /// slow reader is not what is tested here) and no inbound rate limit.
 pub const ROOMY: &[(&str, &str)] = &[
