@@ -49,10 +49,11 @@ function wsgwKeys(channel, prefix = 'ws:') {
 async function main() {
   const cluster = createCluster({ rootNodes: [{ url: process.env.REDIS_CLUSTER_URL || 'redis://localhost:7000' }] });
   await cluster.connect();
-  const eventId = await cluster.fCall('wsgw_publish', {
-    keys: wsgwKeys('user:42'),
-    arguments: ['user:42', 'note', JSON.stringify({ text: 'hello' })],
-  });
+  // Routed by the first key: node-redis v4's cluster.fCall() picks a random node instead.
+  const keys = wsgwKeys('user:42');
+  const eventId = await cluster.sendCommand(keys[0], false, [
+    'FCALL', 'wsgw_publish', '2', ...keys, 'user:42', 'note', JSON.stringify({ text: 'hello' }),
+  ]);
   console.log(eventId);
   await cluster.quit();
 }

@@ -331,27 +331,8 @@ impl Connection {
         if ob.close.is_some() {
             return Push::Closed;
         }
-        if let Some(held) = ob.replay.as_mut() {
-            // Held by the server, not by a slow reader: a replay waits for the node's pub/sub
-            // stream to pass its snapshot, so it may hold that lag's worth of frames. Bounded
-            // all the same (and by the broker's sync timeout in time).
-            let len = frame.payload.len();
-            if held.len() >= self.capacity.saturating_mul(HELD_FACTOR)
-                || (!held.is_empty()
-                    && ob.held_bytes.saturating_add(len) > self.capacity_bytes.saturating_mul(HELD_FACTOR))
-            {
-                return self.overflow(ob);
-            }
-            ob.held_bytes += len;
-            let Some(held) = ob.replay.as_mut() else {
-                return Push::Closed;
-            };
-            held.push(Held {
-                frame: frame.into_owned(),
-                channel: Arc::from(channel),
-                via_pattern,
-            });
-            return Push::Queued;
+        if ob.replay.is_some() {
+            return self.hold(ob, frame.into_owned(), channel, via_pattern);
         }
         if let Some(id) = frame.event_id
             && !ob.admit(id, channel, via_pattern)
@@ -405,12 +386,17 @@ impl Connection {
         self.core as usize
     }
 
-    /// Queues a control frame (answer, error, ping) even during a replay: control frames are
-    /// not ordered against events. Still bounded by the queue.
+    /// Queues a control frame (answer, error, ping, gap) even during a subscribe's replay:
+    /// control frames are not ordered against events. Before the welcome (a connect's replay)
+    /// it is held and follows the welcome, which is always the first frame. Still bounded by the
+    /// queue.
     pub fn push_control(&self, frame: OutFrame) -> Push {
         let mut ob = self.outbox.lock();
         if ob.close.is_some() {
             return Push::Closed;
+        }
+        if !ob.subscribing && ob.replay.is_some() {
+            return self.hold(ob, frame, "", false);
         }
         if ob.queue.len() >= self.capacity || self.over_bytes(&ob, &frame, 0) {
             return self.overflow(ob);
@@ -421,6 +407,38 @@ impl Connection {
         drop(ob);
         if was_empty {
             self.wake.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Holds a frame back until the replay being read ends (`finish_replay`).
+    ///
+    /// Held by the server, not by a slow reader: a replay waits for the node's pub/sub stream
+    /// to pass its snapshot, so it may hold that lag's worth of frames. Bounded all the same
+    /// (and by the broker's sync timeout in time).
+    fn hold(
+        &self,
+        mut ob: parking_lot::MutexGuard<'_, Outbox>,
+        frame: OutFrame,
+        channel: &str,
+        via_pattern: bool,
+    ) -> Push {
+        let len = frame.payload.len();
+        let Some(held) = ob.replay.as_ref() else {
+            return Push::Closed;
+        };
+        if held.len() >= self.capacity.saturating_mul(HELD_FACTOR)
+            || (!held.is_empty() && ob.held_bytes.saturating_add(len) > self.capacity_bytes.saturating_mul(HELD_FACTOR))
+        {
+            return self.overflow(ob);
+        }
+        ob.held_bytes += len;
+        if let Some(held) = ob.replay.as_mut() {
+            held.push(Held {
+                frame,
+                channel: Arc::from(channel),
+                via_pattern,
+            });
         }
         Push::Queued
     }

@@ -108,6 +108,28 @@ fn after_a_patterns_subscribed_frame_only_events_it_covers_arrive() {
 }
 
 #[test]
+fn a_gap_found_while_the_welcome_is_replayed_follows_the_welcome() {
+    // A shard repair names the resumed socket's channel before its welcome is queued.
+    let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, &[EventId::new(2, 0)]);
+    assert_eq!(c.push_control(OutFrame::control("gap")), Push::Queued);
+    c.push(ev(5, "e5"), "t", false);
+    c.finish_replay(
+        |_| OutFrame::control("welcome"),
+        vec![ev(3, "e3"), ev(4, "e4")],
+        &[EventId::new(4, 0)],
+        None,
+    );
+    assert_eq!(texts(&c), ["welcome", "gap", "e3", "e4", "e5"]);
+
+    // After the welcome, a subscribe's replay holds events only: its answers go straight out.
+    c.begin_replay();
+    c.push(ev(6, "e6"), "t", false);
+    assert_eq!(c.push_control(OutFrame::control("pong")), Push::Queued);
+    c.finish_replay(|_| OutFrame::control("subscribed"), Vec::new(), &[], None);
+    assert_eq!(texts(&c), ["pong", "subscribed", "e6"]);
+}
+
+#[test]
 fn frames_held_during_a_replay_are_bounded_by_eight_times_the_bytes() {
     let c = live(1000, 1000);
     c.begin_replay();
