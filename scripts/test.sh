@@ -30,7 +30,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${flags[@]}" "${missing[@]}" >/dev/null
 }
 
-apt_install redis-server nginx openssl curl
+apt_install redis-server nginx openssl curl jq
 apt_install --no-install-recommends chromium
 # The Go snippet of docs/backends.md (Redis Cluster) runs in GOPATH mode on Debian's redigo and
 # redisc (crates/wsgw/tests/redis_cluster.rs): no Go module proxy needed.
@@ -54,8 +54,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "node-redis for the Node snippets of docs/backends.md (crates/wsgw/tests/node)"
 (cd crates/wsgw/tests/node && npm ci --silent --no-audit --no-fund)
 
-log "cargo test"
-cargo test --workspace -- --test-threads="${WSGW_TEST_THREADS:-4}"
+log "cargo test (two lanes at once: the torture tests, and every other test binary; scripts/lib/test-lanes.sh)"
+scripts/lib/test-lanes.sh
 
 log "k6 scripts syntax"
 for f in loadtest/k6/*.js; do node --input-type=module --check <"$f" || { echo "syntax error in $f" >&2; exit 1; }; done
