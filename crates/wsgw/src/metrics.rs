@@ -33,6 +33,8 @@ pub struct Metrics {
     pub frames_in: IntCounter,
     /// Frames written to clients.
     pub frames_out: IntCounter,
+    /// Frames fanned out in bursts (several read from pub/sub at once; hub/burst.rs).
+    pub burst_frames: IntCounter,
     /// Bytes of frames received from clients.
     pub bytes_in: IntCounter,
     /// Bytes of frames written to clients.
@@ -142,6 +144,10 @@ impl Metrics {
             ),
             frames_in: counter("wsgw_received_frames_total", "Frames received from clients"),
             frames_out: counter("wsgw_sent_frames_total", "Frames written to clients"),
+            burst_frames: counter(
+                "wsgw_burst_frames_total",
+                "Frames read from Redis pub/sub together with others and fanned out as one burst",
+            ),
             bytes_in: counter("wsgw_received_bytes_total", "Bytes received from clients"),
             bytes_out: counter(
                 "wsgw_sent_bytes_total",

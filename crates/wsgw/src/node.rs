@@ -131,7 +131,8 @@ impl Gateway {
         };
         crate::presence::validate_patterns(&config.presence_channels)
             .map_err(|reason| StartError::Config(format!("presence_channels: {reason}")))?;
-        let hub = Hub::new(node_id.clone(), metrics.clone());
+        let hub =
+            Hub::new(node_id.clone(), metrics.clone()).with_burst_bounds(config.send_queue, config.send_queue_bytes);
         let hub = Arc::new(match config.compression {
             crate::config::Compression::On => hub.with_compression(config.compression_min_bytes),
             crate::config::Compression::Off => hub,

@@ -124,6 +124,10 @@ async fn a_node_behind_on_its_pub_sub_does_not_call_the_canary_missing() {
         after, before,
         "the node reconnected its pub/sub while it was only behind"
     );
+    // Behind, it read frames several at a time and fanned them out as bursts (hub/burst.rs):
+    // the frames checked above went that way.
+    let bursts = metric_value(&node.metrics().await, "wsgw_burst_frames_total").unwrap_or(0.0);
+    assert!(bursts > 0.0, "no frame went out in a burst: the node was never behind");
     for d in crowd {
         d.abort();
     }

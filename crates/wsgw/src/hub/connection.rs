@@ -313,7 +313,8 @@ impl Connection {
 
     /// `push`, written straight to the socket only if `direct` (and nothing is queued). With
     /// `defer`, a frame queued into an empty queue does not wake the socket's task
-    /// (`Push::Waiting`): a per-core flusher writes it (`WSGW_RUNTIME=per_core`). A fan-out
+    /// (`Push::Waiting`): a per-core flusher (`WSGW_RUNTIME=per_core`) or the burst's end
+    /// (burst.rs) writes it. A fan-out
     /// lends its frame: it is cloned only when queued, so a frame written straight to the
     /// socket costs no reference count on the shared payload.
     pub fn offer(

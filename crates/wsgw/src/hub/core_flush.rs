@@ -10,7 +10,8 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use super::{Connection, Flush, Hub, Written};
+use super::burst::flush_or_wake;
+use super::{Connection, Hub, Written};
 use crate::metrics::Metrics;
 use crate::time::now_us;
 
@@ -63,10 +64,7 @@ async fn flusher(metrics: Metrics, mut rx: mpsc::UnboundedReceiver<FlushBatch>) 
     let mut written = Written::default();
     while let Some(batch) = rx.recv().await {
         for c in batch {
-            match c.flush(&mut written).0 {
-                Flush::Done | Flush::Busy => {}
-                Flush::Blocked | Flush::Failed => c.wake_writer(),
-            }
+            flush_or_wake(&c, &mut written);
         }
         written.record(&metrics);
     }

@@ -4,6 +4,7 @@
 //! (the first `DIRECT_FANOUT` sockets, and more while the hub's idle-time budget lasts, when
 //! nothing is queued for them: `direct.rs`) or queues it for the socket's own task.
 
+mod burst;
 mod connection;
 mod core_flush;
 mod deflated;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use wsgw_protocol::{CloseCode, glob_match};
 
+pub use burst::Burst;
 use connection::PENDING;
 pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, Written};
 pub use core_flush::FlushBatch;
@@ -56,6 +58,8 @@ struct Tally {
     started: Option<Instant>,
     allowed: Duration,
     direct_open: bool,
+    /// Part of a burst (burst.rs): queue without writing or waking; the burst's end writes.
+    burst: bool,
 }
 
 /// A connection's identity and topics kept after a disconnect, for `connection_id` resume.
@@ -107,6 +111,8 @@ pub struct Hub {
     /// With per-core runtimes, each core's flusher (see core_flush.rs).
     flushers: std::sync::OnceLock<Vec<tokio::sync::mpsc::UnboundedSender<FlushBatch>>>,
     direct: Mutex<DirectBudget>,
+    /// The most frames and bytes one burst may hold (burst.rs).
+    burst_bounds: (usize, usize),
 }
 
 impl Hub {
@@ -124,6 +130,7 @@ impl Hub {
             compress_from: None,
             flushers: std::sync::OnceLock::new(),
             direct: Mutex::new(DirectBudget::new(Instant::now())),
+            burst_bounds: (1, 1),
         }
     }
 
@@ -318,7 +325,7 @@ impl Hub {
     /// except the connection ids in `exclude`. Returns how many accepted it.
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
         let frame = &*self.shared(frame);
-        let mut delivered = self.tally();
+        let mut delivered = self.tally(false);
         let chans = self.channels.read();
         let exact = chans.get(channel);
         if let Some(subs) = exact {
@@ -339,23 +346,46 @@ impl Hub {
                 }
             }
         }
-        self.record(frame, delivered)
+        self.record(frame, delivered, None)
     }
 
     /// Delivers to the exact subscribers of `channel` only (a Redis `message`).
     pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
+        self.deliver_exact_in(channel, frame, exclude, None)
+    }
+
+    /// `deliver_exact`, as part of `burst` if given (burst.rs).
+    pub fn deliver_exact_in(
+        &self,
+        channel: &str,
+        frame: &OutFrame,
+        exclude: &[&str],
+        burst: Option<&mut Burst>,
+    ) -> usize {
         let chans = self.channels.read();
         let Some(subs) = chans.get(channel) else { return 0 };
         let frame = &*self.shared(frame);
-        let mut delivered = self.tally();
+        let mut delivered = self.tally(burst.is_some());
         for c in subs.values() {
             self.offer(c, channel, false, frame, exclude, &mut delivered);
         }
-        self.record(frame, delivered)
+        self.record(frame, delivered, burst)
     }
 
     /// Delivers to the subscribers of one pattern (a Redis `pmessage` for `channel`).
     pub fn deliver_pattern(&self, pattern: &str, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
+        self.deliver_pattern_in(pattern, channel, frame, exclude, None)
+    }
+
+    /// `deliver_pattern`, as part of `burst` if given (burst.rs).
+    pub fn deliver_pattern_in(
+        &self,
+        pattern: &str,
+        channel: &str,
+        frame: &OutFrame,
+        exclude: &[&str],
+        burst: Option<&mut Burst>,
+    ) -> usize {
         let chans = self.channels.read();
         let exact = chans.get(channel);
         let pats = self.patterns.read();
@@ -363,7 +393,7 @@ impl Hub {
             return 0;
         };
         let frame = &*self.shared(frame);
-        let mut delivered = self.tally();
+        let mut delivered = self.tally(burst.is_some());
         for (key, c) in subs.iter() {
             // A socket with an exact subscription gets the channel's `message` too, except for
             // events published before the node's SUBSCRIBE took effect: those come only as this
@@ -374,11 +404,18 @@ impl Hub {
             }
             self.offer(c, channel, true, frame, exclude, &mut delivered);
         }
-        self.record(frame, delivered)
+        self.record(frame, delivered, burst)
     }
 
-    /// A fan-out's tally, with its share of direct writes (see `direct.rs`).
-    fn tally(&self) -> Tally {
+    /// A fan-out's tally, with its share of direct writes (see `direct.rs`); none in a burst,
+    /// whose end writes.
+    fn tally(&self, burst: bool) -> Tally {
+        if burst {
+            return Tally {
+                burst,
+                ..Tally::default()
+            };
+        }
         let now = Instant::now();
         Tally {
             started: Some(now),
@@ -390,11 +427,13 @@ impl Hub {
 
     /// Counts the frames `offer` wrote straight to sockets (once per fan-out, not per socket);
     /// returns how many sockets accepted the frame.
-    fn record(&self, frame: &OutFrame, tally: Tally) -> usize {
+    fn record(&self, frame: &OutFrame, tally: Tally, burst: Option<&mut Burst>) -> usize {
         if let Some(started) = tally.started {
             self.direct.lock().end(started, Instant::now());
         }
-        if !tally.waiting.is_empty() {
+        if let Some(burst) = burst {
+            burst.absorb(tally.waiting);
+        } else if !tally.waiting.is_empty() {
             self.hand_to_cores(tally.waiting);
         }
         if tally.sent > 0 {
@@ -432,9 +471,10 @@ impl Hub {
         {
             delivered.direct_open = false;
         }
-        let direct = delivered.offered < DIRECT_FANOUT || delivered.direct_open;
+        let direct = !delivered.burst && (delivered.offered < DIRECT_FANOUT || delivered.direct_open);
         delivered.offered += 1;
-        match c.offer(Cow::Borrowed(frame), channel, via_pattern, direct, self.defers_writes()) {
+        let defer = delivered.burst || self.defers_writes();
+        match c.offer(Cow::Borrowed(frame), channel, via_pattern, direct, defer) {
             Push::Queued => delivered.delivered += 1,
             Push::Waiting => {
                 delivered.delivered += 1;

@@ -3,9 +3,12 @@
 //! answers `sync` markers, watches the canary, and after any interruption resubscribes and
 //! has the gap repaired before delivering live frames again.
 
+use futures_util::FutureExt;
+
 use super::canary::CanaryWatch;
 use super::control::Control;
 use super::*;
+use crate::hub::Burst;
 
 pub(super) enum SubCmd {
     Listen(Vec<Arc<str>>, oneshot::Sender<Result<(), BrokerError>>),
@@ -148,7 +151,16 @@ impl Inner {
                 _ = shutdown.changed() => return Ok(true),
                 msg = stream.next() => {
                     let Some(msg) = msg else { return Err(unavailable("pub/sub connection closed")) };
-                    self.on_pubsub(&msg, &canary, &control, &mut watch);
+                    // With every message already waiting behind it: several make bursts.
+                    let open = self.hub.drain_waiting(
+                        msg,
+                        || stream.next().now_or_never(),
+                        |m| m.get_payload_bytes().len(),
+                        |m, burst| self.on_pubsub(&m, &canary, &control, &mut watch, burst),
+                    );
+                    if !open {
+                        return Err(unavailable("pub/sub connection closed"));
+                    }
                 }
                 cmd = cmds.recv() => match cmd {
                     None => return Ok(true),
@@ -223,8 +235,16 @@ impl Inner {
         }
     }
 
-    /// Handles one message of the pub/sub connection and tells `watch` what it was.
-    fn on_pubsub(&self, msg: &redis::Msg, canary: &str, control: &str, watch: &mut CanaryWatch) {
+    /// Handles one message of the pub/sub connection (in `burst` if given) and tells `watch`
+    /// what it was.
+    fn on_pubsub(
+        &self,
+        msg: &redis::Msg,
+        canary: &str,
+        control: &str,
+        watch: &mut CanaryWatch,
+        burst: Option<&mut Burst>,
+    ) {
         let name = msg.get_channel_name();
         if name == canary {
             watch.canary();
@@ -237,7 +257,7 @@ impl Inner {
         } else if name == control {
             self.on_control(msg.get_payload_bytes());
         } else {
-            watch.frame(self.on_message(msg));
+            watch.frame(self.on_message(msg, burst));
         }
     }
 
@@ -289,7 +309,7 @@ impl Inner {
     /// A frame from Redis: strip the routing header, read only what routing and dedup need,
     /// and hand the very same bytes to the hub. Returns the frame's publish time (µs; 0 when
     /// unknown).
-    pub(super) fn on_message(&self, msg: &redis::Msg) -> u64 {
+    pub(super) fn on_message(&self, msg: &redis::Msg, burst: Option<&mut Burst>) -> u64 {
         let Some(channel) = msg.get_channel_name().strip_prefix(self.keys.prefix.as_str()) else {
             return 0;
         };
@@ -311,9 +331,9 @@ impl Inner {
             let Some(pattern) = pattern.strip_prefix(self.keys.prefix.as_str()) else {
                 return frame.published_us;
             };
-            self.hub.deliver_pattern(pattern, channel, &frame, &excluded);
+            self.hub.deliver_pattern_in(pattern, channel, &frame, &excluded, burst);
         } else {
-            self.hub.deliver_exact(channel, &frame, &excluded);
+            self.hub.deliver_exact_in(channel, &frame, &excluded, burst);
         }
         frame.published_us
     }

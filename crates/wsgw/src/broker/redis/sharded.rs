@@ -28,6 +28,7 @@ use wsgw_protocol::ID_SHARDS;
 
 use super::canary::lateness;
 use super::*;
+use crate::hub::Burst;
 use crate::time::now_us;
 
 const SHARDS: usize = ID_SHARDS as usize;
@@ -218,7 +219,22 @@ impl Inner {
                         self.metrics.redis_up.set(0);
                         return;
                     };
-                    self.on_push(push, &mut shards, &done_tx);
+                    // With every push already waiting behind it: several messages make bursts.
+                    let open = self.hub.drain_waiting(
+                        push,
+                        || match pushes.try_recv() {
+                            Ok(more) => Some(Some(more)),
+                            Err(mpsc::error::TryRecvError::Empty) => None,
+                            Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                        },
+                        |p| p.data.get(1).and_then(text).map_or(0, <[u8]>::len),
+                        |p, burst| self.on_push(p, &mut shards, &done_tx, burst),
+                    );
+                    if !open {
+                        self.ready.store(false, Ordering::Release);
+                        self.metrics.redis_up.set(0);
+                        return;
+                    }
                 }
                 cmd = cmds.recv() => match cmd {
                     None => return,
@@ -299,7 +315,7 @@ impl Inner {
         }
     }
 
-    fn on_push(self: &Arc<Self>, push: PushInfo, shards: &mut [Shard], done: &RepairDone) {
+    fn on_push(self: &Arc<Self>, push: PushInfo, shards: &mut [Shard], done: &RepairDone, burst: Option<&mut Burst>) {
         match push.kind {
             PushKind::Disconnection => {
                 // Which node's connection went is not said: every shard may have missed messages.
@@ -359,7 +375,7 @@ impl Inner {
                     }
                     return;
                 }
-                self.on_smessage(s, channel, &push, sh);
+                self.on_smessage(s, channel, &push, sh, burst);
             }
             _ => {}
         }
@@ -372,7 +388,14 @@ impl Inner {
     }
 
     /// A sharded message of shard `s` on `channel` (the name after the shard's prefix).
-    pub(super) fn on_smessage(&self, s: u16, channel: &str, push: &PushInfo, sh: &mut Shard) {
+    pub(super) fn on_smessage(
+        &self,
+        s: u16,
+        channel: &str,
+        push: &PushInfo,
+        sh: &mut Shard,
+        burst: Option<&mut Burst>,
+    ) {
         let Some(payload) = push.data.get(1).and_then(text) else {
             return;
         };
@@ -406,7 +429,7 @@ impl Inner {
             }
         }
         let excluded: Vec<&str> = exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
-        self.hub.deliver_exact(channel, &frame, &excluded);
+        self.hub.deliver_exact_in(channel, &frame, &excluded, burst);
     }
 
     /// `SSUBSCRIBE`s to the channels not yet followed: one command per shard, all shards at once.

@@ -59,7 +59,7 @@ impl Inner {
         sh.last_marker = Some(tokio::time::Instant::now());
         for push in held {
             if let Some((_, _, channel)) = sharded_name(&self.keys.prefix, &push) {
-                self.on_smessage(s, channel, &push, sh);
+                self.on_smessage(s, channel, &push, sh, None);
             }
         }
         if std::mem::take(&mut sh.again) {

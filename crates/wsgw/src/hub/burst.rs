@@ -1,0 +1,242 @@
+//! hub/burst.rs: fan-outs of several frames that were waiting together (a node behind on its
+//! pub/sub input). A burst's fan-outs queue each frame without writing or waking anyone; when
+//! the burst ends, the fan-out loop writes each socket's frames of the whole burst in one write.
+//! That is one write per socket for the burst instead of one write, or one task wake-up, per
+//! frame: the batching that lets a node catch up instead of falling further behind. A socket the
+//! kernel does not take everything from gets its own task woken, as after any queued frame.
+
+use std::sync::Arc;
+
+use super::{Connection, Flush, FlushBatch, Hub, Written};
+
+/// At most this many frames in one burst.
+const MAX_FRAMES: usize = 64;
+/// At most this many bytes of frame text in one burst.
+const MAX_BYTES: usize = 1 << 20;
+/// At most this many items in one `drain_waiting`.
+const MAX_DRAIN: usize = 256;
+
+/// The sockets one burst queued frames for, by core (see core_flush.rs), and what it holds.
+pub struct Burst {
+    waiting: Vec<FlushBatch>,
+    frames: usize,
+    bytes: usize,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Burst {
+    /// Whether a frame of `len` bytes may join: a burst stays a small part of a socket's queue
+    /// bounds (a quarter of each), so it never closes a socket that direct writes would not.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.frames < self.max_frames && self.bytes.saturating_add(len) <= self.max_bytes
+    }
+
+    /// Counts a frame of `len` bytes in.
+    pub fn add(&mut self, len: usize) {
+        self.frames += 1;
+        self.bytes += len;
+    }
+
+    /// Frames counted in so far.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Takes over what one fan-out of the burst queued.
+    pub(super) fn absorb(&mut self, waiting: Vec<FlushBatch>) {
+        if self.waiting.len() < waiting.len() {
+            self.waiting.resize_with(waiting.len(), Vec::new);
+        }
+        for (core, batch) in waiting.into_iter().enumerate() {
+            self.waiting[core].extend(batch);
+        }
+    }
+}
+
+impl Hub {
+    /// Bounds the bursts this hub hands out by the sockets' queue bounds (`send_queue`,
+    /// `send_queue_bytes`; 0 bytes: by frames only).
+    pub fn with_burst_bounds(mut self, send_queue: usize, send_queue_bytes: usize) -> Self {
+        self.burst_bounds = (
+            (send_queue / 4).clamp(1, MAX_FRAMES),
+            match send_queue_bytes {
+                0 => MAX_BYTES,
+                b => (b / 4).clamp(1, MAX_BYTES),
+            },
+        );
+        self
+    }
+
+    /// A new, empty burst: pass it to the fan-outs of frames that were waiting together, then to
+    /// [`Hub::end_burst`].
+    pub fn burst(&self) -> Burst {
+        Burst {
+            waiting: Vec::new(),
+            frames: 0,
+            bytes: 0,
+            max_frames: self.burst_bounds.0,
+            max_bytes: self.burst_bounds.1,
+        }
+    }
+
+    /// Hands `first`, then every item already waiting behind it, to `handle`. `next` says what
+    /// waits: `Some(Some(item))`, `Some(None)` when the source ended, `None` when nothing does.
+    /// Several items together (the node is behind) go in bursts of the bounds above, each ended
+    /// (written) before the next begins; `len` is an item's frame size. Returns after at most
+    /// `MAX_DRAIN` items, so the caller's other work is not starved; false when the source ended.
+    pub fn drain_waiting<T>(
+        &self,
+        first: T,
+        mut next: impl FnMut() -> Option<Option<T>>,
+        len: impl Fn(&T) -> usize,
+        mut handle: impl FnMut(T, Option<&mut Burst>),
+    ) -> bool {
+        let mut burst: Option<Burst> = None;
+        let mut item = first;
+        for handled in 1.. {
+            let more = if handled < MAX_DRAIN { next() } else { None };
+            if more.is_some() && burst.is_none() {
+                burst = Some(self.burst());
+            }
+            if let Some(b) = burst.as_mut() {
+                let n = len(&item);
+                if b.frames > 0 && !b.has_room(n) {
+                    self.end_burst(std::mem::replace(b, self.burst()));
+                }
+                b.add(n);
+            }
+            handle(item, burst.as_mut());
+            match more {
+                Some(Some(waiting)) => item = waiting,
+                end => {
+                    if let Some(b) = burst {
+                        self.end_burst(b);
+                    }
+                    return end.is_none();
+                }
+            }
+        }
+        unreachable!("the loop returns once nothing waits")
+    }
+
+    /// Writes what a burst queued: each socket's frames in one write (with per-core runtimes,
+    /// each core's flusher does). A socket whose kernel buffer is full gets its task woken.
+    pub fn end_burst(&self, burst: Burst) {
+        self.metrics.burst_frames.inc_by(burst.frames as u64);
+        if self.defers_writes() {
+            self.hand_to_cores(burst.waiting);
+            return;
+        }
+        let mut written = Written::default();
+        for c in burst.waiting.iter().flatten() {
+            flush_or_wake(c, &mut written);
+        }
+        written.record(&self.metrics);
+    }
+}
+
+/// Writes a socket's queue from the caller's thread; wakes its task for what the kernel does not
+/// take.
+pub(super) fn flush_or_wake(c: &Arc<Connection>, written: &mut Written) {
+    match c.flush(written).0 {
+        Flush::Done | Flush::Busy => {}
+        Flush::Blocked | Flush::Failed => c.wake_writer(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use wsgw_protocol::EventId;
+
+    use super::*;
+    use crate::hub::OutFrame;
+    use crate::metrics::Metrics;
+
+    /// A socket on `hub`, subscribed to `t`, with the client end of its TCP connection.
+    async fn socket(hub: &Hub, id: &str) -> (Arc<Connection>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let c = Connection::new(Arc::from(id), Arc::from("u"), 100, &[]);
+        c.finish_replay(|_| OutFrame::control("w"), Vec::new(), &[], None);
+        c.attach(Arc::new(server));
+        assert_eq!(c.flush(&mut Written::default()).0, Flush::Done, "the welcome");
+        let c = hub.register(c);
+        hub.subscribe(&c, "t");
+        (c, client)
+    }
+
+    /// The payloads of the first `want` (short, unmasked) frames the client reads.
+    async fn read_texts(client: &mut TcpStream, want: usize) -> Vec<String> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while out.len() < want {
+            let mut chunk = [0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk))
+                .await
+                .expect("frames stopped coming")
+                .unwrap();
+            assert!(n > 0, "closed after {out:?}");
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 2 && buf.len() >= 2 + (buf[1] & 0x7f) as usize {
+                let len = (buf[1] & 0x7f) as usize;
+                out.push(String::from_utf8(buf[2..2 + len].to_vec()).unwrap());
+                buf.drain(..2 + len);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_burst_queues_every_frame_and_its_end_writes_them_all_in_order() {
+        let metrics = Metrics::new();
+        let hub = Hub::new("n".into(), metrics.clone()).with_burst_bounds(1024, 0);
+        let (a, mut ca) = socket(&hub, "a").await;
+        let (b, mut cb) = socket(&hub, "b").await;
+        let mut burst = hub.burst();
+        for id in 1..=3 {
+            let text = format!("e{id}");
+            burst.add(text.len());
+            let f = OutFrame::event(text, EventId::new(id, 0), 0);
+            assert_eq!(hub.deliver_exact_in("t", &f, &[], Some(&mut burst)), 2);
+        }
+        // Nothing written yet: the three events wait in each queue.
+        assert_eq!(a.queued(), (3, false));
+        assert_eq!(b.queued(), (3, false));
+        hub.end_burst(burst);
+        assert_eq!(a.queued().0, 0, "written from the burst's end");
+        assert_eq!(b.queued().0, 0);
+        assert_eq!(read_texts(&mut ca, 4).await, ["w", "e1", "e2", "e3"]);
+        assert_eq!(read_texts(&mut cb, 4).await, ["w", "e1", "e2", "e3"]);
+        assert_eq!(metrics.frames_out.get(), 6);
+        assert_eq!(metrics.burst_frames.get(), 3);
+        // Repeats are still dropped, one fan-out or a burst.
+        let mut burst = hub.burst();
+        let again = OutFrame::event("e3".to_owned(), EventId::new(3, 0), 0);
+        assert_eq!(hub.deliver_exact_in("t", &again, &[], Some(&mut burst)), 0);
+        hub.end_burst(burst);
+    }
+
+    #[test]
+    fn a_burst_holds_a_quarter_of_a_sockets_queue_bounds_at_most() {
+        let hub = Hub::new("n".into(), Metrics::new()).with_burst_bounds(8, 4000);
+        let mut burst = hub.burst();
+        assert!(burst.has_room(1000));
+        burst.add(1000);
+        assert!(!burst.has_room(1), "a quarter of 4,000 bytes");
+        let mut burst = hub.burst();
+        burst.add(1);
+        assert!(burst.has_room(1));
+        burst.add(1);
+        assert!(!burst.has_room(1), "a quarter of 8 frames");
+        let big = Hub::new("n".into(), Metrics::new()).with_burst_bounds(100_000, 0);
+        let mut burst = big.burst();
+        (0..MAX_FRAMES).for_each(|_| burst.add(10));
+        assert!(!burst.has_room(10), "never more than {MAX_FRAMES} frames");
+    }
+}
