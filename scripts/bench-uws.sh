@@ -209,6 +209,11 @@ run_server() {
             >"$OUT/$name.tg.txt" 2>"$OUT/$name.tg.err" || log "$name targeted exited with $?"
     fi
     kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) died during the run (log: $OUT/$name.log)"
+    if [[ $name == wsgw ]]; then
+        # How much of the run went out in bursts (hub/burst.rs): the node was behind then.
+        curl -fsS "$api/metrics" 2>/dev/null | sed -n 's/^wsgw_burst_frames_total \([0-9.e+]*\)$/\1/p' \
+            >"$OUT/wsgw.bursts" || true
+    fi
     stop "$pid"
 }
 
@@ -291,7 +296,7 @@ rss_w=$(fig wsgw rss)
     fi
     echo
     echo "$SOCKETS sockets, $MESSAGES broadcasts per rate, ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
-    echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)."
+    echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); frames fanned out in bursts over the run: $(grep . "$OUT/wsgw.bursts" 2>/dev/null || echo n/a)."
     echo "uWS: $(sed -n 's/.*(native \(.*\)).*/\1/p' "$OUT/uws.log" | head -n 1) from @trufflesuite/uws-js-unofficial $(jq -r .version "$PEER/node_modules/@trufflesuite/uws-js-unofficial/package.json") on Node $("$NODE" --version)."
     echo "Raw output: $OUT"
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use super::{Connection, Flush, FlushBatch, Hub, Written};
+use crate::metrics::Metrics;
 
 /// At most this many frames in one burst.
 const MAX_FRAMES: usize = 64;
@@ -122,18 +123,28 @@ impl Hub {
 
     /// Writes what a burst queued: each socket's frames in one write (with per-core runtimes,
     /// each core's flusher does). A socket whose kernel buffer is full gets its task woken.
+    ///
+    /// All from this thread: splitting a burst of thousands of sockets into a share per worker
+    /// thread (a task each) cost more CPU and latency on 2 cores (docs/loadtest.md, "Bursts").
     pub fn end_burst(&self, burst: Burst) {
         self.metrics.burst_frames.inc_by(burst.frames as u64);
         if self.defers_writes() {
             self.hand_to_cores(burst.waiting);
             return;
         }
-        let mut written = Written::default();
-        for c in burst.waiting.iter().flatten() {
-            flush_or_wake(c, &mut written);
+        for sockets in &burst.waiting {
+            flush_all(sockets, &self.metrics);
         }
-        written.record(&self.metrics);
     }
+}
+
+/// Writes each socket's queue and counts the writes in the metrics.
+fn flush_all(sockets: &[Arc<Connection>], metrics: &Metrics) {
+    let mut written = Written::default();
+    for c in sockets {
+        flush_or_wake(c, &mut written);
+    }
+    written.record(metrics);
 }
 
 /// Writes a socket's queue from the caller's thread; wakes its task for what the kernel does not
@@ -155,7 +166,8 @@ mod tests {
 
     use super::*;
     use crate::hub::OutFrame;
-    use crate::metrics::Metrics;
+
+    const MANY: usize = 500;
 
     /// A socket on `hub`, subscribed to `t`, with the client end of its TCP connection.
     async fn socket(hub: &Hub, id: &str) -> (Arc<Connection>, TcpStream) {
@@ -220,6 +232,28 @@ mod tests {
         let again = OutFrame::event("e3".to_owned(), EventId::new(3, 0), 0);
         assert_eq!(hub.deliver_exact_in("t", &again, &[], Some(&mut burst)), 0);
         hub.end_burst(burst);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_to_many_sockets_reaches_each_in_order() {
+        let metrics = Metrics::new();
+        let hub = Hub::new("n".into(), metrics.clone()).with_burst_bounds(1024, 0);
+        let mut sockets = Vec::new();
+        for i in 0..MANY {
+            sockets.push(socket(&hub, &format!("s{i}")).await);
+        }
+        let mut burst = hub.burst();
+        for id in 1..=2 {
+            let text = format!("e{id}");
+            burst.add(text.len());
+            let f = OutFrame::event(text, EventId::new(id, 0), 0);
+            assert_eq!(hub.deliver_exact_in("t", &f, &[], Some(&mut burst)), MANY);
+        }
+        hub.end_burst(burst);
+        for (_, client) in sockets.iter_mut() {
+            assert_eq!(read_texts(client, 3).await, ["w", "e1", "e2"]);
+        }
+        assert_eq!(metrics.frames_out.get(), 2 * MANY as u64);
     }
 
     #[test]
