@@ -227,22 +227,29 @@ impl Recorder {
     }
 
     /// Sends `subscribe` (or any frame answered by `subscribed`) and returns the index of the
-    /// `subscribed` frame for `channel`.
+    /// `subscribed` frame for `channel`. An `error` frame first fails the test at once.
     pub async fn subscribe_with(&mut self, frame: Value) -> usize {
         let channel = frame["channel"].as_str().unwrap().to_string();
-        let from = self.len();
-        self.send(frame).await;
-        let what = format!("subscribed to {channel}");
-        self.wait_frame(&what, from, BUSY_DEADLINE, is_frame("subscribed", &channel))
-            .await
+        self.answered(frame, "subscribed", &channel).await
     }
 
     pub async fn unsubscribe(&mut self, channel: &str) -> usize {
+        self.answered(unsubscribe(channel), "unsubscribed", channel).await
+    }
+
+    /// Sends `frame` and returns the index of the `answer` frame for `channel`; fails at the
+    /// first `error` frame instead (a refused command is not worth its 30 s deadline).
+    async fn answered(&mut self, frame: Value, answer: &str, channel: &str) -> usize {
         let from = self.len();
-        self.send(unsubscribe(channel)).await;
-        let what = format!("unsubscribed from {channel}");
-        self.wait_frame(&what, from, BUSY_DEADLINE, is_frame("unsubscribed", channel))
-            .await
+        self.send(frame).await;
+        let what = format!("{answer} for {channel}");
+        let want = is_frame(answer, channel);
+        let i = self
+            .wait_frame(&what, from, BUSY_DEADLINE, |v| v["type"] == "error" || want(v))
+            .await;
+        let got = self.frames()[i].v.clone();
+        assert!(got["type"] != "error", "{}: {got} instead of {what}", self.name);
+        i
     }
 
     /// Whether a `gap` frame names `channel` (or a pattern) among the frames received.
