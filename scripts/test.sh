@@ -51,6 +51,9 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+log "cargo doc -D warnings (no broken intra-doc links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 log "node-redis for the Node snippets of docs/backends.md (crates/wsgw/tests/node)"
 (cd crates/wsgw/tests/node && npm ci --silent --no-audit --no-fund)
 

@@ -1,7 +1,9 @@
 //! wsgw-loadtest: k6-style scenarios against a running wsgw gateway (see docs/loadtest.md).
 //!
-//!   wsgw-loadtest run loadtest/scenarios/smoke.toml [overrides] [--json out.json]
-//!   wsgw-loadtest idle|broadcast ...   (the earlier one-shot commands, now built-in scenarios)
+//! ```text
+//! wsgw-loadtest run loadtest/scenarios/smoke.toml [overrides] [--json out.json]
+//! wsgw-loadtest idle|broadcast ...   (the earlier one-shot commands, now built-in scenarios)
+//! ```
 //!
 //! Exit codes: 0 pass, 99 thresholds crossed (as k6), 1 the run itself failed.
 
@@ -139,7 +141,7 @@ struct Common {
     /// WebSocket URL(s) of the gateway nodes, comma-separated; sockets are spread round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
-    /// HS256 secret to sign one token per socket (sub = lt-<n>).
+    /// HS256 secret to sign one token per socket (sub = `lt-<n>`).
     #[arg(long)]
     secret: String,
     /// Sockets to open.

@@ -19,11 +19,11 @@ pub struct ClientConfig {
     /// node closes the socket with 1001 (going away) or 1012 (restart), and after the socket is
     /// lost without a close frame (the node died, or the network to it failed). It keeps its
     /// `connection_id` and `last_event_id`, so a cluster that shares sessions resumes it on the
-    /// other node. [`Client::connect`] itself uses `url` only.
+    /// other node. [`Client::connect`](crate::Client::connect) itself uses `url` only.
     pub fallback_urls: Vec<String>,
     /// The JWT, sent as `Authorization: Bearer <token>`.
     pub token: String,
-    /// Whether [`Client::next`] reconnects after the socket drops (by the close-code policy).
+    /// Whether [`Client::next`](crate::Client::next) reconnects after the socket drops (by the close-code policy).
     /// Default `true`.
     pub reconnect: bool,
     /// Reconnect delays.

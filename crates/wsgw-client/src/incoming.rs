@@ -31,9 +31,9 @@ pub enum Incoming {
         /// Publish time, ms since the epoch.
         ts: u64,
     },
-    /// A backend's answer to [`Client::request`] (one of several when `more` is true).
+    /// A backend's answer to [`Client::request`](crate::Client::request) (one of several when `more` is true).
     Response {
-        /// The request's id, as given to [`Client::request`].
+        /// The request's id, as given to [`Client::request`](crate::Client::request).
         request_id: Value,
         /// Whether the backend succeeded.
         ok: bool,
@@ -45,7 +45,7 @@ pub enum Incoming {
         error: Option<Value>,
     },
     /// An `error` frame that answers none of this client's waiting calls: e.g. a refused
-    /// [`Client::request`] (`unavailable`, `timeout`, …), or a topic that could not be
+    /// [`Client::request`](crate::Client::request) (`unavailable`, `timeout`, …), or a topic that could not be
     /// subscribed again after a reconnect.
     Error {
         /// The error code (`forbidden`, `unavailable`, `timeout`, …).
@@ -101,7 +101,7 @@ pub enum Incoming {
         code: Option<u16>,
         /// The close reason, or what went wrong.
         reason: String,
-        /// Whether [`Client::next`] will reconnect.
+        /// Whether [`Client::next`](crate::Client::next) will reconnect.
         will_reconnect: bool,
     },
 }

@@ -185,7 +185,7 @@ pub async fn replay_after(
     })
 }
 
-/// How far the clocks of a cluster's primaries may disagree, in ms, for [`quiet_since`].
+/// How far the clocks of a cluster's primaries may disagree, in ms, for `quiet_since`.
 pub const CLOCK_SKEW_MS: u64 = 1_000;
 
 /// Whether `channel`, in a shard the cursor `after` does not name, provably had no event
