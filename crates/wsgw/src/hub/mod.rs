@@ -349,19 +349,9 @@ impl Hub {
         self.record(frame, delivered, None)
     }
 
-    /// Delivers to the exact subscribers of `channel` only (a Redis `message`).
-    pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
-        self.deliver_exact_in(channel, frame, exclude, None)
-    }
-
-    /// `deliver_exact`, as part of `burst` if given (burst.rs).
-    pub fn deliver_exact_in(
-        &self,
-        channel: &str,
-        frame: &OutFrame,
-        exclude: &[&str],
-        burst: Option<&mut Burst>,
-    ) -> usize {
+    /// Delivers to the exact subscribers of `channel` only (a Redis `message`), as part of
+    /// `burst` if given (burst.rs).
+    pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str], burst: Option<&mut Burst>) -> usize {
         let chans = self.channels.read();
         let Some(subs) = chans.get(channel) else { return 0 };
         let frame = &*self.shared(frame);
@@ -372,13 +362,9 @@ impl Hub {
         self.record(frame, delivered, burst)
     }
 
-    /// Delivers to the subscribers of one pattern (a Redis `pmessage` for `channel`).
-    pub fn deliver_pattern(&self, pattern: &str, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
-        self.deliver_pattern_in(pattern, channel, frame, exclude, None)
-    }
-
-    /// `deliver_pattern`, as part of `burst` if given (burst.rs).
-    pub fn deliver_pattern_in(
+    /// Delivers to the subscribers of one pattern (a Redis `pmessage` for `channel`), as part
+    /// of `burst` if given (burst.rs).
+    pub fn deliver_pattern(
         &self,
         pattern: &str,
         channel: &str,

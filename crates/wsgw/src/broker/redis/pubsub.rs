@@ -331,9 +331,9 @@ impl Inner {
             let Some(pattern) = pattern.strip_prefix(self.keys.prefix.as_str()) else {
                 return frame.published_us;
             };
-            self.hub.deliver_pattern_in(pattern, channel, &frame, &excluded, burst);
+            self.hub.deliver_pattern(pattern, channel, &frame, &excluded, burst);
         } else {
-            self.hub.deliver_exact_in(channel, &frame, &excluded, burst);
+            self.hub.deliver_exact(channel, &frame, &excluded, burst);
         }
         frame.published_us
     }

@@ -429,7 +429,7 @@ impl Inner {
             }
         }
         let excluded: Vec<&str> = exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
-        self.hub.deliver_exact_in(channel, &frame, &excluded, burst);
+        self.hub.deliver_exact(channel, &frame, &excluded, burst);
     }
 
     /// `SSUBSCRIBE`s to the channels not yet followed: one command per shard, all shards at once.
