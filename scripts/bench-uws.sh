@@ -25,6 +25,8 @@
 #   BENCH_PAYLOAD   payload padding bytes per broadcast (default 100, the load tool's default)
 #   BENCH_TARGETED_RATE  targeted publishes per second (default 2000; 0 skips the targeted row)
 #   BENCH_OUT       directory for logs and JSON summaries (default: a new mktemp -d)
+#   BENCH_SERVERS   which servers to run, in order (default "uws wsgw"; "wsgw" alone for
+#                   comparing two wsgw builds, alternating: its column is the same, uWS's n/a)
 #   WSGW_BIN, LOADTEST_BIN  binaries (default target/release/{wsgw,wsgw-loadtest}; built with
 #                   `cargo build --release -p wsgw -p wsgw-loadtest` when missing)
 #   NODE            node executable (default: node on PATH)
@@ -42,6 +44,10 @@ HOLD_S=${BENCH_HOLD_S:-3}
 PAYLOAD=${BENCH_PAYLOAD:-100}
 TARGETED_RATE=${BENCH_TARGETED_RATE:-2000}
 NODE=${NODE:-node}
+SERVERS=${BENCH_SERVERS:-uws wsgw}
+for s in $SERVERS; do
+    [[ $s == uws || $s == wsgw ]] || { echo "bench-uws: BENCH_SERVERS: unknown server '$s' (uws, wsgw)" >&2; exit 2; }
+done
 SECRET=bench-uws-secret-at-least-32-bytes-long
 API_KEY=bench-uws-api-key
 
@@ -140,8 +146,8 @@ fi
 [[ -x $WSGW_BIN ]] || die "$WSGW_BIN is not an executable"
 [[ -x $LOADTEST_BIN ]] || die "$LOADTEST_BIN is not an executable"
 command -v redis-server >/dev/null || die "redis-server not found"
-command -v "$NODE" >/dev/null || die "node not found"
-if [[ ! -d $PEER/node_modules/@trufflesuite/uws-js-unofficial || ! -d $PEER/node_modules/redis ]]; then
+[[ " $SERVERS " != *" uws "* ]] || command -v "$NODE" >/dev/null || die "node not found"
+if [[ " $SERVERS " == *" uws "* ]] && [[ ! -d $PEER/node_modules/@trufflesuite/uws-js-unofficial || ! -d $PEER/node_modules/redis ]]; then
     log "installing the peer's npm packages (npm ci in $PEER)"
     (cd "$PEER" && npm ci --no-audit --no-fund) >&2
 fi
@@ -161,7 +167,7 @@ done
 log "redis on $REDIS_URL (pid $REDIS_PID); logs and summaries in $OUT"
 
 # json FILE EXPR: a value from a load tool JSON summary (jq expression), "" when null.
-json() { jq -r "$2 // empty" "$1"; }
+json() { [[ -s $1 ]] || return 0; jq -r "$2 // empty" "$1"; }
 
 # run_server NAME: start it, run the commands, stop it; figures go to $OUT/NAME.*.json.
 run_server() {
@@ -217,16 +223,17 @@ run_server() {
     stop "$pid"
 }
 
-run_server uws
-run_server wsgw
+for s in $SERVERS; do
+    run_server "$s"
+done
 
 # ---- the table ----
 # fig NAME FIELD: one figure for a server, or "n/a".
 fig() {
-    local name=$1 what=$2 f v
+    local name=$1 what=$2 f v=""
     case $what in
     rss) v=$(json "$OUT/$name.idle.json" .gateway.rss_per_socket_kib) ;;
-    connect) v=$(sed -n 's/^ *connect_time .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.idle.txt") ;;
+    connect) [[ ! -s $OUT/$name.idle.txt ]] || v=$(sed -n 's/^ *connect_time .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.idle.txt") ;;
     idle_cpu) v=$(json "$OUT/$name.idle.json" .gateway.cpu_s | awk '{ printf "%.2f", $1 }') ;;
     cpu:* | net:* | p99:* | del:*)
         f=$OUT/$name.bc${what#*:}.json
@@ -297,6 +304,6 @@ rss_w=$(fig wsgw rss)
     echo
     echo "$SOCKETS sockets, $MESSAGES broadcasts per rate, ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
     echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); frames fanned out in bursts over the run: $(grep . "$OUT/wsgw.bursts" 2>/dev/null || echo n/a)."
-    echo "uWS: $(sed -n 's/.*(native \(.*\)).*/\1/p' "$OUT/uws.log" | head -n 1) from @trufflesuite/uws-js-unofficial $(jq -r .version "$PEER/node_modules/@trufflesuite/uws-js-unofficial/package.json") on Node $("$NODE" --version)."
+    [[ " $SERVERS " != *" uws "* ]] || echo "uWS: $(sed -n 's/.*(native \(.*\)).*/\1/p' "$OUT/uws.log" | head -n 1) from @trufflesuite/uws-js-unofficial $(jq -r .version "$PEER/node_modules/@trufflesuite/uws-js-unofficial/package.json") on Node $("$NODE" --version)."
     echo "Raw output: $OUT"
 }
