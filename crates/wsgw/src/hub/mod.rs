@@ -54,10 +54,10 @@ struct Tally {
     /// With per-core runtimes: by core, the sockets it queued for without waking their tasks.
     waiting: Vec<FlushBatch>,
     /// When the fan-out began, and how long it may keep writing directly past the first
-    /// `DIRECT_FANOUT` sockets (see `direct.rs`); `started` only when that is paid from the
-    /// hub's idle-time budget.
-    begun: Option<Instant>,
+    /// `DIRECT_FANOUT` sockets (see `direct.rs`); `budgeted` when that is paid from the hub's
+    /// idle-time budget.
     started: Option<Instant>,
+    budgeted: bool,
     allowed: Duration,
     direct_open: bool,
     /// Part of a burst (burst.rs): queue without writing or waking; the burst's end writes.
@@ -419,22 +419,23 @@ impl Hub {
     /// A fan-out's tally, with its share of direct writes (see `direct.rs`); none in a burst,
     /// whose end writes.
     fn tally(&self, kind: Fanout) -> Tally {
+        if let Fanout::Burst = kind {
+            return Tally {
+                burst: true,
+                ..Tally::default()
+            };
+        }
         let now = Instant::now();
-        let (started, allowed) = match kind {
-            Fanout::Burst => {
-                return Tally {
-                    burst: true,
-                    ..Tally::default()
-                };
-            }
-            // Its own time, not the hub's: a reader that falls behind bursts instead.
-            Fanout::Reader => (None, DIRECT_CAP),
-            Fanout::Budgeted => (Some(now), self.direct.lock().begin(now)),
-        };
+        let budgeted = matches!(kind, Fanout::Budgeted);
         Tally {
-            started,
-            begun: Some(now),
-            allowed,
+            started: Some(now),
+            // A reader's own time, not the hub's: a reader that falls behind bursts instead.
+            allowed: if budgeted {
+                self.direct.lock().begin(now)
+            } else {
+                DIRECT_CAP
+            },
+            budgeted,
             direct_open: true,
             ..Tally::default()
         }
@@ -443,7 +444,7 @@ impl Hub {
     /// Counts the frames `offer` wrote straight to sockets (once per fan-out, not per socket);
     /// returns how many sockets accepted the frame.
     fn record(&self, frame: &OutFrame, tally: Tally, burst: Option<&mut Burst>) -> usize {
-        if let Some(started) = tally.started {
+        if let Some(started) = tally.started.filter(|_| tally.budgeted) {
             self.direct.lock().end(started, Instant::now());
         }
         if let Some(burst) = burst {
@@ -482,7 +483,7 @@ impl Hub {
         // The clock is read once every 64 sockets.
         if delivered.direct_open
             && delivered.offered.is_multiple_of(64)
-            && delivered.begun.is_some_and(|s| s.elapsed() > delivered.allowed)
+            && delivered.started.is_some_and(|s| s.elapsed() > delivered.allowed)
         {
             delivered.direct_open = false;
         }
