@@ -161,9 +161,7 @@ mod tests {
     use wsgw_protocol::EventId;
 
     use super::*;
-    use crate::hub::direct::DirectBudget;
-    use crate::hub::{DIRECT_FANOUT, OutFrame};
-    use std::time::Instant;
+    use crate::hub::OutFrame;
 
     const MANY: usize = 500;
 
@@ -252,33 +250,6 @@ mod tests {
             assert_eq!(read_texts(client, 3).await, ["w", "e1", "e2"]);
         }
         assert_eq!(metrics.frames_out.get(), 2 * MANY as u64);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_readers_fan_out_writes_directly_though_the_hub_was_never_idle() {
-        const SOCKETS: usize = 200;
-        let hub = Hub::new("n".into(), Metrics::new()).with_burst_bounds(1024, 0);
-        let mut sockets = Vec::new();
-        for i in 0..SOCKETS {
-            sockets.push(socket(&hub, &format!("s{i}")).await);
-        }
-        // A hub with nothing left of its idle-time budget (direct.rs).
-        let spent = || *hub.direct.lock() = DirectBudget::new(Instant::now() + Duration::from_secs(60));
-        let queued =
-            |sockets: &[(Arc<Connection>, TcpStream)]| sockets.iter().filter(|(c, _)| c.queued().0 > 0).count();
-        spent();
-        let f = OutFrame::event("e1".to_owned(), EventId::new(1, 0), 0);
-        assert_eq!(hub.deliver_exact("t", &f, &[], None), SOCKETS);
-        assert_eq!(queued(&sockets), 0, "the pub/sub reader's fan-out wrote every socket");
-        // Any other fan-out pays from that budget: past the first sockets, it queues.
-        spent();
-        let f = OutFrame::event("e2".to_owned(), EventId::new(2, 0), 0);
-        assert_eq!(hub.deliver("t", &f, &[]), SOCKETS);
-        assert_eq!(queued(&sockets), SOCKETS - DIRECT_FANOUT);
-        for (c, client) in sockets.iter_mut() {
-            c.flush(&mut Written::default());
-            assert_eq!(read_texts(client, 3).await, ["w", "e1", "e2"]);
-        }
     }
 
     #[test]
