@@ -300,6 +300,7 @@ fn main() -> Result<()> {
                 sc.workload.rate = rate;
                 sc.workload.messages = Some(messages);
                 sc.workload.payload_bytes = payload_bytes;
+                sc.workload.publish_when_connected = true;
                 sc.workload.publish_delay = Some(format!(
                     "{}s",
                     loadtest::scenario::parse_duration(&sc.stages[0].duration)?.as_secs_f64() + 1.0

@@ -122,6 +122,12 @@ pub struct Workload {
     /// Publishing starts this long after the start (default "0s").
     #[serde(default)]
     pub publish_delay: Option<String>,
+    /// After `publish_delay`, publishing also waits until every VU the stages want is welcomed
+    /// (as workers report it, once a second), for at most 30 s; the schedule then starts from
+    /// there. Without it, a socket welcomed after the first publishes never sees them, and
+    /// `missing` (holes after the first event a socket saw) cannot tell.
+    #[serde(default)]
+    pub publish_when_connected: bool,
     /// Publishing stops this long before the end of the last stage (default "0s").
     #[serde(default)]
     pub publish_stop_before_end: Option<String>,

@@ -171,12 +171,14 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
     let pub_state = Arc::new(AMutex::new(PubState::default()));
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let pub_errs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (connected_tx, connected_rx) = watch::channel(0u64);
     let pub_task = tokio::spawn(publisher(
         sc.clone(),
         start,
         pub_state.clone(),
         counts.clone(),
         pub_errs.clone(),
+        connected_rx,
     ));
     let mut latest: Vec<Option<Figures>> = vec![None; slots];
     let merge = |latest: &[Option<Figures>]| {
@@ -199,6 +201,7 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
             _ = tick.tick() => {
                 let m = merge(&latest);
                 proc.sample(m.vus_connected);
+                connected_tx.send_replace(m.vus_connected);
                 if opts.progress {
                     let t = start.elapsed().as_secs_f64();
                     eprintln!(
@@ -225,8 +228,24 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
             }
         }
     }
-    // Grace: let the publisher finish and the last deliveries land.
-    let _ = tokio::time::timeout(Duration::from_secs(30), pub_task).await;
+    // Grace: let the publisher finish (still told how many VUs are welcomed, as it may be
+    // waiting for them) and the last deliveries land.
+    let pub_wait = if sc.workload.publish_when_connected { 60 } else { 30 };
+    let pub_deadline = Instant::now() + Duration::from_secs(pub_wait);
+    tokio::pin!(pub_task);
+    loop {
+        tokio::select! {
+            _ = &mut pub_task => break,
+            _ = tokio::time::sleep_until(pub_deadline.into()) => break,
+            r = rep_rx.recv() => match r {
+                Some(r) => {
+                    latest[r.worker] = Some(r.figures);
+                    connected_tx.send_replace(merge(&latest).vus_connected);
+                }
+                None => break,
+            },
+        }
+    }
     let grace_end = Instant::now() + Duration::from_secs_f64(sc.grace_s);
     while Instant::now() < grace_end {
         tokio::select! {

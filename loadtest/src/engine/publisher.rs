@@ -56,6 +56,7 @@ pub(super) async fn publisher(
     state: Arc<AMutex<PubState>>,
     counts: Arc<(AtomicU64, AtomicU64)>,
     errs: Arc<std::sync::Mutex<Vec<String>>>,
+    mut connected: watch::Receiver<u64>,
 ) -> Result<()> {
     let w = &sc.workload;
     if !matches!(w.kind, Kind::Broadcast | Kind::User | Kind::Topic) {
@@ -100,10 +101,27 @@ pub(super) async fn publisher(
         .map(parse_duration)
         .transpose()?
         .unwrap_or_default();
-    let end = start + sc.total_duration().saturating_sub(stop_before);
+    let mut end = start + sc.total_duration().saturating_sub(stop_before);
     let pad = "x".repeat(w.payload_bytes);
     let period = Duration::from_secs_f64(1.0 / w.rate);
     let mut next = start + delay;
+    if w.publish_when_connected {
+        tokio::time::sleep_until(next.into()).await;
+        let wanted = || vus_at(&stages, start.elapsed());
+        let waited = tokio::time::timeout(Duration::from_secs(30), connected.wait_for(|&c| c >= wanted()))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !waited {
+            eprintln!(
+                "publishing although only {} of {} VUs are welcomed after 30 s",
+                *connected.borrow(),
+                wanted()
+            );
+        }
+        let now = Instant::now();
+        end += now - next;
+        next = now;
+    }
     let sem = Arc::new(Semaphore::new(64));
     let mut n = 0u64;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
