@@ -6,6 +6,7 @@
 //! kernel does not take everything from gets its own task woken, as after any queued frame.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{Connection, Flush, FlushBatch, Hub, Written};
 use crate::metrics::Metrics;
@@ -16,6 +17,9 @@ const MAX_FRAMES: usize = 64;
 const MAX_BYTES: usize = 1 << 20;
 /// At most this many items in one `drain_waiting`.
 const MAX_DRAIN: usize = 256;
+/// A `drain_waiting` takes no further item after this long, so the pub/sub reader gets back to
+/// its commands (a socket's `subscribe` waits for one) even when each fan-out is slow.
+const MAX_DRAIN_TIME: Duration = Duration::from_millis(200);
 
 /// The sockets one burst queued frames for, by core (see core_flush.rs), and what it holds.
 pub struct Burst {
@@ -80,7 +84,8 @@ impl Hub {
     /// waits: `Some(Some(item))`, `Some(None)` when the source ended, `None` when nothing does.
     /// Several items together (the node is behind) go in bursts of the bounds above, each ended
     /// (written) before the next begins; `len` is an item's frame size. Returns after at most
-    /// `MAX_DRAIN` items, so the caller's other work is not starved; false when the source ended.
+    /// `MAX_DRAIN` items or `MAX_DRAIN_TIME`, so the caller's other work is not starved; false
+    /// when the source ended.
     pub fn drain_waiting<T>(
         &self,
         first: T,
@@ -91,9 +96,14 @@ impl Hub {
         let mut burst: Option<Burst> = None;
         let mut item = first;
         let mut handled = 0;
+        let started = Instant::now();
         loop {
             handled += 1;
-            let more = if handled < MAX_DRAIN { next() } else { None };
+            let more = if handled < MAX_DRAIN && started.elapsed() < MAX_DRAIN_TIME {
+                next()
+            } else {
+                None
+            };
             if more.is_some() && burst.is_none() {
                 burst = Some(self.burst());
             }
@@ -161,7 +171,9 @@ mod tests {
     use wsgw_protocol::EventId;
 
     use super::*;
-    use crate::hub::OutFrame;
+    use crate::hub::direct::DirectBudget;
+    use crate::hub::{DIRECT_FANOUT, OutFrame};
+    use std::time::Instant;
 
     const MANY: usize = 500;
 
@@ -250,6 +262,33 @@ mod tests {
             assert_eq!(read_texts(client, 3).await, ["w", "e1", "e2"]);
         }
         assert_eq!(metrics.frames_out.get(), 2 * MANY as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_readers_fan_out_writes_directly_though_the_hub_was_never_idle() {
+        const SOCKETS: usize = 200;
+        let hub = Hub::new("n".into(), Metrics::new()).with_burst_bounds(1024, 0);
+        let mut sockets = Vec::new();
+        for i in 0..SOCKETS {
+            sockets.push(socket(&hub, &format!("s{i}")).await);
+        }
+        // A hub with nothing left of its idle-time budget (direct.rs).
+        let spent = || *hub.direct.lock() = DirectBudget::new(Instant::now() + Duration::from_secs(60));
+        let queued =
+            |sockets: &[(Arc<Connection>, TcpStream)]| sockets.iter().filter(|(c, _)| c.queued().0 > 0).count();
+        spent();
+        let f = OutFrame::event("e1".to_owned(), EventId::new(1, 0), 0);
+        assert_eq!(hub.deliver_exact("t", &f, &[], None), SOCKETS);
+        assert_eq!(queued(&sockets), 0, "the pub/sub reader's fan-out wrote every socket");
+        // Any other fan-out pays from that budget: past the first sockets, it queues.
+        spent();
+        let f = OutFrame::event("e2".to_owned(), EventId::new(2, 0), 0);
+        assert_eq!(hub.deliver("t", &f, &[]), SOCKETS);
+        assert_eq!(queued(&sockets), SOCKETS - DIRECT_FANOUT);
+        for (c, client) in sockets.iter_mut() {
+            c.flush(&mut Written::default());
+            assert_eq!(read_texts(client, 3).await, ["w", "e1", "e2"]);
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! hub/direct.rs: how much of a fan-out is written straight from the fan-out loop. The first
 //! `DIRECT_FANOUT` sockets always are (when nothing is queued for them). Past those, a fan-out
-//! writes directly only for as long as the hub was idle between fan-outs before it, up to
-//! [`DIRECT_CAP`]; the rest is queued for the sockets' own tasks. So a broadcast arriving at an
-//! idle node saves a task wake-up per socket, and a node that is behind queues, where several
-//! frames go out in one write.
+//! of the Redis pub/sub readers writes directly for up to [`DIRECT_CAP`]: such a reader bursts
+//! when frames wait behind the one it fans out (burst.rs), which is how it batches when behind.
+//! Any other fan-out (the memory broker's, a repair's) has no such batching, so it writes
+//! directly only for as long as the hub was idle between fan-outs before it, up to
+//! [`DIRECT_CAP`]; the rest is queued for the sockets' own tasks. Either way a fan-out larger
+//! than the cap spreads its writes over the sockets' tasks, and so over every worker thread.
 
 use std::time::{Duration, Instant};
 

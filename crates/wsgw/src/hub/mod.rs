@@ -1,8 +1,8 @@
 //! hub/: this node's sockets and who listens to what (connection registry, channel and
 //! pattern index, fan-out into each socket's bounded outbox, parked sessions). Never awaits:
 //! a fan-out offers one shared frame to each socket, which writes it at once without blocking
-//! (the first `DIRECT_FANOUT` sockets, and more while the hub's idle-time budget lasts, when
-//! nothing is queued for them: `direct.rs`) or queues it for the socket's own task.
+//! (the first `DIRECT_FANOUT` sockets, and more as `direct.rs` allows, when nothing is queued
+//! for them) or queues it for the socket's own task.
 
 mod burst;
 mod connection;
@@ -25,21 +25,21 @@ pub use burst::Burst;
 use connection::PENDING;
 pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, Written};
 pub use core_flush::FlushBatch;
-use direct::DirectBudget;
+use direct::{DIRECT_CAP, DirectBudget};
 use subscribers::Subscribers;
 
 use crate::metrics::Metrics;
 use crate::time::{mono_ms, now_us};
 
 /// How many sockets of one fan-out always may get the frame written straight from the fan-out
-/// loop; past them, only while the hub's idle-time budget lasts (`direct.rs`), and the rest are
-/// queued for their own tasks. A fan-out runs on one thread: written directly, a broadcast to
-/// thousands of sockets at a high rate would keep one core busy with their writes while the
-/// others idle, and fall behind its input (measured: the pub/sub connection was dropped for its
-/// output buffer; 50 broadcasts a second to 5,000 sockets took 2.3 times the CPU with a p99 of
-/// 3 s). Queued, the writes spread over every worker thread and batch several frames per write
-/// when sockets lag. Small fan-outs (a user's own channel, a small room) save the task wake-up
-/// per delivery.
+/// loop; past them, as far as `direct.rs` allows, and the rest are queued for their own tasks. A
+/// fan-out runs on one thread: written directly with nothing to batch them, broadcasts to
+/// thousands of sockets at a high rate keep one core busy with their writes while the others
+/// idle, and fall behind their input (measured before bursts: the pub/sub connection was dropped
+/// for its output buffer; 50 broadcasts a second to 5,000 sockets took 2.3 times the CPU with a
+/// p99 of 3 s). Queued, the writes spread over every worker thread and batch several frames per
+/// write when sockets lag; a reader that is behind bursts (burst.rs). Small fan-outs (a user's
+/// own channel, a small room) save the task wake-up per delivery.
 const DIRECT_FANOUT: usize = 16;
 
 /// What one fan-out did: sockets offered the frame, those that accepted it, and how many of
@@ -54,12 +54,35 @@ struct Tally {
     /// With per-core runtimes: by core, the sockets it queued for without waking their tasks.
     waiting: Vec<FlushBatch>,
     /// When the fan-out began, and how long it may keep writing directly past the first
-    /// `DIRECT_FANOUT` sockets (see `direct.rs`).
+    /// `DIRECT_FANOUT` sockets (see `direct.rs`); `budgeted` when that is paid from the hub's
+    /// idle-time budget.
     started: Option<Instant>,
+    budgeted: bool,
     allowed: Duration,
     direct_open: bool,
     /// Part of a burst (burst.rs): queue without writing or waking; the burst's end writes.
     burst: bool,
+}
+
+/// Which fan-out a tally is for, which decides how far it writes directly.
+#[derive(Clone, Copy)]
+enum Fanout {
+    /// Part of a burst: queues only; the burst's end writes.
+    Burst,
+    /// A pub/sub reader's frame that found nothing waiting behind it. Such a reader bursts
+    /// when it falls behind, so each of its fan-outs may write directly for up to
+    /// `DIRECT_CAP` of its own.
+    Reader,
+    /// Any other (a memory-broker publish, a repair): direct writes past the first sockets
+    /// are paid from the hub's idle time (`direct.rs`), so that a node publishing faster than
+    /// it writes queues, and its sockets' tasks write several frames at once.
+    Budgeted,
+}
+
+impl Fanout {
+    fn from_reader(in_burst: bool) -> Self {
+        if in_burst { Fanout::Burst } else { Fanout::Reader }
+    }
 }
 
 /// A connection's identity and topics kept after a disconnect, for `connection_id` resume.
@@ -325,7 +348,7 @@ impl Hub {
     /// except the connection ids in `exclude`. Returns how many accepted it.
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
         let frame = &*self.shared(frame);
-        let mut delivered = self.tally(false);
+        let mut delivered = self.tally(Fanout::Budgeted);
         let chans = self.channels.read();
         let exact = chans.get(channel);
         if let Some(subs) = exact {
@@ -355,7 +378,7 @@ impl Hub {
         let chans = self.channels.read();
         let Some(subs) = chans.get(channel) else { return 0 };
         let frame = &*self.shared(frame);
-        let mut delivered = self.tally(burst.is_some());
+        let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
         for c in subs.values() {
             self.offer(c, channel, false, frame, exclude, &mut delivered);
         }
@@ -379,7 +402,7 @@ impl Hub {
             return 0;
         };
         let frame = &*self.shared(frame);
-        let mut delivered = self.tally(burst.is_some());
+        let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
         for (key, c) in subs.iter() {
             // A socket with an exact subscription gets the channel's `message` too, except for
             // events published before the node's SUBSCRIBE took effect: those come only as this
@@ -395,17 +418,24 @@ impl Hub {
 
     /// A fan-out's tally, with its share of direct writes (see `direct.rs`); none in a burst,
     /// whose end writes.
-    fn tally(&self, burst: bool) -> Tally {
-        if burst {
+    fn tally(&self, kind: Fanout) -> Tally {
+        if let Fanout::Burst = kind {
             return Tally {
-                burst,
+                burst: true,
                 ..Tally::default()
             };
         }
         let now = Instant::now();
+        let budgeted = matches!(kind, Fanout::Budgeted);
         Tally {
             started: Some(now),
-            allowed: self.direct.lock().begin(now),
+            // A reader's own time, not the hub's: a reader that falls behind bursts instead.
+            allowed: if budgeted {
+                self.direct.lock().begin(now)
+            } else {
+                DIRECT_CAP
+            },
+            budgeted,
             direct_open: true,
             ..Tally::default()
         }
@@ -414,7 +444,7 @@ impl Hub {
     /// Counts the frames `offer` wrote straight to sockets (once per fan-out, not per socket);
     /// returns how many sockets accepted the frame.
     fn record(&self, frame: &OutFrame, tally: Tally, burst: Option<&mut Burst>) -> usize {
-        if let Some(started) = tally.started {
+        if let Some(started) = tally.started.filter(|_| tally.budgeted) {
             self.direct.lock().end(started, Instant::now());
         }
         if let Some(burst) = burst {

@@ -4,6 +4,7 @@
 //! has the gap repaired before delivering live frames again.
 
 use futures_util::FutureExt;
+use tokio::task::JoinSet;
 
 use super::canary::CanaryWatch;
 use super::control::Control;
@@ -145,92 +146,116 @@ impl Inner {
         let canary_every = Duration::from_millis(self.s.canary_interval_ms.max(10));
         let mut canary_tick = tokio::time::interval(canary_every);
         canary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The canaries go out from a task of their own (stopped with this session): the reader
+        // may spend seconds in a node's backlog, and canaries sent only between its drains came
+        // back too sparse to tell a slow node from a cut connection.
+        let mut canaries = JoinSet::new();
+        canaries.spawn(self.clone().publish_canaries(canary.clone(), canary_every));
         let mut watch = CanaryWatch::new();
+        // A command that waited while the stream was drained: handled before the next drain, so
+        // a node behind on its pub/sub still answers a `subscribe` within one drain.
+        let mut waiting: Option<SubCmd> = None;
         loop {
-            tokio::select! {
-                _ = shutdown.changed() => return Ok(true),
-                msg = stream.next() => {
-                    let Some(msg) = msg else { return Err(unavailable("pub/sub connection closed")) };
-                    // With every message already waiting behind it: several make bursts.
-                    let open = self.hub.drain_waiting(
-                        msg,
-                        || stream.next().now_or_never(),
-                        |m| m.get_payload_bytes().len(),
-                        |m, burst| self.on_pubsub(&m, &canary, &control, &mut watch, burst),
-                    );
-                    if !open {
-                        return Err(unavailable("pub/sub connection closed"));
+            let cmd = match waiting.take() {
+                Some(cmd) => cmd,
+                None => tokio::select! {
+                    _ = shutdown.changed() => return Ok(true),
+                    msg = stream.next() => {
+                        let Some(msg) = msg else { return Err(unavailable("pub/sub connection closed")) };
+                        // With every message already waiting behind it: several make bursts.
+                        let open = self.hub.drain_waiting(
+                            msg,
+                            || stream.next().now_or_never(),
+                            |m| m.get_payload_bytes().len(),
+                            |m, burst| self.on_pubsub(&m, &canary, &control, &mut watch, burst),
+                        );
+                        if !open {
+                            return Err(unavailable("pub/sub connection closed"));
+                        }
+                        waiting = cmds.try_recv().ok();
+                        continue;
                     }
-                }
-                cmd = cmds.recv() => match cmd {
-                    None => return Ok(true),
-                    Some(SubCmd::Listen(channels, tx)) => {
-                        // A reconnect storm brings thousands of listens at once: subscribe every
-                        // listen already waiting in one command instead of one round trip each.
-                        let mut all = channels;
-                        let mut waiters = vec![tx];
-                        let mut deferred = None;
-                        while all.len() < 4096 {
-                            match cmds.try_recv() {
-                                Ok(SubCmd::Listen(more, t)) => {
-                                    all.extend(more);
-                                    waiters.push(t);
-                                }
-                                Ok(other) => {
-                                    deferred = Some(other);
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
+                    cmd = cmds.recv() => match cmd {
+                        None => return Ok(true),
+                        Some(cmd) => cmd,
+                    },
+                    _ = canary_tick.tick() => {
+                        if watch.missing(canary_every * 3 + self.s.op_timeout) {
+                            warn!("canary missing on the pub/sub connection: reconnecting");
+                            return Ok(false);
                         }
-                        all.retain(|c| !listening.contains(c));
-                        all.sort();
-                        all.dedup();
-                        let (exact, patterns) = self.redis_names(&all);
-                        let r = timed(self.s.op_timeout * 2, async {
-                            if !exact.is_empty() { sink.subscribe(&exact).await.map_err(unavailable)?; }
-                            if !patterns.is_empty() { sink.psubscribe(&patterns).await.map_err(unavailable)?; }
-                            Ok(())
-                        }).await;
-                        let failed = r.is_err();
-                        for t in waiters {
-                            let _ = t.send(r.clone());
-                        }
-                        if failed {
-                            return Err(unavailable("subscribe failed"));
-                        }
-                        listening.extend(all);
-                        match deferred {
-                            Some(SubCmd::Unlisten(channels)) => self.unlisten_now(&mut sink, channels, &mut listening).await?,
-                            Some(SubCmd::Reconnect) => return Ok(false),
-                            _ => {}
-                        }
-                    }
-                    Some(SubCmd::Unlisten(channels)) => self.unlisten_now(&mut sink, channels, &mut listening).await?,
-                    Some(SubCmd::Reconnect) => {
-                        warn!("redis primary moved: reconnecting pub/sub");
-                        return Ok(false);
+                        continue;
                     }
                 },
-                _ = canary_tick.tick() => {
-                    if watch.missing(canary_every * 3 + self.s.op_timeout) {
-                        warn!("canary missing on the pub/sub connection: reconnecting");
-                        return Ok(false);
-                    }
-                    let me = self.clone();
-                    let channel = canary.clone();
-                    tokio::spawn(async move {
-                        let r = timed(me.s.op_timeout, async {
-                            let mut c = me.conn().await?;
-                            let _: i64 = c.publish(&channel, "canary").await.map_err(unavailable)?;
-                            Ok(())
-                        })
-                        .await;
-                        if let Err(e) = r {
-                            debug!(error = %e, "canary publish failed");
+            };
+            match cmd {
+                SubCmd::Listen(channels, tx) => {
+                    // A reconnect storm brings thousands of listens at once: subscribe every
+                    // listen already waiting in one command instead of one round trip each.
+                    let mut all = channels;
+                    let mut waiters = vec![tx];
+                    let mut deferred = None;
+                    while all.len() < 4096 {
+                        match cmds.try_recv() {
+                            Ok(SubCmd::Listen(more, t)) => {
+                                all.extend(more);
+                                waiters.push(t);
+                            }
+                            Ok(other) => {
+                                deferred = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
                         }
-                    });
+                    }
+                    all.retain(|c| !listening.contains(c));
+                    all.sort();
+                    all.dedup();
+                    let (exact, patterns) = self.redis_names(&all);
+                    let r = timed(self.s.op_timeout * 2, async {
+                        if !exact.is_empty() {
+                            sink.subscribe(&exact).await.map_err(unavailable)?;
+                        }
+                        if !patterns.is_empty() {
+                            sink.psubscribe(&patterns).await.map_err(unavailable)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                    let failed = r.is_err();
+                    for t in waiters {
+                        let _ = t.send(r.clone());
+                    }
+                    if failed {
+                        return Err(unavailable("subscribe failed"));
+                    }
+                    listening.extend(all);
+                    // An unlisten or reconnect that came after these listens: next.
+                    waiting = deferred;
                 }
+                SubCmd::Unlisten(channels) => self.unlisten_now(&mut sink, channels, &mut listening).await?,
+                SubCmd::Reconnect => {
+                    warn!("redis primary moved: reconnecting pub/sub");
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Publishes this node's canary every `every`, one at a time.
+    async fn publish_canaries(self: Arc<Self>, channel: String, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let r = timed(self.s.op_timeout, async {
+                let mut c = self.conn().await?;
+                let _: i64 = c.publish(&channel, "canary").await.map_err(unavailable)?;
+                Ok(())
+            })
+            .await;
+            if let Err(e) = r {
+                debug!(error = %e, "canary publish failed");
             }
         }
     }
