@@ -28,6 +28,9 @@ pub(crate) struct SubscriptionChange {
     /// The channel or pattern the confirmation refers to. `None` for the nil channel sent when
     /// an unsubscribe-all command had nothing to unsubscribe from.
     pub(crate) channel: Option<Vec<u8>>,
+    /// The count the confirmation ends with: the client's channels and patterns together for
+    /// the channel and pattern kinds, its shard channels for the shard kind.
+    pub(crate) count: Option<usize>,
 }
 
 /// The subscriptions a connection has confirmed, used to resolve how many confirmations a
@@ -48,6 +51,41 @@ pub(crate) struct SubscriptionTracker {
     subscriptions: HashSet<Vec<u8>>,
     s_subscriptions: HashSet<Vec<u8>>,
     p_subscriptions: HashSet<Vec<u8>>,
+}
+
+/// What a `PubSub` connection needs of its subscriptions: how many of each kind it has, to know
+/// how many confirmations a zero-argument unsubscribe is answered with. It never resubscribes by
+/// itself, so it keeps no names (a name per subscription was memory a connection with many
+/// subscriptions paid for nothing): the counts come from the count each confirmation ends with.
+/// wsgw patch (WSGW-PATCH.md).
+#[derive(Default, Debug)]
+pub(crate) struct SubscriptionCounts {
+    channels: usize,
+    patterns: usize,
+    shard_channels: usize,
+}
+
+impl SubscriptionCounts {
+    /// Applies a server confirmation. A channel or pattern confirmation reports the two kinds
+    /// together, and changes only its own kind: the other kind's count is taken from it.
+    pub(crate) fn apply(&mut self, change: &SubscriptionChange) {
+        let Some(count) = change.count else { return };
+        match change.kind {
+            SubscriptionKind::Channel => self.channels = count.saturating_sub(self.patterns),
+            SubscriptionKind::Pattern => self.patterns = count.saturating_sub(self.channels),
+            SubscriptionKind::ShardChannel => self.shard_channels = count,
+        }
+    }
+
+    /// As [`SubscriptionTracker::unsubscribe_all_target`].
+    pub(crate) fn unsubscribe_all_target(&self, kind: SubscriptionKind) -> usize {
+        let n = match kind {
+            SubscriptionKind::Channel => self.channels,
+            SubscriptionKind::Pattern => self.patterns,
+            SubscriptionKind::ShardChannel => self.shard_channels,
+        };
+        n.max(1)
+    }
 }
 
 pub(crate) enum SubscriptionAction {
@@ -289,7 +327,7 @@ fn append_subscription_command<'a>(
 /// Returns `None` for values that aren't subscription confirmations (e.g. messages or `PONG`
 /// replies).
 pub(crate) fn subscription_change(value: &Value) -> Option<SubscriptionChange> {
-    let ((kind, subscribed), channel) = match value {
+    let ((kind, subscribed), (channel, count)) = match value {
         Value::Push { kind, data } => {
             let (kind, subscribed) = match kind {
                 crate::PushKind::Subscribe => (SubscriptionKind::Channel, true),
@@ -300,7 +338,11 @@ pub(crate) fn subscription_change(value: &Value) -> Option<SubscriptionChange> {
                 crate::PushKind::SUnsubscribe => (SubscriptionKind::ShardChannel, false),
                 _ => return None,
             };
-            ((kind, subscribed), data.first().and_then(value_channel))
+            let (channel, count) = (data.first(), data.get(1));
+            (
+                (kind, subscribed),
+                (channel.and_then(value_channel), count.and_then(value_count)),
+            )
         }
         Value::Array(data) => {
             let (kind, subscribed) = match data.first() {
@@ -315,7 +357,11 @@ pub(crate) fn subscription_change(value: &Value) -> Option<SubscriptionChange> {
                 },
                 _ => return None,
             };
-            ((kind, subscribed), data.get(1).and_then(value_channel))
+            let (channel, count) = (data.get(1), data.get(2));
+            (
+                (kind, subscribed),
+                (channel.and_then(value_channel), count.and_then(value_count)),
+            )
         }
         _ => return None,
     };
@@ -324,7 +370,15 @@ pub(crate) fn subscription_change(value: &Value) -> Option<SubscriptionChange> {
         kind,
         subscribed,
         channel,
+        count,
     })
+}
+
+fn value_count(value: &Value) -> Option<usize> {
+    match value {
+        Value::Int(n) => usize::try_from(*n).ok(),
+        _ => None,
+    }
 }
 
 fn value_channel(value: &Value) -> Option<Vec<u8>> {
@@ -576,6 +630,7 @@ mod tests {
                 kind,
                 subscribed: true,
                 channel: Some(name.to_vec()),
+                count: None,
             });
         }
         for (kind, _) in kinds {
@@ -587,6 +642,7 @@ mod tests {
             kind: SubscriptionKind::Channel,
             subscribed: true,
             channel: Some(b"channel".to_vec()),
+            count: None,
         });
         assert_eq!(
             subscriptions.unsubscribe_all_target(SubscriptionKind::Channel),
@@ -598,6 +654,7 @@ mod tests {
             kind: SubscriptionKind::Channel,
             subscribed: true,
             channel: Some(b"second".to_vec()),
+            count: None,
         });
         assert_eq!(
             subscriptions.unsubscribe_all_target(SubscriptionKind::Channel),
@@ -617,6 +674,7 @@ mod tests {
             kind: SubscriptionKind::Channel,
             subscribed: false,
             channel: Some(b"channel".to_vec()),
+            count: None,
         });
         assert_eq!(
             subscriptions.unsubscribe_all_target(SubscriptionKind::Channel),
@@ -629,6 +687,7 @@ mod tests {
             kind: SubscriptionKind::Channel,
             subscribed: false,
             channel: None,
+            count: None,
         });
         assert_eq!(
             subscriptions.unsubscribe_all_target(SubscriptionKind::Channel),

@@ -173,7 +173,6 @@ mod tests {
     use super::*;
     use crate::hub::direct::DirectBudget;
     use crate::hub::{DIRECT_FANOUT, OutFrame};
-    use std::time::Instant;
 
     const MANY: usize = 500;
 
@@ -289,6 +288,27 @@ mod tests {
             c.flush(&mut Written::default());
             assert_eq!(read_texts(client, 3).await, ["w", "e1", "e2"]);
         }
+    }
+
+    #[test]
+    fn a_drain_stops_at_its_item_cap_or_its_time_cap_with_items_still_waiting() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        // Quick items, more than the cap waiting: MAX_DRAIN of them, and the source stays open.
+        let mut handled = 0;
+        assert!(hub.drain_waiting(0, || Some(Some(0)), |_| 1, |_, _| handled += 1));
+        assert_eq!(handled, MAX_DRAIN);
+        // Slow items (each fan-out 50 ms): the time cap ends the drain long before the item
+        // cap (MAX_DRAIN of them would take 12.8 s); a loaded machine only makes it fewer.
+        let mut handled = 0;
+        let slow = |_, _: Option<&mut Burst>| {
+            handled += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(hub.drain_waiting(0, || Some(Some(0)), |_| 1, slow));
+        assert!(handled >= 2, "the cap is 200 ms: {handled} items");
+        assert!(handled <= 6, "{handled} items of 50 ms in a drain capped at 200 ms");
+        // The source's end is reported.
+        assert!(!hub.drain_waiting(0, || Some(None), |_| 1, |_, _| {}));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio_util::codec::Decoder;
 
 use super::{SharedHandleContainer, SubscribeLikeCommand, setup_connection};
 use crate::subscription_tracker::{
-    SubscriptionChange, SubscriptionKind, SubscriptionTracker, subscription_change,
+    SubscriptionChange, SubscriptionCounts, SubscriptionKind, subscription_change,
 };
 
 // A signal that a un/subscribe request has completed.
@@ -84,9 +84,9 @@ pin_project! {
         sink_stream: T,
         // The requests that were sent and are awaiting a response.
         in_flight: VecDeque<PendingRequest>,
-        // The subscriptions the connection has confirmed so far, used to determine how many
-        // confirmations a zero-argument un/psubscribe will be answered with.
-        subscriptions: SubscriptionTracker,
+        // How many subscriptions the connection has confirmed so far, used to determine how
+        // many confirmations a zero-argument un/psubscribe will be answered with.
+        subscriptions: SubscriptionCounts,
         // A sender for the push messages received from the server.
         sender: UnboundedSender<Msg>,
     }
@@ -103,7 +103,7 @@ where
         Self {
             sink_stream,
             in_flight: VecDeque::new(),
-            subscriptions: SubscriptionTracker::default(),
+            subscriptions: SubscriptionCounts::default(),
             sender,
         }
     }
@@ -189,7 +189,7 @@ where
 /// `PONG` replies.
 fn handle_confirmation(
     in_flight: &mut VecDeque<PendingRequest>,
-    subscriptions: &mut SubscriptionTracker,
+    subscriptions: &mut SubscriptionCounts,
     change: Option<SubscriptionChange>,
     result: RedisResult<Value>,
 ) {
@@ -224,7 +224,7 @@ fn handle_confirmation(
     };
 
     if let Some(change) = change {
-        subscriptions.apply(change);
+        subscriptions.apply(&change);
     }
 
     if done {
