@@ -183,6 +183,11 @@ pub struct Figures {
     pub errors: u64,
     /// Messages published by VUs (client_publish) and by the publisher.
     pub published: u64,
+    /// The rate the publisher achieved while it published: its publishes less one, over the
+    /// time from its first publish to its last answer (`published` over the whole run is lower
+    /// by the connect and drain phases).
+    #[serde(default)]
+    pub publisher_rate_per_s: Option<f64>,
     pub publish_errors: u64,
     pub close_codes: BTreeMap<String, u64>,
     /// Gauges: summed across workers from their latest reports.
@@ -213,6 +218,7 @@ impl Figures {
         self.not_recovered += o.not_recovered;
         self.errors += o.errors;
         self.published += o.published;
+        self.publisher_rate_per_s = self.publisher_rate_per_s.or(o.publisher_rate_per_s);
         self.publish_errors += o.publish_errors;
         for (k, v) in &o.close_codes {
             *self.close_codes.entry(k.clone()).or_default() += v;

@@ -237,7 +237,14 @@ impl Summary {
             format!("{} of {} connect attempts", f.welcomes, f.connect_attempts),
         );
         line("connect_failures", f.connect_failures.to_string());
-        line("published", format!("{}  ({:.1}/s)", f.published, rate(f.published)));
+        let achieved = f
+            .publisher_rate_per_s
+            .map(|r| format!("; the publisher {r:.1}/s while publishing"))
+            .unwrap_or_default();
+        line(
+            "published",
+            format!("{}  ({:.1}/s{achieved})", f.published, rate(f.published)),
+        );
         line("delivered", format!("{}  ({:.1}/s)", f.delivered, rate(f.delivered)));
         line("expected", expected.to_string());
         line("missing", f.missing.to_string());

@@ -56,6 +56,13 @@ async fn smoke_scenario_passes_against_a_real_gateway() {
     assert_eq!(f.duplicates, 0);
     // Every VU is up before the first publish (publish_delay), so each gets every broadcast.
     assert_eq!(f.delivered, f.published * 100);
+    // 5/s from 1.5 s on: the publisher's own rate, not the whole run's (about 3.4/s).
+    let achieved = f.publisher_rate_per_s.expect("the publisher's rate");
+    let over_run = f.published as f64 / s.duration_s;
+    assert!(
+        achieved > over_run && achieved <= 5.5,
+        "{achieved}/s (over the run {over_run}/s)"
+    );
     assert!(f.delivery.count() > 0 && f.connect.count() == 100);
     assert!(s.thresholds_ok(), "thresholds: {:?}", s.thresholds);
     assert!(s.checks.iter().all(|c| c.fails == 0), "checks: {:?}", s.checks);

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::cluster::GatewayProc;
-use common::redis_cluster::{RedisCluster, owner};
+use common::redis_cluster::{RedisCluster, owner, redis_cli};
 use common::*;
 use serde_json::{Value, json};
 use wsgw_protocol::{EventId, ShardCursor, shard_of};
@@ -382,6 +382,163 @@ async fn a_primary_failover_keeps_every_socket_and_reports_gaps_only_for_its_sha
         (Some(true), Some(false)),
         "{w}"
     );
+}
+
+/// A manual failover (`CLUSTER FAILOVER` on a replica) of a followed shard: the old primary,
+/// a replica now, unsubscribes the shard's channels, and the node resubscribes them. Its client
+/// library's slot map can still name the old primary, and a replica accepts `SSUBSCRIBE`: a
+/// subscription left there gets the shard's messages late, through the cluster bus, and loses
+/// those sent while that link is down. So the node ends up subscribed on the new primary, and
+/// every event published after the failover reaches the socket once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_manual_failover_the_node_is_subscribed_on_the_new_primary() {
+    let cluster = RedisCluster::start();
+    let room = channels_on_three_primaries(&cluster).remove(0);
+    let shard = shard_of(&room);
+    let name = format!("ws:{{{shard}}}{room}");
+    let a = start_node(&cluster, "gw-a").await;
+    let (mut c, _) = a.connect(&token("dave", &["room:*"], &[])).await;
+    c.send(json!({"type": "subscribe", "channel": room, "request_id": 1}))
+        .await;
+    c.expect("subscribed").await;
+    let first = publish(&a, &room, 0).await;
+    assert_eq!(id_of(&c.expect("event").await), first);
+    let old = owner(&cluster, &format!("ws:{{{shard}}}seq"));
+    let subscribers = |port: u16| {
+        let out = redis_cli(port, &["PUBSUB", "SHARDNUMSUB", &name]);
+        out.lines()
+            .last()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(subscribers(old), 1, "the node is subscribed on the primary");
+    let new = *cluster
+        .replicas
+        .iter()
+        .find(|&&r| redis_cli(r, &["INFO", "replication"]).contains(&format!("master_port:{old}")))
+        .expect("the primary has a replica");
+    assert_eq!(redis_cli(new, &["CLUSTER", "FAILOVER"]), "OK");
+    wait_until("the replica takes over", || async {
+        redis_cli(new, &["ROLE"]).starts_with("master")
+    })
+    .await;
+    wait_until("the node is subscribed on the new primary", || async {
+        subscribers(new) == 1
+    })
+    .await;
+    let mut sent = Vec::new();
+    for n in 1..=20 {
+        sent.push(publish_retrying(&a, &room, n).await);
+    }
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let f = c
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("socket closed after {got:?}: {:?}", c.closed));
+        match f["type"].as_str() {
+            Some("event") => got.push(id_of(&f)),
+            Some("gap" | "ping") => {}
+            other => panic!("unexpected {other:?}: {f}"),
+        }
+    }
+    assert_eq!(got, sent, "every event after the failover, once, in order");
+}
+
+/// A redis-server this test started again; killed when dropped.
+struct Restarted(std::process::Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A followed shard's primary SIGKILLed, its replica promoted, and the old primary started
+/// again at once (it rejoins as a replica, as in the torture test). The node's client library
+/// may still map the shard to the old primary's address when it resubscribes, and a replica
+/// accepts `SSUBSCRIBE`: the node must end up subscribed on the new primary, and every event
+/// published after reaches the socket once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_primary_is_killed_and_restarted_the_node_is_subscribed_on_the_new_primary() {
+    let cluster = RedisCluster::start();
+    let room = channels_on_three_primaries(&cluster).remove(0);
+    let shard = shard_of(&room);
+    let name = format!("ws:{{{shard}}}{room}");
+    let a = start_node(&cluster, "gw-a").await;
+    let (mut c, _) = a.connect(&token("erin", &["room:*"], &[])).await;
+    c.send(json!({"type": "subscribe", "channel": room, "request_id": 1}))
+        .await;
+    c.expect("subscribed").await;
+    let first = publish(&a, &room, 0).await;
+    assert_eq!(id_of(&c.expect("event").await), first);
+    let old = owner(&cluster, &format!("ws:{{{shard}}}seq"));
+    let subscribers = |port: u16| {
+        let out = redis_cli(port, &["PUBSUB", "SHARDNUMSUB", &name]);
+        out.lines()
+            .last()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(subscribers(old), 1, "the node is subscribed on the primary");
+    let new = *cluster
+        .replicas
+        .iter()
+        .find(|&&r| redis_cli(r, &["INFO", "replication"]).contains(&format!("master_port:{old}")))
+        .expect("the primary has a replica");
+    let dir = redis_cli(old, &["CONFIG", "GET", "dir"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &redis_pid(&cluster, old).to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !redis_cli(new, &["ROLE"]).starts_with("master") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica was not promoted in 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _restarted = Restarted(
+        std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &old.to_string()])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "2000", "--save", "", "--appendonly", "yes"])
+            .args(["--dir", &dir, "--daemonize", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts"),
+    );
+    let mut sent = Vec::new();
+    for n in 1..=30 {
+        sent.push(publish_retrying(&a, &room, n).await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    wait_until("the node is subscribed on the new primary", || async {
+        subscribers(new) >= 1
+    })
+    .await;
+    sent.push(publish_retrying(&a, &room, 31).await);
+    let mut got = Vec::new();
+    while got.last() != sent.last() {
+        let f = c
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("socket closed after {got:?}: {:?}", c.closed));
+        match f["type"].as_str() {
+            Some("event") => got.push(id_of(&f)),
+            Some("gap" | "ping") => {}
+            other => panic!("unexpected {other:?}: {f}"),
+        }
+    }
+    assert_eq!(got, sent, "every event after the failover, once, in order");
 }
 
 /// A FLUSHALL of every primary (the data is gone; the Function stays): each shard's epoch comes

@@ -303,6 +303,7 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
     }
     let mut figs = merge(&finals);
     figs.published += counts.0.load(Ordering::Relaxed);
+    figs.publisher_rate_per_s = pub_state.lock().await.rate_per_s(counts.0.load(Ordering::Relaxed));
     figs.publish_errors += counts.1.load(Ordering::Relaxed);
     figs.errors += counts.1.load(Ordering::Relaxed);
     for e in pub_errs.lock().unwrap().iter() {

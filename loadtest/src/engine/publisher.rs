@@ -7,6 +7,21 @@ use super::*;
 pub(super) struct PubState {
     pub(super) next: HashMap<String, u64>,
     pub(super) last_ok: BTreeMap<String, u64>,
+    /// When the first publish started, and when the last one was answered.
+    pub(super) first_sent: Option<Instant>,
+    pub(super) last_answered: Option<Instant>,
+}
+
+impl PubState {
+    /// The rate of `published` publishes since the first one started, to the last answer
+    /// (`Figures::publisher_rate_per_s`).
+    pub(super) fn rate_per_s(&self, published: u64) -> Option<f64> {
+        let window = self
+            .last_answered?
+            .saturating_duration_since(self.first_sent?)
+            .as_secs_f64();
+        (published > 1 && window > 0.0).then(|| (published - 1) as f64 / window)
+    }
 }
 
 pub(super) enum Sink {
@@ -151,6 +166,7 @@ pub(super) async fn publisher(
         n += 1;
         let seq = {
             let mut st = state.lock().await;
+            st.first_sent.get_or_insert_with(Instant::now);
             let e = st.next.entry(channel.clone()).or_default();
             *e += 1;
             *e - 1
@@ -169,6 +185,7 @@ pub(super) async fn publisher(
                 Ok(()) => {
                     counts.0.fetch_add(1, Ordering::Relaxed);
                     let mut st = state.lock().await;
+                    st.last_answered = Some(Instant::now());
                     let e = st.last_ok.entry(channel).or_insert(seq);
                     *e = (*e).max(seq);
                 }

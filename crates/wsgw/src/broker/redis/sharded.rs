@@ -207,6 +207,8 @@ impl Inner {
         self.ready.store(true, Ordering::Release);
         self.metrics.redis_up.set(1);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u16, Result<(), BrokerError>)>();
+        // Shards whose canary no subscriber took on the shard's primary (see `publish_canary`).
+        let (stray_tx, mut stray_rx) = mpsc::unbounded_channel::<u16>();
         let canary_every = Duration::from_millis(self.s.canary_interval_ms.max(10));
         let mut canary_tick = tokio::time::interval(canary_every);
         canary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -279,6 +281,7 @@ impl Inner {
                     let Some((s, r)) = done else { return };
                     self.repair_done(s, r, &mut shards, &done_tx);
                 }
+                Some(s) = stray_rx.recv() => self.subscription_strayed(s, &mut shards, &done_tx),
                 _ = canary_tick.tick() => {
                     let late = canary_every * 3 + self.s.op_timeout;
                     for s in 0..ID_SHARDS {
@@ -291,22 +294,15 @@ impl Inner {
                             self.check_unconfirmed(s, late, &mut shards, &done_tx);
                         }
                     }
-                    let me = self.clone();
+                    let (me, strays) = (self.clone(), stray_tx.clone());
                     tokio::spawn(async move {
                         for s in 0..ID_SHARDS {
-                            let r = timed(me.s.op_timeout, async {
-                                let mut c = me.conn().await?;
-                                let _: i64 = redis::cmd("SPUBLISH")
-                                    .arg(me.keys.shard_marker(s, &me.s.node_id))
-                                    .arg("canary")
-                                    .query_async(&mut c)
-                                    .await
-                                    .map_err(unavailable)?;
-                                Ok(())
-                            })
-                            .await;
-                            if let Err(e) = r {
-                                debug!(shard = s, error = %e, "canary publish failed");
+                            match me.publish_canary(s).await {
+                                Ok(0) => {
+                                    let _ = strays.send(s);
+                                }
+                                Ok(_) => {}
+                                Err(e) => debug!(shard = s, error = %e, "canary publish failed"),
                             }
                         }
                     });

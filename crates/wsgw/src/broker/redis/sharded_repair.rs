@@ -73,7 +73,6 @@ impl Inner {
         let mut names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
         names.push(self.keys.shard_marker(s, &self.s.node_id));
         self.ssubscribe(&names).await?;
-        let owner = self.owner_of(s).await?;
         let (after, before) = {
             let marks = self.shards.lock();
             (marks.seen[s as usize], marks.owner[s as usize].clone())
@@ -87,6 +86,16 @@ impl Inner {
             .and_then(|v| v.parse::<EventId>().ok())
             .unwrap_or_default()
             .in_shard(Some(s));
+        // Every later event comes only through the subscription, so it must be on the primary
+        // the snapshot came from. One on a replica (a stale slot map: a replica accepts
+        // SSUBSCRIBE, and a restarted old primary is one) gets the primary's messages through
+        // the cluster bus, and loses those sent while its link is down. The `GET` above, if a
+        // replica took it, answered MOVED and refreshed the client's slot map: the retry
+        // (repair_done) subscribes on the primary.
+        if self.publish_canary(s).await? == 0 {
+            return Err(unavailable("the shard's subscription is not on its primary"));
+        }
+        let owner = self.owner_of(s).await?;
         if before.as_deref().is_some_and(|b| b != owner) {
             self.fence_shard(s, after, &channels).await?;
         }
@@ -100,6 +109,40 @@ impl Inner {
         }
         marks.owner[s as usize] = Some(owner);
         Ok(())
+    }
+
+    /// Publishes this node's canary on shard `s`'s marker channel; the answer is how many
+    /// subscribers took it on the shard's primary (ours, or 0: it is not there).
+    pub(super) async fn publish_canary(&self, s: u16) -> Result<i64, BrokerError> {
+        timed(self.s.op_timeout, async {
+            let mut c = self.conn().await?;
+            redis::cmd("SPUBLISH")
+                .arg(self.keys.shard_marker(s, &self.s.node_id))
+                .arg("canary")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    /// No subscriber took shard `s`'s canary on its primary: the node's subscription to it is
+    /// on a replica (a stale slot map) or gone, without a word from the client library. Messages
+    /// a replica's resync skipped may already be passed by id, so the shard's sockets are told
+    /// of a possible gap, and the shard is resubscribed and repaired (the repair checks the same).
+    pub(super) fn subscription_strayed(self: &Arc<Self>, s: u16, shards: &mut [Shard], done: &RepairDone) {
+        let sh = &shards[s as usize];
+        if sh.held.is_some() {
+            return;
+        }
+        let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
+        let told = self.hub.send_gap(&channels);
+        warn!(
+            shard = s,
+            sockets = told,
+            "the shard's canary reached no subscriber on its primary: its sockets were told of a possible gap; repairing the shard"
+        );
+        self.start_repair(s, shards, done);
     }
 
     /// Another primary holds shard `s` now: what the old one acknowledged may be lost. Its
