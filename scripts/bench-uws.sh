@@ -5,9 +5,12 @@
 #
 # For each server, in turn (uWS first, then wsgw):
 #   1. `wsgw-loadtest idle` with BENCH_SOCKETS sockets: RSS per idle socket.
-#   2. `wsgw-loadtest broadcast` with BENCH_SOCKETS sockets, BENCH_MESSAGES broadcasts through
-#      POST /api/broadcast (-> FCALL wsgw_publish) at each of BENCH_RATES per second:
-#      deliveries, p99 latency and the server's CPU (--server-pid, from /proc).
+#   2. `wsgw-loadtest broadcast` with BENCH_SOCKETS sockets, BENCH_MESSAGES broadcasts at each
+#      of BENCH_RATES per second, published with `FCALL wsgw_publish` into the Redis both servers
+#      read (`--redis-url`, the backend path): deliveries, p99 latency and the server's CPU
+#      (--server-pid, from /proc). Through the servers' own POST /api/broadcast the publisher
+#      waits for each answer, and a server busy fanning out answers late: uWS's achieved only
+#      14.5-18.5 of 50/s that way (docs/loadtest.md), so the rows compared different rates.
 #   3. `wsgw-loadtest run loadtest/scenarios/targeted-bench.toml` with BENCH_SOCKETS sockets, each
 #      on its own `user:<sub>` channel, and a backend publishing to random ones with
 #      `FCALL wsgw_publish` at BENCH_TARGETED_RATE per second for 20 s: the targeted row.
@@ -25,6 +28,10 @@
 #                   outweighs the deliveries' and the CPU rows swing by 50% run to run)
 #   BENCH_HOLD_S    idle hold in seconds (default 3)
 #   BENCH_PAYLOAD   payload padding bytes per broadcast (default 100, the load tool's default)
+#   BENCH_PUBLISH_VIA  `fcall` (default) or `http`: how the broadcasts are published (above)
+#   BENCH_WORKERS   the broadcast command's --workers (default 1: the sockets in a worker
+#                   process of their own, apart from the publisher, which in the same process
+#                   fell behind at 50/s: 33.8/s with uWS, 48.4/s with wsgw; 0 for that)
 #   BENCH_TARGETED_RATE  targeted publishes per second (default 2000; 0 skips the targeted row)
 #   BENCH_OUT       directory for logs and JSON summaries (default: a new mktemp -d)
 #   BENCH_SERVERS   which servers to run, in order (default "uws wsgw"; "wsgw" alone for
@@ -47,6 +54,8 @@ PAYLOAD=${BENCH_PAYLOAD:-100}
 TARGETED_RATE=${BENCH_TARGETED_RATE:-2000}
 NODE=${NODE:-node}
 SERVERS=${BENCH_SERVERS:-uws wsgw}
+PUBLISH_VIA=${BENCH_PUBLISH_VIA:-fcall}
+[[ $PUBLISH_VIA == fcall || $PUBLISH_VIA == http ]] || { echo "bench-uws: BENCH_PUBLISH_VIA: '$PUBLISH_VIA' (fcall, http)" >&2; exit 2; }
 for s in $SERVERS; do
     [[ $s == uws || $s == wsgw ]] || { echo "bench-uws: BENCH_SERVERS: unknown server '$s' (uws, wsgw)" >&2; exit 2; }
 done
@@ -157,6 +166,9 @@ fi
 # ---- redis ----
 REDIS_PORT=$(free_port)
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+VIA=()
+[[ $PUBLISH_VIA == http ]] || VIA=(--redis-url "$REDIS_URL")
+VIA+=(--workers "${BENCH_WORKERS:-1}")
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
     --daemonize no >"$OUT/redis.log" 2>&1 &
 REDIS_PID=$!
@@ -204,7 +216,7 @@ run_server() {
         log "$name: broadcast, $SOCKETS sockets, $MESSAGES messages at $r/s"
         timeout 300 "$LOADTEST_BIN" broadcast --url "$url" --api "$api" --api-key "$API_KEY" \
             --secret "$SECRET" --connections "$SOCKETS" --messages "$MESSAGES" --rate "$r" \
-            --payload-bytes "$PAYLOAD" --server-pid "$pid" --timeout-s 10 \
+            --payload-bytes "$PAYLOAD" --server-pid "$pid" --timeout-s 10 "${VIA[@]}" \
             --json "$OUT/$name.bc$r.json" \
             >"$OUT/$name.bc$r.txt" 2>"$OUT/$name.bc$r.err" || log "$name broadcast $r/s exited with $?"
         sleep 1
@@ -307,7 +319,7 @@ rss_w=$(fig wsgw rss)
         printf '| targeted publish rate achieved, %s/s | %s | %s | |\n' "$TARGETED_RATE" "$(fig uws ach:tg)" "$(fig wsgw ach:tg)"
     fi
     echo
-    echo "$SOCKETS sockets, $MESSAGES broadcasts per rate, ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
+    echo "$SOCKETS sockets, $MESSAGES broadcasts per rate (published with $PUBLISH_VIA), ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
     echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); frames fanned out in bursts over the run: $(grep . "$OUT/wsgw.bursts" 2>/dev/null || echo n/a)."
     [[ " $SERVERS " != *" uws "* ]] || echo "uWS: $(sed -n 's/.*(native \(.*\)).*/\1/p' "$OUT/uws.log" | head -n 1) from @trufflesuite/uws-js-unofficial $(jq -r .version "$PEER/node_modules/@trufflesuite/uws-js-unofficial/package.json") on Node $("$NODE" --version)."
     echo "Raw output: $OUT"

@@ -42,7 +42,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         hold_s: u64,
     },
-    /// N sockets receive M broadcasts published through the HTTP API at R per second (built-in scenario).
+    /// N sockets receive M broadcasts published through the HTTP API (or `FCALL` with --redis-url) at R per second (built-in scenario).
     Broadcast {
         #[command(flatten)]
         common: Common,
@@ -61,6 +61,11 @@ enum Cmd {
         /// Payload padding in bytes.
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
+        /// Publish with `FCALL wsgw_publish` on the `broadcast` channel into this Redis (the
+        /// backend path) instead of POST /api/broadcast, so a gateway slow to answer HTTP while
+        /// it fans out does not slow the publisher down.
+        #[arg(long)]
+        redis_url: Option<String>,
     },
     /// Internal: a worker process (spec on stdin, reports on stdout).
     #[command(hide = true)]
@@ -294,6 +299,7 @@ fn main() -> Result<()> {
                 messages,
                 rate,
                 payload_bytes,
+                redis_url,
             } => {
                 let hold = messages as f64 / rate + 1.0;
                 let mut sc = builtin(&common, Kind::Broadcast, hold);
@@ -308,6 +314,10 @@ fn main() -> Result<()> {
                 sc.grace_s = (common.timeout_s as f64).min(10.0);
                 sc.thresholds = Thresholds::List(vec!["missing == 0".into(), "connect_failures == 0".into()]);
                 fill(&mut sc, &common, Some(api), Some(api_key));
+                if let Some(url) = redis_url {
+                    sc.target.redis_url = Some(url);
+                    sc.workload.publish_via = loadtest::scenario::PublishVia::Fcall;
+                }
                 let s = run(
                     sc,
                     RunOptions {
