@@ -384,6 +384,82 @@ async fn a_primary_failover_keeps_every_socket_and_reports_gaps_only_for_its_sha
     );
 }
 
+/// One socket on one node following one channel (the first of `channels_on_three_primaries`),
+/// with one event received, and the shard's primary and its replica.
+struct Followed {
+    room: String,
+    /// The channel's sharded pub/sub name.
+    name: String,
+    node: GatewayProc,
+    socket: Client,
+    /// The shard's primary, and its replica.
+    old: u16,
+    new: u16,
+    /// Last, so it stops after the node and the socket.
+    cluster: RedisCluster,
+}
+
+impl Followed {
+    async fn start(user: &str) -> Followed {
+        let cluster = RedisCluster::start();
+        let room = channels_on_three_primaries(&cluster).remove(0);
+        let shard = shard_of(&room);
+        let node = start_node(&cluster, "gw-a").await;
+        let (mut socket, _) = node.connect(&token(user, &["room:*"], &[])).await;
+        socket
+            .send(json!({"type": "subscribe", "channel": room, "request_id": 1}))
+            .await;
+        socket.expect("subscribed").await;
+        let first = publish(&node, &room, 0).await;
+        assert_eq!(id_of(&socket.expect("event").await), first);
+        let old = owner(&cluster, &format!("ws:{{{shard}}}seq"));
+        let new = *cluster
+            .replicas
+            .iter()
+            .find(|&&r| redis_cli(r, &["INFO", "replication"]).contains(&format!("master_port:{old}")))
+            .expect("the primary has a replica");
+        let f = Followed {
+            name: format!("ws:{{{shard}}}{room}"),
+            cluster,
+            room,
+            node,
+            socket,
+            old,
+            new,
+        };
+        assert_eq!(f.subscribers(old), 1, "the node is subscribed on the primary");
+        f
+    }
+
+    /// The node's subscriptions to the channel on the Redis node on `port`.
+    fn subscribers(&self, port: u16) -> u32 {
+        let out = redis_cli(port, &["PUBSUB", "SHARDNUMSUB", &self.name]);
+        out.lines()
+            .last()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    }
+
+    /// The events the socket gets up to the last of `sent` (gaps and pings aside) are `sent`:
+    /// each once, in order.
+    async fn expect_exactly(&mut self, sent: &[EventId]) {
+        let mut got = Vec::new();
+        while got.last() != sent.last() {
+            let f = self
+                .socket
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("socket closed after {got:?}: {:?}", self.socket.closed));
+            match f["type"].as_str() {
+                Some("event") => got.push(id_of(&f)),
+                Some("gap" | "ping") => {}
+                other => panic!("unexpected {other:?}: {f}"),
+            }
+        }
+        assert_eq!(got, sent, "every event after the failover, once, in order");
+    }
+}
+
 /// A manual failover (`CLUSTER FAILOVER` on a replica) of a followed shard: the old primary,
 /// a replica now, unsubscribes the shard's channels, and the node resubscribes them. Its client
 /// library's slot map can still name the old primary, and a replica accepts `SSUBSCRIBE`: a
@@ -392,57 +468,21 @@ async fn a_primary_failover_keeps_every_socket_and_reports_gaps_only_for_its_sha
 /// every event published after the failover reaches the socket once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_manual_failover_the_node_is_subscribed_on_the_new_primary() {
-    let cluster = RedisCluster::start();
-    let room = channels_on_three_primaries(&cluster).remove(0);
-    let shard = shard_of(&room);
-    let name = format!("ws:{{{shard}}}{room}");
-    let a = start_node(&cluster, "gw-a").await;
-    let (mut c, _) = a.connect(&token("dave", &["room:*"], &[])).await;
-    c.send(json!({"type": "subscribe", "channel": room, "request_id": 1}))
-        .await;
-    c.expect("subscribed").await;
-    let first = publish(&a, &room, 0).await;
-    assert_eq!(id_of(&c.expect("event").await), first);
-    let old = owner(&cluster, &format!("ws:{{{shard}}}seq"));
-    let subscribers = |port: u16| {
-        let out = redis_cli(port, &["PUBSUB", "SHARDNUMSUB", &name]);
-        out.lines()
-            .last()
-            .and_then(|n| n.trim().parse::<u32>().ok())
-            .unwrap_or(0)
-    };
-    assert_eq!(subscribers(old), 1, "the node is subscribed on the primary");
-    let new = *cluster
-        .replicas
-        .iter()
-        .find(|&&r| redis_cli(r, &["INFO", "replication"]).contains(&format!("master_port:{old}")))
-        .expect("the primary has a replica");
-    assert_eq!(redis_cli(new, &["CLUSTER", "FAILOVER"]), "OK");
+    let mut f = Followed::start("dave").await;
+    assert_eq!(redis_cli(f.new, &["CLUSTER", "FAILOVER"]), "OK");
     wait_until("the replica takes over", || async {
-        redis_cli(new, &["ROLE"]).starts_with("master")
+        redis_cli(f.new, &["ROLE"]).starts_with("master")
     })
     .await;
     wait_until("the node is subscribed on the new primary", || async {
-        subscribers(new) == 1
+        f.subscribers(f.new) == 1
     })
     .await;
     let mut sent = Vec::new();
     for n in 1..=20 {
-        sent.push(publish_retrying(&a, &room, n).await);
+        sent.push(publish_retrying(&f.node, &f.room, n).await);
     }
-    let mut got = Vec::new();
-    while got.len() < sent.len() {
-        let f = c
-            .next()
-            .await
-            .unwrap_or_else(|| panic!("socket closed after {got:?}: {:?}", c.closed));
-        match f["type"].as_str() {
-            Some("event") => got.push(id_of(&f)),
-            Some("gap" | "ping") => {}
-            other => panic!("unexpected {other:?}: {f}"),
-        }
-    }
-    assert_eq!(got, sent, "every event after the failover, once, in order");
+    f.expect_exactly(&sent).await;
 }
 
 /// A redis-server this test started again; killed when dropped.
@@ -462,43 +502,19 @@ impl Drop for Restarted {
 /// published after reaches the socket once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_primary_is_killed_and_restarted_the_node_is_subscribed_on_the_new_primary() {
-    let cluster = RedisCluster::start();
-    let room = channels_on_three_primaries(&cluster).remove(0);
-    let shard = shard_of(&room);
-    let name = format!("ws:{{{shard}}}{room}");
-    let a = start_node(&cluster, "gw-a").await;
-    let (mut c, _) = a.connect(&token("erin", &["room:*"], &[])).await;
-    c.send(json!({"type": "subscribe", "channel": room, "request_id": 1}))
-        .await;
-    c.expect("subscribed").await;
-    let first = publish(&a, &room, 0).await;
-    assert_eq!(id_of(&c.expect("event").await), first);
-    let old = owner(&cluster, &format!("ws:{{{shard}}}seq"));
-    let subscribers = |port: u16| {
-        let out = redis_cli(port, &["PUBSUB", "SHARDNUMSUB", &name]);
-        out.lines()
-            .last()
-            .and_then(|n| n.trim().parse::<u32>().ok())
-            .unwrap_or(0)
-    };
-    assert_eq!(subscribers(old), 1, "the node is subscribed on the primary");
-    let new = *cluster
-        .replicas
-        .iter()
-        .find(|&&r| redis_cli(r, &["INFO", "replication"]).contains(&format!("master_port:{old}")))
-        .expect("the primary has a replica");
-    let dir = redis_cli(old, &["CONFIG", "GET", "dir"])
+    let mut f = Followed::start("erin").await;
+    let dir = redis_cli(f.old, &["CONFIG", "GET", "dir"])
         .lines()
         .last()
         .unwrap()
         .to_string();
     let status = std::process::Command::new("kill")
-        .args(["-KILL", &redis_pid(&cluster, old).to_string()])
+        .args(["-KILL", &redis_pid(&f.cluster, f.old).to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !redis_cli(new, &["ROLE"]).starts_with("master") {
+    while !redis_cli(f.new, &["ROLE"]).starts_with("master") {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the replica was not promoted in 30 s"
@@ -507,7 +523,7 @@ async fn after_a_primary_is_killed_and_restarted_the_node_is_subscribed_on_the_n
     }
     let _restarted = Restarted(
         std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &old.to_string()])
+            .args(["--bind", "127.0.0.1", "--port", &f.old.to_string()])
             .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "2000", "--save", "", "--appendonly", "yes"])
             .args(["--dir", &dir, "--daemonize", "no"])
@@ -518,27 +534,15 @@ async fn after_a_primary_is_killed_and_restarted_the_node_is_subscribed_on_the_n
     );
     let mut sent = Vec::new();
     for n in 1..=30 {
-        sent.push(publish_retrying(&a, &room, n).await);
+        sent.push(publish_retrying(&f.node, &f.room, n).await);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     wait_until("the node is subscribed on the new primary", || async {
-        subscribers(new) >= 1
+        f.subscribers(f.new) >= 1
     })
     .await;
-    sent.push(publish_retrying(&a, &room, 31).await);
-    let mut got = Vec::new();
-    while got.last() != sent.last() {
-        let f = c
-            .next()
-            .await
-            .unwrap_or_else(|| panic!("socket closed after {got:?}: {:?}", c.closed));
-        match f["type"].as_str() {
-            Some("event") => got.push(id_of(&f)),
-            Some("gap" | "ping") => {}
-            other => panic!("unexpected {other:?}: {f}"),
-        }
-    }
-    assert_eq!(got, sent, "every event after the failover, once, in order");
+    sent.push(publish_retrying(&f.node, &f.room, 31).await);
+    f.expect_exactly(&sent).await;
 }
 
 /// A FLUSHALL of every primary (the data is gone; the Function stays): each shard's epoch comes
