@@ -849,6 +849,8 @@ mod cmd;
 mod commands;
 mod connection;
 mod errors;
+#[cfg(feature = "aio")]
+mod fast_decode;
 /// Module for defining I/O behavior.
 pub mod io;
 mod parser;

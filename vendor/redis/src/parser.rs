@@ -359,10 +359,23 @@ mod aio_support {
     #[derive(Default)]
     pub struct ValueCodec {
         state: AnySendSyncPartialState,
+        /// wsgw patch: `combine` has consumed part of a reply and holds it in `state`.
+        mid_reply: bool,
     }
 
     impl ValueCodec {
         fn decode_stream(&mut self, bytes: &mut BytesMut, eof: bool) -> RedisResult<Option<Value>> {
+            // wsgw patch: the common shapes are decoded by hand (`fast_decode`), between replies.
+            if !self.mid_reply {
+                match crate::fast_decode::decode(bytes) {
+                    crate::fast_decode::Fast::Done(value, len) => {
+                        bytes.advance(len);
+                        return Ok(Some(value));
+                    }
+                    crate::fast_decode::Fast::Incomplete if !eof => return Ok(None),
+                    _ => {}
+                }
+            }
             let (opt, removed_len) = {
                 let buffer = &bytes[..];
                 let mut stream =
@@ -380,6 +393,7 @@ mod aio_support {
             };
 
             bytes.advance(removed_len);
+            self.mid_reply = opt.is_none();
             match opt {
                 Some(result) => Ok(Some(result)),
                 None => Ok(None),
