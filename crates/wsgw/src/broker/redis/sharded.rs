@@ -212,102 +212,124 @@ impl Inner {
         let canary_every = Duration::from_millis(self.s.canary_interval_ms.max(10));
         let mut canary_tick = tokio::time::interval(canary_every);
         canary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A command that waited while the pushes were drained: handled before the next drain, so
+        // a node behind on its pub/sub still answers a `subscribe` within one drain.
+        let mut waiting: Option<SubCmd> = None;
         loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                push = pushes.recv() => {
-                    let Some(push) = push else {
-                        self.ready.store(false, Ordering::Release);
-                        self.metrics.redis_up.set(0);
-                        return;
-                    };
-                    // With every push already waiting behind it: several messages make bursts.
-                    let open = self.hub.drain_waiting(
-                        push,
-                        || match pushes.try_recv() {
-                            Ok(more) => Some(Some(more)),
-                            Err(mpsc::error::TryRecvError::Empty) => None,
-                            Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
-                        },
-                        |p| p.data.get(1).and_then(text).map_or(0, <[u8]>::len),
-                        |p, burst| self.on_push(p, &mut shards, &done_tx, burst),
-                    );
-                    if !open {
-                        self.ready.store(false, Ordering::Release);
-                        self.metrics.redis_up.set(0);
-                        return;
+            let cmd = match waiting.take() {
+                Some(cmd) => cmd,
+                None => tokio::select! {
+                    _ = shutdown.changed() => return,
+                    push = pushes.recv() => {
+                        let Some(push) = push else {
+                            self.ready.store(false, Ordering::Release);
+                            self.metrics.redis_up.set(0);
+                            return;
+                        };
+                        // With every push already waiting behind it: several messages make bursts.
+                        let open = self.hub.drain_waiting(
+                            push,
+                            || match pushes.try_recv() {
+                                Ok(more) => Some(Some(more)),
+                                Err(mpsc::error::TryRecvError::Empty) => None,
+                                Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                            },
+                            |p| p.data.get(1).and_then(text).map_or(0, <[u8]>::len),
+                            |p, burst| self.on_push(p, &mut shards, &done_tx, burst),
+                        );
+                        if !open {
+                            self.ready.store(false, Ordering::Release);
+                            self.metrics.redis_up.set(0);
+                            return;
+                        }
+                        waiting = cmds.try_recv().ok();
+                        continue;
                     }
-                }
-                cmd = cmds.recv() => match cmd {
-                    None => return,
-                    Some(SubCmd::Listen(channels, tx)) => {
-                        // A reconnect storm brings thousands of listens at once: every listen
-                        // already waiting goes out in one SSUBSCRIBE per shard, the shards at once.
-                        let mut waiters = vec![(channels, tx)];
-                        let mut count = waiters[0].0.len();
-                        let mut deferred = None;
-                        while count < 4096 {
-                            match cmds.try_recv() {
-                                Ok(SubCmd::Listen(more, t)) => {
-                                    count += more.len();
-                                    waiters.push((more, t));
-                                }
-                                Ok(other) => {
-                                    deferred = Some(other);
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        let (patterns, exact): (Vec<_>, Vec<_>) =
-                            waiters.into_iter().partition(|(c, _)| c.iter().any(|c| c.contains('*')));
-                        for (_, t) in patterns {
-                            let msg = "patterns are not available on a Redis Cluster deployment";
-                            let _ = t.send(Err(BrokerError::BadRequest(msg.into())));
-                        }
-                        let all: Vec<Arc<str>> = exact.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
-                        let r = self.listen_sharded(all, &mut shards).await;
-                        for (_, t) in exact {
-                            let _ = t.send(r.clone());
-                        }
-                        if let Some(SubCmd::Unlisten(channels)) = deferred {
-                            self.unlisten_sharded(channels, &mut shards).await;
-                        }
+                    cmd = cmds.recv() => match cmd {
+                        None => return,
+                        Some(cmd) => cmd,
+                    },
+                    done = done_rx.recv() => {
+                        let Some((s, r)) = done else { return };
+                        self.repair_done(s, r, &mut shards, &done_tx);
+                        continue;
                     }
-                    Some(SubCmd::Unlisten(channels)) => self.unlisten_sharded(channels, &mut shards).await,
-                    Some(SubCmd::Reconnect) => {}
-                },
-                done = done_rx.recv() => {
-                    let Some((s, r)) = done else { return };
-                    self.repair_done(s, r, &mut shards, &done_tx);
-                }
-                Some(s) = stray_rx.recv() => self.subscription_strayed(s, &mut shards, &done_tx),
-                _ = canary_tick.tick() => {
-                    let late = canary_every * 3 + self.s.op_timeout;
-                    for s in 0..ID_SHARDS {
-                        let sh = &mut shards[s as usize];
-                        let late = late + sh.behind;
-                        if sh.held.is_none() && sh.last_marker.is_some_and(|t| t.elapsed() > late) {
-                            warn!(shard = s, "canary missing on the shard's pub/sub: repairing it");
-                            self.start_repair(s, &mut shards, &done_tx);
-                        } else if sh.held.is_none() {
-                            self.check_unconfirmed(s, late, &mut shards, &done_tx);
-                        }
+                    Some(s) = stray_rx.recv() => {
+                        self.subscription_strayed(s, &mut shards, &done_tx);
+                        continue;
                     }
-                    let (me, strays) = (self.clone(), stray_tx.clone());
-                    tokio::spawn(async move {
+                    _ = canary_tick.tick() => {
+                        let late = canary_every * 3 + self.s.op_timeout;
                         for s in 0..ID_SHARDS {
-                            match me.publish_canary(s).await {
-                                Ok(0) => {
-                                    let _ = strays.send(s);
-                                }
-                                Ok(_) => {}
-                                Err(e) => debug!(shard = s, error = %e, "canary publish failed"),
+                            let sh = &mut shards[s as usize];
+                            let late = late + sh.behind;
+                            if sh.held.is_none() && sh.last_marker.is_some_and(|t| t.elapsed() > late) {
+                                warn!(shard = s, "canary missing on the shard's pub/sub: repairing it");
+                                self.start_repair(s, &mut shards, &done_tx);
+                            } else if sh.held.is_none() {
+                                self.check_unconfirmed(s, late, &mut shards, &done_tx);
                             }
                         }
-                    });
+                        let (me, strays) = (self.clone(), stray_tx.clone());
+                        tokio::spawn(async move {
+                            for s in 0..ID_SHARDS {
+                                match me.publish_canary(s).await {
+                                    Ok(0) => {
+                                        let _ = strays.send(s);
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => debug!(shard = s, error = %e, "canary publish failed"),
+                                }
+                            }
+                        });
+                        continue;
+                    }
+                },
+            };
+            self.on_cmd(cmd, &mut cmds, &mut shards).await;
+        }
+    }
+
+    /// A `listen`, `unlisten` or `reconnect` for the cluster reader.
+    async fn on_cmd(&self, cmd: SubCmd, cmds: &mut mpsc::UnboundedReceiver<SubCmd>, shards: &mut [Shard]) {
+        match cmd {
+            SubCmd::Listen(channels, tx) => {
+                // A reconnect storm brings thousands of listens at once: every listen
+                // already waiting goes out in one SSUBSCRIBE per shard, the shards at once.
+                let mut waiters = vec![(channels, tx)];
+                let mut count = waiters[0].0.len();
+                let mut deferred = None;
+                while count < 4096 {
+                    match cmds.try_recv() {
+                        Ok(SubCmd::Listen(more, t)) => {
+                            count += more.len();
+                            waiters.push((more, t));
+                        }
+                        Ok(other) => {
+                            deferred = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let (patterns, exact): (Vec<_>, Vec<_>) = waiters
+                    .into_iter()
+                    .partition(|(c, _)| c.iter().any(|c| c.contains('*')));
+                for (_, t) in patterns {
+                    let msg = "patterns are not available on a Redis Cluster deployment";
+                    let _ = t.send(Err(BrokerError::BadRequest(msg.into())));
+                }
+                let all: Vec<Arc<str>> = exact.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
+                let r = self.listen_sharded(all, shards).await;
+                for (_, t) in exact {
+                    let _ = t.send(r.clone());
+                }
+                if let Some(SubCmd::Unlisten(channels)) = deferred {
+                    self.unlisten_sharded(channels, shards).await;
                 }
             }
+            SubCmd::Unlisten(channels) => self.unlisten_sharded(channels, shards).await,
+            SubCmd::Reconnect => {}
         }
     }
 
