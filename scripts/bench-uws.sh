@@ -13,7 +13,10 @@
 #      14.5-18.5 of 50/s that way (docs/loadtest.md), so the rows compared different rates.
 #   3. `wsgw-loadtest run loadtest/scenarios/targeted-bench.toml` with BENCH_SOCKETS sockets, each
 #      on its own `user:<sub>` channel, and a backend publishing to random ones with
-#      `FCALL wsgw_publish` at BENCH_TARGETED_RATE per second for 20 s: the targeted row.
+#      `FCALL wsgw_publish` at BENCH_TARGETED_RATE per second for 20 s: the targeted row,
+#      BENCH_TARGETED_RUNS times in a row. A targeted figure is the median of those runs (the
+#      table lists each run too): at 2,000 small publishes a second the server's CPU is mostly
+#      wake-ups, and one run's figure moved by 30% from run to run on this machine.
 # "CPU-s per 1M deliveries" is the server's CPU over the whole broadcast command (its sockets'
 # connects and closes included, as the load tool measures it) per million deliveries; the "net"
 # row first subtracts the CPU of the idle command (the same sockets connected, held and closed,
@@ -21,7 +24,7 @@
 # tool's publisher's own rate while it published (it keeps one publish in flight per channel, so
 # a slow answer on the one broadcast channel lowers it below the rate asked for).
 #
-# Environment (small defaults: one run takes about 2.5 minutes on 2 cores):
+# Environment (small defaults: one run takes about 6 minutes on 2 cores):
 #   BENCH_SOCKETS   sockets per command (default 5000)
 #   BENCH_RATES     broadcast rates per second, space-separated (default "10 20 50")
 #   BENCH_MESSAGES  broadcasts per rate (default 100; with 20 the sockets' connect CPU
@@ -33,6 +36,7 @@
 #                   process of their own, apart from the publisher, which in the same process
 #                   fell behind at 50/s: 33.8/s with uWS, 48.4/s with wsgw; 0 for that)
 #   BENCH_TARGETED_RATE  targeted publishes per second (default 2000; 0 skips the targeted row)
+#   BENCH_TARGETED_RUNS  targeted runs per server, whose median is the figure (default 3)
 #   BENCH_OUT       directory for logs and JSON summaries (default: a new mktemp -d)
 #   BENCH_SERVERS   which servers to run, in order (default "uws wsgw"; "wsgw" alone for
 #                   comparing two wsgw builds, alternating: its column is the same, uWS's n/a)
@@ -52,6 +56,8 @@ MESSAGES=${BENCH_MESSAGES:-100}
 HOLD_S=${BENCH_HOLD_S:-3}
 PAYLOAD=${BENCH_PAYLOAD:-100}
 TARGETED_RATE=${BENCH_TARGETED_RATE:-2000}
+TARGETED_RUNS=${BENCH_TARGETED_RUNS:-3}
+[[ $TARGETED_RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench-uws: BENCH_TARGETED_RUNS: '$TARGETED_RUNS' (a count, 1 or more)" >&2; exit 2; }
 NODE=${NODE:-node}
 SERVERS=${BENCH_SERVERS:-uws wsgw}
 PUBLISH_VIA=${BENCH_PUBLISH_VIA:-fcall}
@@ -221,13 +227,15 @@ run_server() {
             >"$OUT/$name.bc$r.txt" 2>"$OUT/$name.bc$r.err" || log "$name broadcast $r/s exited with $?"
         sleep 1
     done
-    if ((TARGETED_RATE > 0)); then
-        log "$name: targeted, $SOCKETS sockets, FCALL to user channels at $TARGETED_RATE/s"
+    local k
+    for ((k = 1; TARGETED_RATE > 0 && k <= TARGETED_RUNS; k++)); do
+        log "$name: targeted ($k of $TARGETED_RUNS), $SOCKETS sockets, FCALL to user channels at $TARGETED_RATE/s"
         timeout 300 "$LOADTEST_BIN" run "$ROOT/loadtest/scenarios/targeted-bench.toml" --url "$url" \
             --secret "$SECRET" --redis-url "$REDIS_URL" --server-pid "$pid" --vus "$SOCKETS" \
-            --rate "$TARGETED_RATE" --json "$OUT/$name.tg.json" \
-            >"$OUT/$name.tg.txt" 2>"$OUT/$name.tg.err" || log "$name targeted exited with $?"
-    fi
+            --rate "$TARGETED_RATE" --json "$OUT/$name.tg$k.json" \
+            >"$OUT/$name.tg$k.txt" 2>"$OUT/$name.tg$k.err" || log "$name targeted $k exited with $?"
+        sleep 1
+    done
     kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) died during the run (log: $OUT/$name.log)"
     if [[ $name == wsgw ]]; then
         # How much of the run went out in bursts (hub/burst.rs): the node was behind then.
@@ -242,16 +250,36 @@ for s in $SERVERS; do
 done
 
 # ---- the table ----
-# fig NAME FIELD: one figure for a server, or "n/a".
+# median: the median of the numbers on stdin ("n/a" lines skipped), or "n/a".
+median() {
+    { grep -v '^n/a$' || true; } | sort -g | awk '{ a[NR] = $1 } END {
+        if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# fig NAME FIELD: one figure for a server, or "n/a". FIELD cpu:tg, net:tg and p99:tg are medians
+# over the targeted runs (cpu:tgK ... for run K); del:tg and ach:tg list every run.
 fig() {
-    local name=$1 what=$2 f v=""
+    local name=$1 what=$2 f v="" k
     case $what in
+    cpu:tg | net:tg | p99:tg)
+        for ((k = 1; k <= TARGETED_RUNS; k++)); do fig "$name" "$what$k"; done | median
+        return
+        ;;
+    del:tg | ach:tg | each:tg)
+        for ((k = 1; k <= TARGETED_RUNS; k++)); do
+            case $what in
+            each:*) echo "$(fig "$name" "net:tg$k") ($(fig "$name" "p99:tg$k") ms)" ;;
+            *) fig "$name" "${what%%:*}:tg$k" ;;
+            esac
+        done | paste -sd ';' | sed 's/;/; /g'
+        return
+        ;;
     rss) v=$(json "$OUT/$name.idle.json" .gateway.rss_per_socket_kib) ;;
     connect) [[ ! -s $OUT/$name.idle.txt ]] || v=$(sed -n 's/^ *connect_time .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.idle.txt") ;;
     idle_cpu) v=$(json "$OUT/$name.idle.json" .gateway.cpu_s | awk '{ printf "%.2f", $1 }') ;;
     cpu:* | net:* | p99:* | del:* | ach:*)
         f=$OUT/$name.bc${what#*:}.json
-        [[ ${what#*:} == tg ]] && f=$OUT/$name.tg.json
+        [[ ${what#*:} == tg* ]] && f=$OUT/$name.${what#*:}.json
         [[ -s $f ]] || {
             echo n/a
             return
@@ -266,8 +294,8 @@ fig() {
             v=$(awk -v c="$cpu" -v i="$idle" -v d="$delivered" 'BEGIN { if (d > 0 && i != "") printf "%.2f", (c - i) * 1e6 / d }')
             ;;
         p99)
-            if [[ ${what#*:} == tg ]]; then
-                v=$(sed -n 's/^ *delivery_latency .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.tg.txt")
+            if [[ ${what#*:} == tg* ]]; then
+                v=$(sed -n 's/^ *delivery_latency .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.${what#*:}.txt")
             else
                 v=$(sed -n 's/^delivery latency ms:.* p99 \([0-9.]*\).*/\1/p' "$OUT/$name.bc${what#*:}.txt")
             fi
@@ -312,9 +340,10 @@ rss_w=$(fig wsgw rss)
         printf '| publish rate achieved, %s/s | %s | %s | |\n' "$r" "$(fig uws "ach:$r")" "$(fig wsgw "ach:$r")"
     done
     if ((TARGETED_RATE > 0)); then
-        row "CPU-s per 1M targeted deliveries, $TARGETED_RATE/s (whole command)" "$(fig uws cpu:tg)" "$(fig wsgw cpu:tg)"
-        row "same, net of the idle command's CPU, $TARGETED_RATE/s" "$(fig uws net:tg)" "$(fig wsgw net:tg)"
-        row "targeted delivery p99, $TARGETED_RATE/s (ms)" "$(fig uws p99:tg)" "$(fig wsgw p99:tg)"
+        row "CPU-s per 1M targeted deliveries, $TARGETED_RATE/s (whole command, median of $TARGETED_RUNS)" "$(fig uws cpu:tg)" "$(fig wsgw cpu:tg)"
+        row "same, net of the idle command's CPU, $TARGETED_RATE/s (median)" "$(fig uws net:tg)" "$(fig wsgw net:tg)"
+        row "targeted delivery p99, $TARGETED_RATE/s (ms, median)" "$(fig uws p99:tg)" "$(fig wsgw p99:tg)"
+        printf '| targeted runs: net CPU (p99) each | %s | %s | |\n' "$(fig uws each:tg)" "$(fig wsgw each:tg)"
         printf '| targeted deliveries, %s/s | %s | %s | |\n' "$TARGETED_RATE" "$(fig uws del:tg)" "$(fig wsgw del:tg)"
         printf '| targeted publish rate achieved, %s/s | %s | %s | |\n' "$TARGETED_RATE" "$(fig uws ach:tg)" "$(fig wsgw ach:tg)"
     fi
