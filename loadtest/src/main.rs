@@ -329,7 +329,7 @@ fn main() -> Result<()> {
                 .await?;
                 let f = &s.figures;
                 let pct = |q: &str| s.metric(&format!("delivery_{q}"), false).unwrap_or(f64::NAN);
-                let achieved = f.publisher_rate_per_s.map_or(f64::NAN, |r| r);
+                let achieved = f.publisher_rate_per_s.unwrap_or(f64::NAN);
                 println!(
                     "sockets: {}, broadcasts: {} at {rate}/s ({achieved:.1}/s achieved), deliveries: {} ({} missing, {} duplicates)",
                     f.welcomes, f.published, f.delivered, f.missing, f.duplicates
