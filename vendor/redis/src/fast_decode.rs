@@ -30,16 +30,26 @@ pub(crate) enum Fast {
     Fallback,
 }
 
-/// One `\r\n`-terminated line at `at`: its content and the offset after the `\r\n`.
-/// `Err(())` when the line is not complete yet.
-fn line(buf: &[u8], at: usize) -> Result<(&[u8], usize), ()> {
-    let rest = buf.get(at..).ok_or(())?;
-    let nl = rest.iter().position(|b| *b == b'\n').ok_or(())?;
-    // A lone `\n` is not a line end in RESP: `combine` decides what that is.
-    if nl == 0 || rest[nl - 1] != b'\r' {
-        return Ok((&[], usize::MAX));
+/// A line of the reply.
+enum Line<'a> {
+    /// Its content, and the offset after its `\r\n`.
+    Done(&'a [u8], usize),
+    /// Not complete yet.
+    Incomplete,
+    /// Ended by a lone `\n`, which is no line end in RESP: `combine` decides what that is.
+    Odd,
+}
+
+/// The `\r\n`-terminated line at `at`.
+fn line(buf: &[u8], at: usize) -> Line<'_> {
+    let Some(rest) = buf.get(at..) else {
+        return Line::Incomplete;
+    };
+    match rest.iter().position(|b| *b == b'\n') {
+        None => Line::Incomplete,
+        Some(nl) if nl > 0 && rest[nl - 1] == b'\r' => Line::Done(&rest[..nl - 1], at + nl + 1),
+        Some(_) => Line::Odd,
     }
-    Ok((&rest[..nl - 1], at + nl + 1))
 }
 
 /// A strict decimal integer: an optional `-` and 1 to 18 digits.
@@ -67,12 +77,11 @@ fn item(buf: &[u8], at: usize) -> Item {
     let Some(&kind) = buf.get(at) else {
         return Item::Incomplete;
     };
-    let Ok((text, next)) = line(buf, at + 1) else {
-        return Item::Incomplete;
+    let (text, next) = match line(buf, at + 1) {
+        Line::Done(text, next) => (text, next),
+        Line::Incomplete => return Item::Incomplete,
+        Line::Odd => return Item::Fallback,
     };
-    if next == usize::MAX {
-        return Item::Fallback;
-    }
     match kind {
         b'$' => {
             let Some(len) = int(text).and_then(|n| usize::try_from(n).ok()) else {
@@ -110,10 +119,12 @@ pub(crate) fn decode(buf: &[u8]) -> Fast {
             Item::Fallback => Fast::Fallback,
         };
     }
-    let Ok((text, mut at)) = line(buf, 1) else {
-        return Fast::Incomplete;
+    let (text, mut at) = match line(buf, 1) {
+        Line::Done(text, at) => (text, at),
+        Line::Incomplete => return Fast::Incomplete,
+        Line::Odd => return Fast::Fallback,
     };
-    let Some(len) = (at != usize::MAX).then(|| int(text)).flatten() else {
+    let Some(len) = int(text) else {
         return Fast::Fallback;
     };
     // Null and empty arrays and pushes, and long ones, are `combine`'s.
