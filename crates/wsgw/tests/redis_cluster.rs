@@ -143,17 +143,35 @@ async fn collect(
     got
 }
 
-/// The `event_id` of each frame.
-fn ids_of(frames: &[String]) -> Vec<String> {
-    frames
-        .iter()
-        .map(|f| {
-            serde_json::from_str::<Value>(f).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
+/// A message's previous event, from its header line if it has one, and its frame.
+fn split_header(m: &str) -> (Option<&str>, &str) {
+    match m.strip_prefix("#x:~") {
+        Some(rest) => {
+            let (prev, frame) = rest.split_once('\n').expect("a header line ends");
+            (Some(prev), frame)
+        }
+        None => (None, m),
+    }
+}
+
+/// The `event_id` of each message's frame. A message after a channel's first carries the
+/// header line `#x:~<previous id>` (docs/backends.md): each one here names the message before
+/// it, without its shard.
+fn ids_of(messages: &[String]) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for m in messages {
+        let (prev, frame) = split_header(m);
+        let id = serde_json::from_str::<Value>(frame).unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if let Some(before) = ids.last() {
+            let before = before.split_once('~').expect("a cluster id").1;
+            assert_eq!(prev, Some(before), "the previous event named in the header of {m}");
+        }
+        ids.push(id);
+    }
+    ids
 }
 
 #[tokio::test]
@@ -391,7 +409,8 @@ async fn backends_publish_into_a_redis_cluster_by_the_documented_shard_rule() {
             "{history} on 127.0.0.1:{held} holds the snippet's event {id}: {stream}"
         );
         assert!(id.starts_with("6~"), "user:42 is in shard 6: {id}");
-        let frame: Value = serde_json::from_str(&frames[snippet_ids.iter().position(|x| x == id).unwrap()]).unwrap();
+        let message = &frames[snippet_ids.iter().position(|x| x == id).unwrap()];
+        let frame: Value = serde_json::from_str(split_header(message).1).unwrap();
         assert_eq!(
             (&frame["channel"], &frame["event"], &frame["data"]),
             (

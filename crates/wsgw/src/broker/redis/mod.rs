@@ -35,6 +35,7 @@ mod channel_presence;
 mod cluster_functions;
 mod cluster_link;
 mod control;
+mod header;
 mod keys;
 mod link;
 mod pool;

@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 
 use super::canary::CanaryWatch;
 use super::control::Control;
+use super::header::{self, Header};
 use super::*;
 use crate::hub::Burst;
 
@@ -338,7 +339,7 @@ impl Inner {
         let Some(channel) = msg.get_channel_name().strip_prefix(self.keys.prefix.as_str()) else {
             return 0;
         };
-        let Some((frame, exclude)) = self.parse_frame(channel, msg.get_payload_bytes()) else {
+        let Some((frame, header)) = self.parse_frame(channel, msg.get_payload_bytes()) else {
             self.metrics.dropped_frames.inc();
             return 0;
         };
@@ -348,7 +349,7 @@ impl Inner {
                 *w = Some(id);
             }
         }
-        let excluded: Vec<&str> = exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
+        let excluded = header.excluded();
         if msg.from_pattern() {
             let Ok(pattern) = msg.get_pattern::<String>() else {
                 return frame.published_us;
@@ -363,17 +364,9 @@ impl Inner {
         frame.published_us
     }
 
-    pub(super) fn parse_frame(&self, channel: &str, payload: &[u8]) -> Option<(OutFrame, Option<String>)> {
-        let (exclude, body) = match payload.strip_prefix(b"#x:") {
-            Some(rest) => {
-                let nl = rest.iter().position(|b| *b == b'\n')?;
-                (
-                    Some(String::from_utf8(rest[..nl].to_vec()).ok()?),
-                    &payload[3 + nl + 1..],
-                )
-            }
-            None => (None, payload),
-        };
+    /// A pub/sub message's frame, checked, and its header (header.rs).
+    pub(super) fn parse_frame<'a>(&self, channel: &str, payload: &'a [u8]) -> Option<(OutFrame, Header<'a>)> {
+        let (header, body) = header::split(payload)?;
         // Cow, not &str: JSON encoders may escape characters (cjson writes `/` as `\/`).
         #[derive(Deserialize)]
         struct Head<'a> {
@@ -414,7 +407,7 @@ impl Inner {
                 response,
                 ..OutFrame::control(bytes::Bytes::copy_from_slice(body))
             },
-            exclude,
+            header,
         ))
     }
 

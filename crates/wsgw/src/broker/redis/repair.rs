@@ -58,7 +58,7 @@ impl Inner {
         channels: &[Arc<str>],
         after: EventId,
         until: EventId,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Vec<(Arc<str>, EventId)>, BrokerError> {
         let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
         let mut gaps: Vec<Arc<str>> = Vec::new();
         for ch in channels {
@@ -92,13 +92,18 @@ impl Inner {
             );
         }
         events.sort_by_key(|(_, e)| e.id);
+        // Sorted: each channel's last event is its newest.
+        let mut newest: HashMap<Arc<str>, EventId> = HashMap::new();
+        for (ch, e) in &events {
+            newest.insert(ch.clone(), e.id);
+        }
         for (ch, e) in events {
             let excluded: Vec<&str> = e.exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
             let frame = OutFrame::event(e.frame.clone(), e.id, crate::time::ms_to_us(e.ts_ms));
             let n = self.hub.deliver(&ch, &frame, &excluded);
             self.metrics.repaired_events.inc_by(n as u64);
         }
-        Ok(())
+        Ok(newest.into_iter().collect())
     }
 
     /// Raises the epoch key `key` (ms) past `seen_ms` and the primary's clock; returns it. A

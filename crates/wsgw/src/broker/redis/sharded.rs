@@ -13,7 +13,12 @@
 //!   refreshed the topology, not always with a word about the lost connection);
 //! - a subscription of it was never confirmed by name (the library can take a `sunsubscribe`
 //!   Redis pushed on its own for the answer to a request: valkey-io/valkey#1066);
-//! - its canary stopped coming back.
+//! - its canary stopped coming back;
+//! - a message names, as its channel's previous event (header.rs), one newer than any the node
+//!   has of that channel: the node missed it, however that happened. The channel's sockets are
+//!   told of a possible `gap` before the message reaches them (a socket may already have passed
+//!   the missing id, through another channel of the shard, and a client recovers from the last
+//!   id it has).
 //!
 //! Its live messages are then held while the shard is resubscribed and repaired from its
 //! history up to a snapshot, and released after (sharded_repair.rs). When the shard's primary
@@ -55,6 +60,10 @@ pub(super) struct Shard {
     pub(super) held: Option<VecDeque<PushInfo>>,
     /// Repair again once this one ends (messages were dropped, or another interruption).
     pub(super) again: bool,
+    /// Where that next repair reads from, if earlier than the shard's newest id then: a channel
+    /// subscribed while the shard was being repaired may have missed events the running repair
+    /// does not read (it reads only the channels it started with).
+    pub(super) rewind: Option<EventId>,
     /// When its canary (or any marker) last came back.
     pub(super) last_marker: Option<tokio::time::Instant>,
     /// How late its newest frame was: a shard that far behind gets its canary that much later
@@ -65,10 +74,26 @@ pub(super) struct Shard {
     /// library may have taken a `sunsubscribe` Redis pushed on its own (a slot moved) for the
     /// answer to our request, while the real answer was `MOVED` (valkey-io/valkey#1066).
     pub(super) pending: HashMap<String, tokio::time::Instant>,
+    /// The newest event the node has of each channel it follows (live, or from a repair's
+    /// history read): a message whose previous event is newer shows a hole.
+    pub(super) positions: HashMap<Arc<str>, EventId>,
+}
+
+/// The newest event id a repair delivered, per channel.
+pub(super) type Positions = Vec<(Arc<str>, EventId)>;
+
+/// What `on_smessage` did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Took {
+    /// Delivered, or not an event of a followed channel.
+    Delivered,
+    /// It showed a hole after `have`, the newest event the node has of its channel; the
+    /// channel's sockets were told of a possible gap.
+    Hole { have: EventId },
 }
 
 /// A repair's outcome, sent back to the subscriber loop.
-pub(super) type RepairDone = mpsc::UnboundedSender<(u16, Result<(), BrokerError>)>;
+pub(super) type RepairDone = mpsc::UnboundedSender<(u16, Result<Positions, BrokerError>)>;
 
 /// The shard a sharded channel name (`<prefix>{s}…`) is in, and the rest of the name.
 pub(super) fn split_shard<'a>(prefix: &str, name: &'a str) -> Option<(u16, &'a str)> {
@@ -206,7 +231,7 @@ impl Inner {
         }
         self.ready.store(true, Ordering::Release);
         self.metrics.redis_up.set(1);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u16, Result<(), BrokerError>)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u16, Result<Positions, BrokerError>)>();
         // Shards whose canary no subscriber took on the shard's primary (see `publish_canary`).
         let (stray_tx, mut stray_rx) = mpsc::unbounded_channel::<u16>();
         let canary_every = Duration::from_millis(self.s.canary_interval_ms.max(10));
@@ -393,7 +418,18 @@ impl Inner {
                     }
                     return;
                 }
-                self.on_smessage(s, channel, &push, sh, burst);
+                if let Took::Hole { have } = self.on_smessage(s, channel, &push, sh, burst, true) {
+                    // The repair reads the shard's history from the newest event the node has of
+                    // this channel: the missing one comes before this message.
+                    let mut marks = self.shards.lock();
+                    let seen = &mut marks.seen[s as usize];
+                    *seen = seen.map(|w| w.min(have));
+                    drop(marks);
+                    self.start_repair(s, shards, done);
+                    if let Some(held) = shards[s as usize].held.as_mut() {
+                        held.push_back(push);
+                    }
+                }
             }
             _ => {}
         }
@@ -405,7 +441,10 @@ impl Inner {
         sh.listening.contains(channel) || name == self.keys.shard_marker(s, &self.s.node_id)
     }
 
-    /// A sharded message of shard `s` on `channel` (the name after the shard's prefix).
+    /// A sharded message of shard `s` on `channel` (the name after the shard's prefix). When it
+    /// shows a hole (its channel's previous event is newer than the newest the node has of it),
+    /// the channel's sockets are told of a possible gap first; then it is delivered, unless
+    /// `hold` (the caller holds it for the repair).
     pub(super) fn on_smessage(
         &self,
         s: u16,
@@ -413,9 +452,10 @@ impl Inner {
         push: &PushInfo,
         sh: &mut Shard,
         burst: Option<&mut Burst>,
-    ) {
+        hold: bool,
+    ) -> Took {
         let Some(payload) = push.data.get(1).and_then(text) else {
-            return;
+            return Took::Delivered;
         };
         if channel.strip_prefix("control:") == Some(self.s.node_id.as_str()) {
             sh.last_marker = Some(tokio::time::Instant::now());
@@ -425,12 +465,13 @@ impl Inner {
             {
                 let _ = tx.send(());
             }
-            return;
+            return Took::Delivered;
         }
-        let Some((frame, exclude)) = self.parse_frame(channel, payload) else {
+        let Some((frame, header)) = self.parse_frame(channel, payload) else {
             self.metrics.dropped_frames.inc();
-            return;
+            return Took::Delivered;
         };
+        let mut took = Took::Delivered;
         if frame.published_us != 0 {
             sh.behind = lateness(frame.published_us, now_us());
         }
@@ -438,7 +479,31 @@ impl Inner {
             if id.shard() != Some(s) {
                 // A frame on a shard's channel must carry that shard's id.
                 self.metrics.dropped_frames.inc();
-                return;
+                return Took::Delivered;
+            }
+            let prev = header.prev.map(|p| p.in_shard(Some(s)));
+            match sh.positions.get_mut(channel) {
+                Some(have) => {
+                    if prev.is_some_and(|p| p > *have) {
+                        took = Took::Hole { have: *have };
+                        let told = self.hub.send_gap(&[Arc::from(channel)]);
+                        warn!(
+                            shard = s,
+                            channel,
+                            sockets = told,
+                            "a message names an earlier event of its channel that the node never got: its sockets were told of a possible gap; repairing the shard"
+                        );
+                        if hold {
+                            return took;
+                        }
+                    }
+                    *have = (*have).max(id);
+                }
+                None => {
+                    if let Some(c) = sh.listening.get(channel) {
+                        sh.positions.insert(c.clone(), id);
+                    }
+                }
             }
             let mut marks = self.shards.lock();
             let seen = &mut marks.seen[s as usize];
@@ -446,8 +511,8 @@ impl Inner {
                 *seen = Some(id);
             }
         }
-        let excluded: Vec<&str> = exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
-        self.hub.deliver_exact(channel, &frame, &excluded, burst);
+        self.hub.deliver_exact(channel, &frame, &header.excluded(), burst);
+        took
     }
 
     /// `SSUBSCRIBE`s to the channels not yet followed: one command per shard, all shards at once.
@@ -479,7 +544,19 @@ impl Inner {
         for (s, chans, names, r) in futures_util::future::join_all(each).await {
             let sh = &mut shards[s as usize];
             match r {
-                Ok(()) => sh.listening.extend(chans),
+                Ok(()) => {
+                    if sh.held.is_some() {
+                        // Subscribed during a repair, on a connection that may be gone or on a
+                        // replica: events after its socket's snapshot may reach neither.
+                        let from = self.shards.lock().seen[s as usize];
+                        sh.rewind = match (sh.rewind, from) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        sh.again = true;
+                    }
+                    sh.listening.extend(chans);
+                }
                 Err(e) => {
                     for n in &names {
                         sh.pending.remove(n);
@@ -498,6 +575,7 @@ impl Inner {
             if !self.hub.has_interest(&c) && shards[s as usize].listening.remove(&c) {
                 let name = self.keys.pubsub(&c);
                 shards[s as usize].pending.remove(&name);
+                shards[s as usize].positions.remove(&c);
                 by_shard.entry(s).or_default().push(name);
             }
         }

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use super::sharded::{RepairDone, Shard, sharded_name};
+use super::sharded::{Positions, RepairDone, Shard, Took, sharded_name};
 use super::*;
 
 impl Inner {
@@ -18,6 +18,11 @@ impl Inner {
             return;
         }
         sh.held = Some(VecDeque::new());
+        self.spawn_repair(s, sh, done);
+    }
+
+    /// Repairs held shard `s` in the background.
+    fn spawn_repair(self: &Arc<Self>, s: u16, sh: &mut Shard, done: &RepairDone) {
         let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
         // The repair subscribes to all of them again: each is proven by its confirmation.
         let now = tokio::time::Instant::now();
@@ -35,7 +40,7 @@ impl Inner {
     pub(super) fn repair_done(
         self: &Arc<Self>,
         s: u16,
-        r: Result<(), BrokerError>,
+        r: Result<Positions, BrokerError>,
         shards: &mut [Shard],
         done: &RepairDone,
     ) {
@@ -43,23 +48,49 @@ impl Inner {
         // What the repair subscribed to gets its full time to be confirmed from now.
         let now = tokio::time::Instant::now();
         sh.pending.values_mut().for_each(|t| *t = now);
-        if let Err(e) = r {
-            warn!(shard = s, error = %e, "shard repair failed; retrying");
-            let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
-            let me = self.clone();
-            let done = done.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let r = me.repair_shard(s, channels).await;
-                let _ = done.send((s, r));
-            });
+        let positions = match r {
+            Ok(positions) => positions,
+            Err(e) => {
+                warn!(shard = s, error = %e, "shard repair failed; retrying");
+                let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
+                let me = self.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let r = me.repair_shard(s, channels).await;
+                    let _ = done.send((s, r));
+                });
+                return;
+            }
+        };
+        // What the repair delivered of each channel it still follows.
+        for (channel, id) in positions {
+            if let Some(c) = sh.listening.get(&channel) {
+                let have = sh.positions.entry(c.clone()).or_insert(id);
+                *have = (*have).max(id);
+            }
+        }
+        if let Some(from) = sh.rewind.take() {
+            // A channel was subscribed during this repair, which did not read it: repair again
+            // from where this one started, still holding the messages, so none of that channel
+            // passes an event of it the repair brings.
+            let mut marks = self.shards.lock();
+            let seen = &mut marks.seen[s as usize];
+            *seen = seen.map(|w| w.min(from));
+            drop(marks);
+            sh.again = false;
+            self.spawn_repair(s, sh, done);
             return;
         }
         let held = sh.held.take().unwrap_or_default();
         sh.last_marker = Some(tokio::time::Instant::now());
         for push in held {
-            if let Some((_, _, channel)) = sharded_name(&self.keys.prefix, &push) {
-                self.on_smessage(s, channel, &push, sh, None);
+            if let Some((_, _, channel)) = sharded_name(&self.keys.prefix, &push)
+                && self.on_smessage(s, channel, &push, sh, None, false) != Took::Delivered
+            {
+                // A hole this repair did not cover (it read from past the missing event, or the
+                // event went missing after its snapshot): the sockets were told; repair again.
+                sh.again = true;
             }
         }
         if std::mem::take(&mut sh.again) {
@@ -69,7 +100,7 @@ impl Inner {
 
     /// Resubscribes shard `s`, fences a changed primary, and delivers what the node missed of
     /// its channels from history, up to a snapshot taken after the resubscription.
-    async fn repair_shard(&self, s: u16, channels: Vec<Arc<str>>) -> Result<(), BrokerError> {
+    async fn repair_shard(&self, s: u16, channels: Vec<Arc<str>>) -> Result<Positions, BrokerError> {
         let mut names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
         names.push(self.keys.shard_marker(s, &self.s.node_id));
         self.ssubscribe(&names).await?;
@@ -99,16 +130,17 @@ impl Inner {
         if before.as_deref().is_some_and(|b| b != owner) {
             self.fence_shard(s, after, &channels).await?;
         }
-        if let Some(after) = after {
-            self.redeliver(&channels, after, snapshot).await?;
-        }
+        let positions = match after {
+            Some(after) => self.redeliver(&channels, after, snapshot).await?,
+            None => Vec::new(),
+        };
         let mut marks = self.shards.lock();
         let seen = &mut marks.seen[s as usize];
         if seen.is_none_or(|w| snapshot > w) {
             *seen = Some(snapshot);
         }
         marks.owner[s as usize] = Some(owner);
-        Ok(())
+        Ok(positions)
     }
 
     /// Publishes this node's canary on shard `s`'s marker channel; the answer is how many

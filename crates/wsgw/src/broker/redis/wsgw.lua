@@ -8,7 +8,9 @@
 -- records what trimming removed in <prefix>meta:<channel>, publishes the exact client frame on the
 -- channel's pub/sub channel <prefix><channel>, and returns the id. <exclude> is a
 -- comma-separated list of connection ids that must not receive the event; it travels as a
--- header line ("#x:<ids>\n") before the frame, which gateways strip.
+-- header line ("#x:<ids>\n") before the frame, which gateways strip. In a Redis Cluster the
+-- header also names the channel's previous durable event ("#x:<ids>,~<ms>-<seq>\n", or
+-- "#x:~<ms>-<seq>\n" without an exclude list).
 --
 -- Input is checked before anything is written: <ttl_ms> must be a positive integer and
 -- <maxlen> a non-negative integer (absent or empty: the <prefix>config defaults), and
@@ -238,6 +240,9 @@ local function publish(keys, args)
     redis.call('EXISTS', prefix .. 'epoch')
     redis.call('EXISTS', meta_key)
   end
+  -- Redis Cluster: the channel's previous durable event travels with this one on pub/sub, so a
+  -- gateway can tell it missed a message (docs/scaling.md, "Holes in a channel").
+  local prev = shard and redis.call('HGET', meta_key, 'last')
 
   local t = redis.call('TIME')
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -304,9 +309,18 @@ local function publish(keys, args)
     redis.call('PEXPIRE', meta_key, ttl * 2)
   end
 
+  -- The header line: the exclude list, then (Redis Cluster) `~<prev>`; '~' is in no
+  -- connection id, so a gateway that knows only the exclude list ignores it.
+  local header = exclude
+  if prev then
+    if header ~= '' then
+      header = header .. ','
+    end
+    header = header .. '~' .. prev
+  end
   local payload = frame
-  if exclude ~= '' then
-    payload = '#x:' .. exclude .. '\n' .. frame
+  if header ~= '' then
+    payload = '#x:' .. header .. '\n' .. frame
   end
   if shard then
     redis.call('SPUBLISH', prefix .. channel, payload)
