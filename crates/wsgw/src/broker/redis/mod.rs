@@ -36,6 +36,7 @@ mod cluster_functions;
 mod cluster_link;
 mod control;
 mod header;
+mod held;
 mod keys;
 mod link;
 mod pool;

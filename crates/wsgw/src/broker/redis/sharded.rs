@@ -26,12 +26,11 @@
 //! event the old one acknowledged: its sockets get a `gap`, and the shard's epoch is raised so
 //! later replays from before say `recovered:false`.
 
-use std::collections::VecDeque;
-
 use redis::{PushInfo, PushKind, Value};
 use wsgw_protocol::ID_SHARDS;
 
 use super::canary::lateness;
+use super::held::Held;
 use super::*;
 use crate::hub::Burst;
 use crate::time::now_us;
@@ -39,8 +38,8 @@ use crate::time::now_us;
 const SHARDS: usize = ID_SHARDS as usize;
 
 /// Messages one interrupted shard may hold while it is repaired; past that they are dropped
-/// and the shard is repaired again, from history, once this repair ends.
-const MAX_HELD: usize = 100_000;
+/// and the shard is repaired again, from history, once this repair ends (held.rs).
+pub(super) const MAX_HELD: usize = 100_000;
 
 /// Per shard: what the node has of it.
 #[derive(Debug, Default)]
@@ -57,7 +56,7 @@ pub(super) struct Shard {
     /// Channels subscribed (gateway names).
     pub(super) listening: HashSet<Arc<str>>,
     /// Some while the shard is being repaired: its messages, in arrival order.
-    pub(super) held: Option<VecDeque<PushInfo>>,
+    pub(super) held: Option<Held<PushInfo>>,
     /// Repair again once this one ends (messages were dropped, or another interruption).
     pub(super) again: bool,
     /// Where that next repair reads from, if earlier than the shard's newest id then: a channel
@@ -410,10 +409,7 @@ impl Inner {
                 }
                 let sh = &mut shards[s as usize];
                 if let Some(held) = sh.held.as_mut() {
-                    if held.len() < MAX_HELD {
-                        held.push_back(push);
-                    } else {
-                        held.clear();
+                    if !held.push(push) {
                         sh.again = true;
                     }
                     return;
@@ -426,8 +422,11 @@ impl Inner {
                     *seen = seen.map(|w| w.min(have));
                     drop(marks);
                     self.start_repair(s, shards, done);
-                    if let Some(held) = shards[s as usize].held.as_mut() {
-                        held.push_back(push);
+                    let sh = &mut shards[s as usize];
+                    if let Some(held) = sh.held.as_mut()
+                        && !held.push(push)
+                    {
+                        sh.again = true;
                     }
                 }
             }

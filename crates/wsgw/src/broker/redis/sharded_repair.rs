@@ -3,9 +3,8 @@
 //! missed of its channels is delivered from the shard's history up to a snapshot; then the held
 //! messages follow.
 
-use std::collections::VecDeque;
-
-use super::sharded::{Positions, RepairDone, Shard, Took, sharded_name};
+use super::held::Held;
+use super::sharded::{MAX_HELD, Positions, RepairDone, Shard, Took, sharded_name};
 use super::*;
 
 impl Inner {
@@ -17,7 +16,7 @@ impl Inner {
             sh.again = true;
             return;
         }
-        sh.held = Some(VecDeque::new());
+        sh.held = Some(Held::new(MAX_HELD));
         self.spawn_repair(s, sh, done);
     }
 
@@ -82,8 +81,13 @@ impl Inner {
             self.spawn_repair(s, sh, done);
             return;
         }
-        let held = sh.held.take().unwrap_or_default();
         sh.last_marker = Some(tokio::time::Instant::now());
+        let Some(held) = sh.held.take().and_then(Held::release) else {
+            // Messages were dropped: none is released, the next repair brings them all.
+            sh.again = false;
+            self.start_repair(s, shards, done);
+            return;
+        };
         for push in held {
             if let Some((_, _, channel)) = sharded_name(&self.keys.prefix, &push)
                 && self.on_smessage(s, channel, &push, sh, None, false) != Took::Delivered
