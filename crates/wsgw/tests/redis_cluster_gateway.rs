@@ -37,14 +37,7 @@ async fn start_node(cluster: &RedisCluster, id: &str) -> GatewayProc {
 }
 
 async fn publish(node: &GatewayProc, channel: &str, n: u64) -> EventId {
-    let (status, body) = node
-        .api_post(
-            "/api/publish",
-            json!({"channel": channel, "event": "e", "data": {"n": n}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let id: EventId = body["event_id"].as_str().unwrap().parse().unwrap();
+    let id = node.publish_n(channel, n).await;
     assert_eq!(id.shard(), Some(shard_of(channel)), "{channel}: {id}");
     id
 }
@@ -76,14 +69,6 @@ async fn publish_retrying(node: &GatewayProc, channel: &str, n: u64) -> EventId 
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-}
-
-fn id_of(e: &Value) -> EventId {
-    e["event_id"]
-        .as_str()
-        .expect("an event id")
-        .parse()
-        .expect("a valid id")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +117,7 @@ async fn two_nodes_on_a_redis_cluster_deliver_and_resume_from_one_cursor_across_
     for (i, room) in rooms.iter().enumerate() {
         let id = publish(&b, room, i as u64).await;
         let e = c.expect("event").await;
-        assert_eq!((e["channel"].as_str(), id_of(&e)), (Some(room.as_str()), id));
+        assert_eq!((e["channel"].as_str(), event_id_of(&e)), (Some(room.as_str()), id));
         cursor.advance(id);
     }
     // Patterns cannot be followed with sharded pub/sub.
@@ -170,11 +155,11 @@ async fn two_nodes_on_a_redis_cluster_deliver_and_resume_from_one_cursor_across_
     for e in c.events(9).await {
         got.entry(e["channel"].as_str().unwrap().to_string())
             .or_default()
-            .push(id_of(&e));
+            .push(event_id_of(&e));
     }
     assert_eq!(got, missed, "every missed event once, in order per channel");
     let live = publish(&a, &rooms[1], 99).await;
-    assert_eq!(id_of(&c.expect("event").await), live);
+    assert_eq!(event_id_of(&c.expect("event").await), live);
     c.assert_silent(std::time::Duration::from_millis(300)).await;
     c.close().await;
 
@@ -189,7 +174,7 @@ async fn two_nodes_on_a_redis_cluster_deliver_and_resume_from_one_cursor_across_
     );
     let live = publish(&b, &rooms[2], 100).await;
     let e = old.expect("event").await;
-    assert_eq!(id_of(&e), live, "{e}");
+    assert_eq!(event_id_of(&e), live, "{e}");
     old.close().await;
 
     // One shard's id: that shard's missed events, the others not recovered.
@@ -204,7 +189,7 @@ async fn two_nodes_on_a_redis_cluster_deliver_and_resume_from_one_cursor_across_
         (Some(false), Some(1)),
         "{w}"
     );
-    assert_eq!(id_of(&one.expect("event").await), after0);
+    assert_eq!(event_id_of(&one.expect("event").await), after0);
     one.close().await;
 
     // Kicks travel to every node; presence and stats see the whole cluster.
@@ -316,7 +301,7 @@ async fn a_primary_failover_keeps_every_socket_and_reports_gaps_only_for_its_sha
         c.expect("subscribed").await;
     }
     let before = publish(&b, &rooms[0], 0).await;
-    assert_eq!(id_of(&c.expect("event").await), before);
+    assert_eq!(event_id_of(&c.expect("event").await), before);
     let victim = owner(&cluster, &format!("ws:{{{}}}seq", shard_of(&rooms[0])));
     let victim_shards: Vec<u16> = (0..16u16)
         .filter(|s| owner(&cluster, &format!("ws:{{{s}}}seq")) == victim)
@@ -344,8 +329,8 @@ async fn a_primary_failover_keeps_every_socket_and_reports_gaps_only_for_its_sha
             .await
             .unwrap_or_else(|| panic!("socket closed: {:?}", c.closed));
         match f["type"].as_str() {
-            Some("event") if f["channel"] == rooms[1].as_str() => got.push(id_of(&f)),
-            Some("event") if f["channel"] == rooms[0].as_str() && id_of(&f) == after => after_seen = true,
+            Some("event") if f["channel"] == rooms[1].as_str() => got.push(event_id_of(&f)),
+            Some("event") if f["channel"] == rooms[0].as_str() && event_id_of(&f) == after => after_seen = true,
             Some("event") => {}
             Some("gap") => {
                 for ch in f["channels"].as_array().unwrap() {
@@ -411,7 +396,7 @@ impl Followed {
             .await;
         socket.expect("subscribed").await;
         let first = publish(&node, &room, 0).await;
-        assert_eq!(id_of(&socket.expect("event").await), first);
+        assert_eq!(event_id_of(&socket.expect("event").await), first);
         let old = owner(&cluster, &format!("ws:{{{shard}}}seq"));
         let new = *cluster
             .replicas
@@ -451,7 +436,7 @@ impl Followed {
                 .await
                 .unwrap_or_else(|| panic!("socket closed after {got:?}: {:?}", self.socket.closed));
             match f["type"].as_str() {
-                Some("event") => got.push(id_of(&f)),
+                Some("event") => got.push(event_id_of(&f)),
                 Some("gap" | "ping") => {}
                 other => panic!("unexpected {other:?}: {f}"),
             }
@@ -584,7 +569,7 @@ async fn after_every_primary_is_flushed_each_shards_epoch_comes_back() {
         (Some(true), Some(1)),
         "{s}"
     );
-    assert_eq!(id_of(&c.expect("event").await), second);
+    assert_eq!(event_id_of(&c.expect("event").await), second);
     // ...and one from before it does not.
     c.send(json!({"type": "unsubscribe", "channel": room, "request_id": 2}))
         .await;

@@ -57,17 +57,6 @@ fn lose_one(cluster: &RedisCluster, channel: &str) -> EventId {
     out.parse().unwrap_or_else(|_| panic!("the stored event's id: {out:?}"))
 }
 
-async fn publish(node: &GatewayProc, channel: &str, n: u64) -> EventId {
-    let (status, body) = node
-        .api_post(
-            "/api/publish",
-            json!({"channel": channel, "event": "e", "data": {"n": n}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["event_id"].as_str().unwrap().parse().unwrap()
-}
-
 /// Two channels of one id-shard.
 fn two_channels_of_one_shard() -> (String, String) {
     let a = "room:0".to_string();
@@ -78,14 +67,6 @@ fn two_channels_of_one_shard() -> (String, String) {
     (a, b)
 }
 
-fn id_of(e: &Value) -> EventId {
-    e["event_id"]
-        .as_str()
-        .expect("an event id")
-        .parse()
-        .expect("a valid id")
-}
-
 /// Frames up to and including the event `last`, skipping pings.
 async fn frames_until(c: &mut Client, last: EventId) -> Vec<Value> {
     let mut got = Vec::new();
@@ -94,7 +75,7 @@ async fn frames_until(c: &mut Client, last: EventId) -> Vec<Value> {
         if f["type"] == "ping" {
             continue;
         }
-        let done = f["type"] == "event" && id_of(&f) == last;
+        let done = f["type"] == "event" && event_id_of(&f) == last;
         got.push(f);
         if done {
             return got;
@@ -125,11 +106,11 @@ async fn a_message_the_node_never_got_is_told_as_a_gap_and_delivered_from_histor
         .await;
     c.expect("subscribed").await;
 
-    let first = publish(&node, &room, 1).await;
-    assert_eq!(id_of(&c.expect("event").await), first);
+    let first = node.publish_n(&room, 1).await;
+    assert_eq!(event_id_of(&c.expect("event").await), first);
 
     let lost = lose_one(&cluster, &room);
-    let next = publish(&node, &room, 3).await;
+    let next = node.publish_n(&room, 3).await;
     assert!(first < lost && lost < next, "{first} {lost} {next}");
     let got = frames_until(&mut c, next).await;
     assert_eq!(
@@ -149,12 +130,12 @@ async fn a_message_the_node_never_got_is_told_as_a_gap_and_delivered_from_histor
         .await;
     c.expect("subscribed").await;
     let lost = lose_one(&cluster, &room);
-    let on_other = publish(&node, &other, 4).await;
-    assert_eq!(id_of(&c.expect("event").await), on_other);
-    let next = publish(&node, &room, 5).await;
+    let on_other = node.publish_n(&other, 4).await;
+    assert_eq!(event_id_of(&c.expect("event").await), on_other);
+    let next = node.publish_n(&room, 5).await;
     let got = frames_until(&mut c, next).await;
     assert_eq!(got[0]["type"], "gap", "told first: {:?}", kinds(&got));
-    let events: Vec<EventId> = got.iter().filter(|f| f["type"] == "event").map(id_of).collect();
+    let events: Vec<EventId> = got.iter().filter(|f| f["type"] == "event").map(event_id_of).collect();
     assert!(
         events == [next] || events == [lost, next],
         "the message that showed the hole, once, perhaps after the missing one: {:?}",
@@ -162,8 +143,8 @@ async fn a_message_the_node_never_got_is_told_as_a_gap_and_delivered_from_histor
     );
 
     // The channel flows on as before: no more gaps.
-    let later = publish(&node, &room, 6).await;
-    assert_eq!(id_of(&c.expect("event").await), later);
+    let later = node.publish_n(&room, 6).await;
+    assert_eq!(event_id_of(&c.expect("event").await), later);
     c.assert_silent(std::time::Duration::from_millis(300)).await;
     c.close().await;
 }

@@ -316,6 +316,14 @@ impl GatewayProc {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Publishes `{"n": n}` as event `e` on `channel` through the HTTP API; the event's id.
+    pub async fn publish_n(&self, channel: &str, n: u64) -> wsgw_protocol::EventId {
+        let body = serde_json::json!({"channel": channel, "event": "e", "data": {"n": n}});
+        let (status, body) = self.api_post("/api/publish", body).await;
+        assert_eq!(status, 200, "{body}");
+        super::event_id_of(&body)
+    }
+
     pub async fn api_get(&self, path: &str) -> (u16, serde_json::Value) {
         let r = wsgw::http_client::client()
             .get(self.url(path))

@@ -142,6 +142,15 @@ impl Node {
 }
 
 /// Reads a counter's value from Prometheus text (`name{labels} value`).
+/// The `event_id` of a frame or an HTTP publish answer.
+pub fn event_id_of(v: &Value) -> wsgw_protocol::EventId {
+    v["event_id"]
+        .as_str()
+        .expect("an event id")
+        .parse()
+        .expect("a valid id")
+}
+
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
