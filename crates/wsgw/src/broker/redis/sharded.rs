@@ -417,10 +417,7 @@ impl Inner {
                 if let Took::Hole { have } = self.on_smessage(s, channel, &push, sh, burst, true) {
                     // The repair reads the shard's history from the newest event the node has of
                     // this channel: the missing one comes before this message.
-                    let mut marks = self.shards.lock();
-                    let seen = &mut marks.seen[s as usize];
-                    *seen = seen.map(|w| w.min(have));
-                    drop(marks);
+                    self.read_from(s, have);
                     self.start_repair(s, shards, done);
                     let sh = &mut shards[s as usize];
                     if let Some(held) = sh.held.as_mut()
@@ -547,11 +544,9 @@ impl Inner {
                     if sh.held.is_some() {
                         // Subscribed during a repair, on a connection that may be gone or on a
                         // replica: events after its socket's snapshot may reach neither.
-                        let from = self.shards.lock().seen[s as usize];
-                        sh.rewind = match (sh.rewind, from) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
+                        if let Some(from) = self.shards.lock().seen[s as usize] {
+                            sh.rewind = Some(sh.rewind.map_or(from, |r| r.min(from)));
+                        }
                         sh.again = true;
                     }
                     sh.listening.extend(chans);

@@ -17,11 +17,19 @@ impl Inner {
             return;
         }
         sh.held = Some(Held::new(MAX_HELD));
-        self.spawn_repair(s, sh, done);
+        self.spawn_repair(s, sh, done, Duration::ZERO);
     }
 
-    /// Repairs held shard `s` in the background.
-    fn spawn_repair(self: &Arc<Self>, s: u16, sh: &mut Shard, done: &RepairDone) {
+    /// The next repair of shard `s` reads its history from `from`, if that is earlier than the
+    /// shard's newest id.
+    pub(super) fn read_from(&self, s: u16, from: EventId) {
+        let mut marks = self.shards.lock();
+        let seen = &mut marks.seen[s as usize];
+        *seen = seen.map(|w| w.min(from));
+    }
+
+    /// Repairs held shard `s` in the background, after `delay`.
+    fn spawn_repair(self: &Arc<Self>, s: u16, sh: &mut Shard, done: &RepairDone, delay: Duration) {
         let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
         // The repair subscribes to all of them again: each is proven by its confirmation.
         let now = tokio::time::Instant::now();
@@ -31,6 +39,9 @@ impl Inner {
         let me = self.clone();
         let done = done.clone();
         tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let r = me.repair_shard(s, channels).await;
             let _ = done.send((s, r));
         });
@@ -51,14 +62,7 @@ impl Inner {
             Ok(positions) => positions,
             Err(e) => {
                 warn!(shard = s, error = %e, "shard repair failed; retrying");
-                let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
-                let me = self.clone();
-                let done = done.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let r = me.repair_shard(s, channels).await;
-                    let _ = done.send((s, r));
-                });
+                self.spawn_repair(s, sh, done, Duration::from_millis(500));
                 return;
             }
         };
@@ -73,12 +77,9 @@ impl Inner {
             // A channel was subscribed during this repair, which did not read it: repair again
             // from where this one started, still holding the messages, so none of that channel
             // passes an event of it the repair brings.
-            let mut marks = self.shards.lock();
-            let seen = &mut marks.seen[s as usize];
-            *seen = seen.map(|w| w.min(from));
-            drop(marks);
+            self.read_from(s, from);
             sh.again = false;
-            self.spawn_repair(s, sh, done);
+            self.spawn_repair(s, sh, done, Duration::ZERO);
             return;
         }
         sh.last_marker = Some(tokio::time::Instant::now());
