@@ -93,7 +93,7 @@ fn in_shard(ids: &[EventId], shard: Option<u16>) -> Option<EventId> {
 }
 
 fn to_frame(e: StoredEvent) -> OutFrame {
-    OutFrame::event(e.frame, e.id, crate::time::ms_to_us(e.ts_ms))
+    OutFrame::event(e.frame.as_str(), e.id, crate::time::ms_to_us(e.ts_ms))
 }
 
 /// Reads every event after the client's position on `channels` (patterns are skipped: they

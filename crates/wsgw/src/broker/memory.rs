@@ -205,7 +205,7 @@ impl MemoryBroker {
         }
         // Delivered under the lock: two publishes can't overtake each other on the way to a
         // socket, which is what lets a socket drop anything at or below its last id.
-        let out = OutFrame::event(frame, id, now_us());
+        let out = OutFrame::event(frame.as_str(), id, now_us());
         let exclude: Vec<&str> = req.exclude.iter().map(String::as_str).collect();
         self.hub.deliver(&req.channel, &out, &exclude);
         id

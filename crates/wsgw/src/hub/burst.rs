@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(metrics.burst_frames.get(), 3);
         // Repeats are still dropped, one fan-out or a burst.
         let mut burst = hub.burst();
-        let again = OutFrame::event("e3".to_owned(), EventId::new(3, 0), 0);
+        let again = OutFrame::event("e3", EventId::new(3, 0), 0);
         assert_eq!(hub.deliver_exact("t", &again, &[], Some(&mut burst)), 0);
         hub.end_burst(burst);
     }
@@ -276,12 +276,12 @@ mod tests {
         let queued =
             |sockets: &[(Arc<Connection>, TcpStream)]| sockets.iter().filter(|(c, _)| c.queued().0 > 0).count();
         spent();
-        let f = OutFrame::event("e1".to_owned(), EventId::new(1, 0), 0);
+        let f = OutFrame::event("e1", EventId::new(1, 0), 0);
         assert_eq!(hub.deliver_exact("t", &f, &[], None), SOCKETS);
         assert_eq!(queued(&sockets), 0, "the pub/sub reader's fan-out wrote every socket");
         // Any other fan-out pays from that budget: past the first sockets, it queues.
         spent();
-        let f = OutFrame::event("e2".to_owned(), EventId::new(2, 0), 0);
+        let f = OutFrame::event("e2", EventId::new(2, 0), 0);
         assert_eq!(hub.deliver("t", &f, &[]), SOCKETS);
         assert_eq!(queued(&sockets), SOCKETS - DIRECT_FANOUT);
         for (c, client) in sockets.iter_mut() {

@@ -119,7 +119,7 @@ impl Outbox {
         self.queue.clear();
         self.bytes = 0;
         if let Some(f) = keep {
-            self.bytes = f.payload.len();
+            self.bytes = f.payload().len();
             self.queue.push_back(f);
         }
     }
@@ -353,10 +353,12 @@ impl Connection {
             if ob.deflate.wants_cache(&frame) {
                 ob.deflate.prepare(frame.to_mut());
             }
-            let (header, payload) = frame.wire(ob.deflate.window);
-            let total = header.as_bytes().len() + payload.len();
-            let bufs = [IoSlice::new(header.as_bytes()), IoSlice::new(payload)];
-            match tcp.try_write_vectored(&bufs) {
+            let wire = frame.wire(ob.deflate.window);
+            let [a, b] = wire.parts();
+            let total = a.len() + b.len();
+            let bufs = [IoSlice::new(a), IoSlice::new(b)];
+            let pieces = if b.is_empty() { 1 } else { 2 };
+            match write::write_parts(tcp, &bufs[..pieces]) {
                 Ok(n) if n == total => return Push::Sent(total),
                 // The kernel took part of it: the task writes the rest when it can.
                 Ok(n) => ob.sent = n,
@@ -364,7 +366,7 @@ impl Connection {
                 Err(_) => {}
             }
         }
-        ob.bytes += frame.payload.len();
+        ob.bytes += frame.payload().len();
         ob.queue.push_back(frame.into_owned());
         drop(ob);
         if was_empty {
@@ -403,7 +405,7 @@ impl Connection {
             return self.overflow(ob);
         }
         let was_empty = ob.queue.is_empty();
-        ob.bytes += frame.payload.len();
+        ob.bytes += frame.payload().len();
         ob.queue.push_back(frame);
         drop(ob);
         if was_empty {
@@ -424,7 +426,7 @@ impl Connection {
         channel: &str,
         via_pattern: bool,
     ) -> Push {
-        let len = frame.payload.len();
+        let len = frame.payload().len();
         let Some(held) = ob.replay.as_ref() else {
             return Push::Closed;
         };
@@ -447,7 +449,8 @@ impl Connection {
     /// Whether queuing `frame` would take the queue over its byte bound (plus `room`). A frame
     /// larger than the bound still goes into an empty queue.
     fn over_bytes(&self, ob: &Outbox, frame: &OutFrame, room: usize) -> bool {
-        !ob.queue.is_empty() && ob.bytes.saturating_add(frame.payload.len()) > self.capacity_bytes.saturating_add(room)
+        !ob.queue.is_empty()
+            && ob.bytes.saturating_add(frame.payload().len()) > self.capacity_bytes.saturating_add(room)
     }
 
     fn overflow(&self, mut ob: parking_lot::MutexGuard<'_, Outbox>) -> Push {
@@ -486,7 +489,7 @@ impl Connection {
             if ob.close.is_some() {
                 return false;
             }
-            ob.bytes += last.payload.len();
+            ob.bytes += last.payload().len();
             ob.queue.push_back(last);
         }
         self.close(code)
@@ -497,7 +500,7 @@ impl Connection {
     pub fn refuse_with(&self, last: OutFrame, code: CloseCode) {
         {
             let mut ob = self.outbox.lock();
-            ob.bytes += last.payload.len();
+            ob.bytes += last.payload().len();
             ob.queue.push_back(last);
             ob.replay = None;
             ob.close = Some(code);

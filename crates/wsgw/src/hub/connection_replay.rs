@@ -162,7 +162,7 @@ impl Connection {
             ob.floors.raise(id);
         }
         ob.replay_room = ob.queue.len();
-        ob.bytes = ob.queue.iter().map(|f| f.payload.len()).sum();
+        ob.bytes = ob.queue.iter().map(|f| f.payload().len()).sum();
         ob.replay_room_bytes = ob.bytes;
         drop(ob);
         self.wake.notify_one();

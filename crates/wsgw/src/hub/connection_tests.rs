@@ -56,7 +56,7 @@ fn texts(c: &Connection) -> Vec<String> {
 }
 
 fn ev(id: u64, text: &str) -> OutFrame {
-    OutFrame::event(text.to_owned(), EventId::new(id, 0), 0)
+    OutFrame::event(text, EventId::new(id, 0), 0)
 }
 
 #[test]
@@ -216,15 +216,23 @@ async fn compressed_frames_are_shared_per_window_and_survive_partial_writes() {
         partial += usize::from(c.outbox.lock().sent > 0);
     }
     // The other socket with the same window uses the bytes this one computed.
-    let shared = big.deflated.as_ref().unwrap().get(&big.payload, 12).unwrap().clone();
+    let shared = big.deflated.as_ref().unwrap().get(big.payload(), 12).unwrap().clone();
     let mut q = Vec::new();
     other.take_batch(&mut q);
-    assert_eq!(q[0].wire(12).1.as_ptr(), shared.as_ptr());
-    assert!(shared.len() < big.payload.len() / 4);
-    // A socket without deflate writes it plain.
+    assert_eq!(q[0].wire(12).parts()[1].as_ptr(), shared.as_ptr());
+    assert!(shared.len() < big.payload().len() / 4);
+    // A socket without deflate writes it plain: the shared whole frame, header included.
     let mut q = Vec::new();
     plain.take_batch(&mut q);
-    assert_eq!(q[0].wire(0).1, &big.payload);
+    let wire = q[0].wire(0);
+    let [whole, none] = wire.parts();
+    assert!(none.is_empty());
+    assert_eq!(whole, crate::ws::frame::encode(OP_TEXT, big.payload()));
+    assert_eq!(
+        whole.as_ptr(),
+        big.wire(0).parts()[0].as_ptr(),
+        "one buffer for every clone"
+    );
 
     let mut got = Vec::new();
     let mut buf = vec![0u8; 1 << 16];

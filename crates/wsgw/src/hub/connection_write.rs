@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 use wsgw_protocol::CloseCode;
 
 use super::{Connection, OutFrame};
-use crate::ws::frame::{Header, OP_TEXT};
 
 /// What the socket's task wrote in one [`Connection::flush`]: for the metrics.
 #[derive(Debug, Default)]
@@ -50,19 +49,19 @@ thread_local! {
     static BATCH: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One `writev` of `frames` (header and shared payload each, compressed for a `window`-bit
-/// deflate window when the socket negotiated one), the first `skip` bytes already written.
+/// One write of `frames` (each the shared whole frame, or a compressed form's header and
+/// payload when the socket negotiated a `window`-bit deflate window), the first `skip` bytes
+/// already written: a `send` when that is one piece, else a `writev`.
 fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize, window: u8) -> io::Result<usize> {
-    let mut parts = [(Header::new(OP_TEXT, 0), &[][..]); MAX_BATCH];
-    for (p, f) in parts.iter_mut().zip(frames) {
-        let (h, payload) = f.wire(window);
-        *p = (h, &payload[..]);
+    let mut wires = [const { None }; MAX_BATCH];
+    for (w, f) in wires.iter_mut().zip(frames) {
+        *w = Some(f.wire(window));
     }
     let mut bufs = [IoSlice::new(&[]); MAX_BATCH * 2];
     let mut k = 0;
     let mut skip = skip;
-    for (h, payload) in parts.iter().take(frames.len()) {
-        for part in [h.as_bytes(), payload] {
+    for w in wires.iter().flatten() {
+        for part in w.parts() {
             if skip >= part.len() {
                 skip -= part.len();
             } else {
@@ -72,7 +71,16 @@ fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize, window: u8) -
             }
         }
     }
-    tcp.try_write_vectored(&bufs[..k])
+    write_parts(tcp, &bufs[..k])
+}
+
+/// Writes `bufs` without blocking: one piece with `send`, which costs the kernel less than a
+/// `writev` of it (no iovec to import), several with `writev`.
+pub(super) fn write_parts(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    match bufs {
+        [one] => tcp.try_write(one),
+        _ => tcp.try_write_vectored(bufs),
+    }
 }
 
 impl Connection {
@@ -159,7 +167,7 @@ impl Connection {
                     let len = f.wire_len(window);
                     if n < len {
                         ob.sent = n;
-                        ob.bytes = f.payload.len();
+                        ob.bytes = f.payload().len();
                         ob.queue.push_back(f);
                         break;
                     }
@@ -176,7 +184,7 @@ impl Connection {
                 }
                 n -= len;
                 ob.queue.pop_front();
-                ob.bytes = ob.bytes.saturating_sub(f.payload.len());
+                ob.bytes = ob.bytes.saturating_sub(f.payload().len());
                 written.frames += 1;
                 written.bytes += len as u64;
                 if f.published_us > 0 {

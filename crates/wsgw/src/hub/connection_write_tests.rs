@@ -121,7 +121,7 @@ impl Rig {
         assert_eq!(frames[0], [&[OP_TEXT][..], b"w"].concat(), "the welcome first");
         for (i, f) in frames[1..].iter().enumerate() {
             let want = numbered(i as u64 + 1);
-            assert_eq!(&f[1..], &want.payload[..], "frame {}", i + 1);
+            assert_eq!(&f[1..], want.payload(), "frame {}", i + 1);
         }
     }
 }

@@ -1,6 +1,6 @@
-//! hub/out_frame.rs: a frame as the hub hands it to sockets: one shared payload (and its
-//! compressed forms) for every recipient, plus what ordering, latency and backend answers need;
-//! and the header-and-payload bytes it takes on a socket's wire.
+//! hub/out_frame.rs: a frame as the hub hands it to sockets: one shared encoded frame (header
+//! and payload in one buffer, and the payload's compressed forms) for every recipient, plus what
+//! ordering, latency and backend answers need; and the bytes it takes on a socket's wire.
 
 use std::sync::Arc;
 
@@ -8,14 +8,17 @@ use bytes::Bytes;
 use wsgw_protocol::EventId;
 
 use super::Deflated;
-use crate::ws::frame::{Header, OP_TEXT};
+use crate::ws::frame::{self, Header, OP_TEXT};
 
-/// A frame ready to be written: its shared payload plus what ordering and latency need.
+/// A frame ready to be written: its shared bytes plus what ordering and latency need.
 #[derive(Clone, Debug)]
 pub struct OutFrame {
-    /// The payload (a text frame's JSON), shared by every recipient. Server frames are not
-    /// masked, so only a 2–10 byte header is written next to it.
-    pub payload: Bytes,
+    /// The whole uncompressed frame, header and payload (a text frame's JSON) in one buffer,
+    /// built once and shared by every recipient: server frames are not masked, so the bytes
+    /// are the same for every socket, and a frame written alone goes out in one `send`.
+    whole: Bytes,
+    /// The header's length in `whole` (2–10 bytes).
+    head: u8,
     /// The frame's opcode: text, except for pongs.
     pub opcode: u8,
     /// Set for durable events; used to drop duplicates.
@@ -40,12 +43,12 @@ pub struct ResponseTag {
 
 impl OutFrame {
     /// A control frame (welcome, ack, error …): no id, no latency measurement.
-    pub fn control(text: impl Into<Bytes>) -> Self {
-        Self::raw(OP_TEXT, text.into())
+    pub fn control(text: impl AsRef<[u8]>) -> Self {
+        Self::raw(OP_TEXT, text)
     }
 
     /// A durable event's text frame.
-    pub fn event(text: impl Into<Bytes>, id: EventId, published_us: u64) -> Self {
+    pub fn event(text: impl AsRef<[u8]>, id: EventId, published_us: u64) -> Self {
         Self {
             event_id: Some(id),
             published_us,
@@ -53,10 +56,13 @@ impl OutFrame {
         }
     }
 
-    /// A frame of another opcode (a pong).
-    pub fn raw(opcode: u8, payload: Bytes) -> Self {
+    /// A frame of another opcode (a pong). The payload is copied once, behind its header.
+    pub fn raw(opcode: u8, payload: impl AsRef<[u8]>) -> Self {
+        let payload = payload.as_ref();
+        let whole = frame::encode(opcode, payload);
         Self {
-            payload,
+            head: (whole.len() - payload.len()) as u8,
+            whole,
             opcode,
             event_id: None,
             published_us: 0,
@@ -65,9 +71,14 @@ impl OutFrame {
         }
     }
 
+    /// The payload (without the header), shared by every clone.
+    pub fn payload(&self) -> &[u8] {
+        &self.whole[usize::from(self.head)..]
+    }
+
     /// Whether compression applies to this frame (a text frame of at least `min_bytes`).
     pub fn compressible(&self, min_bytes: usize) -> bool {
-        self.opcode == OP_TEXT && self.payload.len() >= min_bytes
+        self.opcode == OP_TEXT && self.payload().len() >= min_bytes
     }
 
     /// This frame with a fresh compressed-forms cache, to be cloned to every recipient.
@@ -80,23 +91,44 @@ impl OutFrame {
 
     /// The payload as text (empty if it is not UTF-8).
     pub fn text(&self) -> &str {
-        std::str::from_utf8(&self.payload).unwrap_or_default()
+        std::str::from_utf8(self.payload()).unwrap_or_default()
     }
 
     /// How many bytes this frame takes on the wire (header and payload) for `window`.
     pub(super) fn wire_len(&self, window: u8) -> usize {
-        let (h, p) = self.wire(window);
-        h.as_bytes().len() + p.len()
+        self.wire(window).len()
     }
 
-    /// The header and payload written to a socket with deflate window `window` (0 = none).
-    pub(super) fn wire(&self, window: u8) -> (Header, &Bytes) {
+    /// The bytes written to a socket with deflate window `window` (0 = none).
+    pub(super) fn wire(&self, window: u8) -> Wire<'_> {
         if window != 0
             && let Some(d) = &self.deflated
-            && let Some(z) = d.get(&self.payload, window)
+            && let Some(z) = d.get(self.payload(), window)
         {
-            return (Header::new(self.opcode, z.len()).compressed(), z);
+            return Wire::Parts(Header::new(self.opcode, z.len()).compressed(), z);
         }
-        (Header::new(self.opcode, self.payload.len()), &self.payload)
+        Wire::Whole(&self.whole)
+    }
+}
+
+/// A frame's bytes on one socket's wire.
+pub(super) enum Wire<'a> {
+    /// The shared uncompressed frame, in one piece.
+    Whole(&'a [u8]),
+    /// A compressed form: its header, then the shared compressed payload.
+    Parts(Header, &'a [u8]),
+}
+
+impl Wire<'_> {
+    /// The bytes in write order (the second part is empty for a whole frame).
+    pub(super) fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            Wire::Whole(b) => [b, &[]],
+            Wire::Parts(h, p) => [h.as_bytes(), p],
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.parts().iter().map(|p| p.len()).sum()
     }
 }

@@ -5,7 +5,7 @@ use wsgw_protocol::EventId;
 use super::*;
 
 fn ev(id: u64, text: &str) -> OutFrame {
-    OutFrame::event(text.to_owned(), EventId::new(id, 0), 0)
+    OutFrame::event(text, EventId::new(id, 0), 0)
 }
 
 fn drain(c: &Connection) -> (Vec<String>, Option<CloseCode>) {
@@ -260,7 +260,7 @@ fn a_fan_out_shares_one_compression_cache_only_when_compression_is_on() {
 }
 
 fn sev(shard: u16, ms: u64, text: &str) -> OutFrame {
-    OutFrame::event(text.to_owned(), EventId::sharded(shard, ms, 0), 0)
+    OutFrame::event(text, EventId::sharded(shard, ms, 0), 0)
 }
 
 /// Ids of different id-shards are not ordered against each other: a resume's replay over two

@@ -400,15 +400,12 @@ impl Inner {
         }
         std::str::from_utf8(body).ok()?;
         let published_us = head.ts.map_or(0, crate::time::ms_to_us);
-        Some((
-            OutFrame {
-                event_id: head.event_id,
-                published_us,
-                response,
-                ..OutFrame::control(bytes::Bytes::copy_from_slice(body))
-            },
-            header,
-        ))
+        // The one copy of the body: behind its header, the bytes every recipient is sent.
+        let mut frame = OutFrame::control(body);
+        frame.event_id = head.event_id;
+        frame.published_us = published_us;
+        frame.response = response;
+        Some((frame, header))
     }
 
     pub(super) async fn listen(&self, channels: &[Arc<str>]) -> Result<(), BrokerError> {

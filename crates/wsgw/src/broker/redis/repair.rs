@@ -99,7 +99,7 @@ impl Inner {
         }
         for (ch, e) in events {
             let excluded: Vec<&str> = e.exclude.as_deref().map(|x| x.split(',').collect()).unwrap_or_default();
-            let frame = OutFrame::event(e.frame.clone(), e.id, crate::time::ms_to_us(e.ts_ms));
+            let frame = OutFrame::event(e.frame.as_str(), e.id, crate::time::ms_to_us(e.ts_ms));
             let n = self.hub.deliver(&ch, &frame, &excluded);
             self.metrics.repaired_events.inc_by(n as u64);
         }
