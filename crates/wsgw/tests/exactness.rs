@@ -285,9 +285,10 @@ async fn events_published_while_the_pubsub_link_is_repaired_all_reach_live_socke
     publisher.wait_more("a:1", 50).await;
     let mut r = redis.conn().await;
     for _ in 0..5 {
+        let before = pubsub_reconnects(&node).await;
         let killed: i64 = redis_cmd(&mut r, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
         assert!(killed >= 1);
-        wait_not_ready(&node, "the node notices its pub/sub link is gone").await;
+        wait_pubsub_reconnect(&node, before, "the node notices its pub/sub link is gone").await;
         node.wait_ready().await;
         publisher.wait_more("a:1", 100).await;
     }
@@ -348,6 +349,7 @@ async fn a_channel_followed_only_through_a_pattern_is_repaired_after_an_outage()
 
     for outage in 1..=3 {
         let mark = s.len();
+        let before = pubsub_reconnects(&node).await;
         let killed: i64 = redis_cmd(&mut r, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
         assert!(killed >= 1);
         // Published right after the kill: the node hears of them only through the repair.
@@ -361,7 +363,7 @@ async fn a_channel_followed_only_through_a_pattern_is_repaired_after_an_outage()
                     .unwrap(),
             );
         }
-        wait_not_ready(&node, "the node notices its pub/sub link is gone").await;
+        wait_pubsub_reconnect(&node, before, "the node notices its pub/sub link is gone").await;
         node.wait_ready().await;
         let live: EventId = fcall_publish(&mut r, "t:1", "live", &json!(outage))
             .await

@@ -10,7 +10,6 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -354,11 +353,8 @@ impl Connection {
                 ob.deflate.prepare(frame.to_mut());
             }
             let wire = frame.wire(ob.deflate.window);
-            let [a, b] = wire.parts();
-            let total = a.len() + b.len();
-            let bufs = [IoSlice::new(a), IoSlice::new(b)];
-            let pieces = if b.is_empty() { 1 } else { 2 };
-            match write::write_parts(tcp, &bufs[..pieces]) {
+            let total = wire.len();
+            match tcp.try_write(wire) {
                 Ok(n) if n == total => return Push::Sent(total),
                 // The kernel took part of it: the task writes the rest when it can.
                 Ok(n) => ob.sent = n,

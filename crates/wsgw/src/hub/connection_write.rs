@@ -49,34 +49,29 @@ thread_local! {
     static BATCH: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One write of `frames` (each the shared whole frame, or a compressed form's header and
-/// payload when the socket negotiated a `window`-bit deflate window), the first `skip` bytes
-/// already written: a `send` when that is one piece, else a `writev`.
+/// One write of `frames` (each the shared whole frame, compressed for a `window`-bit deflate
+/// window when the socket negotiated one), the first `skip` bytes already written.
 fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize, window: u8) -> io::Result<usize> {
-    let mut wires = [const { None }; MAX_BATCH];
-    for (w, f) in wires.iter_mut().zip(frames) {
-        *w = Some(f.wire(window));
-    }
-    let mut bufs = [IoSlice::new(&[]); MAX_BATCH * 2];
+    let mut bufs = [IoSlice::new(&[]); MAX_BATCH];
     let mut k = 0;
     let mut skip = skip;
-    for w in wires.iter().flatten() {
-        for part in w.parts() {
-            if skip >= part.len() {
-                skip -= part.len();
-            } else {
-                bufs[k] = IoSlice::new(&part[skip..]);
-                k += 1;
-                skip = 0;
-            }
+    for f in frames {
+        let wire = f.wire(window);
+        if skip >= wire.len() {
+            skip -= wire.len();
+        } else {
+            bufs[k] = IoSlice::new(&wire[skip..]);
+            k += 1;
+            skip = 0;
         }
     }
     write_parts(tcp, &bufs[..k])
 }
 
 /// Writes `bufs` without blocking: one piece with `send`, which costs the kernel less than a
-/// `writev` of it (no iovec to import), several with `writev`.
-pub(super) fn write_parts(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+/// `writev` of it (no iovec array to import; `loadtest/micro/send-vs-writev.c`), several with
+/// `writev`.
+fn write_parts(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     match bufs {
         [one] => tcp.try_write(one),
         _ => tcp.try_write_vectored(bufs),

@@ -4,25 +4,35 @@
 
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::connection::OutFrame;
 use crate::ws::deflate;
+use crate::ws::frame::Header;
 
 /// A frame's permessage-deflate forms, one per window size (9..=15), each computed the first
 /// time a socket with that window writes the frame, then shared: a fan-out compresses once,
-/// and a partly written frame's bytes never change.
+/// and a partly written frame's bytes never change. Each form is the whole compressed frame,
+/// header (RSV1 set) and payload in one buffer, like the uncompressed one.
 #[derive(Debug, Default)]
 pub struct Deflated {
     by_window: [OnceLock<Option<Bytes>>; 7],
 }
 
 impl Deflated {
-    /// The payload compressed with a `window`-bit window, or `None` if that is not smaller.
-    pub fn get(&self, payload: &[u8], window: u8) -> Option<&Bytes> {
+    /// The frame of `opcode` whose payload is `payload` compressed with a `window`-bit window,
+    /// or `None` if compressing does not make the payload smaller.
+    pub fn get(&self, opcode: u8, payload: &[u8], window: u8) -> Option<&Bytes> {
         let slot = &self.by_window[usize::from(window.clamp(9, 15) - 9)];
-        slot.get_or_init(|| deflate::compress(payload, window.clamp(9, 15)))
-            .as_ref()
+        slot.get_or_init(|| {
+            let z = deflate::compress(payload, window.clamp(9, 15))?;
+            let header = Header::new(opcode, z.len()).compressed();
+            let mut whole = BytesMut::with_capacity(header.as_bytes().len() + z.len());
+            whole.put_slice(header.as_bytes());
+            whole.put_slice(&z);
+            Some(whole.freeze())
+        })
+        .as_ref()
     }
 }
 

@@ -8,14 +8,15 @@ use bytes::Bytes;
 use wsgw_protocol::EventId;
 
 use super::Deflated;
-use crate::ws::frame::{self, Header, OP_TEXT};
+use crate::ws::frame::{self, OP_TEXT};
 
 /// A frame ready to be written: its shared bytes plus what ordering and latency need.
 #[derive(Clone, Debug)]
 pub struct OutFrame {
     /// The whole uncompressed frame, header and payload (a text frame's JSON) in one buffer,
     /// built once and shared by every recipient: server frames are not masked, so the bytes
-    /// are the same for every socket, and a frame written alone goes out in one `send`.
+    /// are the same for every socket, and a frame written alone goes out in one `send`
+    /// (compressed forms likewise, in `deflated`).
     whole: Bytes,
     /// The header's length in `whole` (2–10 bytes).
     head: u8,
@@ -99,36 +100,15 @@ impl OutFrame {
         self.wire(window).len()
     }
 
-    /// The bytes written to a socket with deflate window `window` (0 = none).
-    pub(super) fn wire(&self, window: u8) -> Wire<'_> {
+    /// The whole frame written to a socket with deflate window `window` (0 = none): the shared
+    /// uncompressed frame, or its shared compressed form for that window.
+    pub(super) fn wire(&self, window: u8) -> &[u8] {
         if window != 0
             && let Some(d) = &self.deflated
-            && let Some(z) = d.get(self.payload(), window)
+            && let Some(z) = d.get(self.opcode, self.payload(), window)
         {
-            return Wire::Parts(Header::new(self.opcode, z.len()).compressed(), z);
+            return z;
         }
-        Wire::Whole(&self.whole)
-    }
-}
-
-/// A frame's bytes on one socket's wire.
-pub(super) enum Wire<'a> {
-    /// The shared uncompressed frame, in one piece.
-    Whole(&'a [u8]),
-    /// A compressed form: its header, then the shared compressed payload.
-    Parts(Header, &'a [u8]),
-}
-
-impl Wire<'_> {
-    /// The bytes in write order (the second part is empty for a whole frame).
-    pub(super) fn parts(&self) -> [&[u8]; 2] {
-        match self {
-            Wire::Whole(b) => [b, &[]],
-            Wire::Parts(h, p) => [h.as_bytes(), p],
-        }
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.parts().iter().map(|p| p.len()).sum()
+        &self.whole
     }
 }

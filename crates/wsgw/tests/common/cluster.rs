@@ -399,6 +399,18 @@ pub async fn fcall_publish(
         .expect("FCALL wsgw_publish")
 }
 
+/// How many times the node's pub/sub connection has ended (`wsgw_redis_reconnects_total`).
+pub async fn pubsub_reconnects(node: &GatewayProc) -> f64 {
+    super::metric_value(&node.metrics().await, "wsgw_redis_reconnects_total").unwrap_or(0.0)
+}
+
+/// Waits until the node's pub/sub connection has ended more than `before` times. Unlike a
+/// `/ready` 503, which lasts only until the node is back (about 100 ms after a killed link,
+/// easy for a poller on a loaded machine to miss), the count stays.
+pub async fn wait_pubsub_reconnect(node: &GatewayProc, before: f64, what: &str) {
+    super::wait_until(what, || async { pubsub_reconnects(node).await > before }).await;
+}
+
 /// Waits until the node answers `/ready` with 503.
 pub async fn wait_not_ready(node: &GatewayProc, what: &str) {
     let http = wsgw::http_client::client();

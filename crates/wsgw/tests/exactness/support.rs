@@ -358,7 +358,9 @@ impl Publisher {
                         step += 1;
                     }
                     let sent = Instant::now();
-                    let r = tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<Vec<String>>(c)).await;
+                    // Patient: a pipeline that times out is not logged although Redis may have run it,
+                    // which fails the test; on a loaded machine 2 s was not always enough.
+                    let r = tokio::time::timeout(Duration::from_secs(10), pipe.query_async::<Vec<String>>(c)).await;
                     match r {
                         Ok(Ok(ids)) => {
                             let mut log = log.lock().unwrap();
