@@ -4,11 +4,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::connection::OutFrame;
 use crate::ws::deflate;
-use crate::ws::frame::Header;
+use crate::ws::frame::{self, Header};
 
 /// A frame's permessage-deflate forms, one per window size (9..=15), each computed the first
 /// time a socket with that window writes the frame, then shared: a fan-out compresses once,
@@ -26,11 +26,7 @@ impl Deflated {
         let slot = &self.by_window[usize::from(window.clamp(9, 15) - 9)];
         slot.get_or_init(|| {
             let z = deflate::compress(payload, window.clamp(9, 15))?;
-            let header = Header::new(opcode, z.len()).compressed();
-            let mut whole = BytesMut::with_capacity(header.as_bytes().len() + z.len());
-            whole.put_slice(header.as_bytes());
-            whole.put_slice(&z);
-            Some(whole.freeze())
+            Some(frame::encode_with(Header::new(opcode, z.len()).compressed(), &z))
         })
         .as_ref()
     }

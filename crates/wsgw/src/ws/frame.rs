@@ -58,7 +58,11 @@ impl Header {
 
 /// A whole final frame (header and payload) in one buffer.
 pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
-    let header = Header::new(opcode, payload.len());
+    encode_with(Header::new(opcode, payload.len()), payload)
+}
+
+/// `header` (made for `payload`, e.g. [`Header::compressed`]) and `payload` in one buffer.
+pub fn encode_with(header: Header, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(header.as_bytes().len() + payload.len());
     out.put_slice(header.as_bytes());
     out.put_slice(payload);

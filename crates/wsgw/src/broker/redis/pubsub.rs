@@ -29,6 +29,35 @@ enum Wake {
     Stop,
 }
 
+/// Waits for the pub/sub reader's next piece of work: the canary tick, a command, a message or
+/// shutdown, polled in that order (so neither the tick nor a command waits behind a busy
+/// stream). By hand rather than with `select!`, which built, polled and dropped four futures per
+/// message (the shutdown watch's waiter registered and removed each time): the reader's waiting
+/// was about 6% of a node's CPU at 2,000 targeted messages a second (docs/loadtest.md).
+async fn next_wake(
+    tick: &mut tokio::time::Interval,
+    cmds: &mut mpsc::UnboundedReceiver<SubCmd>,
+    stream: &mut redis::aio::PubSubStream,
+    mut stop: std::pin::Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
+) -> Wake {
+    std::future::poll_fn(|cx| {
+        if tick.poll_tick(cx).is_ready() {
+            return Poll::Ready(Wake::Tick);
+        }
+        if let Poll::Ready(cmd) = cmds.poll_recv(cx) {
+            return Poll::Ready(Wake::Cmd(cmd));
+        }
+        if let Poll::Ready(msg) = stream.poll_next_unpin(cx) {
+            return Poll::Ready(Wake::Msg(msg));
+        }
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Stop);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 impl Inner {
     pub(super) fn redis_names(&self, channels: &[Arc<str>]) -> (Vec<String>, Vec<String>) {
         let mut exact = Vec::new();
@@ -170,7 +199,7 @@ impl Inner {
         loop {
             let cmd = match waiting.take() {
                 Some(cmd) => cmd,
-                None => match self.next_wake(&mut canary_tick, cmds, &mut stream, stop.as_mut()).await {
+                None => match next_wake(&mut canary_tick, cmds, &mut stream, stop.as_mut()).await {
                     Wake::Stop | Wake::Cmd(None) => return Ok(true),
                     Wake::Cmd(Some(cmd)) => cmd,
                     Wake::Msg(None) => return Err(unavailable("pub/sub connection closed")),
@@ -249,36 +278,6 @@ impl Inner {
                 }
             }
         }
-    }
-
-    /// Waits for the reader's next piece of work: the canary tick, a command, a message or
-    /// shutdown, polled in that order (so neither the tick nor a command waits behind a busy
-    /// stream). By hand rather than with `select!`, which built, polled and dropped four futures
-    /// per message (the shutdown watch's waiter registered and removed each time): about 6% of
-    /// a node's CPU at 2,000 targeted messages a second (docs/loadtest.md).
-    async fn next_wake(
-        &self,
-        tick: &mut tokio::time::Interval,
-        cmds: &mut mpsc::UnboundedReceiver<SubCmd>,
-        stream: &mut redis::aio::PubSubStream,
-        mut stop: std::pin::Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
-    ) -> Wake {
-        std::future::poll_fn(|cx| {
-            if tick.poll_tick(cx).is_ready() {
-                return Poll::Ready(Wake::Tick);
-            }
-            if let Poll::Ready(cmd) = cmds.poll_recv(cx) {
-                return Poll::Ready(Wake::Cmd(cmd));
-            }
-            if let Poll::Ready(msg) = stream.poll_next_unpin(cx) {
-                return Poll::Ready(Wake::Msg(msg));
-            }
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Stop);
-            }
-            Poll::Pending
-        })
-        .await
     }
 
     /// Publishes this node's canary every `every`, one at a time.
