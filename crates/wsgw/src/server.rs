@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use wsgw_protocol::{CloseCode, ErrorCode, ServerFrame};
 
 use crate::config::Config;
-use crate::hub::OutFrame;
+use crate::hub::{Connection, OutFrame, TickNow};
 use crate::node::{Gateway, StartError};
 use crate::time::{mono_ms, now_ms};
 
@@ -205,43 +205,57 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
         } else {
             None
         };
-        let timeout = gw.config.heartbeat_timeout_ms;
-        let now_s = now_ms() / 1000;
-        for c in gw.hub.connections() {
-            if now.saturating_sub(c.last_seen_ms()) > timeout {
-                c.close(CloseCode::HeartbeatTimeout);
-                continue;
-            }
-            if c.token_exp()
-                .is_some_and(|exp| exp.saturating_add(gw.config.jwt_leeway_s) < now_s)
-            {
-                let err = ServerFrame::error(ErrorCode::TokenExpired, "token expired; refresh it and reconnect", None);
-                gw.metrics
-                    .errors_sent
-                    .with_label_values(&[ErrorCode::TokenExpired.as_str()])
-                    .inc();
-                c.close_with(OutFrame::control(err.to_json()), CloseCode::TokenExpired);
-                continue;
-            }
-            c.release_idle_queue();
-            if let Some(p) = &ping
-                && c.push_control(p.clone()) == crate::hub::Push::Overflow
-            {
-                gw.metrics.slow_consumers.inc();
-            }
-            for request_id in c.expire_pending(now) {
-                let err = ServerFrame::error(ErrorCode::Timeout, "no backend answered in time", Some(request_id));
-                gw.metrics
-                    .errors_sent
-                    .with_label_values(&[ErrorCode::Timeout.as_str()])
-                    .inc();
-                c.push_control(OutFrame::control(err.to_json()));
-            }
+        let at = TickNow {
+            mono_ms: now,
+            epoch_s: now_ms() / 1000,
+            silence_ms: gw.config.heartbeat_timeout_ms,
+            leeway_s: gw.config.jwt_leeway_s,
+        };
+        // A ping goes to every socket; between pings only the few that need something are
+        // taken out of the registry (`tick_due` reads one line of each, with no lock).
+        let due = match &ping {
+            Some(_) => gw.hub.connections(),
+            None => gw.hub.connections_where(|c| c.tick_due(at)),
+        };
+        for c in due {
+            tend(&gw, &c, at, ping.as_ref());
         }
         if now >= next_expire {
             next_expire = now + 1000;
             gw.expire();
         }
+    }
+}
+
+/// The tick's work for one socket: close it when silent or its token expired, give an idle
+/// queue's memory back, send the ping, expire backend requests nobody answered in time.
+fn tend(gw: &Gateway, c: &Connection, at: TickNow, ping: Option<&OutFrame>) {
+    if c.silent(at) {
+        c.close(CloseCode::HeartbeatTimeout);
+        return;
+    }
+    if c.token_expired(at) {
+        let err = ServerFrame::error(ErrorCode::TokenExpired, "token expired; refresh it and reconnect", None);
+        gw.metrics
+            .errors_sent
+            .with_label_values(&[ErrorCode::TokenExpired.as_str()])
+            .inc();
+        c.close_with(OutFrame::control(err.to_json()), CloseCode::TokenExpired);
+        return;
+    }
+    c.release_idle_queue();
+    if let Some(p) = ping
+        && c.push_control(p.clone()) == crate::hub::Push::Overflow
+    {
+        gw.metrics.slow_consumers.inc();
+    }
+    for request_id in c.expire_pending(at.mono_ms) {
+        let err = ServerFrame::error(ErrorCode::Timeout, "no backend answered in time", Some(request_id));
+        gw.metrics
+            .errors_sent
+            .with_label_values(&[ErrorCode::Timeout.as_str()])
+            .inc();
+        c.push_control(OutFrame::control(err.to_json()));
     }
 }
 

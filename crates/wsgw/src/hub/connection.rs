@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ use wsgw_protocol::{CloseCode, EventId, classify, glob_match};
 use super::deflated::DeflateOut;
 pub use super::deflated::Deflated;
 use super::floors::Floors;
-use crate::time::{mono_ms, now_ms};
+use crate::time::now_ms;
 
 /// What happened to a frame offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,9 +142,8 @@ pub struct Connection {
     pub user_id: Arc<str>,
     /// When the socket was welcomed, ms since the epoch.
     pub connected_at_ms: u64,
-    last_seen_ms: AtomicU64,
-    /// Token expiry in seconds since the epoch, 0 when the token has none.
-    token_exp_s: AtomicU64,
+    /// What the node-wide tick reads (connection_tick.rs).
+    tick: TickState,
     capacity: usize,
     /// Bytes the queue may hold (`WSGW_SEND_QUEUE_BYTES`).
     capacity_bytes: usize,
@@ -190,8 +189,7 @@ impl Connection {
             id,
             user_id,
             connected_at_ms: now,
-            last_seen_ms: AtomicU64::new(mono_ms()),
-            token_exp_s: AtomicU64::new(0),
+            tick: TickState::new(),
             capacity: capacity.max(1),
             capacity_bytes: usize::MAX,
             outbox: Mutex::new(Outbox {
@@ -234,29 +232,6 @@ impl Connection {
             min_bytes: u32::try_from(min_bytes).unwrap_or(u32::MAX),
         };
         self
-    }
-
-    /// Records that the client showed a sign of life.
-    pub fn touch(&self) {
-        self.last_seen_ms.store(mono_ms(), Ordering::Relaxed);
-    }
-
-    /// Last sign of life, on the monotonic clock ([`crate::time::mono_ms`]).
-    pub fn last_seen_ms(&self) -> u64 {
-        self.last_seen_ms.load(Ordering::Relaxed)
-    }
-
-    /// Sets the token expiry (seconds since the epoch; `None`: never).
-    pub fn set_token_exp(&self, exp: Option<u64>) {
-        self.token_exp_s.store(exp.unwrap_or(0), Ordering::Relaxed);
-    }
-
-    /// Token expiry, seconds since the epoch.
-    pub fn token_exp(&self) -> Option<u64> {
-        match self.token_exp_s.load(Ordering::Relaxed) {
-            0 => None,
-            s => Some(s),
-        }
     }
 
     /// Channels and patterns this connection is in.
@@ -562,6 +537,11 @@ use replay::{HELD_FACTOR, Held};
 #[path = "connection_requests.rs"]
 mod requests;
 use requests::PendingRequest;
+
+#[path = "connection_tick.rs"]
+mod tick;
+pub use tick::TickNow;
+use tick::TickState;
 
 #[path = "connection_write.rs"]
 mod write;

@@ -22,10 +22,12 @@ impl Connection {
         if p.len() >= limit {
             return false;
         }
+        let deadline_ms = mono_ms().saturating_add(timeout_ms);
+        self.pending_due_by(deadline_ms);
         p.push(PendingRequest {
             key,
             request_id,
-            deadline_ms: mono_ms().saturating_add(timeout_ms),
+            deadline_ms,
             timeout_ms,
         });
         true
@@ -41,6 +43,7 @@ impl Connection {
     pub fn expire_pending(&self, now_ms: u64) -> Vec<serde_json::Value> {
         let mut p = self.pending.lock();
         if p.is_empty() {
+            self.pending_due_at(None);
             return Vec::new();
         }
         let mut expired = Vec::new();
@@ -52,6 +55,7 @@ impl Connection {
                 true
             }
         });
+        self.pending_due_at(p.iter().map(|r| r.deadline_ms).min());
         expired
     }
 

@@ -283,3 +283,52 @@ async fn compressed_frames_are_shared_per_window_and_survive_partial_writes() {
     }
     assert_eq!(texts, sent);
 }
+
+#[test]
+fn the_tick_finds_a_socket_once_a_backend_request_is_due_and_not_after_it_expired() {
+    let c = live(10, 0);
+    let at = |mono_ms| TickNow {
+        mono_ms,
+        epoch_s: 0,
+        silence_ms: u64::MAX,
+        leeway_s: 0,
+    };
+    let start = crate::time::mono_ms();
+    assert!(!c.tick_due(at(start)));
+    assert!(c.add_pending(serde_json::json!(1), 5_000, 4));
+    assert!(c.add_pending(serde_json::json!(2), 1_000, 4));
+    assert!(!c.tick_due(at(start)), "nothing due yet");
+    assert!(c.expire_pending(start).is_empty());
+    // Deadlines are at least `timeout` after `start` (and less than a second more).
+    assert!(c.tick_due(at(start + 2_000)), "the earlier request is due");
+    assert_eq!(c.expire_pending(start + 2_000), vec![serde_json::json!(2)]);
+    assert!(!c.tick_due(at(start + 2_000)), "the later one is not due yet");
+    assert!(c.tick_due(at(start + 10_000)));
+    // An answered request leaves its deadline behind: the tick looks once, finds nothing.
+    c.drop_pending(&serde_json::json!(1));
+    assert!(c.tick_due(at(start + 10_000)));
+    assert!(c.expire_pending(start + 10_000).is_empty());
+    assert!(!c.tick_due(at(u64::MAX - 1)), "nothing waits any more");
+}
+
+#[test]
+fn the_tick_finds_a_silent_socket_and_an_expired_token() {
+    let c = live(10, 0);
+    let now = crate::time::mono_ms();
+    let at = |mono_ms, epoch_s| TickNow {
+        mono_ms,
+        epoch_s,
+        silence_ms: 60_000,
+        leeway_s: 30,
+    };
+    assert!(!c.tick_due(at(now, 1_000)));
+    assert!(
+        c.tick_due(at(now + 60_001, 1_000)),
+        "silent for longer than the timeout"
+    );
+    c.set_token_exp(Some(1_000));
+    assert!(!c.tick_due(at(now, 1_030)), "inside the leeway");
+    assert!(c.tick_due(at(now, 1_031)));
+    c.touch();
+    assert!(!c.silent(at(crate::time::mono_ms(), 0)));
+}

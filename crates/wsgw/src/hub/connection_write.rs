@@ -6,7 +6,6 @@
 //! socket (a second flush answers `Busy`), so frames never interleave. With per-core runtimes
 //! a core's flusher also calls `flush`, for the sockets a fan-out queued on that core.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 
@@ -84,16 +83,6 @@ impl Connection {
         self.outbox.lock().wire = Some(tcp);
     }
 
-    /// Gives an empty queue's memory back, so an idle socket keeps none (its next frame is
-    /// usually written without it). The node-wide tick calls this: a busy socket keeps its
-    /// queue between flushes instead of allocating it for every frame.
-    pub fn release_idle_queue(&self) {
-        let mut ob = self.outbox.lock();
-        if ob.queue.is_empty() && ob.queue.capacity() > 0 && !ob.writing {
-            ob.queue = VecDeque::new();
-        }
-    }
-
     /// Ends direct writes (the session is ending) and lets the socket go.
     pub fn detach(&self) {
         self.outbox.lock().wire = None;
@@ -124,6 +113,9 @@ impl Connection {
                     ob.replay_room_bytes = 0;
                     // The queue keeps its memory for the next frames: the node-wide tick gives
                     // it back once the socket is idle (`release_idle_queue`).
+                    if ob.queue.capacity() > 0 {
+                        self.note_idle_queue();
+                    }
                     return (Flush::Done, ob.close);
                 }
                 batch.clear();

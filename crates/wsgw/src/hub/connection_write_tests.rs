@@ -273,6 +273,13 @@ async fn a_busy_socket_keeps_its_queue_between_flushes_and_the_tick_gives_an_idl
     conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), &[], None);
     conn.attach(tcp);
     let capacity = || conn.outbox.lock().queue.capacity();
+    let now = || TickNow {
+        mono_ms: crate::time::mono_ms(),
+        epoch_s: 0,
+        silence_ms: 60_000,
+        leeway_s: 0,
+    };
+    assert!(!conn.tick_due(now()), "a fresh socket needs nothing from the tick");
     for i in 1..=3 {
         assert_eq!(
             conn.offer(Cow::Owned(numbered(i)), "t", false, false, false),
@@ -281,6 +288,10 @@ async fn a_busy_socket_keeps_its_queue_between_flushes_and_the_tick_gives_an_idl
     }
     assert_eq!(conn.flush(&mut Written::default()).0, Flush::Done);
     assert!(capacity() > 0, "the queue's memory stays for the next frames");
+    assert!(
+        conn.tick_due(now()),
+        "an emptied queue with memory is the tick's to give back"
+    );
     assert_eq!(
         conn.offer(Cow::Owned(numbered(4)), "t", false, false, false),
         Push::Queued
@@ -288,8 +299,10 @@ async fn a_busy_socket_keeps_its_queue_between_flushes_and_the_tick_gives_an_idl
     conn.release_idle_queue();
     assert!(capacity() > 0, "a queue with frames in it is kept");
     assert_eq!(conn.flush(&mut Written::default()).0, Flush::Done);
+    assert!(conn.tick_due(now()), "still held after a release that found frames");
     conn.release_idle_queue();
     assert_eq!(capacity(), 0, "an idle socket keeps no queue memory");
+    assert!(!conn.tick_due(now()), "nothing left for the tick");
     let frames = read_frames(client, 5).await;
     assert_eq!(frames.len(), 5, "the welcome and the four frames");
 }

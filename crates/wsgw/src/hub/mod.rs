@@ -23,7 +23,7 @@ use wsgw_protocol::{CloseCode, glob_match};
 
 pub use burst::Burst;
 use connection::PENDING;
-pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, Written};
+pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, TickNow, Written};
 pub use core_flush::FlushBatch;
 use direct::{DIRECT_CAP, DirectBudget};
 use subscribers::Subscribers;
@@ -547,6 +547,12 @@ impl Hub {
     /// A snapshot of every connection (for the node-wide heartbeat tick and the drain).
     pub fn connections(&self) -> Vec<Arc<Connection>> {
         self.conns.read().values().cloned().collect()
+    }
+
+    /// The connections `pick` chooses, looked at under the registry's read lock without
+    /// taking a reference to the others (the tick's walk between pings: most need nothing).
+    pub fn connections_where(&self, mut pick: impl FnMut(&Connection) -> bool) -> Vec<Arc<Connection>> {
+        self.conns.read().values().filter(|c| pick(c)).cloned().collect()
     }
 
     /// One connection by id.

@@ -4,10 +4,12 @@
 //! needs (see decode.rs).
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::decode::{Decoder, Incoming, ProtocolError};
@@ -18,6 +20,27 @@ const READ_CHUNK: usize = 64 * 1024;
 
 thread_local! {
     static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
+/// Reads what the socket holds into `buf`. A read that did not fill `buf` took everything
+/// there was, so it also clears the socket's readiness, as tokio's own `poll_read` does on
+/// epoll: the next wait is for new data, with no `recv` answering "nothing" first (one
+/// syscall per client frame instead of two; a peer's close stays visible, since tokio keeps
+/// its closed bit).
+fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let r = stream.try_io(Interest::READABLE, || {
+        let n = (&*SockRef::from(stream)).read(buf)?;
+        got = n;
+        if n > 0 && n < buf.len() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
 }
 
 /// Why reading ended.
@@ -68,7 +91,7 @@ impl WsSocket {
             }
             let read = READ_BUF.with(|b| {
                 let mut b = b.borrow_mut();
-                let r = self.stream.try_read(&mut b);
+                let r = read_drained(&self.stream, &mut b);
                 if let Ok(n) = r {
                     self.decoder.feed(&b[..n]);
                 }
