@@ -4,7 +4,11 @@
 # wsgw-loadtest commands; prints a markdown table (figure | uWS | wsgw | ratio wsgw/uWS).
 #
 # For each server, in turn (uWS first, then wsgw):
-#   1. `wsgw-loadtest idle` with BENCH_SOCKETS sockets: RSS per idle socket.
+#   1. `wsgw-loadtest idle` with BENCH_SOCKETS sockets: RSS per idle socket. Then, unless
+#      BENCH_IDLE_CPU_S is 0, the same sockets held that long: the server's CPU per minute of
+#      holding them (`gateway.held_cpu_s` over `held_s`: heartbeats, the server's own sweeps and
+#      presence writes, their connects and closes apart). Both servers ping every 30 s, so
+#      the default 60 s window holds two rounds of pings and pongs.
 #   2. `wsgw-loadtest broadcast` with BENCH_SOCKETS sockets, BENCH_MESSAGES broadcasts at each
 #      of BENCH_RATES per second, published with `FCALL wsgw_publish` into the Redis both servers
 #      read (`--redis-url`, the backend path): deliveries, p99 latency and the server's CPU
@@ -24,12 +28,13 @@
 # tool's publisher's own rate while it published (it keeps one publish in flight per channel, so
 # a slow answer on the one broadcast channel lowers it below the rate asked for).
 #
-# Environment (small defaults: one run takes about 6 minutes on 2 cores):
+# Environment (small defaults: one run takes about 9 minutes on 2 cores):
 #   BENCH_SOCKETS   sockets per command (default 5000)
 #   BENCH_RATES     broadcast rates per second, space-separated (default "10 20 50")
 #   BENCH_MESSAGES  broadcasts per rate (default 100; with 20 the sockets' connect CPU
 #                   outweighs the deliveries' and the CPU rows swing by 50% run to run)
 #   BENCH_HOLD_S    idle hold in seconds (default 3)
+#   BENCH_IDLE_CPU_S  hold in seconds of the idle-CPU command (default 60; 0 skips it)
 #   BENCH_PAYLOAD   payload padding bytes per broadcast (default 100, the load tool's default)
 #   BENCH_PUBLISH_VIA  `fcall` (default) or `http`: how the broadcasts are published (above)
 #   BENCH_WORKERS   the broadcast command's --workers (default 1: the sockets in a worker
@@ -37,6 +42,11 @@
 #                   fell behind at 50/s: 33.8/s with uWS, 48.4/s with wsgw; 0 for that)
 #   BENCH_TARGETED_RATE  targeted publishes per second (default 2000; 0 skips the targeted row)
 #   BENCH_TARGETED_RUNS  targeted runs per server, whose median is the figure (default 3)
+#   BENCH_ROUNDS    how many times every server runs it all (default 1). With more, the
+#                   servers alternate order round by round, each round's files are in
+#                   BENCH_OUT/rN, a figure is the median over the rounds, and a second table
+#                   lists each round's ratios (the same servers' ratio moved by 30% between
+#                   runs an hour apart on this machine; docs/loadtest.md)
 #   BENCH_OUT       directory for logs and JSON summaries (default: a new mktemp -d)
 #   BENCH_SERVERS   which servers to run, in order (default "uws wsgw"; "wsgw" alone for
 #                   comparing two wsgw builds, alternating: its column is the same, uWS's n/a)
@@ -54,9 +64,12 @@ SOCKETS=${BENCH_SOCKETS:-5000}
 RATES=${BENCH_RATES:-10 20 50}
 MESSAGES=${BENCH_MESSAGES:-100}
 HOLD_S=${BENCH_HOLD_S:-3}
+IDLE_CPU_S=${BENCH_IDLE_CPU_S:-60}
 PAYLOAD=${BENCH_PAYLOAD:-100}
 TARGETED_RATE=${BENCH_TARGETED_RATE:-2000}
 TARGETED_RUNS=${BENCH_TARGETED_RUNS:-3}
+ROUNDS=${BENCH_ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench-uws: BENCH_ROUNDS: '$ROUNDS' (a count, 1 or more)" >&2; exit 2; }
 [[ $TARGETED_RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench-uws: BENCH_TARGETED_RUNS: '$TARGETED_RUNS' (a count, 1 or more)" >&2; exit 2; }
 NODE=${NODE:-node}
 SERVERS=${BENCH_SERVERS:-uws wsgw}
@@ -77,6 +90,7 @@ die() {
 for v in SOCKETS MESSAGES HOLD_S PAYLOAD; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v=${!v} is not a positive whole number"
 done
+[[ $IDLE_CPU_S =~ ^[0-9]+$ ]] || die "BENCH_IDLE_CPU_S=$IDLE_CPU_S is not a whole number"
 [[ $TARGETED_RATE =~ ^[0-9]+$ ]] || die "BENCH_TARGETED_RATE=$TARGETED_RATE is not a whole number"
 for r in $RATES; do
     [[ $r =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_RATES: $r is not a rate"
@@ -189,7 +203,7 @@ log "redis on $REDIS_URL (pid $REDIS_PID); logs and summaries in $OUT"
 # json FILE EXPR: a value from a load tool JSON summary (jq expression), "" when null.
 json() { [[ -s $1 ]] || return 0; jq -r "$2 // empty" "$1"; }
 
-# run_server NAME: start it, run the commands, stop it; figures go to $OUT/NAME.*.json.
+# run_server NAME: start it, run the commands, stop it; figures go to $RDIR/NAME.*.json.
 run_server() {
     local name=$1 port pid url api
     port=$(free_port)
@@ -200,31 +214,38 @@ run_server() {
     uws)
         env WSGW_LISTEN="127.0.0.1:$port" WSGW_JWT_SECRET="$SECRET" WSGW_API_KEY="$API_KEY" \
             WSGW_REDIS_URL="$REDIS_URL" WSGW_NODE_ID=uws-1 \
-            "$NODE" "$PEER/server.js" </dev/null >"$OUT/uws.log" 2>&1 &
+            "$NODE" "$PEER/server.js" </dev/null >"$RDIR/uws.log" 2>&1 &
         ;;
     wsgw)
         env WSGW_LISTEN="127.0.0.1:$port" WSGW_JWT_SECRET="$SECRET" WSGW_API_KEY="$API_KEY" \
             WSGW_REDIS_URL="$REDIS_URL" WSGW_NODE_ID=gw-1 WSGW_LOG=warn \
-            "$WSGW_BIN" </dev/null >"$OUT/wsgw.log" 2>&1 &
+            "$WSGW_BIN" </dev/null >"$RDIR/wsgw.log" 2>&1 &
         ;;
     esac
     pid=$!
     PIDS+=("$pid")
-    wait_ready "$pid" "$api/ready" "$OUT/$name.log"
+    wait_ready "$pid" "$api/ready" "$RDIR/$name.log"
     log "$name on 127.0.0.1:$port (pid $pid): idle, $SOCKETS sockets"
     # `|| true`: a crossed threshold (exit 99) still leaves a summary to report.
     timeout 300 "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
-        --server-pid "$pid" --hold-s "$HOLD_S" --json "$OUT/$name.idle.json" \
-        >"$OUT/$name.idle.txt" 2>"$OUT/$name.idle.err" || log "$name idle exited with $?"
+        --server-pid "$pid" --hold-s "$HOLD_S" --json "$RDIR/$name.idle.json" \
+        >"$RDIR/$name.idle.txt" 2>"$RDIR/$name.idle.err" || log "$name idle exited with $?"
     sleep 1
+    if ((IDLE_CPU_S > 0)); then
+        log "$name: $SOCKETS idle sockets held ${IDLE_CPU_S} s (CPU while held)"
+        timeout $((IDLE_CPU_S + 240)) "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
+            --server-pid "$pid" --hold-s "$IDLE_CPU_S" --json "$RDIR/$name.held.json" \
+            >"$RDIR/$name.held.txt" 2>"$RDIR/$name.held.err" || log "$name idle (held) exited with $?"
+        sleep 1
+    fi
     local r
     for r in $RATES; do
         log "$name: broadcast, $SOCKETS sockets, $MESSAGES messages at $r/s"
         timeout 300 "$LOADTEST_BIN" broadcast --url "$url" --api "$api" --api-key "$API_KEY" \
             --secret "$SECRET" --connections "$SOCKETS" --messages "$MESSAGES" --rate "$r" \
             --payload-bytes "$PAYLOAD" --server-pid "$pid" --timeout-s 10 "${VIA[@]}" \
-            --json "$OUT/$name.bc$r.json" \
-            >"$OUT/$name.bc$r.txt" 2>"$OUT/$name.bc$r.err" || log "$name broadcast $r/s exited with $?"
+            --json "$RDIR/$name.bc$r.json" \
+            >"$RDIR/$name.bc$r.txt" 2>"$RDIR/$name.bc$r.err" || log "$name broadcast $r/s exited with $?"
         sleep 1
     done
     local k
@@ -232,21 +253,34 @@ run_server() {
         log "$name: targeted ($k of $TARGETED_RUNS), $SOCKETS sockets, FCALL to user channels at $TARGETED_RATE/s"
         timeout 300 "$LOADTEST_BIN" run "$ROOT/loadtest/scenarios/targeted-bench.toml" --url "$url" \
             --secret "$SECRET" --redis-url "$REDIS_URL" --server-pid "$pid" --vus "$SOCKETS" \
-            --rate "$TARGETED_RATE" --json "$OUT/$name.tg$k.json" \
-            >"$OUT/$name.tg$k.txt" 2>"$OUT/$name.tg$k.err" || log "$name targeted $k exited with $?"
+            --rate "$TARGETED_RATE" --json "$RDIR/$name.tg$k.json" \
+            >"$RDIR/$name.tg$k.txt" 2>"$RDIR/$name.tg$k.err" || log "$name targeted $k exited with $?"
         sleep 1
     done
-    kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) died during the run (log: $OUT/$name.log)"
+    kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) died during the run (log: $RDIR/$name.log)"
     if [[ $name == wsgw ]]; then
         # How much of the run went out in bursts (hub/burst.rs): the node was behind then.
         curl -fsS "$api/metrics" 2>/dev/null | sed -n 's/^wsgw_burst_frames_total \([0-9.e+]*\)$/\1/p' \
-            >"$OUT/wsgw.bursts" || true
+            >"$RDIR/wsgw.bursts" || true
     fi
     stop "$pid"
 }
 
-for s in $SERVERS; do
-    run_server "$s"
+# One round runs every server once; with BENCH_ROUNDS > 1 each round has a directory of its
+# own and every other round runs the servers in the opposite order, so a machine that drifts
+# during the run weighs on both.
+RDIR=$OUT
+for ((round = 1; round <= ROUNDS; round++)); do
+    order=$SERVERS
+    if ((ROUNDS > 1)); then
+        RDIR=$OUT/r$round
+        mkdir -p "$RDIR"
+        ((round % 2)) || order=$(tr ' ' '\n' <<<"$SERVERS" | grep . | tac | paste -sd ' ')
+        log "round $round of $ROUNDS: $order"
+    fi
+    for s in $order; do
+        run_server "$s"
+    done
 done
 
 # ---- the table ----
@@ -256,30 +290,36 @@ median() {
         if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-# fig NAME FIELD: one figure for a server, or "n/a". FIELD cpu:tg, net:tg and p99:tg are medians
+# fig1 NAME FIELD: one figure for a server in the round whose files are in $RDIR, or "n/a". FIELD cpu:tg, net:tg and p99:tg are medians
 # over the targeted runs (cpu:tgK ... for run K); del:tg and ach:tg list every run.
-fig() {
+fig1() {
     local name=$1 what=$2 f v="" k
     case $what in
     cpu:tg | net:tg | p99:tg)
-        for ((k = 1; k <= TARGETED_RUNS; k++)); do fig "$name" "$what$k"; done | median
+        for ((k = 1; k <= TARGETED_RUNS; k++)); do fig1 "$name" "$what$k"; done | median
         return
         ;;
     del:tg | ach:tg | each:tg)
         for ((k = 1; k <= TARGETED_RUNS; k++)); do
             case $what in
-            each:*) echo "$(fig "$name" "net:tg$k") ($(fig "$name" "p99:tg$k") ms)" ;;
-            *) fig "$name" "${what%%:*}:tg$k" ;;
+            each:*) echo "$(fig1 "$name" "net:tg$k") ($(fig1 "$name" "p99:tg$k") ms)" ;;
+            *) fig1 "$name" "${what%%:*}:tg$k" ;;
             esac
         done | paste -sd ';' | sed 's/;/; /g'
         return
         ;;
-    rss) v=$(json "$OUT/$name.idle.json" .gateway.rss_per_socket_kib) ;;
-    connect) [[ ! -s $OUT/$name.idle.txt ]] || v=$(sed -n 's/^ *connect_time .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.idle.txt") ;;
-    idle_cpu) v=$(json "$OUT/$name.idle.json" .gateway.cpu_s | awk '{ printf "%.2f", $1 }') ;;
+    rss) v=$(json "$RDIR/$name.idle.json" .gateway.rss_per_socket_kib) ;;
+    connect) [[ ! -s $RDIR/$name.idle.txt ]] || v=$(sed -n 's/^ *connect_time .* p(99)=\([0-9.]*\)ms.*/\1/p' "$RDIR/$name.idle.txt") ;;
+    idle_cpu) v=$(json "$RDIR/$name.idle.json" .gateway.cpu_s | awk '{ printf "%.2f", $1 }') ;;
+    held_cpu)
+        local held_s held_cpu
+        held_s=$(json "$RDIR/$name.held.json" .gateway.held_s)
+        held_cpu=$(json "$RDIR/$name.held.json" .gateway.held_cpu_s)
+        [[ -z $held_s || -z $held_cpu ]] || v=$(awk -v c="$held_cpu" -v s="$held_s" 'BEGIN { if (s > 0) printf "%.3f", c * 60 / s }')
+        ;;
     cpu:* | net:* | p99:* | del:* | ach:*)
-        f=$OUT/$name.bc${what#*:}.json
-        [[ ${what#*:} == tg* ]] && f=$OUT/$name.${what#*:}.json
+        f=$RDIR/$name.bc${what#*:}.json
+        [[ ${what#*:} == tg* ]] && f=$RDIR/$name.${what#*:}.json
         [[ -s $f ]] || {
             echo n/a
             return
@@ -290,14 +330,14 @@ fig() {
         case ${what%%:*} in
         cpu) v=$(awk -v c="$cpu" -v d="$delivered" 'BEGIN { if (d > 0) printf "%.2f", c * 1e6 / d }') ;;
         net)
-            idle=$(json "$OUT/$name.idle.json" .gateway.cpu_s)
+            idle=$(json "$RDIR/$name.idle.json" .gateway.cpu_s)
             v=$(awk -v c="$cpu" -v i="$idle" -v d="$delivered" 'BEGIN { if (d > 0 && i != "") printf "%.2f", (c - i) * 1e6 / d }')
             ;;
         p99)
             if [[ ${what#*:} == tg* ]]; then
-                v=$(sed -n 's/^ *delivery_latency .* p(99)=\([0-9.]*\)ms.*/\1/p' "$OUT/$name.${what#*:}.txt")
+                v=$(sed -n 's/^ *delivery_latency .* p(99)=\([0-9.]*\)ms.*/\1/p' "$RDIR/$name.${what#*:}.txt")
             else
-                v=$(sed -n 's/^delivery latency ms:.* p99 \([0-9.]*\).*/\1/p' "$OUT/$name.bc${what#*:}.txt")
+                v=$(sed -n 's/^delivery latency ms:.* p99 \([0-9.]*\).*/\1/p' "$RDIR/$name.bc${what#*:}.txt")
             fi
             ;;
         ach) v=$(json "$f" .figures.publisher_rate_per_s | awk '{ printf "%.1f", $1 }') ;;
@@ -310,6 +350,22 @@ fig() {
         ;;
     esac
     [[ -n $v ]] && echo "$v" || echo n/a
+}
+
+# fig NAME FIELD: the figure over every round: the median of the rounds' figures, or, for the
+# fields that list (deliveries, achieved rates, each targeted run), each round's, joined by " / ".
+fig() {
+    local name=$1 what=$2 k
+    if ((ROUNDS == 1)); then
+        RDIR=$OUT fig1 "$name" "$what"
+        return
+    fi
+    case $what in
+    del:* | ach:* | each:*)
+        for ((k = 1; k <= ROUNDS; k++)); do RDIR=$OUT/r$k fig1 "$name" "$what"; done | paste -sd '/' | sed 's|/| / |g'
+        ;;
+    *) for ((k = 1; k <= ROUNDS; k++)); do RDIR=$OUT/r$k fig1 "$name" "$what"; done | median ;;
+    esac
 }
 
 ratio() {
@@ -332,6 +388,7 @@ rss_w=$(fig wsgw rss)
         "$(awk -v v="$rss_w" 'BEGIN { printf (v == "n/a" ? "n/a" : "%.2f"), v }')" \
         "$(ratio "$rss_u" "$rss_w")"
     row "connect p99 (TCP + upgrade + welcome) in the idle command (ms)" "$(fig uws connect)" "$(fig wsgw connect)"
+    ((IDLE_CPU_S == 0)) || row "CPU-s per minute holding $SOCKETS idle sockets (pings every 30 s)" "$(fig uws held_cpu)" "$(fig wsgw held_cpu)"
     for r in $RATES; do
         row "CPU-s per 1M broadcast deliveries, $r/s (whole command)" "$(fig uws "cpu:$r")" "$(fig wsgw "cpu:$r")"
         row "same, net of the idle command's CPU, $r/s" "$(fig uws "net:$r")" "$(fig wsgw "net:$r")"
@@ -349,7 +406,31 @@ rss_w=$(fig wsgw rss)
     fi
     echo
     echo "$SOCKETS sockets, $MESSAGES broadcasts per rate (published with $PUBLISH_VIA), ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
-    echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); frames fanned out in bursts over the run: $(grep . "$OUT/wsgw.bursts" 2>/dev/null || echo n/a)."
-    [[ " $SERVERS " != *" uws "* ]] || echo "uWS: $(sed -n 's/.*(native \(.*\)).*/\1/p' "$OUT/uws.log" | head -n 1) from @trufflesuite/uws-js-unofficial $(jq -r .version "$PEER/node_modules/@trufflesuite/uws-js-unofficial/package.json") on Node $("$NODE" --version)."
+    echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); frames fanned out in bursts over the run: $(grep . "$RDIR/wsgw.bursts" 2>/dev/null || echo n/a)."
+    [[ " $SERVERS " != *" uws "* ]] || echo "uWS: $(sed -n 's/.*(native \(.*\)).*/\1/p' "$RDIR/uws.log" | head -n 1) from @trufflesuite/uws-js-unofficial $(jq -r .version "$PEER/node_modules/@trufflesuite/uws-js-unofficial/package.json") on Node $("$NODE" --version)."
     echo "Raw output: $OUT"
+    if ((ROUNDS > 1)); then
+        echo
+        echo "Figures above are medians over $ROUNDS rounds (round 1 ran: $SERVERS; every other round the reverse). Ratio wsgw/uWS in each round:"
+        echo
+        printf '| figure |'
+        for ((k = 1; k <= ROUNDS; k++)); do printf ' round %s |' "$k"; done
+        printf '\n| --- |'
+        for ((k = 1; k <= ROUNDS; k++)); do printf ' --- |'; done
+        echo
+        for f in rss held_cpu $(for r in $RATES; do echo "net:$r"; done) net:tg p99:tg; do
+            case $f in
+            rss) label="RSS per idle socket" ;;
+            held_cpu) ((IDLE_CPU_S > 0)) || continue; label="CPU-s per minute holding idle sockets" ;;
+            net:tg) ((TARGETED_RATE > 0)) || continue; label="net CPU per 1M targeted deliveries (median of the round's runs)" ;;
+            p99:tg) ((TARGETED_RATE > 0)) || continue; label="targeted p99 (median of the round's runs)" ;;
+            *) label="net CPU per 1M broadcast deliveries, ${f#net:}/s" ;;
+            esac
+            printf '| %s |' "$label"
+            for ((k = 1; k <= ROUNDS; k++)); do
+                printf ' %s |' "$(ratio "$(RDIR=$OUT/r$k fig1 uws "$f")" "$(RDIR=$OUT/r$k fig1 wsgw "$f")")"
+            done
+            echo
+        done
+    fi
 }

@@ -18,6 +18,11 @@ pub struct GatewayFigures {
     pub peak_vus: u64,
     pub rss_per_socket_kib: Option<f64>,
     pub deliveries_per_cpu_s: Option<f64>,
+    /// How long the most VUs stayed all connected (between two of the once-a-second samples),
+    /// and the gateway's CPU over that time: what holding them cost, their connects and closes
+    /// apart. None when they were held for less than a second.
+    pub held_s: Option<f64>,
+    pub held_cpu_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -281,6 +286,12 @@ impl Summary {
                 "gateway_rss",
                 format!("{} KiB before, {} KiB peak", g.rss_before_kib, g.rss_peak_kib),
             );
+            if let (Some(h), Some(c)) = (g.held_s, g.held_cpu_s) {
+                line(
+                    "gateway_cpu_while_held",
+                    format!("{c:.2}s over {h:.1}s with {} VUs connected", g.peak_vus),
+                );
+            }
             if let Some(r) = g.rss_per_socket_kib {
                 line("rss_per_socket", format!("{r:.2} KiB ({} sockets)", g.peak_vus));
             }

@@ -29,6 +29,11 @@ pub(super) struct ProcSampler {
     rss_peak: u64,
     rss_at_peak_vus: u64,
     peak_vus: u64,
+    /// When (and at what total CPU) the most VUs were first all connected, and the last
+    /// sample at which they still were: the CPU of holding them, apart from their connects
+    /// and closes.
+    held_from: Option<(Instant, f64)>,
+    held_to: Option<(Instant, f64)>,
 }
 
 impl ProcSampler {
@@ -53,16 +58,35 @@ impl ProcSampler {
         }
         let rss: u64 = self.pids.iter().filter_map(|p| rss_kib(*p)).sum();
         self.rss_peak = self.rss_peak.max(rss);
+        let cpu = self.cpu_total(&self.cpu_last);
+        if connected > self.peak_vus {
+            self.held_from = Some((Instant::now(), cpu));
+            self.held_to = None;
+        } else if connected == self.peak_vus && connected > 0 {
+            self.held_to = Some((Instant::now(), cpu));
+        }
         if connected >= self.peak_vus && connected > 0 {
             self.peak_vus = connected;
             self.rss_at_peak_vus = rss;
         }
     }
 
+    /// The CPU seconds of every pid, as sampled in `at`.
+    fn cpu_total(&self, at: &[Option<f64>]) -> f64 {
+        at.iter().flatten().sum()
+    }
+
     pub(super) fn figures(&self, delivered: u64) -> Option<GatewayFigures> {
         if self.pids.is_empty() {
             return None;
         }
+        // At least a second of holding, or no figure.
+        let held = match (self.held_from, self.held_to) {
+            (Some((t0, c0)), Some((t1, c1))) if t1.duration_since(t0) >= Duration::from_secs(1) => {
+                Some((t1.duration_since(t0).as_secs_f64(), (c1 - c0).max(0.0)))
+            }
+            _ => None,
+        };
         let cpu: f64 = self
             .cpu0
             .iter()
@@ -78,6 +102,8 @@ impl ProcSampler {
             rss_per_socket_kib: (self.peak_vus > 0)
                 .then(|| self.rss_at_peak_vus.saturating_sub(self.rss0) as f64 / self.peak_vus as f64),
             deliveries_per_cpu_s: (cpu > 0.0).then(|| delivered as f64 / cpu),
+            held_s: held.map(|h| h.0),
+            held_cpu_s: held.map(|h| h.1),
         })
     }
 }
