@@ -67,7 +67,7 @@ async fn smoke_scenario_passes_against_a_real_gateway() {
     // The 4 s hold with all 100 VUs up is measured apart from the ramps (a sample a second).
     let g = s.gateway.as_ref().expect("gateway figures");
     let held = g.held_s.expect("a held window");
-    assert!((1.5..=5.0).contains(&held), "held {held} s");
+    assert!((1.0..=5.0).contains(&held), "held {held} s");
     let held_cpu = g.held_cpu_s.expect("CPU while held");
     assert!(held_cpu <= g.cpu_s, "{held_cpu} s while held, {} s in all", g.cpu_s);
     assert!(s.thresholds_ok(), "thresholds: {:?}", s.thresholds);
