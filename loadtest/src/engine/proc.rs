@@ -58,7 +58,7 @@ impl ProcSampler {
         }
         let rss: u64 = self.pids.iter().filter_map(|p| rss_kib(*p)).sum();
         self.rss_peak = self.rss_peak.max(rss);
-        let cpu = self.cpu_total(&self.cpu_last);
+        let cpu: f64 = self.cpu_last.iter().flatten().sum();
         if connected > self.peak_vus {
             self.held_from = Some((Instant::now(), cpu));
             self.held_to = None;
@@ -69,11 +69,6 @@ impl ProcSampler {
             self.peak_vus = connected;
             self.rss_at_peak_vus = rss;
         }
-    }
-
-    /// The CPU seconds of every pid, as sampled in `at`.
-    fn cpu_total(&self, at: &[Option<f64>]) -> f64 {
-        at.iter().flatten().sum()
     }
 
     pub(super) fn figures(&self, delivered: u64) -> Option<GatewayFigures> {

@@ -56,33 +56,25 @@ impl Connection {
         self.tick.last_seen_ms.store(mono_ms(), Ordering::Relaxed);
     }
 
-    /// Last sign of life, on the monotonic clock ([`crate::time::mono_ms`]).
-    pub fn last_seen_ms(&self) -> u64 {
-        self.tick.last_seen_ms.load(Ordering::Relaxed)
-    }
-
     /// Sets the token expiry (seconds since the epoch; `None`: never).
     pub fn set_token_exp(&self, exp: Option<u64>) {
         self.tick.token_exp_s.store(exp.unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Token expiry, seconds since the epoch.
-    pub fn token_exp(&self) -> Option<u64> {
-        match self.tick.token_exp_s.load(Ordering::Relaxed) {
-            0 => None,
-            s => Some(s),
-        }
-    }
-
     /// The client has been silent for longer than `now.silence_ms`.
     pub fn silent(&self, now: TickNow) -> bool {
-        now.mono_ms.saturating_sub(self.last_seen_ms()) > now.silence_ms
+        now.mono_ms
+            .saturating_sub(self.tick.last_seen_ms.load(Ordering::Relaxed))
+            > now.silence_ms
     }
 
     /// The token expired (past the leeway).
     pub fn token_expired(&self, now: TickNow) -> bool {
-        self.token_exp()
-            .is_some_and(|exp| exp.saturating_add(now.leeway_s) < now.epoch_s)
+        // 0: the token has no expiry.
+        match self.tick.token_exp_s.load(Ordering::Relaxed) {
+            0 => false,
+            exp => exp.saturating_add(now.leeway_s) < now.epoch_s,
+        }
     }
 
     /// Whether the tick has anything to do for this socket: close it (silent, token expired),
