@@ -239,6 +239,12 @@ impl Connection {
         self.channels.lock().clone()
     }
 
+    /// `f` of the channels and patterns this connection is in, read in place (under the lock,
+    /// so `f` must not block).
+    pub fn with_channels<R>(&self, f: impl FnOnce(&[Arc<str>]) -> R) -> R {
+        f(&self.channels.lock())
+    }
+
     /// The topics and patterns it subscribed to itself (what a resume restores).
     pub fn topics(&self) -> Vec<String> {
         self.channels

@@ -6,12 +6,46 @@
 use super::*;
 use crate::presence::Tracker;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A connection's presence value (`<prefix>presence:conn:<id>`), as read back (written by
+/// `presence_json`).
+#[derive(Debug, Deserialize)]
 pub(super) struct PresenceValue {
     pub(super) user_id: String,
     pub(super) node: String,
     pub(super) connected_at: u64,
     pub(super) channels: Vec<String>,
+}
+
+/// The same value as written: borrowed from the connection, so the refresh of every socket's
+/// presence copies no field into a `String` of its own before the JSON.
+#[derive(Serialize)]
+struct PresenceValueOut<'a> {
+    user_id: &'a str,
+    node: &'a str,
+    connected_at: u64,
+    channels: Names<'a>,
+}
+
+/// Channel names serialized as a JSON array of strings.
+struct Names<'a>(&'a [Arc<str>]);
+
+impl Serialize for Names<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|c| &**c))
+    }
+}
+
+/// `c`'s presence value, JSON.
+fn presence_json(c: &Connection, node: &str) -> Vec<u8> {
+    c.with_channels(|channels| {
+        serde_json::to_vec(&PresenceValueOut {
+            user_id: &c.user_id,
+            node,
+            connected_at: c.connected_at_ms,
+            channels: Names(channels),
+        })
+    })
+    .unwrap_or_default()
 }
 
 pub(super) enum PresenceCmd {
@@ -115,13 +149,7 @@ impl Inner {
 
     pub(super) fn add_presence(&self, pipe: &mut redis::Pipeline, c: &Connection) {
         let ttl = self.s.presence_ttl_ms;
-        let value = PresenceValue {
-            user_id: c.user_id.to_string(),
-            node: self.s.node_id.clone(),
-            connected_at: c.connected_at_ms,
-            channels: c.channels().iter().map(|s| s.to_string()).collect(),
-        };
-        let v = serde_json::to_string(&value).unwrap_or_default();
+        let v = presence_json(c, &self.s.node_id);
         let user_key = self.keys.presence_user(&c.user_id);
         pipe.cmd("SET")
             .arg(self.keys.presence_conn(&c.id))
@@ -310,4 +338,33 @@ async fn live_members(c: &mut super::cluster_link::Conn, key: &str) -> Result<Ve
         .await
         .map_err(unavailable)?;
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn presence_value_is_the_connections_fields_and_channels() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let c = hub.register(Connection::new(Arc::from("c1"), Arc::from("u\"1"), 10, &[]));
+        hub.subscribe(&c, "room:1");
+        hub.subscribe(&c, "user:*");
+        let json = presence_json(&c, "gw-1");
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "user_id": "u\"1",
+                "node": "gw-1",
+                "connected_at": c.connected_at_ms,
+                "channels": ["room:1", "user:*"],
+            })
+        );
+        let back: PresenceValue = serde_json::from_slice(&json).unwrap();
+        assert_eq!((back.user_id.as_str(), back.node.as_str()), ("u\"1", "gw-1"));
+        assert_eq!(back.connected_at, c.connected_at_ms);
+        assert_eq!(back.channels, ["room:1", "user:*"]);
+    }
 }
