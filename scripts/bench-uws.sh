@@ -140,14 +140,19 @@ stop() {
     PIDS=("${keep[@]}")
 }
 
-# free_port: a TCP port nobody listens on (and that this script has not handed out).
+# free_port: a TCP port no socket uses (and that this script has not handed out), below the
+# kernel's ephemeral range (ip_local_port_range). Picked from 20000-49999 among listeners only,
+# a server's port once was the local port of one of the load tool's own 5,000 connections, and
+# the server could not bind.
 TAKEN=" "
 free_port() {
-    local listening port i
-    listening=$(ss -Htln | awk '{print $4}' | sed 's/.*://' | sort -u)
+    local used port i low
+    low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    ((low > 20500)) || low=32768
+    used=$(ss -Htan | awk '{print $4}' | sed 's/.*://' | sort -u)
     for ((i = 0; i < 200; i++)); do
-        port=$((20000 + RANDOM % 30000))
-        grep -qx "$port" <<<"$listening" && continue
+        port=$((20000 + RANDOM % (low - 20000)))
+        grep -qx "$port" <<<"$used" && continue
         [[ $TAKEN == *" $port "* ]] && continue
         TAKEN+="$port "
         echo "$port"

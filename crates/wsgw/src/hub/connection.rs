@@ -335,7 +335,12 @@ impl Connection {
             }
             let wire = frame.wire(ob.deflate.window);
             let total = wire.len();
-            match tcp.try_write(wire) {
+            // `send(2)` on the socket itself, not through tokio's `try_write`: a fan-out never
+            // waits for writability, so it need not read the socket's readiness, one more cache
+            // line per socket (`Registration::try_io` was 4.8% of a node's CPU at 20 broadcasts
+            // a second to 5,000 sockets). A would-block leaves tokio's readiness as it was: the
+            // task's next write sees the would-block itself, and only then waits.
+            match socket2::SockRef::from(tcp).send(wire) {
                 Ok(n) if n == total => return Push::Sent(total),
                 // The kernel took part of it: the task writes the rest when it can.
                 Ok(n) => ob.sent = n,
