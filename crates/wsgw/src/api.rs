@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,11 +17,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use wsgw_protocol::{EventId, validate_channel};
 
-use crate::auth::{AuthError, token_from_request};
 use crate::broker::{BrokerError, HistoryQuery, PublishRequest};
 use crate::config::ExposeSecret;
 use crate::node::Gateway;
-use crate::session::{self, ConnectParams};
 
 /// An API failure, turned into a JSON body `{"error": code, "message": …}` with its status.
 #[derive(Debug)]
@@ -90,7 +88,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .layer(DefaultBodyLimit::max(gw.config.max_publish_bytes))
         .route_layer(middleware::from_fn_with_state(gw.clone(), require_api_key));
     let mut router = Router::new()
-        .route("/ws", get(ws_upgrade))
+        .route("/ws", get(crate::ws_open::ws_upgrade))
         .route("/wsgw.js", get(client_js))
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
@@ -177,57 +175,6 @@ async fn require_api_key(State(gw): State<Arc<Gateway>>, req: Request, next: Nex
         }
         _ => AppError::Unauthorized("missing or wrong API key (Authorization: Bearer <key>)").into_response(),
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct WsQuery {
-    token: Option<String>,
-    connection_id: Option<String>,
-    last_event_id: Option<String>,
-}
-
-async fn ws_upgrade(
-    State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<crate::handshake::Peer>,
-    Query(q): Query<WsQuery>,
-    headers: HeaderMap,
-    upgrade: crate::ws::WsUpgrade,
-) -> Response {
-    // Before anything else, so a page from a foreign origin never gets a socket (CSWSH).
-    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("null"));
-    if !gw.origins.allows(origin) {
-        let body = json!({ "error": "forbidden", "message": "origin not allowed" });
-        return (StatusCode::FORBIDDEN, Json(body)).into_response();
-    }
-    let auth = match token_from_request(&headers, q.token.as_deref()) {
-        Some((token, _)) => gw.auth.verify_fresh(&token).await,
-        None => Err(AuthError::Missing),
-    };
-    let cfg = &gw.config;
-    let upgrade = upgrade
-        .protocols(&["wsgw.v1"])
-        .deflate(cfg.compression == crate::config::Compression::On);
-    let deflate_window = upgrade.negotiated().map(|d| d.window_bits);
-    let max_message = cfg.max_message_bytes;
-    let stream = peer.stream.clone();
-    let client_ip = gw.proxies.client_ip(peer.addr.ip(), &headers);
-    // No token at all: the connect hook, if there is one, decides (after the upgrade, so that a
-    // refusal is an error frame and a close code like a token's).
-    let connect_hook = (matches!(auth, Err(AuthError::Missing)) && gw.hooks.has_connect())
-        .then(|| crate::hooks::ConnectRequest::new(&headers, client_ip));
-    let params = ConnectParams {
-        auth,
-        connection_id: q.connection_id.filter(|s| !s.is_empty()),
-        last_event_id: q.last_event_id.filter(|s| !s.is_empty()),
-        client_ip,
-        handshake: Some(peer.handshake),
-        connect_hook,
-        deflate_window,
-    };
-    upgrade.on_upgrade(move |leftover| {
-        let ws = crate::ws::WsSocket::new(stream, leftover, max_message).with_deflate(deflate_window.is_some());
-        session::run(ws, gw, params)
-    })
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Response {

@@ -20,9 +20,11 @@ use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use tracing::debug;
 
@@ -83,14 +85,31 @@ pub struct Peer {
 }
 
 /// A TCP stream whose reads fail once its handshake deadline passes unfinished. The stream is
-/// shared (see [`Peer::stream`]), so it is read and written through `&TcpStream`.
+/// shared (see [`Peer::stream`]), so it is read and written through `&TcpStream`. Bytes
+/// direct.rs read and gave back are read first.
 pub struct GatedIo {
     inner: Arc<TcpStream>,
     handshake: Arc<Handshake>,
     deadline: Option<Pin<Box<Sleep>>>,
+    put_back: Bytes,
 }
 
 impl GatedIo {
+    /// `self`, with `read` to be read again before the stream.
+    pub fn put_back(mut self, read: Bytes) -> Self {
+        self.put_back = read;
+        self
+    }
+
+    /// What the `/ws` route learns about this connection, whose peer is `addr`.
+    pub fn peer(&self, addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            handshake: self.handshake.clone(),
+            stream: self.inner.clone(),
+        }
+    }
+
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(sleep) = self.deadline.as_mut() else {
             return false;
@@ -120,6 +139,11 @@ fn poll_io<T>(
 
 impl AsyncRead for GatedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.put_back.is_empty() {
+            let n = self.put_back.len().min(buf.remaining());
+            buf.put_slice(&self.put_back.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         if self.expired(cx) {
             debug!("handshake timed out: closing the connection");
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "handshake timeout")));
@@ -170,25 +194,29 @@ impl AsyncWrite for GatedIo {
     }
 }
 
-/// The node's listener: every accepted connection gets its handshake deadline and slots.
+/// The node's listener: every accepted connection gets its handshake deadline and slots, and
+/// a task that reads its first request (direct.rs). Only connections that task gives back
+/// (anything but a plain `/ws` upgrade) reach axum, through `plain`.
 pub struct GatedListener {
     inner: TcpListener,
     gw: Arc<Gateway>,
+    plain_tx: mpsc::UnboundedSender<(GatedIo, SocketAddr)>,
+    plain: mpsc::UnboundedReceiver<(GatedIo, SocketAddr)>,
 }
 
 impl GatedListener {
     /// Wraps `inner` for `gw`.
     pub fn new(inner: TcpListener, gw: Arc<Gateway>) -> Self {
-        Self { inner, gw }
+        let (plain_tx, plain) = mpsc::unbounded_channel();
+        Self {
+            inner,
+            gw,
+            plain_tx,
+            plain,
+        }
     }
-}
 
-impl Listener for GatedListener {
-    type Io = GatedIo;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (GatedIo, SocketAddr) {
-        let (tcp, addr) = Listener::accept(&mut self.inner).await;
+    fn gate(&self, tcp: TcpStream, addr: SocketAddr) {
         // Small frames must not wait for Nagle: batching is done by the writer.
         let _ = tcp.set_nodelay(true);
         let handshake = Handshake::new(&self.gw, addr.ip());
@@ -198,8 +226,32 @@ impl Listener for GatedListener {
             inner: Arc::new(tcp),
             handshake,
             deadline,
+            put_back: Bytes::new(),
         };
-        (io, addr)
+        let (gw, plain) = (self.gw.clone(), self.plain_tx.clone());
+        tokio::spawn(async move {
+            if let Some(io) = crate::direct::serve(io, addr, &gw).await {
+                // Only fails once axum has stopped accepting: the connection just closes.
+                let _ = plain.send((io, addr));
+            }
+        });
+    }
+}
+
+impl Listener for GatedListener {
+    type Io = GatedIo;
+    type Addr = SocketAddr;
+
+    // Cancel-safe, as axum needs: an accepted connection is handed to its task at once, and
+    // `recv` is cancel-safe.
+    async fn accept(&mut self) -> (GatedIo, SocketAddr) {
+        loop {
+            tokio::select! {
+                biased;
+                Some(plain) = self.plain.recv() => return plain,
+                (tcp, addr) = Listener::accept(&mut self.inner) => self.gate(tcp, addr),
+            }
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod cores;
+pub mod direct;
 pub mod handshake;
 pub mod history;
 pub mod hooks;
@@ -25,6 +26,7 @@ pub mod session;
 pub mod time;
 pub mod token;
 pub mod ws;
+pub mod ws_open;
 
 pub use config::Config;
 pub use node::{Gateway, StartError};

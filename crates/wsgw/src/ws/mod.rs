@@ -12,4 +12,4 @@ pub mod upgrade;
 
 pub use decode::{Decoder, Incoming, ProtocolError};
 pub use socket::{ReadError, WsSocket};
-pub use upgrade::WsUpgrade;
+pub use upgrade::{Accept, WsUpgrade};

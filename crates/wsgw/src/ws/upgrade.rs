@@ -1,7 +1,9 @@
 //! ws/upgrade.rs: the HTTP side of opening a socket (RFC 6455 §4.2): checks the upgrade
 //! request, answers 101 with the accept key, the chosen subprotocol and, when enabled, the
 //! permessage-deflate answer (ws/deflate.rs chooses the offer), and hands the upgraded
-//! connection's bytes (whatever the HTTP layer read past the request) to the socket.
+//! connection's bytes (whatever the HTTP layer read past the request) to the socket. The
+//! checks and the answer (`Accept`) serve both ways a request arrives: through axum
+//! (`WsUpgrade`) and read directly off the connection (crate::direct).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -22,19 +24,54 @@ const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// At most this much of what the HTTP layer buffered past the request is kept.
 const MAX_LEFTOVER: usize = 1 << 20;
 
-/// A checked upgrade request (an axum extractor). Refusals are plain HTTP errors.
-pub struct WsUpgrade {
+/// A checked upgrade request: what the 101 answers (the accept key, the subprotocol, the
+/// permessage-deflate answer). Refusals are plain HTTP errors. Both ways a request arrives
+/// build it: axum's (`WsUpgrade`) and the direct one (crate::direct).
+pub struct Accept {
     accept: HeaderValue,
     offered: Option<HeaderValue>,
     protocol: Option<HeaderValue>,
     /// The client's `Sec-WebSocket-Extensions` values.
     extensions: Vec<HeaderValue>,
     deflate: Option<Deflate>,
-    on_upgrade: OnUpgrade,
 }
 
-fn refuse(status: StatusCode, message: &'static str) -> Response {
-    (status, message).into_response()
+/// A checked upgrade request that arrived through axum (an extractor): an [`Accept`] and
+/// the connection hyper hands over after the 101.
+pub struct WsUpgrade {
+    accept: Accept,
+    on_upgrade: Upgrading,
+}
+
+/// The connection hyper hands over once it has sent the 101.
+pub struct Upgrading(OnUpgrade);
+
+/// Why an upgrade request is refused: a plain HTTP answer.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    message: &'static str,
+    /// Answer `Sec-WebSocket-Version: 13` (the version we speak) too.
+    versions: bool,
+}
+
+fn refuse(status: StatusCode, message: &'static str) -> Refusal {
+    Refusal {
+        status,
+        message,
+        versions: false,
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, self.message).into_response();
+        if self.versions {
+            r.headers_mut()
+                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        r
+    }
 }
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -54,68 +91,52 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
-        if parts.method != Method::GET {
+impl Accept {
+    /// Checks an upgrade request's method and headers (RFC 6455 §4.2.1).
+    pub fn check(method: &Method, headers: &HeaderMap) -> Result<Self, Refusal> {
+        if method != Method::GET {
             return Err(refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "a WebSocket upgrade must be a GET",
             ));
         }
-        if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
+        if !has_token(headers, header::CONNECTION, "upgrade") {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "Connection header did not include 'upgrade'",
             ));
         }
-        if !has_token(&parts.headers, header::UPGRADE, "websocket") {
+        if !has_token(headers, header::UPGRADE, "websocket") {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "Upgrade header did not include 'websocket'",
             ));
         }
-        if parts
-            .headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .map(HeaderValue::as_bytes)
-            != Some(b"13")
-        {
-            let mut r = refuse(StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13");
-            r.headers_mut()
-                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return Err(r);
+        if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+            return Err(Refusal {
+                versions: true,
+                ..refuse(StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13")
+            });
         }
-        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| !k.is_empty()) else {
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| !k.is_empty()) else {
             return Err(refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header missing"));
         };
         let Ok(accept) = HeaderValue::from_str(&accept_key(key.as_bytes())) else {
             return Err(refuse(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key"));
         };
-        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            return Err(refuse(
-                StatusCode::UPGRADE_REQUIRED,
-                "this connection cannot be upgraded",
-            ));
-        };
         Ok(Self {
             accept,
-            offered: parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
+            offered: headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
             protocol: None,
-            extensions: parts
-                .headers
+            extensions: headers
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
                 .iter()
                 .cloned()
                 .collect(),
             deflate: None,
-            on_upgrade,
         })
     }
-}
 
-impl WsUpgrade {
     /// Picks the first of the client's offered subprotocols that is in `supported`.
     pub fn protocols(mut self, supported: &[&'static str]) -> Self {
         self.protocol = self
@@ -142,14 +163,70 @@ impl WsUpgrade {
         self.deflate
     }
 
-    /// Answers 101 and, once the connection is upgraded, runs `then` with the bytes the
-    /// client sent after its request (usually none) on a task of its own.
-    pub fn on_upgrade<F, Fut>(self, then: F) -> Response
+    /// The 101's headers.
+    fn headers(self) -> impl Iterator<Item = (header::HeaderName, HeaderValue)> {
+        let fixed = [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::SEC_WEBSOCKET_ACCEPT, self.accept),
+        ];
+        let protocol = self.protocol.map(|p| (header::SEC_WEBSOCKET_PROTOCOL, p));
+        let extensions = self
+            .deflate
+            .and_then(|d| HeaderValue::from_str(&d.response()).ok())
+            .map(|v| (header::SEC_WEBSOCKET_EXTENSIONS, v));
+        fixed.into_iter().chain(protocol).chain(extensions)
+    }
+
+    /// The whole 101 (status line, headers, blank line), for a connection written directly.
+    pub fn response_bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in self.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Refusal> {
+        let accept = Accept::check(&parts.method, &parts.headers)?;
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return Err(refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "this connection cannot be upgraded",
+            ));
+        };
+        Ok(Self {
+            accept,
+            on_upgrade: Upgrading(on_upgrade),
+        })
+    }
+}
+
+impl WsUpgrade {
+    /// The checked request, and what answers it.
+    pub fn into_parts(self) -> (Accept, Upgrading) {
+        (self.accept, self.on_upgrade)
+    }
+}
+
+impl Upgrading {
+    /// Answers 101 with `accept` and, once the connection is upgraded, runs `then` with the
+    /// bytes the client sent after its request (usually none) on a task of its own.
+    pub fn respond<F, Fut>(self, accept: Accept, then: F) -> Response
     where
         F: FnOnce(Bytes) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let on_upgrade = self.on_upgrade;
+        let on_upgrade = self.0;
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
@@ -158,16 +235,7 @@ impl WsUpgrade {
             tokio::spawn(then(leftover(upgraded)));
         });
         let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
-        let h = r.headers_mut();
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept);
-        if let Some(p) = self.protocol {
-            h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-        }
-        if let Some(v) = self.deflate.and_then(|d| HeaderValue::from_str(&d.response()).ok()) {
-            h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
-        }
+        r.headers_mut().extend(accept.headers());
         r
     }
 }
