@@ -337,7 +337,7 @@ impl Connection {
             let total = wire.len();
             // `send(2)` on the socket itself, not through tokio's `try_write`: a fan-out never
             // waits for writability, so it need not read the socket's readiness, one more cache
-            // line per socket (`Registration::try_io` was 4.8% of a node's CPU at 20 broadcasts
+            // line per socket (`Registration::try_io` was 3.9% of a node's CPU at 20 broadcasts
             // a second to 5,000 sockets). A would-block leaves tokio's readiness as it was: the
             // task's next write sees the would-block itself, and only then waits.
             match socket2::SockRef::from(tcp).send(wire) {
