@@ -6,14 +6,14 @@
 
 use std::sync::Arc;
 
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wsgw::ws::deflate::{self, Deflate};
 use wsgw::ws::frame::Header;
 use wsgw::ws::frame::{self, OP_BINARY, OP_CLOSE, OP_TEXT};
-use wsgw::ws::upgrade::accept_key;
-use wsgw::ws::{Incoming, ReadError, WsSocket};
+use wsgw::ws::{Accept, Incoming, ReadError, WsSocket};
 
 const MAX_MESSAGE: usize = 64 << 20;
 
@@ -34,35 +34,32 @@ async fn main() -> std::io::Result<()> {
     }
 }
 
-/// Reads the upgrade request and answers 101; returns the bytes read past the request and the
-/// permessage-deflate settings agreed on.
+/// Reads the upgrade request and answers 101 with the gateway's own upgrade code
+/// (`wsgw::ws::Accept`, as a node's direct path does); returns the bytes read past the request
+/// and the permessage-deflate settings agreed on.
 async fn handshake(mut tcp: TcpStream) -> Option<(TcpStream, BytesMut, Option<Deflate>)> {
     let mut buf = BytesMut::with_capacity(4096);
-    let end = loop {
+    let (end, method, headers) = loop {
         if tcp.read_buf(&mut buf).await.ok()? == 0 || buf.len() > 16 * 1024 {
             return None;
         }
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut slots);
+        if let httparse::Status::Complete(end) = req.parse(&buf).ok()? {
+            let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
+            let mut headers = HeaderMap::new();
+            for h in req.headers.iter() {
+                headers.append(
+                    HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                    HeaderValue::from_bytes(h.value).ok()?,
+                );
+            }
+            break (end, method, headers);
         }
     };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let header = |wanted: &'static str| {
-        head.lines().filter_map(move |l| {
-            let (name, value) = l.split_once(':')?;
-            name.trim().eq_ignore_ascii_case(wanted).then(|| value.trim())
-        })
-    };
-    let key = header("sec-websocket-key").next()?.to_owned();
-    let deflate = deflate::negotiate(header("sec-websocket-extensions"));
-    let extensions = deflate
-        .map(|d| format!("Sec-WebSocket-Extensions: {}\r\n", d.response()))
-        .unwrap_or_default();
-    let answer = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extensions}\r\n",
-        accept_key(key.as_bytes())
-    );
-    tcp.write_all(answer.as_bytes()).await.ok()?;
+    let accept = Accept::check(&method, &headers).ok()?.deflate(true);
+    let deflate = accept.negotiated();
+    tcp.write_all(&accept.response_bytes()).await.ok()?;
     let leftover = buf.split_off(end);
     Some((tcp, leftover, deflate))
 }
