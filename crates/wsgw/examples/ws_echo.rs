@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::Method;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wsgw::ws::deflate::{self, Deflate};
 use wsgw::ws::frame::Header;
 use wsgw::ws::frame::{self, OP_BINARY, OP_CLOSE, OP_TEXT};
+use wsgw::ws::upgrade::header_map;
 use wsgw::ws::{Accept, Incoming, ReadError, WsSocket};
 
 const MAX_MESSAGE: usize = 64 << 20;
@@ -47,13 +48,7 @@ async fn handshake(mut tcp: TcpStream) -> Option<(TcpStream, BytesMut, Option<De
         let mut req = httparse::Request::new(&mut slots);
         if let httparse::Status::Complete(end) = req.parse(&buf).ok()? {
             let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-            let mut headers = HeaderMap::new();
-            for h in req.headers.iter() {
-                headers.append(
-                    HeaderName::from_bytes(h.name.as_bytes()).ok()?,
-                    HeaderValue::from_bytes(h.value).ok()?,
-                );
-            }
+            let headers = header_map(req.headers)?;
             break (end, method, headers);
         }
     };

@@ -11,13 +11,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::{HeaderMap, Method};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::handshake::GatedIo;
 use crate::node::Gateway;
 use crate::ws::Accept;
+use crate::ws::upgrade::header_map;
 use crate::ws_open::{WsQuery, prepare};
 
 /// A head longer than this goes to hyper (which allows far longer ones).
@@ -95,11 +96,7 @@ fn ws_head(req: &httparse::Request<'_, '_>) -> Option<(HeaderMap, WsQuery)> {
     if path != "/ws" {
         return None;
     }
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
-    }
+    let headers = header_map(req.headers)?;
     // A body, and how hyper frames or refuses it, stays hyper's.
     if headers.contains_key(CONTENT_LENGTH) || headers.contains_key(TRANSFER_ENCODING) {
         return None;

@@ -22,7 +22,7 @@ use crate::session::{self, ConnectParams};
 use crate::ws::{Accept, WsSocket, WsUpgrade};
 
 /// `/ws`'s query parameters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct WsQuery {
     /// A token, unless the request carries one in a header.
     pub token: Option<String>,

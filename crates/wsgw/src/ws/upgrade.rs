@@ -83,6 +83,17 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// A parsed request head's headers as a `HeaderMap`; `None` if a name or value is not one
+/// `http` accepts.
+pub fn header_map(parsed: &[httparse::Header<'_>]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(parsed.len());
+    for h in parsed {
+        let name = header::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    Some(headers)
+}
+
 /// The `Sec-WebSocket-Accept` value for a client's key.
 pub fn accept_key(key: &[u8]) -> String {
     let mut sha = Sha1::new();
