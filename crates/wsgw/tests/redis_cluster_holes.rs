@@ -8,7 +8,7 @@
 mod common;
 
 use common::cluster::GatewayProc;
-use common::redis_cluster::{RedisCluster, owner, redis_cli};
+use common::redis_cluster::{RedisCluster, owner, redis_cli, two_channels_of_one_shard};
 use common::*;
 use serde_json::{Value, json};
 use wsgw_protocol::{EventId, shard_of};
@@ -55,16 +55,6 @@ fn lose_one(cluster: &RedisCluster, channel: &str) -> EventId {
         ],
     );
     out.parse().unwrap_or_else(|_| panic!("the stored event's id: {out:?}"))
-}
-
-/// Two channels of one id-shard.
-fn two_channels_of_one_shard() -> (String, String) {
-    let a = "room:0".to_string();
-    let b = (1..500)
-        .map(|n| format!("room:{n}"))
-        .find(|c| shard_of(c) == shard_of(&a))
-        .expect("another channel in room:0's shard");
-    (a, b)
 }
 
 /// Frames up to and including the event `last`, skipping pings.

@@ -175,3 +175,14 @@ pub fn owner(cluster: &RedisCluster, key: &str) -> u16 {
     }
     panic!("no primary holds slot {slot}");
 }
+
+/// Two channels of one id-shard.
+pub fn two_channels_of_one_shard() -> (String, String) {
+    use wsgw_protocol::shard_of;
+    let a = "room:0".to_string();
+    let b = (1..500)
+        .map(|n| format!("room:{n}"))
+        .find(|c| shard_of(c) == shard_of(&a))
+        .expect("another channel in room:0's shard");
+    (a, b)
+}

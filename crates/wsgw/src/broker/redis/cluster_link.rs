@@ -96,18 +96,20 @@ pub(super) async fn connect(
     })
 }
 
-/// The cluster's node id of the primary that holds `key`'s slot now.
+/// The cluster's node id of the primary that holds `key`'s slot now. Asked with a script keyed
+/// by `key`: a node that does not hold the slot (a replica, another primary) answers `MOVED`, and
+/// the client follows it. `CLUSTER MYID` routed by slot is not enough: while the connection to
+/// the slot's primary is being replaced, the client library sends it to any node it is still
+/// connected to, which answers with its own id, and the repair took that for a new primary (a
+/// `gap` on every shard, and the epoch raised, after each pub/sub kill).
 pub(super) async fn owner_of(conn: &mut ClusterConnection, key: &str) -> Result<String, BrokerError> {
-    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-        key,
-        SlotAddr::Master,
-    )));
-    let v = conn
-        .route_command(redis::cmd("CLUSTER").arg("MYID").clone(), route)
+    redis::cmd("EVAL")
+        .arg("return redis.call('CLUSTER', 'MYID')")
+        .arg(1)
+        .arg(key)
+        .query_async(conn)
         .await
-        .map_err(unavailable)?;
-    redis::from_redis_value(v).map_err(|e| BrokerError::Internal(e.to_string()))
+        .map_err(unavailable)
 }
 
 impl Inner {

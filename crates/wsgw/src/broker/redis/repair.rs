@@ -51,14 +51,34 @@ impl Inner {
 
     /// Re-reads, for `channels`, every event after `after` up to the snapshot `until` and
     /// delivers them in id order (sockets drop what they already have); channels whose history
-    /// cannot prove it holds all of them get a `gap` frame first. Shared by the single-primary
-    /// repair and a Redis Cluster shard's (sharded_repair.rs).
+    /// cannot prove it holds all of them get a `gap` frame first. The single-primary repair's.
     pub(super) async fn redeliver(
         &self,
         channels: &[Arc<str>],
         after: EventId,
         until: EventId,
     ) -> Result<Vec<(Arc<str>, EventId)>, BrokerError> {
+        let missed = self.read_missed(channels, after, until).await?;
+        Ok(self.deliver_missed(missed))
+    }
+
+    /// Reads, for `channels`, every event after `after` up to the snapshot `until`, in id
+    /// order, without delivering any; channels whose history cannot prove it holds all of them
+    /// get a `gap` frame now. A Redis Cluster shard's repair (sharded_repair.rs) delivers them
+    /// only once it knows no channel of the shard joined while it read.
+    pub(super) async fn read_missed(
+        &self,
+        channels: &[Arc<str>],
+        after: EventId,
+        until: EventId,
+    ) -> Result<Vec<(Arc<str>, StoredEvent)>, BrokerError> {
+        if after == until {
+            // Nothing was issued since the node's position: nothing to read, nothing missed. (A
+            // Redis Cluster shard that never issued an id has `0-0` for both, and its history
+            // cannot vouch for `0-0`, older than its epoch: without this, every repair told
+            // the sockets of a quiet shard's automatic channels of a gap.)
+            return Ok(Vec::new());
+        }
         let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
         let mut gaps: Vec<Arc<str>> = Vec::new();
         for ch in channels {
@@ -87,11 +107,20 @@ impl Inner {
             let told = self.hub.send_gap(&gaps);
             warn!(
                 channels = gaps.len(),
+                first = %gaps[0],
+                %after,
+                %until,
                 sockets = told,
                 "repair could not prove some channels complete"
             );
         }
         events.sort_by_key(|(_, e)| e.id);
+        Ok(events)
+    }
+
+    /// Delivers what [`Inner::read_missed`] read, in its (id) order; returns the newest id
+    /// delivered per channel.
+    pub(super) fn deliver_missed(&self, events: Vec<(Arc<str>, StoredEvent)>) -> Vec<(Arc<str>, EventId)> {
         // Sorted: each channel's last event is its newest.
         let mut newest: HashMap<Arc<str>, EventId> = HashMap::new();
         for (ch, e) in &events {
@@ -103,7 +132,7 @@ impl Inner {
             let n = self.hub.deliver(&ch, &frame, &excluded);
             self.metrics.repaired_events.inc_by(n as u64);
         }
-        Ok(newest.into_iter().collect())
+        newest.into_iter().collect()
     }
 
     /// Raises the epoch key `key` (ms) past `seen_ms` and the primary's clock; returns it. A

@@ -59,10 +59,10 @@ pub(super) struct Shard {
     pub(super) held: Option<Held<PushInfo>>,
     /// Repair again once this one ends (messages were dropped, or another interruption).
     pub(super) again: bool,
-    /// Where that next repair reads from, if earlier than the shard's newest id then: a channel
-    /// subscribed while the shard was being repaired may have missed events the running repair
-    /// does not read (it reads only the channels it started with).
-    pub(super) rewind: Option<EventId>,
+    /// A channel was subscribed since the running repair started: that repair did not read it
+    /// (it reads the channels it started with), so what it read is not delivered, and the shard
+    /// is repaired again from the same point, its messages still held (sharded_repair.rs).
+    pub(super) joined: bool,
     /// When its canary (or any marker) last came back.
     pub(super) last_marker: Option<tokio::time::Instant>,
     /// How late its newest frame was: a shard that far behind gets its canary that much later
@@ -78,8 +78,12 @@ pub(super) struct Shard {
     pub(super) positions: HashMap<Arc<str>, EventId>,
 }
 
-/// The newest event id a repair delivered, per channel.
-pub(super) type Positions = Vec<(Arc<str>, EventId)>;
+/// What a shard's repair read: the events the node missed of the channels it repaired (in id
+/// order, not delivered yet), and the snapshot it read up to.
+pub(super) struct Repaired {
+    pub(super) events: Vec<(Arc<str>, StoredEvent)>,
+    pub(super) snapshot: EventId,
+}
 
 /// What `on_smessage` did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +96,7 @@ pub(super) enum Took {
 }
 
 /// A repair's outcome, sent back to the subscriber loop.
-pub(super) type RepairDone = mpsc::UnboundedSender<(u16, Result<Positions, BrokerError>)>;
+pub(super) type RepairDone = mpsc::UnboundedSender<(u16, Result<Repaired, BrokerError>)>;
 
 /// The shard a sharded channel name (`<prefix>{s}…`) is in, and the rest of the name.
 pub(super) fn split_shard<'a>(prefix: &str, name: &'a str) -> Option<(u16, &'a str)> {
@@ -230,7 +234,7 @@ impl Inner {
         }
         self.ready.store(true, Ordering::Release);
         self.metrics.redis_up.set(1);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u16, Result<Positions, BrokerError>)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u16, Result<Repaired, BrokerError>)>();
         // Shards whose canary no subscriber took on the shard's primary (see `publish_canary`).
         let (stray_tx, mut stray_rx) = mpsc::unbounded_channel::<u16>();
         let canary_every = Duration::from_millis(self.s.canary_interval_ms.max(10));
@@ -542,12 +546,12 @@ impl Inner {
             match r {
                 Ok(()) => {
                     if sh.held.is_some() {
-                        // Subscribed during a repair, on a connection that may be gone or on a
-                        // replica: events after its socket's snapshot may reach neither.
-                        if let Some(from) = self.shards.lock().seen[s as usize] {
-                            sh.rewind = Some(sh.rewind.map_or(from, |r| r.min(from)));
-                        }
-                        sh.again = true;
+                        // Subscribed during a repair that does not read it, on a connection that
+                        // may be gone or on a replica: events after its socket's snapshot may
+                        // reach neither. That repair's reads pass over it: if they were delivered,
+                        // other channels' events would raise the shard's socket floors past the
+                        // ones of this channel the next repair brings.
+                        sh.joined = true;
                     }
                     sh.listening.extend(chans);
                 }

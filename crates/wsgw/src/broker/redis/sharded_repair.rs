@@ -4,7 +4,7 @@
 //! messages follow.
 
 use super::held::Held;
-use super::sharded::{MAX_HELD, Positions, RepairDone, Shard, Took, sharded_name};
+use super::sharded::{MAX_HELD, RepairDone, Repaired, Shard, Took, sharded_name};
 use super::*;
 
 impl Inner {
@@ -31,6 +31,8 @@ impl Inner {
     /// Repairs held shard `s` in the background, after `delay`.
     fn spawn_repair(self: &Arc<Self>, s: u16, sh: &mut Shard, done: &RepairDone, delay: Duration) {
         let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
+        // This repair reads every channel followed now; one subscribed later sets it again.
+        sh.joined = false;
         // The repair subscribes to all of them again: each is proven by its confirmation.
         let now = tokio::time::Instant::now();
         let names = channels.iter().map(|c| self.keys.pubsub(c));
@@ -47,10 +49,13 @@ impl Inner {
         });
     }
 
+    /// A repair of shard `s` ended. Unless a channel of the shard was subscribed meanwhile
+    /// (then it runs again from the same point: see `Shard::joined`), what it read is delivered
+    /// in id order, the shard's position moves to its snapshot, and the held messages follow.
     pub(super) fn repair_done(
         self: &Arc<Self>,
         s: u16,
-        r: Result<Positions, BrokerError>,
+        r: Result<Repaired, BrokerError>,
         shards: &mut [Shard],
         done: &RepairDone,
     ) {
@@ -58,29 +63,34 @@ impl Inner {
         // What the repair subscribed to gets its full time to be confirmed from now.
         let now = tokio::time::Instant::now();
         sh.pending.values_mut().for_each(|t| *t = now);
-        let positions = match r {
-            Ok(positions) => positions,
+        let repaired = match r {
+            Ok(repaired) => repaired,
             Err(e) => {
                 warn!(shard = s, error = %e, "shard repair failed; retrying");
                 self.spawn_repair(s, sh, done, Duration::from_millis(500));
                 return;
             }
         };
+        if sh.joined {
+            // Nothing it read was delivered and the shard's position did not move: the next
+            // repair reads every channel, the new one too, from where this one started.
+            sh.again = false;
+            self.spawn_repair(s, sh, done, Duration::ZERO);
+            return;
+        }
         // What the repair delivered of each channel it still follows.
-        for (channel, id) in positions {
+        for (channel, id) in self.deliver_missed(repaired.events) {
             if let Some(c) = sh.listening.get(&channel) {
                 let have = sh.positions.entry(c.clone()).or_insert(id);
                 *have = (*have).max(id);
             }
         }
-        if let Some(from) = sh.rewind.take() {
-            // A channel was subscribed during this repair, which did not read it: repair again
-            // from where this one started, still holding the messages, so none of that channel
-            // passes an event of it the repair brings.
-            self.read_from(s, from);
-            sh.again = false;
-            self.spawn_repair(s, sh, done, Duration::ZERO);
-            return;
+        {
+            let mut marks = self.shards.lock();
+            let seen = &mut marks.seen[s as usize];
+            if seen.is_none_or(|w| repaired.snapshot > w) {
+                *seen = Some(repaired.snapshot);
+            }
         }
         sh.last_marker = Some(tokio::time::Instant::now());
         let Some(held) = sh.held.take().and_then(Held::release) else {
@@ -103,9 +113,10 @@ impl Inner {
         }
     }
 
-    /// Resubscribes shard `s`, fences a changed primary, and delivers what the node missed of
-    /// its channels from history, up to a snapshot taken after the resubscription.
-    async fn repair_shard(&self, s: u16, channels: Vec<Arc<str>>) -> Result<Positions, BrokerError> {
+    /// Resubscribes shard `s`, fences a changed primary, and reads what the node missed of its
+    /// channels from history, up to a snapshot taken after the resubscription; `repair_done`
+    /// delivers it.
+    async fn repair_shard(&self, s: u16, channels: Vec<Arc<str>>) -> Result<Repaired, BrokerError> {
         let mut names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
         names.push(self.keys.shard_marker(s, &self.s.node_id));
         self.ssubscribe(&names).await?;
@@ -135,17 +146,12 @@ impl Inner {
         if before.as_deref().is_some_and(|b| b != owner) {
             self.fence_shard(s, after, &channels).await?;
         }
-        let positions = match after {
-            Some(after) => self.redeliver(&channels, after, snapshot).await?,
+        let events = match after {
+            Some(after) => self.read_missed(&channels, after, snapshot).await?,
             None => Vec::new(),
         };
-        let mut marks = self.shards.lock();
-        let seen = &mut marks.seen[s as usize];
-        if seen.is_none_or(|w| snapshot > w) {
-            *seen = Some(snapshot);
-        }
-        marks.owner[s as usize] = Some(owner);
-        Ok(positions)
+        self.shards.lock().owner[s as usize] = Some(owner);
+        Ok(Repaired { events, snapshot })
     }
 
     /// Publishes this node's canary on shard `s`'s marker channel; the answer is how many
