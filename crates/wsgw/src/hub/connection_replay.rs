@@ -122,9 +122,13 @@ impl Connection {
         // The last id queued, per shard: ids of one shard go out rising.
         let mut last = Floors::default();
         let newer = |last: &Floors, id: EventId| last.of(id).is_none_or(|l| id > l);
+        // Held frames without an id (a `gap`, answers) go out just before the next held event
+        // that goes out, after the replayed events older than it: a `gap` stays between the
+        // events the node passed on before it and those after.
+        let mut controls: Vec<OutFrame> = Vec::new();
         for h in held {
             let Some(id) = h.frame.event_id else {
-                ob.queue.push_back(h.frame);
+                controls.push(h.frame);
                 continue;
             };
             if !ob.admit(id, &h.channel, h.via_pattern) {
@@ -146,6 +150,7 @@ impl Connection {
                     sent_replayed += 1;
                 }
             }
+            ob.queue.extend(controls.drain(..));
             if newer(&last, id) {
                 last.raise(id);
                 ob.queue.push_back(h.frame);
@@ -158,6 +163,7 @@ impl Connection {
                 ob.queue.push_back(r);
             }
         }
+        ob.queue.extend(controls);
         for id in last.iter().chain(position.iter().copied()) {
             ob.floors.raise(id);
         }

@@ -109,9 +109,11 @@ fn after_a_patterns_subscribed_frame_only_events_it_covers_arrive() {
 
 #[test]
 fn a_gap_found_while_the_welcome_is_replayed_follows_the_welcome() {
-    // A shard repair names the resumed socket's channel before its welcome is queued.
+    // A shard repair names the resumed socket's channel before its welcome is queued: the gap
+    // is in the live stream, so it stays before the live event that followed it, after the
+    // replayed (older) ones.
     let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, &[EventId::new(2, 0)]);
-    assert_eq!(c.push_control(OutFrame::control("gap")), Push::Queued);
+    assert_eq!(c.push_gap(OutFrame::control("gap")), Push::Queued);
     c.push(ev(5, "e5"), "t", false);
     c.finish_replay(
         |_| OutFrame::control("welcome"),
@@ -119,7 +121,7 @@ fn a_gap_found_while_the_welcome_is_replayed_follows_the_welcome() {
         &[EventId::new(4, 0)],
         None,
     );
-    assert_eq!(texts(&c), ["welcome", "gap", "e3", "e4", "e5"]);
+    assert_eq!(texts(&c), ["welcome", "e3", "e4", "gap", "e5"]);
 
     // After the welcome, a subscribe's replay holds events only: its answers go straight out.
     c.begin_replay();
@@ -331,4 +333,31 @@ fn the_tick_finds_a_silent_socket_and_an_expired_token() {
     assert!(c.tick_due(at(now, 1_031)));
     c.touch();
     assert!(!c.silent(at(crate::time::mono_ms(), 0)));
+}
+
+#[test]
+fn a_gap_found_during_a_subscribes_replay_stays_between_the_live_events_around_it() {
+    // A live hole seen after e6 and before e8 reached the hub, while a catch-up read e5 and e7.
+    let c = Connection::new(Arc::from("c"), Arc::from("u"), 100, &[]);
+    c.finish_replay(|_| OutFrame::control("welcome"), Vec::new(), &[], None);
+    c.begin_replay();
+    c.push(ev(6, "e6"), "a", false);
+    assert_eq!(c.push_gap(OutFrame::control("gap")), Push::Queued);
+    c.push(ev(8, "e8"), "a", false);
+    // Answers are not ordered against events: they go straight out.
+    assert_eq!(c.push_control(OutFrame::control("pong")), Push::Queued);
+    let catch_up = CatchUp {
+        channel: "b",
+        from: EventId::new(5, 0),
+    };
+    c.finish_replay(
+        |_| OutFrame::control("subscribed"),
+        vec![ev(5, "e5"), ev(7, "e7")],
+        &[EventId::new(8, 0)],
+        Some(catch_up),
+    );
+    assert_eq!(
+        texts(&c),
+        ["welcome", "pong", "subscribed", "e5", "e6", "e7", "gap", "e8"]
+    );
 }

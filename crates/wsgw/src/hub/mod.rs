@@ -539,7 +539,7 @@ impl Hub {
                 channels: names,
                 recovered: false,
             };
-            c.push_control(OutFrame::control(frame.to_json()));
+            c.push_gap(OutFrame::control(frame.to_json()));
         }
         n
     }

@@ -34,6 +34,11 @@ impl<T> Held<T> {
         true
     }
 
+    /// How many messages are held.
+    pub(super) fn len(&self) -> usize {
+        self.messages.len()
+    }
+
     /// The held messages in arrival order, or `None` if any was dropped: then none is released
     /// and the shard must be repaired again.
     pub(super) fn release(self) -> Option<VecDeque<T>> {

@@ -58,30 +58,32 @@ impl Inner {
         after: EventId,
         until: EventId,
     ) -> Result<Vec<(Arc<str>, EventId)>, BrokerError> {
-        let missed = self.read_missed(channels, after, until).await?;
+        let from: Vec<(Arc<str>, EventId)> = channels.iter().map(|c| (c.clone(), after)).collect();
+        let missed = self.read_missed(&from, until).await?;
         Ok(self.deliver_missed(missed))
     }
 
-    /// Reads, for `channels`, every event after `after` up to the snapshot `until`, in id
-    /// order, without delivering any; channels whose history cannot prove it holds all of them
-    /// get a `gap` frame now. A Redis Cluster shard's repair (sharded_repair.rs) delivers them
-    /// only once it knows no channel of the shard joined while it read.
+    /// Reads, for each channel, every event after its own starting id up to the snapshot
+    /// `until`, in id order, without delivering any; channels whose history cannot prove it
+    /// holds all of them get a `gap` frame now. A Redis Cluster shard's repair
+    /// (sharded_repair.rs) starts each channel at the newest event the node has of it, and
+    /// delivers what it read only once it knows no channel of the shard joined while it read.
     pub(super) async fn read_missed(
         &self,
-        channels: &[Arc<str>],
-        after: EventId,
+        channels: &[(Arc<str>, EventId)],
         until: EventId,
     ) -> Result<Vec<(Arc<str>, StoredEvent)>, BrokerError> {
-        if after == until {
-            // Nothing was issued since the node's position: nothing to read, nothing missed. (A
-            // Redis Cluster shard that never issued an id has `0-0` for both, and its history
-            // cannot vouch for `0-0`, older than its epoch: without this, every repair told
-            // the sockets of a quiet shard's automatic channels of a gap.)
-            return Ok(Vec::new());
-        }
         let mut events: Vec<(Arc<str>, StoredEvent)> = Vec::new();
         let mut gaps: Vec<Arc<str>> = Vec::new();
-        for ch in channels {
+        for (ch, after) in channels {
+            let after = *after;
+            if after == until {
+                // Nothing was issued since the channel's position: nothing to read, nothing
+                // missed. (A Redis Cluster shard that never issued an id has `0-0` for both,
+                // and its history cannot vouch for `0-0`, older than its epoch: without this,
+                // every repair told the sockets of a quiet shard's automatic channels of a gap.)
+                continue;
+            }
             let mut cursor = after;
             loop {
                 let query = HistoryQuery::After {
@@ -108,7 +110,6 @@ impl Inner {
             warn!(
                 channels = gaps.len(),
                 first = %gaps[0],
-                %after,
                 %until,
                 sockets = told,
                 "repair could not prove some channels complete"

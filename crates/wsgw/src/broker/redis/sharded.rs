@@ -74,8 +74,14 @@ pub(super) struct Shard {
     /// answer to our request, while the real answer was `MOVED` (valkey-io/valkey#1066).
     pub(super) pending: HashMap<String, tokio::time::Instant>,
     /// The newest event the node has of each channel it follows (live, or from a repair's
-    /// history read): a message whose previous event is newer shows a hole.
+    /// history read): a message whose previous event is newer shows a hole. A channel just
+    /// subscribed starts at the shard's newest id read once Redis confirmed the subscription:
+    /// every later event of it must come live (a socket's catch-up snapshot is taken later
+    /// still), so its first message is checked too.
     pub(super) positions: HashMap<Arc<str>, EventId>,
+    /// The snapshot the last repair read up to: messages released after it at or below it were
+    /// read by that repair, so they arrive below the shard's newest id without being late.
+    pub(super) repaired_to: Option<EventId>,
 }
 
 /// What a shard's repair read: the events the node missed of the channels it repaired (in id
@@ -173,7 +179,21 @@ impl Inner {
         }
         .await;
         self.syncs.lock().remove(&n);
+        debug!(shard, n, snapshot = ?r, "sync");
         r
+    }
+
+    /// Shard `s`'s newest id (`0-0` if it never issued one), read from its primary.
+    pub(super) async fn shard_seq(&self, s: u16, patience: Duration) -> Result<EventId, BrokerError> {
+        let seq: Option<String> = timed(patience, async {
+            let mut c = self.conn().await?;
+            c.get(self.keys.seq(Some(s))).await.map_err(unavailable)
+        })
+        .await?;
+        Ok(seq
+            .and_then(|v| v.parse::<EventId>().ok())
+            .unwrap_or_default()
+            .in_shard(Some(s)))
     }
 
     /// `SSUBSCRIBE` to `channels` (all of one shard: one slot), in chunks.
@@ -383,6 +403,7 @@ impl Inner {
                     return;
                 };
                 if shards[s as usize].pending.remove(name).is_some() {
+                    debug!(shard = s, channel, "subscription confirmed");
                     return;
                 }
                 // Not asked for: the client library subscribed again by itself, on a new
@@ -463,6 +484,7 @@ impl Inner {
             if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
                 && let Some(tx) = self.syncs.lock().remove(&n)
             {
+                debug!(shard = s, n, "sync marker back");
                 let _ = tx.send(());
             }
             return Took::Delivered;
@@ -482,16 +504,22 @@ impl Inner {
                 return Took::Delivered;
             }
             let prev = header.prev.map(|p| p.in_shard(Some(s)));
+            let newest = self.shards.lock().seen[s as usize];
             match sh.positions.get_mut(channel) {
                 Some(have) => {
-                    if prev.is_some_and(|p| p > *have) {
+                    // New to the node, yet older than an event of the shard it already passed
+                    // on: it came over another path than the shard's other channels (a second
+                    // connection, a replica), and the sockets' floors may have passed it.
+                    let late = id > *have && newest.is_some_and(|w| id < w) && sh.repaired_to.is_none_or(|r| id > r);
+                    if prev.is_some_and(|p| p > *have) || late {
                         took = Took::Hole { have: *have };
                         let told = self.hub.send_gap(&[Arc::from(channel)]);
                         warn!(
                             shard = s,
                             channel,
                             sockets = told,
-                            "a message names an earlier event of its channel that the node never got: its sockets were told of a possible gap; repairing the shard"
+                            late,
+                            "a message names an earlier event of its channel that the node never got, or came after a newer event of its shard: its sockets were told of a possible gap; repairing the shard"
                         );
                         if hold {
                             return took;
@@ -538,13 +566,25 @@ impl Inner {
         }
         let each = batches.into_iter().map(|(s, chans, names)| async move {
             let r = self.ssubscribe(&names).await;
-            (s, chans, names, r)
+            // Where the new channels' positions start (see `Shard::positions`); without it their
+            // first message is not checked for a hole.
+            let at = match r {
+                Ok(()) => self.shard_seq(s, self.s.op_timeout).await.ok(),
+                Err(_) => None,
+            };
+            (s, chans, names, r, at)
         });
         let mut failed = None;
-        for (s, chans, names, r) in futures_util::future::join_all(each).await {
+        for (s, chans, names, r, at) in futures_util::future::join_all(each).await {
             let sh = &mut shards[s as usize];
             match r {
                 Ok(()) => {
+                    debug!(shard = s, channels = ?chans, at = ?at, held = sh.held.is_some(), "listened");
+                    if let Some(at) = at {
+                        for c in &chans {
+                            sh.positions.entry(c.clone()).or_insert(at);
+                        }
+                    }
                     if sh.held.is_some() {
                         // Subscribed during a repair that does not read it, on a connection that
                         // may be gone or on a replica: events after its socket's snapshot may

@@ -30,12 +30,17 @@ impl Inner {
 
     /// Repairs held shard `s` in the background, after `delay`.
     fn spawn_repair(self: &Arc<Self>, s: u16, sh: &mut Shard, done: &RepairDone, delay: Duration) {
-        let channels: Vec<Arc<str>> = sh.listening.iter().cloned().collect();
+        // Each channel followed now, with the newest event the node has of it.
+        let channels: Vec<(Arc<str>, Option<EventId>)> = sh
+            .listening
+            .iter()
+            .map(|c| (c.clone(), sh.positions.get(c).copied()))
+            .collect();
         // This repair reads every channel followed now; one subscribed later sets it again.
         sh.joined = false;
         // The repair subscribes to all of them again: each is proven by its confirmation.
         let now = tokio::time::Instant::now();
-        let names = channels.iter().map(|c| self.keys.pubsub(c));
+        let names = channels.iter().map(|(c, _)| self.keys.pubsub(c));
         let marker = self.keys.shard_marker(s, &self.s.node_id);
         sh.pending.extend(names.chain([marker]).map(|n| (n, now)));
         let me = self.clone();
@@ -71,6 +76,14 @@ impl Inner {
                 return;
             }
         };
+        debug!(
+            shard = s,
+            events = repaired.events.len(),
+            snapshot = %repaired.snapshot,
+            joined = sh.joined,
+            held = sh.held.as_ref().map_or(0, Held::len),
+            "shard repair read"
+        );
         if sh.joined {
             // Nothing it read was delivered and the shard's position did not move: the next
             // repair reads every channel, the new one too, from where this one started.
@@ -92,6 +105,7 @@ impl Inner {
                 *seen = Some(repaired.snapshot);
             }
         }
+        sh.repaired_to = Some(repaired.snapshot);
         sh.last_marker = Some(tokio::time::Instant::now());
         let Some(held) = sh.held.take().and_then(Held::release) else {
             // Messages were dropped: none is released, the next repair brings them all.
@@ -116,23 +130,16 @@ impl Inner {
     /// Resubscribes shard `s`, fences a changed primary, and reads what the node missed of its
     /// channels from history, up to a snapshot taken after the resubscription; `repair_done`
     /// delivers it.
-    async fn repair_shard(&self, s: u16, channels: Vec<Arc<str>>) -> Result<Repaired, BrokerError> {
-        let mut names: Vec<String> = channels.iter().map(|c| self.keys.pubsub(c)).collect();
+    async fn repair_shard(&self, s: u16, channels: Vec<(Arc<str>, Option<EventId>)>) -> Result<Repaired, BrokerError> {
+        let mut names: Vec<String> = channels.iter().map(|(c, _)| self.keys.pubsub(c)).collect();
         names.push(self.keys.shard_marker(s, &self.s.node_id));
         self.ssubscribe(&names).await?;
         let (after, before) = {
             let marks = self.shards.lock();
             (marks.seen[s as usize], marks.owner[s as usize].clone())
         };
-        let seq: Option<String> = timed(self.s.op_timeout * PATIENT, async {
-            let mut c = self.conn().await?;
-            c.get(self.keys.seq(Some(s))).await.map_err(unavailable)
-        })
-        .await?;
-        let snapshot = seq
-            .and_then(|v| v.parse::<EventId>().ok())
-            .unwrap_or_default()
-            .in_shard(Some(s));
+        let snapshot = self.shard_seq(s, self.s.op_timeout * PATIENT).await?;
+        debug!(shard = s, after = ?after, %snapshot, channels = channels.len(), "shard resubscribed");
         // Every later event comes only through the subscription, so it must be on the primary
         // the snapshot came from. One on a replica (a stale slot map: a replica accepts
         // SSUBSCRIBE, and a restarted old primary is one) gets the primary's messages through
@@ -144,14 +151,44 @@ impl Inner {
         }
         let owner = self.owner_of(s).await?;
         if before.as_deref().is_some_and(|b| b != owner) {
-            self.fence_shard(s, after, &channels).await?;
+            let names: Vec<Arc<str>> = channels.iter().map(|(c, _)| c.clone()).collect();
+            self.fence_shard(s, after, &names).await?;
         }
-        let events = match after {
-            Some(after) => self.read_missed(&channels, after, snapshot).await?,
-            None => Vec::new(),
-        };
+        let from: Vec<(Arc<str>, EventId)> = channels
+            .into_iter()
+            .filter_map(|(c, at)| read_start(after, at, snapshot).map(|from| (c, from)))
+            .collect();
+        let events = self.read_missed(&from, snapshot).await?;
+        if let Some(after) = after {
+            self.passed_over(&events, after);
+        }
         self.shards.lock().owner[s as usize] = Some(owner);
         Ok(Repaired { events, snapshot })
+    }
+
+    /// Events a repair read at or below `after`, the newest id the node had of their shard, are
+    /// ones it never got while later events of the shard reached the sockets: their floors
+    /// passed them, so those channels' sockets are told of a gap (the events still go out, to
+    /// sockets whose floor is below them).
+    fn passed_over(&self, events: &[(Arc<str>, StoredEvent)], after: EventId) {
+        let mut passed: Vec<Arc<str>> = events
+            .iter()
+            .filter(|(_, e)| e.id <= after)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if passed.is_empty() {
+            return;
+        }
+        passed.sort();
+        passed.dedup();
+        let told = self.hub.send_gap(&passed);
+        warn!(
+            channels = passed.len(),
+            first = %passed[0],
+            %after,
+            sockets = told,
+            "a repair found events the node never got behind later ones of their shard: their sockets were told of a possible gap"
+        );
     }
 
     /// Publishes this node's canary on shard `s`'s marker channel; the answer is how many
@@ -227,5 +264,45 @@ impl Inner {
             "redis never confirmed some subscriptions: their sockets were told of a possible gap; repairing the shard"
         );
         self.start_repair(s, shards, done);
+    }
+}
+
+/// Where a shard repair reads a channel from: the newest event the node has of it (`at`), or
+/// of the shard (`after`), whichever is older, so an event of it lost while the shard's other
+/// channels flowed is read too. `None`: nothing to read (the node never had the shard).
+///
+/// A channel subscribed before its shard issued any id has position `0-0`, which no history
+/// vouches for (it is older than every epoch): it is read from the shard's position instead,
+/// and a loss of its first events is still seen by the next message's hole check.
+pub(super) fn read_start(after: Option<EventId>, at: Option<EventId>, snapshot: EventId) -> Option<EventId> {
+    let at = at.filter(|a| (a.ms, a.seq) != (0, 0));
+    match (after, at) {
+        (Some(after), Some(at)) => Some(after.min(at)),
+        (Some(after), None) => Some(after),
+        // Subscribed before the node had any event of the shard: every later one is due.
+        (None, Some(at)) => Some(at.min(snapshot)),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> EventId {
+        EventId::sharded(6, ms, 0)
+    }
+
+    #[test]
+    fn a_channel_is_read_from_its_own_position_when_it_is_behind_the_shard() {
+        assert_eq!(read_start(Some(id(50)), Some(id(40)), id(90)), Some(id(40)));
+        assert_eq!(read_start(Some(id(50)), Some(id(70)), id(90)), Some(id(50)));
+        assert_eq!(read_start(Some(id(50)), None, id(90)), Some(id(50)));
+        assert_eq!(read_start(None, Some(id(95)), id(90)), Some(id(90)));
+        assert_eq!(read_start(None, Some(id(30)), id(90)), Some(id(30)));
+        assert_eq!(read_start(None, None, id(90)), None);
+        let never = EventId::sharded(6, 0, 0);
+        assert_eq!(read_start(Some(id(50)), Some(never), id(90)), Some(id(50)));
+        assert_eq!(read_start(None, Some(never), id(90)), None);
     }
 }
