@@ -149,38 +149,67 @@ impl Inner {
     }
 
     async fn sync_shard(&self, shard: u16) -> Result<EventId, BrokerError> {
-        let n = self.next_sync.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.syncs.lock().insert(n, tx);
-        let patient = self.s.op_timeout * PATIENT;
-        let r = async {
-            // Both keys carry the shard's tag: one slot, one primary, in this order.
-            let seq: Option<String> = timed(patient, async {
-                let mut c = self.conn().await?;
-                let (seq, _): (Option<String>, i64) = redis::pipe()
-                    .cmd("GET")
-                    .arg(self.keys.seq(Some(shard)))
-                    .cmd("SPUBLISH")
-                    .arg(self.keys.shard_marker(shard, &self.s.node_id))
-                    .arg(format!("sync:{n}"))
-                    .query_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(seq)
-            })
-            .await?;
-            match tokio::time::timeout(patient, rx).await {
-                Ok(Ok(())) => Ok(seq
-                    .and_then(|v| v.parse::<EventId>().ok())
-                    .unwrap_or_default()
-                    .in_shard(Some(shard))),
-                _ => Err(unavailable("redis cluster pub/sub did not catch up in time")),
+        let deadline = tokio::time::Instant::now() + self.s.op_timeout * PATIENT;
+        let mut wait = Duration::from_millis(10);
+        loop {
+            let n = self.next_sync.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            self.syncs.lock().insert(n, tx);
+            let r = self.sync_once(shard, n, rx, deadline).await;
+            self.syncs.lock().remove(&n);
+            debug!(shard, n, snapshot = ?r, "sync");
+            match r {
+                Ok(Some(seq)) => return Ok(seq),
+                // No subscriber took the marker on the primary: the node's subscription is
+                // being replaced (a repair is on its way), and that marker will never come back.
+                // A new one (its own number: the old one, if a replica's subscription still
+                // brings it, vouches only for its own snapshot), after a short wait, instead of
+                // waiting out the patience for nothing.
+                Ok(None) if tokio::time::Instant::now() + wait < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                }
+                Ok(None) => return Err(unavailable("redis cluster pub/sub did not catch up in time")),
+                Err(e) => return Err(e),
             }
         }
-        .await;
-        self.syncs.lock().remove(&n);
-        debug!(shard, n, snapshot = ?r, "sync");
-        r
+    }
+
+    /// One try of `sync_shard`: reads the shard's newest id and publishes marker `n` behind it,
+    /// then waits until `deadline` for the marker. `None`: no subscriber on the primary took it.
+    async fn sync_once(
+        &self,
+        shard: u16,
+        n: u64,
+        rx: oneshot::Receiver<()>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<EventId>, BrokerError> {
+        let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Both keys carry the shard's tag: one slot, one primary, in this order.
+        let (seq, taken): (Option<String>, i64) = timed(patience, async {
+            let mut c = self.conn().await?;
+            redis::pipe()
+                .cmd("GET")
+                .arg(self.keys.seq(Some(shard)))
+                .cmd("SPUBLISH")
+                .arg(self.keys.shard_marker(shard, &self.s.node_id))
+                .arg(format!("sync:{n}"))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)
+        })
+        .await?;
+        if taken == 0 {
+            return Ok(None);
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(())) => Ok(Some(
+                seq.and_then(|v| v.parse::<EventId>().ok())
+                    .unwrap_or_default()
+                    .in_shard(Some(shard)),
+            )),
+            _ => Err(unavailable("redis cluster pub/sub did not catch up in time")),
+        }
     }
 
     /// Shard `s`'s newest id (`0-0` if it never issued one), read from its primary.
