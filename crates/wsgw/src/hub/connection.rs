@@ -376,22 +376,24 @@ impl Connection {
     /// it is held and follows the welcome, which is always the first frame. Still bounded by the
     /// queue.
     pub fn push_control(&self, frame: OutFrame) -> Push {
-        self.push_unordered(frame, false)
+        self.queue_control(frame, false)
     }
 
     /// Queues a `gap` frame in order with the live events: during any replay it is held with
     /// them, so it reaches the client after the events the node passed on before it and before
     /// the ones after (a client recovers from the last id it has when the `gap` comes).
     pub fn push_gap(&self, frame: OutFrame) -> Push {
-        self.push_unordered(frame, true)
+        self.queue_control(frame, true)
     }
 
-    fn push_unordered(&self, frame: OutFrame, ordered: bool) -> Push {
+    /// Queues a frame without an id; `in_order`: held with the live events during any replay,
+    /// else only during the welcome's.
+    fn queue_control(&self, frame: OutFrame, in_order: bool) -> Push {
         let mut ob = self.outbox.lock();
         if ob.close.is_some() {
             return Push::Closed;
         }
-        if (ordered || !ob.subscribing) && ob.replay.is_some() {
+        if (in_order || !ob.subscribing) && ob.replay.is_some() {
             return self.hold(ob, frame, "", false);
         }
         if ob.queue.len() >= self.capacity || self.over_bytes(&ob, &frame, 0) {

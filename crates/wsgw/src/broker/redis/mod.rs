@@ -46,7 +46,9 @@ mod repair;
 mod requests;
 mod resume;
 mod sharded;
+mod sharded_listen;
 mod sharded_repair;
+mod sharded_sync;
 mod streams;
 
 use bans::BanCheck;
@@ -115,8 +117,9 @@ struct Inner {
     failover_pending: AtomicBool,
     /// Highest durable id received from pub/sub: a gap after an outage starts right after it.
     watermark: Mutex<Option<EventId>>,
-    /// `sync` calls waiting for their marker to come back on the pub/sub connection.
-    syncs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// `sync` calls waiting for their marker to come back on the pub/sub connection, with the
+    /// id-shard each one syncs on a Redis Cluster (`None` on a single primary).
+    syncs: Mutex<SyncWaiters>,
     next_sync: AtomicU64,
     started_at_ms: u64,
 }
@@ -129,6 +132,10 @@ pub struct RedisBroker {
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
+
+/// Waiting `sync` calls by marker number: the id-shard each syncs (`None` on a single
+/// primary) and where to say its marker came back.
+type SyncWaiters = HashMap<u64, (Option<u16>, oneshot::Sender<()>)>;
 
 async fn timed<T>(d: Duration, f: impl Future<Output = Result<T, BrokerError>>) -> Result<T, BrokerError> {
     tokio::time::timeout(d, f)

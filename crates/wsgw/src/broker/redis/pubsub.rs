@@ -313,7 +313,7 @@ impl Inner {
             watch.canary();
             let sync = msg.get_payload_bytes().strip_prefix(b"sync:");
             if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
-                && let Some(tx) = self.syncs.lock().remove(&n)
+                && let Some((_, tx)) = self.syncs.lock().remove(&n)
             {
                 let _ = tx.send(());
             }
@@ -469,7 +469,7 @@ impl Inner {
         }
         let n = inner.next_sync.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        inner.syncs.lock().insert(n, tx);
+        inner.syncs.lock().insert(n, (None, tx));
         let patient = inner.s.op_timeout * PATIENT;
         let r = async {
             // The marker is published after the snapshot is read, so it reaches our pub/sub

@@ -138,105 +138,6 @@ impl Inner {
             .ok_or_else(|| BrokerError::Internal("not in Redis Cluster mode".into()))
     }
 
-    /// The snapshot of each shard in `shards`: its newest id, once every event up to it on
-    /// this node's channels of that shard has reached the hub (its marker came back behind them).
-    pub(super) async fn sync_shards(&self, shards: &[u16]) -> Result<Vec<EventId>, BrokerError> {
-        if !self.ready.load(Ordering::Acquire) {
-            return Err(unavailable("redis cluster pub/sub is not connected"));
-        }
-        let each = shards.iter().map(|&s| self.sync_shard(s));
-        futures_util::future::try_join_all(each).await
-    }
-
-    async fn sync_shard(&self, shard: u16) -> Result<EventId, BrokerError> {
-        let deadline = tokio::time::Instant::now() + self.s.op_timeout * PATIENT;
-        let mut wait = Duration::from_millis(10);
-        loop {
-            let n = self.next_sync.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            self.syncs.lock().insert(n, tx);
-            let r = self.sync_once(shard, n, rx, deadline).await;
-            self.syncs.lock().remove(&n);
-            debug!(shard, n, snapshot = ?r, "sync");
-            match r {
-                Ok(Some(seq)) => return Ok(seq),
-                // No subscriber took the marker on the primary: the node's subscription is
-                // being replaced (a repair is on its way), and that marker will never come back.
-                // A new one (its own number: the old one, if a replica's subscription still
-                // brings it, vouches only for its own snapshot), after a short wait, instead of
-                // waiting out the patience for nothing.
-                Ok(None) if tokio::time::Instant::now() + wait < deadline => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(200));
-                }
-                Ok(None) => return Err(unavailable("redis cluster pub/sub did not catch up in time")),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// One try of `sync_shard`: reads the shard's newest id and publishes marker `n` behind it,
-    /// then waits until `deadline` for the marker. `None`: no subscriber on the primary took it.
-    async fn sync_once(
-        &self,
-        shard: u16,
-        n: u64,
-        rx: oneshot::Receiver<()>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Option<EventId>, BrokerError> {
-        let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
-        // Both keys carry the shard's tag: one slot, one primary, in this order.
-        let (seq, taken): (Option<String>, i64) = timed(patience, async {
-            let mut c = self.conn().await?;
-            redis::pipe()
-                .cmd("GET")
-                .arg(self.keys.seq(Some(shard)))
-                .cmd("SPUBLISH")
-                .arg(self.keys.shard_marker(shard, &self.s.node_id))
-                .arg(format!("sync:{n}"))
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)
-        })
-        .await?;
-        if taken == 0 {
-            return Ok(None);
-        }
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(())) => Ok(Some(
-                seq.and_then(|v| v.parse::<EventId>().ok())
-                    .unwrap_or_default()
-                    .in_shard(Some(shard)),
-            )),
-            _ => Err(unavailable("redis cluster pub/sub did not catch up in time")),
-        }
-    }
-
-    /// Shard `s`'s newest id (`0-0` if it never issued one), read from its primary.
-    pub(super) async fn shard_seq(&self, s: u16, patience: Duration) -> Result<EventId, BrokerError> {
-        let seq: Option<String> = timed(patience, async {
-            let mut c = self.conn().await?;
-            c.get(self.keys.seq(Some(s))).await.map_err(unavailable)
-        })
-        .await?;
-        Ok(seq
-            .and_then(|v| v.parse::<EventId>().ok())
-            .unwrap_or_default()
-            .in_shard(Some(s)))
-    }
-
-    /// `SSUBSCRIBE` to `channels` (all of one shard: one slot), in chunks.
-    pub(super) async fn ssubscribe(&self, names: &[String]) -> Result<(), BrokerError> {
-        let mut conn = self.cluster_conn()?;
-        for chunk in names.chunks(512) {
-            timed(self.s.op_timeout * 2, async {
-                conn.ssubscribe(chunk).await.map_err(unavailable)
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
     /// The subscriber loop of a cluster node (see the module doc).
     pub(super) async fn sharded_subscriber(
         self: Arc<Self>,
@@ -511,7 +412,7 @@ impl Inner {
             sh.last_marker = Some(tokio::time::Instant::now());
             let sync = payload.strip_prefix(b"sync:");
             if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
-                && let Some(tx) = self.syncs.lock().remove(&n)
+                && let Some((_, tx)) = self.syncs.lock().remove(&n)
             {
                 debug!(shard = s, n, "sync marker back");
                 let _ = tx.send(());
@@ -570,92 +471,6 @@ impl Inner {
         }
         self.hub.deliver_exact(channel, &frame, &header.excluded(), burst);
         took
-    }
-
-    /// `SSUBSCRIBE`s to the channels not yet followed: one command per shard, all shards at once.
-    /// They count as followed once the command succeeds; each stays pending until Redis
-    /// confirms it by name (`check_unconfirmed`).
-    async fn listen_sharded(&self, channels: Vec<Arc<str>>, shards: &mut [Shard]) -> Result<(), BrokerError> {
-        let mut by_shard: HashMap<u16, Vec<Arc<str>>> = HashMap::new();
-        for c in channels {
-            let s = wsgw_protocol::shard_of(&c);
-            if !shards[s as usize].listening.contains(&c) {
-                by_shard.entry(s).or_default().push(c);
-            }
-        }
-        let now = tokio::time::Instant::now();
-        let mut batches = Vec::with_capacity(by_shard.len());
-        for (s, mut chans) in by_shard {
-            chans.sort();
-            chans.dedup();
-            let names: Vec<String> = chans.iter().map(|c| self.keys.pubsub(c)).collect();
-            let pending = &mut shards[s as usize].pending;
-            pending.extend(names.iter().map(|n| (n.clone(), now)));
-            batches.push((s, chans, names));
-        }
-        let each = batches.into_iter().map(|(s, chans, names)| async move {
-            let r = self.ssubscribe(&names).await;
-            // Where the new channels' positions start (see `Shard::positions`); without it their
-            // first message is not checked for a hole.
-            let at = match r {
-                Ok(()) => self.shard_seq(s, self.s.op_timeout).await.ok(),
-                Err(_) => None,
-            };
-            (s, chans, names, r, at)
-        });
-        let mut failed = None;
-        for (s, chans, names, r, at) in futures_util::future::join_all(each).await {
-            let sh = &mut shards[s as usize];
-            match r {
-                Ok(()) => {
-                    debug!(shard = s, channels = ?chans, at = ?at, held = sh.held.is_some(), "listened");
-                    if let Some(at) = at {
-                        for c in &chans {
-                            sh.positions.entry(c.clone()).or_insert(at);
-                        }
-                    }
-                    if sh.held.is_some() {
-                        // Subscribed during a repair that does not read it, on a connection that
-                        // may be gone or on a replica: events after its socket's snapshot may
-                        // reach neither. That repair's reads pass over it: if they were delivered,
-                        // other channels' events would raise the shard's socket floors past the
-                        // ones of this channel the next repair brings.
-                        sh.joined = true;
-                    }
-                    sh.listening.extend(chans);
-                }
-                Err(e) => {
-                    for n in &names {
-                        sh.pending.remove(n);
-                    }
-                    failed = Some(e);
-                }
-            }
-        }
-        failed.map_or(Ok(()), Err)
-    }
-
-    async fn unlisten_sharded(&self, channels: Vec<Arc<str>>, shards: &mut [Shard]) {
-        let mut by_shard: HashMap<u16, Vec<String>> = HashMap::new();
-        for c in channels {
-            let s = wsgw_protocol::shard_of(&c);
-            if !self.hub.has_interest(&c) && shards[s as usize].listening.remove(&c) {
-                let name = self.keys.pubsub(&c);
-                shards[s as usize].pending.remove(&name);
-                shards[s as usize].positions.remove(&c);
-                by_shard.entry(s).or_default().push(name);
-            }
-        }
-        let Ok(mut conn) = self.cluster_conn() else { return };
-        for names in by_shard.values() {
-            let r = timed(self.s.op_timeout, async {
-                conn.sunsubscribe(names).await.map_err(unavailable)
-            })
-            .await;
-            if let Err(e) = r {
-                debug!(error = %e, "sunsubscribe failed");
-            }
-        }
     }
 }
 

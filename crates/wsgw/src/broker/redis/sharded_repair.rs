@@ -11,6 +11,7 @@ impl Inner {
     /// Holds shard `s`'s messages and repairs it in the background; a repair already running
     /// runs once more after.
     pub(super) fn start_repair(self: &Arc<Self>, s: u16, shards: &mut [Shard], done: &RepairDone) {
+        self.drop_syncs(s);
         let sh = &mut shards[s as usize];
         if sh.held.is_some() {
             sh.again = true;
