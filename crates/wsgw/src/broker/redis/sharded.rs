@@ -82,6 +82,8 @@ pub(super) struct Shard {
     /// The snapshot the last repair read up to: messages released after it at or below it were
     /// read by that repair, so they arrive below the shard's newest id without being late.
     pub(super) repaired_to: Option<EventId>,
+    /// Tries of the running repair that failed so far (sharded_repair.rs, `retry_delay`).
+    pub(super) failed_tries: u32,
 }
 
 /// What a shard's repair read: the events the node missed of the channels it repaired (in id

@@ -72,11 +72,30 @@ impl Inner {
         let repaired = match r {
             Ok(repaired) => repaired,
             Err(e) => {
-                warn!(shard = s, error = %e, "shard repair failed; retrying");
-                self.spawn_repair(s, sh, done, Duration::from_millis(500));
+                // Right after a pub/sub kill the client library has not resubscribed yet, and
+                // the canary reaches no one: about 9 shards of 16 failed so once per round of
+                // redis_cluster_repair_join, each a warning and a 500 ms wait while their
+                // messages were held. The first tries come sooner, and only a repair still
+                // failing after them is worth a warning (the rest are at `debug`).
+                sh.failed_tries += 1;
+                let tries = sh.failed_tries;
+                if tries == QUIET_TRIES {
+                    warn!(shard = s, error = %e, tries, "shard repair keeps failing; retrying every 500 ms at most");
+                } else {
+                    debug!(shard = s, error = %e, tries, "shard repair failed; retrying");
+                }
+                self.spawn_repair(s, sh, done, retry_delay(tries));
                 return;
             }
         };
+        if sh.failed_tries >= QUIET_TRIES {
+            info!(
+                shard = s,
+                failed_tries = sh.failed_tries,
+                "shard repair succeeded after failed tries"
+            );
+        }
+        sh.failed_tries = 0;
         debug!(
             shard = s,
             events = repaired.events.len(),
@@ -268,6 +287,15 @@ impl Inner {
     }
 }
 
+/// Failed tries of one shard repair logged at `debug` before a warning.
+const QUIET_TRIES: u32 = 5;
+
+/// How long a shard repair waits before its next try after `tries` failed ones: 20 ms,
+/// doubling, at most 500 ms (20 + 40 + 80 + 160 ms before the warning).
+fn retry_delay(tries: u32) -> Duration {
+    Duration::from_millis(20u64.saturating_mul(1 << tries.saturating_sub(1).min(5)).min(500))
+}
+
 /// Where a shard repair reads a channel from: the newest event the node has of it (`at`), or
 /// of the shard (`after`), whichever is older, so an event of it lost while the shard's other
 /// channels flowed is read too. `None`: nothing to read (the node never had the shard).
@@ -292,6 +320,12 @@ mod tests {
 
     fn id(ms: u64) -> EventId {
         EventId::sharded(6, ms, 0)
+    }
+
+    #[test]
+    fn a_failing_repair_retries_sooner_first() {
+        let ms: Vec<u128> = (1..=8).map(|t| retry_delay(t).as_millis()).collect();
+        assert_eq!(ms, [20, 40, 80, 160, 320, 500, 500, 500]);
     }
 
     #[test]
