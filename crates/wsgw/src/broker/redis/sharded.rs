@@ -41,6 +41,13 @@ const SHARDS: usize = ID_SHARDS as usize;
 /// and the shard is repaired again, from history, once this repair ends (held.rs).
 pub(super) const MAX_HELD: usize = 100_000;
 
+/// Repairs of one shard redone in a row because a channel joined while they ran; past that the
+/// shard takes no new channel until its repair is delivered (`Shard::closed_to_joins`).
+pub(super) const MAX_JOIN_REDOS: u32 = 2;
+
+/// A `listen` waiting for a shard's repair to end: its channels and its answer.
+pub(super) type DeferredListen = (Vec<Arc<str>>, oneshot::Sender<Result<(), BrokerError>>);
+
 /// Per shard: what the node has of it.
 #[derive(Debug, Default)]
 pub(super) struct ShardMarks {
@@ -84,6 +91,21 @@ pub(super) struct Shard {
     pub(super) repaired_to: Option<EventId>,
     /// Tries of the running repair that failed so far (sharded_repair.rs, `retry_delay`).
     pub(super) failed_tries: u32,
+    /// Repairs redone in a row because a channel joined (`joined`) while they ran.
+    pub(super) join_redos: u32,
+    /// Listens held back while the shard is closed to joins, answered when its repair is
+    /// delivered (sharded_listen.rs, `listen_deferred`).
+    pub(super) deferred: Vec<DeferredListen>,
+}
+
+impl Shard {
+    /// Whether a channel new to this shard waits for its repair to end. Each channel that joins
+    /// while a repair runs makes that repair start over (`joined`): under a steady stream of
+    /// subscribes to one shard, its messages would stay held until the stream stopped. After
+    /// `MAX_JOIN_REDOS` redos the next repair runs with new channels held back.
+    pub(super) fn closed_to_joins(&self) -> bool {
+        self.held.is_some() && self.join_redos >= MAX_JOIN_REDOS
+    }
 }
 
 /// What a shard's repair read: the events the node missed of the channels it repaired (in id
@@ -232,6 +254,7 @@ impl Inner {
                     done = done_rx.recv() => {
                         let Some((s, r)) = done else { return };
                         self.repair_done(s, r, &mut shards, &done_tx);
+                        self.listen_deferred(s, &mut shards).await;
                         continue;
                     }
                     Some(s) = stray_rx.recv() => {
@@ -299,10 +322,25 @@ impl Inner {
                     let msg = "patterns are not available on a Redis Cluster deployment";
                     let _ = t.send(Err(BrokerError::BadRequest(msg.into())));
                 }
-                let all: Vec<Arc<str>> = exact.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
-                let r = self.listen_sharded(all, shards).await;
-                for (_, t) in exact {
-                    let _ = t.send(r.clone());
+                // A listen that would add a channel to a shard closed to joins waits for that
+                // shard's repair (`Shard::closed_to_joins`, `listen_deferred`).
+                let mut now = Vec::with_capacity(exact.len());
+                for (chans, t) in exact {
+                    let closed = chans.iter().map(|c| wsgw_protocol::shard_of(c)).find(|&s| {
+                        let sh = &shards[s as usize];
+                        sh.closed_to_joins() && chans.iter().any(|c| !sh.listening.contains(c))
+                    });
+                    match closed {
+                        Some(s) => shards[s as usize].deferred.push((chans, t)),
+                        None => now.push((chans, t)),
+                    }
+                }
+                if !now.is_empty() {
+                    let all: Vec<Arc<str>> = now.iter().flat_map(|(c, _)| c.iter().cloned()).collect();
+                    let r = self.listen_sharded(all, shards).await;
+                    for (_, t) in now {
+                        let _ = t.send(r.clone());
+                    }
                 }
                 if let Some(SubCmd::Unlisten(channels)) = deferred {
                     self.unlisten_sharded(channels, shards).await;

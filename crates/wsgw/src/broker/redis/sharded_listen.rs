@@ -85,6 +85,31 @@ impl Inner {
         failed.map_or(Ok(()), Err)
     }
 
+    /// Answers the listens held back while shard `s` was closed to joins, once it no longer
+    /// is. A channel whose sockets all left meanwhile is not subscribed: its unlisten came
+    /// first and found nothing to undo.
+    pub(super) async fn listen_deferred(&self, s: u16, shards: &mut [Shard]) {
+        let sh = &mut shards[s as usize];
+        if sh.deferred.is_empty() || sh.closed_to_joins() {
+            return;
+        }
+        let waiters = std::mem::take(&mut sh.deferred);
+        let all: Vec<Arc<str>> = waiters
+            .iter()
+            .flat_map(|(c, _)| c.iter().filter(|c| self.hub.has_interest(c)).cloned())
+            .collect();
+        debug!(
+            shard = s,
+            listens = waiters.len(),
+            channels = all.len(),
+            "listens held back for the shard's repair"
+        );
+        let r = self.listen_sharded(all, shards).await;
+        for (_, t) in waiters {
+            let _ = t.send(r.clone());
+        }
+    }
+
     pub(super) async fn unlisten_sharded(&self, channels: Vec<Arc<str>>, shards: &mut [Shard]) {
         let mut by_shard: HashMap<u16, Vec<String>> = HashMap::new();
         for c in channels {

@@ -106,11 +106,14 @@ impl Inner {
         );
         if sh.joined {
             // Nothing it read was delivered and the shard's position did not move: the next
-            // repair reads every channel, the new one too, from where this one started.
+            // repair reads every channel, the new one too, from where this one started. After
+            // `MAX_JOIN_REDOS` of these, new channels wait for it (`Shard::closed_to_joins`).
             sh.again = false;
+            sh.join_redos += 1;
             self.spawn_repair(s, sh, done, Duration::ZERO);
             return;
         }
+        sh.join_redos = 0;
         // What the repair delivered of each channel it still follows.
         for (channel, id) in self.deliver_missed(repaired.events) {
             if let Some(c) = sh.listening.get(&channel) {
