@@ -326,9 +326,10 @@ impl Inner {
                 // shard's repair (`Shard::closed_to_joins`, `listen_deferred`).
                 let mut now = Vec::with_capacity(exact.len());
                 for (chans, t) in exact {
-                    let closed = chans.iter().map(|c| wsgw_protocol::shard_of(c)).find(|&s| {
+                    let closed = chans.iter().find_map(|c| {
+                        let s = wsgw_protocol::shard_of(c);
                         let sh = &shards[s as usize];
-                        sh.closed_to_joins() && chans.iter().any(|c| !sh.listening.contains(c))
+                        (sh.closed_to_joins() && !sh.listening.contains(c)).then_some(s)
                     });
                     match closed {
                         Some(s) => shards[s as usize].deferred.push((chans, t)),
