@@ -7,6 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Without incremental compilation's caches, which a run from a clean clone never reuses: the
+# build steps took 242 s against 317 s (clippy, doc and the test build, from a clean clone on
+# 2 cores, 2026-12-04). Your own `cargo test` (incremental) then rebuilds the workspace's crates
+# once; CARGO_INCREMENTAL=1 scripts/test.sh shares its build instead.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
 # Each step's heading says how long the run has taken so far (seconds).
 log() { printf '\n== [%ss] %s\n' "$SECONDS" "$*"; }
 
@@ -57,7 +63,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 log "node-redis for the Node snippets of docs/backends.md (crates/wsgw/tests/node)"
 (cd crates/wsgw/tests/node && npm ci --silent --no-audit --no-fund)
 
-log "cargo test (two lanes at once: the torture tests, and every other test binary; scripts/lib/test-lanes.sh)"
+log "cargo test (two lanes at once: the torture tests, then both lanes share every other test binary; scripts/lib/test-lanes.sh)"
 scripts/lib/test-lanes.sh
 
 log "k6 scripts syntax"
