@@ -1,11 +1,14 @@
-// Compression cost and gain (docs/loadtest.md, "Compression"): starts two gateways of the same
-// build (memory broker), one with WSGW_COMPRESSION=off and one with it on, and for each opens
-// SOCKETS sockets (node's `ws`, perMessageDeflate off / on), broadcasts EVENTS events of a
-// realistic ~2 KB JSON payload through POST /api/broadcast, waits until every socket has every
-// event, and prints the bytes read on the sockets (TCP payload, frame headers included) and the
-// gateway's CPU (utime+stime from /proc/<pid>/stat) for the run.
+// Compression cost and gain (docs/loadtest.md, "Compression"): starts one redis-server, then
+// one server after the other against it: wsgw (the given build) with WSGW_COMPRESSION=off and
+// =on, and the uWebSockets.js peer of scripts/bench-uws.sh (loadtest/peers/uws) the same two
+// ways (uWS.SHARED_COMPRESSOR). For each it opens SOCKETS sockets (node's `ws`,
+// perMessageDeflate off / on), broadcasts EVENTS events of a realistic ~2 KB JSON payload
+// through POST /api/broadcast (both servers run `FCALL wsgw_publish`), waits until every socket
+// has every event, and prints the bytes read on the sockets (TCP payload, frame headers
+// included) and the server's CPU (utime+stime from /proc/<pid>/stat) for the broadcasts.
 // Usage: node loadtest/bench/compression.mjs <wsgw binary> [sockets=500] [events=200]
-// (needs clients/js/node_modules: `npm ci` there; use a release build for meaningful CPU).
+// COMPRESSION_SERVERS="wsgw uws" (default) picks the servers. Needs clients/js/node_modules
+// (`npm ci` there), and for uws loadtest/peers/uws/node_modules; use a release build of wsgw.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import crypto from 'node:crypto';
@@ -16,6 +19,9 @@ const WebSocket = require('ws');
 
 const [bin, sockets = 500, events = 200] = [process.argv[2], +(process.argv[3] ?? 500), +(process.argv[4] ?? 200)];
 if (!bin) throw new Error('usage: node compression.mjs <wsgw binary> [sockets] [events]');
+const SERVERS = (process.env.COMPRESSION_SERVERS ?? 'wsgw uws').split(/\s+/).filter(Boolean);
+for (const s of SERVERS) if (!['wsgw', 'uws'].includes(s)) throw new Error(`COMPRESSION_SERVERS: unknown server ${s}`);
+const PEER = new URL('../peers/uws/server.js', import.meta.url).pathname;
 const SECRET = crypto.randomBytes(24).toString('hex');
 const KEY = crypto.randomBytes(16).toString('hex');
 const TICK_MS = 10; // USER_HZ is 100 on Linux
@@ -70,14 +76,16 @@ const cpuMs = (pid) => {
   return (+f[11] + +f[12]) * TICK_MS; // fields 14 and 15: utime, stime
 };
 
-async function run(compression) {
+async function run(server, compression, redisUrl) {
   const port = await freePort();
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WSGW_')));
   Object.assign(env, {
     WSGW_LISTEN: `127.0.0.1:${port}`, WSGW_JWT_SECRET: SECRET, WSGW_API_KEY: KEY, WSGW_LOG: 'warn',
-    WSGW_COMPRESSION: compression ? 'on' : 'off',
+    WSGW_REDIS_URL: redisUrl, WSGW_COMPRESSION: compression ? 'on' : 'off',
   });
-  const gw = spawn(bin, [], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+  const gw = server === 'wsgw'
+    ? spawn(bin, [], { env, stdio: ['ignore', 'inherit', 'inherit'] })
+    : spawn(process.execPath, [PEER], { env, stdio: ['ignore', 'ignore', 'inherit'] });
   const base = `http://127.0.0.1:${port}`;
   try {
     await until(async () => { try { return (await fetch(`${base}/health`)).ok; } catch { return false; } }, 'the gateway', 30000);
@@ -112,15 +120,41 @@ async function run(compression) {
     const cpu = cpuMs(gw.pid) - cpu0;
     const read = socks.reduce((n, s) => n + s.tcp.bytesRead, 0) - read0;
     socks.forEach((s) => s.ws.terminate());
-    return { compression: compression ? 'on' : 'off', sockets, events, negotiated, avg_event_data_bytes: Math.round(payloadBytes / events),
+    return { server, compression: compression ? 'on' : 'off', sockets, events, negotiated, avg_event_data_bytes: Math.round(payloadBytes / events),
       bytes_read: read, bytes_per_frame: Math.round(read / (sockets * events)), gateway_cpu_ms: cpu, wall_ms: wallMs };
   } finally {
+    // Gone before the next server starts (and before redis-server is stopped).
+    const exited = new Promise((r) => (gw.exitCode !== null || gw.signalCode !== null ? r() : gw.once('exit', r)));
     gw.kill('SIGTERM');
+    await exited;
   }
 }
 
+// One redis-server for every run, on a free port, killed at the end.
+const redisPort = await freePort();
+const redis = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(redisPort), '--save', '', '--appendonly', 'no'],
+  { stdio: ['ignore', 'ignore', 'inherit'] });
 const results = [];
-for (const mode of [false, true]) results.push(await run(mode));
+try {
+  await until(() => new Promise((resolve) => {
+    const c = net.connect(redisPort, '127.0.0.1', () => { c.destroy(); resolve(true); });
+    c.on('error', () => resolve(false));
+  }), 'redis-server', 10000);
+  for (const server of SERVERS) {
+    for (const mode of [false, true]) results.push(await run(server, mode, `redis://127.0.0.1:${redisPort}`));
+  }
+} finally {
+  redis.kill('SIGTERM');
+}
 console.table(results);
-const [off, on] = results;
-console.log(`bytes on the wire: ${(on.bytes_read / off.bytes_read * 100).toFixed(1)}% of uncompressed; gateway CPU: ${on.gateway_cpu_ms} ms vs ${off.gateway_cpu_ms} ms`);
+for (const server of SERVERS) {
+  const [off, on] = results.filter((r) => r.server === server);
+  console.log(`${server}: bytes on the wire ${(on.bytes_read / off.bytes_read * 100).toFixed(1)}% of uncompressed; server CPU ${on.gateway_cpu_ms} ms on, ${off.gateway_cpu_ms} ms off`);
+}
+if (SERVERS.length === 2) {
+  const pick = (server, c) => results.find((r) => r.server === server && r.compression === c);
+  for (const c of ['off', 'on']) {
+    const w = pick('wsgw', c), u = pick('uws', c);
+    console.log(`compression ${c}: wsgw / uWS CPU ${(w.gateway_cpu_ms / u.gateway_cpu_ms).toFixed(2)} (${w.gateway_cpu_ms} / ${u.gateway_cpu_ms} ms), bytes ${(w.bytes_read / u.bytes_read).toFixed(2)}`);
+  }
+}

@@ -22,6 +22,9 @@
 //   WSGW_LISTEN (127.0.0.1:18090), WSGW_JWT_SECRET, WSGW_API_KEY, WSGW_REDIS_URL,
 //   WSGW_REDIS_PREFIX (ws:), WSGW_NODE_ID (uws-<pid>), WSGW_HEARTBEAT_INTERVAL_MS (30000),
 //   WSGW_HEARTBEAT_TIMEOUT_MS (60000), WSGW_MAX_MESSAGE_BYTES (65536),
+//   WSGW_COMPRESSION (off; `on`: permessage-deflate with uWS.SHARED_COMPRESSOR, uWS's only
+//   compressor without a context per socket), WSGW_COMPRESSION_MIN_BYTES (512: smaller frames
+//   are sent uncompressed, as wsgw does),
 //   PEER_LUA (the wsgw Redis Functions file to load; default: the repository's copy).
 "use strict";
 
@@ -78,6 +81,9 @@ const NODE_ID = process.env.WSGW_NODE_ID || `uws-${process.pid}`;
 const HB_INTERVAL = intEnv("WSGW_HEARTBEAT_INTERVAL_MS", 30000);
 const HB_TIMEOUT = intEnv("WSGW_HEARTBEAT_TIMEOUT_MS", 60000);
 const MAX_MESSAGE = intEnv("WSGW_MAX_MESSAGE_BYTES", 65536);
+const COMPRESSION = (process.env.WSGW_COMPRESSION || "off").toLowerCase();
+if (!["on", "off"].includes(COMPRESSION)) throw new Error(`WSGW_COMPRESSION=${COMPRESSION}: expected on or off`);
+const COMPRESS_MIN = intEnv("WSGW_COMPRESSION_MIN_BYTES", 512);
 const LUA = process.env.PEER_LUA || path.join(__dirname, "../../../crates/wsgw/src/broker/redis/wsgw.lua");
 const HB_TOPIC = "\u0000hb"; // not a valid channel name, so no publish can reach it
 const CHANNEL_RE = /^[A-Za-z0-9_.:@=/-]{1,256}$/;
@@ -170,7 +176,7 @@ const app = uws.App();
 let sockets = 0;
 
 app.ws("/ws", {
-  compression: uws.DISABLED,
+  compression: COMPRESSION === "on" ? uws.SHARED_COMPRESSOR : uws.DISABLED,
   maxPayloadLength: MAX_MESSAGE,
   // uWS counts silence in seconds, a multiple of 4, at least 8.
   idleTimeout: Math.max(8, Math.ceil(HB_TIMEOUT / 4000) * 4),
@@ -367,7 +373,8 @@ function deliver(message, rawChannel) {
   }
   // Cheap check instead of a full parse: wsgw_publish writes `{"type":"event",...`.
   if (body.length < 16 || body.toString("latin1", 0, 15) !== '{"type":"event"') return;
-  app.publish(channel, body, false, false);
+  // `compress` asks uWS to deflate the frame for each socket that negotiated it.
+  app.publish(channel, body, false, COMPRESSION === "on" && body.length >= COMPRESS_MIN);
 }
 
 async function main() {
