@@ -21,6 +21,11 @@
 #      BENCH_TARGETED_RUNS times in a row. A targeted figure is the median of those runs (the
 #      table lists each run too): at 2,000 small publishes a second the server's CPU is mostly
 #      wake-ups, and one run's figure moved by 30% from run to run on this machine.
+#   4. Once per round, after both: `loadtest/bench/compression.mjs` (its own redis-server, node
+#      `ws` clients): BENCH_COMPRESSION_SOCKETS sockets, BENCH_COMPRESSION_EVENTS broadcasts of
+#      a ~2 KB JSON event through POST /api/broadcast, each server with WSGW_COMPRESSION off and
+#      on (the peer's `on` is uWS.SHARED_COMPRESSOR): the server's CPU for the broadcasts and
+#      the bytes per frame on the wire (docs/loadtest.md §9).
 # "CPU-s per 1M deliveries" is the server's CPU over the whole broadcast command (its sockets'
 # connects and closes included, as the load tool measures it) per million deliveries; the "net"
 # row first subtracts the CPU of the idle command (the same sockets connected, held and closed,
@@ -32,7 +37,7 @@
 # publish in flight per channel, so a slow answer on the one broadcast channel lowers it below the
 # rate asked for).
 #
-# Environment (small defaults: one run takes about 9 minutes on 2 cores):
+# Environment (small defaults: one run takes about 10 minutes on 2 cores):
 #   BENCH_SOCKETS   sockets per command (default 5000)
 #   BENCH_RATES     broadcast rates per second, space-separated (default "10 20 50")
 #   BENCH_MESSAGES  broadcasts per rate (default 100; with 20 the sockets' connect CPU
@@ -46,6 +51,8 @@
 #                   fell behind at 50/s: 33.8/s with uWS, 48.4/s with wsgw; 0 for that)
 #   BENCH_TARGETED_RATE  targeted publishes per second (default 2000; 0 skips the targeted row)
 #   BENCH_TARGETED_RUNS  targeted runs per server, whose median is the figure (default 3)
+#   BENCH_COMPRESSION_EVENTS   broadcasts of the compression step (default 200; 0 skips it)
+#   BENCH_COMPRESSION_SOCKETS  its sockets (default 500; node `ws` clients inflate on 2 cores)
 #   BENCH_ROUNDS    how many times every server runs it all (default 1). With more, the
 #                   servers alternate order round by round, each round's files are in
 #                   BENCH_OUT/rN, a figure is the median over the rounds, and a second table
@@ -72,6 +79,8 @@ IDLE_CPU_S=${BENCH_IDLE_CPU_S:-60}
 PAYLOAD=${BENCH_PAYLOAD:-100}
 TARGETED_RATE=${BENCH_TARGETED_RATE:-2000}
 TARGETED_RUNS=${BENCH_TARGETED_RUNS:-3}
+CMP_EVENTS=${BENCH_COMPRESSION_EVENTS:-200}
+CMP_SOCKETS=${BENCH_COMPRESSION_SOCKETS:-500}
 ROUNDS=${BENCH_ROUNDS:-1}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench-uws: BENCH_ROUNDS: '$ROUNDS' (a count, 1 or more)" >&2; exit 2; }
 [[ $TARGETED_RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench-uws: BENCH_TARGETED_RUNS: '$TARGETED_RUNS' (a count, 1 or more)" >&2; exit 2; }
@@ -96,6 +105,8 @@ for v in SOCKETS MESSAGES HOLD_S PAYLOAD; do
 done
 [[ $IDLE_CPU_S =~ ^[0-9]+$ ]] || die "BENCH_IDLE_CPU_S=$IDLE_CPU_S is not a whole number"
 [[ $TARGETED_RATE =~ ^[0-9]+$ ]] || die "BENCH_TARGETED_RATE=$TARGETED_RATE is not a whole number"
+[[ $CMP_EVENTS =~ ^[0-9]+$ ]] || die "BENCH_COMPRESSION_EVENTS=$CMP_EVENTS is not a whole number"
+[[ $CMP_SOCKETS =~ ^[1-9][0-9]*$ ]] || die "BENCH_COMPRESSION_SOCKETS=$CMP_SOCKETS is not a positive whole number"
 for r in $RATES; do
     [[ $r =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_RATES: $r is not a rate"
 done
@@ -187,6 +198,11 @@ fi
 [[ -x $LOADTEST_BIN ]] || die "$LOADTEST_BIN is not an executable"
 command -v redis-server >/dev/null || die "redis-server not found"
 [[ " $SERVERS " != *" uws "* ]] || command -v "$NODE" >/dev/null || die "node not found"
+((CMP_EVENTS == 0)) || command -v "$NODE" >/dev/null || die "node not found (the compression step; BENCH_COMPRESSION_EVENTS=0 skips it)"
+if ((CMP_EVENTS > 0)) && [[ ! -d $ROOT/clients/js/node_modules/ws ]]; then
+    log "installing the JS client's npm packages for the compression step (npm ci in clients/js)"
+    (cd "$ROOT/clients/js" && npm ci --no-audit --no-fund) >&2
+fi
 if [[ " $SERVERS " == *" uws "* ]] && [[ ! -d $PEER/node_modules/@trufflesuite/uws-js-unofficial || ! -d $PEER/node_modules/redis ]]; then
     log "installing the peer's npm packages (npm ci in $PEER)"
     (cd "$PEER" && npm ci --no-audit --no-fund) >&2
@@ -290,6 +306,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for s in $order; do
         run_server "$s"
     done
+    if ((CMP_EVENTS > 0)); then
+        log "compression: $CMP_SOCKETS sockets, $CMP_EVENTS broadcasts of ~2 KB, off and on: $order"
+        COMPRESSION_SERVERS="$order" COMPRESSION_JSON="$RDIR/compression.json" timeout 900 \
+            "$NODE" "$ROOT/loadtest/bench/compression.mjs" "$WSGW_BIN" "$CMP_SOCKETS" "$CMP_EVENTS" \
+            >"$RDIR/compression.txt" 2>&1 || log "compression step exited with $? (log: $RDIR/compression.txt)"
+    fi
 done
 
 # ---- the table ----
@@ -318,6 +340,11 @@ fig1() {
         return
         ;;
     rss) v=$(json "$RDIR/$name.idle.json" .gateway.rss_per_socket_kib) ;;
+    cmp_cpu:* | cmp_bytes:*)
+        local field=gateway_cpu_ms
+        [[ $what == cmp_bytes:* ]] && field=bytes_per_frame
+        v=$(json "$RDIR/compression.json" ".[] | select(.server == \"$name\" and .compression == \"${what#*:}\") | .$field")
+        ;;
     connect) [[ ! -s $RDIR/$name.idle.txt ]] || v=$(sed -n 's/^ *connect_time .* p(99)=\([0-9.]*\)ms.*/\1/p' "$RDIR/$name.idle.txt") ;;
     idle_cpu) v=$(json "$RDIR/$name.idle.json" .gateway.cpu_s | awk '{ printf "%.2f", $1 }') ;;
     held_cpu)
@@ -419,6 +446,12 @@ rss_w=$(fig wsgw rss)
         printf '| targeted deliveries, %s/s | %s | %s | |\n' "$TARGETED_RATE" "$(fig uws del:tg)" "$(fig wsgw del:tg)"
         printf '| targeted publish rate achieved, %s/s | %s | %s | |\n' "$TARGETED_RATE" "$(fig uws ach:tg)" "$(fig wsgw ach:tg)"
     fi
+    if ((CMP_EVENTS > 0)); then
+        for c in off on; do
+            row "CPU-ms for $CMP_SOCKETS sockets × $CMP_EVENTS broadcasts of ~2 KB, compression $c" "$(fig uws "cmp_cpu:$c")" "$(fig wsgw "cmp_cpu:$c")"
+            row "bytes per frame on the wire, compression $c" "$(fig uws "cmp_bytes:$c")" "$(fig wsgw "cmp_bytes:$c")"
+        done
+    fi
     echo
     echo "$SOCKETS sockets, $MESSAGES broadcasts per rate (published with $PUBLISH_VIA), ${PAYLOAD}-byte padding; idle CPU (connect, hold ${HOLD_S} s, close): uWS $(fig uws idle_cpu) s, wsgw $(fig wsgw idle_cpu) s."
     echo "wsgw: $WSGW_BIN (built $(date -u -r "$WSGW_BIN" '+%F %H:%M UTC')); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); frames fanned out in bursts over the run: $(grep . "$RDIR/wsgw.bursts" 2>/dev/null || echo n/a)."
@@ -433,13 +466,14 @@ rss_w=$(fig wsgw rss)
         printf '\n| --- |'
         for ((k = 1; k <= ROUNDS; k++)); do printf ' --- |'; done
         echo
-        for f in rss held_cpu $(for r in $RATES; do echo "net:$r"; done) net:tg held:tg p99:tg; do
+        for f in rss held_cpu $(for r in $RATES; do echo "net:$r"; done) net:tg held:tg p99:tg cmp_cpu:off cmp_cpu:on; do
             case $f in
             rss) label="RSS per idle socket" ;;
             held_cpu) ((IDLE_CPU_S > 0)) || continue; label="CPU-s per minute holding idle sockets" ;;
             net:tg) ((TARGETED_RATE > 0)) || continue; label="net CPU per 1M targeted deliveries (median of the round's runs)" ;;
             held:tg) ((TARGETED_RATE > 0)) || continue; label="CPU per 1M targeted deliveries while every socket was open (median)" ;;
             p99:tg) ((TARGETED_RATE > 0)) || continue; label="targeted p99 (median of the round's runs)" ;;
+            cmp_cpu:*) ((CMP_EVENTS > 0)) || continue; label="CPU for the compression step's broadcasts, compression ${f#cmp_cpu:}" ;;
             *) label="net CPU per 1M broadcast deliveries, ${f#net:}/s" ;;
             esac
             printf '| %s |' "$label"

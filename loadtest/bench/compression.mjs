@@ -7,12 +7,13 @@
 // has every event, and prints the bytes read on the sockets (TCP payload, frame headers
 // included) and the server's CPU (utime+stime from /proc/<pid>/stat) for the broadcasts.
 // Usage: node loadtest/bench/compression.mjs <wsgw binary> [sockets=500] [events=200]
-// COMPRESSION_SERVERS="wsgw uws" (default) picks the servers. Needs clients/js/node_modules
+// COMPRESSION_SERVERS="wsgw uws" (default) picks the servers and their order; COMPRESSION_JSON
+// names a file for the results as JSON (scripts/bench-uws.sh reads it). Needs clients/js/node_modules
 // (`npm ci` there), and for uws loadtest/peers/uws/node_modules; use a release build of wsgw.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import crypto from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 const require = createRequire(new URL('../../clients/js/', import.meta.url));
 const WebSocket = require('ws');
@@ -147,6 +148,7 @@ try {
   redis.kill('SIGTERM');
 }
 console.table(results);
+if (process.env.COMPRESSION_JSON) writeFileSync(process.env.COMPRESSION_JSON, JSON.stringify(results, null, 2));
 for (const server of SERVERS) {
   const [off, on] = results.filter((r) => r.server === server);
   console.log(`${server}: bytes on the wire ${(on.bytes_read / off.bytes_read * 100).toFixed(1)}% of uncompressed; server CPU ${on.gateway_cpu_ms} ms on, ${off.gateway_cpu_ms} ms off`);
