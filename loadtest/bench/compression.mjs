@@ -8,8 +8,9 @@
 // included) and the server's CPU (utime+stime from /proc/<pid>/stat) for the broadcasts.
 // Usage: node loadtest/bench/compression.mjs <wsgw binary> [sockets=500] [events=200]
 // COMPRESSION_SERVERS="wsgw uws" (default) picks the servers and their order; COMPRESSION_JSON
-// names a file for the results as JSON (scripts/bench-uws.sh reads it). Needs clients/js/node_modules
-// (`npm ci` there), and for uws loadtest/peers/uws/node_modules; use a release build of wsgw.
+// names a file for the results as JSON (scripts/bench-uws.sh reads it). Needs
+// clients/js/node_modules (`npm ci` there), and for uws loadtest/peers/uws/node_modules; use a
+// release build of wsgw.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import crypto from 'node:crypto';
