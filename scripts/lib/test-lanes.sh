@@ -9,13 +9,30 @@
 # Most test binaries wait on Redis failovers, timeouts and deadlines, so the lanes overlap well.
 # Each binary runs from its package's directory, as under `cargo test`, with
 # --test-threads=$WSGW_TEST_THREADS (4). Its output is printed when it ends; the script fails
-# when any binary fails, and names them. Builds first (`cargo test --no-run`).
+# when any binary fails, and names them. A binary still running after
+# $WSGW_TEST_BINARY_TIMEOUT_S seconds (600; the longest takes about 70) is stopped with its
+# process group (the redis-server and wsgw processes it started) and the Redis Clusters it
+# started with scripts/cluster.sh (their own sessions), and counts as failed: a hang is named,
+# with its output, instead of using up CI's time. Builds first (`cargo test --no-run`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 threads=${WSGW_TEST_THREADS:-4}
+limit=${WSGW_TEST_BINARY_TIMEOUT_S:-600}
+[[ $limit =~ ^[1-9][0-9]*$ ]] || { echo "test-lanes: WSGW_TEST_BINARY_TIMEOUT_S=$limit is not a positive whole number" >&2; exit 2; }
 out=$(mktemp -d "${TMPDIR:-/tmp}/wsgw-test-lanes.XXXXXX")
-trap 'rm -rf "$out"' EXIT
+# Each lane's running binary is in a process group of its own (`timeout` makes one), which a
+# Ctrl-C at the terminal does not reach: stop those groups when this script is stopped.
+stop_running() {
+    local f pid
+    for f in "$out"/running.*; do
+        [[ -s $f ]] || continue
+        pid=$(<"$f")
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    done
+}
+trap 'stop_running; rm -rf "$out"' EXIT
+trap 'exit 130' INT TERM
 
 cargo test --workspace --no-run
 # One line per test binary: name, package directory, executable (tab-separated).
@@ -45,13 +62,36 @@ take() {
     sed -n "$((n + 1))p" "$out/queue"
 }
 
+# stop_clusters PID: stops the Redis Clusters a test binary of that pid started with
+# scripts/cluster.sh (crates/wsgw/tests/common/redis_cluster.rs names their run directories
+# wsgw-redis-cluster-<pid>-<n>); its Drop would have, had the binary ended by itself.
+stop_clusters() {
+    local d
+    for d in "${TMPDIR:-/tmp}/wsgw-redis-cluster-$1-"*; do
+        [[ -d $d ]] || continue
+        WSGW_RUN_DIR=$d scripts/cluster.sh stop >/dev/null 2>&1 || true
+        rm -rf "$d"
+    done
+}
+
 # run_one LANE NAME DIR EXE: runs one binary. Prints its result when it ends (its whole output
 # if it failed) and records a failure in $out/failed.
 run_one() {
     local lane=$1 name=$2 dir=$3 exe=$4 log start rc=0
     log="$out/$(basename "$exe").log"
     start=$SECONDS
-    (cd "$dir" && "$exe" --test-threads="$threads") >"$log" 2>&1 || rc=$?
+    # `timeout` runs the binary in a new process group and, past the limit, signals all of it:
+    # the binary and the processes it spawned. The group's id (timeout's pid) is noted while it
+    # runs, for stop_running; the binary's own pid names its Redis Clusters' run directories.
+    (cd "$dir" && exec timeout --kill-after=10 "$limit" \
+        bash -c 'echo $$ >"$0"; exec "$@"' "$out/pid.$lane" "$exe" --test-threads="$threads") >"$log" 2>&1 &
+    echo "$!" >"$out/running.$lane"
+    wait "$!" || rc=$?
+    : >"$out/running.$lane"
+    if ((rc == 124 || rc == 137)); then
+        echo "test-lanes: $name still ran after ${limit}s; stopped" >>"$log"
+        stop_clusters "$(<"$out/pid.$lane")"
+    fi
     if ((rc == 0)); then
         printf '\n--- [%s lane] %s: ok in %ss\n%s\n' "$lane" "$name" "$((SECONDS - start))" \
             "$(grep -E '^test result:' "$log")"
