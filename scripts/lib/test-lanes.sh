@@ -22,13 +22,18 @@ limit=${WSGW_TEST_BINARY_TIMEOUT_S:-600}
 [[ $limit =~ ^[1-9][0-9]*$ ]] || { echo "test-lanes: WSGW_TEST_BINARY_TIMEOUT_S=$limit is not a positive whole number" >&2; exit 2; }
 out=$(mktemp -d "${TMPDIR:-/tmp}/wsgw-test-lanes.XXXXXX")
 # Each lane's running binary is in a process group of its own (`timeout` makes one), which a
-# Ctrl-C at the terminal does not reach: stop those groups when this script is stopped.
+# Ctrl-C at the terminal does not reach: when this script is stopped, stop the torture lane
+# (so it starts nothing more), then those groups and the Redis Clusters their binaries started.
+torture_pid=""
 stop_running() {
-    local f pid
+    local f pid lane
+    [[ -z $torture_pid ]] || kill -TERM "$torture_pid" 2>/dev/null || true
     for f in "$out"/running.*; do
         [[ -s $f ]] || continue
         pid=$(<"$f")
+        lane=${f##*.}
         kill -TERM -- "-$pid" 2>/dev/null || true
+        [[ ! -s $out/pid.$lane ]] || stop_clusters "$(<"$out/pid.$lane")"
     done
 }
 trap 'stop_running; rm -rf "$out"' EXIT
@@ -122,7 +127,8 @@ run_queue main
 doc_rc=0
 cargo test --workspace --doc -- --test-threads="$threads" || doc_rc=$?
 ((doc_rc == 0)) || echo "doc tests" >>"$out/failed"
-wait "$torture_pid"
+wait "$torture_pid" || echo "torture lane (exit $?)" >>"$out/failed"
+torture_pid="" # waited for: its pid may be another process's from now on
 
 if [[ -s $out/failed ]]; then
     echo "test-lanes: FAILED: $(paste -sd, "$out/failed")" >&2
