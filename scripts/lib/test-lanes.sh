@@ -93,8 +93,10 @@ run_one() {
     echo "$!" >"$out/running.$lane"
     wait "$!" || rc=$?
     : >"$out/running.$lane"
+    # 124: stopped at the limit; 137: killed (past the limit and 10 s of TERM, or by the kernel).
     if ((rc == 124 || rc == 137)); then
-        echo "test-lanes: $name still ran after ${limit}s; stopped" >>"$log"
+        ((rc == 137)) || echo "test-lanes: $name still ran after ${limit}s; stopped" >>"$log"
+        ((rc == 124)) || echo "test-lanes: $name was killed (SIGKILL)" >>"$log"
         stop_clusters "$(<"$out/pid.$lane")"
     fi
     if ((rc == 0)); then
