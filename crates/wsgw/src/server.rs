@@ -185,13 +185,16 @@ async fn drain(gw: &Gateway) {
 }
 
 /// The node-wide tick: one timer for every socket's heartbeat and token expiry, rather than a
-/// timer per socket.
+/// timer per socket. Pings are spread over the interval: a socket is pinged on the ticks of its
+/// slot (its hub key modulo [`ping_slots`]), so each tick pings its share of the sockets and
+/// neither the pings nor the pongs they draw arrive as one burst that holds up deliveries.
 async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let interval = gw.config.heartbeat_interval_ms.max(1);
-    let period = Duration::from_millis((interval / 4).clamp(20, 1000));
-    let mut ticker = tokio::time::interval(period);
+    let period_ms = (interval / 4).clamp(20, 1000);
+    let slots = ping_slots(interval, period_ms);
+    let mut ticker = tokio::time::interval(Duration::from_millis(period_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_ping = mono_ms() + interval;
+    let mut round: u64 = 0;
     let mut next_expire = mono_ms();
     loop {
         tokio::select! {
@@ -199,32 +202,33 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let now = mono_ms();
-        let ping = if now >= next_ping {
-            next_ping = now + interval;
-            Some(OutFrame::control(ServerFrame::Ping { ts: now_ms() }.to_json()))
-        } else {
-            None
-        };
+        let slot = round % slots;
+        round += 1;
         let at = TickNow {
             mono_ms: now,
             epoch_s: now_ms() / 1000,
             silence_ms: gw.config.heartbeat_timeout_ms,
             leeway_s: gw.config.jwt_leeway_s,
         };
-        // A ping goes to every socket; between pings only the few that need something are
-        // taken out of the registry (`tick_due` reads one line of each, with no lock).
-        let due = match &ping {
-            Some(_) => gw.hub.connections(),
-            None => gw.hub.connections_where(|c| c.tick_due(at)),
-        };
+        // Only the sockets of this tick's slot and the few that need something else are taken
+        // out of the registry (`tick_due` reads one line of each, with no lock).
+        let due = gw.hub.connections_where(|c| c.key() % slots == slot || c.tick_due(at));
+        let ping = OutFrame::control(ServerFrame::Ping { ts: now_ms() }.to_json());
         for c in due {
-            tend(&gw, &c, at, ping.as_ref());
+            let ping = (c.key() % slots == slot).then_some(&ping);
+            tend(&gw, &c, at, ping);
         }
         if now >= next_expire {
             next_expire = now + 1000;
             gw.expire();
         }
     }
+}
+
+/// How many ticks of `period_ms` one heartbeat interval is spread over: each socket is pinged
+/// once per that many ticks, so never less often than every `interval_ms`.
+fn ping_slots(interval_ms: u64, period_ms: u64) -> u64 {
+    (interval_ms / period_ms.max(1)).max(1)
 }
 
 /// The tick's work for one socket: close it when silent or its token expired, give an idle
@@ -331,6 +335,61 @@ mod tests {
             .register(Connection::new(Arc::from(id), Arc::from("u"), 100, &[]));
         c.finish_replay(|_| OutFrame::control("welcome"), Vec::new(), &[], None);
         c
+    }
+
+    fn pinged(c: &Connection) -> bool {
+        let mut out = Vec::new();
+        c.take_batch(&mut out);
+        out.iter().any(|f| f.text().contains(r#""type":"ping""#))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_are_spread_over_the_interval_and_reach_every_socket_once_per_interval() {
+        // 1 s interval: a tick every 250 ms, so four slots of two sockets each.
+        let config = Config {
+            jwt_secret: Some("a-test-secret-that-is-long-enough!".into()),
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 3000,
+            ..Config::default()
+        };
+        let gw = Gateway::new(config).await.expect("a memory node");
+        let socks: Vec<_> = (0..8).map(|i| open(&gw, &format!("s{i}"))).collect();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
+        let mut times = vec![0; socks.len()];
+        for round in 0..8 {
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            let now: Vec<bool> = socks.iter().map(|c| pinged(c)).collect();
+            assert_eq!(
+                now.iter().filter(|p| **p).count(),
+                2,
+                "tick {round} pings one slot: {now:?}"
+            );
+            for (t, p) in times.iter_mut().zip(&now) {
+                *t += usize::from(*p);
+            }
+            if round == 3 {
+                assert_eq!(times, vec![1; socks.len()], "one interval pings every socket once");
+            }
+            tokio::time::advance(Duration::from_millis(250)).await;
+        }
+        assert_eq!(times, vec![2; socks.len()], "two intervals, two pings each");
+        let _ = stop_tx.send(true);
+        ticker.await.expect("the tick stops");
+    }
+
+    #[test]
+    fn the_ping_slots_never_stretch_the_interval() {
+        assert_eq!(ping_slots(30_000, 1000), 30);
+        assert_eq!(ping_slots(4_500, 1000), 4, "4 s between pings, not 5");
+        assert_eq!(
+            ping_slots(10, 20),
+            1,
+            "every tick when the interval is shorter than one"
+        );
+        assert_eq!(ping_slots(1000, 0), 1000);
     }
 
     #[tokio::test(start_paused = true)]
