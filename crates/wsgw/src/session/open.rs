@@ -74,7 +74,14 @@ impl Session {
                 }
             }
         }
-        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        // A v4 UUID from the thread's CSPRNG (rand's `ThreadRng`, seeded from the OS), not
+        // `Uuid::new_v4`, which asks the kernel (`getrandom`) once per connect.
+        let id = id.unwrap_or_else(|| {
+            uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .simple()
+                .to_string()
+        });
         tracing::Span::current().record("connection_id", id.as_str());
         let conn = Connection::new(
             Arc::from(id.as_str()),
