@@ -192,9 +192,12 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let interval = gw.config.heartbeat_interval_ms.max(1);
     let period_ms = (interval / 4).clamp(20, 1000);
     let slots = ping_slots(interval, period_ms);
+    // Taken before the ticker starts, so tick `k` is never less than `k` periods after it.
+    let start = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(period_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut round: u64 = 0;
+    // The first round (`period_ms` of time since the start) whose slot has not been pinged.
+    let mut next_round: u64 = 0;
     let mut next_expire = mono_ms();
     loop {
         tokio::select! {
@@ -202,20 +205,23 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let now = mono_ms();
-        let slot = round % slots;
-        round += 1;
+        // A late tick (a busy node) pings every round it missed too, so no socket waits for
+        // its ping longer than the interval plus the lateness.
+        let round = start.elapsed().as_millis() as u64 / period_ms;
+        let rounds = Rounds::new(next_round, round.max(next_round), slots);
+        next_round = round.max(next_round) + 1;
         let at = TickNow {
             mono_ms: now,
             epoch_s: now_ms() / 1000,
             silence_ms: gw.config.heartbeat_timeout_ms,
             leeway_s: gw.config.jwt_leeway_s,
         };
-        // Only the sockets of this tick's slot and the few that need something else are taken
+        // Only the sockets of this tick's slots and the few that need something else are taken
         // out of the registry (`tick_due` reads one line of each, with no lock).
-        let due = gw.hub.connections_where(|c| c.key() % slots == slot || c.tick_due(at));
+        let due = gw.hub.connections_where(|c| rounds.pings(c.key()) || c.tick_due(at));
         let ping = OutFrame::control(ServerFrame::Ping { ts: now_ms() }.to_json());
         for c in due {
-            let ping = (c.key() % slots == slot).then_some(&ping);
+            let ping = rounds.pings(c.key()).then_some(&ping);
             tend(&gw, &c, at, ping);
         }
         if now >= next_expire {
@@ -229,6 +235,30 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
 /// once per that many ticks, so never less often than every `interval_ms`.
 fn ping_slots(interval_ms: u64, period_ms: u64) -> u64 {
     (interval_ms / period_ms.max(1)).max(1)
+}
+
+/// The rounds one tick pings, `first..=last`: socket key `k` is in round `r`'s slot when
+/// `k % slots == r % slots`.
+#[derive(Debug, Clone, Copy)]
+struct Rounds {
+    first_slot: u64,
+    count: u64,
+    slots: u64,
+}
+
+impl Rounds {
+    fn new(first: u64, last: u64, slots: u64) -> Self {
+        Self {
+            first_slot: first % slots,
+            count: (last - first + 1).min(slots),
+            slots,
+        }
+    }
+
+    /// Whether the socket with hub key `key` is pinged in these rounds.
+    fn pings(&self, key: u64) -> bool {
+        (key % self.slots + self.slots - self.first_slot) % self.slots < self.count
+    }
 }
 
 /// The tick's work for one socket: close it when silent or its token expired, give an idle
@@ -378,6 +408,42 @@ mod tests {
         assert_eq!(times, vec![2; socks.len()], "two intervals, two pings each");
         let _ = stop_tx.send(true);
         ticker.await.expect("the tick stops");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_tick_pings_the_slots_of_the_rounds_it_missed() {
+        let config = Config {
+            jwt_secret: Some("a-test-secret-that-is-long-enough!".into()),
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 3000,
+            ..Config::default()
+        };
+        let gw = Gateway::new(config).await.expect("a memory node");
+        let socks: Vec<_> = (0..8).map(|i| open(&gw, &format!("s{i}"))).collect();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
+        let count = |socks: &[Arc<Connection>]| socks.iter().filter(|c| pinged(c)).count();
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(count(&socks), 2, "the first tick pings one slot");
+        // Three rounds pass before the tick runs again: it pings their three slots at once.
+        tokio::time::advance(Duration::from_millis(800)).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(count(&socks), 6, "the late tick makes up for the rounds it missed");
+        let _ = stop_tx.send(true);
+        ticker.await.expect("the tick stops");
+    }
+
+    #[test]
+    fn rounds_cover_their_slots_and_never_more_than_all() {
+        let slots = 4;
+        let pinged = |r: Rounds| (0..8u64).filter(|k| r.pings(*k)).collect::<Vec<_>>();
+        assert_eq!(pinged(Rounds::new(1, 1, slots)), vec![1, 5]);
+        assert_eq!(pinged(Rounds::new(3, 4, slots)), vec![0, 3, 4, 7], "wraps around");
+        assert_eq!(pinged(Rounds::new(2, 20, slots)), (0..8).collect::<Vec<_>>());
     }
 
     #[test]
