@@ -207,9 +207,9 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
         let now = mono_ms();
         // A late tick (a busy node) pings every round it missed too, so no socket waits for
         // its ping longer than the interval plus the lateness.
-        let round = start.elapsed().as_millis() as u64 / period_ms;
-        let rounds = Rounds::new(next_round, round.max(next_round), slots);
-        next_round = round.max(next_round) + 1;
+        let last = (start.elapsed().as_millis() as u64 / period_ms).max(next_round);
+        let rounds = Rounds::new(next_round, last, slots);
+        next_round = last + 1;
         let at = TickNow {
             mono_ms: now,
             epoch_s: now_ms() / 1000,
@@ -367,6 +367,31 @@ mod tests {
         c
     }
 
+    /// A memory node with a 1 s heartbeat (a tick every 250 ms, so four ping slots) and a 3 s
+    /// timeout.
+    async fn heartbeat_node() -> Arc<Gateway> {
+        let config = Config {
+            jwt_secret: Some("a-test-secret-that-is-long-enough!".into()),
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 3000,
+            ..Config::default()
+        };
+        Gateway::new(config).await.expect("a memory node")
+    }
+
+    /// Runs the node's tick until `true` is sent on the returned sender.
+    fn run_tick(gw: &Arc<Gateway>) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        (stop_tx, tokio::spawn(tick(gw.clone(), stop_rx)))
+    }
+
+    /// Lets a tick that is due run (paused time).
+    async fn let_tick_run() {
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn pinged(c: &Connection) -> bool {
         let mut out = Vec::new();
         c.take_batch(&mut out);
@@ -376,21 +401,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_are_spread_over_the_interval_and_reach_every_socket_once_per_interval() {
         // 1 s interval: a tick every 250 ms, so four slots of two sockets each.
-        let config = Config {
-            jwt_secret: Some("a-test-secret-that-is-long-enough!".into()),
-            heartbeat_interval_ms: 1000,
-            heartbeat_timeout_ms: 3000,
-            ..Config::default()
-        };
-        let gw = Gateway::new(config).await.expect("a memory node");
+        let gw = heartbeat_node().await;
         let socks: Vec<_> = (0..8).map(|i| open(&gw, &format!("s{i}"))).collect();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
+        let (stop_tx, ticker) = run_tick(&gw);
         let mut times = vec![0; socks.len()];
         for round in 0..8 {
-            for _ in 0..4 {
-                tokio::task::yield_now().await;
-            }
+            let_tick_run().await;
             let now: Vec<bool> = socks.iter().map(|c| pinged(c)).collect();
             assert_eq!(
                 now.iter().filter(|p| **p).count(),
@@ -412,26 +428,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_late_tick_pings_the_slots_of_the_rounds_it_missed() {
-        let config = Config {
-            jwt_secret: Some("a-test-secret-that-is-long-enough!".into()),
-            heartbeat_interval_ms: 1000,
-            heartbeat_timeout_ms: 3000,
-            ..Config::default()
-        };
-        let gw = Gateway::new(config).await.expect("a memory node");
+        let gw = heartbeat_node().await;
         let socks: Vec<_> = (0..8).map(|i| open(&gw, &format!("s{i}"))).collect();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
+        let (stop_tx, ticker) = run_tick(&gw);
         let count = |socks: &[Arc<Connection>]| socks.iter().filter(|c| pinged(c)).count();
-        for _ in 0..4 {
-            tokio::task::yield_now().await;
-        }
+        let_tick_run().await;
         assert_eq!(count(&socks), 2, "the first tick pings one slot");
         // Three rounds pass before the tick runs again: it pings their three slots at once.
         tokio::time::advance(Duration::from_millis(800)).await;
-        for _ in 0..4 {
-            tokio::task::yield_now().await;
-        }
+        let_tick_run().await;
         assert_eq!(count(&socks), 6, "the late tick makes up for the rounds it missed");
         let _ = stop_tx.send(true);
         ticker.await.expect("the tick stops");
@@ -460,17 +465,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_tick_pings_live_sockets_and_closes_silent_ones_on_paused_time() {
-        let config = Config {
-            jwt_secret: Some("a-test-secret-that-is-long-enough!".into()),
-            heartbeat_interval_ms: 1000,
-            heartbeat_timeout_ms: 3000,
-            ..Config::default()
-        };
-        let gw = Gateway::new(config).await.expect("a memory node");
+        let gw = heartbeat_node().await;
         let silent = open(&gw, "silent");
         let chatty = open(&gw, "chatty");
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let ticker = tokio::spawn(tick(gw.clone(), stop_rx));
+        let (stop_tx, ticker) = run_tick(&gw);
         // 2.5 s: within the timeout, both are fine and both were pinged.
         for _ in 0..25 {
             tokio::time::advance(Duration::from_millis(100)).await;
