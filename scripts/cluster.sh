@@ -284,20 +284,32 @@ load_secrets() {
 # pick_ports COUNT [FROM SPAN PLUS] -> PORTS: free loopback TCP ports in FROM..FROM+SPAN-1
 # (default 20000..31999, below the ephemeral range, so outgoing connections do not take them
 # between now and the bind). With PLUS, port + PLUS must be free too (a Redis Cluster node's
-# bus port). Ports in use by any socket, listening or not, are skipped.
+# bus port). Ports in use by any socket, listening or not, are skipped, and so is every port
+# picked before in this run, bus ports included (`RESERVED`): a node's bus port can fall in
+# another pick's range, and nothing listens on a picked port until it is launched.
+RESERVED=()
 pick_ports() {
-    local from=${2:-20000} span=${3:-12000} plus=${4:-} used port tries=0 p taken
+    local from=${2:-20000} span=${3:-12000} plus=${4:-} used port tries=0 bus
     used=$(ss -Htan | awk '{n = split($4, a, ":"); print a[n]}' | sort -u)
     PORTS=()
     while ((${#PORTS[@]} < $1)); do
         ((tries++ < 2000)) || die "could not find $1 free ports"
         port=$((from + RANDOM % span))
+        bus=${plus:+$((port + plus))}
         grep -qx "$port" <<<"$used" && continue
-        [[ -n $plus ]] && grep -qx "$((port + plus))" <<<"$used" && continue
-        taken=0
-        for p in "${PORTS[@]}"; do [[ $p == "$port" ]] && taken=1; done
-        ((taken == 0)) && PORTS+=("$port")
+        if [[ -n $bus ]] && grep -qx "$bus" <<<"$used"; then continue; fi
+        reserved "$port" && continue
+        if [[ -n $bus ]] && reserved "$bus"; then continue; fi
+        PORTS+=("$port")
+        RESERVED+=("$port" $bus)
     done
+}
+
+# reserved PORT: whether PORT was picked before in this run (or is a picked node's bus port).
+reserved() {
+    local p
+    for p in "${RESERVED[@]}"; do [[ $p == "$1" ]] && return 0; done
+    return 1
 }
 
 # launch NAME PORT EXE LOGFILE CMD...: start CMD in its own session, detached from our
