@@ -75,7 +75,20 @@ fn main() -> ExitCode {
     };
     let handles = cores.as_ref().map(|c| c.handles().to_vec());
     runtime.block_on(async move {
-        match run(config, dev, handles).await {
+        // Spawned, not run by `block_on` itself: on the multi-thread runtime `block_on`'s future
+        // runs on this thread, outside the workers, so its accept loop would hand every new
+        // connection to a worker across threads (a wake-up each). On a worker, the connection's
+        // task starts on the thread that accepted it. The single-threaded flavours run both on
+        // this thread anyway.
+        let served = match tokio::spawn(run(config, dev, handles)).await {
+            Ok(served) => served,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                eprintln!("wsgw: the server task ended: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ wsgw::StartError::Config(_)) | Err(e @ wsgw::StartError::Auth(_)) => {
                 eprintln!("wsgw: {e}");
