@@ -458,11 +458,17 @@ impl Hub {
             m.bytes_out.inc_by(tally.sent_bytes);
             if frame.published_us > 0 {
                 let latency = now_us().saturating_sub(frame.published_us) as f64 / 1e6;
-                let local = m.delivery_latency.local();
-                for _ in 0..tally.sent {
-                    local.observe(latency);
+                if tally.sent == 1 {
+                    // A targeted delivery: a local histogram would cost an allocation and a pass
+                    // over every bucket for one observation.
+                    m.delivery_latency.observe(latency);
+                } else {
+                    let local = m.delivery_latency.local();
+                    for _ in 0..tally.sent {
+                        local.observe(latency);
+                    }
+                    local.flush();
                 }
-                local.flush();
             }
         }
         tally.delivered

@@ -4,7 +4,6 @@
 //! batches by one task. After any pub/sub interruption the node resubscribes and repairs the
 //! gap from history. Never blocks a socket: everything here talks to Redis, then to the hub.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +34,7 @@ mod channel_presence;
 mod cluster_functions;
 mod cluster_link;
 mod control;
+mod head;
 mod header;
 mod held;
 mod keys;

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use super::canary::CanaryWatch;
 use super::control::Control;
+use super::head;
 use super::header::{self, Header};
 use super::*;
 use crate::hub::Burst;
@@ -404,23 +405,8 @@ impl Inner {
     /// A pub/sub message's frame, checked, and its header (header.rs).
     pub(super) fn parse_frame<'a>(&self, channel: &str, payload: &'a [u8]) -> Option<(OutFrame, Header<'a>)> {
         let (header, body) = header::split(payload)?;
-        // Cow, not &str: JSON encoders may escape characters (cjson writes `/` as `\/`).
-        #[derive(Deserialize)]
-        struct Head<'a> {
-            #[serde(rename = "type", borrow)]
-            kind: Cow<'a, str>,
-            #[serde(default)]
-            event_id: Option<EventId>,
-            #[serde(default, borrow)]
-            channel: Option<Cow<'a, str>>,
-            #[serde(default)]
-            ts: Option<u64>,
-            #[serde(default)]
-            request_id: Option<serde_json::Value>,
-            #[serde(default)]
-            more: bool,
-        }
-        let head: Head<'_> = serde_json::from_slice(body).ok()?;
+        let text = std::str::from_utf8(body).ok()?;
+        let head = head::read(text)?;
         let mut response = None;
         match head.kind.as_ref() {
             // An event must name the channel it travels on, so a frame can't be smuggled
@@ -435,7 +421,6 @@ impl Inner {
             }
             _ => return None,
         }
-        std::str::from_utf8(body).ok()?;
         let published_us = head.ts.map_or(0, crate::time::ms_to_us);
         // The one copy of the body: behind its header, the bytes every recipient is sent.
         let mut frame = OutFrame::control(body);
