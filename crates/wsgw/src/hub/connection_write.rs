@@ -1,6 +1,7 @@
 //! hub/connection_write.rs: how a connection's outbox reaches its socket. `push` writes an event
 //! straight from the fan-out when nothing is queued (see connection.rs); `Connection::flush`,
-//! called by the session's task, writes the queue out, up to 32 frames per `writev`. The frames
+//! called by the session's task, writes the queue out, up to 32 frames per write (one `send` of
+//! them copied into one buffer, or a `writev` of large ones). The frames
 //! are taken under the outbox lock and written without it, so a fan-out never waits on one
 //! socket's syscall; meanwhile the outbox is marked `writing` and nothing else writes to the
 //! socket (a second flush answers `Busy`), so frames never interleave. With per-core runtimes
@@ -41,11 +42,20 @@ pub enum Flush {
 }
 
 /// How many frames one write takes at most.
-const MAX_BATCH: usize = 32;
+pub(super) const MAX_BATCH: usize = 32;
+
+/// Up to this many bytes, the frames of one write are copied into one buffer and sent with one
+/// `send`, which costs the kernel less than a `writev` of them (one buffer to import, no iovec
+/// array; docs/loadtest.md, "One send per burst"). Larger frames go out with `writev`: copying
+/// them would gain nothing.
+pub(super) const COALESCE_BYTES: usize = 64 * 1024;
 
 thread_local! {
     /// The frames one flush is writing: shared by every socket of the thread.
     static BATCH: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The bytes of one coalesced write: shared by every socket of the thread, at most
+    /// `COALESCE_BYTES` (and one frame) long.
+    static WIRE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One write of `frames` (each the shared whole frame, compressed for a `window`-bit deflate
@@ -67,12 +77,23 @@ fn write_frames(tcp: &TcpStream, frames: &[OutFrame], skip: usize, window: u8) -
     write_parts(tcp, &bufs[..k])
 }
 
-/// Writes `bufs` without blocking: one piece with `send`, which costs the kernel less than a
-/// `writev` of it (no iovec array to import; `loadtest/micro/send-vs-writev.c`), several with
-/// `writev`.
-fn write_parts(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+/// Writes `bufs` without blocking: one piece with `send`; several small ones copied into one
+/// buffer, as many as fit in `COALESCE_BYTES`, with one `send` (the caller's loop writes the
+/// rest); large ones with `writev`. Returns the bytes the kernel took, from the start of `bufs`.
+pub(super) fn write_parts(tcp: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     match bufs {
         [one] => tcp.try_write(one),
+        [first, second, ..] if first.len() + second.len() <= COALESCE_BYTES => WIRE.with(|w| {
+            let mut w = w.borrow_mut();
+            w.clear();
+            for part in bufs {
+                if w.len() + part.len() > COALESCE_BYTES {
+                    break;
+                }
+                w.extend_from_slice(part);
+            }
+            tcp.try_write(&w)
+        }),
         _ => tcp.try_write_vectored(bufs),
     }
 }
