@@ -216,10 +216,20 @@ impl Inner {
 
     /// Publishes this node's canary on shard `s`'s marker channel; the answer is how many
     /// subscribers took it on the shard's primary (ours, or 0: it is not there).
+    ///
+    /// From a script: a plain `SPUBLISH` sent where the client's slot map points runs on a
+    /// replica too (Redis serves sharded pub/sub there) and counts that replica's subscribers.
+    /// After a manual failover the old primary is such a replica, and the node's subscription
+    /// left on it passed for one on the primary, for good (`redis_cluster_gateway.rs`, the
+    /// manual failover, failed about 1 run in 10). A script without `no-writes` counts as a
+    /// write, so a replica answers MOVED and it runs on the primary, as `owner_of` does;
+    /// `allow-oom` keeps it running, as `SPUBLISH` does, on a primary out of memory.
     pub(super) async fn publish_canary(&self, s: u16) -> Result<i64, BrokerError> {
         timed(self.s.op_timeout, async {
             let mut c = self.conn().await?;
-            redis::cmd("SPUBLISH")
+            redis::cmd("EVAL")
+                .arg("#!lua flags=allow-oom\nreturn redis.call('SPUBLISH', KEYS[1], ARGV[1])")
+                .arg(1)
                 .arg(self.keys.shard_marker(s, &self.s.node_id))
                 .arg("canary")
                 .query_async(&mut c)
