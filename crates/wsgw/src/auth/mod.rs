@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 use wsgw_protocol::{CloseCode, ErrorCode};
 
@@ -173,7 +175,6 @@ struct Inner {
 pub struct VerifyKey {
     alg: Algorithm,
     key: DecodingKey,
-    validation: Validation,
 }
 
 impl fmt::Debug for Authenticator {
@@ -277,8 +278,20 @@ impl Authenticator {
                 }
             })?,
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &vk.key, &vk.validation).map_err(jwt_error)?;
-        check_claims(&data.claims, &self.inner, now)
+        // The signature is checked over `header.payload`, then the payload is read once: what
+        // `jsonwebtoken::decode` does, without decoding the header twice more and the claims
+        // twice (our `Validation` checks nothing but the signature and algorithm anyway).
+        let (message, signature) = token.rsplit_once('.').ok_or_else(|| invalid("malformed token"))?;
+        let (_, payload) = message.rsplit_once('.').ok_or_else(|| invalid("malformed token"))?;
+        if !jsonwebtoken::crypto::verify(signature, message.as_bytes(), &vk.key, vk.alg).map_err(jwt_error)? {
+            return Err(invalid("bad signature"));
+        }
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| invalid("malformed token"))?;
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&payload).map_err(|_| invalid("claims are not a JSON object"))?;
+        check_claims(&claims, &self.inner, now)
     }
 }
 
@@ -312,16 +325,11 @@ impl Authenticator {
 }
 
 impl VerifyKey {
+    /// Only the signature and the algorithm are checked with the key (`verify_at`);
+    /// `check_claims` does the rest, so that it controls which failure is `Expired`, treats an
+    /// absent `aud` as we document, and cannot overflow on a huge leeway.
     pub(crate) fn new(alg: Algorithm, key: DecodingKey) -> Self {
-        let mut validation = Validation::new(alg);
-        // jsonwebtoken only checks the signature and algorithm; `check_claims` does the rest so that it controls
-        // which failure is `Expired`, treats absent `aud` as we document, and cannot overflow on a huge leeway.
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.leeway = 0;
-        Self { alg, key, validation }
+        Self { alg, key }
     }
 }
 
@@ -437,18 +445,33 @@ mod tests {
 
         // Claims that are valid JSON but not an object.
         let header = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"; // {"alg":"HS256","typ":"JWT"}
-        let payload = "WzEsMiwzXQ"; // [1,2,3]
-        let message = format!("{header}.{payload}");
-        let sig = jsonwebtoken::crypto::sign(
-            message.as_bytes(),
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-            Algorithm::HS256,
-        )
-        .expect("sign");
-        assert!(matches!(
-            auth.verify(&format!("{message}.{sig}")),
-            Err(AuthError::Invalid(_))
-        ));
+        let signed = |payload: &str| {
+            let message = format!("{header}.{payload}");
+            let sig = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+                Algorithm::HS256,
+            )
+            .expect("sign");
+            format!("{message}.{sig}")
+        };
+        // [1,2,3]
+        assert_eq!(
+            invalid_msg(auth.verify(&signed("WzEsMiwzXQ"))),
+            "claims are not a JSON object"
+        );
+        // Signed, but not base64url without padding: {"sub":"a"} padded, and not base64 at all.
+        for payload in ["eyJzdWIiOiJhIn0=", "!!!", "eyJzdWIiOiJhIn0.x"] {
+            assert_eq!(
+                invalid_msg(auth.verify(&signed(payload))),
+                "malformed token",
+                "{payload}"
+            );
+        }
+        assert_eq!(
+            auth.verify(&signed("eyJzdWIiOiJhIn0")).expect("the same, unpadded").sub,
+            "a"
+        );
 
         let err = auth.verify("abc").expect_err("invalid");
         assert_eq!(

@@ -48,7 +48,7 @@ pub fn last_ids(published: &BTreeMap<String, Vec<Id>>) -> HashMap<String, Id> {
 
 /// Waits (at most 20 s) until every client has the fence events (`last`), prints the drain line
 /// and which clients lag, stops everything and collects the clients' logs. Returns the logs and
-/// the lagging clients.
+/// the lagging clients, each with why.
 pub async fn drain(
     shared: &Shared,
     progress: &Progresses,
@@ -56,7 +56,7 @@ pub async fn drain(
     passive_frames: &AtomicU64,
     sims: Vec<JoinHandle<ClientLog>>,
     passives: Vec<JoinHandle<()>>,
-) -> (Vec<ClientLog>, Vec<usize>) {
+) -> (Vec<ClientLog>, Vec<(usize, String)>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && caught_up(progress, last) < progress.len() {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -73,13 +73,11 @@ pub async fn drain(
         passive_frames.load(Ordering::Relaxed),
         shared.max_lag_ms.load(Ordering::Relaxed)
     );
-    let lagging: Vec<usize> = (0..progress.len())
-        .filter(|&i| {
-            let why = progress[i].lock().unwrap().behind(last);
-            if let Some(why) = &why {
-                println!("    tc{i} not caught up: {why}");
-            }
-            why.is_some()
+    let lagging: Vec<(usize, String)> = (0..progress.len())
+        .filter_map(|i| {
+            let why = progress[i].lock().unwrap().behind(last)?;
+            println!("    tc{i} not caught up: {why}");
+            Some((i, why))
         })
         .collect();
     shared.stop.store(true, Ordering::Release);
@@ -103,8 +101,10 @@ pub struct Summary<'a> {
     pub extra: String,
 }
 
-/// Checks the logs against what was published and prints the report; panics on a violation.
-pub fn check_and_report(s: &Summary<'_>, published: &Published, logs: &[ClientLog], lagging: Vec<usize>) {
+/// Checks the logs against what was published and prints the report; panics on a violation,
+/// and when a client was never welcomed or was not connected when the drain ended: its log
+/// checks little or nothing, and a run of such clients must not pass as "0 violations".
+pub fn check_and_report(s: &Summary<'_>, published: &Published, logs: &[ClientLog], lagging: Vec<(usize, String)>) {
     let seed = s.seed;
     let faults = s.faults;
     let final_at_us = published.final_at_us.unwrap_or(u64::MAX);
@@ -113,7 +113,7 @@ pub fn check_and_report(s: &Summary<'_>, published: &Published, logs: &[ClientLo
     let dump: Vec<usize> = if std::env::var("WSGW_TORTURE_DUMP").is_ok() {
         (0..logs.len()).collect()
     } else {
-        lagging
+        lagging.iter().map(|(i, _)| *i).collect()
     };
     for i in dump {
         let path = std::env::temp_dir().join(format!("wsgw-torture-{seed}-{}.log", logs[i].name));
@@ -147,6 +147,28 @@ pub fn check_and_report(s: &Summary<'_>, published: &Published, logs: &[ClientLo
             log.name
         );
     }
+    let never: Vec<&str> = logs
+        .iter()
+        .filter(|l| !l.entries.iter().any(|e| matches!(e.rec, Rec::Welcome { .. })))
+        .map(|l| l.name.as_str())
+        .collect();
+    assert!(
+        never.is_empty(),
+        "{} (seed {seed}): {} of {} clients were never welcomed: {never:?} (their logs are above)",
+        s.name,
+        never.len(),
+        logs.len()
+    );
+    let cut_off: Vec<&str> = lagging
+        .iter()
+        .filter(|(_, why)| why == "not connected")
+        .map(|(i, _)| logs[*i].name.as_str())
+        .collect();
+    assert!(
+        cut_off.is_empty(),
+        "{} (seed {seed}): {cut_off:?} had no connection when the drain's 20 s ended",
+        s.name
+    );
     let reconnects: usize = logs
         .iter()
         .map(|l| {
