@@ -367,16 +367,11 @@ fn parse_public_key(pem: &[u8]) -> Result<(Algorithm, DecodingKey), AuthSetupErr
     Ok((Algorithm::ES256, key))
 }
 
+/// What `jsonwebtoken::crypto::verify` can fail on: a signature that is not base64url, or a key
+/// that cannot verify the algorithm.
 fn jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
     match e.kind() {
-        // Not produced with our Validation, but if it ever is, it must stay distinguishable.
-        ErrorKind::ExpiredSignature => AuthError::Expired,
-        ErrorKind::InvalidSignature => invalid("bad signature"),
         ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => invalid("algorithm not accepted"),
-        ErrorKind::ImmatureSignature => invalid("token not yet valid (nbf)"),
-        ErrorKind::InvalidAudience => invalid("wrong aud"),
-        ErrorKind::InvalidIssuer => invalid("wrong iss"),
-        ErrorKind::Json(_) => invalid("claims are not a JSON object"),
         _ => invalid("malformed token"),
     }
 }
