@@ -341,13 +341,25 @@ fail_with_log() {
 
 # wait_redis PORT [NAME]: until the redis-server (or Sentinel) just launched answers PING.
 wait_redis() {
-    local i name=${2:-redis}
+    local name=${2:-redis}
+    redis_up "$1" || fail_with_log "$name" "$LOGS/$name.log" "redis-server exited"
+}
+
+# redis_up PORT: waits until the redis-server (or Sentinel) just launched ($LAUNCHED_PID)
+# answers PING on PORT; fails when it exited first (e.g. another process took the port between
+# pick_ports and its bind). A PONG from some other process on that port does not count: it
+# would join a cluster or a test to a stranger's Redis.
+redis_up() {
+    local i
     for ((i = 0; i < 300; i++)); do
-        alive "$LAUNCHED_PID" "$REDIS_EXE" || fail_with_log "$name" "$LOGS/$name.log" "redis-server exited"
-        [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]] && return 0
+        alive "$LAUNCHED_PID" "$REDIS_EXE" || return 1
+        if [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]] &&
+            redis-cli -h 127.0.0.1 -p "$1" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$LAUNCHED_PID"; then
+            return 0
+        fi
         sleep 0.1
     done
-    fail_with_log "$name" "$LOGS/$name.log" "$name did not answer PING within 30s"
+    die "redis on port $1 did not answer PING within 30s"
 }
 
 # start_sentinels: a replica of the primary and three Sentinels (quorum 2) watching it as

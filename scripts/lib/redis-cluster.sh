@@ -18,7 +18,7 @@ cluster_nodes() {
 # start_redis_cluster P: sets RC_PORTS and RC_PIDS (every process), RC_PRIMARIES and
 # RC_REPLICAS (ports, ascending).
 start_redis_cluster() {
-    local p=$1 i port name addrs=() ok
+    local p=$1 i port name addrs=() ok try
     [[ -f $LUA ]] || die "missing $LUA"
     # Ports 10000..21999, so that each bus port (+10000) is below the ephemeral range too.
     pick_ports $((p * 2)) 10000 12000 10000
@@ -29,13 +29,22 @@ start_redis_cluster() {
         name=redis-c$((i + 1))
         mkdir -p "$RUN/redis-cluster/c$((i + 1))"
         : >"$LOGS/$name.log"
-        log "starting $name on 127.0.0.1:$port"
-        launch "$name" "$port" "$REDIS_EXE" "$LOGS/$name.log" \
-            redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
-            --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
-            --save "" --appendonly yes --dir "$RUN/redis-cluster/c$((i + 1))" --daemonize no
+        # A port picked free can be taken before the bind (by another cluster starting beside
+        # this one): then the node exits, and it gets another port, up to 3 tries.
+        for try in 1 2 3; do
+            log "starting $name on 127.0.0.1:$port"
+            launch "$name" "$port" "$REDIS_EXE" "$LOGS/$name.log" \
+                redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+                --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+                --save "" --appendonly yes --dir "$RUN/redis-cluster/c$((i + 1))" --daemonize no
+            redis_up "$port" && break
+            ((try < 3)) || fail_with_log "$name" "$LOGS/$name.log" "redis-server exited"
+            log "$name exited (port $port taken?); another port"
+            pick_ports 1 10000 12000 10000
+            port=${PORTS[0]}
+            RC_PORTS[i]=$port
+        done
         RC_PIDS+=("$LAUNCHED_PID")
-        wait_redis "$port" "$name"
         addrs+=("127.0.0.1:$port")
     done
 
