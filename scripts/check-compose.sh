@@ -14,6 +14,10 @@
 #    public port and let /api/ through only to allowed addresses (`deny all`).
 # 6. If nginx is installed, `nginx -t` on deploy/nginx/nginx.conf, with the compose
 #    hostnames and paths mapped to local ones (skipped otherwise).
+# 7. The image's build context: every path the Dockerfile's build stage COPYs is let through by
+#    both .dockerignore files, and `cargo metadata --locked` resolves the workspace from those
+#    paths alone (every member, path dependency and [patch], as `cargo build --locked` in the
+#    image needs them).
 # Prints each check; exits non-zero on the first failing step.
 set -euo pipefail
 
@@ -337,5 +341,26 @@ if command -v nginx >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
 else
     say "skipped: nginx -t of deploy/nginx/nginx.conf (nginx not installed)"
 fi
+
+# The image's build context (no Docker engine here): the build stage's COPY sources, each let
+# through by both ignore files, copied from the tracked files alone; then the workspace must
+# resolve from them. (vendor/, added for the redis patch, was once missing from both.)
+ctx=$(mktemp -d)
+trap 'rm -f "$resolved"; rm -rf "${tmp:-}" "$ctx"' EXIT
+sources=$(awk '/^FROM /{n++} n==1 && /^COPY / && !/--from/{for(i=2;i<NF;i++) print $i}' deploy/docker/Dockerfile)
+[[ -n $sources ]] || die "no COPY in deploy/docker/Dockerfile's build stage"
+for src in $sources; do
+    for ignore in .dockerignore deploy/docker/Dockerfile.dockerignore; do
+        grep -qxE "!${src%/}/?" "$ignore" || die "$ignore keeps $src (COPYed by deploy/docker/Dockerfile) out of the build context"
+    done
+    [[ -n $(git ls-files -- "$src") ]] || die "deploy/docker/Dockerfile COPYs $src, which has no tracked file"
+done
+# shellcheck disable=SC2086 # one argument per source
+git ls-files -z -- $sources | tar --null -T - -cf - | tar -xf - -C "$ctx"
+if ! out=$(cd "$ctx" && cargo metadata --locked --format-version 1 2>&1 >/dev/null); then
+    printf '%s\n' "$out" >&2
+    die "the workspace does not resolve from the image's build context ($(echo $sources))"
+fi
+say "ok: the image's build context ($(echo $sources)) holds the whole workspace"
 
 say "all checks passed"
