@@ -17,7 +17,7 @@
 # 7. The image's build context: every path the Dockerfile's build stage COPYs is let through by
 #    both .dockerignore files, and `cargo metadata --locked` resolves the workspace from those
 #    paths alone (every member, path dependency and [patch], as `cargo build --locked` in the
-#    image needs them).
+#    image needs them), and every file an `include_str!`/`include_bytes!` names is among them.
 # Prints each check; exits non-zero on the first failing step.
 set -euo pipefail
 
@@ -361,6 +361,29 @@ if ! out=$(cd "$ctx" && cargo metadata --locked --format-version 1 2>&1 >/dev/nu
     printf '%s\n' "$out" >&2
     die "the workspace does not resolve from the image's build context ($(echo $sources))"
 fi
-say "ok: the image's build context ($(echo $sources)) holds the whole workspace"
+# Files the build reads at compile time (`include_str!`, `include_bytes!`) must be in it too:
+# those of the code `cargo build` compiles (not tests/, benches/ or examples/, which the image
+# does not build).
+if ! out=$("$PY" - "$ctx" <<'PYEOF'
+import os, re, sys
+ctx = sys.argv[1]
+missing = []
+for root, dirs, files in os.walk(ctx):
+    dirs[:] = [d for d in dirs if d not in ("tests", "benches", "examples")]
+    for f in files:
+        if f.endswith(".rs"):
+            path = os.path.join(root, f)
+            text = open(path, encoding="utf-8", errors="replace").read()
+            for m in re.finditer(r'include_(?:str|bytes)!\(\s*"([^"]+)"', text):
+                if not os.path.isfile(os.path.join(root, m.group(1))):
+                    missing.append(f"{os.path.relpath(path, ctx)}: {m.group(1)}")
+print("\n".join(missing))
+sys.exit(1 if missing else 0)
+PYEOF
+); then
+    printf '%s\n' "$out" >&2
+    die "files included at compile time are missing from the image's build context"
+fi
+say "ok: the image's build context ($(echo $sources)) holds the whole workspace and every file it includes"
 
 say "all checks passed"
