@@ -14,7 +14,7 @@ use super::checker::{self, Kind};
 use super::explain::explain;
 use super::load::Shared;
 use super::model::*;
-use super::sim::{Progress, caught_up};
+use super::sim::{NOT_CONNECTED, Progress, caught_up};
 
 pub type Progresses = Vec<Arc<std::sync::Mutex<Progress>>>;
 
@@ -161,7 +161,7 @@ pub fn check_and_report(s: &Summary<'_>, published: &Published, logs: &[ClientLo
     );
     let cut_off: Vec<&str> = lagging
         .iter()
-        .filter(|(_, why)| why == "not connected")
+        .filter(|(_, why)| why == NOT_CONNECTED)
         .map(|(i, _)| logs[*i].name.as_str())
         .collect();
     assert!(

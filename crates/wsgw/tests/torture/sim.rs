@@ -33,11 +33,14 @@ pub struct Progress {
     pub newest: HashMap<String, Id>,
 }
 
+/// `Progress::behind` of a client that has no connection (the drain's check matches it).
+pub const NOT_CONNECTED: &str = "not connected";
+
 impl Progress {
     /// None when every channel the client follows got `last[channel]`; else why not.
     pub fn behind(&self, last: &HashMap<String, Id>) -> Option<String> {
         if !self.connected {
-            return Some("not connected".into());
+            return Some(NOT_CONNECTED.into());
         }
         if self.busy {
             return Some("a subscribe/unsubscribe is unanswered".into());
