@@ -188,6 +188,13 @@ pub struct Figures {
     /// by the connect and drain phases).
     #[serde(default)]
     pub publisher_rate_per_s: Option<f64>,
+    /// With `workload.stop_receivers`: seconds from the first publish to the gateway's last
+    /// busy moment while the workers were stopped (engine/stopped.rs), and the gateway CPU in
+    /// that window. Deliveries over the first are the gateway's fan-out throughput.
+    #[serde(default)]
+    pub stopped_fanout_s: Option<f64>,
+    #[serde(default)]
+    pub stopped_fanout_cpu_s: Option<f64>,
     pub publish_errors: u64,
     pub close_codes: BTreeMap<String, u64>,
     /// Gauges: summed across workers from their latest reports.
@@ -219,6 +226,8 @@ impl Figures {
         self.errors += o.errors;
         self.published += o.published;
         self.publisher_rate_per_s = self.publisher_rate_per_s.or(o.publisher_rate_per_s);
+        self.stopped_fanout_s = self.stopped_fanout_s.or(o.stopped_fanout_s);
+        self.stopped_fanout_cpu_s = self.stopped_fanout_cpu_s.or(o.stopped_fanout_cpu_s);
         self.publish_errors += o.publish_errors;
         for (k, v) in &o.close_codes {
             *self.close_codes.entry(k.clone()).or_default() += v;

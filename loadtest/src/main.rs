@@ -66,6 +66,13 @@ enum Cmd {
         /// it fans out does not slow the publisher down.
         #[arg(long)]
         redis_url: Option<String>,
+        /// Measure the gateway's fan-out throughput alone: the worker processes holding the
+        /// sockets are stopped (SIGSTOP) from the first publish until the gateway is idle, then
+        /// resumed to read and check every delivery. Needs --server-pid; one worker unless
+        /// --workers says otherwise. Use a --rate above what the gateway can fan out, and few
+        /// enough --messages that they fit in the sockets' receive buffers.
+        #[arg(long)]
+        stop_receivers: bool,
     },
     /// Internal: a worker process (spec on stdin, reports on stdout).
     #[command(hide = true)]
@@ -300,6 +307,7 @@ fn main() -> Result<()> {
                 rate,
                 payload_bytes,
                 redis_url,
+                stop_receivers,
             } => {
                 let hold = messages as f64 / rate + 1.0;
                 let mut sc = builtin(&common, Kind::Broadcast, hold);
@@ -307,6 +315,7 @@ fn main() -> Result<()> {
                 sc.workload.messages = Some(messages);
                 sc.workload.payload_bytes = payload_bytes;
                 sc.workload.publish_when_connected = true;
+                sc.workload.stop_receivers = stop_receivers;
                 sc.workload.publish_delay = Some(format!(
                     "{}s",
                     loadtest::scenario::parse_duration(&sc.stages[0].duration)?.as_secs_f64() + 1.0
@@ -321,7 +330,7 @@ fn main() -> Result<()> {
                 let s = run(
                     sc,
                     RunOptions {
-                        workers: common.workers,
+                        workers: common.workers.or(stop_receivers.then_some(1)),
                         progress: true,
                         worker_exe: None,
                     },
@@ -349,6 +358,19 @@ fn main() -> Result<()> {
                         g.cpu_s,
                         f.delivered as f64 / g.cpu_s,
                         g.cpu_s * 1e6 / f.delivered.max(1) as f64
+                    );
+                }
+                if stop_receivers {
+                    let (Some(secs), Some(cpu)) = (f.stopped_fanout_s, f.stopped_fanout_cpu_s) else {
+                        eprintln!("error: no fan-out window was measured: {:?}", f.error_samples);
+                        finish(&s, common.json.as_ref())?;
+                        return Ok(1);
+                    };
+                    println!(
+                        "fan-out with the receivers stopped: {} deliveries in {secs:.3} s: {:.0} per second; gateway CPU {cpu:.3} s in it ({:.2} cores busy on average)",
+                        f.delivered,
+                        f.delivered as f64 / secs,
+                        cpu / secs
                     );
                 }
                 finish(&s, common.json.as_ref())

@@ -137,6 +137,12 @@ pub struct Workload {
     /// VUs reconnect (with connection_id and last_event_id) after an unexpected close.
     #[serde(default = "yes")]
     pub reconnect: bool,
+    /// Fan-out throughput with the load client out of the way (engine/stopped.rs): the worker
+    /// processes are stopped (`SIGSTOP`) from the first publish until the gateway is idle
+    /// again, then resumed to read and check everything. Needs worker processes and the
+    /// gateway pids; delivery latencies then include the stop.
+    #[serde(default)]
+    pub stop_receivers: bool,
 }
 
 fn yes() -> bool {

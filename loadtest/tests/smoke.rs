@@ -99,3 +99,40 @@ async fn two_worker_processes_merge_their_figures() {
     assert_eq!(f.delivered, f.published * 200);
     assert!(s.thresholds_ok(), "thresholds: {:?}", s.thresholds);
 }
+
+/// `stop_receivers`: the workers are stopped from the first publish until the gateway is idle,
+/// then read everything. The gateway here is in this process, so its pid is ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_receivers_read_every_broadcast_after_the_fan_out_window() {
+    let gw = gateway().await;
+    let mut sc = scenario(&gw);
+    sc.stages[0].target = 200;
+    sc.stages[1].target = 200;
+    sc.stages[1].duration = "2s".into();
+    sc.workload.rate = 1000.0;
+    sc.workload.messages = Some(30);
+    sc.workload.publish_when_connected = true;
+    sc.workload.stop_receivers = true;
+    let opts = RunOptions {
+        workers: Some(2),
+        progress: false,
+        worker_exe: Some(env!("CARGO_BIN_EXE_wsgw-loadtest").into()),
+    };
+    let s = tokio::time::timeout(Duration::from_secs(30), run(sc, opts))
+        .await
+        .expect("bounded")
+        .expect("runs");
+    print!("{}", s.render());
+    let f = &s.figures;
+    assert_eq!(f.welcomes, 200, "{:?}", f.error_samples);
+    assert_eq!(f.published, 30);
+    assert_eq!((f.delivered, f.missing, f.duplicates), (30 * 200, 0, 0));
+    let window = f.stopped_fanout_s.expect("a fan-out window");
+    let cpu = f.stopped_fanout_cpu_s.expect("the gateway's CPU in it");
+    assert!(window > 0.0 && window < 10.0, "window {window} s");
+    assert!(cpu > 0.0 && cpu <= window * 4.0, "{cpu} CPU-s in {window} s");
+    // Nothing was read while the workers were stopped: each delivery waited out the window and
+    // the 300 ms of quiet that end it.
+    let fastest = f.delivery.quantile(0.0).expect("latencies");
+    assert!(fastest >= 250_000, "a frame read {fastest} µs after its publish");
+}

@@ -69,13 +69,14 @@ pub async fn serve_on_cores(
     let app = app.layer(axum::middleware::from_fn(crate::handshake::plain_http_ends_handshake));
     let (drained_tx, drained_rx) = watch::channel(false);
     if !cores.is_empty() {
-        // This thread runs core 0; each core's flusher writes what fan-outs queue for its sockets.
+        // This thread runs core 0; each core's lane offers fan-outs to its own sockets.
         crate::cores::set_current(0);
         let here = Handle::current();
-        let flushers = std::iter::once(&here)
+        let lanes = std::iter::once(&here)
             .chain(cores)
-            .map(|h| gw.hub.spawn_core_flusher(h));
-        gw.hub.use_core_flushers(flushers.collect());
+            .enumerate()
+            .map(|(core, h)| gw.hub.spawn_core_fanout(core, h));
+        gw.hub.use_core_fanouts(lanes.collect());
     }
     let mut others = Vec::with_capacity(cores.len());
     for core in cores {

@@ -5,6 +5,7 @@
 
 mod proc;
 mod publisher;
+mod stopped;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +28,7 @@ use crate::vu::{Client, ClientConfig, Incoming};
 
 use proc::ProcSampler;
 use publisher::{PubState, publisher};
+use stopped::{Receivers, Stopped, Window};
 pub use worker::{run_worker, sign_hs256, topic_of, user_of, worker_main};
 
 #[derive(Clone, Debug, Default)]
@@ -119,6 +121,7 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
     let start = Instant::now() + Duration::from_millis(start_unix_ms.saturating_sub(now_us() / 1000));
     let (rep_tx, mut rep_rx) = mpsc::unbounded_channel::<Report>();
     let mut handles = Vec::new();
+    let mut worker_pids = Vec::new();
     for k in 0..slots {
         let spec = WorkerSpec {
             scenario: sc.clone(),
@@ -146,6 +149,7 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
                 .kill_on_drop(true)
                 .spawn()
                 .context("spawn worker")?;
+            worker_pids.extend(child.id());
             let mut stdin = child.stdin.take().context("worker stdin")?;
             let mut line = serde_json::to_string(&spec)?;
             line.push('\n');
@@ -172,6 +176,10 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let pub_errs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (connected_tx, connected_rx) = watch::channel(0u64);
+    let receivers = sc.workload.stop_receivers.then(|| Receivers {
+        workers: worker_pids,
+        servers: sc.target.server_pids.clone(),
+    });
     let pub_task = tokio::spawn(publisher(
         sc.clone(),
         start,
@@ -179,6 +187,7 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
         counts.clone(),
         pub_errs.clone(),
         connected_rx,
+        receivers,
     ));
     let mut latest: Vec<Option<Figures>> = vec![None; slots];
     let merge = |latest: &[Option<Figures>]| {
@@ -304,6 +313,15 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
     let mut figs = merge(&finals);
     figs.published += counts.0.load(Ordering::Relaxed);
     figs.publisher_rate_per_s = pub_state.lock().await.rate_per_s(counts.0.load(Ordering::Relaxed));
+    match pub_state.lock().await.window.take() {
+        Some(Ok(w)) => {
+            figs.stopped_fanout_s = Some(w.seconds);
+            figs.stopped_fanout_cpu_s = Some(w.cpu_s);
+        }
+        Some(Err(e)) => figs.error(format!("stop_receivers: {e}")),
+        None if sc.workload.stop_receivers => figs.error("stop_receivers: no fan-out window (nothing published)"),
+        None => {}
+    }
     figs.publish_errors += counts.1.load(Ordering::Relaxed);
     figs.errors += counts.1.load(Ordering::Relaxed);
     for e in pub_errs.lock().unwrap().iter() {

@@ -10,6 +10,8 @@ pub(super) struct PubState {
     /// When the first publish started, and when the last one was answered.
     pub(super) first_sent: Option<Instant>,
     pub(super) last_answered: Option<Instant>,
+    /// With `stop_receivers`: the fan-out window, or why there is none.
+    pub(super) window: Option<std::result::Result<Window, String>>,
 }
 
 impl PubState {
@@ -72,6 +74,7 @@ pub(super) async fn publisher(
     counts: Arc<(AtomicU64, AtomicU64)>,
     errs: Arc<std::sync::Mutex<Vec<String>>>,
     mut connected: watch::Receiver<u64>,
+    receivers: Option<Receivers>,
 ) -> Result<()> {
     let w = &sc.workload;
     if !matches!(w.kind, Kind::Broadcast | Kind::User | Kind::Topic) {
@@ -149,9 +152,19 @@ pub(super) async fn publisher(
         .topics
         .min(sc.max_vus().div_ceil(w.subscribers_per_topic.max(1)))
         .max(1);
+    let mut stopped = None;
     while next < end && w.messages.is_none_or(|m| n < m) {
         tokio::time::sleep_until(next.into()).await;
         next += period;
+        if let (Some(r), 0) = (&receivers, n) {
+            match Stopped::stop(r) {
+                Ok(s) => stopped = Some(s),
+                Err(e) => {
+                    state.lock().await.window = Some(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            }
+        }
         let channel = match w.kind {
             Kind::Broadcast => "broadcast".to_string(),
             Kind::User => {
@@ -201,5 +214,8 @@ pub(super) async fn publisher(
     }
     // Wait for the in-flight publishes.
     let _ = sem.acquire_many(64).await;
+    if let Some(s) = stopped {
+        state.lock().await.window = Some(s.finish().await.map_err(|e| format!("{e:#}")));
+    }
     Ok(())
 }

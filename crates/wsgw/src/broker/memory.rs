@@ -254,7 +254,12 @@ impl Broker for MemoryBroker {
 
     fn publish(&self, req: PublishRequest) -> BoxFuture<'_, Result<EventId, BrokerError>> {
         let id = self.publish_now(req);
-        Box::pin(async move { Ok(id) })
+        Box::pin(async move {
+            // With per-core runtimes the fan-out runs on the cores' lanes: a publisher faster
+            // than they are waits here rather than growing their queues.
+            self.hub.cores_caught_up().await;
+            Ok(id)
+        })
     }
 
     fn history<'a>(&'a self, channel: &'a str, query: HistoryQuery) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
@@ -264,9 +269,17 @@ impl Broker for MemoryBroker {
 
     fn sync<'a>(&'a self, _shards: &'a [u16]) -> BoxFuture<'a, Result<Vec<EventId>, BrokerError>> {
         // Publishes reach the hub under the same lock that issues ids: everything up to the
-        // last id issued is already there.
+        // last id issued is offered to its sockets, or (per-core runtimes) sent to their
+        // cores' lanes, which the barrier waits out.
         let last = self.state.lock().last_id;
-        Box::pin(async move { Ok(vec![last]) })
+        let (done, answered) = tokio::sync::oneshot::channel();
+        self.hub.after_fanouts(done);
+        Box::pin(async move {
+            answered
+                .await
+                .map_err(|_| BrokerError::Unavailable("the node is stopping".into()))?;
+            Ok(vec![last])
+        })
     }
 
     fn listen<'a>(&'a self, _channels: &'a [Arc<str>]) -> BoxFuture<'a, Result<(), BrokerError>> {

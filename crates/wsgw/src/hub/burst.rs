@@ -8,8 +8,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Connection, Flush, FlushBatch, Hub, Written};
+use super::{Connection, Flush, Hub, Written};
 use crate::metrics::Metrics;
+
+/// Sockets a burst queued frames for without waking their tasks (all of one core).
+pub type FlushBatch = Vec<Arc<Connection>>;
 
 /// At most this many frames in one burst.
 const MAX_FRAMES: usize = 64;
@@ -21,7 +24,7 @@ const MAX_DRAIN: usize = 256;
 /// its commands (a socket's `subscribe` waits for one) even when each fan-out is slow.
 const MAX_DRAIN_TIME: Duration = Duration::from_millis(200);
 
-/// The sockets one burst queued frames for, by core (see core_flush.rs), and what it holds.
+/// The sockets one burst queued frames for, and what it holds.
 pub struct Burst {
     waiting: Vec<FlushBatch>,
     frames: usize,
@@ -127,17 +130,14 @@ impl Hub {
         }
     }
 
-    /// Writes what a burst queued: each socket's frames in one write (with per-core runtimes,
-    /// each core's flusher does). A socket whose kernel buffer is full gets its task woken.
+    /// Writes what a burst queued: each socket's frames in one write. A socket whose kernel
+    /// buffer is full gets its task woken.
     ///
     /// All from this thread: splitting a burst of thousands of sockets into a share per worker
     /// thread (a task each) cost more CPU and latency on 2 cores (docs/loadtest.md, "Bursts").
+    /// With per-core runtimes each core runs its own bursts (core_fanout.rs).
     pub fn end_burst(&self, burst: Burst) {
         self.metrics.burst_frames.inc_by(burst.frames as u64);
-        if self.defers_writes() {
-            self.hand_to_cores(burst.waiting);
-            return;
-        }
         for sockets in &burst.waiting {
             flush_all(sockets, &self.metrics);
         }
@@ -155,7 +155,7 @@ fn flush_all(sockets: &[Arc<Connection>], metrics: &Metrics) {
 
 /// Writes a socket's queue from the caller's thread; wakes its task for what the kernel does not
 /// take.
-pub(super) fn flush_or_wake(c: &Arc<Connection>, written: &mut Written) {
+fn flush_or_wake(c: &Arc<Connection>, written: &mut Written) {
     match c.flush(written).0 {
         Flush::Done | Flush::Busy => {}
         Flush::Blocked | Flush::Failed => c.wake_writer(),
@@ -166,12 +166,12 @@ pub(super) fn flush_or_wake(c: &Arc<Connection>, written: &mut Written) {
 mod tests {
     use std::time::Duration;
 
-    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
     use wsgw_protocol::EventId;
 
     use super::*;
     use crate::hub::direct::DirectBudget;
+    use crate::hub::test_wire::read_texts;
     use crate::hub::{DIRECT_FANOUT, OutFrame};
 
     const MANY: usize = 500;
@@ -188,27 +188,6 @@ mod tests {
         let c = hub.register(c);
         hub.subscribe(&c, "t");
         (c, client)
-    }
-
-    /// The payloads of the first `want` (short, unmasked) frames the client reads.
-    async fn read_texts(client: &mut TcpStream, want: usize) -> Vec<String> {
-        let mut buf = Vec::new();
-        let mut out = Vec::new();
-        while out.len() < want {
-            let mut chunk = [0u8; 512];
-            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk))
-                .await
-                .expect("frames stopped coming")
-                .unwrap();
-            assert!(n > 0, "closed after {out:?}");
-            buf.extend_from_slice(&chunk[..n]);
-            while buf.len() >= 2 && buf.len() >= 2 + (buf[1] & 0x7f) as usize {
-                let len = (buf[1] & 0x7f) as usize;
-                out.push(String::from_utf8(buf[2..2 + len].to_vec()).unwrap());
-                buf.drain(..2 + len);
-            }
-        }
-        out
     }
 
     #[tokio::test]

@@ -153,8 +153,8 @@ pub struct Connection {
     /// Wakes only on a close request: a write stuck on a full socket waits on this one, so it
     /// never consumes a wake-up meant for the task's main loop.
     close_wake: Notify,
-    /// The per-core runtime the session runs on (`WSGW_RUNTIME=per_core`), whose flusher
-    /// writes what a fan-out queued.
+    /// The per-core runtime the session runs on (`WSGW_RUNTIME=per_core`), whose fan-out lane
+    /// offers it every frame (hub/core_fanout.rs).
     core: u16,
     pub(super) channels: Mutex<Vec<Arc<str>>>,
     /// Requests sent to backends and not fully answered yet.
@@ -293,8 +293,7 @@ impl Connection {
 
     /// `push`, written straight to the socket only if `direct` (and nothing is queued). With
     /// `defer`, a frame queued into an empty queue does not wake the socket's task
-    /// (`Push::Waiting`): a per-core flusher (`WSGW_RUNTIME=per_core`) or the burst's end
-    /// (burst.rs) writes it. A fan-out
+    /// (`Push::Waiting`): the burst's end (burst.rs) writes it. A fan-out
     /// lends its frame: it is cloned only when queued, so a frame written straight to the
     /// socket costs no reference count on the shared payload.
     pub fn offer(
@@ -360,8 +359,8 @@ impl Connection {
         Push::Queued
     }
 
-    /// Wakes the socket's task to write its queue (after a `Push::Waiting` that no flusher
-    /// could finish).
+    /// Wakes the socket's task to write its queue (after a `Push::Waiting` that the burst's end
+    /// could not finish).
     pub fn wake_writer(&self) {
         self.wake.notify_one();
     }

@@ -4,8 +4,8 @@
 //! them copied into one buffer, or a `writev` of large ones). The frames
 //! are taken under the outbox lock and written without it, so a fan-out never waits on one
 //! socket's syscall; meanwhile the outbox is marked `writing` and nothing else writes to the
-//! socket (a second flush answers `Busy`), so frames never interleave. With per-core runtimes
-//! a core's flusher also calls `flush`, for the sockets a fan-out queued on that core.
+//! socket (a second flush answers `Busy`), so frames never interleave. A burst's end
+//! (burst.rs) also calls `flush`, for the sockets the burst queued frames for.
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;

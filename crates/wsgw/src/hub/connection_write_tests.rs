@@ -1,5 +1,5 @@
 //! Tests of a socket's writes over real loopback TCP: frames written straight from `push`,
-//! partly written, flushed from the queue by another task, and flushed by a core's flusher
+//! partly written, flushed from the queue by another task, and flushed by a burst's end
 //! while the socket's task flushes too arrive whole and in order; a slow consumer's dropped
 //! queue never leaves half a frame before the close frame.
 
@@ -153,12 +153,11 @@ async fn direct_partial_and_queued_writes_arrive_whole_and_in_order() {
     assert!(sent_directly < total, "some frames waited in the queue");
 }
 
-/// A core's flusher (`WSGW_RUNTIME=per_core`): frames queued without waking the socket's task
-/// (`Push::Waiting`) and written by the fan-out side's flushes, while the socket's own task
-/// flushes too whenever it is woken. The two never write at once (`Busy`), so the frames arrive
-/// whole and in order.
+/// A burst's end (burst.rs): frames queued without waking the socket's task (`Push::Waiting`)
+/// and written by the fan-out side's flushes, while the socket's own task flushes too whenever
+/// it is woken. The two never write at once (`Busy`), so the frames arrive whole and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_core_flusher_and_the_sockets_task_never_interleave_frames() {
+async fn a_fan_out_flush_and_the_sockets_task_never_interleave_frames() {
     let total = 3000u64;
     let rig = Rig::start(total).await;
     let conn = rig.conn.clone();

@@ -6,11 +6,13 @@
 
 mod burst;
 mod connection;
-mod core_flush;
+mod core_fanout;
 mod deflated;
 mod direct;
 mod floors;
 mod subscribers;
+#[cfg(test)]
+mod test_wire;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -22,9 +24,11 @@ use parking_lot::{Mutex, RwLock};
 use wsgw_protocol::{CloseCode, glob_match};
 
 pub use burst::Burst;
+pub use burst::FlushBatch;
 use connection::PENDING;
 pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, TickNow, Written};
-pub use core_flush::FlushBatch;
+pub use core_fanout::CoreLane;
+use core_fanout::{CORE_SHIFT, JobKind, core_of};
 use direct::{DIRECT_CAP, DirectBudget};
 use subscribers::Subscribers;
 
@@ -51,7 +55,7 @@ struct Tally {
     sent: u64,
     /// Bytes on the wire of the frames written at once.
     sent_bytes: u64,
-    /// With per-core runtimes: by core, the sockets it queued for without waking their tasks.
+    /// In a burst: by core, the sockets it queued for without waking their tasks.
     waiting: Vec<FlushBatch>,
     /// When the fan-out began, and how long it may keep writing directly past the first
     /// `DIRECT_FANOUT` sockets (see `direct.rs`); `budgeted` when that is paid from the hub's
@@ -131,8 +135,8 @@ pub struct Hub {
     /// `compression_min_bytes` when compression is on: a fan-out of a text frame this long
     /// gives it one compressed-forms cache that every recipient shares.
     compress_from: Option<usize>,
-    /// With per-core runtimes, each core's flusher (see core_flush.rs).
-    flushers: std::sync::OnceLock<Vec<tokio::sync::mpsc::UnboundedSender<FlushBatch>>>,
+    /// With per-core runtimes, each core's fan-out lane (see core_fanout.rs).
+    lanes: std::sync::OnceLock<Vec<CoreLane>>,
     direct: Mutex<DirectBudget>,
     /// The most frames and bytes one burst may hold (burst.rs).
     burst_bounds: (usize, usize),
@@ -151,7 +155,7 @@ impl Hub {
             parked: Mutex::new(HashMap::new()),
             metrics,
             compress_from: None,
-            flushers: std::sync::OnceLock::new(),
+            lanes: std::sync::OnceLock::new(),
             direct: Mutex::new(DirectBudget::new(Instant::now())),
             burst_bounds: (1, 1),
         }
@@ -183,7 +187,9 @@ impl Hub {
     /// Registers a new connection. If its id is already live here (a client resuming before
     /// the old socket was noticed dead), the old socket is closed (4010) and replaced.
     pub fn register(&self, mut conn: Connection) -> Arc<Connection> {
-        conn.key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        // The socket's core rides in the key's top bits: a per-core fan-out finds which cores
+        // have subscribers without reading a socket (core_fanout.rs).
+        conn.key = self.next_key.fetch_add(1, Ordering::Relaxed) | (conn.core() as u64) << CORE_SHIFT;
         let conn = Arc::new(conn);
         let old = self.conns.write().insert(conn.id.clone(), conn.clone());
         {
@@ -345,43 +351,27 @@ impl Hub {
     }
 
     /// Fans a frame published on `channel` out to every local subscriber (exact and pattern),
-    /// except the connection ids in `exclude`. Returns how many accepted it.
+    /// except the connection ids in `exclude`. Returns how many accepted it (with per-core
+    /// runtimes, how many subscribers it was sent to).
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
+        if let Some(lanes) = self.lanes.get() {
+            return self.to_cores(lanes, JobKind::All, channel, frame, exclude);
+        }
         let frame = &*self.shared(frame);
         let mut delivered = self.tally(Fanout::Budgeted);
-        let chans = self.channels.read();
-        let exact = chans.get(channel);
-        if let Some(subs) = exact {
-            for c in subs.values() {
-                self.offer(c, channel, false, frame, exclude, &mut delivered);
-            }
-        }
-        let pats = self.patterns.read();
-        if !pats.is_empty() {
-            // A socket subscribed both exactly and by pattern(s) gets the frame once.
-            let mut seen: HashSet<u64> = HashSet::new();
-            for (_, subs) in pats.iter().filter(|(p, _)| glob_match(p, channel)) {
-                for (key, c) in subs.iter() {
-                    if exact.is_some_and(|e| e.contains_key(key)) || !seen.insert(*key) {
-                        continue;
-                    }
-                    self.offer(c, channel, true, frame, exclude, &mut delivered);
-                }
-            }
-        }
+        self.fan_all(channel, frame, exclude, &mut delivered, None);
         self.record(frame, delivered, None)
     }
 
     /// Delivers to the exact subscribers of `channel` only (a Redis `message`), as part of
     /// `burst` if given (burst.rs).
     pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str], burst: Option<&mut Burst>) -> usize {
-        let chans = self.channels.read();
-        let Some(subs) = chans.get(channel) else { return 0 };
+        if let Some(lanes) = self.lanes.get() {
+            return self.to_cores(lanes, JobKind::Exact, channel, frame, exclude);
+        }
         let frame = &*self.shared(frame);
         let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
-        for c in subs.values() {
-            self.offer(c, channel, false, frame, exclude, &mut delivered);
-        }
+        self.fan_exact(channel, frame, exclude, &mut delivered, None);
         self.record(frame, delivered, burst)
     }
 
@@ -395,15 +385,76 @@ impl Hub {
         exclude: &[&str],
         burst: Option<&mut Burst>,
     ) -> usize {
+        if let Some(lanes) = self.lanes.get() {
+            return self.to_cores(lanes, JobKind::Pattern(Arc::from(pattern)), channel, frame, exclude);
+        }
+        let frame = &*self.shared(frame);
+        let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
+        self.fan_pattern(pattern, channel, frame, exclude, &mut delivered, None);
+        self.record(frame, delivered, burst)
+    }
+
+    /// Offers `frame` to the exact and pattern subscribers of `channel` (each once), or with
+    /// `only`, to those on that core.
+    fn fan_all(&self, channel: &str, frame: &OutFrame, exclude: &[&str], tally: &mut Tally, only: Option<usize>) {
+        let skip = |key: &u64| only.is_some_and(|k| core_of(*key) != k);
+        let chans = self.channels.read();
+        let exact = chans.get(channel);
+        if let Some(subs) = exact {
+            for (key, c) in subs.iter() {
+                if !skip(key) {
+                    self.offer(c, channel, false, frame, exclude, tally);
+                }
+            }
+        }
+        let pats = self.patterns.read();
+        if !pats.is_empty() {
+            // A socket subscribed both exactly and by pattern(s) gets the frame once.
+            let mut seen: HashSet<u64> = HashSet::new();
+            for (_, subs) in pats.iter().filter(|(p, _)| glob_match(p, channel)) {
+                for (key, c) in subs.iter() {
+                    if skip(key) || exact.is_some_and(|e| e.contains_key(key)) || !seen.insert(*key) {
+                        continue;
+                    }
+                    self.offer(c, channel, true, frame, exclude, tally);
+                }
+            }
+        }
+    }
+
+    /// Offers `frame` to the exact subscribers of `channel`, or with `only`, to those on that
+    /// core.
+    fn fan_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str], tally: &mut Tally, only: Option<usize>) {
+        let chans = self.channels.read();
+        let Some(subs) = chans.get(channel) else { return };
+        for (key, c) in subs.iter() {
+            if only.is_none_or(|k| core_of(*key) == k) {
+                self.offer(c, channel, false, frame, exclude, tally);
+            }
+        }
+    }
+
+    /// Offers `frame`, published on `channel`, to the subscribers of `pattern`, or with
+    /// `only`, to those on that core.
+    fn fan_pattern(
+        &self,
+        pattern: &str,
+        channel: &str,
+        frame: &OutFrame,
+        exclude: &[&str],
+        tally: &mut Tally,
+        only: Option<usize>,
+    ) {
         let chans = self.channels.read();
         let exact = chans.get(channel);
         let pats = self.patterns.read();
         let Some((_, subs)) = pats.iter().find(|(p, _)| &**p == pattern) else {
-            return 0;
+            return;
         };
-        let frame = &*self.shared(frame);
-        let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
         for (key, c) in subs.iter() {
+            if only.is_some_and(|k| core_of(*key) != k) {
+                continue;
+            }
             // A socket with an exact subscription gets the channel's `message` too, except for
             // events published before the node's SUBSCRIBE took effect: those come only as this
             // `pmessage`. Durable events are offered anyway (the socket's floor drops the second
@@ -411,9 +462,8 @@ impl Hub {
             if frame.event_id.is_none() && exact.is_some_and(|e| e.contains_key(key)) {
                 continue;
             }
-            self.offer(c, channel, true, frame, exclude, &mut delivered);
+            self.offer(c, channel, true, frame, exclude, tally);
         }
-        self.record(frame, delivered, burst)
     }
 
     /// A fan-out's tally, with its share of direct writes (see `direct.rs`); none in a burst,
@@ -449,8 +499,6 @@ impl Hub {
         }
         if let Some(burst) = burst {
             burst.absorb(tally.waiting);
-        } else if !tally.waiting.is_empty() {
-            self.hand_to_cores(tally.waiting);
         }
         if tally.sent > 0 {
             let m = &self.metrics;
@@ -495,8 +543,7 @@ impl Hub {
         }
         let direct = !delivered.burst && (delivered.offered < DIRECT_FANOUT || delivered.direct_open);
         delivered.offered += 1;
-        let defer = delivered.burst || self.defers_writes();
-        match c.offer(Cow::Borrowed(frame), channel, via_pattern, direct, defer) {
+        match c.offer(Cow::Borrowed(frame), channel, via_pattern, direct, delivered.burst) {
             Push::Queued => delivered.delivered += 1,
             Push::Waiting => {
                 delivered.delivered += 1;

@@ -215,6 +215,8 @@ impl Inner {
                         if !open {
                             return Err(unavailable("pub/sub connection closed"));
                         }
+                        // With per-core runtimes: no further reading while a core is far behind.
+                        self.hub.cores_caught_up().await;
                         waiting = cmds.try_recv().ok();
                         continue;
                     }
@@ -316,7 +318,8 @@ impl Inner {
             if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
                 && let Some((_, tx)) = self.syncs.lock().remove(&n)
             {
-                let _ = tx.send(());
+                // Answered once what came before it is offered on every core.
+                self.hub.after_fanouts(tx);
             }
         } else if name == control {
             self.on_control(msg.get_payload_bytes());

@@ -244,6 +244,8 @@ impl Inner {
                             self.metrics.redis_up.set(0);
                             return;
                         }
+                        // With per-core runtimes: no further reading while a core is far behind.
+                        self.hub.cores_caught_up().await;
                         waiting = cmds.try_recv().ok();
                         continue;
                     }
@@ -456,7 +458,8 @@ impl Inner {
                 && let Some((_, tx)) = self.syncs.lock().remove(&n)
             {
                 debug!(shard = s, n, "sync marker back");
-                let _ = tx.send(());
+                // Answered once what came before it is offered on every core.
+                self.hub.after_fanouts(tx);
             }
             return Took::Delivered;
         }

@@ -1,0 +1,130 @@
+//! engine/stopped.rs: fan-out throughput with the receivers stopped (`workload.stop_receivers`,
+//! `broadcast --stop-receivers`). The worker processes holding the sockets get `SIGSTOP`
+//! before the first publish, so while the gateway fans out they use no CPU at all: the kernel
+//! takes the frames into the sockets' receive buffers. Once every publish is answered and the
+//! gateway has gone idle, they get `SIGCONT`, read everything and check it as usual. The
+//! window runs from the first publish to the gateway's last busy moment, so its length is how
+//! fast the gateway alone fans out, on whatever cores it is given, with no load client
+//! competing for them.
+
+use super::*;
+
+/// A poll of the gateway's CPU that advanced by more than this counts as busy (10% of one core
+/// over the poll).
+const POLL: Duration = Duration::from_millis(5);
+const BUSY: Duration = Duration::from_micros(500);
+/// The gateway is idle after this long without a busy poll.
+const QUIET: Duration = Duration::from_millis(300);
+/// The longest wait for the gateway to go idle.
+const LONGEST: Duration = Duration::from_secs(120);
+
+/// The processes to stop and the gateways to watch.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Receivers {
+    pub(super) workers: Vec<u32>,
+    pub(super) servers: Vec<u32>,
+}
+
+/// The fan-out window: from the first publish to the gateway's last busy poll.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Window {
+    pub(super) seconds: f64,
+    pub(super) cpu_s: f64,
+}
+
+/// CPU time of every thread of `pid`, from /proc/<pid>/task/*/schedstat (nanoseconds on a CPU,
+/// so finer than /proc/<pid>/stat's 10 ms ticks).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn servers_cpu(pids: &[u32]) -> Duration {
+    Duration::from_nanos(pids.iter().map(|p| cpu_ns(*p)).sum())
+}
+
+fn signal(pids: &[u32], sig: &str) -> Result<()> {
+    for pid in pids {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        anyhow::ensure!(ok, "kill {sig} {pid} failed");
+    }
+    Ok(())
+}
+
+/// Stopped receivers, and where the window started. Dropping it resumes them, so an error
+/// on the way never leaves a worker stopped.
+pub(super) struct Stopped {
+    r: Receivers,
+    from: Instant,
+    cpu0: Duration,
+    resumed: bool,
+}
+
+impl Stopped {
+    /// Stops the workers; the window starts now.
+    pub(super) fn stop(r: &Receivers) -> Result<Stopped> {
+        anyhow::ensure!(
+            !r.workers.is_empty(),
+            "stop_receivers needs the sockets in worker processes (workers >= 1)"
+        );
+        anyhow::ensure!(
+            !r.servers.is_empty(),
+            "stop_receivers needs the gateway pids (--server-pid) to tell when the fan-out ends"
+        );
+        let cpu0 = servers_cpu(&r.servers);
+        signal(&r.workers, "-STOP")?;
+        Ok(Stopped {
+            r: r.clone(),
+            from: Instant::now(),
+            cpu0,
+            resumed: false,
+        })
+    }
+
+    /// Waits until the gateways are idle, resumes the workers and returns the window.
+    pub(super) async fn finish(mut self) -> Result<Window> {
+        let mut last = servers_cpu(&self.r.servers);
+        let (mut busy_at, mut busy_cpu) = (Instant::now(), last);
+        let deadline = Instant::now() + LONGEST;
+        let mut poll = tokio::time::interval(POLL);
+        while busy_at.elapsed() < QUIET && Instant::now() < deadline {
+            poll.tick().await;
+            let now = servers_cpu(&self.r.servers);
+            if now.saturating_sub(last) > BUSY {
+                (busy_at, busy_cpu) = (Instant::now(), now);
+            }
+            last = now;
+        }
+        self.resume()?;
+        anyhow::ensure!(
+            busy_at.elapsed() >= QUIET,
+            "the gateway did not go idle within {LONGEST:?} of the publishes"
+        );
+        Ok(Window {
+            seconds: busy_at.saturating_duration_since(self.from).as_secs_f64(),
+            cpu_s: busy_cpu.saturating_sub(self.cpu0).as_secs_f64(),
+        })
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        self.resumed = true;
+        signal(&self.r.workers, "-CONT")
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.resumed {
+            let _ = signal(&self.r.workers, "-CONT");
+        }
+    }
+}
