@@ -193,7 +193,9 @@ impl Hub {
     /// runtimes). A pub/sub reader calls it between reads, the memory broker after a publish.
     pub async fn cores_caught_up(&self) {
         let Some(lanes) = self.lanes.get() else { return };
-        while lanes.iter().any(|l| l.pending.load(Ordering::Relaxed) > MAX_PENDING) {
+        // A lane whose runtime has stopped runs nothing more: it holds nobody back.
+        let behind = |l: &CoreLane| l.pending.load(Ordering::Relaxed) > MAX_PENDING && !l.tx.is_closed();
+        while lanes.iter().any(behind) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
