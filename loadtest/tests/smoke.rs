@@ -74,23 +74,29 @@ async fn smoke_scenario_passes_against_a_real_gateway() {
     assert!(s.checks.iter().all(|c| c.fails == 0), "checks: {:?}", s.checks);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_worker_processes_merge_their_figures() {
-    let gw = gateway().await;
-    let mut sc = scenario(&gw);
+/// Runs `sc` with 200 VUs held `hold`, spread over two worker processes (the built binary),
+/// within `limit_s` seconds, and prints its summary.
+async fn in_two_workers(mut sc: Scenario, hold: &str, limit_s: u64) -> loadtest::Summary {
     sc.stages[0].target = 200;
     sc.stages[1].target = 200;
-    sc.stages[1].duration = "3s".into();
+    sc.stages[1].duration = hold.into();
     let opts = RunOptions {
         workers: Some(2),
         progress: false,
         worker_exe: Some(env!("CARGO_BIN_EXE_wsgw-loadtest").into()),
     };
-    let s = tokio::time::timeout(Duration::from_secs(15), run(sc, opts))
+    let s = tokio::time::timeout(Duration::from_secs(limit_s), run(sc, opts))
         .await
         .expect("bounded")
         .expect("runs");
     print!("{}", s.render());
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_merge_their_figures() {
+    let gw = gateway().await;
+    let s = in_two_workers(scenario(&gw), "3s", 15).await;
     let f = &s.figures;
     assert_eq!(s.workers, 2);
     assert_eq!(f.welcomes, 200, "{:?}", f.error_samples);
@@ -106,23 +112,11 @@ async fn two_worker_processes_merge_their_figures() {
 async fn stopped_receivers_read_every_broadcast_after_the_fan_out_window() {
     let gw = gateway().await;
     let mut sc = scenario(&gw);
-    sc.stages[0].target = 200;
-    sc.stages[1].target = 200;
-    sc.stages[1].duration = "2s".into();
     sc.workload.rate = 1000.0;
     sc.workload.messages = Some(30);
     sc.workload.publish_when_connected = true;
     sc.workload.stop_receivers = true;
-    let opts = RunOptions {
-        workers: Some(2),
-        progress: false,
-        worker_exe: Some(env!("CARGO_BIN_EXE_wsgw-loadtest").into()),
-    };
-    let s = tokio::time::timeout(Duration::from_secs(30), run(sc, opts))
-        .await
-        .expect("bounded")
-        .expect("runs");
-    print!("{}", s.render());
+    let s = in_two_workers(sc, "2s", 30).await;
     let f = &s.figures;
     assert_eq!(f.welcomes, 200, "{:?}", f.error_samples);
     assert_eq!(f.published, 30);
