@@ -79,6 +79,29 @@ impl Drop for CoreRuntimes {
     }
 }
 
+/// The first of a node's `SO_REUSEPORT` listeners: refused with `AddrInUse` when any other
+/// socket listens on `addr`, even one with `SO_REUSEPORT` (another `wsgw` started by mistake on
+/// the same port would otherwise share its connects instead of failing). It binds `addr` once
+/// without `SO_REUSEPORT` to find out, then again with it, on the port that bind found (so port
+/// 0 works too).
+pub fn first_reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if let Err(e) = probe.bind(&addr.into()) {
+        return Err(if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{addr} is in use by another socket (per_core shares the port only among its own runtimes)"),
+            )
+        } else {
+            e
+        });
+    }
+    let found = probe.local_addr()?.as_socket().unwrap_or(addr);
+    drop(probe);
+    reuseport_listener(found, backlog)
+}
+
 /// A listener on `addr` with `SO_REUSEPORT`, so that one per runtime can share the port,
 /// unregistered (a runtime registers it with `TcpListener::from_std` on its own thread).
 pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
@@ -128,5 +151,25 @@ mod tests {
             std::net::TcpListener::bind(addr).is_err(),
             "a listener without SO_REUSEPORT"
         );
+    }
+
+    #[test]
+    fn a_node_refuses_a_port_another_socket_listens_on_even_with_so_reuseport() {
+        let first = first_reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = first.local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        // The node's own runtimes still share it.
+        let own = reuseport_listener(addr, 16).unwrap();
+        // A second node (its first listener) does not.
+        let err = first_reuseport_listener(addr, 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("in use by another socket"), "{err}");
+        // Nor beside a plain listener.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = first_reuseport_listener(plain.local_addr().unwrap(), 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // Once the first node is gone the port is free again.
+        drop((first, own));
+        assert_eq!(first_reuseport_listener(addr, 16).unwrap().local_addr().unwrap(), addr);
     }
 }

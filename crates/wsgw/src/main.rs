@@ -240,7 +240,7 @@ async fn run(
     let (listen, backlog) = (config.listen, config.listen_backlog);
     let gateway = wsgw::Gateway::new(config).await?;
     let listener = match &cores {
-        Some(_) => tokio::net::TcpListener::from_std(wsgw::cores::reuseport_listener(listen, backlog)?)?,
+        Some(_) => tokio::net::TcpListener::from_std(wsgw::cores::first_reuseport_listener(listen, backlog)?)?,
         None => wsgw::server::bind(listen, backlog)?,
     };
     let addr = listener.local_addr()?;

@@ -1,6 +1,7 @@
 //! `WSGW_RUNTIME=per_core` on the real binary and a real redis-server: one `SO_REUSEPORT`
 //! listener per runtime on the one port, sockets served on every runtime, every event delivered
-//! once and in order to every socket, and a drain that closes every runtime's sockets with 1012.
+//! once and in order to every socket, a second node refused on that port, and a drain that
+//! closes every runtime's sockets with 1012.
 
 mod common;
 
@@ -39,12 +40,47 @@ fn thread_cpu_ns(pid: u32, name: &str) -> u64 {
     panic!("no thread named {name} in process {pid}");
 }
 
+/// A second `per_core` node started on a port the first holds exits 1 with "in use" instead of
+/// sharing the port (and its connects) through `SO_REUSEPORT`.
+async fn second_node_on_the_port_is_refused(redis: &RedisServer, port: u16) {
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
+        .env_clear()
+        .env("WSGW_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WSGW_REDIS_URL", redis.url())
+        .env("WSGW_JWT_SECRET", SECRET)
+        .env("WSGW_API_KEY", API_KEY)
+        .env("WSGW_RUNTIME", "per_core")
+        .env("WSGW_WORKER_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wsgw runs");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second per_core node on port {port} was still running after 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(stderr.contains("is in use by another socket"), "stderr:\n{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_core_runtimes_share_the_port_deliver_every_event_in_order_and_drain_together() {
     let redis = RedisServer::start().await;
     let env = [("WSGW_RUNTIME", "per_core"), ("WSGW_WORKER_THREADS", "2")];
     let mut gw = GatewayProc::start(&redis, "pc-1", &env).await;
     assert_eq!(listeners_on(gw.port), 2, "one listener per runtime on port {}", gw.port);
+    second_node_on_the_port_is_refused(&redis, gw.port).await;
+    assert_eq!(listeners_on(gw.port), 2, "still only the first node's listeners");
     let before = thread_cpu_ns(gw.pid(), "wsgw-core-1");
 
     let mut clients = Vec::with_capacity(SOCKETS);

@@ -31,6 +31,11 @@ use publisher::{PubState, publisher};
 use stopped::{Receivers, Stopped, Window};
 pub use worker::{run_worker, sign_hs256, topic_of, user_of, worker_main};
 
+/// How often the grace checks whether deliveries still grow (workers report once a second).
+const GRACE_STEP: Duration = Duration::from_millis(1500);
+/// How long past `grace_s` a run waits while they do.
+const GRACE_GROWING: Duration = Duration::from_secs(30);
+
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Worker processes (0: all VUs in this process). Default: from the scenario, or as many as
@@ -255,12 +260,27 @@ pub async fn run(sc: Scenario, opts: RunOptions) -> Result<Summary> {
             },
         }
     }
+    // The grace, then on while the workers' reports still show deliveries growing (a backlog
+    // being read, as after `stop_receivers`), for at most GRACE_GROWING more.
     let grace_end = Instant::now() + Duration::from_secs_f64(sc.grace_s);
-    while Instant::now() < grace_end {
-        tokio::select! {
-            r = rep_rx.recv() => if let Some(r) = r { latest[r.worker] = Some(r.figures) },
-            _ = tokio::time::sleep_until(grace_end.into()) => {}
+    let last_end = grace_end + GRACE_GROWING;
+    let (mut mark, mut closed) = ((Instant::now(), merge(&latest).delivered), false);
+    loop {
+        let next = (mark.0 + GRACE_STEP).min(last_end);
+        while Instant::now() < next && !closed {
+            tokio::select! {
+                r = rep_rx.recv() => match r {
+                    Some(r) => latest[r.worker] = Some(r.figures),
+                    None => closed = true,
+                },
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
         }
+        let delivered = merge(&latest).delivered;
+        if closed || next >= last_end || (next >= grace_end && delivered == mark.1) {
+            break;
+        }
+        mark = (next, delivered);
     }
     let last_seqs = pub_state.lock().await.last_ok.clone();
     let mut finals: Vec<Option<Figures>> = vec![None; slots];
