@@ -11,10 +11,13 @@
 //! kept 1.4 of them busy for 1.57 times the throughput of one core; this way, 1.8–1.9 for 1.93
 //! times (docs/loadtest.md, "One core against two").
 //!
-//! Order: every fan-out of this hub, the reader's own core included, goes through the lanes,
-//! and a fan-out sends its jobs before the next one starts (a pub/sub reader is one task; the
-//! memory broker publishes under its lock). So each socket is offered frames in the order
-//! their fan-outs began, which is what lets it drop anything at or below its last id.
+//! Order: a fan-out of this hub goes through the lanes, the reader's own core included, and
+//! sends its jobs before the next one starts (a pub/sub reader is one task; the memory broker
+//! publishes under its lock). So each socket is offered frames in the order their fan-outs
+//! began, which is what lets it drop anything at or below its last id. The one exception keeps
+//! that order: a fan-out with at most `INLINE_MAX` subscribers whose cores' lanes have run
+//! everything they were sent is offered by its caller, as without per-core runtimes (a
+//! targeted event then costs no job and no wake-up of another core's thread).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -83,6 +86,12 @@ pub struct CoreLane {
 /// instead of growing its queue.
 const MAX_PENDING: usize = 256;
 
+/// A fan-out with at most this many subscribers, whose cores' lanes are idle, is offered by
+/// its caller directly, as without per-core runtimes: a targeted event (one socket, or a user's
+/// few) then costs no job, no lane task and no wake-up of another core's thread; the kernel
+/// takes most such frames at once, and only what it does not take wakes the socket's task.
+const INLINE_MAX: usize = 8;
+
 /// The core a hub key belongs to (see `Hub::register`).
 pub(super) fn core_of(key: u64) -> usize {
     (key >> CORE_SHIFT) as usize
@@ -108,7 +117,9 @@ impl Hub {
     }
 
     /// Sends one fan-out to each core with a subscriber; returns how many subscribers it found
-    /// (before exclusions and duplicates, which each core drops).
+    /// (before exclusions and duplicates, which each core drops). `None`: the caller offers it
+    /// itself, as without per-core runtimes, because it has at most `INLINE_MAX` subscribers
+    /// and their cores' lanes have nothing left to run (so nothing sent before can come after).
     pub(super) fn to_cores(
         &self,
         lanes: &[CoreLane],
@@ -116,7 +127,7 @@ impl Hub {
         channel: &str,
         frame: &OutFrame,
         exclude: &[&str],
-    ) -> usize {
+    ) -> Option<usize> {
         let (mut found, mut cores) = (0, 0u64);
         let mut note = |key: &u64| {
             found += 1;
@@ -142,7 +153,13 @@ impl Hub {
             }
         }
         if found == 0 {
-            return 0;
+            return Some(0);
+        }
+        let idle = |(core, lane): (usize, &CoreLane)| {
+            cores & (1 << (core % 64)) == 0 || lane.pending.load(Ordering::Acquire) == 0
+        };
+        if found <= INLINE_MAX && lanes.iter().enumerate().all(idle) {
+            return None;
         }
         let frame = self.shared(frame).into_owned();
         let channel: Arc<str> = Arc::from(channel);
@@ -163,7 +180,7 @@ impl Hub {
                 lane.pending.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        found
+        Some(found)
     }
 
     /// Answers `done` once every fan-out begun before this call has been offered to its
@@ -249,7 +266,8 @@ async fn run_lane(hub: Weak<Hub>, core: usize, mut rx: mpsc::UnboundedReceiver<L
                 hub.run_job(core, job, burst);
             },
         );
-        pending.fetch_sub(ran, Ordering::Relaxed);
+        // Release: a fan-out that reads 0 here and then offers inline comes after these writes.
+        pending.fetch_sub(ran, Ordering::Release);
         if let Some(b) = barrier.take() {
             b.pass();
         }
@@ -428,5 +446,50 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(hub.metrics.frames_out.get(), SOCKETS as u64 * EVENTS + 2);
+    }
+
+    /// A targeted event (one subscriber) is offered by its caller when its core's lane is idle,
+    /// and waits its turn on the lane when that lane still has fan-outs to run: a socket gets
+    /// the broadcasts and its own events in the order they were published either way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_fan_out_is_offered_inline_only_behind_an_idle_lane() {
+        const SOCKETS: usize = 60;
+        const EVENTS: u64 = 200;
+        let cores = Cores::start(2);
+        let hub = Arc::new(Hub::new("n".into(), Metrics::new()).with_burst_bounds(1000, 0));
+        let lanes = (0..2).map(|k| hub.spawn_core_fanout(k, &cores.handles[k])).collect();
+        hub.use_core_fanouts(lanes);
+        let mut sockets = Vec::new();
+        for i in 0..SOCKETS {
+            sockets.push(socket(&hub, &cores, i % 2, format!("s{i}")).await);
+        }
+        // One socket per core with a channel of its own.
+        hub.subscribe(&sockets[0].0, "solo");
+        hub.subscribe(&sockets[1].0, "solo");
+        let mut want = vec![vec!["w".to_string()]; 2];
+        for id in 1..=EVENTS {
+            let text = format!("e{id}");
+            let f = OutFrame::event(&text, EventId::new(id, 0), 0);
+            if id % 4 == 0 {
+                assert_eq!(hub.deliver_exact("solo", &f, &[], None), 2, "event {id}");
+            } else {
+                hub.deliver_exact("t", &f, &[], None);
+            }
+            want.iter_mut().for_each(|w| w.push(text.clone()));
+        }
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(read_texts(&mut sockets[i].1, w.len()).await, *w, "socket {i}");
+        }
+        // Once the lanes are idle, a targeted event is written before its fan-out returns.
+        let (done, answered) = oneshot::channel();
+        hub.after_fanouts(done);
+        answered.await.unwrap();
+        let before = hub.metrics.frames_out.get();
+        let f = OutFrame::event("last", EventId::new(EVENTS + 1, 0), 0);
+        assert_eq!(hub.deliver_exact("solo", &f, &[], None), 2, "accepted by both, inline");
+        assert_eq!(hub.metrics.frames_out.get(), before + 2, "written by the caller");
+        for (_, client) in sockets.iter_mut().take(2) {
+            assert_eq!(read_texts(client, 1).await, ["last"]);
+        }
     }
 }

@@ -354,8 +354,10 @@ impl Hub {
     /// except the connection ids in `exclude`. Returns how many accepted it (with per-core
     /// runtimes, how many subscribers it was sent to).
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
-        if let Some(lanes) = self.lanes.get() {
-            return self.to_cores(lanes, JobKind::All, channel, frame, exclude);
+        if let Some(lanes) = self.lanes.get()
+            && let Some(found) = self.to_cores(lanes, JobKind::All, channel, frame, exclude)
+        {
+            return found;
         }
         let frame = &*self.shared(frame);
         let mut delivered = self.tally(Fanout::Budgeted);
@@ -366,8 +368,10 @@ impl Hub {
     /// Delivers to the exact subscribers of `channel` only (a Redis `message`), as part of
     /// `burst` if given (burst.rs).
     pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str], burst: Option<&mut Burst>) -> usize {
-        if let Some(lanes) = self.lanes.get() {
-            return self.to_cores(lanes, JobKind::Exact, channel, frame, exclude);
+        if let Some(lanes) = self.lanes.get()
+            && let Some(found) = self.to_cores(lanes, JobKind::Exact, channel, frame, exclude)
+        {
+            return found;
         }
         let frame = &*self.shared(frame);
         let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
@@ -385,8 +389,10 @@ impl Hub {
         exclude: &[&str],
         burst: Option<&mut Burst>,
     ) -> usize {
-        if let Some(lanes) = self.lanes.get() {
-            return self.to_cores(lanes, JobKind::Pattern(Arc::from(pattern)), channel, frame, exclude);
+        if let Some(lanes) = self.lanes.get()
+            && let Some(found) = self.to_cores(lanes, JobKind::Pattern(Arc::from(pattern)), channel, frame, exclude)
+        {
+            return found;
         }
         let frame = &*self.shared(frame);
         let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
