@@ -373,18 +373,24 @@ mod tests {
         (c, client)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_core_writes_its_own_sockets_every_frame_in_order() {
-        const SOCKETS: usize = 60;
-        const EVENTS: u64 = 40;
+    /// A hub with two cores' lanes and `n` sockets, `s0`, `s1` … alternately on cores 0 and 1.
+    async fn on_two_cores(n: usize) -> (Cores, Arc<Hub>, Vec<(Arc<Connection>, TcpStream)>) {
         let cores = Cores::start(2);
         let hub = Arc::new(Hub::new("n".into(), Metrics::new()).with_burst_bounds(1000, 0));
         let lanes = (0..2).map(|k| hub.spawn_core_fanout(k, &cores.handles[k])).collect();
         hub.use_core_fanouts(lanes);
         let mut sockets = Vec::new();
-        for i in 0..SOCKETS {
+        for i in 0..n {
             sockets.push(socket(&hub, &cores, i % 2, format!("s{i}")).await);
         }
+        (cores, hub, sockets)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_core_writes_its_own_sockets_every_frame_in_order() {
+        const SOCKETS: usize = 60;
+        const EVENTS: u64 = 40;
+        let (_cores, hub, mut sockets) = on_two_cores(SOCKETS).await;
         for (i, (c, _)) in sockets.iter().enumerate() {
             assert_eq!(core_of(c.key()), i % 2, "a socket's key names its core");
         }
@@ -455,14 +461,7 @@ mod tests {
     async fn a_small_fan_out_is_offered_inline_only_behind_an_idle_lane() {
         const SOCKETS: usize = 60;
         const EVENTS: u64 = 200;
-        let cores = Cores::start(2);
-        let hub = Arc::new(Hub::new("n".into(), Metrics::new()).with_burst_bounds(1000, 0));
-        let lanes = (0..2).map(|k| hub.spawn_core_fanout(k, &cores.handles[k])).collect();
-        hub.use_core_fanouts(lanes);
-        let mut sockets = Vec::new();
-        for i in 0..SOCKETS {
-            sockets.push(socket(&hub, &cores, i % 2, format!("s{i}")).await);
-        }
+        let (_cores, hub, mut sockets) = on_two_cores(SOCKETS).await;
         // One socket per core with a channel of its own.
         hub.subscribe(&sockets[0].0, "solo");
         hub.subscribe(&sockets[1].0, "solo");
