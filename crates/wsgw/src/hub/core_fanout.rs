@@ -31,15 +31,29 @@ use super::{Burst, Fanout, Hub, OutFrame, Written};
 use crate::metrics::Metrics;
 use crate::time::now_us;
 
-/// Which subscribers of a channel a job is for.
-#[derive(Clone)]
-pub(super) enum JobKind {
+/// Which subscribers of a channel a fan-out is for: `Want<&str>` while a caller fans out,
+/// `JobKind` (the pattern owned) in a job on a lane.
+#[derive(Clone, Copy)]
+pub(super) enum Want<P> {
     /// Its exact subscribers (a Redis `message`).
     Exact,
     /// The subscribers of this one pattern (a Redis `pmessage`).
-    Pattern(Arc<str>),
+    Pattern(P),
     /// Exact and every matching pattern, once each (`Hub::deliver`).
     All,
+}
+
+/// What a job carries: the pattern owned.
+type JobKind = Want<Arc<str>>;
+
+impl JobKind {
+    fn as_want(&self) -> Want<&str> {
+        match self {
+            Want::Exact => Want::Exact,
+            Want::Pattern(p) => Want::Pattern(p),
+            Want::All => Want::All,
+        }
+    }
 }
 
 /// One fan-out's work for one core.
@@ -123,7 +137,7 @@ impl Hub {
     pub(super) fn to_cores(
         &self,
         lanes: &[CoreLane],
-        kind: JobKind,
+        want: Want<&str>,
         channel: &str,
         frame: &OutFrame,
         exclude: &[&str],
@@ -136,14 +150,14 @@ impl Hub {
         {
             let chans = self.channels.read();
             let exact = chans.get(channel);
-            if !matches!(kind, JobKind::Pattern(_)) {
+            if !matches!(want, Want::Pattern(_)) {
                 exact.iter().flat_map(|s| s.iter()).for_each(|(k, _)| note(k));
             }
-            if !matches!(kind, JobKind::Exact) {
+            if !matches!(want, Want::Exact) {
                 let pats = self.patterns.read();
                 for (p, subs) in pats.iter() {
-                    let wanted = match &kind {
-                        JobKind::Pattern(want) => p == want,
+                    let wanted = match want {
+                        Want::Pattern(one) => &**p == one,
                         _ => glob_match(p, channel),
                     };
                     if wanted {
@@ -161,6 +175,11 @@ impl Hub {
         if found <= INLINE_MAX && lanes.iter().enumerate().all(idle) {
             return None;
         }
+        let kind: JobKind = match want {
+            Want::Exact => Want::Exact,
+            Want::Pattern(p) => Want::Pattern(Arc::from(p)),
+            Want::All => Want::All,
+        };
         let frame = self.shared(frame).into_owned();
         let channel: Arc<str> = Arc::from(channel);
         let exclude: Box<[Box<str>]> = exclude.iter().map(|e| Box::from(*e)).collect();
@@ -222,12 +241,14 @@ impl Hub {
     fn run_job(&self, core: usize, job: CoreJob, burst: Option<&mut Burst>) {
         let mut tally = self.tally(Fanout::from_reader(burst.is_some()));
         let exclude: Vec<&str> = job.exclude.iter().map(|e| &**e).collect();
-        let only = Some(core);
-        match &job.kind {
-            JobKind::Exact => self.fan_exact(&job.channel, &job.frame, &exclude, &mut tally, only),
-            JobKind::Pattern(p) => self.fan_pattern(p, &job.channel, &job.frame, &exclude, &mut tally, only),
-            JobKind::All => self.fan_all(&job.channel, &job.frame, &exclude, &mut tally, only),
-        }
+        self.fan(
+            job.kind.as_want(),
+            &job.channel,
+            &job.frame,
+            &exclude,
+            &mut tally,
+            Some(core),
+        );
         self.record(&job.frame, tally, burst);
     }
 }

@@ -28,7 +28,7 @@ pub use burst::FlushBatch;
 use connection::PENDING;
 pub use connection::{CatchUp, Connection, Flush, OutFrame, Push, ResponseTag, TickNow, Written};
 pub use core_fanout::CoreLane;
-use core_fanout::{CORE_SHIFT, JobKind, core_of};
+use core_fanout::{CORE_SHIFT, Want, core_of};
 use direct::{DIRECT_CAP, DirectBudget};
 use subscribers::Subscribers;
 
@@ -354,29 +354,14 @@ impl Hub {
     /// except the connection ids in `exclude`. Returns how many accepted it (with per-core
     /// runtimes, how many subscribers it was sent to).
     pub fn deliver(&self, channel: &str, frame: &OutFrame, exclude: &[&str]) -> usize {
-        if let Some(lanes) = self.lanes.get()
-            && let Some(found) = self.to_cores(lanes, JobKind::All, channel, frame, exclude)
-        {
-            return found;
-        }
-        let frame = &*self.shared(frame);
-        let mut delivered = self.tally(Fanout::Budgeted);
-        self.fan_all(channel, frame, exclude, &mut delivered, None);
-        self.record(frame, delivered, None)
+        self.deliver_to(Want::All, channel, frame, exclude, Fanout::Budgeted, None)
     }
 
     /// Delivers to the exact subscribers of `channel` only (a Redis `message`), as part of
     /// `burst` if given (burst.rs).
     pub fn deliver_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str], burst: Option<&mut Burst>) -> usize {
-        if let Some(lanes) = self.lanes.get()
-            && let Some(found) = self.to_cores(lanes, JobKind::Exact, channel, frame, exclude)
-        {
-            return found;
-        }
-        let frame = &*self.shared(frame);
-        let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
-        self.fan_exact(channel, frame, exclude, &mut delivered, None);
-        self.record(frame, delivered, burst)
+        let fanout = Fanout::from_reader(burst.is_some());
+        self.deliver_to(Want::Exact, channel, frame, exclude, fanout, burst)
     }
 
     /// Delivers to the subscribers of one pattern (a Redis `pmessage` for `channel`), as part
@@ -389,15 +374,47 @@ impl Hub {
         exclude: &[&str],
         burst: Option<&mut Burst>,
     ) -> usize {
+        let fanout = Fanout::from_reader(burst.is_some());
+        self.deliver_to(Want::Pattern(pattern), channel, frame, exclude, fanout, burst)
+    }
+
+    /// A fan-out to the subscribers `want` names: through the cores' lanes with per-core
+    /// runtimes (core_fanout.rs), unless it is small enough to offer here.
+    fn deliver_to(
+        &self,
+        want: Want<&str>,
+        channel: &str,
+        frame: &OutFrame,
+        exclude: &[&str],
+        fanout: Fanout,
+        burst: Option<&mut Burst>,
+    ) -> usize {
         if let Some(lanes) = self.lanes.get()
-            && let Some(found) = self.to_cores(lanes, JobKind::Pattern(Arc::from(pattern)), channel, frame, exclude)
+            && let Some(found) = self.to_cores(lanes, want, channel, frame, exclude)
         {
             return found;
         }
         let frame = &*self.shared(frame);
-        let mut delivered = self.tally(Fanout::from_reader(burst.is_some()));
-        self.fan_pattern(pattern, channel, frame, exclude, &mut delivered, None);
+        let mut delivered = self.tally(fanout);
+        self.fan(want, channel, frame, exclude, &mut delivered, None);
         self.record(frame, delivered, burst)
+    }
+
+    /// Offers `frame` to the subscribers `want` names, or with `only`, to those on that core.
+    fn fan(
+        &self,
+        want: Want<&str>,
+        channel: &str,
+        frame: &OutFrame,
+        exclude: &[&str],
+        tally: &mut Tally,
+        only: Option<usize>,
+    ) {
+        match want {
+            Want::Exact => self.fan_exact(channel, frame, exclude, tally, only),
+            Want::Pattern(p) => self.fan_pattern(p, channel, frame, exclude, tally, only),
+            Want::All => self.fan_all(channel, frame, exclude, tally, only),
+        }
     }
 
     /// Offers `frame` to the exact and pattern subscribers of `channel` (each once), or with
