@@ -45,6 +45,28 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// Whether every thread of `pid` is stopped (state `T` in /proc/<pid>/task/*/stat), or the
+/// process is gone. `kill` returns once the signal is sent; each thread stops on its own way
+/// back to user space, and on a loaded machine that can be after the first publish.
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        .all(|stat| {
+            matches!(
+                stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()),
+                Some('T' | 't')
+            )
+        })
+}
+
+/// The longest wait for the stopped workers' threads to have stopped.
+const STOPPING: Duration = Duration::from_secs(5);
+
 fn servers_cpu(pids: &[u32]) -> Duration {
     Duration::from_nanos(pids.iter().map(|p| cpu_ns(*p)).sum())
 }
@@ -82,6 +104,14 @@ impl Stopped {
         );
         let cpu0 = servers_cpu(&r.servers);
         signal(&r.workers, "-STOP")?;
+        let deadline = Instant::now() + STOPPING;
+        while !r.workers.iter().all(|p| all_stopped(*p)) {
+            if Instant::now() > deadline {
+                let _ = signal(&r.workers, "-CONT");
+                anyhow::bail!("the workers had not all stopped {STOPPING:?} after SIGSTOP");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(Stopped {
             r: r.clone(),
             from: Instant::now(),
