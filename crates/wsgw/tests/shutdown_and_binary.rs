@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::cluster::listens;
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -82,38 +83,6 @@ async fn stopping_an_idle_node_returns_promptly() {
         !listens(std::process::id(), addr.port()),
         "the listener is closed after stop"
     );
-}
-
-/// Whether process `pid` still has a TCP socket listening on `port`: a LISTEN entry of
-/// /proc/net/tcp{,6} on that port whose inode is one of the process's descriptors. Asked of the
-/// process itself, not by connecting: the test binaries run beside others (scripts/test.sh runs
-/// two at once), and another process may bind the port the moment it is freed (CI saw a connect
-/// succeed there). A process that has exited listens on nothing.
-fn listens(pid: u32, port: u16) -> bool {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    let inodes: std::collections::HashSet<String> = fds
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy();
-            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-        })
-        .collect();
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .any(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                // sl, local_address (hex ip:port), rem_address, st (0A = LISTEN), …, inode (10th).
-                f.len() > 9
-                    && f[3] == "0A"
-                    && f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
-                    && inodes.contains(f[9])
-            })
-    })
 }
 
 /// Starts a gateway on a loopback port below the kernel's ephemeral range, so that no `bind(0)`
