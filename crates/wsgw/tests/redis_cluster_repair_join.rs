@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::{GatewayProc, pubsub_reconnects};
+use common::cluster::{GatewayProc, patient_conn, pubsub_reconnects};
 use common::redis_cluster::{RedisCluster, owner, redis_cli, two_channels_of_one_shard};
 use common::*;
 use serde_json::{Value, json};
@@ -145,11 +145,7 @@ async fn a_channel_subscribed_during_its_shards_repair_misses_nothing() {
     let s = shard_of(&a);
     let keys = move |c: &str| [format!("ws:{{{s}}}seq"), format!("ws:{{{s}}}history:{c}")];
     let primary = owner(&cluster, &keys(&a)[0]);
-    let mut redis = redis::Client::open(format!("redis://127.0.0.1:{primary}"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("the shard's primary");
+    let mut redis = patient_conn(&format!("redis://127.0.0.1:{primary}")).await;
     let publisher = {
         let (published, stop, a, b) = (published.clone(), stop.clone(), a.clone(), b.clone());
         tokio::spawn(async move {

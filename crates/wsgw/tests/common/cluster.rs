@@ -45,6 +45,18 @@ pub fn listens(pid: u32, port: u16) -> bool {
     })
 }
 
+/// A connection to `url` that waits for answers as a backend would, up to 10 s. redis-rs's
+/// default of 500 ms made a test's publisher fail with `timed out` while both test lanes loaded
+/// the machine (seen once in `redis_cluster_repair_join`).
+pub async fn patient_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("redis connection")
+}
+
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
@@ -196,11 +208,7 @@ impl RedisServer {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection")
+        patient_conn(&self.url()).await
     }
 
     /// SIGKILL, as a crash would.
