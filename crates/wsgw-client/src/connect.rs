@@ -1,5 +1,5 @@
 //! connect.rs: one connection attempt (TCP from an optional source address, the WebSocket
-//! handshake with the token, the welcome) and reading single frames with a deadline.
+//! handshake with the token, the welcome).
 
 use super::*;
 
@@ -19,12 +19,12 @@ impl Client {
         self.reconnect_at = None;
         self.connection_id.clone_from(&welcome.connection_id);
         self.node.clone_from(&welcome.node);
-        self.silence = Some(Duration::from_millis(
+        self.silence = Some(Silence::new(Duration::from_millis(
             welcome
                 .heartbeat
                 .interval_ms
                 .saturating_add(welcome.heartbeat.timeout_ms),
-        ));
+        )));
         self.resubscribing.clear();
         self.cursor.connected();
         let missing: Vec<Topic> = self
@@ -106,7 +106,8 @@ impl Client {
         let mut error = None;
         loop {
             match read_frame(&mut ws, None).await {
-                Ok(f) => match f["type"].as_str() {
+                Ok(Frame::Event(_)) => {}
+                Ok(Frame::Other(f)) => match f["type"].as_str() {
                     Some("welcome") => {
                         let welcome: Welcome = serde_json::from_value(f)
                             .map_err(|e| Failure::new(FailKind::Protocol, format!("unreadable welcome: {e}")))?;
@@ -180,41 +181,4 @@ pub(crate) async fn tcp_connect(host: &str, port: u16, local: Option<IpAddr>) ->
         }
     }
     Err(fail(last))
-}
-
-/// Reads the next JSON text frame. `Err((close code, reason))` when the socket ended, or stayed
-/// silent longer than `silence`. Cancel-safe.
-pub(crate) async fn read_frame(ws: &mut Ws, silence: Option<Duration>) -> Result<Value, (Option<u16>, String)> {
-    loop {
-        let msg = match silence {
-            Some(d) => match tokio::time::timeout(d, ws.next()).await {
-                Ok(m) => m,
-                Err(_) => {
-                    return Err((
-                        None,
-                        String::from("no frame from the gateway within the heartbeat timeout"),
-                    ));
-                }
-            },
-            None => ws.next().await,
-        };
-        match msg {
-            Some(Ok(Message::Text(text))) => {
-                if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&text) {
-                    return Ok(v);
-                }
-            }
-            Some(Ok(Message::Close(frame))) => {
-                // Send our half of the closing handshake (tungstenite queued it).
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
-                return Err(match frame {
-                    Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
-                    None => (None, String::from("closed without a code")),
-                });
-            }
-            Some(Ok(_)) => {} // binary, WebSocket ping/pong (tungstenite answers pings)
-            Some(Err(e)) => return Err((None, format!("connection lost: {e}"))),
-            None => return Err((None, String::from("connection lost"))),
-        }
-    }
 }

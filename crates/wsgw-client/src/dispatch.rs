@@ -7,7 +7,11 @@ use super::*;
 
 impl Client {
     /// Turns a frame that answers no waiting call into what `next` yields (or nothing).
-    pub(crate) fn dispatch(&mut self, f: Value) -> Option<Incoming> {
+    pub(crate) fn dispatch(&mut self, f: Frame) -> Option<Incoming> {
+        let f = match f {
+            Frame::Event(e) => return self.event(e),
+            Frame::Other(f) => f,
+        };
         let rid = f.get("request_id").cloned();
         let internal = rid
             .as_ref()
@@ -15,20 +19,7 @@ impl Client {
             .and_then(|r| self.resubscribing.iter().position(|(x, _)| *x == r));
         // Unknown frame types (a newer gateway) are skipped.
         match serde_json::from_value::<ServerFrame>(f).ok()? {
-            ServerFrame::Event(e) => {
-                if let Some(id) = e.event_id
-                    && !self.cursor.event(&e.channel, id)
-                {
-                    return None; // the application has it: a resume's replay after a cut catch-up
-                }
-                Some(Incoming::Event {
-                    channel: e.channel,
-                    event: e.event,
-                    event_id: e.event_id,
-                    data: e.data,
-                    ts: e.ts,
-                })
-            }
+            ServerFrame::Event(e) => self.event(e),
             ServerFrame::Response {
                 request_id,
                 ok,
@@ -95,5 +86,22 @@ impl Client {
             // Late answers to timed-out calls, pongs, welcomes.
             _ => None,
         }
+    }
+
+    /// An event, unless the application already has it (a resume's replay after a cut
+    /// catch-up).
+    pub(crate) fn event(&mut self, e: Event) -> Option<Incoming> {
+        if let Some(id) = e.event_id
+            && !self.cursor.event(&e.channel, id)
+        {
+            return None;
+        }
+        Some(Incoming::Event {
+            channel: e.channel,
+            event: e.event,
+            event_id: e.event_id,
+            data: e.data,
+            ts: e.ts,
+        })
     }
 }

@@ -67,6 +67,7 @@ mod cursor;
 mod dispatch;
 mod incoming;
 mod presence;
+mod read;
 mod tls;
 
 use std::collections::VecDeque;
@@ -84,8 +85,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::connect::{read_frame, refusal};
+use crate::connect::refusal;
 use crate::cursor::{Cursor, Subscribe};
+use crate::read::{Frame, Silence, read_frame};
 
 use wsgw_protocol::{ClientFrame, ServerFrame};
 pub use wsgw_protocol::{CloseCode, Event, EventId, PresenceClient, ShardCursor, Welcome, shard_of};
@@ -106,7 +108,7 @@ struct Topic {
 
 /// What one read from the socket gave.
 enum Step {
-    Frame(Value),
+    Frame(Frame),
     /// The socket is gone; `Incoming::Closed` is already queued.
     Lost {
         code: Option<u16>,
@@ -165,7 +167,7 @@ pub struct Client {
     connection_id: String,
     node: String,
     /// How long the gateway may stay silent before the socket counts as dead.
-    silence: Option<Duration>,
+    silence: Option<Silence>,
     /// What a resume sends as `last_event_id`, and the events after it the application has.
     cursor: Cursor,
     topics: Vec<Topic>,
@@ -258,7 +260,9 @@ impl Client {
                     return None;
                 };
                 tokio::time::sleep_until(at).await;
-                match self.attempt().await {
+                // Boxed: a reconnect is rare, and its future (TLS, handshake) would make every
+                // `next` future several KiB.
+                match Box::pin(self.attempt()).await {
                     Ok(welcome) => return Some(Incoming::Reconnected(Box::new(welcome))),
                     Err(f) => {
                         if let Some((code, message)) = f.error {
@@ -646,7 +650,12 @@ impl Client {
             match tokio::time::timeout_at(deadline, self.read_step()).await {
                 Err(_) => return Err(ClientError::Timeout),
                 Ok(Step::Lost { code, reason }) => return Err(ClientError::Closed { code, reason }),
-                Ok(Step::Frame(f)) => {
+                Ok(Step::Frame(Frame::Event(e))) => {
+                    if let Some(incoming) = self.event(e) {
+                        self.queue.push_back(incoming);
+                    }
+                }
+                Ok(Step::Frame(Frame::Other(f))) => {
                     let answers = f.get("request_id").and_then(Value::as_u64) == Some(rid)
                         && matches!(
                             f["type"].as_str(),
@@ -655,7 +664,7 @@ impl Client {
                     if answers {
                         return Ok(f);
                     }
-                    if let Some(incoming) = self.dispatch(f) {
+                    if let Some(incoming) = self.dispatch(Frame::Other(f)) {
                         self.queue.push_back(incoming);
                     }
                 }
@@ -672,9 +681,11 @@ impl Client {
                     reason: self.last_close.1.clone(),
                 };
             };
-            match read_frame(ws, self.silence).await {
+            match read_frame(ws, self.silence.as_mut()).await {
                 Ok(frame) => {
-                    if frame["type"] == "ping" {
+                    if let Frame::Other(f) = &frame
+                        && f["type"] == "ping"
+                    {
                         if let Err(e) = ws.send(Message::text(ClientFrame::Pong {}.to_json())).await {
                             self.lost(None, format!("send failed: {e}"), true);
                         }

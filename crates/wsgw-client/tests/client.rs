@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 use wsgw::{Config, RunningGateway};
 use wsgw_client::{Backoff, Client, ClientConfig, ClientError, EventId, Incoming};
 
@@ -351,11 +353,15 @@ async fn a_catch_up_cut_by_a_drop_is_completed_by_the_resubscribe_without_repeat
     a_catch_up_cut_by_a_drop(0).await;
 }
 
-#[tokio::test]
-async fn a_gap_frame_is_surfaced() {
-    // Only an outage repair in cluster mode sends `gap`: a stand-in gateway sends one.
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
+type StandInWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A stand-in gateway on a free port: it accepts one socket, sends a welcome with `heartbeat`
+/// (interval, timeout in ms), then runs `then` on it. Returns its URL and its task.
+async fn stand_in<F, Fut>(heartbeat: (u64, u64), then: F) -> (String, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(StandInWs) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -363,19 +369,27 @@ async fn a_gap_frame_is_surfaced() {
         let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
         let welcome = json!({"type": "welcome", "connection_id": "0".repeat(32), "user_id": "u",
             "node": "stand-in", "resumed": false, "recovered": true, "replayed": 0,
-            "heartbeat": {"interval_ms": 30000, "timeout_ms": 60000}, "session_ttl_ms": 120000});
+            "heartbeat": {"interval_ms": heartbeat.0, "timeout_ms": heartbeat.1}, "session_ttl_ms": 120000});
+        ws.send(Message::text(welcome.to_string())).await.unwrap();
+        then(ws).await;
+    });
+    (format!("ws://{addr}/ws"), server)
+}
+
+#[tokio::test]
+async fn a_gap_frame_is_surfaced() {
+    // Only an outage repair in cluster mode sends `gap`: a stand-in gateway sends one.
+    let (url, server) = stand_in((30000, 60000), |mut ws| async move {
         for frame in [
-            welcome,
             json!({"type": "gap", "channels": ["room:1", "room:*"], "recovered": false}),
             json!({"type": "event", "event_id": "5-0", "channel": "room:1", "event": "e", "data": 1, "ts": 5}),
         ] {
             ws.send(Message::text(frame.to_string())).await.unwrap();
         }
         while let Some(Ok(_)) = ws.next().await {}
-    });
-    let (mut client, _) = Client::connect(ClientConfig::new(format!("ws://{addr}/ws"), "t"))
-        .await
-        .unwrap();
+    })
+    .await;
+    let (mut client, _) = Client::connect(ClientConfig::new(url, "t")).await.unwrap();
     match next(&mut client).await {
         Some(Incoming::Gap { channels, recovered }) => {
             assert_eq!(channels, ["room:1", "room:*"]);
@@ -386,6 +400,49 @@ async fn a_gap_frame_is_surfaced() {
     // The socket stays open and events keep coming.
     assert_eq!(next_event(&mut client).await.2, Some("5-0".parse().unwrap()));
     client.close().await;
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn frames_keep_the_socket_alive_and_silence_past_the_heartbeat_timeout_ends_it() {
+    // A stand-in gateway with a 1 s silence limit (interval + timeout) sends an event every
+    // 250 ms for 3 s, then stays silent with the socket open.
+    let (url, server) = stand_in((500, 500), |mut ws| async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(250));
+        for seq in 1..=12 {
+            pace.tick().await;
+            let event = json!({"type": "event", "event_id": format!("{seq}-0"), "channel": "room:1",
+                "event": "e", "data": seq, "ts": 5});
+            ws.send(Message::text(event.to_string())).await.unwrap();
+        }
+        // Silent from here; the socket stays open until the client leaves.
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let mut config = ClientConfig::new(url, "t");
+    config.reconnect = false;
+    let (mut client, _) = Client::connect(config).await.unwrap();
+    for seq in 1..=12u64 {
+        let (_, _, id, data) = next_event(&mut client).await;
+        assert_eq!((id, data), (Some(format!("{seq}-0").parse().unwrap()), json!(seq)));
+    }
+    let silent_since = tokio::time::Instant::now();
+    match next(&mut client).await {
+        Some(Incoming::Closed {
+            code,
+            reason,
+            will_reconnect,
+        }) => {
+            assert_eq!((code, will_reconnect), (None, false));
+            assert!(reason.contains("heartbeat timeout"), "{reason}");
+        }
+        other => panic!("expected Closed after the silence, got {other:?}"),
+    }
+    assert!(
+        silent_since.elapsed() >= Duration::from_millis(700),
+        "closed before the silence limit"
+    );
+    assert!(next(&mut client).await.is_none());
     server.await.unwrap();
 }
 

@@ -151,7 +151,8 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
     if let Some(t) = &topic {
         let _ = client.subscribe(t).await;
     }
-    let mut trackers: HashMap<String, SeqTracker> = HashMap::new();
+    // A VU's channels, each with its sequence check: one or a few, so a list is the cheapest map.
+    let mut trackers: Vec<(String, SeqTracker)> = Vec::new();
     // client_publish: the first VU of each topic publishes to it.
     let k = w.subscribers_per_topic.max(1);
     let publisher = w.kind == Kind::ClientPublish && topic.is_some() && i.is_multiple_of(k);
@@ -161,8 +162,18 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
     let pad = "x".repeat(w.payload_bytes);
     let mut my_seq = 0u64;
     let mut final_seqs: Option<Arc<FinalMsg>> = None;
+    // The end of the VU (a ramp-down's stop, or the run's end with the publishers' last numbers):
+    // one future for the whole loop, so a frame costs no new waiter on either watch.
+    let ended = async {
+        tokio::select! {
+            _ = stop.changed() => None,
+            _ = fin.changed() => Some(fin.borrow().clone()),
+        }
+    };
+    tokio::pin!(ended);
     loop {
         tokio::select! {
+            biased;
             m = client.next() => {
                 let Some(m) = m else { break };
                 match m {
@@ -174,7 +185,7 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
                             f.delivery.record(now.saturating_sub(sent));
                         }
                         if let Some(seq) = data["seq"].as_u64()
-                            && let Seen::Duplicate = trackers.entry(channel).or_default().see(seq)
+                            && let Seen::Duplicate = tracker(&mut trackers, channel).see(seq)
                         {
                             f.duplicates += 1;
                         }
@@ -236,8 +247,10 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
                     Err(e) => { let mut f = sh.figs(); f.publish_errors += 1; f.error(format!("publish: {e:#}")); }
                 }
             }
-            _ = stop.changed() => break,
-            _ = fin.changed() => { final_seqs = fin.borrow().clone(); break; }
+            end = &mut ended => {
+                final_seqs = end.flatten();
+                break;
+            }
         }
     }
     // Settle: gaps inside what was seen, plus the tail up to the publisher's last number when the
@@ -257,6 +270,18 @@ async fn vu_task(i: u64, sh: Arc<Shared>, mut stop: watch::Receiver<bool>, mut f
         sh.down.fetch_sub(1, Ordering::SeqCst);
     }
     client.close().await;
+}
+
+/// The sequence check of `channel` in a VU's list, added on its first event.
+fn tracker(trackers: &mut Vec<(String, SeqTracker)>, channel: String) -> &mut SeqTracker {
+    let k = match trackers.iter().position(|(c, _)| *c == channel) {
+        Some(k) => k,
+        None => {
+            trackers.push((channel, SeqTracker::default()));
+            trackers.len() - 1
+        }
+    };
+    &mut trackers[k].1
 }
 
 /// Runs one worker's slice: VUs `worker, worker + workers, ...` below the stage target.
