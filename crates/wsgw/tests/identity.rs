@@ -135,41 +135,43 @@ async fn upgrades_from_origins_not_listed_get_403_before_the_upgrade() {
     node.stop().await;
 }
 
-/// Runs the binary with `args` and `secret`, and waits for it to exit or become ready.
+/// Runs the binary with `args` and `secret`, and waits for it to exit or to listen: `(None, "")`
+/// once its own process listens. A port taken between `free_port` and the bind is tried again on
+/// another.
 async fn run_with_secret(secret: &str, args: &[&str]) -> (Option<i32>, String) {
-    let port = free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
-        .env_clear()
-        .env("WSGW_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WSGW_JWT_SECRET", secret)
-        .env("WSGW_API_KEY", API_KEY)
-        .env("WSGW_LOG", "warn")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let http = wsgw::http_client::client();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            return (status.code(), err);
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
+            .env_clear()
+            .env("WSGW_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WSGW_JWT_SECRET", secret)
+            .env("WSGW_API_KEY", API_KEY)
+            .env("WSGW_LOG", "warn")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                if err.contains("Address already in use") {
+                    break;
+                }
+                return (status.code(), err);
+            }
+            if listens(child.id(), port) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, String::new());
+            }
+            assert!(tokio::time::Instant::now() < deadline, "neither exited nor listened");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/health")).send().await
-            && r.status().is_success()
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (None, String::new());
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "neither exited nor became ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    panic!("no free port in 5 tries");
 }
 
 #[tokio::test]
