@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::cluster::free_port;
+use common::cluster::{free_port, listens};
 use common::{API_KEY, Client, DEADLINE, SECRET, token};
 use serde_json::{Value, json};
 
@@ -98,6 +98,28 @@ impl Drop for Certs {
     }
 }
 
+/// Runs `spawn(port)` on a loopback port picked free and returns once that process itself
+/// listens there. A port taken by another process between the probe and the bind makes the
+/// server exit; then another port is tried (5 tries).
+async fn on_free_port(what: &str, mut spawn: impl FnMut(u16) -> Child) -> (u16, Child) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = spawn(port);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if listens(child.id(), port) {
+                return (port, child);
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what} never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("{what}: no free loopback port in 5 tries");
+}
+
 /// A redis-server that only speaks TLS and knows the ACL user `gw`.
 struct TlsRedis {
     port: u16,
@@ -106,32 +128,26 @@ struct TlsRedis {
 
 impl TlsRedis {
     async fn start(certs: &Certs) -> TlsRedis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--tls-cert-file",
-                &certs.path("server.pem"),
-                "--tls-key-file",
-                &certs.path("server.key"),
-            ])
-            .args(["--tls-ca-cert-file", &certs.path("ca.pem"), "--tls-auth-clients", "no"])
-            .args(["--save", "", "--appendonly", "no"])
-            // The default user is off: only the ACL user gets in.
-            .args(["--user", "default", "off"])
-            .args(["--user", "gw", "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "TLS redis-server never listened"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (port, child) = on_free_port("TLS redis-server", |port| {
+            Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--tls-cert-file",
+                    &certs.path("server.pem"),
+                    "--tls-key-file",
+                    &certs.path("server.key"),
+                ])
+                .args(["--tls-ca-cert-file", &certs.path("ca.pem"), "--tls-auth-clients", "no"])
+                .args(["--save", "", "--appendonly", "no"])
+                // The default user is off: only the ACL user gets in.
+                .args(["--user", "default", "off"])
+                .args(["--user", "gw", "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs")
+        })
+        .await;
         TlsRedis { port, child }
     }
 
@@ -155,6 +171,36 @@ struct Node {
 }
 
 impl Node {
+    /// A node that should come up: spawned, and waited for until its own process listens. A
+    /// port taken by another process between the probe and the bind makes the node exit with
+    /// `Address already in use`; then it starts again on another (5 tries).
+    async fn start(redis_url: &str, env: &[(&str, &str)], log_dir: &Path) -> Node {
+        for _ in 0..5 {
+            let mut node = Node::spawn(redis_url, env, log_dir);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    let log = node.log_text();
+                    assert!(
+                        log.contains("Address already in use"),
+                        "the node exited with {status}; log:\n{log}"
+                    );
+                    break;
+                }
+                if listens(node.child.id(), node.port) {
+                    return node;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the node never listened; log:\n{}",
+                    node.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("no free loopback port in 5 tries");
+    }
+
     fn spawn(redis_url: &str, env: &[(&str, &str)], log_dir: &Path) -> Node {
         let port = free_port();
         let log = log_dir.join(format!("node-{port}.log"));
@@ -261,7 +307,7 @@ async fn a_node_serves_through_rediss_with_an_acl_user_and_never_shows_the_passw
     let certs = Certs::make();
     let redis = TlsRedis::start(&certs).await;
     let ca = certs.path("ca.pem");
-    let node = Node::spawn(&redis.url(), &[("WSGW_REDIS_CA_FILE", ca.as_str())], &certs.dir);
+    let node = Node::start(&redis.url(), &[("WSGW_REDIS_CA_FILE", ca.as_str())], &certs.dir).await;
     node.wait_ready().await;
 
     // A socket subscribed on the node gets an event published through it: pool and pub/sub
@@ -314,7 +360,7 @@ async fn a_server_certificate_that_does_not_verify_keeps_the_node_from_starting(
 async fn the_insecure_switch_connects_without_a_ca_and_says_so() {
     let certs = Certs::make();
     let redis = TlsRedis::start(&certs).await;
-    let node = Node::spawn(&redis.url(), &[("WSGW_REDIS_TLS_INSECURE", "1")], &certs.dir);
+    let node = Node::start(&redis.url(), &[("WSGW_REDIS_TLS_INSECURE", "1")], &certs.dir).await;
     node.wait_ready().await;
     let log = node.log_text();
     assert!(
@@ -335,7 +381,11 @@ const SENTINEL_PASSWORD: &str = "sentinel-pw-5f0a-never-in-a-log";
 
 impl TlsSentinel {
     async fn start(certs: &Certs, primary: &TlsRedis) -> TlsSentinel {
-        let port = free_port();
+        let (port, child) = on_free_port("TLS sentinel", |port| Self::spawn(certs, primary, port)).await;
+        TlsSentinel { port, child }
+    }
+
+    fn spawn(certs: &Certs, primary: &TlsRedis, port: u16) -> Child {
         let conf = certs.dir.join(format!("sentinel-{port}.conf"));
         std::fs::write(
             &conf,
@@ -353,19 +403,13 @@ impl TlsSentinel {
             ),
         )
         .unwrap();
-        let child = Command::new("redis-server")
+        Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server --sentinel runs");
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "TLS sentinel never listened");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        TlsSentinel { port, child }
+            .expect("redis-server --sentinel runs")
     }
 }
 
@@ -392,8 +436,8 @@ async fn a_node_finds_a_tls_primary_through_a_tls_sentinel_with_passwords_it_nev
         ("WSGW_REDIS_TLS", "1"),
         ("WSGW_REDIS_CA_FILE", ca.as_str()),
     ];
-    // Node::spawn sets WSGW_REDIS_URL; blank means unset.
-    let node = Node::spawn("", &env, &certs.dir);
+    // Node::start sets WSGW_REDIS_URL; blank means unset.
+    let node = Node::start("", &env, &certs.dir).await;
     node.wait_ready().await;
 
     assert_eq!(node.publish_reaches_a_subscriber(2).await["data"]["n"], 2);

@@ -176,6 +176,45 @@ impl Running {
         }
     }
 
+    /// Starts the binary from `cmd_for(ports)` on `N` loopback ports picked free, and returns
+    /// once its own process listens on every one. A port taken by another process between the
+    /// probe and the bind makes the binary exit with `Address already in use`; then it starts
+    /// again on other ports (5 tries).
+    async fn start<const N: usize>(cmd_for: impl Fn([u16; N]) -> Command) -> (Running, [u16; N]) {
+        for _ in 0..5 {
+            let ports: [u16; N] = std::array::from_fn(|_| free_port());
+            let mut r = Running::spawn(cmd_for(ports), ports[0]);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = r.child.try_wait() {
+                    // Its stderr is read by a task: give that a moment to reach the end.
+                    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                    while !r.stderr().contains("Address already in use") && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    assert!(
+                        r.stderr().contains("Address already in use"),
+                        "wsgw exited early with {status}; stderr:\n{}",
+                        r.stderr()
+                    );
+                    break;
+                }
+                if let Some(pid) = r.child.id()
+                    && ports.iter().all(|p| listens(pid, *p))
+                {
+                    return (r, ports);
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "wsgw never listened on {ports:?}; stderr:\n{}",
+                    r.stderr()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("no free loopback ports in 5 tries");
+    }
+
     fn pid(&self) -> u32 {
         self.child.id().expect("still running")
     }
@@ -237,19 +276,20 @@ impl Drop for Running {
 
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_0() {
-    let port = free_port();
+    let (mut server, [port]) = Running::start(|[port]| {
+        wsgw(
+            &[],
+            &[
+                ("WSGW_LISTEN", format!("127.0.0.1:{port}").as_str()),
+                ("WSGW_JWT_SECRET", SECRET),
+                ("WSGW_API_KEY", API_KEY),
+                ("WSGW_DRAIN_MS", "300"),
+                ("WSGW_NODE_ID", "bin-node"),
+            ],
+        )
+    })
+    .await;
     let listen = format!("127.0.0.1:{port}");
-    let cmd = wsgw(
-        &[],
-        &[
-            ("WSGW_LISTEN", listen.as_str()),
-            ("WSGW_JWT_SECRET", SECRET),
-            ("WSGW_API_KEY", API_KEY),
-            ("WSGW_DRAIN_MS", "300"),
-            ("WSGW_NODE_ID", "bin-node"),
-        ],
-    );
-    let mut server = Running::spawn(cmd, port);
     let http = wsgw::http_client::client();
     server.healthy(&http).await;
 
@@ -332,15 +372,17 @@ async fn lines_until(out: &mut BufReader<ChildStdout>, last: impl Fn(&str) -> bo
 
 #[tokio::test]
 async fn dev_mode_prints_a_working_token_and_api_key() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut dev = Running::spawn(
+    let (mut dev, [port]) = Running::start(|[port]| {
         wsgw(
             &["--dev"],
-            &[("WSGW_LISTEN", listen.as_str()), ("WSGW_DRAIN_MS", "300")],
-        ),
-        port,
-    );
+            &[
+                ("WSGW_LISTEN", format!("127.0.0.1:{port}").as_str()),
+                ("WSGW_DRAIN_MS", "300"),
+            ],
+        )
+    })
+    .await;
+    let listen = format!("127.0.0.1:{port}");
     let mut stdout = BufReader::new(dev.child.stdout.take().unwrap());
     let lines = lines_until(&mut stdout, |l| l.contains("/api/publish"), &dev).await;
     let text = lines.join("\n");
@@ -432,20 +474,21 @@ async fn dev_mode_listens_on_loopback_unless_told_otherwise() {
 
 #[tokio::test]
 async fn the_binary_serves_metrics_on_wsgw_metrics_listen_and_only_metrics() {
-    let (port, metrics_port) = (free_port(), free_port());
+    let (mut server, [port, metrics_port]) = Running::start(|[port, metrics_port]| {
+        wsgw(
+            &[],
+            &[
+                ("WSGW_LISTEN", format!("127.0.0.1:{port}").as_str()),
+                ("WSGW_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}").as_str()),
+                ("WSGW_JWT_SECRET", SECRET),
+                ("WSGW_API_KEY", API_KEY),
+                ("WSGW_DRAIN_MS", "300"),
+            ],
+        )
+    })
+    .await;
     let listen = format!("127.0.0.1:{port}");
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let cmd = wsgw(
-        &[],
-        &[
-            ("WSGW_LISTEN", listen.as_str()),
-            ("WSGW_METRICS_LISTEN", metrics.as_str()),
-            ("WSGW_JWT_SECRET", SECRET),
-            ("WSGW_API_KEY", API_KEY),
-            ("WSGW_DRAIN_MS", "300"),
-        ],
-    );
-    let mut server = Running::spawn(cmd, port);
     let http = wsgw::http_client::client();
     server.healthy(&http).await;
 
