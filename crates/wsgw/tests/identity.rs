@@ -152,23 +152,23 @@ async fn run_with_secret(secret: &str, args: &[&str]) -> (Option<i32>, String) {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-                if err.contains("Address already in use") {
-                    break;
-                }
-                return (status.code(), err);
-            }
-            if listens(child.id(), port) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return (None, String::new());
-            }
-            assert!(tokio::time::Instant::now() < deadline, "neither exited nor listened");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let up = until_listening(
+            || running_pid(&mut child),
+            &[port],
+            DEADLINE,
+            || String::from("neither exited nor listened"),
+        )
+        .await;
+        if up {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, String::new());
+        }
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        if !err.contains("Address already in use") {
+            return (status.code(), err);
         }
     }
     panic!("no free port in 5 tries");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::cluster::{free_port, listens};
+use common::cluster::{free_port, running_pid, until_listening};
 use common::{API_KEY, Client, DEADLINE, SECRET, token};
 use serde_json::{Value, json};
 
@@ -105,16 +105,15 @@ async fn on_free_port(what: &str, mut spawn: impl FnMut(u16) -> Child) -> (u16, 
     for _ in 0..5 {
         let port = free_port();
         let mut child = spawn(port);
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if listens(child.id(), port) {
-                return (port, child);
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{what} never listened");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if until_listening(
+            || running_pid(&mut child),
+            &[port],
+            DEADLINE,
+            || format!("{what} never listened"),
+        )
+        .await
+        {
+            return (port, child);
         }
     }
     panic!("{what}: no free loopback port in 5 tries");
@@ -177,26 +176,24 @@ impl Node {
     async fn start(redis_url: &str, env: &[(&str, &str)], log_dir: &Path) -> Node {
         for _ in 0..5 {
             let mut node = Node::spawn(redis_url, env, log_dir);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(status)) = node.child.try_wait() {
-                    let log = node.log_text();
-                    assert!(
-                        log.contains("Address already in use"),
-                        "the node exited with {status}; log:\n{log}"
-                    );
-                    break;
-                }
-                if listens(node.child.id(), node.port) {
-                    return node;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the node never listened; log:\n{}",
-                    node.log_text()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let log = node.log.clone();
+            let up = until_listening(
+                || running_pid(&mut node.child),
+                &[node.port],
+                Duration::from_secs(20),
+                || {
+                    format!(
+                        "the node never listened; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                },
+            )
+            .await;
+            if up {
+                return node;
             }
+            let log = node.log_text();
+            assert!(log.contains("Address already in use"), "the node exited; log:\n{log}");
         }
         panic!("no free loopback port in 5 tries");
     }

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::listens;
+use common::cluster::{listens, until_listening};
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -184,33 +184,31 @@ impl Running {
         for _ in 0..5 {
             let ports: [u16; N] = std::array::from_fn(|_| free_port());
             let mut r = Running::spawn(cmd_for(ports), ports[0]);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(status)) = r.child.try_wait() {
-                    // Its stderr is read by a task: give that a moment to reach the end.
-                    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-                    while !r.stderr().contains("Address already in use") && tokio::time::Instant::now() < until {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    assert!(
-                        r.stderr().contains("Address already in use"),
-                        "wsgw exited early with {status}; stderr:\n{}",
-                        r.stderr()
-                    );
-                    break;
-                }
-                if let Some(pid) = r.child.id()
-                    && ports.iter().all(|p| listens(pid, *p))
-                {
-                    return (r, ports);
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "wsgw never listened on {ports:?}; stderr:\n{}",
-                    r.stderr()
-                );
+            let stderr = r.stderr.clone();
+            let child = &mut r.child;
+            let up = until_listening(
+                || match child.try_wait() {
+                    Ok(Some(_)) => None,
+                    _ => child.id(),
+                },
+                &ports,
+                Duration::from_secs(10),
+                || format!("wsgw never listened on {ports:?}; stderr:\n{}", stderr.lock().unwrap()),
+            )
+            .await;
+            if up {
+                return (r, ports);
+            }
+            // It exited. Its stderr is read by a task: give that a moment to reach the end.
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            while !r.stderr().contains("Address already in use") && tokio::time::Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            assert!(
+                r.stderr().contains("Address already in use"),
+                "wsgw exited early; stderr:\n{}",
+                r.stderr()
+            );
         }
         panic!("no free loopback ports in 5 tries");
     }

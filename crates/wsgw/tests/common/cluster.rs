@@ -8,6 +8,35 @@ use std::time::Duration;
 
 use super::{API_KEY, DEADLINE, SECRET};
 
+/// Waits until a just-started process listens on every one of `ports` (true), or has exited
+/// (false: e.g. one of its ports was taken between `free_port` and its bind). `probe` gives the
+/// process's pid while it runs and `None` once it has exited ([`running_pid`]); the test fails
+/// with `describe()` if neither happens `within`.
+pub async fn until_listening(
+    mut probe: impl FnMut() -> Option<u32>,
+    ports: &[u16],
+    within: Duration,
+    describe: impl Fn() -> String,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let Some(pid) = probe() else { return false };
+        if ports.iter().all(|p| listens(pid, *p)) {
+            return true;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A child's pid while it runs; `None` once it has exited.
+pub fn running_pid(child: &mut Child) -> Option<u32> {
+    match child.try_wait() {
+        Ok(Some(_)) => None,
+        _ => Some(child.id()),
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -305,26 +334,19 @@ impl GatewayProc {
     /// True once this node's own process listens on its port; false if it exited first (the
     /// port was taken).
     async fn wait_own_listener(&mut self) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let Some(child) = self.child.as_mut() else {
-                return false;
-            };
-            if let Ok(Some(_)) = child.try_wait() {
-                self.child = None;
-                return false;
-            }
-            if listens(child.id(), self.port) {
-                return true;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never listened on {}",
-                self.node_id,
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let (port, node_id) = (self.port, self.node_id.clone());
+        let child = &mut self.child;
+        let up = until_listening(
+            || running_pid(child.as_mut()?),
+            &[port],
+            Duration::from_secs(15),
+            || format!("{node_id} never listened on {port}"),
+        )
+        .await;
+        if !up {
+            self.child = None;
         }
+        up
     }
 
     /// Waits until the node answers `/ready` with 200 (again, after an outage).
