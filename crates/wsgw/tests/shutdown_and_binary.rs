@@ -181,8 +181,16 @@ impl Running {
     /// probe and the bind makes the binary exit with `Address already in use`; then it starts
     /// again on other ports (5 tries).
     async fn start<const N: usize>(cmd_for: impl Fn([u16; N]) -> Command) -> (Running, [u16; N]) {
+        Self::start_picking(free_port, cmd_for).await
+    }
+
+    /// [`Running::start`], with the ports of each try from `pick`.
+    async fn start_picking<const N: usize>(
+        mut pick: impl FnMut() -> u16,
+        cmd_for: impl Fn([u16; N]) -> Command,
+    ) -> (Running, [u16; N]) {
         for _ in 0..5 {
-            let ports: [u16; N] = std::array::from_fn(|_| free_port());
+            let ports: [u16; N] = std::array::from_fn(|_| pick());
             let mut r = Running::spawn(cmd_for(ports), ports[0]);
             let stderr = r.stderr.clone();
             let child = &mut r.child;
@@ -308,6 +316,53 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     );
     let status = server.exit_status().await;
     assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+}
+
+/// A port another process listens on: the binary names the error and exits 1 (the systemd
+/// unit's `Restart=on-failure` tries again) rather than run without a listener. Given that port
+/// first, `Running::start_picking` starts it again on another port, the path every test's start
+/// takes when a port is taken between its probe and the bind.
+#[tokio::test]
+async fn a_taken_port_makes_the_binary_exit_1_and_the_start_moves_to_another_port() {
+    let held = StdTcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let cmd_for = |[port]: [u16; 1]| {
+        wsgw(
+            &[],
+            &[
+                ("WSGW_LISTEN", format!("127.0.0.1:{port}").as_str()),
+                ("WSGW_JWT_SECRET", SECRET),
+                ("WSGW_API_KEY", API_KEY),
+            ],
+        )
+    };
+    let out = tokio::time::timeout(DEADLINE, cmd_for([taken]).output())
+        .await
+        .expect("wsgw exits when its port is taken")
+        .expect("run wsgw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("wsgw: listener: Address already in use"),
+        "the message names the listener and the cause:\n{stderr}"
+    );
+
+    let mut picks = Vec::new();
+    let (mut server, [port]) = Running::start_picking(
+        || {
+            let p = if picks.is_empty() { taken } else { free_port() };
+            picks.push(p);
+            p
+        },
+        cmd_for,
+    )
+    .await;
+    assert_eq!(picks.len(), 2, "one try on the taken port, one on another: {picks:?}");
+    assert_eq!((picks[0], picks[1]), (taken, port));
+    assert_ne!(port, taken);
+    server.healthy(&wsgw::http_client::client()).await;
+    assert!(listens(server.pid(), port), "the node itself listens on {port}");
+    drop(held);
 }
 
 #[tokio::test]
