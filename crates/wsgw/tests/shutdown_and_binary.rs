@@ -137,6 +137,20 @@ fn wsgw(args: &[&str], vars: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Runs `cmd` to its end (within `DEADLINE`) and checks it exited with `code` and a message
+/// on stderr naming each of `names`.
+async fn exits_with(mut cmd: Command, code: i32, names: &[&str]) {
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("wsgw exits")
+        .expect("run wsgw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr:\n{stderr}");
+    for name in names {
+        assert!(stderr.contains(name), "the message names {name:?}:\n{stderr}");
+    }
+}
+
 fn sigterm(pid: u32) {
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -336,16 +350,7 @@ async fn a_taken_port_makes_the_binary_exit_1_and_the_start_moves_to_another_por
             ],
         )
     };
-    let out = tokio::time::timeout(DEADLINE, cmd_for([taken]).output())
-        .await
-        .expect("wsgw exits when its port is taken")
-        .expect("run wsgw");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
-    assert!(
-        stderr.contains("wsgw: listener: Address already in use"),
-        "the message names the listener and the cause:\n{stderr}"
-    );
+    exits_with(cmd_for([taken]), 1, &["wsgw: listener: Address already in use"]).await;
 
     let mut picks = Vec::new();
     let (mut server, [port]) = Running::start_picking(
@@ -367,35 +372,21 @@ async fn a_taken_port_makes_the_binary_exit_1_and_the_start_moves_to_another_por
 
 #[tokio::test]
 async fn the_binary_refuses_to_start_without_a_jwt_secret() {
-    let out = wsgw(&[], &[("WSGW_LISTEN", "127.0.0.1:0"), ("WSGW_API_KEY", API_KEY)])
-        .output()
-        .await
-        .expect("run wsgw");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
-    assert!(
-        stderr.contains("WSGW_JWT_SECRET"),
-        "the message names the variable:\n{stderr}"
-    );
+    let cmd = wsgw(&[], &[("WSGW_LISTEN", "127.0.0.1:0"), ("WSGW_API_KEY", API_KEY)]);
+    exits_with(cmd, 64, &["WSGW_JWT_SECRET"]).await;
 }
 
 #[tokio::test]
 async fn the_binary_names_a_variable_with_a_bad_value() {
-    let out = wsgw(
+    let cmd = wsgw(
         &[],
         &[
             ("WSGW_LISTEN", "127.0.0.1:0"),
             ("WSGW_JWT_SECRET", SECRET),
             ("WSGW_HEARTBEAT_INTERVAL_MS", "abc"),
         ],
-    )
-    .output()
-    .await
-    .expect("run wsgw");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
-    assert!(stderr.contains("WSGW_HEARTBEAT_INTERVAL_MS"), "{stderr}");
-    assert!(stderr.contains("abc"), "{stderr}");
+    );
+    exits_with(cmd, 64, &["WSGW_HEARTBEAT_INTERVAL_MS", "abc"]).await;
 }
 
 /// Reads stdout lines until `last` matches one; returns them all.
