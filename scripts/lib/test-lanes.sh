@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs the workspace's Rust tests (what `cargo test --workspace` runs) in two lanes at once, to
-# keep scripts/test.sh under 10 minutes on 2 cores:
+# keep scripts/test.sh under 10 minutes on 2 cores. The `wsgw` crate's integration tests are one
+# binary (crates/wsgw/tests/suite.rs), one module per file of crates/wsgw/tests; each module's
+# tests run as a group of their own (`suite --exact <its tests>`), so below a "binary" is one
+# such group or one other test binary:
 # - the torture lane starts with the exactness torture tests (crates/wsgw/tests/torture*.rs),
 #   one binary after the other. They are the longest and load the machine most.
 # - the main lane takes the other test binaries from a shared queue, one after the other. The
@@ -47,15 +50,30 @@ cargo test --workspace --no-run --message-format=json 2>/dev/null |
            | @tsv' >"$out/binaries"
 [[ -s $out/binaries ]] || { echo "test-lanes: cargo listed no test binaries" >&2; exit 1; }
 
-# The torture lane's own binaries (by executable name); the rest make the shared queue.
-is_torture() { [[ $(basename "$1") =~ ^torture(_cluster)?-[0-9a-f]+$ ]]; }
+# What the lanes run, one line each: name, directory, executable and, for a module of the
+# `suite` binary, the exact names of its tests (space-separated; tab-separated fields).
 while IFS=$'\t' read -r name dir exe; do
-    if is_torture "$exe"; then
-        printf '%s\t%s\t%s\n' "$name" "$dir" "$exe" >>"$out/torture"
-    else
-        printf '%s\t%s\t%s\n' "$name" "$dir" "$exe" >>"$out/queue"
+    if [[ $name != "suite (test)" ]]; then
+        printf '%s\t%s\t%s\t\n' "$name" "$dir" "$exe"
+        continue
     fi
-done <"$out/binaries"
+    (cd "$dir" && "$exe" --list --format terse) | sed -n 's/: test$//p' |
+        awk -v dir="$dir" -v exe="$exe" '
+            { split($0, p, "::"); m = p[1]; if (!(m in names)) order[n++] = m; names[m] = names[m] " " $0 }
+            END { for (i = 0; i < n; i++) printf "%s (suite)\t%s\t%s\t%s\n", order[i], dir, exe, substr(names[order[i]], 2) }'
+done <"$out/binaries" >"$out/units"
+grep -q ' (suite)'$'\t' "$out/units" || { echo "test-lanes: the suite binary listed no tests" >&2; exit 1; }
+
+# The torture lane's own units (the torture modules); the rest make the shared queue.
+is_torture() { [[ $1 =~ ^torture(_cluster)?\ \(suite\)$ ]]; }
+while IFS=$'\t' read -r name dir exe tests; do
+    if is_torture "$name"; then
+        printf '%s\t%s\t%s\t%s\n' "$name" "$dir" "$exe" "$tests" >>"$out/torture"
+    else
+        printf '%s\t%s\t%s\t%s\n' "$name" "$dir" "$exe" "$tests" >>"$out/queue"
+    fi
+done <"$out/units"
+[[ -s $out/torture ]] || { echo "test-lanes: no torture tests found in the suite" >&2; exit 1; }
 touch "$out/torture" "$out/queue"
 echo 0 >"$out/taken"
 
@@ -79,17 +97,19 @@ stop_clusters() {
     done
 }
 
-# run_one LANE NAME DIR EXE: runs one binary. Prints its result when it ends (its whole output
-# if it failed) and records a failure in $out/failed.
+# run_one LANE NAME DIR EXE [TESTS]: runs one binary, or with TESTS only those tests of it
+# (`--exact`). Prints its result when it ends (its whole output if it failed) and records a
+# failure in $out/failed.
 run_one() {
-    local lane=$1 name=$2 dir=$3 exe=$4 log start rc=0
-    log="$out/$(basename "$exe").log"
+    local lane=$1 name=$2 dir=$3 exe=$4 tests=${5:-} log start rc=0 only=()
+    log="$out/log.${name//[^a-zA-Z0-9_]/_}"
+    [[ -z $tests ]] || read -r -a only <<<"--exact $tests"
     start=$SECONDS
     # `timeout` runs the binary in a new process group and, past the limit, signals all of it:
     # the binary and the processes it spawned. The group's id (timeout's pid) is noted while it
     # runs, for stop_running; the binary's own pid names its Redis Clusters' run directories.
     (cd "$dir" && exec timeout --kill-after=10 "$limit" \
-        bash -c 'echo $$ >"$0"; exec "$@"' "$out/pid.$lane" "$exe" --test-threads="$threads") >"$log" 2>&1 &
+        bash -c 'echo $$ >"$0"; exec "$@"' "$out/pid.$lane" "$exe" "${only[@]}" --test-threads="$threads") >"$log" 2>&1 &
     echo "$!" >"$out/running.$lane"
     wait "$!" || rc=$?
     : >"$out/running.$lane"
@@ -111,16 +131,16 @@ run_one() {
 
 # run_queue LANE: runs binaries from the shared queue until it is empty.
 run_queue() {
-    local line name dir exe
+    local line name dir exe tests
     while line=$(take) && [[ -n $line ]]; do
-        IFS=$'\t' read -r name dir exe <<<"$line"
-        run_one "$1" "$name" "$dir" "$exe"
+        IFS=$'\t' read -r name dir exe tests <<<"$line"
+        run_one "$1" "$name" "$dir" "$exe" "$tests"
     done
 }
 
 (
-    while IFS=$'\t' read -r name dir exe; do
-        run_one torture "$name" "$dir" "$exe"
+    while IFS=$'\t' read -r name dir exe tests; do
+        run_one torture "$name" "$dir" "$exe" "$tests"
     done <"$out/torture"
     run_queue torture
 ) &
@@ -136,4 +156,4 @@ if [[ -s $out/failed ]]; then
     echo "test-lanes: FAILED: $(paste -sd, "$out/failed")" >&2
     exit 1
 fi
-echo "test-lanes: every test binary passed ($(wc -l <"$out/binaries") binaries and the doc tests)"
+echo "test-lanes: every test binary passed ($(wc -l <"$out/binaries") binaries, as $(wc -l <"$out/units") groups, and the doc tests)"

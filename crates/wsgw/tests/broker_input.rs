@@ -3,7 +3,7 @@
 //! gateway tells the client's fault (400 / `bad_request`) from a bug (500 / `internal`) and
 //! from a Redis it cannot reach (503 / `unavailable`).
 
-mod common;
+use crate::common;
 
 use common::cluster::*;
 use common::*;

@@ -3,7 +3,7 @@
 //! gateway processes sharing a real redis-server: across nodes, through a SIGKILL of a node and
 //! through a Redis restart.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

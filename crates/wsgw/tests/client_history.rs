@@ -4,7 +4,7 @@
 //! it. A read never touches the socket's subscriptions: the events come inside the answer.
 //! Single node (in-process, memory broker) and a cluster on a real redis-server.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Several gateway processes on one real redis-server behave as one gateway.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

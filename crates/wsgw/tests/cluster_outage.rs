@@ -1,6 +1,6 @@
 //! Redis goes away and comes back: sockets stay open, nothing durable is lost or repeated.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

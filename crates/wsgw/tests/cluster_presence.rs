@@ -1,7 +1,7 @@
 //! Presence, the node registry, cluster-wide kicks and resume, on real gateway processes sharing
 //! one real redis-server; and the backend snippets of docs/backends.md, run for real.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 use std::time::Duration;

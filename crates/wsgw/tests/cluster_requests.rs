@@ -1,7 +1,7 @@
 //! A browser asks, a backend answers: requests through the `ws:inbound` stream, responses on
 //! the asking connection's channel, streaming, crashed workers, timeouts, permissions.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

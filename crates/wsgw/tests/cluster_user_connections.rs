@@ -1,7 +1,7 @@
 //! Across nodes, a user's connections are the sockets whose token's `sub` is that user, never
 //! the sockets that listen to `user:<id>` (a support agent watching it).
 
-mod common;
+use crate::common;
 
 use common::cluster::*;
 use common::*;

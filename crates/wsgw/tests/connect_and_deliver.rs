@@ -1,6 +1,6 @@
 //! Connecting (every token source, every auth failure) and who receives what.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! itself to reproduce its race at the same rate every run. What they share (the recorder, the
 //! publisher, the slow-Redis proxy) is in exactness/support.rs.
 
-mod common;
+use crate::common;
 #[path = "exactness/support.rs"]
 mod support;
 

@@ -1,7 +1,7 @@
 //! Handshakes are bounded: a TCP connection that sends nothing, or half a request, is closed
 //! after `WSGW_HANDSHAKE_TIMEOUT_MS`, and pending handshakes count toward the connection caps.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! before the expiry cannot be replayed, and the client must be told so (`recovered:false`), not
 //! handed the new events as if nothing had been missed. Real expiry, with a 2 s TTL.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

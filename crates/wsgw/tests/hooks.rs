@@ -4,7 +4,7 @@
 //! grants, decides subscribes the grants do not cover, vets and rewrites client publishes, and
 //! hears of every disconnect. When it is down, slow or failing, the gateway fails closed.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The backend's HTTP API: publishing, kicking users and sockets, presence, history, stats,
 //! and the unauthenticated health, readiness and metrics endpoints.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

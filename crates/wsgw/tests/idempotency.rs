@@ -5,7 +5,7 @@
 //! compared. Against a real redis-server and gateway process, and against an in-process node
 //! with the memory broker.
 
-mod common;
+use crate::common;
 
 use common::cluster::*;
 use common::*;

@@ -1,7 +1,7 @@
 //! Identity the way deployments do it: the default for tokens without `actions`, allowed
 //! browser origins, the HS256 secret length, bans.
 
-mod common;
+use crate::common;
 
 use common::cluster::*;
 use common::*;

@@ -2,7 +2,7 @@
 //! EC P-256 and `oct` keys at once; rotation through refresh, on-demand reload (at most once per
 //! 10 s), an unreachable endpoint keeping the last good set; combined with the static secret.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

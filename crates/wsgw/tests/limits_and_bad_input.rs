@@ -1,6 +1,6 @@
 //! Bad input and limits: error frames, close codes, and the node staying healthy for others.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

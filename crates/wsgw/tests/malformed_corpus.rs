@@ -2,7 +2,7 @@
 //! in-process node over a real socket: every frame is answered with an `error`, the socket stays
 //! open, and a bystander keeps receiving events the whole time.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

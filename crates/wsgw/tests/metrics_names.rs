@@ -4,7 +4,7 @@
 //! misnamed metric fails here), and the dashboard and the metrics table in docs/operations.md
 //! name only metrics the node really exports.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

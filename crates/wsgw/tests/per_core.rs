@@ -3,7 +3,7 @@
 //! once and in order to every socket, a second node refused on that port, and a drain that
 //! closes every runtime's sockets with 1012.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! the primary holding it), shards spread over all 3 primaries, ids rise within a shard, and
 //! keys of another shard are refused with nothing stored.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

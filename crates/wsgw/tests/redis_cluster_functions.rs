@@ -4,7 +4,7 @@
 //! on a primary that joins later (`redis-cli --cluster add-node`, then a reshard) within 30 s of
 //! that primary getting slots, and a backend's `FCALL wsgw_publish` then works in them.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};

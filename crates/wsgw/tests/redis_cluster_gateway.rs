@@ -6,7 +6,7 @@
 //! error; kicks, presence and the HTTP API work across nodes; patterns are refused; after the
 //! primaries are flushed, each shard's epoch comes back.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -9,7 +9,7 @@
 //! The join is a bare `CLUSTER MEET`, not `redis-cli --cluster add-node`: add-node copies the
 //! Functions to the new node itself, which would leave the node's watcher nothing to do.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! order, before the message that showed it. On a real cluster; the lost message is an event
 //! stored as `wsgw_publish` stores it (sequence, history, meta), without its `SPUBLISH`.
 
-mod common;
+use crate::common;
 
 use common::cluster::GatewayProc;
 use common::redis_cluster::{RedisCluster, owner, redis_cli, two_channels_of_one_shard};

@@ -11,7 +11,7 @@
 //! of every primary are killed. An event published on `room:0` after the kill must reach the
 //! socket that follows it while the subscribes go on, and every subscribe must be answered.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -12,7 +12,7 @@
 //! checked against what was published: in order, once, none missing unless a `gap` named its
 //! channel first.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

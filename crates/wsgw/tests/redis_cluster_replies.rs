@@ -6,7 +6,7 @@
 //! (see its `Confirms`). A real 3-primary cluster, one RESP3 cluster connection carrying both,
 //! as the gateway's does (broker/redis/cluster_link.rs).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

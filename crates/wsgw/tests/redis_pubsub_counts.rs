@@ -5,7 +5,7 @@
 //! confirmations that never come, one too low hands a confirmation left over to the next
 //! command. Against a real redis-server, in RESP2 and RESP3.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! a private CA; a certificate that does not verify keeps it from starting, with an error that
 //! names the problem; the insecure switch says so in its log; the password shows up nowhere.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

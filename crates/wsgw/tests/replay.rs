@@ -1,7 +1,7 @@
 //! Event ids, history and replay on one node: nothing lost, nothing duplicated, and an honest
 //! `recovered` flag when completeness can't be promised.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

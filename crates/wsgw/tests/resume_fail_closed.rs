@@ -2,7 +2,7 @@
 //! lookup errors), the asking socket never gets that id, so it cannot receive the owner's
 //! `connection:<id>` events or backend responses.
 
-mod common;
+use crate::common;
 
 use common::cluster::*;
 use common::*;

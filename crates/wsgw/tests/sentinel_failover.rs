@@ -12,18 +12,11 @@
 //! every event the final primary holds.
 //!
 //! ```sh
-//! cargo test -p wsgw --test sentinel_failover -- --nocapture
+//! cargo test -p wsgw --test suite sentinel_failover:: -- --nocapture
 //! ```
 
-mod common;
-#[allow(dead_code)]
-mod torture {
-    pub mod checker;
-    pub mod coverage;
-    pub mod load;
-    pub mod model;
-    pub mod sim;
-}
+use crate::common;
+use crate::torture_kit as torture;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

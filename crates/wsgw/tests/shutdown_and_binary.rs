@@ -1,7 +1,7 @@
 //! Stopping a node (in-process and the real `wsgw` binary on SIGTERM), the binary's
 //! configuration errors, and `wsgw --dev`.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener as StdTcpListener;
 use std::process::Stdio;

@@ -2,7 +2,7 @@
 //! duplicated browser tab copies sessionStorage) is closed with 4010 `replaced`, on one node and
 //! across nodes; the newer socket keeps the id and its topics.
 
-mod common;
+use crate::common;
 
 use common::cluster::*;
 use common::*;

@@ -1,7 +1,7 @@
 //! `wsgw token`: an operator prints a token with the binary, and a node with the same secret
 //! takes it with exactly the grants asked for.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

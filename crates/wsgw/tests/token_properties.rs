@@ -3,7 +3,7 @@
 //! signed with another key or another algorithm, and tokens with arbitrary claims. Nothing
 //! panics, and nothing is accepted that was not signed with the node's key and valid.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -5,9 +5,9 @@
 //! checker compares what each client delivered with what the history streams hold.
 //!
 //! ```sh
-//! cargo test -p wsgw --test torture -- --nocapture                      # ~60 s of chaos
-//! WSGW_TORTURE_SECS=600 WSGW_TORTURE_SEED=7 cargo test --release -p wsgw --test torture -- --nocapture
-//! cargo test -p wsgw --test torture checker                             # the checker's unit tests
+//! cargo test -p wsgw --test suite torture::torture_exactness -- --nocapture   # ~60 s of chaos
+//! WSGW_TORTURE_SECS=600 WSGW_TORTURE_SEED=7 cargo test --release -p wsgw --test suite torture::torture_exactness -- --nocapture
+//! cargo test -p wsgw --test suite torture_kit::checker_tests                  # the checker's unit tests
 //! ```
 //! Also: `WSGW_TORTURE_CLIENTS` (24), `WSGW_TORTURE_PASSIVE` (200), `WSGW_TORTURE_RATE` (events/s, 150);
 //! `WSGW_TORTURE_EXPLAIN_ALL=1` prints the history of the first violation of every kind;
@@ -16,18 +16,8 @@
 //! tests/torture_cluster.rs runs the same clients and checker over a real 3-primary Redis
 //! Cluster, with faults of its own (primary SIGKILL and failover, slot migration).
 
-mod common;
-mod torture {
-    pub mod checker;
-    #[cfg(test)]
-    mod checker_tests;
-    pub mod coverage;
-    pub mod explain;
-    pub mod finish;
-    pub mod load;
-    pub mod model;
-    pub mod sim;
-}
+use crate::common;
+use crate::torture_kit as torture;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

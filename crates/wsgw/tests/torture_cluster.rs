@@ -17,28 +17,18 @@
 //! reports deliveries of such events apart (`lost_delivered`), not as violations.
 //!
 //! ```sh
-//! cargo test -p wsgw --test torture_cluster -- --nocapture                  # ~60 s of chaos
-//! WSGW_TORTURE_SECS=180 WSGW_TORTURE_SEED=7 cargo test --release -p wsgw --test torture_cluster -- --nocapture
+//! cargo test -p wsgw --test suite torture_cluster:: -- --nocapture          # ~60 s of chaos
+//! WSGW_TORTURE_SECS=180 WSGW_TORTURE_SEED=7 cargo test --release -p wsgw --test suite torture_cluster:: -- --nocapture
 //! ```
 //! The knobs of tests/torture.rs (`WSGW_TORTURE_SECS`, `_SEED`, `_CLIENTS`, `_PASSIVE`, `_RATE`,
 //! `_EXPLAIN_ALL`, `_DUMP`) apply; a `WSGW_TORTURE_CLUSTER_<KNOB>` variable overrides its
 //! `WSGW_TORTURE_<KNOB>` for this test only. `WSGW_TORTURE_CLUSTER_MIGRATE_BATCH`: keys per
 //! `MIGRATE` of a slot migration (default: 1 to 3, drawn for each).
 
-mod common;
+use crate::common;
 // Shared with tests/torture.rs; the single-primary parts (its publishers, its Redis reads) are
 // not used here.
-#[allow(dead_code)]
-mod torture {
-    pub mod checker;
-    pub mod cluster;
-    pub mod coverage;
-    pub mod explain;
-    pub mod finish;
-    pub mod load;
-    pub mod model;
-    pub mod sim;
-}
+use crate::torture_kit as torture;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -3,7 +3,7 @@
 //! TCP, so they control how the bytes arrive: a head in single bytes, a head followed by a
 //! frame in one write, heads the direct path leaves to hyper, plain HTTP in pieces.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
