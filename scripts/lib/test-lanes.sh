@@ -74,7 +74,7 @@ while IFS=$'\t' read -r name dir exe tests; do
     fi
 done <"$out/units"
 [[ -s $out/torture ]] || { echo "test-lanes: no torture tests found in the suite" >&2; exit 1; }
-touch "$out/torture" "$out/queue"
+touch "$out/queue"
 echo 0 >"$out/taken"
 
 # Prints the shared queue's next line, or nothing when it is empty (under a lock: each line is
