@@ -1,5 +1,6 @@
-//! The gateway's single-primary pub/sub connection (redis-rs's `aio::PubSub`) keeps no name per
-//! subscription: `vendor/redis` counts them from the count each confirmation ends with, to know
+//! The gateway's single-primary pub/sub connection over `rediss://` or a Unix socket (redis-rs's
+//! `aio::PubSub`; over plain TCP the node reads it itself, `broker/redis/sub_conn.rs`) keeps no
+//! name per subscription: `vendor/redis` counts them from the count each confirmation ends with, to know
 //! how many confirmations a zero-argument `UNSUBSCRIBE` or `PUNSUBSCRIBE` is answered with
 //! (WSGW-PATCH.md). A miscount shows here: a count too high leaves the unsubscribe waiting for
 //! confirmations that never come, one too low hands a confirmation left over to the next

@@ -43,6 +43,7 @@ mod limits_and_bad_input;
 mod malformed_corpus;
 mod metrics_names;
 mod per_core;
+mod redis_auth;
 mod redis_cluster;
 mod redis_cluster_functions;
 mod redis_cluster_gateway;

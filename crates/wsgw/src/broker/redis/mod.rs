@@ -50,6 +50,7 @@ mod sharded_listen;
 mod sharded_repair;
 mod sharded_sync;
 mod streams;
+mod sub_conn;
 
 use bans::BanCheck;
 pub use cluster_functions::{PrimaryOutcome, PrimaryReport, sync_functions};

@@ -5,13 +5,13 @@
 
 use std::task::Poll;
 
-use futures_util::FutureExt;
 use tokio::task::JoinSet;
 
 use super::canary::CanaryWatch;
 use super::control::Control;
 use super::head;
 use super::header::{self, Header};
+use super::sub_conn::{Change, PubMsg, Sub};
 use super::*;
 use crate::hub::Burst;
 
@@ -26,7 +26,7 @@ pub(super) enum SubCmd {
 enum Wake {
     Tick,
     Cmd(Option<SubCmd>),
-    Msg(Option<redis::Msg>),
+    Msg(Result<PubMsg, BrokerError>),
     Stop,
 }
 
@@ -38,7 +38,7 @@ enum Wake {
 async fn next_wake(
     tick: &mut tokio::time::Interval,
     cmds: &mut mpsc::UnboundedReceiver<SubCmd>,
-    stream: &mut redis::aio::PubSubStream,
+    sub: &mut Sub,
     mut stop: std::pin::Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
 ) -> Wake {
     std::future::poll_fn(|cx| {
@@ -48,7 +48,7 @@ async fn next_wake(
         if let Poll::Ready(cmd) = cmds.poll_recv(cx) {
             return Poll::Ready(Wake::Cmd(cmd));
         }
-        if let Poll::Ready(msg) = stream.poll_next_unpin(cx) {
+        if let Poll::Ready(msg) = sub.poll_next(cx) {
             return Poll::Ready(Wake::Msg(msg));
         }
         if stop.as_mut().poll(cx).is_ready() {
@@ -148,38 +148,27 @@ impl Inner {
             self.prepare().await?;
         }
         let client = self.link()?.client.clone();
-        let pubsub = timed(self.s.op_timeout, async {
-            client.get_async_pubsub().await.map_err(unavailable)
-        })
-        .await?;
-        let (mut sink, mut stream) = pubsub.split();
+        let mut sub = timed(self.s.op_timeout, Sub::connect(&client)).await?;
         let control = self.keys.control();
         let canary = self.keys.canary(&self.s.node_id);
-        timed(self.s.op_timeout, async {
-            sink.subscribe(&[control.as_str(), canary.as_str()])
-                .await
-                .map_err(unavailable)
-        })
+        timed(
+            self.s.op_timeout,
+            sub.change(Change::Subscribe, &[control.clone(), canary.clone()]),
+        )
         .await?;
         let (exact, patterns) = self.redis_names(&self.hub.interests());
         for chunk in exact.chunks(512) {
-            timed(self.s.op_timeout * 4, async {
-                sink.subscribe(chunk).await.map_err(unavailable)
-            })
-            .await?;
+            timed(self.s.op_timeout * 4, sub.change(Change::Subscribe, chunk)).await?;
         }
         for chunk in patterns.chunks(512) {
-            timed(self.s.op_timeout * 4, async {
-                sink.psubscribe(chunk).await.map_err(unavailable)
-            })
-            .await?;
+            timed(self.s.op_timeout * 4, sub.change(Change::Psubscribe, chunk)).await?;
         }
         // What this connection is subscribed to: a `listen` for one of these is answered at
         // once (its SUBSCRIBE was confirmed before this task got to the listen).
         let mut listening: HashSet<Arc<str>> = self.hub.interests().into_iter().collect();
         if !first {
             // Live messages queue up in the stream meanwhile; sockets drop what they already have.
-            self.repair().await?;
+            sub.hold_while(self.repair()).await?;
             info!("redis pub/sub back; gap repaired");
         }
         self.ready.store(true, Ordering::Release);
@@ -200,23 +189,30 @@ impl Inner {
         loop {
             let cmd = match waiting.take() {
                 Some(cmd) => cmd,
-                None => match next_wake(&mut canary_tick, cmds, &mut stream, stop.as_mut()).await {
+                None => match next_wake(&mut canary_tick, cmds, &mut sub, stop.as_mut()).await {
                     Wake::Stop | Wake::Cmd(None) => return Ok(true),
                     Wake::Cmd(Some(cmd)) => cmd,
-                    Wake::Msg(None) => return Err(unavailable("pub/sub connection closed")),
-                    Wake::Msg(Some(msg)) => {
+                    Wake::Msg(Err(e)) => return Err(e),
+                    Wake::Msg(Ok(msg)) => {
                         // With every message already waiting behind it: several make bursts.
+                        let mut ended = None;
                         let open = self.hub.drain_waiting(
                             msg,
-                            || stream.next().now_or_never(),
-                            |m| m.get_payload_bytes().len(),
+                            || match sub.try_next()? {
+                                Ok(m) => Some(Some(m)),
+                                Err(e) => {
+                                    ended = Some(e);
+                                    Some(None)
+                                }
+                            },
+                            |m| m.payload().len(),
                             |m, burst| self.on_pubsub(&m, &canary, &control, &mut watch, burst),
                         );
                         if !open {
-                            return Err(unavailable("pub/sub connection closed"));
+                            return Err(ended.unwrap_or_else(|| unavailable("pub/sub connection closed")));
                         }
                         // With per-core runtimes: no further reading while a core is far behind.
-                        self.hub.cores_caught_up().await;
+                        sub.hold_while(self.hub.cores_caught_up()).await;
                         waiting = cmds.try_recv().ok();
                         continue;
                     }
@@ -255,10 +251,10 @@ impl Inner {
                     let (exact, patterns) = self.redis_names(&all);
                     let r = timed(self.s.op_timeout * 2, async {
                         if !exact.is_empty() {
-                            sink.subscribe(&exact).await.map_err(unavailable)?;
+                            sub.change(Change::Subscribe, &exact).await?;
                         }
                         if !patterns.is_empty() {
-                            sink.psubscribe(&patterns).await.map_err(unavailable)?;
+                            sub.change(Change::Psubscribe, &patterns).await?;
                         }
                         Ok(())
                     })
@@ -274,7 +270,7 @@ impl Inner {
                     // An unlisten or reconnect that came after these listens: next.
                     waiting = deferred;
                 }
-                SubCmd::Unlisten(channels) => self.unlisten_now(&mut sink, channels, &mut listening).await?,
+                SubCmd::Unlisten(channels) => self.unlisten_now(&mut sub, channels, &mut listening).await?,
                 SubCmd::Reconnect => {
                     warn!("redis primary moved: reconnecting pub/sub");
                     return Ok(false);
@@ -303,18 +299,11 @@ impl Inner {
 
     /// Handles one message of the pub/sub connection (in `burst` if given) and tells `watch`
     /// what it was.
-    fn on_pubsub(
-        &self,
-        msg: &redis::Msg,
-        canary: &str,
-        control: &str,
-        watch: &mut CanaryWatch,
-        burst: Option<&mut Burst>,
-    ) {
-        let name = msg.get_channel_name();
+    fn on_pubsub(&self, msg: &PubMsg, canary: &str, control: &str, watch: &mut CanaryWatch, burst: Option<&mut Burst>) {
+        let name = msg.channel_name();
         if name == canary {
             watch.canary();
-            let sync = msg.get_payload_bytes().strip_prefix(b"sync:");
+            let sync = msg.payload().strip_prefix(b"sync:");
             if let Some(n) = sync.and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
                 && let Some((_, tx)) = self.syncs.lock().remove(&n)
             {
@@ -322,7 +311,7 @@ impl Inner {
                 self.hub.after_fanouts(tx);
             }
         } else if name == control {
-            self.on_control(msg.get_payload_bytes());
+            self.on_control(msg.payload());
         } else {
             watch.frame(self.on_message(msg, burst));
         }
@@ -330,7 +319,7 @@ impl Inner {
 
     pub(super) async fn unlisten_now(
         &self,
-        sink: &mut redis::aio::PubSubSink,
+        sub: &mut Sub,
         channels: Vec<Arc<str>>,
         listening: &mut HashSet<Arc<str>>,
     ) -> Result<(), BrokerError> {
@@ -342,10 +331,10 @@ impl Inner {
         let (exact, patterns) = self.redis_names(&gone);
         timed(self.s.op_timeout, async {
             if !exact.is_empty() {
-                sink.unsubscribe(&exact).await.map_err(unavailable)?;
+                sub.change(Change::Unsubscribe, &exact).await?;
             }
             if !patterns.is_empty() {
-                sink.punsubscribe(&patterns).await.map_err(unavailable)?;
+                sub.change(Change::Punsubscribe, &patterns).await?;
             }
             Ok(())
         })
@@ -376,11 +365,11 @@ impl Inner {
     /// A frame from Redis: strip the routing header, read only what routing and dedup need,
     /// and hand the very same bytes to the hub. Returns the frame's publish time (µs; 0 when
     /// unknown).
-    pub(super) fn on_message(&self, msg: &redis::Msg, burst: Option<&mut Burst>) -> u64 {
-        let Some(channel) = msg.get_channel_name().strip_prefix(self.keys.prefix.as_str()) else {
+    pub(super) fn on_message(&self, msg: &PubMsg, burst: Option<&mut Burst>) -> u64 {
+        let Some(channel) = msg.channel_name().strip_prefix(self.keys.prefix.as_str()) else {
             return 0;
         };
-        let Some((frame, header)) = self.parse_frame(channel, msg.get_payload_bytes()) else {
+        let Some((frame, header)) = self.parse_frame(channel, msg.payload()) else {
             self.metrics.dropped_frames.inc();
             return 0;
         };
@@ -391,10 +380,7 @@ impl Inner {
             }
         }
         let excluded = header.excluded();
-        if msg.from_pattern() {
-            let Ok(pattern) = msg.get_pattern::<String>() else {
-                return frame.published_us;
-            };
+        if let Some(pattern) = msg.pattern() {
             let Some(pattern) = pattern.strip_prefix(self.keys.prefix.as_str()) else {
                 return frame.published_us;
             };

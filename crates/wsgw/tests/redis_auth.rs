@@ -1,0 +1,114 @@
+//! The node's pub/sub connection over plain TCP is read by the node itself
+//! (`broker/redis/sub_conn.rs`), which also authenticates it. Against a real redis-server that
+//! wants a password: a node given an ACL user and one given only a password (the default
+//! user's) each subscribe as that user and deliver what a backend publishes, and a wrong
+//! password keeps a node from becoming ready.
+//!
+//! `cargo test -p wsgw --test suite redis_auth::`
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::cluster::{GatewayProc, RedisServer, fcall_publish, free_port};
+use common::{DEADLINE, token, wait_until};
+use serde_json::json;
+
+const PASSWORD: &str = "gw-secret-password";
+const DEFAULT_PASSWORD: &str = "default-secret-password";
+
+/// The `user=` of every pub/sub connection Redis has.
+async fn pubsub_users(r: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(r)
+        .await
+        .unwrap();
+    list.lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("user=")).map(str::to_string))
+        .collect()
+}
+
+/// New connections must now authenticate; `admin` stays in as the default user.
+async fn require_password(admin: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", DEFAULT_PASSWORD])
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_node_authenticates_its_pub_sub_connection_as_the_user_its_url_names() {
+    let redis = RedisServer::start().await;
+    let mut admin = redis.conn().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "gw", "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    require_password(&mut admin).await;
+
+    let as_gw = format!("redis://gw:{PASSWORD}@127.0.0.1:{}", redis.port);
+    let as_default = format!("redis://:{DEFAULT_PASSWORD}@127.0.0.1:{}", redis.port);
+    let a = GatewayProc::start_env("gw-a", &[("WSGW_REDIS_URL", as_gw.as_str())]).await;
+    let b = GatewayProc::start_env("gw-b", &[("WSGW_REDIS_URL", as_default.as_str())]).await;
+    wait_until("both nodes' pub/sub connections, one per user", || {
+        let mut admin = admin.clone();
+        async move {
+            let mut users = pubsub_users(&mut admin).await;
+            users.sort();
+            users == ["default", "gw"]
+        }
+    })
+    .await;
+
+    let (mut on_a, _) = a.connect(&token("alice", &[], &[])).await;
+    let (mut on_b, _) = b.connect(&token("alice", &[], &[])).await;
+    let id = fcall_publish(&mut admin, "user:alice", "dm", &json!({"n": 1})).await;
+    for c in [&mut on_a, &mut on_b] {
+        let e = c.expect("event").await;
+        assert_eq!(
+            (e["event_id"].as_str(), e["data"].clone()),
+            (Some(id.as_str()), json!({"n": 1}))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_keeps_a_node_from_becoming_ready() {
+    let redis = RedisServer::start().await;
+    let mut admin = redis.conn().await;
+    require_password(&mut admin).await;
+    let url = format!("redis://:wrong-password@127.0.0.1:{}", redis.port);
+    let port = free_port();
+    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_wsgw"))
+        .env("WSGW_LISTEN", format!("127.0.0.1:{port}"))
+        .env("WSGW_REDIS_URL", &url)
+        .env("WSGW_JWT_SECRET", common::SECRET)
+        .env("WSGW_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Either it gives up, or it stays up without saying it is ready: never ready.
+    let deadline = tokio::time::Instant::now() + DEADLINE.min(Duration::from_secs(5));
+    while tokio::time::Instant::now() < deadline {
+        if node.try_wait().unwrap().is_some() {
+            break;
+        }
+        let ready = wsgw::http_client::client()
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        assert!(!ready, "a node with a wrong Redis password said it was ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = node.kill();
+    let out = node.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("wrong-password"), "the password was logged: {log}");
+}
