@@ -223,15 +223,20 @@ impl Node {
         Node { port, child, log }
     }
 
-    /// Subscribes a socket to `chat:1`, publishes `{"n": n}` there over HTTP and returns the
-    /// event the socket received: Redis's pool and pub/sub both work for this node.
+    /// Subscribes a socket to `chat:1` and another to the pattern `chat:*`, publishes
+    /// `{"n": n}` on `chat:1` over HTTP and returns the event the first received, which the
+    /// second got too: Redis's pool and pub/sub (`message` and `pmessage`) work for this node.
     async fn publish_reaches_a_subscriber(&self, n: u64) -> Value {
         let t = token("alice", &["chat:*"], &["chat:*"]);
-        let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws?token={t}", self.port)).await;
-        c.expect("welcome").await;
-        c.send(json!({"type":"subscribe","channel":"chat:1","request_id":1}))
-            .await;
-        c.expect("subscribed").await;
+        let mut subscribed = Vec::new();
+        for channel in ["chat:1", "chat:*"] {
+            let mut c = Client::connect(&format!("ws://127.0.0.1:{}/ws?token={t}", self.port)).await;
+            c.expect("welcome").await;
+            c.send(json!({"type":"subscribe","channel":channel,"request_id":1}))
+                .await;
+            c.expect("subscribed").await;
+            subscribed.push(c);
+        }
         let r = wsgw::http_client::client()
             .post(self.url("/api/publish"))
             .bearer_auth(API_KEY)
@@ -240,7 +245,10 @@ impl Node {
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
-        c.expect("event").await
+        let e = subscribed[0].expect("event").await;
+        let by_pattern = subscribed[1].expect("event").await;
+        assert_eq!(by_pattern, e, "the pattern's subscriber got another frame");
+        e
     }
 
     fn url(&self, path: &str) -> String {

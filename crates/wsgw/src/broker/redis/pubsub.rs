@@ -167,7 +167,8 @@ impl Inner {
         // once (its SUBSCRIBE was confirmed before this task got to the listen).
         let mut listening: HashSet<Arc<str>> = self.hub.interests().into_iter().collect();
         if !first {
-            // Live messages queue up in the stream meanwhile; sockets drop what they already have.
+            // Live messages are read into memory meanwhile (`hold_while`) and handed on after;
+            // sockets drop what they already have.
             sub.hold_while(self.repair()).await?;
             info!("redis pub/sub back; gap repaired");
         }
@@ -211,7 +212,8 @@ impl Inner {
                         if !open {
                             return Err(ended.unwrap_or_else(|| unavailable("pub/sub connection closed")));
                         }
-                        // With per-core runtimes: no further reading while a core is far behind.
+                        // With per-core runtimes: nothing more handed on while a core is far
+                        // behind (what arrives meanwhile is read into memory, `hold_while`).
                         sub.hold_while(self.hub.cores_caught_up()).await;
                         waiting = cmds.try_recv().ok();
                         continue;
@@ -380,7 +382,10 @@ impl Inner {
             }
         }
         let excluded = header.excluded();
-        if let Some(pattern) = msg.pattern() {
+        if msg.is_pmessage() {
+            let Some(pattern) = msg.pattern() else {
+                return frame.published_us;
+            };
             let Some(pattern) = pattern.strip_prefix(self.keys.prefix.as_str()) else {
                 return frame.published_us;
             };

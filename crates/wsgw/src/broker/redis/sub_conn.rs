@@ -11,6 +11,7 @@
 //! confirmed each of its names, holding the messages that arrive meanwhile for the next reads,
 //! in order.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::task::{Context, Poll};
@@ -29,49 +30,53 @@ const HOLD_BATCH: usize = 256;
 const READ_ROOM: usize = 16 << 10;
 
 /// One pub/sub message: its channel, its pattern when it came through a PSUBSCRIBE, and its
-/// payload, as ranges of the bytes read.
-pub(super) struct PubMsg {
-    buf: Bytes,
-    channel: Range<usize>,
-    pattern: Option<Range<usize>>,
-    payload: Range<usize>,
+/// payload.
+pub(super) enum PubMsg {
+    /// Read here: ranges of the bytes read.
+    Read {
+        buf: Bytes,
+        channel: Range<usize>,
+        pattern: Option<Range<usize>>,
+        payload: Range<usize>,
+    },
+    /// From the redis crate's reader (`Sub::Crate`).
+    Crate(redis::Msg),
 }
 
 impl PubMsg {
     /// The channel's name; empty when it is not UTF-8 (never one of ours).
     pub(super) fn channel_name(&self) -> &str {
-        std::str::from_utf8(&self.buf[self.channel.clone()]).unwrap_or("")
+        match self {
+            PubMsg::Read { buf, channel, .. } => std::str::from_utf8(&buf[channel.clone()]).unwrap_or(""),
+            PubMsg::Crate(m) => m.get_channel_name(),
+        }
     }
 
     pub(super) fn payload(&self) -> &[u8] {
-        &self.buf[self.payload.clone()]
+        match self {
+            PubMsg::Read { buf, payload, .. } => &buf[payload.clone()],
+            PubMsg::Crate(m) => m.get_payload_bytes(),
+        }
     }
 
-    /// The pattern it matched, for a PSUBSCRIBE's message.
-    pub(super) fn pattern(&self) -> Option<&str> {
-        let p = self.pattern.clone()?;
-        std::str::from_utf8(&self.buf[p]).ok()
+    /// Whether it came through a PSUBSCRIBE (a `pmessage`).
+    pub(super) fn is_pmessage(&self) -> bool {
+        match self {
+            PubMsg::Read { pattern, .. } => pattern.is_some(),
+            PubMsg::Crate(m) => m.from_pattern(),
+        }
     }
 
-    /// The same message from the redis crate's reader (`Sub::Crate`).
-    pub(super) fn from_crate(m: &redis::Msg) -> Self {
-        let channel = m.get_channel_name().as_bytes();
-        let pattern = m.from_pattern().then(|| m.get_pattern::<Vec<u8>>().unwrap_or_default());
-        let payload = m.get_payload_bytes();
-        let mut buf = Vec::with_capacity(channel.len() + payload.len() + pattern.as_ref().map_or(0, Vec::len));
-        buf.extend_from_slice(channel);
-        buf.extend_from_slice(payload);
-        let c = 0..channel.len();
-        let p = c.end..buf.len();
-        let pattern = pattern.map(|pat| {
-            buf.extend_from_slice(&pat);
-            p.end..buf.len()
-        });
-        PubMsg {
-            buf: buf.into(),
-            channel: c,
-            pattern,
-            payload: p,
+    /// The pattern it matched, for a PSUBSCRIBE's message; `None` also when that is not UTF-8.
+    pub(super) fn pattern(&self) -> Option<Cow<'_, str>> {
+        match self {
+            PubMsg::Read { buf, pattern, .. } => {
+                let p = pattern.clone()?;
+                std::str::from_utf8(&buf[p]).ok().map(Cow::Borrowed)
+            }
+            PubMsg::Crate(m) => m
+                .from_pattern()
+                .then(|| m.get_pattern::<String>().ok().map(Cow::Owned))?,
         }
     }
 }
@@ -176,7 +181,7 @@ fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, BrokerError> {
             payload: parts[2].clone().unwrap_or_default(),
         },
         (Some(b"pmessage"), 4) => Reply::Message {
-            pattern: parts[1].clone(),
+            pattern: Some(parts[1].clone().unwrap_or_default()),
             channel: parts[2].clone().unwrap_or_default(),
             payload: parts[3].clone().unwrap_or_default(),
         },
@@ -327,7 +332,7 @@ impl SubConn {
                         channel,
                         pattern,
                         payload,
-                    } => Got::Message(PubMsg {
+                    } => Got::Message(PubMsg::Read {
                         buf: self.buf.split_to(len).freeze(),
                         channel,
                         pattern,
@@ -421,7 +426,7 @@ impl Sub {
         match self {
             Sub::Own(c) => c.poll_next(cx),
             Sub::Crate(_, stream) => match ready!(stream.poll_next_unpin(cx)) {
-                Some(m) => Poll::Ready(Ok(PubMsg::from_crate(&m))),
+                Some(m) => Poll::Ready(Ok(PubMsg::Crate(m))),
                 None => Poll::Ready(Err(unavailable("pub/sub connection closed"))),
             },
         }
