@@ -1,10 +1,12 @@
 //! The node's pub/sub connection over plain TCP is read by the node itself
-//! (`broker/redis/sub_conn.rs`), which also authenticates it. Against a real redis-server that
-//! wants a password: a node given an ACL user and one given only a password (the default
-//! user's) each subscribe as that user and deliver what a backend publishes, and a wrong
-//! password keeps a node from becoming ready.
+//! (`broker/redis/sub_conn.rs`), against a real redis-server:
+//! - frames of every size, sent back to back, arrive whole and in order, however the reads
+//!   cut them;
+//! - it authenticates: a node given an ACL user and one given only a password (the default
+//!   user's) each subscribe as that user and deliver what a backend publishes, and a wrong
+//!   password keeps a node from becoming ready.
 //!
-//! `cargo test -p wsgw --test suite redis_auth::`
+//! `cargo test -p wsgw --test suite redis_pubsub_reader::`
 
 use crate::common;
 
@@ -13,6 +15,46 @@ use std::time::Duration;
 use common::cluster::{GatewayProc, RedisServer, fcall_publish, free_port};
 use common::{DEADLINE, token, wait_until};
 use serde_json::json;
+
+/// Event sizes around the reader's buffer (64 KiB, refilled when under 16 KiB free) and far
+/// past it.
+const SIZES: &[usize] = &[
+    0, 1, 100, 16_383, 16_384, 16_385, 65_500, 65_536, 200_000, 900_000, 3, 70_000, 5,
+];
+
+#[tokio::test]
+async fn frames_of_every_size_sent_back_to_back_arrive_whole_and_in_order() {
+    let redis = RedisServer::start().await;
+    // No canary for minutes: nothing else arrives on the connection to wake a reader that
+    // stopped with bytes left in its socket.
+    let node = GatewayProc::start(&redis, "gw-a", &[("WSGW_CANARY_INTERVAL_MS", "600000")]).await;
+    let (mut c, _) = node.connect(&token("alice", &[], &[])).await;
+    // One pipeline: Redis writes the frames to the node's socket back to back, so its reads
+    // cut them anywhere.
+    let mut pipe = redis::pipe();
+    for (i, n) in SIZES.iter().enumerate() {
+        let data = json!({"i": i, "pad": "x".repeat(*n)});
+        pipe.cmd("FCALL")
+            .arg("wsgw_publish")
+            .arg(2)
+            .arg("ws:seq")
+            .arg("ws:history:user:alice")
+            .arg("user:alice")
+            .arg("sized")
+            .arg(data.to_string());
+    }
+    let ids: Vec<String> = pipe.query_async(&mut redis.conn().await).await.unwrap();
+    for (i, n) in SIZES.iter().enumerate() {
+        let e = c.expect("event").await;
+        assert_eq!(
+            (e["event_id"].as_str(), e["data"]["i"].as_u64()),
+            (Some(ids[i].as_str()), Some(i as u64)),
+            "event {i} out of order"
+        );
+        assert_eq!(e["data"]["pad"].as_str().map(str::len), Some(*n), "event {i} cut");
+    }
+    c.assert_silent(Duration::from_millis(300)).await;
+}
 
 const PASSWORD: &str = "gw-secret-password";
 const DEFAULT_PASSWORD: &str = "default-secret-password";
