@@ -241,16 +241,13 @@ impl SubConn {
         Ok(conn)
     }
 
-    /// Sends `cmd` and its `names`, in commands of at most 512 names, each confirmed before the
-    /// next is sent.
+    /// Sends `cmd` with `names` as one command, as the crate's reader does (the callers size
+    /// it), and waits until each name is confirmed.
     pub(super) async fn names(&mut self, cmd: &str, names: &[String]) -> Result<(), BrokerError> {
-        for chunk in names.chunks(512) {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
-            args.push(cmd.as_bytes());
-            args.extend(chunk.iter().map(|n| n.as_bytes()));
-            self.command(&args, chunk.len()).await?;
-        }
-        Ok(())
+        let mut args: Vec<&[u8]> = Vec::with_capacity(names.len() + 1);
+        args.push(cmd.as_bytes());
+        args.extend(names.iter().map(|n| n.as_bytes()));
+        self.command(&args, names.len()).await
     }
 
     /// Writes one command, then reads until `replies` confirmations (or, for AUTH, one `+OK`)
