@@ -365,6 +365,15 @@ impl Connection {
         self.wake.notify_one();
     }
 
+    /// Hands `fetch` the fields `offer` reads first: the outbox's lock and first fields, the
+    /// queue's limits, and the field after the outbox (hub/prefetch.rs).
+    #[inline(always)]
+    pub(super) fn warm(&self) {
+        super::prefetch::line(&self.capacity);
+        super::prefetch::line(&self.outbox);
+        super::prefetch::line(&self.wake);
+    }
+
     /// The per-core runtime this connection's session runs on (0 outside `per_core`).
     pub fn core(&self) -> usize {
         self.core as usize

@@ -10,6 +10,7 @@ mod core_fanout;
 mod deflated;
 mod direct;
 mod floors;
+mod prefetch;
 mod subscribers;
 #[cfg(test)]
 mod test_wire;
@@ -424,11 +425,11 @@ impl Hub {
         let chans = self.channels.read();
         let exact = chans.get(channel);
         if let Some(subs) = exact {
-            for (key, c) in subs.iter() {
+            prefetch::for_each_warmed(subs.iter(), |key, c| {
                 if !skip(key) {
                     self.offer(c, channel, false, frame, exclude, tally);
                 }
-            }
+            });
         }
         let pats = self.patterns.read();
         if !pats.is_empty() {
@@ -450,11 +451,11 @@ impl Hub {
     fn fan_exact(&self, channel: &str, frame: &OutFrame, exclude: &[&str], tally: &mut Tally, only: Option<usize>) {
         let chans = self.channels.read();
         let Some(subs) = chans.get(channel) else { return };
-        for (key, c) in subs.iter() {
+        prefetch::for_each_warmed(subs.iter(), |key, c| {
             if only.is_none_or(|k| core_of(*key) == k) {
                 self.offer(c, channel, false, frame, exclude, tally);
             }
-        }
+        });
     }
 
     /// Offers `frame`, published on `channel`, to the subscribers of `pattern`, or with
@@ -474,19 +475,19 @@ impl Hub {
         let Some((_, subs)) = pats.iter().find(|(p, _)| &**p == pattern) else {
             return;
         };
-        for (key, c) in subs.iter() {
+        prefetch::for_each_warmed(subs.iter(), |key, c| {
             if only.is_some_and(|k| core_of(*key) != k) {
-                continue;
+                return;
             }
             // A socket with an exact subscription gets the channel's `message` too, except for
             // events published before the node's SUBSCRIBE took effect: those come only as this
             // `pmessage`. Durable events are offered anyway (the socket's floor drops the second
             // copy); ephemeral ones have no id to deduplicate, so they wait for the `message`.
             if frame.event_id.is_none() && exact.is_some_and(|e| e.contains_key(key)) {
-                continue;
+                return;
             }
             self.offer(c, channel, true, frame, exclude, tally);
-        }
+        });
     }
 
     /// A fan-out's tally, with its share of direct writes (see `direct.rs`); none in a burst,

@@ -75,7 +75,7 @@ impl Subscribers {
     }
 
     /// Each socket with its key.
-    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Arc<Connection>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Arc<Connection>)> + Clone {
         let (one, many) = match self {
             Self::Empty => (None, None),
             Self::One(k, c) => (Some((k, c)), None),
