@@ -365,8 +365,10 @@ impl Connection {
         self.wake.notify_one();
     }
 
-    /// Hands `fetch` the fields `offer` reads first: the outbox's lock and first fields, the
-    /// queue's limits, and the field after the outbox (hub/prefetch.rs).
+    /// Asks the CPU for the lines `offer` reads first (hub/prefetch.rs): the queue's limits,
+    /// the outbox's lock and first fields, and `wake`, which the compiler places right after
+    /// the outbox today, beside its last fields (the close and `writing` flags). Field order is
+    /// the compiler's, so this is a hint in layout as well: another order costs only the gain.
     #[inline(always)]
     pub(super) fn warm(&self) {
         super::prefetch::line(&self.capacity);
