@@ -273,7 +273,20 @@ impl Inner {
                 .await
                 .map_err(unavailable)?;
             // Repairs after an outage start after the newest id issued when we (re)joined, so a
-            // node that has not yet seen an event on its channels still repairs the gap.
+            // node that has not yet seen an event on its channels still repairs the gap. A Redis
+            // that has issued none yet starts its sequence at `<epoch>-0`, below every id it will
+            // issue: without a newest id, a first outage before the first event seen here would
+            // repair nothing, and an id before the epoch would prove nothing complete.
+            let epoch: Option<u64> = c.get(self.keys.epoch(None)).await.map_err(unavailable)?;
+            if let Some(epoch) = epoch {
+                let _: () = redis::cmd("SET")
+                    .arg(self.keys.seq(None))
+                    .arg(EventId::new(epoch, 0).to_string())
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+            }
             let seq: Option<String> = c.get(self.keys.seq(None)).await.map_err(unavailable)?;
             if let Some(id) = seq.and_then(|s| s.parse::<EventId>().ok()) {
                 let mut w = self.watermark.lock();

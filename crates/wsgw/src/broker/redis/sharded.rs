@@ -37,9 +37,16 @@ use crate::time::now_us;
 
 const SHARDS: usize = ID_SHARDS as usize;
 
-/// Messages one interrupted shard may hold while it is repaired; past that they are dropped
-/// and the shard is repaired again, from history, once this repair ends (held.rs).
-pub(super) const MAX_HELD: usize = 100_000;
+/// The bytes of a pushed message's bulk strings: what holding it keeps in memory, near enough.
+fn push_bytes(push: &PushInfo) -> usize {
+    push.data
+        .iter()
+        .map(|v| match v {
+            redis::Value::BulkString(b) => b.len(),
+            _ => 8,
+        })
+        .sum()
+}
 
 /// Repairs of one shard redone in a row because a channel joined while they ran; past that the
 /// shard takes no new channel until its repair is delivered (`Shard::closed_to_joins`).
@@ -407,7 +414,8 @@ impl Inner {
                 }
                 let sh = &mut shards[s as usize];
                 if let Some(held) = sh.held.as_mut() {
-                    if !held.push(push) {
+                    let bytes = push_bytes(&push);
+                    if !held.push(push, bytes) {
                         sh.again = true;
                     }
                     return;
@@ -418,8 +426,9 @@ impl Inner {
                     self.read_from(s, have);
                     self.start_repair(s, shards, done);
                     let sh = &mut shards[s as usize];
+                    let bytes = push_bytes(&push);
                     if let Some(held) = sh.held.as_mut()
-                        && !held.push(push)
+                        && !held.push(push, bytes)
                     {
                         sh.again = true;
                     }

@@ -3,8 +3,8 @@
 //! missed of its channels is delivered from the shard's history up to a snapshot; then the held
 //! messages follow.
 
-use super::held::Held;
-use super::sharded::{MAX_HELD, RepairDone, Repaired, Shard, Took, sharded_name};
+use super::held::{Held, MAX_HELD, MAX_HELD_BYTES};
+use super::sharded::{RepairDone, Repaired, Shard, Took, sharded_name};
 use super::*;
 
 impl Inner {
@@ -17,7 +17,7 @@ impl Inner {
             sh.again = true;
             return;
         }
-        sh.held = Some(Held::new(MAX_HELD));
+        sh.held = Some(Held::new(MAX_HELD, MAX_HELD_BYTES));
         self.spawn_repair(s, sh, done, Duration::ZERO);
     }
 

@@ -10,6 +10,12 @@
 //! Commands go one at a time: `command` writes one (UN)(P)SUBSCRIBE and reads until Redis has
 //! confirmed each of its names, holding the messages that arrive meanwhile for the next reads,
 //! in order.
+//!
+//! What is held is bounded (held.rs: `MAX_HELD` messages, `MAX_HELD_BYTES` bytes). Past
+//! either bound the connection drops what it holds and ends, as if Redis had cut it: the
+//! session reconnects and repairs from history everything above the watermark, which no
+//! dropped message had passed (repair.rs). So a flood while the node is busy costs a repair,
+//! never the node's memory and never an event.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -20,6 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::ready;
 use tokio::net::TcpStream;
 
+use super::held::{MAX_HELD, MAX_HELD_BYTES};
 use super::*;
 
 /// A bulk string longer than this ends the connection (a frame is far smaller: `WSGW_MAX_*`).
@@ -56,6 +63,14 @@ impl PubMsg {
         match self {
             PubMsg::Read { buf, payload, .. } => &buf[payload.clone()],
             PubMsg::Crate(m) => m.get_payload_bytes(),
+        }
+    }
+
+    /// The bytes holding it keeps in memory: its reply's, read here; its parts', from the crate.
+    fn bytes(&self) -> usize {
+        match self {
+            PubMsg::Read { buf, .. } => buf.len(),
+            PubMsg::Crate(m) => m.get_channel_name().len() + m.get_payload_bytes().len(),
         }
     }
 
@@ -208,7 +223,12 @@ pub(super) struct SubConn {
     /// Messages read while a command waited for its confirmations, or while the node did other
     /// work (`Sub::hold_while`).
     held: VecDeque<PubMsg>,
-    /// How the connection ended while messages were being held: told after them.
+    /// The bytes of the held messages' replies.
+    held_bytes: usize,
+    /// At most this many messages, and bytes of them, are held (`MAX_HELD`, `MAX_HELD_BYTES`).
+    hold_cap: (usize, usize),
+    /// How the connection ended while messages were being held: told after them. Also set
+    /// when the held messages went past `hold_cap`: then none is left to tell first.
     ended: Option<BrokerError>,
 }
 
@@ -228,6 +248,8 @@ impl SubConn {
             stream,
             buf: BytesMut::with_capacity(READ_ROOM * 4),
             held: VecDeque::new(),
+            held_bytes: 0,
+            hold_cap: (MAX_HELD, MAX_HELD_BYTES),
             ended: None,
         };
         if let Some(password) = settings.password() {
@@ -259,7 +281,7 @@ impl SubConn {
         let mut left = replies;
         while left > 0 {
             match std::future::poll_fn(|cx| self.poll_reply(cx)).await? {
-                Got::Message(m) => self.held.push_back(m),
+                Got::Message(m) => self.hold(m),
                 Got::Confirm => left -= 1,
                 Got::Error(e) => return Err(unavailable(format!("redis pub/sub: {e}"))),
             }
@@ -280,9 +302,31 @@ impl SubConn {
         Ok(())
     }
 
+    /// Holds `m` for the next reads, within `hold_cap`. Past it, drops every held message and
+    /// ends the connection (`ended`); after that, drops `m`.
+    fn hold(&mut self, m: PubMsg) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.held_bytes += m.bytes();
+        self.held.push_back(m);
+        let (count, bytes) = self.hold_cap;
+        if self.held.len() > count || self.held_bytes > bytes {
+            warn!(
+                messages = self.held.len(),
+                bytes = self.held_bytes,
+                "redis pub/sub: more messages arrived while the node was busy than it holds; dropping them and reconnecting to repair from history"
+            );
+            self.held = VecDeque::new();
+            self.held_bytes = 0;
+            self.ended = Some(unavailable("redis pub/sub: held messages over their bound"));
+        }
+    }
+
     /// The next message: one held, one already read, or one read now.
     pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<PubMsg, BrokerError>> {
         if let Some(m) = self.held.pop_front() {
+            self.held_bytes -= m.bytes();
             return Poll::Ready(Ok(m));
         }
         if let Some(e) = self.ended.take() {
@@ -449,7 +493,7 @@ impl Sub {
                     return Poll::Pending;
                 }
                 match c.poll_reply(cx) {
-                    Poll::Ready(Ok(Got::Message(m))) => c.held.push_back(m),
+                    Poll::Ready(Ok(Got::Message(m))) => c.hold(m),
                     Poll::Ready(Ok(_)) => {}
                     Poll::Ready(Err(e)) => c.ended = Some(e),
                     Poll::Pending => return Poll::Pending,

@@ -137,3 +137,80 @@ proptest! {
         prop_assert!(at <= cut);
     }
 }
+
+/// A connection to a peer that sends nothing: what it holds is all `poll_next` can hand on.
+async fn quiet_conn(hold_cap: (usize, usize)) -> (SubConn, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (peer, _) = listener.accept().await.unwrap();
+    let conn = SubConn {
+        stream,
+        buf: BytesMut::new(),
+        held: VecDeque::new(),
+        held_bytes: 0,
+        hold_cap,
+        ended: None,
+    };
+    (conn, peer)
+}
+
+/// A `message` on `ws:c` as the connection reads it.
+fn read_message(payload: &[u8]) -> PubMsg {
+    let bytes = message(b"ws:c", payload);
+    let Some((
+        Reply::Message {
+            channel,
+            pattern,
+            payload,
+        },
+        _,
+    )) = parse(&bytes).unwrap()
+    else {
+        panic!("not read as a message");
+    };
+    PubMsg::Read {
+        buf: Bytes::from(bytes),
+        channel,
+        pattern,
+        payload,
+    }
+}
+
+/// What `poll_next` gives without waiting: `None` while it would wait.
+fn next_now(c: &mut SubConn) -> Option<Result<Vec<u8>, BrokerError>> {
+    use futures_util::FutureExt;
+    std::future::poll_fn(|cx| c.poll_next(cx))
+        .now_or_never()
+        .map(|r| r.map(|m| m.payload().to_vec()))
+}
+
+#[tokio::test]
+async fn held_messages_come_out_in_order_within_their_bounds() {
+    let one = message(b"ws:c", b"1").len();
+    // Exactly at both bounds: 3 messages, and their bytes.
+    let (mut c, _peer) = quiet_conn((3, 3 * one)).await;
+    for p in [b"1", b"2", b"3"] {
+        c.hold(read_message(p));
+    }
+    for p in [b"1", b"2", b"3"] {
+        assert_eq!(next_now(&mut c).unwrap().unwrap(), p.to_vec());
+    }
+    assert!(next_now(&mut c).is_none(), "nothing more: it waits for the socket");
+    assert_eq!(c.held_bytes, 0);
+}
+
+#[tokio::test]
+async fn past_either_bound_the_held_messages_are_dropped_and_the_connection_ends() {
+    let one = message(b"ws:c", b"1").len();
+    for (what, cap) in [("count", (2, 1 << 20)), ("bytes", (100, 2 * one))] {
+        let (mut c, _peer) = quiet_conn(cap).await;
+        for p in [b"1", b"2", b"3", b"4"] {
+            c.hold(read_message(p));
+        }
+        assert!(
+            matches!(next_now(&mut c), Some(Err(_))),
+            "{what}: the first read after the bound is the connection's end, not a held message"
+        );
+        assert_eq!((c.held.len(), c.held_bytes), (0, 0), "{what}: nothing stays held");
+    }
+}
