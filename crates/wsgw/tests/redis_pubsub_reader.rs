@@ -17,7 +17,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::cluster::{GatewayProc, RedisServer, fcall_publish, free_port, pubsub_reconnects, wait_pubsub_reconnect};
-use common::{DEADLINE, token, wait_until};
+use common::{DEADLINE, flood, token, wait_until};
 use serde_json::json;
 
 /// Event sizes around the reader's buffer (64 KiB, refilled when under 16 KiB free) and far
@@ -159,43 +159,11 @@ async fn a_wrong_password_keeps_a_node_from_becoming_ready() {
     assert!(!log.contains("wrong-password"), "the password was logged: {log}");
 }
 
-/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`: the peak).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success(), "kill {sig} {pid}");
-}
-
-/// Junk on the node's control channel, read and ignored: bytes on the connection that cost the
-/// node no fan-out.
-const JUNK_MESSAGES: usize = 1700;
-const JUNK_BYTES: usize = 120_000;
-/// Events on a socket's channel among the junk.
-const EVENTS: usize = 20;
-
 #[tokio::test]
 async fn a_flood_while_a_subscribe_waits_costs_a_repair_not_memory_or_events() {
     let redis = RedisServer::start().await;
     let mut admin = redis.conn().await;
-    // Redis itself cuts a pub/sub client 32 MB behind; unlimited here, so only the node's own
-    // bound (64 MiB held) acts.
-    let _: () = redis::cmd("CONFIG")
-        .arg(&["SET", "client-output-buffer-limit", "pubsub 0 0 0"])
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    flood::unlimited_pubsub_output(&mut admin).await;
     // No canary for minutes, and a subscribe may wait 10 s for its confirmation behind 200 MB:
     // the node's only reason to reconnect is the bound.
     let node = GatewayProc::start(
@@ -209,49 +177,16 @@ async fn a_flood_while_a_subscribe_waits_costs_a_repair_not_memory_or_events() {
     reader.expect("subscribed").await;
     let (mut joiner, _) = node.connect(&token("bob", &["later"], &[])).await;
     let before = pubsub_reconnects(&node).await;
-    let rss_before = status_kib(node.pid(), "VmRSS");
+    let rss_before = flood::status_kib(node.pid(), "VmRSS");
 
-    // The node stops; Redis queues 200 MB for its pub/sub connection, the events among them.
-    signal(node.pid(), "-STOP");
-    let junk = "x".repeat(JUNK_BYTES);
-    let mut ids = Vec::new();
-    for chunk in 0..EVENTS {
-        let mut pipe = redis::pipe();
-        for _ in 0..JUNK_MESSAGES / EVENTS {
-            pipe.cmd("PUBLISH").arg("ws:control").arg(&junk).ignore();
-        }
-        pipe.cmd("FCALL")
-            .arg("wsgw_publish")
-            .arg(2)
-            .arg("ws:seq")
-            .arg("ws:history:news")
-            .arg("news")
-            .arg("e")
-            .arg(json!({"n": chunk}).to_string());
-        let (id,): (String,) = pipe.query_async(&mut admin).await.unwrap();
-        ids.push(id);
-    }
-    // A subscribe that reaches the node with the flood still ahead of its confirmation.
-    joiner.send(json!({"type": "subscribe", "channel": "later"})).await;
-    signal(node.pid(), "-CONT");
-
-    let mut got = Vec::new();
-    while got.len() < EVENTS {
-        let f = reader.next().await.expect("the reader's socket stays open");
-        match f["type"].as_str() {
-            Some("event") => got.push(f["event_id"].as_str().unwrap().to_string()),
-            Some("ping") => {}
-            _ => panic!("only events were expected (no gap: history holds them all), got {f}"),
-        }
-    }
-    assert_eq!(got, ids, "every event once, in order");
-    joiner.expect("subscribed").await;
-    let grew_mib = status_kib(node.pid(), "VmHWM").saturating_sub(rss_before) / 1024;
-    assert!(
-        grew_mib < 140,
-        "the node's peak memory grew by {grew_mib} MiB for {} MiB queued: held messages are bounded at 64 MiB",
-        (JUNK_MESSAGES * JUNK_BYTES) >> 20
+    let ids = flood::flood_stopped_node(&mut admin, node.pid(), "news", &mut joiner, "later").await;
+    assert_eq!(
+        flood::only_events(&mut reader, ids.len()).await,
+        ids,
+        "every event once, in order"
     );
+    joiner.expect("subscribed").await;
+    flood::assert_memory_bounded(node.pid(), rss_before);
     wait_pubsub_reconnect(&node, before, "the node to drop what it held and reconnect").await;
     reader.assert_silent(Duration::from_millis(300)).await;
 }
@@ -268,8 +203,8 @@ async fn a_first_outage_before_any_event_was_issued_still_repairs_what_was_publi
 
     // The node stops. 16 MB of junk fill the socket's buffers, so the events behind them stay
     // in Redis's output buffer for the connection, which the kill then throws away.
-    signal(node.pid(), "-STOP");
-    let junk = "x".repeat(JUNK_BYTES);
+    flood::signal(node.pid(), "-STOP");
+    let junk = "x".repeat(flood::JUNK_BYTES);
     let mut pipe = redis::pipe();
     for _ in 0..140 {
         pipe.cmd("PUBLISH").arg("ws:control").arg(&junk).ignore();
@@ -285,7 +220,7 @@ async fn a_first_outage_before_any_event_was_issued_still_repairs_what_was_publi
         .await
         .unwrap();
     assert_eq!(killed, 1, "the node's one pub/sub connection");
-    signal(node.pid(), "-CONT");
+    flood::signal(node.pid(), "-CONT");
 
     let got: Vec<String> = reader
         .events(ids.len())

@@ -2,6 +2,8 @@
 //! and real `wsgw` processes in front of it. A node serves through `rediss://user:pass@…` with
 //! a private CA; a certificate that does not verify keeps it from starting, with an error that
 //! names the problem; the insecure switch says so in its log; the password shows up nowhere.
+//! Over TLS the redis crate reads the pub/sub connection, and what the node holds from it while
+//! busy is bounded as over plain TCP (tests/redis_pubsub_reader.rs).
 
 use crate::common;
 
@@ -10,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::cluster::{free_port, running_pid, until_listening};
-use common::{API_KEY, Client, DEADLINE, SECRET, token};
+use common::{API_KEY, Client, DEADLINE, SECRET, flood, token};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "pw-7c1e9d2b-never-in-a-log";
@@ -472,4 +474,55 @@ async fn a_node_finds_a_tls_primary_through_a_tls_sentinel_with_passwords_it_nev
             assert!(!text.contains(secret), "a Redis password appears in the {what}");
         }
     }
+}
+
+#[tokio::test]
+async fn over_tls_a_flood_while_a_subscribe_waits_costs_a_repair_not_memory_or_events() {
+    let certs = Certs::make();
+    let redis = TlsRedis::start(&certs).await;
+    let ca = certs.path("ca.pem");
+    // No canary for minutes, and a subscribe may wait 10 s for its confirmation behind 200 MB:
+    // the node's only reason to reconnect is the bound.
+    let env = [
+        ("WSGW_REDIS_CA_FILE", ca.as_str()),
+        ("WSGW_CANARY_INTERVAL_MS", "600000"),
+        ("WSGW_REDIS_TIMEOUT_MS", "5000"),
+        ("WSGW_LOG", "warn"),
+    ];
+    let node = Node::start(&redis.url(), &env, &certs.dir).await;
+    node.wait_ready().await;
+    let admin_url = format!("rediss://gw:{PASSWORD}@127.0.0.1:{}/#insecure", redis.port);
+    let mut admin = redis::Client::open(admin_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    flood::unlimited_pubsub_output(&mut admin).await;
+    let ws = |sub: &str, channel: &str| {
+        let t = token(sub, &[channel], &[]);
+        format!("ws://127.0.0.1:{}/ws?token={t}", node.port)
+    };
+    let mut reader = Client::connect(&ws("alice", "news")).await;
+    reader.expect("welcome").await;
+    reader.send(json!({"type": "subscribe", "channel": "news"})).await;
+    reader.expect("subscribed").await;
+    let mut joiner = Client::connect(&ws("bob", "later")).await;
+    joiner.expect("welcome").await;
+    let pid = node.child.id();
+    let rss_before = flood::status_kib(pid, "VmRSS");
+
+    let ids = flood::flood_stopped_node(&mut admin, pid, "news", &mut joiner, "later").await;
+    assert_eq!(
+        flood::only_events(&mut reader, ids.len()).await,
+        ids,
+        "every event once, in order"
+    );
+    joiner.expect("subscribed").await;
+    flood::assert_memory_bounded(pid, rss_before);
+    let log = node.log_text();
+    assert!(
+        log.contains("dropping them and reconnecting to repair from history"),
+        "the node said nothing of dropping what it held; log:\n{log}"
+    );
+    reader.assert_silent(Duration::from_millis(300)).await;
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod flood;
 pub mod redis_cluster;
 pub mod worker;
 

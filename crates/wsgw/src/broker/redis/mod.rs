@@ -50,6 +50,7 @@ mod sharded_listen;
 mod sharded_repair;
 mod sharded_sync;
 mod streams;
+mod sub;
 mod sub_conn;
 
 use bans::BanCheck;

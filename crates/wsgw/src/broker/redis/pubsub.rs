@@ -11,7 +11,8 @@ use super::canary::CanaryWatch;
 use super::control::Control;
 use super::head;
 use super::header::{self, Header};
-use super::sub_conn::{Change, PubMsg, Sub};
+use super::sub::{Change, Sub};
+use super::sub_conn::PubMsg;
 use super::*;
 use crate::hub::Burst;
 

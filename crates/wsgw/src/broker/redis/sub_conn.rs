@@ -11,14 +11,10 @@
 //! confirmed each of its names, holding the messages that arrive meanwhile for the next reads,
 //! in order.
 //!
-//! What is held is bounded (held.rs: `MAX_HELD` messages, `MAX_HELD_BYTES` bytes). Past
-//! either bound the connection drops what it holds and ends, as if Redis had cut it: the
-//! session reconnects and repairs from history everything above the watermark, which no
-//! dropped message had passed (repair.rs). So a flood while the node is busy costs a repair,
-//! never the node's memory and never an event.
+//! What is held is bounded (held.rs, `Holding`). `sub.rs` chooses between this reader and the
+//! crate's, and holds messages while the node does other work.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::task::{Context, Poll};
 
@@ -26,13 +22,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::ready;
 use tokio::net::TcpStream;
 
-use super::held::{MAX_HELD, MAX_HELD_BYTES};
+use super::held::Holding;
 use super::*;
 
 /// A bulk string longer than this ends the connection (a frame is far smaller: `WSGW_MAX_*`).
 const MAX_BULK: usize = 64 << 20;
-/// Replies `Sub::hold_while` reads before it lets its work run again.
-const HOLD_BATCH: usize = 256;
 /// Free room kept in the read buffer before each read.
 const READ_ROOM: usize = 16 << 10;
 
@@ -67,7 +61,7 @@ impl PubMsg {
     }
 
     /// The bytes holding it keeps in memory: its reply's, read here; its parts', from the crate.
-    fn bytes(&self) -> usize {
+    pub(super) fn bytes(&self) -> usize {
         match self {
             PubMsg::Read { buf, .. } => buf.len(),
             PubMsg::Crate(m) => m.get_channel_name().len() + m.get_payload_bytes().len(),
@@ -222,14 +216,7 @@ pub(super) struct SubConn {
     buf: BytesMut,
     /// Messages read while a command waited for its confirmations, or while the node did other
     /// work (`Sub::hold_while`).
-    held: VecDeque<PubMsg>,
-    /// The bytes of the held messages' replies.
-    held_bytes: usize,
-    /// At most this many messages, and bytes of them, are held (`MAX_HELD`, `MAX_HELD_BYTES`).
-    hold_cap: (usize, usize),
-    /// How the connection ended while messages were being held: told after them. Also set
-    /// when the held messages went past `hold_cap`: then none is left to tell first.
-    ended: Option<BrokerError>,
+    pub(super) holding: Holding,
 }
 
 impl SubConn {
@@ -247,10 +234,7 @@ impl SubConn {
         let mut conn = SubConn {
             stream,
             buf: BytesMut::with_capacity(READ_ROOM * 4),
-            held: VecDeque::new(),
-            held_bytes: 0,
-            hold_cap: (MAX_HELD, MAX_HELD_BYTES),
-            ended: None,
+            holding: Holding::default(),
         };
         if let Some(password) = settings.password() {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -281,7 +265,7 @@ impl SubConn {
         let mut left = replies;
         while left > 0 {
             match std::future::poll_fn(|cx| self.poll_reply(cx)).await? {
-                Got::Message(m) => self.hold(m),
+                Got::Message(m) => self.holding.hold(m),
                 Got::Confirm => left -= 1,
                 Got::Error(e) => return Err(unavailable(format!("redis pub/sub: {e}"))),
             }
@@ -302,35 +286,10 @@ impl SubConn {
         Ok(())
     }
 
-    /// Holds `m` for the next reads, within `hold_cap`. Past it, drops every held message and
-    /// ends the connection (`ended`); after that, drops `m`.
-    fn hold(&mut self, m: PubMsg) {
-        if self.ended.is_some() {
-            return;
-        }
-        self.held_bytes += m.bytes();
-        self.held.push_back(m);
-        let (count, bytes) = self.hold_cap;
-        if self.held.len() > count || self.held_bytes > bytes {
-            warn!(
-                messages = self.held.len(),
-                bytes = self.held_bytes,
-                "redis pub/sub: more messages arrived while the node was busy than it holds; dropping them and reconnecting to repair from history"
-            );
-            self.held = VecDeque::new();
-            self.held_bytes = 0;
-            self.ended = Some(unavailable("redis pub/sub: held messages over their bound"));
-        }
-    }
-
     /// The next message: one held, one already read, or one read now.
     pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<PubMsg, BrokerError>> {
-        if let Some(m) = self.held.pop_front() {
-            self.held_bytes -= m.bytes();
-            return Poll::Ready(Ok(m));
-        }
-        if let Some(e) = self.ended.take() {
-            return Poll::Ready(Err(e));
+        if let Some(held) = self.holding.next() {
+            return Poll::Ready(held);
         }
         loop {
             match ready!(self.poll_reply(cx))? {
@@ -365,7 +324,7 @@ impl SubConn {
     }
 
     /// The next reply, read from the buffer or else from the socket.
-    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Got, BrokerError>> {
+    pub(super) fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Got, BrokerError>> {
         loop {
             if let Some((reply, len)) = parse(&self.buf)? {
                 let got = match reply {
@@ -405,111 +364,11 @@ impl SubConn {
 }
 
 /// A reply as `SubConn` hands it on.
-enum Got {
+pub(super) enum Got {
     Message(PubMsg),
     /// A confirmation, `+OK`, or another reply this connection does not act on.
     Confirm,
     Error(String),
-}
-
-/// A change to what the pub/sub connection follows.
-#[derive(Clone, Copy)]
-pub(super) enum Change {
-    Subscribe,
-    Psubscribe,
-    Unsubscribe,
-    Punsubscribe,
-}
-
-impl Change {
-    fn command(self) -> &'static str {
-        match self {
-            Change::Subscribe => "SUBSCRIBE",
-            Change::Psubscribe => "PSUBSCRIBE",
-            Change::Unsubscribe => "UNSUBSCRIBE",
-            Change::Punsubscribe => "PUNSUBSCRIBE",
-        }
-    }
-}
-
-/// The node's pub/sub connection: read here over plain TCP, by the redis crate otherwise.
-pub(super) enum Sub {
-    Own(SubConn),
-    Crate(redis::aio::PubSubSink, redis::aio::PubSubStream),
-}
-
-impl Sub {
-    pub(super) async fn connect(client: &redis::Client) -> Result<Self, BrokerError> {
-        if let Some(conn) = SubConn::connect(client.get_connection_info()).await {
-            return Ok(Sub::Own(conn?));
-        }
-        let (sink, stream) = client.get_async_pubsub().await.map_err(unavailable)?.split();
-        Ok(Sub::Crate(sink, stream))
-    }
-
-    /// Sends `change` for `names`, returning once Redis confirmed each name.
-    pub(super) async fn change(&mut self, change: Change, names: &[String]) -> Result<(), BrokerError> {
-        let sink = match self {
-            Sub::Own(c) => return c.names(change.command(), names).await,
-            Sub::Crate(sink, _) => sink,
-        };
-        match change {
-            Change::Subscribe => sink.subscribe(names).await,
-            Change::Psubscribe => sink.psubscribe(names).await,
-            Change::Unsubscribe => sink.unsubscribe(names).await,
-            Change::Punsubscribe => sink.punsubscribe(names).await,
-        }
-        .map_err(unavailable)
-    }
-
-    /// The next message; an error when the connection ended.
-    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<PubMsg, BrokerError>> {
-        match self {
-            Sub::Own(c) => c.poll_next(cx),
-            Sub::Crate(_, stream) => match ready!(stream.poll_next_unpin(cx)) {
-                Some(m) => Poll::Ready(Ok(PubMsg::Crate(m))),
-                None => Poll::Ready(Err(unavailable("pub/sub connection closed"))),
-            },
-        }
-    }
-
-    /// Runs `work` while reading the connection's messages into memory, where the next
-    /// `poll_next`s find them. The redis crate's reader does that in its own task; without it,
-    /// messages would pile up in Redis's output buffer for this connection while the node repairs
-    /// a gap or waits for a core, and past its `client-output-buffer-limit` Redis would drop the
-    /// connection.
-    pub(super) async fn hold_while<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let Sub::Own(c) = self else {
-            return work.await;
-        };
-        let mut work = std::pin::pin!(work);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = work.as_mut().poll(cx) {
-                return Poll::Ready(v);
-            }
-            // At most this many replies per wake-up, so `work` is polled again soon.
-            for _ in 0..HOLD_BATCH {
-                if c.ended.is_some() {
-                    return Poll::Pending;
-                }
-                match c.poll_reply(cx) {
-                    Poll::Ready(Ok(Got::Message(m))) => c.hold(m),
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Ready(Err(e)) => c.ended = Some(e),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// A message already waiting, without waiting for one: `Some(Err)` when the connection ended.
-    pub(super) fn try_next(&mut self) -> Option<Result<PubMsg, BrokerError>> {
-        use futures_util::FutureExt;
-        std::future::poll_fn(|cx| self.poll_next(cx)).now_or_never()
-    }
 }
 
 #[cfg(test)]

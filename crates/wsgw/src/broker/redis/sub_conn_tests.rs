@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::broker::redis::held::Holding;
 
 fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
@@ -138,22 +139,6 @@ proptest! {
     }
 }
 
-/// A connection to a peer that sends nothing: what it holds is all `poll_next` can hand on.
-async fn quiet_conn(hold_cap: (usize, usize)) -> (SubConn, TcpStream) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-    let (peer, _) = listener.accept().await.unwrap();
-    let conn = SubConn {
-        stream,
-        buf: BytesMut::new(),
-        held: VecDeque::new(),
-        held_bytes: 0,
-        hold_cap,
-        ended: None,
-    };
-    (conn, peer)
-}
-
 /// A `message` on `ws:c` as the connection reads it.
 fn read_message(payload: &[u8]) -> PubMsg {
     let bytes = message(b"ws:c", payload);
@@ -176,41 +161,53 @@ fn read_message(payload: &[u8]) -> PubMsg {
     }
 }
 
-/// What `poll_next` gives without waiting: `None` while it would wait.
-fn next_now(c: &mut SubConn) -> Option<Result<Vec<u8>, BrokerError>> {
-    use futures_util::FutureExt;
-    std::future::poll_fn(|cx| c.poll_next(cx))
-        .now_or_never()
-        .map(|r| r.map(|m| m.payload().to_vec()))
+/// The payload of `Holding::next`'s message.
+fn next_payload(h: &mut Holding) -> Option<Result<Vec<u8>, BrokerError>> {
+    h.next().map(|r| r.map(|m| m.payload().to_vec()))
 }
 
-#[tokio::test]
-async fn held_messages_come_out_in_order_within_their_bounds() {
+#[test]
+fn held_messages_come_out_in_order_within_their_bounds() {
     let one = message(b"ws:c", b"1").len();
     // Exactly at both bounds: 3 messages, and their bytes.
-    let (mut c, _peer) = quiet_conn((3, 3 * one)).await;
+    let mut h = Holding::with_cap((3, 3 * one));
     for p in [b"1", b"2", b"3"] {
-        c.hold(read_message(p));
+        h.hold(read_message(p));
     }
     for p in [b"1", b"2", b"3"] {
-        assert_eq!(next_now(&mut c).unwrap().unwrap(), p.to_vec());
+        assert_eq!(next_payload(&mut h).unwrap().unwrap(), p.to_vec());
     }
-    assert!(next_now(&mut c).is_none(), "nothing more: it waits for the socket");
-    assert_eq!(c.held_bytes, 0);
+    assert!(
+        next_payload(&mut h).is_none(),
+        "nothing more: the reader goes to the socket"
+    );
+    assert_eq!(h.size(), (0, 0));
 }
 
-#[tokio::test]
-async fn past_either_bound_the_held_messages_are_dropped_and_the_connection_ends() {
+#[test]
+fn past_either_bound_the_held_messages_are_dropped_and_the_connection_ends() {
     let one = message(b"ws:c", b"1").len();
     for (what, cap) in [("count", (2, 1 << 20)), ("bytes", (100, 2 * one))] {
-        let (mut c, _peer) = quiet_conn(cap).await;
+        let mut h = Holding::with_cap(cap);
         for p in [b"1", b"2", b"3", b"4"] {
-            c.hold(read_message(p));
+            h.hold(read_message(p));
         }
         assert!(
-            matches!(next_now(&mut c), Some(Err(_))),
+            matches!(next_payload(&mut h), Some(Err(_))),
             "{what}: the first read after the bound is the connection's end, not a held message"
         );
-        assert_eq!((c.held.len(), c.held_bytes), (0, 0), "{what}: nothing stays held");
+        assert_eq!(h.size(), (0, 0), "{what}: nothing stays held");
+        assert!(next_payload(&mut h).is_none(), "{what}: the end is told once");
     }
+}
+
+#[test]
+fn an_end_is_told_after_the_messages_held_before_it() {
+    let mut h = Holding::default();
+    h.hold(read_message(b"1"));
+    h.end(unavailable("closed"));
+    h.hold(read_message(b"after the end"));
+    assert_eq!(next_payload(&mut h).unwrap().unwrap(), b"1".to_vec());
+    assert!(matches!(next_payload(&mut h), Some(Err(_))));
+    assert!(next_payload(&mut h).is_none());
 }
