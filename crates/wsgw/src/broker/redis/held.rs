@@ -8,9 +8,10 @@
 //! repair, never the node's memory and never an event.
 //!
 //! `Held`: the messages a Redis Cluster shard holds while it is repaired (sharded_repair.rs).
-//! Past either bound the shard drops every message until the repair ends and releases none: the next repair reads the shard's history from this one's
-//! snapshot and brings them all, in order. Releasing only the newer ones would let them pass the
-//! dropped ones by id, and the sockets' floors would then drop those when the repair brings them.
+//! Past either bound the shard drops every message until the repair ends and releases none: the
+//! next repair reads the shard's history from this one's snapshot and brings them all, in order.
+//! Releasing only the newer ones would let them pass the dropped ones by id, and the sockets'
+//! floors would then drop those when the repair brings them.
 
 use std::collections::VecDeque;
 
@@ -21,8 +22,9 @@ use super::{BrokerError, unavailable};
 
 /// Messages a connection or an interrupted shard may hold while the node does other work
 /// (a repair, a command's confirmations). Past this (or `MAX_HELD_BYTES`), a shard drops them
-/// and is repaired again, from history, once this repair ends; the plain pub/sub connection
-/// (sub_conn.rs) drops them and ends, and its reconnect repairs from history.
+/// and is repaired again, from history, once this repair ends; the single-primary pub/sub
+/// connection (sub.rs, either reader) drops them and ends, and its reconnect repairs from
+/// history.
 pub(super) const MAX_HELD: usize = 100_000;
 /// Bytes of held messages, likewise: twice Redis's default `client-output-buffer-limit` for
 /// pub/sub clients (32 MB), past which Redis itself would have dropped the connection.
