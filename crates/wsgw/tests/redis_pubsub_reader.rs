@@ -200,13 +200,15 @@ async fn a_first_outage_before_any_event_was_issued_still_repairs_what_was_publi
     reader.send(json!({"type": "subscribe", "channel": "news"})).await;
     reader.expect("subscribed").await;
     let before = pubsub_reconnects(&node).await;
+    flood::unlimited_pubsub_output(&mut admin).await;
 
-    // The node stops. 16 MB of junk fill the socket's buffers, so the events behind them stay
-    // in Redis's output buffer for the connection, which the kill then throws away.
+    // The node stops. 27 MiB of junk fill the socket's buffers (a few MB on loopback), so the
+    // events behind them stay in Redis's output buffer for the connection, which the kill then
+    // throws away.
     flood::signal(node.pid(), "-STOP");
     let junk = "x".repeat(flood::JUNK_BYTES);
     let mut pipe = redis::pipe();
-    for _ in 0..140 {
+    for _ in 0..240 {
         pipe.cmd("PUBLISH").arg("ws:control").arg(&junk).ignore();
     }
     let _: () = pipe.query_async(&mut admin).await.unwrap();
