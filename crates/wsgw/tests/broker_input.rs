@@ -29,14 +29,7 @@ async fn fcall(
     ttl_ms: &str,
     maxlen: &str,
 ) -> Result<String, String> {
-    redis::cmd("FCALL")
-        .arg("wsgw_publish")
-        .arg(2)
-        .arg("ws:seq")
-        .arg(format!("ws:history:{channel}"))
-        .arg(channel)
-        .arg("e")
-        .arg(data)
+    publish_cmd(channel, "e", data)
         .arg(ttl_ms)
         .arg(maxlen)
         .query_async(r)

@@ -19,14 +19,7 @@ async fn fcall_idem(
     data: &str,
     key: &str,
 ) -> Result<String, String> {
-    redis::cmd("FCALL")
-        .arg("wsgw_publish")
-        .arg(2)
-        .arg("ws:seq")
-        .arg(format!("ws:history:{channel}"))
-        .arg(channel)
-        .arg("e")
-        .arg(data)
+    publish_cmd(channel, "e", data)
         .arg("")
         .arg("")
         .arg("")

@@ -16,7 +16,9 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::cluster::{GatewayProc, RedisServer, fcall_publish, free_port, pubsub_reconnects, wait_pubsub_reconnect};
+use common::cluster::{
+    GatewayProc, RedisServer, fcall_publish, free_port, publish_cmd, pubsub_reconnects, wait_pubsub_reconnect,
+};
 use common::{DEADLINE, flood, token, wait_until};
 use serde_json::json;
 
@@ -38,14 +40,7 @@ async fn frames_of_every_size_sent_back_to_back_arrive_whole_and_in_order() {
     let mut pipe = redis::pipe();
     for (i, n) in SIZES.iter().enumerate() {
         let data = json!({"i": i, "pad": "x".repeat(*n)});
-        pipe.cmd("FCALL")
-            .arg("wsgw_publish")
-            .arg(2)
-            .arg("ws:seq")
-            .arg("ws:history:user:alice")
-            .arg("user:alice")
-            .arg("sized")
-            .arg(data.to_string());
+        pipe.add_command(publish_cmd("user:alice", "sized", &data.to_string()));
     }
     let ids: Vec<String> = pipe.query_async(&mut redis.conn().await).await.unwrap();
     for (i, n) in SIZES.iter().enumerate() {
@@ -224,13 +219,11 @@ async fn a_first_outage_before_any_event_was_issued_still_repairs_what_was_publi
     assert_eq!(killed, 1, "the node's one pub/sub connection");
     flood::signal(node.pid(), "-CONT");
 
-    let got: Vec<String> = reader
-        .events(ids.len())
-        .await
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(got, ids, "every event once, in order, without a gap");
+    assert_eq!(
+        reader.event_ids(ids.len()).await,
+        ids,
+        "every event once, in order, without a gap"
+    );
     wait_pubsub_reconnect(&node, before, "the node to reconnect").await;
     reader.assert_silent(Duration::from_millis(300)).await;
 }

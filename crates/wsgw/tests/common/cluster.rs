@@ -472,6 +472,20 @@ impl Drop for GatewayProc {
     }
 }
 
+/// `FCALL wsgw_publish` of `event` with `data` (JSON text) on `channel`, under the default
+/// prefix; the optional arguments (ttl, maxlen, exclude, idempotency key) can follow as `arg`s.
+pub fn publish_cmd(channel: &str, event: &str, data: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("wsgw_publish")
+        .arg(2)
+        .arg("ws:seq")
+        .arg(format!("ws:history:{channel}"))
+        .arg(channel)
+        .arg(event)
+        .arg(data);
+    cmd
+}
+
 /// Durable publish the way a backend does it: `FCALL wsgw_publish` on a plain Redis client.
 pub async fn fcall_publish(
     c: &mut redis::aio::MultiplexedConnection,
@@ -479,14 +493,7 @@ pub async fn fcall_publish(
     event: &str,
     data: &serde_json::Value,
 ) -> String {
-    redis::cmd("FCALL")
-        .arg("wsgw_publish")
-        .arg(2)
-        .arg("ws:seq")
-        .arg(format!("ws:history:{channel}"))
-        .arg(channel)
-        .arg(event)
-        .arg(data.to_string())
+    publish_cmd(channel, event, &data.to_string())
         .query_async(c)
         .await
         .expect("FCALL wsgw_publish")

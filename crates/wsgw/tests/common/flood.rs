@@ -7,6 +7,7 @@
 use serde_json::{Value, json};
 
 use super::Client;
+use super::cluster::publish_cmd;
 
 /// Messages of junk, and their size: 343 MiB in all, over five times the 64 MiB the node holds,
 /// so that the bound is passed even when the node reads a few of its drains (256 messages or
@@ -62,14 +63,7 @@ pub async fn flood_stopped_node(
         for _ in 0..JUNK_MESSAGES / EVENTS {
             pipe.cmd("PUBLISH").arg("ws:control").arg(&junk).ignore();
         }
-        pipe.cmd("FCALL")
-            .arg("wsgw_publish")
-            .arg(2)
-            .arg("ws:seq")
-            .arg(format!("ws:history:{channel}"))
-            .arg(channel)
-            .arg("e")
-            .arg(json!({"n": n}).to_string());
+        pipe.add_command(publish_cmd(channel, "e", &json!({"n": n}).to_string()));
         let (id,): (String,) = pipe.query_async(admin).await.unwrap();
         ids.push(id);
     }

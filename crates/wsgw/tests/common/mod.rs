@@ -269,6 +269,15 @@ impl Client {
         out
     }
 
+    /// The ids of the next `n` event frames (skipping pings).
+    pub async fn event_ids(&mut self, n: usize) -> Vec<String> {
+        let events = self.events(n).await;
+        events
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Reads until the server closes; returns the close code. Frames before it are returned too.
     pub async fn until_closed(&mut self) -> (Option<u16>, Vec<Value>) {
         let mut frames = Vec::new();
