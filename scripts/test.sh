@@ -39,6 +39,9 @@ apt_install() {
 }
 
 apt_install redis-server nginx openssl curl jq
+# libfaketime: tests that run a node or a redis-server with its wall clock shifted
+# (crates/wsgw/tests/common/clock.rs).
+apt_install faketime
 apt_install --no-install-recommends chromium
 # The Go snippet of docs/backends.md (Redis Cluster) runs in GOPATH mode on Debian's redigo and
 # redisc (crates/wsgw/tests/redis_cluster.rs): no Go module proxy needed.

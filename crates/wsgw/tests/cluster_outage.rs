@@ -5,8 +5,11 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
+use common::flood::signal;
 use common::*;
+use redis::AsyncCommands;
 use serde_json::json;
+use wsgw_protocol::EventId;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_drops_no_socket_and_loses_no_durable_event() {
@@ -243,4 +246,121 @@ async fn a_node_whose_pubsub_goes_silently_deaf_notices_by_its_canary_and_recove
     let live = fcall_publish(&mut r, "user:d", "e", &json!(4)).await;
     assert_eq!(c.expect("event").await["event_id"], live.as_str());
     assert!(c.closed.is_none());
+}
+
+/// Redis loses its data (a restart without persistence) while a client is away, with one event
+/// it missed. Whichever clock runs behind, the resume says `recovered:false`: the new data's
+/// epoch is past every id issued before, so nothing vouches for what followed the client's id.
+/// `ids_ahead_ms`: the lost Redis issued ids this far ahead of the clock (its own clock ran
+/// ahead of the one that replaces it).
+async fn lost_events_are_not_vouched_for(node_env: &[(String, String)], ids_ahead_ms: u64) {
+    let mut redis = RedisServer::start().await;
+    let env: Vec<(&str, &str)> = node_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let node = GatewayProc::start(&redis, "gw-a", &env).await;
+    let t = token("skew", &[], &[]);
+    let (c, _) = node.connect(&t).await;
+    let seen = seen_then_missed(&redis, c, ids_ahead_ms).await;
+
+    redis.restart().await;
+    let mut r = redis.conn().await;
+    // The node comes back first: it records the new data's epoch and sequence before anyone
+    // publishes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: u32 = redis::cmd("EXISTS")
+            .arg("ws:epoch")
+            .arg("ws:seq")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        if n == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not prepare the restarted Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    resume_says_not_recovered(&node, &mut r, &t, seen).await;
+}
+
+/// Publishes one event `c` (user `skew`) gets, `ids_ahead_ms` ahead of Redis's clock, closes
+/// `c`, and publishes one more it misses; returns the id `c` has.
+async fn seen_then_missed(redis: &RedisServer, mut c: Client, ids_ahead_ms: u64) -> EventId {
+    let mut r = redis.conn().await;
+    if ids_ahead_ms > 0 {
+        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut r).await.unwrap();
+        let ahead = EventId::new(s * 1000 + us / 1000 + ids_ahead_ms, 0);
+        let _: () = r.set("ws:seq", ahead.to_string()).await.unwrap();
+    }
+    fcall_publish(&mut r, "user:skew", "x", &json!("seen")).await;
+    let seen = c.expect("event").await["event_id"].as_str().unwrap().parse().unwrap();
+    c.close().await;
+    fcall_publish(&mut r, "user:skew", "x", &json!("lost")).await;
+    seen
+}
+
+/// Once Redis's clock is past `seen`, publishes an event (its history is then newer than
+/// `seen`, as after a long outage), and resumes user `skew` (token `t`) from `seen`: the event
+/// after it was lost, so `recovered:false`, and what is there is still sent.
+async fn resume_says_not_recovered(
+    node: &GatewayProc,
+    r: &mut redis::aio::MultiplexedConnection,
+    t: &str,
+    seen: EventId,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(r).await.unwrap();
+        if s * 1000 + us / 1000 > seen.ms {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Redis's clock did not pass {seen}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = fcall_publish(r, "user:skew", "x", &json!("after")).await;
+    assert!(after.parse::<EventId>().unwrap() > seen, "{after} after {seen}");
+
+    let (mut c, w) = node.connect_query(&format!("token={t}&last_event_id={seen}")).await;
+    assert_eq!(
+        w["recovered"], false,
+        "the event after {seen} was lost with Redis's data: {w}"
+    );
+    assert_eq!(c.expect("event").await["data"], "after", "what is there is still sent");
+}
+
+#[tokio::test]
+async fn a_node_whose_clock_runs_behind_does_not_vouch_for_events_redis_lost() {
+    lost_events_are_not_vouched_for(&clock::offset_env("-30s"), 0).await;
+}
+
+#[tokio::test]
+async fn a_redis_back_with_its_clock_behind_the_lost_ids_does_not_vouch_for_them() {
+    // Ahead by more than the node takes to come back, so the node records the epoch while
+    // Redis's clock is still before the client's id.
+    lost_events_are_not_vouched_for(&[], 5000).await;
+}
+
+#[tokio::test]
+async fn a_node_that_saw_ids_redis_lost_moves_the_epoch_another_node_wrote_past_them() {
+    let mut redis = RedisServer::start().await;
+    let y = GatewayProc::start(&redis, "gw-y", &[]).await;
+    let t = token("skew", &[], &[]);
+    let (c, _) = y.connect(&t).await;
+    let (mut watcher, _) = y.connect(&token("watch", &[], &[])).await;
+    let seen = seen_then_missed(&redis, c, 5000).await;
+
+    // Node Y sleeps through the restart, so node X, which never saw those ids, is first to
+    // write the new data's epoch: from Redis's clock, before the lost ids.
+    signal(y.pid(), "-STOP");
+    redis.restart().await;
+    let _x = GatewayProc::start(&redis, "gw-x", &[]).await;
+    let mut r = redis.conn().await;
+    let epoch: u64 = r.get("ws:epoch").await.unwrap();
+    assert!(epoch <= seen.ms, "X's epoch {epoch} is before {seen}");
+    signal(y.pid(), "-CONT");
+    // Y is back once it has repaired: the watcher's channel cannot be proven complete.
+    assert_eq!(watcher.expect("gap").await["type"], "gap");
+    resume_says_not_recovered(&y, &mut r, &t, seen).await;
 }

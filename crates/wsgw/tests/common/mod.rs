@@ -2,6 +2,7 @@
 //! Every wait has a deadline; nothing sleeps to "let things settle".
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod cluster;
 pub mod flood;
 pub mod redis_cluster;

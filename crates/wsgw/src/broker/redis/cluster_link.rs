@@ -129,12 +129,10 @@ impl Inner {
         let mut c = self.conn().await?;
         for s in 0..ID_SHARDS {
             let shard = Some(s);
+            let seen = self.shards.lock().seen[s as usize];
             let seq: Option<String> = timed(self.s.op_timeout * 3, async {
                 redis::pipe()
-                    .cmd("SET")
-                    .arg(self.keys.epoch(shard))
-                    .arg(now_ms())
-                    .arg("NX")
+                    .add_command(epoch_cmd(self.keys.epoch(shard), None, seen, EpochWrite::Record))
                     .ignore()
                     .cmd("HSET")
                     .arg(self.keys.config(shard))

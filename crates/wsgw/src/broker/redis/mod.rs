@@ -43,6 +43,7 @@ mod pool;
 mod presence;
 mod pubsub;
 mod repair;
+use repair::{EpochWrite, epoch_cmd};
 mod requests;
 mod resume;
 mod sharded;
@@ -257,11 +258,21 @@ impl Inner {
                 .query_async(&mut c)
                 .await
                 .map_err(unavailable)?;
-            let _: () = redis::pipe()
-                .cmd("SET")
-                .arg(self.keys.epoch(None))
-                .arg(now_ms())
-                .arg("NX")
+            // Repairs after an outage start after the newest id issued when we (re)joined, so a
+            // node that has not yet seen an event on its channels still repairs the gap. A Redis
+            // that has issued none yet starts its sequence at `<epoch>-0` (epoch_cmd), below
+            // every id it will issue: without a newest id, a first outage before the first event
+            // seen here would repair nothing, and an id before the epoch would prove nothing
+            // complete.
+            let seen = *self.watermark.lock();
+            let epoch = epoch_cmd(
+                self.keys.epoch(None),
+                Some(self.keys.seq(None)),
+                seen,
+                EpochWrite::Record,
+            );
+            let (seq,): (Option<String>,) = redis::pipe()
+                .add_command(epoch)
                 .ignore()
                 .cmd("HSET")
                 .arg(self.keys.config(None))
@@ -270,25 +281,11 @@ impl Inner {
                 .arg("history_size")
                 .arg(self.s.history.size)
                 .ignore()
+                .cmd("GET")
+                .arg(self.keys.seq(None))
                 .query_async(&mut c)
                 .await
                 .map_err(unavailable)?;
-            // Repairs after an outage start after the newest id issued when we (re)joined, so a
-            // node that has not yet seen an event on its channels still repairs the gap. A Redis
-            // that has issued none yet starts its sequence at `<epoch>-0`, below every id it will
-            // issue: without a newest id, a first outage before the first event seen here would
-            // repair nothing, and an id before the epoch would prove nothing complete.
-            let epoch: Option<u64> = c.get(self.keys.epoch(None)).await.map_err(unavailable)?;
-            if let Some(epoch) = epoch {
-                let _: () = redis::cmd("SET")
-                    .arg(self.keys.seq(None))
-                    .arg(EventId::new(epoch, 0).to_string())
-                    .arg("NX")
-                    .query_async(&mut c)
-                    .await
-                    .map_err(unavailable)?;
-            }
-            let seq: Option<String> = c.get(self.keys.seq(None)).await.map_err(unavailable)?;
             if let Some(id) = seq.and_then(|s| s.parse::<EventId>().ok()) {
                 let mut w = self.watermark.lock();
                 if w.is_none() {

@@ -220,25 +220,31 @@ impl Inner {
         pipe.cmd("PEXPIRE").arg(&node_key).arg(ttl).ignore();
         // The shared set dies with the last node too.
         pipe.cmd("PEXPIRE").arg(self.keys.nodes()).arg(ttl).ignore();
-        // After a FLUSHALL the epoch comes back with the current time, so older ids replay
-        // as not recovered. A cluster's epochs are per shard, each in its shard's slot: one
-        // command each, the shards at once.
+        // After a FLUSHALL the epoch comes back past every id issued before (epoch_cmd), so
+        // older ids replay as not recovered. A cluster's epochs are per shard, each in its
+        // shard's slot: one command each, the shards at once.
         if !self.keys.cluster {
-            pipe.cmd("SET")
-                .arg(self.keys.epoch(None))
-                .arg(now_ms())
-                .arg("NX")
-                .ignore();
+            let seen = *self.watermark.lock();
+            pipe.add_command(epoch_cmd(
+                self.keys.epoch(None),
+                Some(self.keys.seq(None)),
+                seen,
+                EpochWrite::Record,
+            ))
+            .ignore();
         }
         self.run_pipe(pipe).await;
         if self.keys.cluster {
+            let seen = self.shards.lock().seen;
             let epochs = (0..wsgw_protocol::ID_SHARDS).map(|s| {
                 let mut pipe = redis::pipe();
-                pipe.cmd("SET")
-                    .arg(self.keys.epoch(Some(s)))
-                    .arg(now_ms())
-                    .arg("NX")
-                    .ignore();
+                pipe.add_command(epoch_cmd(
+                    self.keys.epoch(Some(s)),
+                    None,
+                    seen[s as usize],
+                    EpochWrite::Record,
+                ))
+                .ignore();
                 self.run_pipe(pipe)
             });
             futures_util::future::join_all(epochs).await;

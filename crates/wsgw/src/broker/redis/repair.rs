@@ -136,23 +136,18 @@ impl Inner {
         newest.into_iter().collect()
     }
 
-    /// Raises the epoch key `key` (ms) past `seen_ms` and the primary's clock; returns it. A
-    /// replay from an id issued before then says `recovered:false`.
-    pub(super) async fn raise_epoch(&self, key: String, seen_ms: u64) -> Result<u64, BrokerError> {
-        const RAISE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
-            local n = tonumber(ARGV[1]) \
-            local t = redis.call('TIME') \
-            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
-            if now > n then n = now end \
-            if n > c then redis.call('SET', KEYS[1], n) else n = c end \
-            return n";
+    /// Raises the epoch key `key` (ms) past `seen` and the primary's clock; returns it. A
+    /// replay from an id issued before then says `recovered:false`. `seq`: the single
+    /// primary's sequence, moved up to the epoch (see [`epoch_cmd`]).
+    pub(super) async fn raise_epoch(
+        &self,
+        key: String,
+        seq: Option<String>,
+        seen: Option<EventId>,
+    ) -> Result<u64, BrokerError> {
         timed(self.s.op_timeout * PATIENT, async {
             let mut c = self.conn().await?;
-            redis::cmd("EVAL")
-                .arg(RAISE)
-                .arg(1)
-                .arg(key)
-                .arg(seen_ms)
+            epoch_cmd(key, seq, seen, EpochWrite::Raise)
                 .query_async(&mut c)
                 .await
                 .map_err(classify)
@@ -163,8 +158,10 @@ impl Inner {
     /// Raises the epoch (ms) past the newest id this node saw and the new primary's clock, and
     /// tells every local socket that what it follows may have a gap.
     async fn fence_failover(&self) -> Result<(), BrokerError> {
-        let seen_ms = self.watermark.lock().map_or(0, |w| w.ms.saturating_add(1));
-        let epoch = self.raise_epoch(self.keys.epoch(None), seen_ms).await?;
+        let seen = *self.watermark.lock();
+        let epoch = self
+            .raise_epoch(self.keys.epoch(None), Some(self.keys.seq(None)), seen)
+            .await?;
         let interests = self.hub.interests();
         let told = self.hub.send_gap(&interests);
         warn!(
@@ -211,4 +208,68 @@ impl Inner {
         }
         Ok(found)
     }
+}
+
+/// How [`epoch_cmd`] writes the epoch key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum EpochWrite {
+    /// Where there is none: the Redis's data begins now (a new Redis, or one that lost its
+    /// data). Also past the one there when the sequence shows that this Redis lost ids.
+    Record,
+    /// Past the one there (a failover's fence).
+    Raise,
+}
+
+/// Writes the epoch key `key` (ms) as `how` says, to the later of Redis's clock and the
+/// millisecond after `seen` (the newest id this node saw), and returns the epoch in place.
+/// Redis's clock, not the node's: the ids issued before come from it, and a node whose clock
+/// runs behind would date the new data before what was lost, so a replay from a lost id would
+/// say `recovered:true`. Past `seen`, because a Redis whose clock runs behind the one that
+/// issued those ids (another host) would do the same.
+///
+/// With `seq` (the single primary's sequence key):
+/// - a sequence older than `seen` means this Redis lost ids this node saw (restarted without
+///   persistence, flushed, or a replica that had not got them), whoever wrote the epoch since
+///   (`wsgw_publish`, a node that saw less): `Record` then raises the epoch past `seen` too;
+/// - a sequence that does not exist, or is before the epoch, moves up to `<epoch>-0`, so every
+///   id issued next is at or past the epoch (an id before it could never be replayed).
+///
+/// (A Redis Cluster shard's sequence stays absent until its first id: that absence tells its
+/// repair nothing was issued.)
+pub(super) fn epoch_cmd(key: String, seq: Option<String>, seen: Option<EventId>, how: EpochWrite) -> redis::Cmd {
+    const WRITE: &str = "local n = 0 \
+        local wms, wseq = string.match(ARGV[1], '^(%d+)-(%d+)$') \
+        if wms then wms, wseq = tonumber(wms), tonumber(wseq); n = wms + 1 end \
+        local t = redis.call('TIME') \
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+        if now > n then n = now end \
+        local lms, lseq \
+        if KEYS[2] then \
+          lms, lseq = string.match(redis.call('GET', KEYS[2]) or '', '^(%d+)-(%d+)$') \
+          if lms then lms, lseq = tonumber(lms), tonumber(lseq) end \
+        end \
+        local lost = wms ~= nil and lms ~= nil and (lms < wms or (lms == wms and lseq < wseq)) \
+        local c = tonumber(redis.call('GET', KEYS[1]) or '-1') \
+        if c >= 0 and (c >= n or (ARGV[2] == 'record' and not lost)) then \
+          n = c \
+        else \
+          redis.call('SET', KEYS[1], n) \
+        end \
+        if KEYS[2] and (lms == nil or lms < n) then \
+          redis.call('SET', KEYS[2], string.format('%d-0', n)) \
+        end \
+        return n";
+    let how = match how {
+        EpochWrite::Record => "record",
+        EpochWrite::Raise => "raise",
+    };
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(WRITE).arg(1 + usize::from(seq.is_some())).arg(key);
+    if let Some(seq) = seq {
+        cmd.arg(seq);
+    }
+    // `<ms>-<seq>`, without a Redis Cluster id's shard.
+    cmd.arg(seen.map_or_else(String::new, |id| format!("{}-{}", id.ms, id.seq)))
+        .arg(how);
+    cmd
 }

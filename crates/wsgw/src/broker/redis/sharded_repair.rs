@@ -262,8 +262,7 @@ impl Inner {
     /// sockets are told, and the shard's epoch is raised past every id seen, so a replay from
     /// before says `recovered:false`.
     async fn fence_shard(&self, s: u16, seen: Option<EventId>, channels: &[Arc<str>]) -> Result<(), BrokerError> {
-        let seen_ms = seen.map_or(0, |w| w.ms.saturating_add(1));
-        let epoch = self.raise_epoch(self.keys.epoch(Some(s)), seen_ms).await?;
+        let epoch = self.raise_epoch(self.keys.epoch(Some(s)), None, seen).await?;
         let told = self.hub.send_gap(channels);
         warn!(
             shard = s,
