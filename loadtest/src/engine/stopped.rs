@@ -32,17 +32,56 @@ pub(super) struct Window {
     pub(super) cpu_s: f64,
 }
 
-/// CPU time of every thread of `pid`, from /proc/<pid>/task/*/schedstat (nanoseconds on a CPU,
-/// so finer than /proc/<pid>/stat's 10 ms ticks).
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+/// CPU time of the gateways' threads since the meter started, from /proc/<pid>/task/*/schedstat
+/// (nanoseconds on a CPU, so finer than /proc/<pid>/stat's 10 ms ticks). Summed per thread
+/// from one reading to the next: a sum over the threads alive at each reading would go back
+/// when a thread exits (tokio's blocking threads do after 10 s idle), and lose what it ran.
+struct CpuMeter {
+    pids: Vec<u32>,
+    /// Each thread's CPU (ns) at the last reading, by (pid, tid).
+    last: HashMap<(u32, u64), u64>,
+    total: Duration,
+}
+
+impl CpuMeter {
+    fn start(pids: &[u32]) -> CpuMeter {
+        let mut m = CpuMeter {
+            pids: pids.to_vec(),
+            last: HashMap::new(),
+            total: Duration::ZERO,
+        };
+        m.read();
+        m.total = Duration::ZERO;
+        m
+    }
+
+    /// Reads every thread again; returns the CPU run since the start. A thread that exited
+    /// since the last reading loses at most what it ran after it.
+    fn read(&mut self) -> Duration {
+        let mut now = HashMap::with_capacity(self.last.len());
+        for &pid in &self.pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let ns = std::fs::read_to_string(t.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+                if let Some(ns) = ns {
+                    now.insert((pid, tid), ns);
+                }
+            }
+        }
+        for (k, ns) in &now {
+            let before = self.last.get(k).copied().unwrap_or(0);
+            self.total += Duration::from_nanos(ns.saturating_sub(before));
+        }
+        self.last = now;
+        self.total
+    }
 }
 
 /// Whether every thread of `pid` is stopped (state `T` in /proc/<pid>/task/*/stat), or the
@@ -67,10 +106,6 @@ fn all_stopped(pid: u32) -> bool {
 /// The longest wait for the stopped workers' threads to have stopped.
 const STOPPING: Duration = Duration::from_secs(5);
 
-fn servers_cpu(pids: &[u32]) -> Duration {
-    Duration::from_nanos(pids.iter().map(|p| cpu_ns(*p)).sum())
-}
-
 fn signal(pids: &[u32], sig: &str) -> Result<()> {
     for pid in pids {
         let ok = std::process::Command::new("kill")
@@ -87,7 +122,7 @@ fn signal(pids: &[u32], sig: &str) -> Result<()> {
 pub(super) struct Stopped {
     r: Receivers,
     from: Instant,
-    cpu0: Duration,
+    cpu: CpuMeter,
     resumed: bool,
 }
 
@@ -102,7 +137,7 @@ impl Stopped {
             !r.servers.is_empty(),
             "stop_receivers needs the gateway pids (--server-pid) to tell when the fan-out ends"
         );
-        let cpu0 = servers_cpu(&r.servers);
+        let cpu = CpuMeter::start(&r.servers);
         signal(&r.workers, "-STOP")?;
         let deadline = Instant::now() + STOPPING;
         while !r.workers.iter().all(|p| all_stopped(*p)) {
@@ -115,20 +150,20 @@ impl Stopped {
         Ok(Stopped {
             r: r.clone(),
             from: Instant::now(),
-            cpu0,
+            cpu,
             resumed: false,
         })
     }
 
     /// Waits until the gateways are idle, resumes the workers and returns the window.
     pub(super) async fn finish(mut self) -> Result<Window> {
-        let mut last = servers_cpu(&self.r.servers);
+        let mut last = self.cpu.read();
         let (mut busy_at, mut busy_cpu) = (Instant::now(), last);
         let deadline = Instant::now() + LONGEST;
         let mut poll = tokio::time::interval(POLL);
         while busy_at.elapsed() < QUIET && Instant::now() < deadline {
             poll.tick().await;
-            let now = servers_cpu(&self.r.servers);
+            let now = self.cpu.read();
             if now.saturating_sub(last) > BUSY {
                 (busy_at, busy_cpu) = (Instant::now(), now);
             }
@@ -141,7 +176,7 @@ impl Stopped {
         );
         Ok(Window {
             seconds: busy_at.saturating_duration_since(self.from).as_secs_f64(),
-            cpu_s: busy_cpu.saturating_sub(self.cpu0).as_secs_f64(),
+            cpu_s: busy_cpu.as_secs_f64(),
         })
     }
 
