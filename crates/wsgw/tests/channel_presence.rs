@@ -406,3 +406,35 @@ async fn members_on_two_nodes_of_a_redis_cluster_see_each_other_join_and_leave()
     assert_eq!(left, presence_frame("leave", &second, "alice", &ida));
     assert_eq!(http_clients(&b, &second).await, [member("bob", &idb, "gw-b")]);
 }
+
+/// Node B's clock runs 10 s ahead of Redis's and node A's (libfaketime). Presence expiry times
+/// are dated by Redis's clock, so through three of B's reaps (a 3 s TTL: one a second) B tells
+/// bob of no `leave` for alice, who is live on A, and B lists her on the channel, under her user
+/// and A in the node registry.
+#[tokio::test]
+async fn a_node_whose_clock_runs_ahead_does_not_take_live_members_of_another_for_gone() {
+    let redis = RedisServer::start().await;
+    let env = [("WSGW_PRESENCE_CHANNELS", "chat:*"), ("WSGW_PRESENCE_TTL_MS", "3000")];
+    let a = GatewayProc::start(&redis, "gw-a", &env).await;
+    let skew = common::clock::offset_env("+10s");
+    let mut env_b = env.to_vec();
+    env_b.extend(skew.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let b = GatewayProc::start(&redis, "gw-b", &env_b).await;
+    let (mut alice, wa) = a.connect(&token("alice", &["chat:*"], &[])).await;
+    let (mut bob, wb) = b.connect(&token("bob", &["chat:*"], &[])).await;
+    let (ida, idb) = (id_of(&wa), id_of(&wb));
+    subscribe(&mut bob, "chat:1").await;
+    expect_presence(&mut bob, "join", "chat:1", "bob", &idb).await;
+    subscribe(&mut alice, "chat:1").await;
+    expect_presence(&mut bob, "join", "chat:1", "alice", &ida).await;
+
+    bob.assert_silent(Duration::from_millis(3500)).await;
+    let both = [member("alice", &ida, "gw-a"), member("bob", &idb, "gw-b")];
+    assert_eq!(http_clients(&b, "chat:1").await, both);
+    let (status, user) = b.api_get("/api/presence/users/alice").await;
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["connections"].as_array().map(Vec::len), Some(1), "{user}");
+    let (_, stats) = b.api_get("/api/stats").await;
+    assert_eq!(stats["cluster"]["nodes"], 2, "{stats}");
+    drop(alice);
+}

@@ -66,3 +66,31 @@ async fn a_cursor_older_than_an_expired_history_is_not_recovered() {
     // Both expire (two TTLs of silence): nothing at all is left of the channel.
     missed_across_an_expiry(&gw, &mut r, &["ws:history:user:u1", "ws:meta:user:u1"]).await;
 }
+
+/// The same expiry, with the node's clock 30 s behind Redis's (libfaketime): once the channel's
+/// meta expired too, only the id's age tells, and by Redis's clock it is older than two TTLs.
+#[tokio::test]
+async fn a_node_whose_clock_runs_behind_does_not_vouch_for_an_expired_history() {
+    let redis = RedisServer::start().await;
+    let mut env: Vec<(&str, &str)> = vec![("WSGW_HISTORY_TTL_MS", TTL_MS)];
+    let skew = clock::offset_env("-30s");
+    env.extend(skew.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let gw = GatewayProc::start(&redis, "gw-a", &env).await;
+    let mut r = redis.conn().await;
+    let t = token("u1", &[], &[]);
+    let (mut c, _) = gw.connect(&t).await;
+    let seen = fcall_publish(&mut r, "user:u1", "seen", &json!(0)).await;
+    assert_eq!(c.expect("event").await["event_id"], seen.as_str());
+    c.close().await;
+    fcall_publish(&mut r, "user:u1", "missed", &json!(1)).await;
+    wait_expired(&mut r, &["ws:history:user:u1", "ws:meta:user:u1"]).await;
+
+    let (mut c, w) = gw.connect_query(&format!("token={t}&last_event_id={seen}")).await;
+    assert_eq!(
+        (&w["recovered"], &w["replayed"]),
+        (&json!(false), &json!(0)),
+        "an event expired unseen: the replay cannot be complete ({w})"
+    );
+    let live = fcall_publish(&mut r, "user:u1", "live", &json!(2)).await;
+    assert_eq!(c.expect("event").await["event_id"], live.as_str());
+}

@@ -38,7 +38,7 @@ impl Inner {
             if c.joined {
                 pipe.cmd("ZADD")
                     .arg(&key)
-                    .arg(now_ms() + ttl)
+                    .arg(self.redis_now_ms() + ttl)
                     .arg(self.presence_member(c))
                     .ignore();
                 // Outlives its entries by a TTL, so that the dead ones are still there to reap.
@@ -104,7 +104,7 @@ impl Inner {
                 let key = self.keys.presence_channel(&c.channel);
                 pipe.cmd("ZADD")
                     .arg(&key)
-                    .arg(now_ms() + ttl)
+                    .arg(self.redis_now_ms() + ttl)
                     .arg(self.presence_member(c));
                 pipe.cmd("PEXPIRE").arg(&key).arg(ttl * 2).ignore();
             }
@@ -127,7 +127,7 @@ impl Inner {
 
     /// Removes expired entries of `channels` and sends their `leave`.
     async fn reap_channels(&self, channels: &[Arc<str>]) {
-        let now = now_ms();
+        let now = self.redis_now_ms();
         for chunk in channels.chunks(500) {
             let mut pipe = redis::pipe();
             for ch in chunk {
@@ -202,7 +202,7 @@ impl Inner {
             let mut c = self.conn().await?;
             let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                 .arg(self.keys.presence_channel(channel))
-                .arg(now_ms())
+                .arg(self.redis_now_ms())
                 .arg("+inf")
                 .arg("LIMIT")
                 .arg(0)

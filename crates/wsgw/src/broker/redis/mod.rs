@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -31,6 +31,7 @@ use crate::time::{mono_ms, now_ms};
 mod bans;
 mod canary;
 mod channel_presence;
+mod clock;
 mod cluster_functions;
 mod cluster_link;
 mod control;
@@ -125,6 +126,8 @@ struct Inner {
     syncs: Mutex<SyncWaiters>,
     next_sync: AtomicU64,
     started_at_ms: u64,
+    /// Redis's clock minus this node's, in ms (clock.rs).
+    clock_offset_ms: AtomicI64,
 }
 
 /// The Redis-backed broker. Cheap to share; its tasks stop when `shutdown` fires.
@@ -194,6 +197,7 @@ impl RedisBroker {
             syncs: Mutex::new(HashMap::new()),
             next_sync: AtomicU64::new(0),
             started_at_ms: now_ms(),
+            clock_offset_ms: AtomicI64::new(0),
         });
         let mut attempt = 0u32;
         loop {
@@ -246,6 +250,7 @@ impl Inner {
 
     /// Loads the Functions and records the epoch and the history defaults.
     async fn prepare(&self) -> Result<(), BrokerError> {
+        self.measure_redis_clock().await;
         if self.cluster.is_some() {
             return self.prepare_cluster().await;
         }

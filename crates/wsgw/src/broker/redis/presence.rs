@@ -157,7 +157,11 @@ impl Inner {
             .arg("PX")
             .arg(ttl)
             .ignore();
-        pipe.cmd("ZADD").arg(&user_key).arg(now_ms() + ttl).arg(&*c.id).ignore();
+        pipe.cmd("ZADD")
+            .arg(&user_key)
+            .arg(self.redis_now_ms() + ttl)
+            .arg(&*c.id)
+            .ignore();
         pipe.cmd("PEXPIRE").arg(&user_key).arg(ttl).ignore();
     }
 
@@ -177,6 +181,7 @@ impl Inner {
     /// Rewrites every local socket's presence (except those first written less than a tick
     /// ago) and the node registry.
     pub(super) async fn refresh_all(&self, written: &mut HashMap<u64, u64>, tick: Duration) {
+        self.measure_redis_clock().await;
         let ttl = self.s.presence_ttl_ms;
         let conns = self.hub.connections();
         let live: HashSet<u64> = conns.iter().map(|c| c.key()).collect();
@@ -203,7 +208,7 @@ impl Inner {
         let node_key = self.keys.node(&self.s.node_id);
         pipe.cmd("ZADD")
             .arg(self.keys.nodes())
-            .arg(now_ms() + ttl)
+            .arg(self.redis_now_ms() + ttl)
             .arg(&self.s.node_id)
             .ignore();
         pipe.cmd("HSET")
@@ -269,7 +274,7 @@ impl Inner {
         let inner = self;
         timed(inner.s.op_timeout, async move {
             let mut c = inner.conn().await?;
-            let ids = live_members(&mut c, &inner.keys.presence_user(user_id)).await?;
+            let ids = live_members(&mut c, &inner.keys.presence_user(user_id), inner.redis_now_ms()).await?;
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
@@ -299,7 +304,7 @@ impl Inner {
         let inner = self;
         timed(inner.s.op_timeout, async move {
             let mut c = inner.conn().await?;
-            let ids = live_members(&mut c, &inner.keys.nodes()).await?;
+            let ids = live_members(&mut c, &inner.keys.nodes(), inner.redis_now_ms()).await?;
             let mut pipe = redis::pipe();
             for id in &ids {
                 pipe.cmd("HGET").arg(inner.keys.node(id)).arg("connections");
@@ -327,14 +332,14 @@ impl Inner {
     }
 }
 
-/// The members of a sorted set scored by expiry time (ms) that have not expired, after
-/// removing the expired ones (the per-user index, the node registry).
-async fn live_members(c: &mut super::cluster_link::Conn, key: &str) -> Result<Vec<String>, BrokerError> {
+/// The members of a sorted set scored by expiry time (ms, Redis's clock) that have not expired
+/// at `now`, after removing the expired ones (the per-user index, the node registry).
+async fn live_members(c: &mut super::cluster_link::Conn, key: &str, now: u64) -> Result<Vec<String>, BrokerError> {
     let (ids,): (Vec<String>,) = redis::pipe()
         .cmd("ZREMRANGEBYSCORE")
         .arg(key)
         .arg("-inf")
-        .arg(now_ms())
+        .arg(now)
         .ignore()
         .cmd("ZRANGE")
         .arg(key)

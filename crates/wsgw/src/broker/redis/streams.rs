@@ -125,17 +125,16 @@ impl Inner {
                 // data has not been lost) has nothing to vouch for: nothing was published.
                 let never_issued = shard.is_some() && seq.is_none();
                 let issued = until.or_else(|| seq.and_then(|s| s.parse::<EventId>().ok()));
+                // Without the channel's meta, how old the id is decides, by Redis's clock (which
+                // dated the id and expires the keys), never the node's: a node whose clock runs
+                // behind would vouch for ids whose history expired.
+                let now = match last {
+                    Some(_) => 0,
+                    None => super::clock::redis_time_ms(&mut c).await?,
+                };
                 let complete = self.s.history.size > 0
                     && (never_issued || issued.is_some_and(|last_issued| id <= last_issued))
-                    && recoverable(
-                        id,
-                        epoch,
-                        trimmed,
-                        last,
-                        stream_len == 0,
-                        now_ms(),
-                        self.s.history.ttl_ms,
-                    );
+                    && recoverable(id, epoch, trimmed, last, stream_len == 0, now, self.s.history.ttl_ms);
                 Ok(HistoryPage { events, complete })
             }
         }
@@ -186,7 +185,8 @@ pub(super) fn classify(e: redis::RedisError) -> BrokerError {
 /// - trimming removed an id newer than `after`: no;
 /// - the stream expired but the meta shows a newer last event: no;
 /// - meta gone too: it outlives the stream by a TTL, so its absence proves no event for
-///   2×TTL; only then is an older `after` unknowable.
+///   2×TTL; only then is an older `after` unknowable. `now_ms` is Redis's clock, read only
+///   in that case.
 pub(super) fn recoverable(
     after: EventId,
     epoch_ms: Option<u64>,
