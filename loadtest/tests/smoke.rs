@@ -8,6 +8,11 @@ use std::time::Duration;
 use loadtest::{RunOptions, Scenario, run};
 use wsgw::{Config, RunningGateway};
 
+/// The gateways here run in this process, whose CPU the stopped-receivers window reads
+/// (`server_pids` is ours): that test runs alone, the others side by side. Run together, another
+/// test's load made the window run past 10 s, and its threads' exits made it read 0 CPU-s.
+static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 const SECRET: &str = "loadtest-smoke-secret-0123456789abcdef";
 const API_KEY: &str = "loadtest-smoke-key";
 
@@ -36,6 +41,7 @@ fn scenario(gw: &RunningGateway) -> Scenario {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_scenario_passes_against_a_real_gateway() {
+    let _shared = PROCESS.read().await;
     let gw = gateway().await;
     let sc = scenario(&gw);
     assert_eq!(sc.max_vus(), 100);
@@ -95,6 +101,7 @@ async fn in_two_workers(mut sc: Scenario, hold: &str, limit_s: u64) -> loadtest:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_worker_processes_merge_their_figures() {
+    let _shared = PROCESS.read().await;
     let gw = gateway().await;
     let s = in_two_workers(scenario(&gw), "3s", 15).await;
     let f = &s.figures;
@@ -110,6 +117,7 @@ async fn two_worker_processes_merge_their_figures() {
 /// then read everything. The gateway here is in this process, so its pid is ours.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_receivers_read_every_broadcast_after_the_fan_out_window() {
+    let _alone = PROCESS.write().await;
     let gw = gateway().await;
     let mut sc = scenario(&gw);
     sc.workload.rate = 1000.0;
