@@ -322,6 +322,8 @@ async fn resume_says_not_recovered(
     let after = fcall_publish(r, "user:skew", "x", &json!("after")).await;
     assert!(after.parse::<EventId>().unwrap() > seen, "{after} after {seen}");
 
+    // The node has prepared the restarted Redis; it serves again once it has repaired.
+    node.wait_ready().await;
     let (mut c, w) = node.connect_query(&format!("token={t}&last_event_id={seen}")).await;
     assert_eq!(
         w["recovered"], false,
@@ -339,7 +341,7 @@ async fn a_node_whose_clock_runs_behind_does_not_vouch_for_events_redis_lost() {
 async fn a_redis_back_with_its_clock_behind_the_lost_ids_does_not_vouch_for_them() {
     // Ahead by more than the node takes to come back, so the node records the epoch while
     // Redis's clock is still before the client's id.
-    lost_events_are_not_vouched_for(&[], 5000).await;
+    lost_events_are_not_vouched_for(&[], 8000).await;
 }
 
 #[tokio::test]
@@ -349,7 +351,7 @@ async fn a_node_that_saw_ids_redis_lost_moves_the_epoch_another_node_wrote_past_
     let t = token("skew", &[], &[]);
     let (c, _) = y.connect(&t).await;
     let (mut watcher, _) = y.connect(&token("watch", &[], &[])).await;
-    let seen = seen_then_missed(&redis, c, 5000).await;
+    let seen = seen_then_missed(&redis, c, 8000).await;
 
     // Node Y sleeps through the restart, so node X, which never saw those ids, is first to
     // write the new data's epoch: from Redis's clock, before the lost ids.
