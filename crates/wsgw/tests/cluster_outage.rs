@@ -285,13 +285,18 @@ async fn lost_events_are_not_vouched_for(node_env: &[(String, String)], ids_ahea
     resume_says_not_recovered(&node, &mut r, &t, seen).await;
 }
 
+/// Redis's clock, in ms.
+async fn redis_ms(r: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(r).await.unwrap();
+    s * 1000 + us / 1000
+}
+
 /// Publishes one event `c` (user `skew`) gets, `ids_ahead_ms` ahead of Redis's clock, closes
 /// `c`, and publishes one more it misses; returns the id `c` has.
 async fn seen_then_missed(redis: &RedisServer, mut c: Client, ids_ahead_ms: u64) -> EventId {
     let mut r = redis.conn().await;
     if ids_ahead_ms > 0 {
-        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut r).await.unwrap();
-        let ahead = EventId::new(s * 1000 + us / 1000 + ids_ahead_ms, 0);
+        let ahead = EventId::new(redis_ms(&mut r).await + ids_ahead_ms, 0);
         let _: () = r.set("ws:seq", ahead.to_string()).await.unwrap();
     }
     fcall_publish(&mut r, "user:skew", "x", &json!("seen")).await;
@@ -312,8 +317,7 @@ async fn resume_says_not_recovered(
 ) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(r).await.unwrap();
-        if s * 1000 + us / 1000 > seen.ms {
+        if redis_ms(r).await > seen.ms {
             break;
         }
         assert!(Instant::now() < deadline, "Redis's clock did not pass {seen}");

@@ -129,10 +129,9 @@ impl Inner {
         let mut c = self.conn().await?;
         for s in 0..ID_SHARDS {
             let shard = Some(s);
-            let seen = self.shards.lock().seen[s as usize];
             let seq: Option<String> = timed(self.s.op_timeout * 3, async {
                 redis::pipe()
-                    .add_command(epoch_cmd(self.keys.epoch(shard), None, seen, EpochWrite::Record))
+                    .add_command(self.record_epoch(shard))
                     .ignore()
                     .cmd("HSET")
                     .arg(self.keys.config(shard))

@@ -44,7 +44,6 @@ mod pool;
 mod presence;
 mod pubsub;
 mod repair;
-use repair::{EpochWrite, epoch_cmd};
 mod requests;
 mod resume;
 mod sharded;
@@ -269,15 +268,8 @@ impl Inner {
             // every id it will issue: without a newest id, a first outage before the first event
             // seen here would repair nothing, and an id before the epoch would prove nothing
             // complete.
-            let seen = *self.watermark.lock();
-            let epoch = epoch_cmd(
-                self.keys.epoch(None),
-                Some(self.keys.seq(None)),
-                seen,
-                EpochWrite::Record,
-            );
             let (seq,): (Option<String>,) = redis::pipe()
-                .add_command(epoch)
+                .add_command(self.record_epoch(None))
                 .ignore()
                 .cmd("HSET")
                 .arg(self.keys.config(None))

@@ -229,27 +229,13 @@ impl Inner {
         // older ids replay as not recovered. A cluster's epochs are per shard, each in its
         // shard's slot: one command each, the shards at once.
         if !self.keys.cluster {
-            let seen = *self.watermark.lock();
-            pipe.add_command(epoch_cmd(
-                self.keys.epoch(None),
-                Some(self.keys.seq(None)),
-                seen,
-                EpochWrite::Record,
-            ))
-            .ignore();
+            pipe.add_command(self.record_epoch(None)).ignore();
         }
         self.run_pipe(pipe).await;
         if self.keys.cluster {
-            let seen = self.shards.lock().seen;
             let epochs = (0..wsgw_protocol::ID_SHARDS).map(|s| {
                 let mut pipe = redis::pipe();
-                pipe.add_command(epoch_cmd(
-                    self.keys.epoch(Some(s)),
-                    None,
-                    seen[s as usize],
-                    EpochWrite::Record,
-                ))
-                .ignore();
+                pipe.add_command(self.record_epoch(Some(s))).ignore();
                 self.run_pipe(pipe)
             });
             futures_util::future::join_all(epochs).await;

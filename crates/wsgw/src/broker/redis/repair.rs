@@ -155,6 +155,16 @@ impl Inner {
         .await
     }
 
+    /// The script that records the epoch of `shard` (`None`: the single primary, whose
+    /// sequence it also starts) past the newest id this node saw of it ([`epoch_cmd`]).
+    pub(super) fn record_epoch(&self, shard: Option<u16>) -> redis::Cmd {
+        let (seen, seq) = match shard {
+            None => (*self.watermark.lock(), Some(self.keys.seq(None))),
+            Some(s) => (self.shards.lock().seen[s as usize], None),
+        };
+        epoch_cmd(self.keys.epoch(shard), seq, seen, EpochWrite::Record)
+    }
+
     /// Raises the epoch (ms) past the newest id this node saw and the new primary's clock, and
     /// tells every local socket that what it follows may have a gap.
     async fn fence_failover(&self) -> Result<(), BrokerError> {
@@ -211,8 +221,8 @@ impl Inner {
 }
 
 /// How [`epoch_cmd`] writes the epoch key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum EpochWrite {
+#[derive(Clone, Copy)]
+enum EpochWrite {
     /// Where there is none: the Redis's data begins now (a new Redis, or one that lost its
     /// data). Also past the one there when the sequence shows that this Redis lost ids.
     Record,
@@ -236,7 +246,7 @@ pub(super) enum EpochWrite {
 ///
 /// (A Redis Cluster shard's sequence stays absent until its first id: that absence tells its
 /// repair nothing was issued.)
-pub(super) fn epoch_cmd(key: String, seq: Option<String>, seen: Option<EventId>, how: EpochWrite) -> redis::Cmd {
+fn epoch_cmd(key: String, seq: Option<String>, seen: Option<EventId>, how: EpochWrite) -> redis::Cmd {
     const WRITE: &str = "local n = 0 \
         local wms, wseq = string.match(ARGV[1], '^(%d+)-(%d+)$') \
         if wms then wms, wseq = tonumber(wms), tonumber(wseq); n = wms + 1 end \
