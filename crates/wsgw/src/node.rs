@@ -178,6 +178,7 @@ impl Gateway {
                     presence_ttl_ms: config.effective_presence_ttl_ms(),
                     presence_channels: config.presence_channels.clone(),
                     canary_interval_ms: config.canary_interval_ms,
+                    write_delay: Duration::from_millis(config.write_delay_ms),
                     op_timeout: Duration::from_millis(config.redis_timeout_ms),
                     inbound_maxlen: config.inbound_maxlen,
                 };

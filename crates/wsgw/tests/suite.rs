@@ -65,3 +65,4 @@ mod token_properties;
 mod torture;
 mod torture_cluster;
 mod upgrade_paths;
+mod write_delay;

@@ -34,11 +34,15 @@ const NODES: usize = 3;
 
 /// NODE_ENV, plus quiet node logs (the faults make them warn a lot) unless WSGW_TEST_LOG is set.
 /// The node in slot 1 runs `WSGW_RUNTIME=per_core` with two runtimes, so the checker covers
-/// sockets spread over per-core runtimes as well as the default work-stealing runtime.
+/// sockets spread over per-core runtimes as well as the default work-stealing runtime. The node
+/// in slot 2 gathers its pub/sub input for `WSGW_WRITE_DELAY_MS=20` before writing it out.
 fn node_env(slot: usize) -> Vec<(&'static str, &'static str)> {
     let mut env = NODE_ENV.to_vec();
     if slot == 1 {
         env.extend([("WSGW_RUNTIME", "per_core"), ("WSGW_WORKER_THREADS", "2")]);
+    }
+    if slot == 2 {
+        env.push(("WSGW_WRITE_DELAY_MS", "20"));
     }
     if std::env::var("WSGW_TEST_LOG").is_err() {
         env.push(("WSGW_LOG", "error"));

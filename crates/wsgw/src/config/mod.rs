@@ -32,6 +32,9 @@ use format::{REDACTED, TRUSTED_PROXIES, is_not_a_network};
 /// Shortest HS256 secret accepted outside `--dev`, in bytes (RFC 7518 §3.2: at least the hash size).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
+/// The longest `write_delay_ms` a node accepts.
+pub const MAX_WRITE_DELAY_MS: u64 = 1000;
+
 /// The env var naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "WSGW_CONFIG";
 
@@ -115,6 +118,13 @@ impl Config {
                      id-shard (docs/backends.md)",
                     self.redis_prefix
                 ),
+            ));
+        }
+        if self.write_delay_ms > MAX_WRITE_DELAY_MS {
+            // Every event waits this long: past a second it is an outage, not a batching window.
+            return Err(invalid(
+                "write_delay_ms",
+                format!("{} must be at most {MAX_WRITE_DELAY_MS}", self.write_delay_ms),
             ));
         }
         if self.rate_limit_per_s > 0 && self.rate_limit_burst == 0 {

@@ -91,6 +91,9 @@ pub struct RedisSettings {
     pub presence_channels: Vec<String>,
     /// How often the node publishes its canary on its own control channel.
     pub canary_interval_ms: u64,
+    /// How long the pub/sub reader gathers events after the first before writing them out
+    /// (`WSGW_WRITE_DELAY_MS`); zero: at once.
+    pub write_delay: Duration,
     /// Longest a single Redis command may take before the caller gets `unavailable`.
     pub op_timeout: Duration,
     /// Approximate length the request stream is trimmed to.

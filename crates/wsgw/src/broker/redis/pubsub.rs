@@ -196,6 +196,11 @@ impl Inner {
                     Wake::Cmd(Some(cmd)) => cmd,
                     Wake::Msg(Err(e)) => return Err(e),
                     Wake::Msg(Ok(msg)) => {
+                        if !self.s.write_delay.is_zero() {
+                            // WSGW_WRITE_DELAY_MS: what arrives meanwhile joins this message's
+                            // burst, one write per socket for all of it.
+                            sub.hold_while(tokio::time::sleep(self.s.write_delay)).await;
+                        }
                         // With every message already waiting behind it: several make bursts.
                         let mut ended = None;
                         let open = self.hub.drain_waiting(

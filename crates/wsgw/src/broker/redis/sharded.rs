@@ -235,6 +235,10 @@ impl Inner {
                             self.metrics.redis_up.set(0);
                             return;
                         };
+                        if !self.s.write_delay.is_zero() {
+                            // WSGW_WRITE_DELAY_MS: what arrives meanwhile joins this push's burst.
+                            tokio::time::sleep(self.s.write_delay).await;
+                        }
                         // With every push already waiting behind it: several messages make bursts.
                         let open = self.hub.drain_waiting(
                             push,

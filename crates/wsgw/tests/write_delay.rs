@@ -1,0 +1,97 @@
+//! `WSGW_WRITE_DELAY_MS` (docs/configuration.md): a node waits that long after an event reaches
+//! its Redis pub/sub connection, and writes what arrived meanwhile to each socket as one burst,
+//! in order, once each. Against a real redis-server (one primary, and a Redis Cluster, whose
+//! sharded reader is another loop) and real sockets.
+//!
+//! `cargo test -p wsgw --test suite write_delay::`
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{GatewayProc, RedisServer, fcall_publish};
+use common::redis_cluster::RedisCluster;
+use common::{Client, metric_value, token};
+use serde_json::json;
+
+const DELAY_MS: &str = "500";
+const DELAY: Duration = Duration::from_millis(500);
+const EVENTS: u64 = 6;
+
+/// The node's settings: the delay, and no canary during the test (it travels the same pub/sub
+/// connection and would join the burst).
+const ENV: [(&str, &str); 2] = [("WSGW_WRITE_DELAY_MS", DELAY_MS), ("WSGW_CANARY_INTERVAL_MS", "600000")];
+
+async fn burst_frames(node: &GatewayProc) -> f64 {
+    metric_value(&node.metrics().await, "wsgw_burst_frames_total").unwrap_or(0.0)
+}
+
+/// Two sockets of the node, subscribed to `channel`.
+async fn two_subscribers(node: &GatewayProc, channel: &str) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let (mut c, _) = node.connect(&token(user, &[channel], &[])).await;
+        c.send(json!({"type": "subscribe", "channel": channel})).await;
+        c.expect("subscribed").await;
+        clients.push(c);
+    }
+    clients
+}
+
+/// Every client gets the events `ids` in order, once each, the first no earlier than the delay
+/// after `started`; the node wrote them as one burst of `EVENTS` frames.
+async fn assert_gathered(node: &GatewayProc, clients: &mut [Client], ids: &[String], started: Instant, before: f64) {
+    let published = started.elapsed();
+    for c in clients {
+        for (i, id) in ids.iter().enumerate() {
+            let e = c.expect("event").await;
+            if i == 0 {
+                let waited = started.elapsed();
+                assert!(waited >= DELAY, "the first event came {waited:?} after its publish");
+            }
+            assert_eq!(
+                (e["event_id"].as_str(), e["data"]["n"].as_u64()),
+                (Some(id.as_str()), Some(i as u64)),
+                "event {i}"
+            );
+        }
+        c.assert_silent(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        burst_frames(node).await - before,
+        EVENTS as f64,
+        "the {EVENTS} events, published within {published:?}, went out as one burst"
+    );
+}
+
+#[tokio::test]
+async fn events_within_the_write_delay_go_out_together_in_order_and_none_before_it() {
+    let redis = RedisServer::start().await;
+    let node = GatewayProc::start(&redis, "gw-a", &ENV).await;
+    let mut clients = two_subscribers(&node, "news").await;
+    let before = burst_frames(&node).await;
+    let mut r = redis.conn().await;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        ids.push(fcall_publish(&mut r, "news", "tick", &json!({"n": n})).await);
+    }
+    assert_gathered(&node, &mut clients, &ids, started, before).await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_the_sharded_reader_waits_the_write_delay_too() {
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seeds.join(",");
+    let mut env = ENV.to_vec();
+    env.push(("WSGW_REDIS_CLUSTER", seeds.as_str()));
+    let node = GatewayProc::start_env("gw-a", &env).await;
+    let mut clients = two_subscribers(&node, "room:1").await;
+    let before = burst_frames(&node).await;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        ids.push(node.publish_n("room:1", n).await.to_string());
+    }
+    assert_gathered(&node, &mut clients, &ids, started, before).await;
+}
