@@ -26,6 +26,11 @@
 #      a ~2 KB JSON event through POST /api/broadcast, each server with WSGW_COMPRESSION off and
 #      on (the peer's `on` is uWS.SHARED_COMPRESSOR): the server's CPU for the broadcasts and
 #      the bytes per frame on the wire (docs/loadtest.md §9).
+#   5. Unless BENCH_TUNED is empty, wsgw again, as a third server `wsgw-tuned` started with the
+#      settings BENCH_TUNED adds: the idle command (for the net figure) and the broadcasts at
+#      BENCH_TUNED_RATES only. The table adds their rows against uWS's at the same rates. The
+#      default, `WSGW_RUNTIME=per_core WSGW_WRITE_DELAY_MS=30`, is a node set for many
+#      broadcasts a second (docs/loadtest.md §14); every other row is wsgw with its defaults.
 # "CPU-s per 1M deliveries" is the server's CPU over the whole broadcast command (its sockets'
 # connects and closes included, as the load tool measures it) per million deliveries; the "net"
 # row first subtracts the CPU of the idle command (the same sockets connected, held and closed,
@@ -53,6 +58,9 @@
 #   BENCH_TARGETED_RUNS  targeted runs per server, whose median is the figure (default 3)
 #   BENCH_COMPRESSION_EVENTS   broadcasts of the compression step (default 200; 0 skips it)
 #   BENCH_COMPRESSION_SOCKETS  its sockets (default 500; node `ws` clients inflate on 2 cores)
+#   BENCH_TUNED     settings (`WSGW_NAME=value`, space-separated) of the `wsgw-tuned` server of
+#                   step 5 (default "WSGW_RUNTIME=per_core WSGW_WRITE_DELAY_MS=30"; "" skips it)
+#   BENCH_TUNED_RATES  its broadcast rates, each one of BENCH_RATES (default: the last of them)
 #   BENCH_ROUNDS    how many times every server runs it all (default 1). With more, the
 #                   servers alternate order round by round, each round's files are in
 #                   BENCH_OUT/rN, a figure is the median over the rounds, and a second table
@@ -91,6 +99,16 @@ PUBLISH_VIA=${BENCH_PUBLISH_VIA:-fcall}
 for s in $SERVERS; do
     [[ $s == uws || $s == wsgw ]] || { echo "bench-uws: BENCH_SERVERS: unknown server '$s' (uws, wsgw)" >&2; exit 2; }
 done
+TUNED=${BENCH_TUNED-WSGW_RUNTIME=per_core WSGW_WRITE_DELAY_MS=30}
+TUNED_RATES=${BENCH_TUNED_RATES:-${RATES##* }}
+for t in $TUNED; do
+    [[ $t =~ ^WSGW_[A-Z0-9_]+=[^[:space:]]*$ ]] || { echo "bench-uws: BENCH_TUNED: '$t' is not WSGW_NAME=value" >&2; exit 2; }
+done
+for r in $TUNED_RATES; do
+    [[ " $RATES " == *" $r "* ]] || { echo "bench-uws: BENCH_TUNED_RATES: $r is not one of BENCH_RATES ($RATES)" >&2; exit 2; }
+done
+# The tuned wsgw runs right after the default one.
+[[ -z $TUNED || " $SERVERS " != *" wsgw "* ]] || SERVERS=$(sed 's/\bwsgw\b/wsgw wsgw-tuned/' <<<"$SERVERS")
 SECRET=bench-uws-secret-at-least-32-bytes-long
 API_KEY=bench-uws-api-key
 
@@ -241,12 +259,17 @@ run_server() {
             WSGW_REDIS_URL="$REDIS_URL" WSGW_NODE_ID=uws-1 \
             "$NODE" "$PEER/server.js" </dev/null >"$RDIR/uws.log" 2>&1 &
         ;;
-    wsgw)
+    wsgw | wsgw-tuned)
+        local settings=()
+        [[ $name == wsgw ]] || read -r -a settings <<<"$TUNED"
         env WSGW_LISTEN="127.0.0.1:$port" WSGW_JWT_SECRET="$SECRET" WSGW_API_KEY="$API_KEY" \
-            WSGW_REDIS_URL="$REDIS_URL" WSGW_NODE_ID=gw-1 WSGW_LOG=warn \
-            "$WSGW_BIN" </dev/null >"$RDIR/wsgw.log" 2>&1 &
+            WSGW_REDIS_URL="$REDIS_URL" WSGW_NODE_ID=gw-1 WSGW_LOG=warn "${settings[@]}" \
+            "$WSGW_BIN" </dev/null >"$RDIR/$name.log" 2>&1 &
         ;;
     esac
+    # The tuned server runs the idle command (its net figure) and its own rates only.
+    local rates=$RATES idle_cpu_s=$IDLE_CPU_S targeted_rate=$TARGETED_RATE
+    [[ $name != wsgw-tuned ]] || { rates=$TUNED_RATES idle_cpu_s=0 targeted_rate=0; }
     pid=$!
     PIDS+=("$pid")
     wait_ready "$pid" "$api/ready" "$RDIR/$name.log"
@@ -256,7 +279,7 @@ run_server() {
         --server-pid "$pid" --hold-s "$HOLD_S" --json "$RDIR/$name.idle.json" \
         >"$RDIR/$name.idle.txt" 2>"$RDIR/$name.idle.err" || log "$name idle exited with $?"
     sleep 1
-    if ((IDLE_CPU_S > 0)); then
+    if ((idle_cpu_s > 0)); then
         log "$name: $SOCKETS idle sockets held ${IDLE_CPU_S} s (CPU while held)"
         timeout $((IDLE_CPU_S + 240)) "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
             --server-pid "$pid" --hold-s "$IDLE_CPU_S" --json "$RDIR/$name.held.json" \
@@ -264,7 +287,7 @@ run_server() {
         sleep 1
     fi
     local r
-    for r in $RATES; do
+    for r in $rates; do
         log "$name: broadcast, $SOCKETS sockets, $MESSAGES messages at $r/s"
         timeout 300 "$LOADTEST_BIN" broadcast --url "$url" --api "$api" --api-key "$API_KEY" \
             --secret "$SECRET" --connections "$SOCKETS" --messages "$MESSAGES" --rate "$r" \
@@ -274,7 +297,7 @@ run_server() {
         sleep 1
     done
     local k
-    for ((k = 1; TARGETED_RATE > 0 && k <= TARGETED_RUNS; k++)); do
+    for ((k = 1; targeted_rate > 0 && k <= TARGETED_RUNS; k++)); do
         log "$name: targeted ($k of $TARGETED_RUNS), $SOCKETS sockets, FCALL to user channels at $TARGETED_RATE/s"
         timeout 300 "$LOADTEST_BIN" run "$ROOT/loadtest/scenarios/targeted-bench.toml" --url "$url" \
             --secret "$SECRET" --redis-url "$REDIS_URL" --server-pid "$pid" --vus "$SOCKETS" \
@@ -307,8 +330,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
         run_server "$s"
     done
     if ((CMP_EVENTS > 0)); then
-        log "compression: $CMP_SOCKETS sockets, $CMP_EVENTS broadcasts of ~2 KB, off and on: $order"
-        COMPRESSION_SERVERS="$order" COMPRESSION_JSON="$RDIR/compression.json" timeout 900 \
+        cmp_order=$(tr ' ' '\n' <<<"$order" | grep -vx 'wsgw-tuned' | paste -sd ' ')
+        log "compression: $CMP_SOCKETS sockets, $CMP_EVENTS broadcasts of ~2 KB, off and on: $cmp_order"
+        COMPRESSION_SERVERS="$cmp_order" COMPRESSION_JSON="$RDIR/compression.json" timeout 900 \
             "$NODE" "$ROOT/loadtest/bench/compression.mjs" "$WSGW_BIN" "$CMP_SOCKETS" "$CMP_EVENTS" \
             >"$RDIR/compression.txt" 2>&1 || log "compression step exited with $? (log: $RDIR/compression.txt)"
     fi
@@ -437,6 +461,13 @@ rss_w=$(fig wsgw rss)
         printf '| deliveries, %s/s | %s | %s | |\n' "$r" "$(fig uws "del:$r")" "$(fig wsgw "del:$r")"
         printf '| publish rate achieved, %s/s | %s | %s | |\n' "$r" "$(fig uws "ach:$r")" "$(fig wsgw "ach:$r")"
     done
+    if [[ " $SERVERS " == *" wsgw-tuned "* ]]; then
+        for r in $TUNED_RATES; do
+            row "net CPU per 1M broadcast deliveries, $r/s, wsgw with $TUNED" "$(fig uws "net:$r")" "$(fig wsgw-tuned "net:$r")"
+            row "delivery p99, $r/s (ms), wsgw with $TUNED" "$(fig uws "p99:$r")" "$(fig wsgw-tuned "p99:$r")"
+            printf '| deliveries, %s/s, wsgw with %s | %s | %s | |\n' "$r" "$TUNED" "$(fig uws "del:$r")" "$(fig wsgw-tuned "del:$r")"
+        done
+    fi
     if ((TARGETED_RATE > 0)); then
         row "CPU-s per 1M targeted deliveries, $TARGETED_RATE/s (whole command, median of $TARGETED_RUNS)" "$(fig uws cpu:tg)" "$(fig wsgw cpu:tg)"
         row "same, net of the idle command's CPU, $TARGETED_RATE/s (median)" "$(fig uws net:tg)" "$(fig wsgw net:tg)"
@@ -466,8 +497,12 @@ rss_w=$(fig wsgw rss)
         printf '\n| --- |'
         for ((k = 1; k <= ROUNDS; k++)); do printf ' --- |'; done
         echo
-        for f in rss held_cpu $(for r in $RATES; do echo "net:$r"; done) net:tg held:tg p99:tg cmp_cpu:off cmp_cpu:on; do
+        tuned_figs=""
+        [[ " $SERVERS " != *" wsgw-tuned "* ]] || tuned_figs=$(for r in $TUNED_RATES; do echo "tuned-net:$r tuned-p99:$r"; done)
+        for f in rss held_cpu $(for r in $RATES; do echo "net:$r"; done) $tuned_figs net:tg held:tg p99:tg cmp_cpu:off cmp_cpu:on; do
+            w=wsgw
             case $f in
+            tuned-*) w=wsgw-tuned f=${f#tuned-} label="${f%%:*} ${f#*:}/s, wsgw with $TUNED" ;;
             rss) label="RSS per idle socket" ;;
             held_cpu) ((IDLE_CPU_S > 0)) || continue; label="CPU-s per minute holding idle sockets" ;;
             net:tg) ((TARGETED_RATE > 0)) || continue; label="net CPU per 1M targeted deliveries (median of the round's runs)" ;;
@@ -478,7 +513,7 @@ rss_w=$(fig wsgw rss)
             esac
             printf '| %s |' "$label"
             for ((k = 1; k <= ROUNDS; k++)); do
-                printf ' %s |' "$(ratio "$(RDIR=$OUT/r$k fig1 uws "$f")" "$(RDIR=$OUT/r$k fig1 wsgw "$f")")"
+                printf ' %s |' "$(ratio "$(RDIR=$OUT/r$k fig1 uws "$f")" "$(RDIR=$OUT/r$k fig1 "$w" "$f")")"
             done
             echo
         done
