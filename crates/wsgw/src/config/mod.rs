@@ -120,11 +120,16 @@ impl Config {
                 ),
             ));
         }
-        if self.write_delay_ms > MAX_WRITE_DELAY_MS {
+        if self.write_delay_ms > MAX_WRITE_DELAY_MS.min(self.redis_timeout_ms) {
             // Every event waits this long: past a second it is an outage, not a batching window.
+            // A `subscribe` waits for the reader, which may be in its delay, for twice
+            // redis_timeout_ms: the delay may take half of that, not more.
             return Err(invalid(
                 "write_delay_ms",
-                format!("{} must be at most {MAX_WRITE_DELAY_MS}", self.write_delay_ms),
+                format!(
+                    "{} must be at most {MAX_WRITE_DELAY_MS} and at most redis_timeout_ms ({})",
+                    self.write_delay_ms, self.redis_timeout_ms
+                ),
             ));
         }
         if self.rate_limit_per_s > 0 && self.rate_limit_burst == 0 {
