@@ -9,7 +9,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{GatewayProc, RedisServer, fcall_publish};
+use common::cluster::{GatewayProc, RedisServer, fcall_publish, publish_cmd};
 use common::redis_cluster::RedisCluster;
 use common::{Client, metric_value, token};
 use serde_json::json;
@@ -94,4 +94,35 @@ async fn on_a_redis_cluster_the_sharded_reader_waits_the_write_delay_too() {
         ids.push(node.publish_n("room:1", n).await.to_string());
     }
     assert_gathered(&node, &mut clients, &ids, started, before).await;
+}
+
+/// More events than one pass of the reader takes (256) arrive within one delay: the passes
+/// after the first take what waited without waiting the delay again.
+#[tokio::test]
+async fn a_backlog_longer_than_one_pass_waits_the_delay_once() {
+    const MANY: u64 = 1200;
+    let redis = RedisServer::start().await;
+    let node = GatewayProc::start(&redis, "gw-a", &ENV).await;
+    let (mut c, _) = node.connect(&token("alice", &["news"], &[])).await;
+    c.send(json!({"type": "subscribe", "channel": "news"})).await;
+    c.expect("subscribed").await;
+    // One pipeline: every event reaches the node within the first delay.
+    let mut pipe = redis::pipe();
+    for n in 0..MANY {
+        pipe.add_command(publish_cmd("news", "tick", &json!({"n": n}).to_string()));
+    }
+    let started = Instant::now();
+    let ids: Vec<String> = pipe.query_async(&mut redis.conn().await).await.unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let e = c.expect("event").await;
+        assert_eq!(
+            (e["event_id"].as_str(), e["data"]["n"].as_u64()),
+            (Some(id.as_str()), Some(n as u64)),
+            "event {n}"
+        );
+    }
+    // Five passes, each after its own delay, would take 2.5 s at least.
+    let took = started.elapsed();
+    assert!(took < DELAY * 3, "{MANY} events took {took:?} with a {DELAY:?} delay");
+    c.assert_silent(Duration::from_millis(300)).await;
 }

@@ -84,6 +84,11 @@ impl Holding {
         self.ended.get_or_insert(e);
     }
 
+    /// Whether no message is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Whether the connection ended: nothing more is held.
     pub(super) fn has_ended(&self) -> bool {
         self.ended.is_some()

@@ -187,6 +187,9 @@ impl Inner {
         // A command that waited while the stream was drained: handled before the next drain, so
         // a node behind on its pub/sub still answers a `subscribe` within one drain.
         let mut waiting: Option<SubCmd> = None;
+        // Messages were left held after the last pass (more than one pass takes): they waited
+        // already, so the next pass takes them without the write delay.
+        let mut behind = false;
         let mut stop = std::pin::pin!(shutdown.changed());
         loop {
             let cmd = match waiting.take() {
@@ -196,7 +199,7 @@ impl Inner {
                     Wake::Cmd(Some(cmd)) => cmd,
                     Wake::Msg(Err(e)) => return Err(e),
                     Wake::Msg(Ok(msg)) => {
-                        if !self.s.write_delay.is_zero() {
+                        if !self.s.write_delay.is_zero() && !behind {
                             // WSGW_WRITE_DELAY_MS: what arrives meanwhile joins this message's
                             // burst, one write per socket for all of it.
                             sub.hold_while(tokio::time::sleep(self.s.write_delay)).await;
@@ -221,6 +224,7 @@ impl Inner {
                         // With per-core runtimes: nothing more handed on while a core is far
                         // behind (what arrives meanwhile is read into memory, `hold_while`).
                         sub.hold_while(self.hub.cores_caught_up()).await;
+                        behind = sub.holds_any();
                         waiting = cmds.try_recv().ok();
                         continue;
                     }

@@ -129,6 +129,14 @@ impl Sub {
         .await
     }
 
+    /// Whether messages read earlier are held for the next reads (the node is behind).
+    pub(super) fn holds_any(&self) -> bool {
+        match self {
+            Sub::Own(c) => !c.holding.is_empty(),
+            Sub::Crate(c) => !c.holding.is_empty(),
+        }
+    }
+
     /// A message already waiting, without waiting for one: `Some(Err)` when the connection ended.
     pub(super) fn try_next(&mut self) -> Option<Result<PubMsg, BrokerError>> {
         use futures_util::FutureExt;
