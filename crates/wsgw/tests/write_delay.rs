@@ -1,7 +1,8 @@
 //! `WSGW_WRITE_DELAY_MS` (docs/configuration.md): a node waits that long after an event reaches
 //! its Redis pub/sub connection, and writes what arrived meanwhile to each socket as one burst,
-//! in order, once each. Against a real redis-server (one primary, and a Redis Cluster, whose
-//! sharded reader is another loop) and real sockets.
+//! in order, once each; a backlog longer than one pass of the reader waits the delay once.
+//! Against a real redis-server (one primary, and a Redis Cluster, whose sharded reader is
+//! another loop) and real sockets.
 //!
 //! `cargo test -p wsgw --test suite write_delay::`
 
@@ -9,10 +10,11 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{GatewayProc, RedisServer, fcall_publish, publish_cmd};
-use common::redis_cluster::RedisCluster;
+use common::cluster::{GatewayProc, RedisServer, fcall_publish, patient_conn};
+use common::redis_cluster::{RedisCluster, owner};
 use common::{Client, metric_value, token};
 use serde_json::json;
+use wsgw_protocol::shard_of;
 
 const DELAY_MS: &str = "500";
 const DELAY: Duration = Duration::from_millis(500);
@@ -96,23 +98,32 @@ async fn on_a_redis_cluster_the_sharded_reader_waits_the_write_delay_too() {
     assert_gathered(&node, &mut clients, &ids, started, before).await;
 }
 
-/// More events than one pass of the reader takes (256) arrive within one delay: the passes
-/// after the first take what waited without waiting the delay again.
-#[tokio::test]
-async fn a_backlog_longer_than_one_pass_waits_the_delay_once() {
+/// Publishes `MANY` events on `channel` in one pipeline to `conn` with the given keys (every
+/// event reaches the node within the first delay), and asserts that a subscriber gets them in
+/// order, once each, within three delays: the passes after the first (one takes 256) take what
+/// waited without waiting the delay again. Five passes, each after its own delay, would take
+/// 2.5 s at least.
+async fn assert_backlog_waits_once(
+    node: &GatewayProc,
+    conn: &mut redis::aio::MultiplexedConnection,
+    (seq, history): (&str, &str),
+    channel: &str,
+) {
     const MANY: u64 = 1200;
-    let redis = RedisServer::start().await;
-    let node = GatewayProc::start(&redis, "gw-a", &ENV).await;
-    let (mut c, _) = node.connect(&token("alice", &["news"], &[])).await;
-    c.send(json!({"type": "subscribe", "channel": "news"})).await;
-    c.expect("subscribed").await;
-    // One pipeline: every event reaches the node within the first delay.
+    let mut c = two_subscribers(node, channel).await.remove(0);
     let mut pipe = redis::pipe();
     for n in 0..MANY {
-        pipe.add_command(publish_cmd("news", "tick", &json!({"n": n}).to_string()));
+        pipe.cmd("FCALL")
+            .arg("wsgw_publish")
+            .arg(2)
+            .arg(seq)
+            .arg(history)
+            .arg(channel)
+            .arg("tick")
+            .arg(json!({"n": n}).to_string());
     }
     let started = Instant::now();
-    let ids: Vec<String> = pipe.query_async(&mut redis.conn().await).await.unwrap();
+    let ids: Vec<String> = pipe.query_async(conn).await.unwrap();
     for (n, id) in ids.iter().enumerate() {
         let e = c.expect("event").await;
         assert_eq!(
@@ -121,8 +132,28 @@ async fn a_backlog_longer_than_one_pass_waits_the_delay_once() {
             "event {n}"
         );
     }
-    // Five passes, each after its own delay, would take 2.5 s at least.
     let took = started.elapsed();
     assert!(took < DELAY * 3, "{MANY} events took {took:?} with a {DELAY:?} delay");
     c.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_backlog_longer_than_one_pass_waits_the_delay_once() {
+    let redis = RedisServer::start().await;
+    let node = GatewayProc::start(&redis, "gw-a", &ENV).await;
+    assert_backlog_waits_once(&node, &mut redis.conn().await, ("ws:seq", "ws:history:news"), "news").await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_backlog_longer_than_one_pass_waits_the_delay_once() {
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seeds.join(",");
+    let mut env = ENV.to_vec();
+    env.push(("WSGW_REDIS_CLUSTER", seeds.as_str()));
+    let node = GatewayProc::start_env("gw-a", &env).await;
+    // The channel's shard's keys, on the primary that holds them (docs/backends.md).
+    let s = shard_of("room:1");
+    let (seq, history) = (format!("ws:{{{s}}}seq"), format!("ws:{{{s}}}history:room:1"));
+    let mut conn = patient_conn(&format!("redis://127.0.0.1:{}", owner(&cluster, &seq))).await;
+    assert_backlog_waits_once(&node, &mut conn, (&seq, &history), "room:1").await;
 }
