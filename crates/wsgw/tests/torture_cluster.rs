@@ -54,16 +54,12 @@ fn knob(name: &str, default: u64) -> u64 {
 }
 
 /// NODE_ENV and the cluster's seeds, plus quiet node logs (the faults make them warn a lot)
-/// unless WSGW_TEST_LOG is set. The node in slot 1 runs per-core runtimes; the node in slot 2
-/// gathers its pub/sub input for `WSGW_WRITE_DELAY_MS=20` before writing it out.
+/// unless WSGW_TEST_LOG is set. The node in slot 1 runs per-core runtimes.
 fn node_env(slot: usize, seeds: &str) -> Vec<(&'static str, String)> {
     let mut env: Vec<(&'static str, String)> = NODE_ENV.iter().map(|&(k, v)| (k, v.to_string())).collect();
     env.push(("WSGW_REDIS_CLUSTER", seeds.to_string()));
     if slot == 1 {
         env.extend([("WSGW_RUNTIME", "per_core".into()), ("WSGW_WORKER_THREADS", "2".into())]);
-    }
-    if slot == 2 {
-        env.push(("WSGW_WRITE_DELAY_MS", "20".into()));
     }
     if std::env::var("WSGW_TEST_LOG").is_err() {
         env.push(("WSGW_LOG", "error".into()));

@@ -132,6 +132,14 @@ impl Config {
                 ),
             ));
         }
+        if self.write_delay_ms > 0 && self.redis_cluster.is_some() {
+            // The cluster's torture run with it showed one event missing without a `gap`
+            // (docs/loadtest.md, section 14); until that is explained, not offered there.
+            return Err(invalid(
+                "write_delay_ms",
+                "is not supported with redis_cluster yet".to_owned(),
+            ));
+        }
         if self.rate_limit_per_s > 0 && self.rate_limit_burst == 0 {
             // A token bucket of size 0 never admits a frame.
             return Err(invalid(

@@ -205,7 +205,8 @@ settings! {
     canary_interval_ms: u64 = 2000, WSGW_CANARY_INTERVAL_MS => parse(MS);
     /// How long the node waits after an event reaches its Redis pub/sub connection before it
     /// writes it out, gathering what arrives meanwhile into one write per socket, in
-    /// milliseconds (at most 1000, and at most `redis_timeout_ms`); `0` = write at once.
+    /// milliseconds (at most 1000, and at most `redis_timeout_ms`; not with `redis_cluster`);
+    /// `0` = write at once.
     write_delay_ms: u64 = 0, WSGW_WRITE_DELAY_MS => parse(MS);
     /// Longest a Redis command may take before the caller gets `unavailable` / HTTP 503, in
     /// milliseconds.

@@ -286,6 +286,13 @@ fn other_cross_field_checks() {
     bad(|c| c.write_delay_ms = 1001, "write_delay_ms");
     bad(
         |c| {
+            c.redis_cluster = Some("redis://127.0.0.1:7000".into());
+            c.write_delay_ms = 20;
+        },
+        "write_delay_ms",
+    );
+    bad(
+        |c| {
             c.redis_timeout_ms = 200;
             c.write_delay_ms = 201;
         },

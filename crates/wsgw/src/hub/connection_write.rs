@@ -152,36 +152,44 @@ impl Connection {
             let r = write_frames(&tcp, batch, skip, window);
             let mut ob = self.outbox.lock();
             ob.writing = false;
-            let n = match r {
-                Ok(n) => n,
-                Err(e) => {
-                    batch.clear();
-                    let state = if e.kind() == io::ErrorKind::WouldBlock {
-                        Flush::Blocked
-                    } else {
-                        Flush::Failed
-                    };
-                    return (state, ob.close);
-                }
+            let (wrote, failed) = match r {
+                Ok(n) => (n, None),
+                Err(e) => (0, Some(e)),
             };
-            let mut n = skip + n;
+            let mut n = skip + wrote;
             if std::mem::take(&mut ob.dropped) {
                 // The queue was dropped meanwhile (a slow consumer): keep only the rest of a
-                // frame this write left unfinished, so the close frame does not land inside it.
+                // frame left unfinished, so the close frame does not land inside it. That
+                // includes a write the kernel took nothing of (`WouldBlock`) after an earlier
+                // one had sent the first frame in part.
                 ob.queue.clear();
                 ob.bytes = 0;
                 ob.sent = 0;
                 for f in batch.drain(..) {
                     let len = f.wire_len(window);
                     if n < len {
-                        ob.sent = n;
-                        ob.bytes = f.payload().len();
-                        ob.queue.push_back(f);
+                        // A frame not begun goes with the rest of the queue.
+                        if n > 0 {
+                            ob.sent = n;
+                            ob.bytes = f.payload().len();
+                            ob.queue.push_back(f);
+                        }
                         break;
                     }
                     n -= len;
                 }
-                continue;
+                if failed.is_none() {
+                    continue;
+                }
+            }
+            if let Some(e) = failed {
+                batch.clear();
+                let state = if e.kind() == io::ErrorKind::WouldBlock {
+                    Flush::Blocked
+                } else {
+                    Flush::Failed
+                };
+                return (state, ob.close);
             }
             ob.sent = 0;
             for f in batch.drain(..) {

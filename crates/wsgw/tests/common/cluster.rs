@@ -475,11 +475,17 @@ impl Drop for GatewayProc {
 /// `FCALL wsgw_publish` of `event` with `data` (JSON text) on `channel`, under the default
 /// prefix; the optional arguments (ttl, maxlen, exclude, idempotency key) can follow as `arg`s.
 pub fn publish_cmd(channel: &str, event: &str, data: &str) -> redis::Cmd {
+    publish_cmd_with(("ws:seq", &format!("ws:history:{channel}")), channel, event, data)
+}
+
+/// `FCALL wsgw_publish` with the given sequence and history keys (on a Redis Cluster, those of
+/// the channel's id-shard: docs/backends.md).
+pub fn publish_cmd_with((seq, history): (&str, &str), channel: &str, event: &str, data: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("wsgw_publish")
         .arg(2)
-        .arg("ws:seq")
-        .arg(format!("ws:history:{channel}"))
+        .arg(seq)
+        .arg(history)
         .arg(channel)
         .arg(event)
         .arg(data);

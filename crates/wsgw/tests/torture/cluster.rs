@@ -60,14 +60,7 @@ pub async fn connect(client: &ClusterClient) -> Option<ClusterConnection> {
 /// history TTL and size so nothing is ever trimmed.
 pub async fn fcall(c: &mut ClusterConnection, channel: &str, data: &str) -> Result<String, String> {
     let (seq, history) = keys(channel);
-    redis::cmd("FCALL")
-        .arg("wsgw_publish")
-        .arg(2)
-        .arg(seq)
-        .arg(history)
-        .arg(channel)
-        .arg("tick")
-        .arg(data)
+    crate::common::cluster::publish_cmd_with((&seq, &history), channel, "tick", data)
         .arg(86_400_000u64)
         .arg(10_000_000u64)
         .query_async::<String>(c)

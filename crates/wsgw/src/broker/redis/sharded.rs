@@ -224,9 +224,6 @@ impl Inner {
         // A command that waited while the pushes were drained: handled before the next drain, so
         // a node behind on its pub/sub still answers a `subscribe` within one drain.
         let mut waiting: Option<SubCmd> = None;
-        // Pushes were left waiting after the last pass: the next pass takes them without the
-        // write delay.
-        let mut behind = false;
         loop {
             let cmd = match waiting.take() {
                 Some(cmd) => cmd,
@@ -238,10 +235,6 @@ impl Inner {
                             self.metrics.redis_up.set(0);
                             return;
                         };
-                        if !self.s.write_delay.is_zero() && !behind {
-                            // WSGW_WRITE_DELAY_MS: what arrives meanwhile joins this push's burst.
-                            tokio::time::sleep(self.s.write_delay).await;
-                        }
                         // With every push already waiting behind it: several messages make bursts.
                         let open = self.hub.drain_waiting(
                             push,
@@ -260,7 +253,6 @@ impl Inner {
                         }
                         // With per-core runtimes: no further reading while a core is far behind.
                         self.hub.cores_caught_up().await;
-                        behind = !pushes.is_empty();
                         waiting = cmds.try_recv().ok();
                         continue;
                     }
