@@ -10,7 +10,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{GatewayProc, RedisServer, fcall_publish, publish_cmd_with};
+use common::cluster::{GatewayProc, RedisServer, fcall_publish, publish_cmd};
 use common::{Client, metric_value, token};
 use serde_json::json;
 
@@ -79,30 +79,22 @@ async fn events_within_the_write_delay_go_out_together_in_order_and_none_before_
     assert_gathered(&node, &mut clients, &ids, started, before).await;
 }
 
-/// Publishes `MANY` events on `channel` in one pipeline to `conn` with the given keys (every
-/// event reaches the node within the first delay), and asserts that a subscriber gets them in
-/// order, once each, within three delays: the passes after the first (one takes 256) take what
-/// waited without waiting the delay again. Five passes, each after its own delay, would take
-/// 2.5 s at least.
-async fn assert_backlog_waits_once(
-    node: &GatewayProc,
-    conn: &mut redis::aio::MultiplexedConnection,
-    (seq, history): (&str, &str),
-    channel: &str,
-) {
+/// More events than one pass of the reader takes (256) reach the node within the first delay,
+/// in one pipeline: a subscriber gets them in order, once each, within three delays, since the
+/// passes after the first take what waited without waiting the delay again. Five passes, each
+/// after its own delay, would take 2.5 s at least.
+#[tokio::test]
+async fn a_backlog_longer_than_one_pass_waits_the_delay_once() {
     const MANY: u64 = 1200;
-    let mut c = two_subscribers(node, channel).await.remove(0);
+    let redis = RedisServer::start().await;
+    let node = GatewayProc::start(&redis, "gw-a", &ENV).await;
+    let mut c = two_subscribers(&node, "news").await.remove(0);
     let mut pipe = redis::pipe();
     for n in 0..MANY {
-        pipe.add_command(publish_cmd_with(
-            (seq, history),
-            channel,
-            "tick",
-            &json!({"n": n}).to_string(),
-        ));
+        pipe.add_command(publish_cmd("news", "tick", &json!({"n": n}).to_string()));
     }
     let started = Instant::now();
-    let ids: Vec<String> = pipe.query_async(conn).await.unwrap();
+    let ids: Vec<String> = pipe.query_async(&mut redis.conn().await).await.unwrap();
     for (n, id) in ids.iter().enumerate() {
         let e = c.expect("event").await;
         assert_eq!(
@@ -114,11 +106,4 @@ async fn assert_backlog_waits_once(
     let took = started.elapsed();
     assert!(took < DELAY * 3, "{MANY} events took {took:?} with a {DELAY:?} delay");
     c.assert_silent(Duration::from_millis(300)).await;
-}
-
-#[tokio::test]
-async fn a_backlog_longer_than_one_pass_waits_the_delay_once() {
-    let redis = RedisServer::start().await;
-    let node = GatewayProc::start(&redis, "gw-a", &ENV).await;
-    assert_backlog_waits_once(&node, &mut redis.conn().await, ("ws:seq", "ws:history:news"), "news").await;
 }
