@@ -258,6 +258,8 @@ print(event_id.decode())"#;
 /// Runs `program` on a file holding `snippet` (or `bash -c` with `redis-cli` bound to `port`
 /// when `program` is `sh`); its trimmed stdout.
 fn run(program: &str, snippet: &str, port: u16) -> String {
+    // The snippet's file, removed once it ran.
+    let mut file = None;
     let mut cmd = if program == "sh" {
         let mut c = std::process::Command::new("bash");
         c.arg("-c").arg(format!(
@@ -268,7 +270,8 @@ fn run(program: &str, snippet: &str, port: u16) -> String {
         let path = std::env::temp_dir().join(format!("wsgw-idem-{}-{}.py", std::process::id(), free_port()));
         std::fs::write(&path, format!("{snippet}\n")).unwrap();
         let mut c = std::process::Command::new(program);
-        c.arg(path);
+        c.arg(&path);
+        file = Some(path);
         c
     };
     let out = cmd
@@ -276,6 +279,9 @@ fn run(program: &str, snippet: &str, port: u16) -> String {
         .env("REDIS_PORT", port.to_string())
         .output()
         .expect("runs");
+    if let Some(path) = file {
+        let _ = std::fs::remove_file(path);
+    }
     assert!(
         out.status.success(),
         "{program} failed: {}",
