@@ -92,7 +92,8 @@ pub struct RedisSettings {
     /// How often the node publishes its canary on its own control channel.
     pub canary_interval_ms: u64,
     /// How long the pub/sub reader gathers events after the first before writing them out
-    /// (`WSGW_WRITE_DELAY_MS`); zero: at once.
+    /// (`WSGW_WRITE_DELAY_MS`); zero: at once. One primary or Sentinel only: the config
+    /// refuses it with a Redis Cluster, whose reader does not wait.
     pub write_delay: Duration,
     /// Longest a single Redis command may take before the caller gets `unavailable`.
     pub op_timeout: Duration,
