@@ -127,6 +127,30 @@ fn catches_a_planted_gap() {
 }
 
 #[test]
+fn a_gaps_explanation_names_the_clients_node_and_who_else_got_the_event() {
+    let p = published(&[("t:a", &[1, 2, 3, 4, 5])]);
+    let on = |name: &str, node: &str, ids: &[u64]| {
+        let mut l = L(ClientLog::new(name), 0);
+        l.push(Rec::Connect {
+            node: node.into(),
+            connection_id: None,
+            last_event_id: None,
+        });
+        l.welcome(false, true, 0, &[]);
+        l.plain("t:a").ev("t:a", ids);
+        l.log()
+    };
+    let logs = [on("c0", "gw-1", &[1, 2, 4, 5]), on("c1", "gw-2", &[1, 2, 3, 4, 5])];
+    let r = check(&p, &logs);
+    assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+    let text = explain(&r, &r.violations[0], &p, &logs);
+    assert!(
+        text.contains("3-0 was delivered to 1 other client(s): [c1@gw-2]; c0 was on gw-1"),
+        "{text}"
+    );
+}
+
+#[test]
 fn catches_a_planted_duplicate() {
     let p = published(&[("t:a", &[1, 2, 3])]);
     let mut l = L::new();
