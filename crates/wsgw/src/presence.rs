@@ -109,25 +109,32 @@ impl Tracker {
     /// leaves that takes. A socket replaced by a newer one with its id is left alone (the newer
     /// one's own update takes over the id's memberships).
     pub fn update(&mut self, conn: &Arc<Connection>) -> Vec<Change> {
+        self.update_to(conn, &conn.channels())
+    }
+
+    /// [`Tracker::update`] to `channels`, the socket's subscriptions when its session asked for
+    /// the update. A Redis node's presence task runs later: by then the socket may be in a
+    /// channel its node does not listen to yet, and a `join` sent for it would reach no socket
+    /// of that node, the joining one included.
+    pub fn update_to(&mut self, conn: &Arc<Connection>, channels: &[Arc<str>]) -> Vec<Change> {
         if !self.is_on() || conn.is_replaced() {
             return Vec::new();
         }
-        let now: Vec<Arc<str>> = conn
-            .channels()
-            .into_iter()
+        let now: Vec<Arc<str>> = channels
+            .iter()
             .filter(|c| is_tracked(&self.patterns, c))
+            .cloned()
             .collect();
+        let mut changes = Vec::new();
         let before = match self.by_conn.get(&conn.id) {
             Some((known, chans)) if known.user_id == conn.user_id => chans.clone(),
             // The id now belongs to another user's socket: the old one left everything.
             Some(_) => {
-                let mut changes = self.remove(&conn.id);
-                changes.extend(self.update(conn));
-                return changes;
+                changes = self.remove(&conn.id);
+                Vec::new()
             }
             None => Vec::new(),
         };
-        let mut changes = Vec::new();
         for ch in before.iter().filter(|c| !now.contains(c)) {
             self.unindex(ch, &conn.id);
             changes.push(self.change(ch, &conn.id, &conn.user_id, false));
@@ -277,6 +284,27 @@ mod tests {
             .frame(),
             r#"{"type":"leave","channel":"chat:1","user_id":"alice","connection_id":"a"}"#
         );
+    }
+
+    #[test]
+    fn an_update_follows_the_channels_its_session_saw_not_a_later_subscribe() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let mut t = Tracker::new(vec!["chat:*".into()]);
+        let a = hub.register(Connection::new(Arc::from("a"), Arc::from("alice"), 10, &[]));
+        // The welcome asked for an update with no channel; before the presence task got to it,
+        // the socket began subscribing to chat:1 (its node not listening to it yet).
+        let at_welcome = a.channels();
+        hub.subscribe(&a, "chat:1");
+        assert!(
+            t.update_to(&a, &at_welcome).is_empty(),
+            "no join before the node listens"
+        );
+        // The subscribe's own update, once listened to, sends the join.
+        assert_eq!(summary(&t.update_to(&a, &a.channels())), ["+chat:1:a"]);
+        // An id taken by another user: the old one leaves, the new one joins.
+        let b = hub.register(Connection::new(Arc::from("a"), Arc::from("bob"), 10, &[]));
+        hub.subscribe(&b, "chat:2");
+        assert_eq!(summary(&t.update_to(&b, &b.channels())), ["-chat:1:a", "+chat:2:a"]);
     }
 
     #[test]

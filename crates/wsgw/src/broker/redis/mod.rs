@@ -346,7 +346,17 @@ impl Broker for RedisBroker {
     }
 
     fn connected(&self, conn: &Arc<Connection>) {
-        let _ = self.inner.presence_tx.send(PresenceCmd::Connected(conn.clone()));
+        // The channels now, not when the presence task gets to it (`Tracker::update_to`).
+        let tracked = &self.inner.s.presence_channels;
+        let channels = if tracked.is_empty() {
+            Vec::new()
+        } else {
+            conn.channels()
+        };
+        let _ = self
+            .inner
+            .presence_tx
+            .send(PresenceCmd::Connected(conn.clone(), channels));
     }
 
     fn disconnected(&self, conn: &Arc<Connection>, topics: Vec<String>, park: bool) {

@@ -49,7 +49,9 @@ fn presence_json(c: &Connection, node: &str) -> Vec<u8> {
 }
 
 pub(super) enum PresenceCmd {
-    Connected(Arc<Connection>),
+    /// A socket connected or changed its subscriptions; with its presence-tracked channels as
+    /// they were then (each listened to already: see `Tracker::update_to`).
+    Connected(Arc<Connection>, Vec<Arc<str>>),
     Disconnected {
         /// The socket's hub key (an id can pass to a newer socket; a key cannot).
         key: u64,
@@ -103,8 +105,8 @@ impl Inner {
                     let mut changes = Vec::new();
                     for cmd in batch {
                         match cmd {
-                            PresenceCmd::Connected(c) => {
-                                changes.extend(tracker.update(&c));
+                            PresenceCmd::Connected(c, channels) => {
+                                changes.extend(tracker.update_to(&c, &channels));
                                 if let std::collections::hash_map::Entry::Vacant(e) = written.entry(c.key()) {
                                     e.insert(mono_ms());
                                     self.add_presence(&mut pipe, &c);
@@ -166,6 +168,11 @@ impl Inner {
     }
 
     pub(super) async fn run_pipe(&self, pipe: redis::Pipeline) {
+        if pipe.is_empty() {
+            // A batch that changed nothing (a socket's presence already written this tick): the
+            // redis crate refuses an empty pipeline, and that is no broker error.
+            return;
+        }
         let r = timed(self.s.op_timeout * 2, async {
             let mut c = self.conn().await?;
             let _: () = pipe.query_async(&mut c).await.map_err(unavailable)?;
