@@ -223,6 +223,11 @@ async fn members_on_two_nodes_see_each_other_join_and_leave() {
     alice.close().await;
     expect_presence(&mut bob, "leave", "chat:1", "alice", &ida).await;
     assert_eq!(http_clients(&a, "chat:1").await, [member("bob", &idb, "gw-b")]);
+    // The watcher's pattern changed no presence: that batch was empty, not a broker error.
+    for node in [&a, &b] {
+        let errors = metric_value(&node.metrics().await, r#"wsgw_broker_errors_total{op="presence"}"#);
+        assert_eq!(errors.unwrap_or(0.0), 0.0, "{}", node.node_id);
+    }
 }
 
 #[tokio::test]
