@@ -137,7 +137,7 @@ pub fn explain(report: &Report, v: &Violation, published: &Published, clients: &
         }
     }
     if let Some(&first) = v.ids.first() {
-        let _ = writeln!(out, "  {}", who_got(first, &v.channel, (v.client, v.at), clients));
+        let _ = writeln!(out, "  {}", who_got(first, &v.channel, v.client, v.at, clients));
     }
     // The client's entries about this channel, from the stretch's start to just after it.
     let end = (v.at + 1..log.entries.len())
@@ -186,9 +186,9 @@ pub fn explain(report: &Report, v: &Violation, published: &Published, clients: &
     out
 }
 
-/// The node a client was connected to at entry `k` (its last `Connect` before it).
+/// The node a client was connected to at entry `k` (its last `Connect` up to it).
 fn node_at(log: &ClientLog, k: usize) -> &str {
-    log.entries[..=k.min(log.entries.len().saturating_sub(1))]
+    log.entries[..(k + 1).min(log.entries.len())]
         .iter()
         .rev()
         .find_map(|e| match &e.rec {
@@ -198,20 +198,21 @@ fn node_at(log: &ClientLog, k: usize) -> &str {
         .unwrap_or("?")
 }
 
-/// Which clients delivered `id` of `channel`, each with its node then, and the node `client`
-/// was on at its entry `at`: whether a node lost the event for all its sockets or one socket lost it.
-fn who_got(id: Id, channel: &str, (client, at): (usize, usize), clients: &[ClientLog]) -> String {
-    let mut got = Vec::new();
-    for (n, log) in clients.iter().enumerate() {
-        let k = log.entries.iter().position(|e| {
-            matches!(&e.rec, Rec::Event { id: i, channel: c, fate } if *i == id && c == channel && fate.delivered())
-        });
-        if let Some(k) = k
-            && n != client
-        {
-            got.push(format!("{}@{}", log.name, node_at(log, k)));
-        }
-    }
+/// Which other clients delivered `id` of `channel`, each with its node then, and the node
+/// `client` was on at its entry `at`: whether a node lost the event for all its sockets or one
+/// socket lost it.
+fn who_got(id: Id, channel: &str, client: usize, at: usize, clients: &[ClientLog]) -> String {
+    let got: Vec<String> = clients
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| *n != client)
+        .filter_map(|(_, log)| {
+            let k = log.entries.iter().position(|e| {
+                matches!(&e.rec, Rec::Event { id: i, channel: c, fate } if *i == id && c == channel && fate.delivered())
+            })?;
+            Some(format!("{}@{}", log.name, node_at(log, k)))
+        })
+        .collect();
     let log = &clients[client];
     format!(
         "{id} was delivered to {} other client(s): [{}]; {} was on {}",
