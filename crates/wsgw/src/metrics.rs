@@ -35,6 +35,8 @@ pub struct Metrics {
     pub frames_out: IntCounter,
     /// Frames fanned out in bursts (several read from pub/sub at once; hub/burst.rs).
     pub burst_frames: IntCounter,
+    /// Pub/sub reader passes that waited for the write pace (broker/redis/pace.rs).
+    pub paced_passes: IntCounter,
     /// Bytes of frames received from clients.
     pub bytes_in: IntCounter,
     /// Bytes of frames written to clients.
@@ -147,6 +149,10 @@ impl Metrics {
             burst_frames: counter(
                 "wsgw_burst_frames_total",
                 "Frames read from Redis pub/sub together with others and fanned out as one burst",
+            ),
+            paced_passes: counter(
+                "wsgw_paced_passes_total",
+                "Redis pub/sub reader passes that waited for the write pace (WSGW_WRITE_PACE_MS)",
             ),
             bytes_in: counter("wsgw_received_bytes_total", "Bytes received from clients"),
             bytes_out: counter(

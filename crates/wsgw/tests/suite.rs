@@ -66,3 +66,4 @@ mod torture;
 mod torture_cluster;
 mod upgrade_paths;
 mod write_delay;
+mod write_pace;

@@ -24,6 +24,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use common::cluster::{GatewayProc, RedisServer};
+use common::metric_value;
 use tokio::time::Instant;
 use torture::finish;
 use torture::load::*;
@@ -35,9 +36,15 @@ const NODES: usize = 3;
 /// NODE_ENV, plus quiet node logs (the faults make them warn a lot) unless WSGW_TEST_LOG is set.
 /// The node in slot 1 runs `WSGW_RUNTIME=per_core` with two runtimes, so the checker covers
 /// sockets spread over per-core runtimes as well as the default work-stealing runtime. The node
-/// in slot 2 gathers its pub/sub input for `WSGW_WRITE_DELAY_MS=20` before writing it out.
+/// in slot 2 gathers its pub/sub input for `WSGW_WRITE_DELAY_MS=20` before writing it out. The
+/// node in slot 0 paces its channels (`WSGW_WRITE_PACE_MS=200`, every fan-out counting as
+/// large): the busy channels (about 20 events a second each) and the patterns, above 1.5
+/// events per 200 ms, go out at most once per 200 ms, several events per burst.
 fn node_env(slot: usize) -> Vec<(&'static str, &'static str)> {
     let mut env = NODE_ENV.to_vec();
+    if slot == 0 {
+        env.extend([("WSGW_WRITE_PACE_MS", "200"), ("WSGW_WRITE_PACE_MIN_SOCKETS", "1")]);
+    }
     if slot == 1 {
         env.extend([("WSGW_RUNTIME", "per_core"), ("WSGW_WORKER_THREADS", "2")]);
     }
@@ -206,6 +213,10 @@ async fn torture_exactness_under_chaos() {
     }
     let last = finish::last_ids(&read_published(&mut r).await);
     let (logs, lagging) = finish::drain(&shared, &progress, &last, &passive_frames, sims, passives).await;
+    // The paced node's passes did wait (since its last start): the check below covers them.
+    let paced = metric_value(&cl.nodes[0].metrics().await, "wsgw_paced_passes_total").unwrap_or(0.0);
+    println!("  node {} paced {paced} passes", cl.nodes[0].node_id);
+    assert!(paced > 0.0, "the node with WSGW_WRITE_PACE_MS paced no pass");
 
     // Check.
     let mut published = Published::new(read_published(&mut r).await);

@@ -132,6 +132,16 @@ impl Config {
                 ),
             ));
         }
+        if self.write_pace_ms > MAX_WRITE_DELAY_MS.min(self.redis_timeout_ms) {
+            // The same bound as the delay: an event waits at most this long.
+            return Err(invalid(
+                "write_pace_ms",
+                format!(
+                    "{} must be at most {MAX_WRITE_DELAY_MS} and at most redis_timeout_ms ({})",
+                    self.write_pace_ms, self.redis_timeout_ms
+                ),
+            ));
+        }
         if self.write_delay_ms > 0 && self.redis_cluster.is_some() {
             // The cluster's torture run with it showed one event missing without a `gap`
             // (docs/loadtest.md, section 14); until that is explained, not offered there.

@@ -284,6 +284,14 @@ fn other_cross_field_checks() {
     bad(|c| c.jwt_jwks_refresh_s = 0, "jwt_jwks_refresh_s");
     bad(|c| c.redis_prefix = "app{3}".into(), "redis_prefix");
     bad(|c| c.write_delay_ms = 1001, "write_delay_ms");
+    bad(|c| c.write_pace_ms = 1001, "write_pace_ms");
+    bad(
+        |c| {
+            c.redis_timeout_ms = 200;
+            c.write_pace_ms = 201;
+        },
+        "write_pace_ms",
+    );
     bad(
         |c| {
             c.redis_cluster = Some("redis://127.0.0.1:7000".into());

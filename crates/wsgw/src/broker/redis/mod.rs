@@ -40,6 +40,7 @@ mod header;
 mod held;
 mod keys;
 mod link;
+mod pace;
 mod pool;
 mod presence;
 mod pubsub;
@@ -95,6 +96,12 @@ pub struct RedisSettings {
     /// (`WSGW_WRITE_DELAY_MS`); zero: at once. One primary or Sentinel only: the config
     /// refuses it with a Redis Cluster, whose reader does not wait.
     pub write_delay: Duration,
+    /// After a pub/sub pass that reached at least `write_pace_min_sockets` sockets, how long
+    /// before the next pass may start (`WSGW_WRITE_PACE_MS`, pace.rs); zero: never waits. Like
+    /// `write_delay`, the Redis Cluster reader does not wait.
+    pub write_pace: Duration,
+    /// `WSGW_WRITE_PACE_MIN_SOCKETS`: how many sockets a pass must reach to pace the next.
+    pub write_pace_min_sockets: usize,
     /// Longest a single Redis command may take before the caller gets `unavailable`.
     pub op_timeout: Duration,
     /// Approximate length the request stream is trimmed to.

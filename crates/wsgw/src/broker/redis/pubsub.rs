@@ -4,6 +4,7 @@
 //! has the gap repaired before delivering live frames again.
 
 use std::task::Poll;
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 
@@ -11,6 +12,7 @@ use super::canary::CanaryWatch;
 use super::control::Control;
 use super::head;
 use super::header::{self, Header};
+use super::pace::Pace;
 use super::sub::{Change, Sub};
 use super::sub_conn::PubMsg;
 use super::*;
@@ -190,6 +192,7 @@ impl Inner {
         // Messages were left held after the last pass (more than one pass takes): they waited
         // already, so the next pass takes them without the write delay.
         let mut behind = false;
+        let mut pace = Pace::new(self.s.write_pace, self.s.write_pace_min_sockets);
         let mut stop = std::pin::pin!(shutdown.changed());
         loop {
             let cmd = match waiting.take() {
@@ -203,7 +206,15 @@ impl Inner {
                             // WSGW_WRITE_DELAY_MS: what arrives meanwhile joins this message's
                             // burst, one write per socket for all of it.
                             sub.hold_while(tokio::time::sleep(self.s.write_delay)).await;
+                        } else if !behind && let Some(until) = pace.hold_until(|| self.interest_of(&msg), Instant::now)
+                        {
+                            // WSGW_WRITE_PACE_MS (pace.rs): a large fan-out on this message's
+                            // channel began less than the pace ago: it waits, gathering what
+                            // comes meanwhile.
+                            self.metrics.paced_passes.inc();
+                            sub.hold_while(tokio::time::sleep_until(until.into())).await;
                         }
+                        let started = pace.on().then(Instant::now);
                         // With every message already waiting behind it: several make bursts.
                         let mut ended = None;
                         let open = self.hub.drain_waiting(
@@ -216,8 +227,12 @@ impl Inner {
                                 }
                             },
                             |m| m.payload().len(),
-                            |m, burst| self.on_pubsub(&m, &canary, &control, &mut watch, burst),
+                            |m, burst| {
+                                let reached = self.on_pubsub(&m, &canary, &control, &mut watch, burst);
+                                pace.reached(|| self.interest_of(&m), reached);
+                            },
                         );
+                        pace.pass_done(started);
                         if !open {
                             return Err(ended.unwrap_or_else(|| unavailable("pub/sub connection closed")));
                         }
@@ -309,9 +324,27 @@ impl Inner {
         }
     }
 
+    /// What `msg` reached sockets by: its channel, or its pattern for a pattern message
+    /// (without the key prefix).
+    fn interest_of(&self, msg: &PubMsg) -> Option<String> {
+        let name = if msg.is_pmessage() {
+            msg.pattern()?
+        } else {
+            msg.channel_name().into()
+        };
+        name.strip_prefix(self.keys.prefix.as_str()).map(str::to_owned)
+    }
+
     /// Handles one message of the pub/sub connection (in `burst` if given) and tells `watch`
-    /// what it was.
-    fn on_pubsub(&self, msg: &PubMsg, canary: &str, control: &str, watch: &mut CanaryWatch, burst: Option<&mut Burst>) {
+    /// what it was. Returns how many sockets it reached.
+    fn on_pubsub(
+        &self,
+        msg: &PubMsg,
+        canary: &str,
+        control: &str,
+        watch: &mut CanaryWatch,
+        burst: Option<&mut Burst>,
+    ) -> usize {
         let name = msg.channel_name();
         if name == canary {
             watch.canary();
@@ -325,8 +358,11 @@ impl Inner {
         } else if name == control {
             self.on_control(msg.payload());
         } else {
-            watch.frame(self.on_message(msg, burst));
+            let (published_us, reached) = self.on_message(msg, burst);
+            watch.frame(published_us);
+            return reached;
         }
+        0
     }
 
     pub(super) async fn unlisten_now(
@@ -376,14 +412,14 @@ impl Inner {
 
     /// A frame from Redis: strip the routing header, read only what routing and dedup need,
     /// and hand the very same bytes to the hub. Returns the frame's publish time (µs; 0 when
-    /// unknown).
-    pub(super) fn on_message(&self, msg: &PubMsg, burst: Option<&mut Burst>) -> u64 {
+    /// unknown) and how many sockets it reached.
+    pub(super) fn on_message(&self, msg: &PubMsg, burst: Option<&mut Burst>) -> (u64, usize) {
         let Some(channel) = msg.channel_name().strip_prefix(self.keys.prefix.as_str()) else {
-            return 0;
+            return (0, 0);
         };
         let Some((frame, header)) = self.parse_frame(channel, msg.payload()) else {
             self.metrics.dropped_frames.inc();
-            return 0;
+            return (0, 0);
         };
         if let Some(id) = frame.event_id {
             let mut w = self.watermark.lock();
@@ -392,18 +428,18 @@ impl Inner {
             }
         }
         let excluded = header.excluded();
-        if msg.is_pmessage() {
+        let reached = if msg.is_pmessage() {
             let Some(pattern) = msg.pattern() else {
-                return frame.published_us;
+                return (frame.published_us, 0);
             };
             let Some(pattern) = pattern.strip_prefix(self.keys.prefix.as_str()) else {
-                return frame.published_us;
+                return (frame.published_us, 0);
             };
-            self.hub.deliver_pattern(pattern, channel, &frame, &excluded, burst);
+            self.hub.deliver_pattern(pattern, channel, &frame, &excluded, burst)
         } else {
-            self.hub.deliver_exact(channel, &frame, &excluded, burst);
-        }
-        frame.published_us
+            self.hub.deliver_exact(channel, &frame, &excluded, burst)
+        };
+        (frame.published_us, reached)
     }
 
     /// A pub/sub message's frame, checked, and its header (header.rs).
