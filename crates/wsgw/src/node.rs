@@ -179,7 +179,7 @@ impl Gateway {
                     presence_channels: config.presence_channels.clone(),
                     canary_interval_ms: config.canary_interval_ms,
                     write_delay: Duration::from_millis(config.write_delay_ms),
-                    write_pace: Duration::from_millis(config.write_pace_ms),
+                    write_pace: Duration::from_millis(config.effective_write_pace_ms()),
                     write_pace_min_sockets: config.write_pace_min_sockets,
                     op_timeout: Duration::from_millis(config.redis_timeout_ms),
                     inbound_maxlen: config.inbound_maxlen,

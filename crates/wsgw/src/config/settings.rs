@@ -208,14 +208,14 @@ settings! {
     /// milliseconds (at most 1000, and at most `redis_timeout_ms`; not with `redis_cluster`);
     /// `0` = write at once.
     write_delay_ms: u64 = 0, WSGW_WRITE_DELAY_MS => parse(MS);
-    /// After the node's Redis pub/sub reader wrote an event (or a burst of them) to at least
-    /// `write_pace_min_sockets` sockets, how long before it writes the next, gathering what
-    /// arrives meanwhile into one write per socket, in milliseconds (at most 1000, and at most
-    /// `redis_timeout_ms`; no effect with `redis_cluster`). Events further apart, and events that
-    /// reach fewer sockets, go out at once. `0` = off.
+    /// The write pace, in milliseconds: a channel whose events from the node's Redis pub/sub
+    /// connection each reach at least `write_pace_min_sockets` sockets, and come more often than
+    /// 1.5 per pace, is written at most once per pace, what arrives meanwhile in one write per
+    /// socket. Other events go out at once. At most 1000; cut to `redis_timeout_ms` when above
+    /// it; no effect with `redis_cluster`. `0` = off.
     write_pace_ms: u64 = 50, WSGW_WRITE_PACE_MS => parse(MS);
-    /// How many sockets one pass of the pub/sub reader must reach for `write_pace_ms` to pace
-    /// the next.
+    /// How many local sockets an event must reach for its channel to be paced by
+    /// `write_pace_ms`.
     write_pace_min_sockets: usize = 1000, WSGW_WRITE_PACE_MIN_SOCKETS => parse(COUNT);
     /// Longest a Redis command may take before the caller gets `unavailable` / HTTP 503, in
     /// milliseconds.

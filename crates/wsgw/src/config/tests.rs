@@ -285,13 +285,14 @@ fn other_cross_field_checks() {
     bad(|c| c.redis_prefix = "app{3}".into(), "redis_prefix");
     bad(|c| c.write_delay_ms = 1001, "write_delay_ms");
     bad(|c| c.write_pace_ms = 1001, "write_pace_ms");
-    bad(
-        |c| {
-            c.redis_timeout_ms = 200;
-            c.write_pace_ms = 201;
-        },
-        "write_pace_ms",
-    );
+    // The pace is on by default: a short Redis timeout cuts it instead of refusing to start.
+    let short = Config {
+        redis_timeout_ms: 20,
+        ..Config::default()
+    };
+    short.validate().unwrap();
+    assert_eq!(short.effective_write_pace_ms(), 20);
+    assert_eq!(Config::default().effective_write_pace_ms(), 50);
     bad(
         |c| {
             c.redis_cluster = Some("redis://127.0.0.1:7000".into());
