@@ -96,11 +96,12 @@ pub struct RedisSettings {
     /// (`WSGW_WRITE_DELAY_MS`); zero: at once. One primary or Sentinel only: the config
     /// refuses it with a Redis Cluster, whose reader does not wait.
     pub write_delay: Duration,
-    /// After a pub/sub pass that reached at least `write_pace_min_sockets` sockets, how long
-    /// before the next pass may start (`WSGW_WRITE_PACE_MS`, pace.rs); zero: never waits. Like
+    /// The write pace (`WSGW_WRITE_PACE_MS`, pace.rs): a channel with large fan-outs at more
+    /// than 1.5 messages per pace is written at most once per pace; zero: never waits. Like
     /// `write_delay`, the Redis Cluster reader does not wait.
     pub write_pace: Duration,
-    /// `WSGW_WRITE_PACE_MIN_SOCKETS`: how many sockets a pass must reach to pace the next.
+    /// `WSGW_WRITE_PACE_MIN_SOCKETS`: how many sockets a message must reach to count as a
+    /// large fan-out of its channel.
     pub write_pace_min_sockets: usize,
     /// Longest a single Redis command may take before the caller gets `unavailable`.
     pub op_timeout: Duration,
