@@ -13,6 +13,7 @@
 //! paced, each message would wait up to `every` while a pass gathered about one.
 //! Pure logic; the reader (pubsub.rs) does the holding.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -52,15 +53,15 @@ impl Pace {
     /// nothing held before it: until when the reader holds before it starts the pass, if at all.
     /// `interest` is asked only while some channel has large fan-outs, `now` only when this one
     /// is fast enough to pace.
-    pub(super) fn hold_until(
+    pub(super) fn hold_until<'a>(
         &self,
-        interest: impl FnOnce() -> Option<String>,
+        interest: impl FnOnce() -> Option<Cow<'a, str>>,
         now: impl FnOnce() -> Instant,
     ) -> Option<Instant> {
         if self.hot.is_empty() {
             return None;
         }
-        let hot = self.hot.get(&interest()?)?;
+        let hot = self.hot.get(&*interest()?)?;
         // More than 1.5 messages per pace: per message, less than two thirds of it.
         if hot.per_message? * 3 >= self.every * 2 {
             return None;
@@ -70,12 +71,12 @@ impl Pace {
     }
 
     /// A message of the current pass on `interest` reached `sockets` sockets.
-    pub(super) fn reached(&mut self, interest: impl FnOnce() -> Option<String>, sockets: usize) {
+    pub(super) fn reached<'a>(&mut self, interest: impl FnOnce() -> Option<Cow<'a, str>>, sockets: usize) {
         if self.on()
             && sockets >= self.min_sockets
             && let Some(name) = interest()
         {
-            self.this_pass.push(name);
+            self.this_pass.push(name.into_owned());
         }
     }
 
@@ -84,14 +85,13 @@ impl Pace {
         let Some(started) = started else {
             return;
         };
-        self.this_pass.sort_unstable();
         let mut names = std::mem::take(&mut self.this_pass);
-        let mut rest = &names[..];
-        while let Some(name) = rest.first() {
-            let n = rest.iter().take_while(|m| *m == name).count();
-            match self.hot.get_mut(name) {
+        names.sort_unstable();
+        for group in names.chunk_by(|a, b| a == b) {
+            let n = group.len() as u32;
+            match self.hot.get_mut(&group[0]) {
                 Some(hot) => {
-                    let sample = started.saturating_duration_since(hot.began) / n as u32;
+                    let sample = started.saturating_duration_since(hot.began) / n;
                     hot.per_message = Some(hot.per_message.map_or(sample, |avg| (avg * 3 + sample) / 4));
                     hot.began = started;
                 }
@@ -100,10 +100,9 @@ impl Pace {
                         began: started,
                         per_message: None,
                     };
-                    self.hot.insert(name.clone(), hot);
+                    self.hot.insert(group[0].clone(), hot);
                 }
             }
-            rest = &rest[n..];
         }
         names.clear();
         self.this_pass = names;
@@ -118,9 +117,8 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn on(name: &str) -> impl FnOnce() -> Option<String> {
-        let name = name.to_owned();
-        move || Some(name)
+    fn on<'a>(name: &'a str) -> impl FnOnce() -> Option<Cow<'a, str>> {
+        move || Some(Cow::Borrowed(name))
     }
 
     /// One pass at `at` with `n` large messages on `channel`.

@@ -3,6 +3,7 @@
 //! answers `sync` markers, watches the canary, and after any interruption resubscribes and
 //! has the gap repaired before delivering live frames again.
 
+use std::borrow::Cow;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -325,14 +326,16 @@ impl Inner {
     }
 
     /// What `msg` reached sockets by: its channel, or its pattern for a pattern message
-    /// (without the key prefix).
-    fn interest_of(&self, msg: &PubMsg) -> Option<String> {
-        let name = if msg.is_pmessage() {
-            msg.pattern()?
-        } else {
-            msg.channel_name().into()
-        };
-        name.strip_prefix(self.keys.prefix.as_str()).map(str::to_owned)
+    /// (without the key prefix). Borrowed from the message unless a pattern had to be decoded.
+    fn interest_of<'m>(&self, msg: &'m PubMsg) -> Option<Cow<'m, str>> {
+        let prefix = self.keys.prefix.as_str();
+        if !msg.is_pmessage() {
+            return msg.channel_name().strip_prefix(prefix).map(Cow::Borrowed);
+        }
+        match msg.pattern()? {
+            Cow::Borrowed(p) => p.strip_prefix(prefix).map(Cow::Borrowed),
+            Cow::Owned(p) => p.strip_prefix(prefix).map(|p| Cow::Owned(p.to_owned())),
+        }
     }
 
     /// Handles one message of the pub/sub connection (in `burst` if given) and tells `watch`
