@@ -218,8 +218,8 @@ async fn tick(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
             leeway_s: gw.config.jwt_leeway_s,
         };
         // Only the sockets of this tick's slots and the few that need something else are taken
-        // out of the registry (`tick_due` reads one line of each, with no lock).
-        let due = gw.hub.connections_where(|c| rounds.pings(c.key()) || c.tick_due(at));
+        // out of the registry (the hub's tick table, read in one pass with no lock per socket).
+        let due = gw.hub.tick_walk(at, |key| rounds.pings(key));
         let ping = OutFrame::control(ServerFrame::Ping { ts: now_ms() }.to_json());
         for c in due {
             let ping = rounds.pings(c.key()).then_some(&ping);
@@ -280,7 +280,7 @@ fn tend(gw: &Gateway, c: &Connection, at: TickNow, ping: Option<&OutFrame>) {
     }
     c.release_idle_queue();
     if let Some(p) = ping
-        && c.push_control(p.clone()) == crate::hub::Push::Overflow
+        && c.send_control(p) == crate::hub::Push::Overflow
     {
         gw.metrics.slow_consumers.inc();
     }

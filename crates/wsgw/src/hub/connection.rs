@@ -133,6 +133,36 @@ impl Outbox {
     }
 }
 
+/// Writes `frame` straight to the socket, without waking its task, when nothing is being
+/// written: `Some(bytes)` when the kernel took all of it. Otherwise the caller queues it, and
+/// what the kernel took of it is recorded (`sent`) for the task to write the rest.
+fn write_now(ob: &mut Outbox, frame: &mut Cow<'_, OutFrame>) -> Option<usize> {
+    if ob.writing {
+        return None;
+    }
+    let tcp = ob.wire.as_deref()?;
+    if ob.deflate.wants_cache(frame) {
+        ob.deflate.prepare(frame.to_mut());
+    }
+    let wire = frame.wire(ob.deflate.window);
+    let total = wire.len();
+    // `send(2)` on the socket itself, not through tokio's `try_write`: a fan-out never waits for
+    // writability, so it need not read the socket's readiness, one more cache line per socket
+    // (`Registration::try_io` was 3.9% of a node's CPU at 20 broadcasts a second to 5,000
+    // sockets). A would-block leaves tokio's readiness as it was: the task's next write sees the
+    // would-block itself, and only then waits.
+    match socket2::SockRef::from(tcp).send(wire) {
+        Ok(n) if n == total => Some(total),
+        // The kernel took part of it: the task writes the rest when it can.
+        Ok(n) => {
+            ob.sent = n;
+            None
+        }
+        // Would block, or failed: the task finds out which.
+        Err(_) => None,
+    }
+}
+
 /// One socket as the hub sees it. The session task owns the socket itself.
 pub struct Connection {
     pub(super) key: u64,
@@ -142,8 +172,9 @@ pub struct Connection {
     pub user_id: Arc<str>,
     /// When the socket was welcomed, ms since the epoch.
     pub connected_at_ms: u64,
-    /// What the node-wide tick reads (connection_tick.rs).
-    tick: TickState,
+    /// What the node-wide tick reads (connection_tick.rs), in the hub's table once the socket is
+    /// registered (tick_table.rs).
+    pub(in crate::hub) tick: TickRef,
     capacity: usize,
     /// Bytes the queue may hold (`WSGW_SEND_QUEUE_BYTES`).
     capacity_bytes: usize,
@@ -189,7 +220,7 @@ impl Connection {
             id,
             user_id,
             connected_at_ms: now,
-            tick: TickState::new(),
+            tick: TickRef::own(),
             capacity: capacity.max(1),
             capacity_bytes: usize::MAX,
             outbox: Mutex::new(Outbox {
@@ -325,27 +356,9 @@ impl Connection {
         let was_empty = ob.queue.is_empty();
         if was_empty
             && direct
-            && !ob.writing
-            && let Some(tcp) = ob.wire.as_deref()
+            && let Some(total) = write_now(&mut ob, &mut frame)
         {
-            // Nothing queued: straight to the socket, without waking its task.
-            if ob.deflate.wants_cache(&frame) {
-                ob.deflate.prepare(frame.to_mut());
-            }
-            let wire = frame.wire(ob.deflate.window);
-            let total = wire.len();
-            // `send(2)` on the socket itself, not through tokio's `try_write`: a fan-out never
-            // waits for writability, so it need not read the socket's readiness, one more cache
-            // line per socket (`Registration::try_io` was 3.9% of a node's CPU at 20 broadcasts
-            // a second to 5,000 sockets). A would-block leaves tokio's readiness as it was: the
-            // task's next write sees the would-block itself, and only then waits.
-            match socket2::SockRef::from(tcp).send(wire) {
-                Ok(n) if n == total => return Push::Sent(total),
-                // The kernel took part of it: the task writes the rest when it can.
-                Ok(n) => ob.sent = n,
-                // Would block, or failed: the task finds out which.
-                Err(_) => {}
-            }
+            return Push::Sent(total);
         }
         ob.bytes += frame.payload().len();
         ob.queue.push_back(frame.into_owned());
@@ -386,32 +399,44 @@ impl Connection {
     /// it is held and follows the welcome, which is always the first frame. Still bounded by the
     /// queue.
     pub fn push_control(&self, frame: OutFrame) -> Push {
-        self.queue_control(frame, false)
+        self.queue_control(Cow::Owned(frame), false, false)
+    }
+
+    /// `push_control`, written straight to the socket when nothing is queued for it (the
+    /// tick's shared ping): no wake-up of its task, and no queue to allocate and give back.
+    pub fn send_control(&self, frame: &OutFrame) -> Push {
+        self.queue_control(Cow::Borrowed(frame), false, true)
     }
 
     /// Queues a `gap` frame in order with the live events: during any replay it is held with
     /// them, so it reaches the client after the events the node passed on before it and before
     /// the ones after (a client recovers from the last id it has when the `gap` comes).
     pub fn push_gap(&self, frame: OutFrame) -> Push {
-        self.queue_control(frame, true)
+        self.queue_control(Cow::Owned(frame), true, false)
     }
 
     /// Queues a frame without an id; `in_order`: held with the live events during any replay,
-    /// else only during the welcome's.
-    fn queue_control(&self, frame: OutFrame, in_order: bool) -> Push {
+    /// else only during the welcome's; `direct`: written at once when nothing is queued.
+    fn queue_control(&self, mut frame: Cow<'_, OutFrame>, in_order: bool, direct: bool) -> Push {
         let mut ob = self.outbox.lock();
         if ob.close.is_some() {
             return Push::Closed;
         }
         if (in_order || !ob.subscribing) && ob.replay.is_some() {
-            return self.hold(ob, frame, "", false);
+            return self.hold(ob, frame.into_owned(), "", false);
         }
         if ob.queue.len() >= self.capacity || self.over_bytes(&ob, &frame, 0) {
             return self.overflow(ob);
         }
         let was_empty = ob.queue.is_empty();
+        if was_empty
+            && direct
+            && let Some(total) = write_now(&mut ob, &mut frame)
+        {
+            return Push::Sent(total);
+        }
         ob.bytes += frame.payload().len();
-        ob.queue.push_back(frame);
+        ob.queue.push_back(frame.into_owned());
         drop(ob);
         if was_empty {
             self.wake.notify_one();
@@ -574,8 +599,9 @@ use requests::PendingRequest;
 
 #[path = "connection_tick.rs"]
 mod tick;
+use super::tick_table::TickRef;
 pub use tick::TickNow;
-use tick::TickState;
+pub(super) use tick::TickState;
 
 #[path = "connection_write.rs"]
 mod write;

@@ -14,7 +14,7 @@ use crate::time::mono_ms;
 const NONE_DUE: u64 = u64::MAX;
 
 #[derive(Debug)]
-pub(super) struct TickState {
+pub(in crate::hub) struct TickState {
     last_seen_ms: AtomicU64,
     /// Token expiry in seconds since the epoch, 0 when the token has none.
     token_exp_s: AtomicU64,
@@ -27,12 +27,46 @@ pub(super) struct TickState {
 }
 
 impl TickState {
-    pub(super) fn new() -> Self {
+    pub(in crate::hub) fn new() -> Self {
         Self {
             last_seen_ms: AtomicU64::new(mono_ms()),
             token_exp_s: AtomicU64::new(0),
             pending_due_ms: AtomicU64::new(NONE_DUE),
             idle_queue: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes `other`'s values (a socket moving into the tick table: tick_table.rs).
+    pub(in crate::hub) fn copy_from(&self, other: &TickState) {
+        for (to, from) in [
+            (&self.last_seen_ms, &other.last_seen_ms),
+            (&self.token_exp_s, &other.token_exp_s),
+            (&self.pending_due_ms, &other.pending_due_ms),
+        ] {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.idle_queue
+            .store(other.idle_queue.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether the tick has anything to do for this socket: close it (silent, token expired),
+    /// expire a backend request, or give an idle queue's memory back. Lock-free.
+    pub(in crate::hub) fn due(&self, now: TickNow) -> bool {
+        self.silent(now)
+            || self.token_expired(now)
+            || self.pending_due_ms.load(Ordering::Relaxed) <= now.mono_ms
+            || self.idle_queue.load(Ordering::Relaxed)
+    }
+
+    fn silent(&self, now: TickNow) -> bool {
+        now.mono_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)) > now.silence_ms
+    }
+
+    fn token_expired(&self, now: TickNow) -> bool {
+        // 0: the token has no expiry.
+        match self.token_exp_s.load(Ordering::Relaxed) {
+            0 => false,
+            exp => exp.saturating_add(now.leeway_s) < now.epoch_s,
         }
     }
 }
@@ -63,27 +97,18 @@ impl Connection {
 
     /// The client has been silent for longer than `now.silence_ms`.
     pub fn silent(&self, now: TickNow) -> bool {
-        now.mono_ms
-            .saturating_sub(self.tick.last_seen_ms.load(Ordering::Relaxed))
-            > now.silence_ms
+        self.tick.silent(now)
     }
 
     /// The token expired (past the leeway).
     pub fn token_expired(&self, now: TickNow) -> bool {
-        // 0: the token has no expiry.
-        match self.tick.token_exp_s.load(Ordering::Relaxed) {
-            0 => false,
-            exp => exp.saturating_add(now.leeway_s) < now.epoch_s,
-        }
+        self.tick.token_expired(now)
     }
 
     /// Whether the tick has anything to do for this socket: close it (silent, token expired),
     /// expire a backend request, or give an idle queue's memory back. Lock-free.
     pub fn tick_due(&self, now: TickNow) -> bool {
-        self.silent(now)
-            || self.token_expired(now)
-            || self.tick.pending_due_ms.load(Ordering::Relaxed) <= now.mono_ms
-            || self.tick.idle_queue.load(Ordering::Relaxed)
+        self.tick.due(now)
     }
 
     /// A request waiting on a backend is due at `deadline_ms` (called under the pending lock).

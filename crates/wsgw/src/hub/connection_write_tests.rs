@@ -364,3 +364,31 @@ async fn coalesced_and_vectored_writes_send_every_piece_in_order() {
     assert_eq!(got.len(), total);
     assert!(got == expected, "the bytes arrived out of order");
 }
+
+/// The tick's ping goes straight to an idle socket: no queue taken (so nothing for the next
+/// tick to give back), the shared frame not copied. Behind a queued frame it waits its turn.
+#[tokio::test]
+async fn a_control_frame_sent_to_an_idle_socket_is_written_at_once_and_queues_behind_others() {
+    let (server, client) = pair().await;
+    let conn = Connection::new(Arc::from("c"), Arc::from("u"), 100, &[]);
+    conn.finish_replay(|_| OutFrame::control("w"), Vec::new(), &[], None);
+    conn.attach(Arc::new(server));
+    assert_eq!(conn.flush(&mut Written::default()).0, Flush::Done, "the welcome");
+    conn.release_idle_queue();
+    let ping = OutFrame::control(r#"{"type":"ping"}"#);
+    assert!(matches!(conn.send_control(&ping), Push::Sent(_)));
+    assert_eq!(conn.outbox.lock().queue.capacity(), 0, "no queue taken for it");
+    assert_eq!(
+        conn.offer(Cow::Owned(numbered(1)), "t", false, false, false),
+        Push::Queued
+    );
+    assert_eq!(conn.send_control(&ping), Push::Queued, "behind the queued event");
+    assert_eq!(conn.flush(&mut Written::default()).0, Flush::Done);
+    let frames = read_frames(client, 4).await;
+    let text = |t: &[u8]| [&[OP_TEXT][..], t].concat();
+    assert_eq!(frames.len(), 4);
+    assert_eq!(frames[0], text(b"w"));
+    assert_eq!(frames[1], text(br#"{"type":"ping"}"#));
+    assert_eq!(frames[2], text(numbered(1).payload()));
+    assert_eq!(frames[3], text(br#"{"type":"ping"}"#), "in order after the event");
+}

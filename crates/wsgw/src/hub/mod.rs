@@ -14,6 +14,7 @@ mod prefetch;
 mod subscribers;
 #[cfg(test)]
 mod test_wire;
+mod tick_table;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,7 @@ pub use core_fanout::CoreLane;
 use core_fanout::{CORE_SHIFT, Want, core_of};
 use direct::{DIRECT_CAP, DirectBudget};
 use subscribers::Subscribers;
+use tick_table::TickTable;
 
 use crate::metrics::Metrics;
 use crate::time::{mono_ms, now_us};
@@ -127,6 +129,8 @@ pub struct Hub {
     node_id: String,
     next_key: AtomicU64,
     conns: RwLock<HashMap<Arc<str>, Arc<Connection>>>,
+    /// What the node-wide tick reads of each socket in `conns`, side by side (tick_table.rs).
+    ticks: Arc<TickTable>,
     channels: RwLock<HashMap<Arc<str>, Subscribers>>,
     patterns: RwLock<Vec<(Arc<str>, Subscribers)>>,
     /// Each user's sockets, by the socket's own `sub` (never by who listens to `user:<id>`).
@@ -150,6 +154,7 @@ impl Hub {
             node_id,
             next_key: AtomicU64::new(1),
             conns: RwLock::new(HashMap::new()),
+            ticks: Arc::default(),
             channels: RwLock::new(HashMap::new()),
             patterns: RwLock::new(Vec::new()),
             users: RwLock::new(HashMap::new()),
@@ -191,7 +196,9 @@ impl Hub {
         // The socket's core rides in the key's top bits: a per-core fan-out finds which cores
         // have subscribers without reading a socket (core_fanout.rs).
         conn.key = self.next_key.fetch_add(1, Ordering::Relaxed) | (conn.core() as u64) << CORE_SHIFT;
+        conn.tick = self.ticks.take(conn.key, &conn.tick);
         let conn = Arc::new(conn);
+        self.ticks.bind(&conn);
         let old = self.conns.write().insert(conn.id.clone(), conn.clone());
         {
             let mut users = self.users.write();
@@ -204,6 +211,7 @@ impl Hub {
                 .insert(conn.key, conn.clone());
         }
         if let Some(old) = old {
+            old.tick.unlist();
             old.replace();
             self.unsubscribe_all(&old);
         }
@@ -219,6 +227,7 @@ impl Hub {
                 conns.remove(&conn.id);
             }
         }
+        conn.tick.unlist();
         unindex_user(&mut self.users.write(), conn);
         self.unsubscribe_all(conn)
     }
@@ -626,10 +635,11 @@ impl Hub {
         self.conns.read().values().cloned().collect()
     }
 
-    /// The connections `pick` chooses, looked at under the registry's read lock without
-    /// taking a reference to the others (the tick's walk between pings: most need nothing).
-    pub fn connections_where(&self, mut pick: impl FnMut(&Connection) -> bool) -> Vec<Arc<Connection>> {
-        self.conns.read().values().filter(|c| pick(c)).cloned().collect()
+    /// The node-wide tick's sockets: those whose key `ping` picks and those with something due
+    /// at `now` (`Connection::tick_due`), read from the tick table without touching the others
+    /// (between pings, most need nothing).
+    pub fn tick_walk(&self, now: TickNow, ping: impl FnMut(u64) -> bool) -> Vec<Arc<Connection>> {
+        self.ticks.walk(now, ping)
     }
 
     /// One connection by id.
