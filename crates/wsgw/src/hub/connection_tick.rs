@@ -3,7 +3,8 @@
 //! due, and whether its outbox holds an idle queue's memory. They sit together in one small
 //! `TickState`, so telling whether a socket needs anything touches one cache line and takes no
 //! lock: at 5,000 idle sockets the old walk (a snapshot of every `Arc`, two locks per socket)
-//! was a fifth of an idle node's CPU (docs/loadtest.md §1).
+//! was a fifth of an idle node's CPU (docs/loadtest.md §1). A registered socket's `TickState`
+//! lives in the hub's tick table (tick_table.rs), beside every other socket's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

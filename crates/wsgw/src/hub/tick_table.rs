@@ -1,8 +1,8 @@
 //! hub/tick_table.rs: every registered socket's `TickState` (connection_tick.rs) side by side
 //! in one table, so the node-wide tick's once-a-second look at every socket reads contiguous
-//! memory. Kept inside each `Connection`, that look took a cache miss or two per socket: 0.5 to
-//! 0.7 ms a second at 5,000 idle sockets, even with the lines fetched ahead, about a sixth of an
-//! idle node's CPU (docs/loadtest.md §1). A socket takes a slot when it is registered, leaves
+//! memory. Kept inside each `Connection`, that look took a cache miss or two per socket: 0.45
+//! to 0.5 ms a tick at 5,000 idle sockets, twice this table's (docs/loadtest.md §16), and
+//! fetching the lines ahead gained a quarter of it. A socket takes a slot when it is registered, leaves
 //! the walk when it leaves the hub, and gives the slot back when it is dropped, so a socket that
 //! is still winding down never shares its slot. The table keeps its peak size.
 
