@@ -332,14 +332,17 @@ impl GatewayProc {
     }
 
     /// True once this node's own process listens on its port; false if it exited first (the
-    /// port was taken).
+    /// port was taken). A node listens once its broker is up, which may take as long as the
+    /// node itself allows: up to 21 tries to link and prepare (each bounded by Redis timeouts,
+    /// 250 ms apart), then 10 s for its pub/sub connection. CI saw a node started just after a
+    /// Redis Cluster primary's failover not listen within 15 s (torture_cluster, 2026-12-06).
     async fn wait_own_listener(&mut self) -> bool {
         let (port, node_id) = (self.port, self.node_id.clone());
         let child = &mut self.child;
         let up = until_listening(
             || running_pid(child.as_mut()?),
             &[port],
-            Duration::from_secs(15),
+            Duration::from_secs(45),
             || format!("{node_id} never listened on {port}"),
         )
         .await;
