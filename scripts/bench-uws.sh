@@ -72,6 +72,16 @@
 #   WSGW_BIN, LOADTEST_BIN  binaries (default target/release/{wsgw,wsgw-loadtest}; built with
 #                   `cargo build --release -p wsgw -p wsgw-loadtest` when missing)
 #   NODE            node executable (default: node on PATH)
+#   BENCH_CLIENT_SCHED  `normal` (default) or `batch`: the scheduling policy of the load tool's
+#                   processes (`batch`: `chrt --batch 0`). Sharing the 2 cores with the server, a
+#                   client at the normal policy is woken on the server's core by the frames the
+#                   server sends it (a socket's wake-up is a "sync" one) and often preempts the
+#                   server there; at `batch` its wake-ups preempt nothing (the kernel's rule for
+#                   SCHED_BATCH). A client on another machine never preempts the server; a
+#                   local nginx in front of it does. It moved wsgw's targeted CPU by 9% and
+#                   uWS's not at all (docs/loadtest.md, section 17), so the default stays the
+#                   setting every earlier run used. The compression step's node clients always
+#                   run at the normal policy (the servers are that script's children).
 #
 # Everything binds 127.0.0.1. Every process this script starts is stopped by its PID on exit.
 # Exit status: 0 when every command ran (a figure may still show missing deliveries), 1 otherwise.
@@ -93,6 +103,12 @@ ROUNDS=${BENCH_ROUNDS:-1}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench-uws: BENCH_ROUNDS: '$ROUNDS' (a count, 1 or more)" >&2; exit 2; }
 [[ $TARGETED_RUNS =~ ^[1-9][0-9]*$ ]] || { echo "bench-uws: BENCH_TARGETED_RUNS: '$TARGETED_RUNS' (a count, 1 or more)" >&2; exit 2; }
 NODE=${NODE:-node}
+CLIENT_SCHED=${BENCH_CLIENT_SCHED:-normal}
+case $CLIENT_SCHED in
+batch) CLIENT=(chrt --batch 0) ;;
+normal) CLIENT=() ;;
+*) echo "bench-uws: BENCH_CLIENT_SCHED: '$CLIENT_SCHED' (normal, batch)" >&2; exit 2 ;;
+esac
 SERVERS=${BENCH_SERVERS:-uws wsgw}
 PUBLISH_VIA=${BENCH_PUBLISH_VIA:-fcall}
 [[ $PUBLISH_VIA == fcall || $PUBLISH_VIA == http ]] || { echo "bench-uws: BENCH_PUBLISH_VIA: '$PUBLISH_VIA' (fcall, http)" >&2; exit 2; }
@@ -217,6 +233,7 @@ fi
 command -v redis-server >/dev/null || die "redis-server not found"
 [[ " $SERVERS " != *" uws "* ]] || command -v "$NODE" >/dev/null || die "node not found"
 ((CMP_EVENTS == 0)) || command -v "$NODE" >/dev/null || die "node not found (the compression step; BENCH_COMPRESSION_EVENTS=0 skips it)"
+((${#CLIENT[@]} == 0)) || chrt --batch 0 true || die "chrt --batch 0 failed (util-linux; BENCH_CLIENT_SCHED=normal runs without it)"
 if ((CMP_EVENTS > 0)) && [[ ! -d $ROOT/clients/js/node_modules/ws ]]; then
     log "installing the JS client's npm packages for the compression step (npm ci in clients/js)"
     (cd "$ROOT/clients/js" && npm ci --no-audit --no-fund) >&2
@@ -275,13 +292,13 @@ run_server() {
     wait_ready "$pid" "$api/ready" "$RDIR/$name.log"
     log "$name on 127.0.0.1:$port (pid $pid): idle, $SOCKETS sockets"
     # `|| true`: a crossed threshold (exit 99) still leaves a summary to report.
-    timeout 300 "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
+    timeout 300 "${CLIENT[@]}" "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
         --server-pid "$pid" --hold-s "$HOLD_S" --json "$RDIR/$name.idle.json" \
         >"$RDIR/$name.idle.txt" 2>"$RDIR/$name.idle.err" || log "$name idle exited with $?"
     sleep 1
     if ((idle_cpu_s > 0)); then
         log "$name: $SOCKETS idle sockets held ${IDLE_CPU_S} s (CPU while held)"
-        timeout $((IDLE_CPU_S + 240)) "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
+        timeout $((IDLE_CPU_S + 240)) "${CLIENT[@]}" "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
             --server-pid "$pid" --hold-s "$IDLE_CPU_S" --json "$RDIR/$name.held.json" \
             >"$RDIR/$name.held.txt" 2>"$RDIR/$name.held.err" || log "$name idle (held) exited with $?"
         sleep 1
@@ -289,7 +306,7 @@ run_server() {
     local r
     for r in $rates; do
         log "$name: broadcast, $SOCKETS sockets, $MESSAGES messages at $r/s"
-        timeout 300 "$LOADTEST_BIN" broadcast --url "$url" --api "$api" --api-key "$API_KEY" \
+        timeout 300 "${CLIENT[@]}" "$LOADTEST_BIN" broadcast --url "$url" --api "$api" --api-key "$API_KEY" \
             --secret "$SECRET" --connections "$SOCKETS" --messages "$MESSAGES" --rate "$r" \
             --payload-bytes "$PAYLOAD" --server-pid "$pid" --timeout-s 10 "${VIA[@]}" \
             --json "$RDIR/$name.bc$r.json" \
@@ -299,7 +316,7 @@ run_server() {
     local k
     for ((k = 1; targeted_rate > 0 && k <= TARGETED_RUNS; k++)); do
         log "$name: targeted ($k of $TARGETED_RUNS), $SOCKETS sockets, FCALL to user channels at $TARGETED_RATE/s"
-        timeout 300 "$LOADTEST_BIN" run "$ROOT/loadtest/scenarios/targeted-bench.toml" --url "$url" \
+        timeout 300 "${CLIENT[@]}" "$LOADTEST_BIN" run "$ROOT/loadtest/scenarios/targeted-bench.toml" --url "$url" \
             --secret "$SECRET" --redis-url "$REDIS_URL" --server-pid "$pid" --vus "$SOCKETS" \
             --rate "$TARGETED_RATE" --json "$RDIR/$name.tg$k.json" \
             >"$RDIR/$name.tg$k.txt" 2>"$RDIR/$name.tg$k.err" || log "$name targeted $k exited with $?"
@@ -445,6 +462,8 @@ row() {
 rss_u=$(fig uws rss)
 rss_w=$(fig wsgw rss)
 {
+    echo
+    echo "The load tool ran at the \`$CLIENT_SCHED\` scheduling policy (BENCH_CLIENT_SCHED)."
     echo
     echo "| figure | uWS | wsgw | ratio (wsgw/uWS) |"
     echo "| --- | --- | --- | --- |"
