@@ -82,6 +82,11 @@
 #                   uWS's not at all (docs/loadtest.md, section 17), so the default stays the
 #                   setting every earlier run used. The compression step's node clients always
 #                   run at the normal policy (the servers are that script's children).
+#   BENCH_UWS_PIN   `off` (default) or `on`: pin uWS's event-loop thread (Node's main thread) to
+#                   the first CPU this script may use (`taskset -p`) once it is ready. wsgw pins
+#                   its runtime threads itself (WSGW_CPU_AFFINITY=auto, its default); uWS as
+#                   shipped does not pin, and the default compares the two as shipped. `on`
+#                   gives uWS the same advantage by hand (docs/loadtest.md, section 18).
 #
 # Everything binds 127.0.0.1. Every process this script starts is stopped by its PID on exit.
 # Exit status: 0 when every command ran (a figure may still show missing deliveries), 1 otherwise.
@@ -109,6 +114,8 @@ batch) CLIENT=(chrt --batch 0) ;;
 normal) CLIENT=() ;;
 *) echo "bench-uws: BENCH_CLIENT_SCHED: '$CLIENT_SCHED' (normal, batch)" >&2; exit 2 ;;
 esac
+UWS_PIN=${BENCH_UWS_PIN:-off}
+[[ $UWS_PIN == on || $UWS_PIN == off ]] || { echo "bench-uws: BENCH_UWS_PIN: '$UWS_PIN' (on, off)" >&2; exit 2; }
 SERVERS=${BENCH_SERVERS:-uws wsgw}
 PUBLISH_VIA=${BENCH_PUBLISH_VIA:-fcall}
 [[ $PUBLISH_VIA == fcall || $PUBLISH_VIA == http ]] || { echo "bench-uws: BENCH_PUBLISH_VIA: '$PUBLISH_VIA' (fcall, http)" >&2; exit 2; }
@@ -233,6 +240,7 @@ fi
 command -v redis-server >/dev/null || die "redis-server not found"
 [[ " $SERVERS " != *" uws "* ]] || command -v "$NODE" >/dev/null || die "node not found"
 ((CMP_EVENTS == 0)) || command -v "$NODE" >/dev/null || die "node not found (the compression step; BENCH_COMPRESSION_EVENTS=0 skips it)"
+[[ $UWS_PIN == off ]] || command -v taskset >/dev/null || die "taskset not found (BENCH_UWS_PIN=on)"
 ((${#CLIENT[@]} == 0)) || chrt --batch 0 true || die "chrt --batch 0 failed (util-linux; BENCH_CLIENT_SCHED=normal runs without it)"
 if ((CMP_EVENTS > 0)) && [[ ! -d $ROOT/clients/js/node_modules/ws ]]; then
     log "installing the JS client's npm packages for the compression step (npm ci in clients/js)"
@@ -290,6 +298,12 @@ run_server() {
     pid=$!
     PIDS+=("$pid")
     wait_ready "$pid" "$api/ready" "$RDIR/$name.log"
+    if [[ $name == uws && $UWS_PIN == on ]]; then
+        local cpu
+        cpu=$(taskset -p -c $$ | sed 's/.*: *//' | grep -o '^[0-9]*')
+        taskset -p -c "$cpu" "$pid" >/dev/null || die "cannot pin uWS (pid $pid) to CPU $cpu"
+        log "uws: event-loop thread pinned to CPU $cpu (BENCH_UWS_PIN=on)"
+    fi
     log "$name on 127.0.0.1:$port (pid $pid): idle, $SOCKETS sockets"
     # `|| true`: a crossed threshold (exit 99) still leaves a summary to report.
     timeout 300 "${CLIENT[@]}" "$LOADTEST_BIN" idle --url "$url" --secret "$SECRET" --connections "$SOCKETS" \
@@ -463,7 +477,7 @@ rss_u=$(fig uws rss)
 rss_w=$(fig wsgw rss)
 {
     echo
-    echo "The load tool ran at the \`$CLIENT_SCHED\` scheduling policy (BENCH_CLIENT_SCHED)."
+    echo "The load tool ran at the \`$CLIENT_SCHED\` scheduling policy (BENCH_CLIENT_SCHED); uWS's event-loop thread pinned: $UWS_PIN (BENCH_UWS_PIN); wsgw with its default WSGW_CPU_AFFINITY=auto."
     echo
     echo "| figure | uWS | wsgw | ratio (wsgw/uWS) |"
     echo "| --- | --- | --- | --- |"

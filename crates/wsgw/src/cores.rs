@@ -6,11 +6,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+use crate::affinity::Pinning;
 
 thread_local! {
     /// The index of the per-core runtime this thread runs (`per_core` only).
@@ -36,8 +39,9 @@ pub struct CoreRuntimes {
 }
 
 impl CoreRuntimes {
-    /// Starts `extra` single-threaded runtimes on threads named `wsgw-core-1` and up.
-    pub fn start(extra: usize) -> io::Result<Self> {
+    /// Starts `extra` single-threaded runtimes on threads named `wsgw-core-1` and up, each
+    /// pinned to a CPU of its own by `pinning` if given (affinity.rs).
+    pub fn start(extra: usize, pinning: Option<Arc<Pinning>>) -> io::Result<Self> {
         let mut cores = Self {
             handles: Vec::with_capacity(extra),
             stops: Vec::with_capacity(extra),
@@ -46,12 +50,16 @@ impl CoreRuntimes {
         for i in 1..=extra {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (stop, stopped) = oneshot::channel::<()>();
+            let pinning = pinning.clone();
             cores.handles.push(runtime.handle().clone());
             cores.stops.push(stop);
             let thread = std::thread::Builder::new()
                 .name(format!("wsgw-core-{i}"))
                 .spawn(move || {
                     set_current(i);
+                    if let Some(p) = &pinning {
+                        p.pin_current_once();
+                    }
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
@@ -120,7 +128,7 @@ mod tests {
 
     #[test]
     fn each_runtime_runs_on_its_own_named_thread_and_stops_when_dropped() {
-        let cores = CoreRuntimes::start(2).unwrap();
+        let cores = CoreRuntimes::start(2, None).unwrap();
         let names: Vec<(String, Option<usize>)> = cores
             .handles()
             .iter()

@@ -3,6 +3,7 @@
 //! gap-free replay on reconnect. See `docs/` in the repository.
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod api;
 pub mod auth;
 pub mod broker;

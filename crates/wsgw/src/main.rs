@@ -2,6 +2,7 @@
 //! lives in the library; this file only wires the process to it.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tracing::{info, warn};
@@ -39,16 +40,34 @@ fn main() -> ExitCode {
         None
     };
 
+    // Runtime threads: the multi-thread runtime's workers, or the per-core runtimes.
+    let threads = match (config.runtime, config.worker_threads) {
+        (RuntimeFlavor::CurrentThread, _) => 1,
+        (_, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (_, n) => n,
+    };
     let mut builder = match config.runtime {
         RuntimeFlavor::CurrentThread | RuntimeFlavor::PerCore => tokio::runtime::Builder::new_current_thread(),
         RuntimeFlavor::MultiThread => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
-            if config.worker_threads > 0 {
-                b.worker_threads(config.worker_threads);
-            }
+            b.worker_threads(threads);
             b
         }
     };
+    let cpus = wsgw::affinity::allowed_cpus();
+    let pinning = wsgw::affinity::wanted(config.cpu_affinity, threads, &cpus)
+        .then(|| Arc::new(wsgw::affinity::Pinning::new(cpus.clone())));
+    if let Some(p) = &pinning {
+        info!(
+            threads,
+            ?cpus,
+            "runtime threads pinned to a CPU each (WSGW_CPU_AFFINITY)"
+        );
+        let p = p.clone();
+        builder.on_thread_park(move || p.pin_current_once());
+    } else {
+        info!(threads, ?cpus, "runtime threads not pinned (WSGW_CPU_AFFINITY)");
+    }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -58,19 +77,13 @@ fn main() -> ExitCode {
     };
     // `per_core`: this thread's runtime is the first core's; the others get one each.
     let cores = match config.runtime {
-        RuntimeFlavor::PerCore => {
-            let n = match config.worker_threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            };
-            match wsgw::cores::CoreRuntimes::start(n - 1) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    eprintln!("wsgw: cannot start the per-core runtimes: {e}");
-                    return ExitCode::FAILURE;
-                }
+        RuntimeFlavor::PerCore => match wsgw::cores::CoreRuntimes::start(threads - 1, pinning.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("wsgw: cannot start the per-core runtimes: {e}");
+                return ExitCode::FAILURE;
             }
-        }
+        },
         _ => None,
     };
     let handles = cores.as_ref().map(|c| c.handles().to_vec());

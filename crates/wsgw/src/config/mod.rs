@@ -24,7 +24,7 @@ pub use cli::{Cli, Command, FunctionsArgs, TokenArgs};
 pub use env::{EnvSource, ProcessEnv};
 pub use error::ConfigError;
 pub use secrecy::{ExposeSecret, SecretString};
-pub use settings::{ActionsDefault, Compression, Config, LogFormat, RuntimeFlavor, SETTINGS, Setting};
+pub use settings::{ActionsDefault, Compression, Config, CpuAffinity, LogFormat, RuntimeFlavor, SETTINGS, Setting};
 
 use env::EnvLayer;
 use format::{REDACTED, TRUSTED_PROXIES, is_not_a_network};

@@ -294,6 +294,10 @@ settings! {
         WSGW_RUNTIME => parse("multi_thread, current_thread or per_core");
     /// Threads of the `multi_thread` runtime, or runtimes of `per_core`; `0` = one per core.
     worker_threads: usize = 0, WSGW_WORKER_THREADS => parse(COUNT);
+    /// Pinning of the runtime threads to CPUs: `auto` pins each to a CPU of its own when
+    /// there is a thread for every CPU the node may run on, `on` always pins (round robin),
+    /// `off` never does.
+    cpu_affinity: CpuAffinity = CpuAffinity::Auto, WSGW_CPU_AFFINITY => parse("auto, on or off");
 }
 
 impl Config {
@@ -369,6 +373,31 @@ impl FromStr for LogFormat {
         match s.to_ascii_lowercase().as_str() {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Whether the runtime threads are pinned to CPUs (affinity.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuAffinity {
+    /// Pinned when there is a runtime thread for every CPU the node may run on.
+    Auto,
+    /// Always pinned, round robin over the CPUs the node may run on.
+    On,
+    /// Never pinned: the kernel moves the threads.
+    Off,
+}
+
+impl FromStr for CpuAffinity {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
             _ => Err(()),
         }
     }
