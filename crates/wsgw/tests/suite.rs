@@ -31,6 +31,7 @@ mod cluster_requests;
 mod cluster_user_connections;
 mod config_doc;
 mod connect_and_deliver;
+mod cpu_affinity;
 mod exactness;
 mod handshake;
 mod history_expiry;
