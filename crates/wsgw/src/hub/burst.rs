@@ -1,9 +1,17 @@
 //! hub/burst.rs: fan-outs of several frames that were waiting together (a node behind on its
-//! pub/sub input). A burst's fan-outs queue each frame without writing or waking anyone; when
-//! the burst ends, the fan-out loop writes each socket's frames of the whole burst in one write.
-//! That is one write per socket for the burst instead of one write, or one task wake-up, per
-//! frame: the batching that lets a node catch up instead of falling further behind. A socket the
-//! kernel does not take everything from gets its own task woken, as after any queued frame.
+//! pub/sub input). A burst's fan-outs queue each frame without waking anyone; when the burst
+//! ends, the fan-out loop writes each socket's frames of the whole burst in one write. That is
+//! one write per socket for the burst instead of one write, or one task wake-up, per frame: the
+//! batching that lets a node catch up instead of falling further behind. A socket the kernel does
+//! not take everything from gets its own task woken, as after any queued frame.
+//!
+//! One exception: a small fan-out (its first `DIRECT_FANOUT` sockets, hub/mod.rs) writes a
+//! socket's first frame of the burst at once when nothing is queued for it, as outside a burst.
+//! Targeted events (one socket each) arrive two or three to a read at a few thousand a second,
+//! each for another socket: queued, each cost a queue, a second pass over the socket and its
+//! queue's memory back, with nothing to batch (docs/loadtest.md, section 19). The socket's later
+//! frames of the burst still wait for its end, so a socket that many frames of one burst are for
+//! gets two writes, not one per frame.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +26,9 @@ pub type FlushBatch = Vec<Arc<Connection>>;
 const MAX_FRAMES: usize = 64;
 /// At most this many bytes of frame text in one burst.
 const MAX_BYTES: usize = 1 << 20;
+/// At most this many sockets a burst writes a frame to at once (small fan-outs only); past them
+/// it queues every frame, so checking the list stays short.
+const MAX_WRITTEN_AT_ONCE: usize = 64;
 /// At most this many items in one `drain_waiting`.
 const MAX_DRAIN: usize = 256;
 /// A `drain_waiting` takes no further item after this long, so the pub/sub reader gets back to
@@ -27,6 +38,8 @@ const MAX_DRAIN_TIME: Duration = Duration::from_millis(200);
 /// The sockets one burst queued frames for, and what it holds.
 pub struct Burst {
     waiting: Vec<FlushBatch>,
+    /// The sockets it wrote a frame to at once: their later frames wait for its end.
+    written: Vec<u64>,
     frames: usize,
     bytes: usize,
     max_frames: usize,
@@ -46,8 +59,15 @@ impl Burst {
         self.bytes += len;
     }
 
-    /// Takes over what one fan-out of the burst queued.
-    pub(super) fn absorb(&mut self, waiting: Vec<FlushBatch>) {
+    /// Lends a fan-out the sockets this burst wrote to at once ([`may_write_at_once`]); `absorb`
+    /// takes them back.
+    pub(super) fn lend_written(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.written)
+    }
+
+    /// Takes over what one fan-out of the burst queued, and the sockets it wrote to at once.
+    pub(super) fn absorb(&mut self, waiting: Vec<FlushBatch>, written: Vec<u64>) {
+        self.written = written;
         if self.waiting.len() < waiting.len() {
             self.waiting.resize_with(waiting.len(), Vec::new);
         }
@@ -76,6 +96,7 @@ impl Hub {
     pub fn burst(&self) -> Burst {
         Burst {
             waiting: Vec::new(),
+            written: Vec::new(),
             frames: 0,
             bytes: 0,
             max_frames: self.burst_bounds.0,
@@ -144,6 +165,12 @@ impl Hub {
     }
 }
 
+/// Whether a burst that wrote at once to the sockets `written` may write a frame to socket `key`
+/// at once: only its first of the burst, and only while the list is short.
+pub(super) fn may_write_at_once(written: &[u64], key: u64) -> bool {
+    written.len() < MAX_WRITTEN_AT_ONCE && !written.contains(&key)
+}
+
 /// Writes each socket's queue and counts the writes in the metrics.
 fn flush_all(sockets: &[Arc<Connection>], metrics: &Metrics) {
     let mut written = Written::default();
@@ -203,14 +230,16 @@ mod tests {
             let f = OutFrame::event(text, EventId::new(id, 0), 0);
             assert_eq!(hub.deliver_exact("t", &f, &[], Some(&mut burst)), 2);
         }
-        // Nothing written yet: the three events wait in each queue.
-        assert_eq!(a.queued(), (3, false));
-        assert_eq!(b.queued(), (3, false));
+        // A small fan-out: the first event went out at once, the other two wait in each queue.
+        assert_eq!(a.queued(), (2, false));
+        assert_eq!(b.queued(), (2, false));
+        assert_eq!(read_texts(&mut ca, 2).await, ["w", "e1"]);
+        assert_eq!(read_texts(&mut cb, 2).await, ["w", "e1"]);
         hub.end_burst(burst);
         assert_eq!(a.queued().0, 0, "written from the burst's end");
         assert_eq!(b.queued().0, 0);
-        assert_eq!(read_texts(&mut ca, 4).await, ["w", "e1", "e2", "e3"]);
-        assert_eq!(read_texts(&mut cb, 4).await, ["w", "e1", "e2", "e3"]);
+        assert_eq!(read_texts(&mut ca, 2).await, ["e2", "e3"]);
+        assert_eq!(read_texts(&mut cb, 2).await, ["e2", "e3"]);
         assert_eq!(metrics.frames_out.get(), 6);
         assert_eq!(metrics.burst_frames.get(), 3);
         // Repeats are still dropped, one fan-out or a burst.
@@ -240,6 +269,74 @@ mod tests {
             assert_eq!(read_texts(client, 3).await, ["w", "e1", "e2"]);
         }
         assert_eq!(metrics.frames_out.get(), 2 * MANY as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_targeted_events_writes_each_sockets_first_one_at_once() {
+        let hub = Hub::new("n".into(), Metrics::new()).with_burst_bounds(1024, 0);
+        let (a, mut ca) = socket(&hub, "a").await;
+        let (b, mut cb) = socket(&hub, "b").await;
+        hub.subscribe(&a, "user:a");
+        hub.subscribe(&b, "user:b");
+        let mut burst = hub.burst();
+        for (id, to) in [(1, "user:a"), (2, "user:b"), (3, "user:a"), (4, "user:a")] {
+            let f = OutFrame::event(format!("e{id}"), EventId::new(id, 0), 0);
+            burst.add(f.payload().len());
+            assert_eq!(hub.deliver_exact(to, &f, &[], Some(&mut burst)), 1);
+        }
+        // Each socket's first event is on its way; a's later two wait for the burst's end.
+        assert_eq!(a.queued(), (2, false));
+        assert_eq!(b.queued(), (0, false));
+        assert_eq!(read_texts(&mut ca, 2).await, ["w", "e1"]);
+        assert_eq!(read_texts(&mut cb, 2).await, ["w", "e2"]);
+        hub.end_burst(burst);
+        assert_eq!(a.queued(), (0, false));
+        assert_eq!(read_texts(&mut ca, 2).await, ["e3", "e4"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_to_many_sockets_writes_at_once_to_the_first_few_only() {
+        const SOCKETS: usize = 100;
+        let hub = Hub::new("n".into(), Metrics::new()).with_burst_bounds(1024, 0);
+        let mut sockets = Vec::new();
+        for i in 0..SOCKETS {
+            sockets.push(socket(&hub, &format!("s{i}")).await);
+        }
+        let queued =
+            |sockets: &[(Arc<Connection>, TcpStream)]| sockets.iter().filter(|(c, _)| c.queued().0 > 0).count();
+        let mut burst = hub.burst();
+        let f = OutFrame::event("e1", EventId::new(1, 0), 0);
+        burst.add(2);
+        assert_eq!(hub.deliver_exact("t", &f, &[], Some(&mut burst)), SOCKETS);
+        assert_eq!(
+            queued(&sockets),
+            SOCKETS - DIRECT_FANOUT,
+            "the first sockets got it at once"
+        );
+        let f = OutFrame::event("e2", EventId::new(2, 0), 0);
+        burst.add(2);
+        assert_eq!(hub.deliver_exact("t", &f, &[], Some(&mut burst)), SOCKETS);
+        assert_eq!(
+            queued(&sockets),
+            SOCKETS,
+            "a second frame waits for the burst's end everywhere"
+        );
+        hub.end_burst(burst);
+        assert_eq!(queued(&sockets), 0);
+        for (_, client) in sockets.iter_mut() {
+            assert_eq!(read_texts(client, 3).await, ["w", "e1", "e2"]);
+        }
+    }
+
+    #[test]
+    fn a_burst_writes_at_once_to_a_bounded_list_of_sockets() {
+        let written: Vec<u64> = (0..MAX_WRITTEN_AT_ONCE as u64).collect();
+        assert!(may_write_at_once(&written[..1], 7));
+        assert!(
+            !may_write_at_once(&written[..8], 7),
+            "its second frame of the burst waits"
+        );
+        assert!(!may_write_at_once(&written, 1000), "past the bound, every frame waits");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,8 +238,11 @@ impl Hub {
 
     /// Runs one job on core `core`: its subscribers there, offered and written at once, or
     /// queued into `burst`.
-    fn run_job(&self, core: usize, job: CoreJob, burst: Option<&mut Burst>) {
+    fn run_job(&self, core: usize, job: CoreJob, mut burst: Option<&mut Burst>) {
         let mut tally = self.tally(Fanout::from_reader(burst.is_some()));
+        if let Some(b) = burst.as_deref_mut() {
+            tally.written = b.lend_written();
+        }
         let exclude: Vec<&str> = job.exclude.iter().map(|e| &**e).collect();
         self.fan(
             job.kind.as_want(),

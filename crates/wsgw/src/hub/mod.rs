@@ -67,14 +67,18 @@ struct Tally {
     budgeted: bool,
     allowed: Duration,
     direct_open: bool,
-    /// Part of a burst (burst.rs): queue without writing or waking; the burst's end writes.
+    /// Part of a burst (burst.rs): queue without waking; the burst's end writes. Only a small
+    /// fan-out's first frame for a socket is written at once.
     burst: bool,
+    /// In a burst: the sockets it already wrote a frame to at once, lent by the burst.
+    written: Vec<u64>,
 }
 
 /// Which fan-out a tally is for, which decides how far it writes directly.
 #[derive(Clone, Copy)]
 enum Fanout {
-    /// Part of a burst: queues only; the burst's end writes.
+    /// Part of a burst: queues, and the burst's end writes, except a small fan-out's first
+    /// frame for a socket (burst.rs).
     Burst,
     /// A pub/sub reader's frame that found nothing waiting behind it. Such a reader bursts
     /// when it falls behind, so each of its fan-outs may write directly for up to
@@ -406,6 +410,10 @@ impl Hub {
         }
         let frame = &*self.shared(frame);
         let mut delivered = self.tally(fanout);
+        let mut burst = burst;
+        if let Some(b) = burst.as_deref_mut() {
+            delivered.written = b.lend_written();
+        }
         self.fan(want, channel, frame, exclude, &mut delivered, None);
         self.record(frame, delivered, burst)
     }
@@ -531,7 +539,7 @@ impl Hub {
             self.direct.lock().end(started, Instant::now());
         }
         if let Some(burst) = burst {
-            burst.absorb(tally.waiting);
+            burst.absorb(tally.waiting, tally.written);
         }
         if tally.sent > 0 {
             let m = &self.metrics;
@@ -574,7 +582,13 @@ impl Hub {
         {
             delivered.direct_open = false;
         }
-        let direct = !delivered.burst && (delivered.offered < DIRECT_FANOUT || delivered.direct_open);
+        let direct = if delivered.burst {
+            // A small fan-out writes a socket's first frame of the burst at once, as outside a
+            // burst; the burst's end writes that socket's later frames, all in one write.
+            delivered.offered < DIRECT_FANOUT && burst::may_write_at_once(&delivered.written, c.key)
+        } else {
+            delivered.offered < DIRECT_FANOUT || delivered.direct_open
+        };
         delivered.offered += 1;
         match c.offer(Cow::Borrowed(frame), channel, via_pattern, direct, delivered.burst) {
             Push::Queued => delivered.delivered += 1,
@@ -587,6 +601,9 @@ impl Hub {
                 delivered.waiting[core].push(c.clone());
             }
             Push::Sent(bytes) => {
+                if delivered.burst {
+                    delivered.written.push(c.key);
+                }
                 delivered.delivered += 1;
                 delivered.sent += 1;
                 delivered.sent_bytes += bytes as u64;
