@@ -11,7 +11,7 @@
 //! each for another socket: queued, each cost a queue, a second pass over the socket and its
 //! queue's memory back, with nothing to batch (docs/loadtest.md, section 19). The socket's later
 //! frames of the burst still wait for its end, so a socket that many frames of one burst are for
-//! gets two writes, not one per frame.
+//! gets one write more than it would with all of them queued, not one per frame.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
