@@ -217,6 +217,20 @@ mod tests {
         (c, client)
     }
 
+    /// `n` sockets on `hub`, each subscribed to `t`, with their clients.
+    async fn sockets(hub: &Hub, n: usize) -> Vec<(Arc<Connection>, TcpStream)> {
+        let mut all = Vec::new();
+        for i in 0..n {
+            all.push(socket(hub, &format!("s{i}")).await);
+        }
+        all
+    }
+
+    /// How many of `sockets` have frames queued.
+    fn queued(sockets: &[(Arc<Connection>, TcpStream)]) -> usize {
+        sockets.iter().filter(|(c, _)| c.queued().0 > 0).count()
+    }
+
     #[tokio::test]
     async fn a_burst_queues_every_frame_and_its_end_writes_them_all_in_order() {
         let metrics = Metrics::new();
@@ -253,10 +267,7 @@ mod tests {
     async fn a_burst_to_many_sockets_reaches_each_in_order() {
         let metrics = Metrics::new();
         let hub = Hub::new("n".into(), metrics.clone()).with_burst_bounds(1024, 0);
-        let mut sockets = Vec::new();
-        for i in 0..MANY {
-            sockets.push(socket(&hub, &format!("s{i}")).await);
-        }
+        let mut sockets = sockets(&hub, MANY).await;
         let mut burst = hub.burst();
         for id in 1..=2 {
             let text = format!("e{id}");
@@ -298,12 +309,7 @@ mod tests {
     async fn a_burst_to_many_sockets_writes_at_once_to_the_first_few_only() {
         const SOCKETS: usize = 100;
         let hub = Hub::new("n".into(), Metrics::new()).with_burst_bounds(1024, 0);
-        let mut sockets = Vec::new();
-        for i in 0..SOCKETS {
-            sockets.push(socket(&hub, &format!("s{i}")).await);
-        }
-        let queued =
-            |sockets: &[(Arc<Connection>, TcpStream)]| sockets.iter().filter(|(c, _)| c.queued().0 > 0).count();
+        let mut sockets = sockets(&hub, SOCKETS).await;
         let mut burst = hub.burst();
         let f = OutFrame::event("e1", EventId::new(1, 0), 0);
         burst.add(2);
@@ -343,14 +349,9 @@ mod tests {
     async fn a_readers_fan_out_writes_directly_though_the_hub_was_never_idle() {
         const SOCKETS: usize = 200;
         let hub = Hub::new("n".into(), Metrics::new()).with_burst_bounds(1024, 0);
-        let mut sockets = Vec::new();
-        for i in 0..SOCKETS {
-            sockets.push(socket(&hub, &format!("s{i}")).await);
-        }
+        let mut sockets = sockets(&hub, SOCKETS).await;
         // A hub with nothing left of its idle-time budget (direct.rs).
         let spent = || *hub.direct.lock() = DirectBudget::new(Instant::now() + Duration::from_secs(60));
-        let queued =
-            |sockets: &[(Arc<Connection>, TcpStream)]| sockets.iter().filter(|(c, _)| c.queued().0 > 0).count();
         spent();
         let f = OutFrame::event("e1", EventId::new(1, 0), 0);
         assert_eq!(hub.deliver_exact("t", &f, &[], None), SOCKETS);
