@@ -312,6 +312,23 @@ impl Config {
     }
 }
 
+/// `FromStr` for a setting's enum, from its words: ASCII case and surrounding spaces ignored;
+/// any other word is an error (the caller names the setting and the words it takes).
+macro_rules! from_words {
+    ($t:ty { $($word:literal => $v:ident),+ $(,)? }) => {
+        impl FromStr for $t {
+            type Err = ();
+
+            fn from_str(s: &str) -> Result<Self, ()> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($word => Ok(Self::$v),)+
+                    _ => Err(()),
+                }
+            }
+        }
+    };
+}
+
 /// What a token without an `actions` claim may request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -322,17 +339,7 @@ pub enum ActionsDefault {
     Deny,
 }
 
-impl FromStr for ActionsDefault {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s.to_ascii_lowercase().as_str() {
-            "allow" => Ok(Self::Allow),
-            "deny" => Ok(Self::Deny),
-            _ => Err(()),
-        }
-    }
-}
+from_words!(ActionsDefault { "allow" => Allow, "deny" => Deny });
 
 /// Whether `/ws` negotiates permessage-deflate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,17 +351,7 @@ pub enum Compression {
     Off,
 }
 
-impl FromStr for Compression {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "on" => Ok(Self::On),
-            "off" => Ok(Self::Off),
-            _ => Err(()),
-        }
-    }
-}
+from_words!(Compression { "on" => On, "off" => Off });
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -366,17 +363,7 @@ pub enum LogFormat {
     Json,
 }
 
-impl FromStr for LogFormat {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s.to_ascii_lowercase().as_str() {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            _ => Err(()),
-        }
-    }
-}
+from_words!(LogFormat { "text" => Text, "json" => Json });
 
 /// Whether the runtime threads are pinned to CPUs (affinity.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,18 +377,7 @@ pub enum CpuAffinity {
     Off,
 }
 
-impl FromStr for CpuAffinity {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "on" => Ok(Self::On),
-            "off" => Ok(Self::Off),
-            _ => Err(()),
-        }
-    }
-}
+from_words!(CpuAffinity { "auto" => Auto, "on" => On, "off" => Off });
 
 /// Which async runtime the server builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -401,7 +401,7 @@ impl Hub {
         frame: &OutFrame,
         exclude: &[&str],
         fanout: Fanout,
-        burst: Option<&mut Burst>,
+        mut burst: Option<&mut Burst>,
     ) -> usize {
         if let Some(lanes) = self.lanes.get()
             && let Some(found) = self.to_cores(lanes, want, channel, frame, exclude)
@@ -410,7 +410,6 @@ impl Hub {
         }
         let frame = &*self.shared(frame);
         let mut delivered = self.tally(fanout);
-        let mut burst = burst;
         if let Some(b) = burst.as_deref_mut() {
             delivered.written = b.lend_written();
         }
